@@ -1,0 +1,119 @@
+//! Events: facts that happened, appended to the journal and folded into states.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    ArtifactRef, Endpoint, Generation, Mode, ProcessIdentity, Reason, ReloadId, SlotName, Stage,
+};
+
+/// One fact about one reload (and the slot it targets).
+///
+/// Slot-level facts (`Retired`, `Relaunched`, `Stopped`) carry the id of the reload that made
+/// the generation in question active.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The reload this event belongs to.
+    pub reload: ReloadId,
+    /// The slot it touches.
+    pub slot: SlotName,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened. The variant order is part of the journal format: append, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The artifact could not be staged; the reload is recorded as rolled back at `Staged`.
+    StagingFailed {
+        /// What the reload was for.
+        mode: Mode,
+        /// Why staging failed.
+        reason: Reason,
+    },
+    /// The candidate is in the store and the reload exists.
+    Staged {
+        /// What the reload is for.
+        mode: Mode,
+        /// The candidate's generation number.
+        generation: Generation,
+        /// The staged artifact.
+        artifact: ArtifactRef,
+        /// The slot's active generation at staging.
+        previous: Option<Generation>,
+    },
+    /// The candidate was spawned.
+    Launched {
+        /// Its process, if it is one.
+        process: Option<ProcessIdentity>,
+        /// Its log file.
+        log_path: Option<String>,
+    },
+    /// The candidate's handshake was accepted.
+    Validated {
+        /// What it said (none for in-process engines).
+        endpoint: Option<Endpoint>,
+    },
+    /// The candidate passed its probe.
+    Probed,
+    /// Commit point: the slot's active marker now names the candidate.
+    Activated,
+    /// The candidate was stopped; the slot is as it was.
+    RolledBack {
+        /// The stage that failed.
+        stage: Stage,
+        /// Why.
+        reason: Reason,
+    },
+    /// A dry run passed its probe and its candidate was discarded.
+    DryRunPassed,
+    /// A former active generation was drained and stopped.
+    Retired {
+        /// Which generation.
+        generation: Generation,
+    },
+    /// The active generation runs in a new process (restart, recovery relaunch, `start`).
+    Relaunched {
+        /// Which generation (always the active one).
+        generation: Generation,
+        /// The new process.
+        process: Option<ProcessIdentity>,
+        /// Its log file.
+        log_path: Option<String>,
+        /// Its handshake.
+        endpoint: Option<Endpoint>,
+    },
+    /// The active generation's process was stopped or found dead; the marker stays.
+    Stopped {
+        /// Which generation (always the active one).
+        generation: Generation,
+        /// Why.
+        reason: Reason,
+    },
+}
+
+impl EventKind {
+    /// Lowercase name used in reports and event streams.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::StagingFailed { .. } => "staging_failed",
+            EventKind::Staged { .. } => "staged",
+            EventKind::Launched { .. } => "launched",
+            EventKind::Validated { .. } => "validated",
+            EventKind::Probed => "probed",
+            EventKind::Activated => "active",
+            EventKind::RolledBack { .. } => "rolled_back",
+            EventKind::DryRunPassed => "dry_run_passed",
+            EventKind::Retired { .. } => "retired",
+            EventKind::Relaunched { .. } => "relaunched",
+            EventKind::Stopped { .. } => "stopped",
+        }
+    }
+
+    /// Whether this event is a reload transition (as opposed to a slot-level fact).
+    pub fn is_reload_transition(&self) -> bool {
+        !matches!(
+            self,
+            EventKind::Retired { .. } | EventKind::Relaunched { .. } | EventKind::Stopped { .. }
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! The states a reload and a slot can be in.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    ArtifactRef, Endpoint, Generation, Mode, ProcessIdentity, Reason, ReloadId, SlotName, Stage,
+};
+
+/// Where one reload stands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReloadState {
+    /// Artifact in the store, reload recorded; nothing spawned yet (or not yet recorded).
+    Staged,
+    /// Candidate spawned.
+    Launched,
+    /// Candidate's handshake accepted.
+    Validated,
+    /// Candidate passed its probe.
+    Probed,
+    /// Committed: the candidate is (or was) the slot's active generation. Terminal.
+    Active,
+    /// Candidate stopped, active marker untouched. Terminal.
+    RolledBack {
+        /// The stage that was being attempted when the reload failed.
+        stage: Stage,
+        /// Why.
+        reason: Reason,
+    },
+    /// Dry run passed its probe; candidate discarded. Terminal.
+    DryRunPassed,
+}
+
+impl ReloadState {
+    /// Whether no command can change this state any more.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            ReloadState::Active | ReloadState::RolledBack { .. } | ReloadState::DryRunPassed
+        )
+    }
+
+    /// The last stage reached, for non-terminal states and `Active`.
+    pub fn stage(&self) -> Option<Stage> {
+        match self {
+            ReloadState::Staged => Some(Stage::Staged),
+            ReloadState::Launched => Some(Stage::Launched),
+            ReloadState::Validated => Some(Stage::Validated),
+            ReloadState::Probed => Some(Stage::Probed),
+            ReloadState::Active => Some(Stage::Active),
+            ReloadState::RolledBack { .. } | ReloadState::DryRunPassed => None,
+        }
+    }
+
+    /// The stage a non-terminal reload is attempting next; a failure now fails that stage.
+    pub fn next_stage(&self) -> Option<Stage> {
+        match self {
+            ReloadState::Staged => Some(Stage::Launched),
+            ReloadState::Launched => Some(Stage::Validated),
+            ReloadState::Validated => Some(Stage::Probed),
+            ReloadState::Probed => Some(Stage::Active),
+            _ => None,
+        }
+    }
+
+    /// Lowercase name used in reports: `staged` … `active`, `rolled_back`, `dry_run_passed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReloadState::Staged => "staged",
+            ReloadState::Launched => "launched",
+            ReloadState::Validated => "validated",
+            ReloadState::Probed => "probed",
+            ReloadState::Active => "active",
+            ReloadState::RolledBack { .. } => "rolled_back",
+            ReloadState::DryRunPassed => "dry_run_passed",
+        }
+    }
+}
+
+/// The candidate a reload tries: its generation number and artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Generation number assigned at staging.
+    pub generation: Generation,
+    /// The staged artifact.
+    pub artifact: ArtifactRef,
+}
+
+/// Everything known about one reload: the fold of its events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reload {
+    /// Reload id.
+    pub id: ReloadId,
+    /// The slot it targets.
+    pub slot: SlotName,
+    /// What it is for.
+    pub mode: Mode,
+    /// The candidate; `None` only when staging itself failed.
+    pub candidate: Option<Candidate>,
+    /// The slot's active generation when the reload was staged.
+    pub previous: Option<Generation>,
+    /// Current state.
+    pub state: ReloadState,
+    /// The candidate's process, once launched (none for in-process engines).
+    pub process: Option<ProcessIdentity>,
+    /// The candidate's log file, once launched.
+    pub log_path: Option<String>,
+    /// What the handshake said, once validated.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// A generation that is, or was, serving in a slot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Instance {
+    /// Generation number.
+    pub generation: Generation,
+    /// Its artifact in the store.
+    pub artifact: ArtifactRef,
+    /// The reload that made it active.
+    pub reload: ReloadId,
+    /// Its current process, if it runs as one.
+    pub process: Option<ProcessIdentity>,
+    /// Its log file.
+    pub log_path: Option<String>,
+    /// Where it serves.
+    pub endpoint: Option<Endpoint>,
+    /// Whether the journal believes it is running (false after `Stopped`).
+    pub running: bool,
+}
+
+/// Everything known about one slot: the fold of the events that touch it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Slot name.
+    pub name: SlotName,
+    /// The active marker: which generation is active, with its process facts.
+    pub active: Option<Instance>,
+    /// The one non-terminal reload of this slot, if any.
+    pub in_flight: Option<ReloadId>,
+    /// Generation number the next staged reload gets.
+    pub next_generation: Generation,
+    /// Former active generations that have not been retired (stopped) yet.
+    pub retiring: Vec<Instance>,
+    /// Artifacts of every generation that was ever active, for `rollback --to`.
+    pub history: BTreeMap<Generation, ArtifactRef>,
+}
+
+impl Slot {
+    /// A slot that has never seen a reload.
+    pub fn new(name: SlotName) -> Self {
+        Slot {
+            name,
+            active: None,
+            in_flight: None,
+            next_generation: Generation(1),
+            retiring: Vec::new(),
+            history: BTreeMap::new(),
+        }
+    }
+
+    /// The active generation number, if any.
+    pub fn active_generation(&self) -> Option<Generation> {
+        self.active.as_ref().map(|a| a.generation)
+    }
+}
