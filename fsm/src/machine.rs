@@ -150,7 +150,9 @@ pub enum Rejected {
         generation: Generation,
     },
     /// A rollback was staged with an artifact other than the target generation's.
-    #[error("slot {slot}: rollback to generation {generation} must use that generation's artifact")]
+    #[error(
+        "slot {slot}: rollback to generation {generation} must use that generation's artifact"
+    )]
     ArtifactMismatch {
         /// The slot.
         slot: SlotName,
@@ -270,11 +272,7 @@ fn reload_of(view: &impl View, id: ReloadId, command: &Command) -> Result<Reload
     Ok(reload)
 }
 
-fn expect_state(
-    reload: &Reload,
-    want: &ReloadState,
-    command: &Command,
-) -> Result<(), Rejected> {
+fn expect_state(reload: &Reload, want: &ReloadState, command: &Command) -> Result<(), Rejected> {
     if &reload.state == want {
         Ok(())
     } else {

@@ -1,0 +1,218 @@
+//! Named examples of the rules DESIGN.md fixes, each a concrete scenario.
+
+use tryswap_fsm::*;
+
+fn slot() -> SlotName {
+    SlotName::new("billing").unwrap()
+}
+
+fn art(b: u8) -> ArtifactRef {
+    ArtifactRef {
+        sha256: Sha256([b; 32]),
+        config_sha256: None,
+    }
+}
+
+fn stage(world: &mut World, n: u128, mode: Mode, a: u8) -> Result<Vec<Event>, Rejected> {
+    world.execute(&Command::Stage {
+        reload: ReloadId::from_u128(n),
+        slot: slot(),
+        mode,
+        artifact: art(a),
+    })
+}
+
+fn through_probe(world: &mut World, n: u128) {
+    let reload = ReloadId::from_u128(n);
+    world
+        .execute(&Command::RecordLaunch {
+            reload,
+            process: None,
+            log_path: None,
+        })
+        .unwrap();
+    world
+        .execute(&Command::RecordHandshake {
+            reload,
+            endpoint: None,
+        })
+        .unwrap();
+    world.execute(&Command::RecordProbe { reload }).unwrap();
+}
+
+fn activate(world: &mut World, n: u128, a: u8) {
+    stage(world, n, Mode::Activate, a).unwrap();
+    through_probe(world, n);
+    world
+        .execute(&Command::Commit {
+            reload: ReloadId::from_u128(n),
+        })
+        .unwrap();
+}
+
+#[test]
+fn second_reload_of_a_busy_slot_is_a_conflict() {
+    let mut world = World::default();
+    stage(&mut world, 1, Mode::Activate, 1).unwrap();
+    let err = stage(&mut world, 2, Mode::Activate, 2).unwrap_err();
+    assert_eq!(
+        err,
+        Rejected::Conflict {
+            slot: slot(),
+            in_flight: ReloadId::from_u128(1)
+        }
+    );
+    // Another slot is independent.
+    world
+        .execute(&Command::Stage {
+            reload: ReloadId::from_u128(3),
+            slot: SlotName::new("auth").unwrap(),
+            mode: Mode::Activate,
+            artifact: art(3),
+        })
+        .unwrap();
+}
+
+#[test]
+fn only_probed_reloads_commit_and_dry_runs_never_do() {
+    let mut world = World::default();
+    stage(&mut world, 1, Mode::DryRun, 1).unwrap();
+    let id = ReloadId::from_u128(1);
+    assert!(matches!(
+        world.execute(&Command::Commit { reload: id }),
+        Err(Rejected::IllegalTransition { .. })
+    ));
+    through_probe(&mut world, 1);
+    assert_eq!(
+        world.execute(&Command::Commit { reload: id }),
+        Err(Rejected::DryRunCannotCommit(id))
+    );
+    world.execute(&Command::PassDryRun { reload: id }).unwrap();
+    let s = &world.slots[&slot()];
+    assert!(s.active.is_none() && s.in_flight.is_none());
+}
+
+#[test]
+fn failure_records_the_stage_being_attempted() {
+    let mut world = World::default();
+    stage(&mut world, 1, Mode::Activate, 1).unwrap();
+    let id = ReloadId::from_u128(1);
+    world
+        .execute(&Command::RecordLaunch {
+            reload: id,
+            process: None,
+            log_path: None,
+        })
+        .unwrap();
+    world
+        .execute(&Command::Fail {
+            reload: id,
+            reason: Reason::error("bad handshake"),
+        })
+        .unwrap();
+    assert_eq!(
+        world.reloads[&id].state,
+        ReloadState::RolledBack {
+            stage: Stage::Validated,
+            reason: Reason::error("bad handshake")
+        }
+    );
+    // Terminal: nothing changes it any more.
+    assert!(matches!(
+        world.execute(&Command::Fail {
+            reload: id,
+            reason: Reason::cancelled("again")
+        }),
+        Err(Rejected::Terminal { .. })
+    ));
+}
+
+#[test]
+fn commit_moves_the_marker_and_queues_the_old_generation_for_retirement() {
+    let mut world = World::default();
+    activate(&mut world, 1, 1);
+    activate(&mut world, 2, 2);
+    let s = &world.slots[&slot()];
+    assert_eq!(s.active_generation(), Some(Generation(2)));
+    assert_eq!(s.retiring.len(), 1);
+    assert_eq!(s.retiring[0].generation, Generation(1));
+    world
+        .execute(&Command::Retire {
+            slot: slot(),
+            generation: Generation(1),
+        })
+        .unwrap();
+    assert!(world.slots[&slot()].retiring.is_empty());
+    assert!(matches!(
+        world.execute(&Command::Retire {
+            slot: slot(),
+            generation: Generation(1)
+        }),
+        Err(Rejected::NotRetiring { .. })
+    ));
+}
+
+#[test]
+fn rollback_needs_a_known_generation_and_its_artifact() {
+    let mut world = World::default();
+    activate(&mut world, 1, 1);
+    activate(&mut world, 2, 2);
+    assert!(matches!(
+        stage(&mut world, 3, Mode::Rollback { to: Generation(7) }, 1),
+        Err(Rejected::UnknownGeneration { .. })
+    ));
+    assert!(matches!(
+        stage(&mut world, 3, Mode::Rollback { to: Generation(1) }, 2),
+        Err(Rejected::ArtifactMismatch { .. })
+    ));
+    let events = stage(&mut world, 3, Mode::Rollback { to: Generation(1) }, 1).unwrap();
+    assert!(matches!(
+        events[0].kind,
+        EventKind::Staged {
+            generation: Generation(3),
+            previous: Some(Generation(2)),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn check_flags_an_event_the_machine_would_not_produce() {
+    let mut world = World::default();
+    let events = stage(&mut world, 1, Mode::Activate, 1).unwrap();
+    let mut forged = events[0].clone();
+    if let EventKind::Staged { generation, .. } = &mut forged.kind {
+        *generation = Generation(9);
+    }
+    let empty = World::default();
+    assert!(check(&empty, &events[0]).is_ok());
+    assert!(matches!(
+        check(&empty, &forged),
+        Err(Illegal::Mismatch { .. })
+    ));
+}
+
+#[test]
+fn slot_names_refuse_path_tricks() {
+    for bad in [
+        "",
+        "../x",
+        "a/b",
+        ".hidden",
+        "-flag",
+        "sp ace",
+        &"x".repeat(65),
+    ] {
+        assert!(SlotName::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(SlotName::new("billing-v2.eu_1").is_ok());
+}
+
+#[test]
+fn sha256_round_trips_as_hex() {
+    let d = Sha256([0xab; 32]);
+    let text = d.to_string();
+    assert_eq!(text.len(), 64);
+    assert_eq!(text.parse::<Sha256>().unwrap(), d);
+    assert!("zz".parse::<Sha256>().is_err());
+}
