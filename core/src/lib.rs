@@ -2,7 +2,14 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod driver;
+pub mod engine;
 pub mod handshake;
+pub mod lease;
 pub mod probe;
 pub mod process;
+pub mod process_driver;
+pub mod recovery;
+pub mod report;
 pub mod store;
+pub mod supervisor;

@@ -1,1 +1,1133 @@
-//! (process: in progress)
+//! Spawning, recognising and stopping plugin processes (Linux only).
+//!
+//! A plugin is started by [`spawn`] in its own process group with a fully specified
+//! environment, its stdout and stderr appended to files (never pipes: a plugin must be able to
+//! outlive a crashed host so that it can be reattached). Its [`ProcessIdentity`] — pid, start
+//! time and boot id — is recorded at once; from then on the pid is never signalled unless all
+//! three still match ([`is_alive`]).
+//!
+//! [`read_handshake`] waits for the first stdout line, [`stop_group`] retires a plugin's whole
+//! process group with SIGTERM then SIGKILL, and [`tagged_processes`] / [`kill_tagged`] find
+//! and kill every process carrying `TRYSWAP_RELOAD_ID=<id>` in its environment (crash
+//! recovery of a reload that never recorded its launch).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tryswap_fsm::{ProcessIdentity, ReloadId};
+
+/// Name of the environment variable that tags every process of a reload.
+pub const RELOAD_ID_ENV: &str = "TRYSWAP_RELOAD_ID";
+
+/// Longest handshake line accepted, in bytes (without the newline).
+pub const MAX_HANDSHAKE_LINE: usize = 4096;
+
+/// How often [`read_handshake`] looks at the stdout file and [`stop_group`] at the group.
+const POLL: Duration = Duration::from_millis(10);
+
+/// How long [`stop_group`] and [`kill_tagged`] wait after SIGKILL before giving up.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How many times a spawn failing with `ETXTBSY` is retried, and the first backoff.
+const TXTBSY_RETRIES: u32 = 5;
+const TXTBSY_BACKOFF: Duration = Duration::from_millis(5);
+
+/// Errors of process handling. Each names the path, pid or program concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The directory for a log file could not be created.
+    #[error("cannot create log directory {path}: {source}")]
+    LogDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A log file could not be opened for appending.
+    #[error("cannot open log file {path}: {source}")]
+    LogFile {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The operating system refused to start the program.
+    #[error("cannot spawn {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// [`spawn`] was called outside a tokio runtime.
+    #[error("cannot spawn {program}: not inside a tokio runtime")]
+    NoRuntime {
+        /// The program.
+        program: PathBuf,
+    },
+    /// A file under `/proc` could not be read.
+    #[error("cannot read {path}: {source}")]
+    Proc {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file under `/proc` did not have the expected shape.
+    #[error("cannot parse {path}: {detail}")]
+    ProcFormat {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A pid that can never name a plugin (0, 1, out of range, or this very process).
+    #[error("refusing to signal pid {pid}: it cannot be a plugin process")]
+    BadPid {
+        /// The pid.
+        pid: u32,
+    },
+    /// Sending a signal failed for a reason other than the target being gone.
+    #[error("cannot send {signal} to {target}: {source}")]
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// `process group N` or `pid N`.
+        target: String,
+        /// Why.
+        source: Errno,
+    },
+    /// Processes of the group were still running after SIGKILL and a grace period.
+    #[error("process group {pgid} still has live members {pids:?} {waited:?} after SIGKILL")]
+    StillRunning {
+        /// The group.
+        pgid: u32,
+        /// Members still running (the leader included, if it is).
+        pids: Vec<u32>,
+        /// How long we waited after SIGKILL.
+        waited: Duration,
+    },
+}
+
+/// Why [`read_handshake`] did not return a handshake line.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeWaitError {
+    /// The plugin exited before printing a complete first line.
+    #[error("plugin exited ({status}) before printing its handshake line{}", quoted_partial(.partial))]
+    Exited {
+        /// How it exited.
+        status: ExitStatus,
+        /// What it printed on stdout without a newline (lossy UTF-8, at most 4 KiB).
+        partial: String,
+    },
+    /// The plugin is no longer running, but we are not its parent and cannot learn how it
+    /// exited.
+    #[error("plugin process {pid} is gone before printing its handshake line{}", quoted_partial(.partial))]
+    Vanished {
+        /// Its pid.
+        pid: u32,
+        /// What it printed on stdout without a newline (lossy UTF-8, at most 4 KiB).
+        partial: String,
+    },
+    /// No complete line within the timeout.
+    #[error("no handshake line on stdout within {waited:?}{}", quoted_partial(.partial))]
+    Timeout {
+        /// How long we waited.
+        waited: Duration,
+        /// What it printed on stdout without a newline (lossy UTF-8, at most 4 KiB).
+        partial: String,
+    },
+    /// The first line is longer than [`MAX_HANDSHAKE_LINE`] bytes.
+    #[error("handshake line longer than {MAX_HANDSHAKE_LINE} bytes: {truncated:?}…")]
+    LineTooLong {
+        /// Its first [`MAX_HANDSHAKE_LINE`] bytes (lossy UTF-8).
+        truncated: String,
+    },
+    /// The stdout file could not be read.
+    #[error("cannot read plugin stdout {path}: {source}")]
+    Io {
+        /// The stdout file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+fn quoted_partial(partial: &str) -> String {
+    if partial.is_empty() {
+        String::new()
+    } else {
+        format!("; stdout so far: {partial:?}")
+    }
+}
+
+/// How to start a plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnSpec {
+    /// The executable.
+    pub program: PathBuf,
+    /// Arguments (without the program name).
+    pub args: Vec<String>,
+    /// The COMPLETE environment of the plugin: nothing of the host's environment is passed on.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// File that receives stdout (appended; created 0640 with its parent directories).
+    pub stdout_path: PathBuf,
+    /// File that receives stderr (appended; may be the same path as `stdout_path`).
+    pub stderr_path: PathBuf,
+    /// How many bytes this run may add to its larger log file; 0 = unlimited. See [`spawn`].
+    pub log_max_bytes: u64,
+}
+
+/// A plugin we started and (while this process lives) are the parent of.
+#[derive(Clone, Debug)]
+pub struct Spawned {
+    /// Pid, start time and boot id, recorded right after the spawn.
+    pub identity: ProcessIdentity,
+    /// Length of the stdout file before the spawn: this run's output (and its handshake
+    /// line) starts at this offset.
+    pub stdout_start: u64,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+impl Spawned {
+    /// The exit status, if the plugin has exited (and been reaped by our background waiter).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Waits until the plugin exits and returns its status. Returns `None` only if the
+    /// background waiter could not learn it (the runtime shut down or `waitpid` failed).
+    pub async fn wait_exit(&self) -> Option<ExitStatus> {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(status) = *rx.borrow_and_update() {
+                return Some(status);
+            }
+            if rx.changed().await.is_err() {
+                return *rx.borrow();
+            }
+        }
+    }
+
+    /// A receiver that holds `Some(status)` once the plugin has exited.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
+        self.exit.clone()
+    }
+}
+
+/// Starts a plugin as described by `spec`.
+///
+/// - The environment is exactly `spec.env` (`env_clear` first); stdin is `/dev/null`; stdout
+///   and stderr are appended to their files (created with mode 0640, parent directories
+///   0750), which the plugin keeps even if the host dies.
+/// - The plugin leads its own process group (pgid == pid), so [`stop_group`] can signal it
+///   and everything it forks, and terminal signals aimed at the host's group miss it.
+/// - It is not killed when the returned value (or the host) goes away.
+/// - In the child, before `exec`: the signal mask is emptied and every signal disposition
+///   is reset to the default (the host may ignore some, and ignored signals survive `exec`).
+/// - If `log_max_bytes > 0`, `RLIMIT_FSIZE` is set to `log_max_bytes` plus the current
+///   length of the larger log file, and `SIGXFSZ` is ignored: a plugin flooding its output
+///   gets `EFBIG` from `write` instead of filling the disk or being killed. Trade-off: the
+///   limit applies to EVERY file the plugin (and its children) write, not only the logs;
+///   plugins that write large files of their own need `log_max_bytes = 0`.
+/// - A spawn failing with `ETXTBSY` (a freshly written executable still open for writing in
+///   a child another thread just forked) is retried a few times after short sleeps (at most
+///   ~150 ms in total, blocking the calling thread).
+///
+/// Must be called within a tokio runtime: a background task reaps the child (so it never
+/// stays a zombie while we are its parent) and publishes its exit status to
+/// [`Spawned::exit_status`] / [`Spawned::wait_exit`].
+pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(ProcessError::NoRuntime {
+            program: spec.program.clone(),
+        });
+    }
+    let stdout = open_log(&spec.stdout_path)?;
+    let stderr = if same_file(&spec.stdout_path, &spec.stderr_path) {
+        stdout.try_clone().map_err(|source| ProcessError::LogFile {
+            path: spec.stderr_path.clone(),
+            source,
+        })?
+    } else {
+        open_log(&spec.stderr_path)?
+    };
+    let stdout_start = file_len(&stdout, &spec.stdout_path)?;
+    let stderr_start = file_len(&stderr, &spec.stderr_path)?;
+    let fsize_limit: Option<libc::rlim_t> = if spec.log_max_bytes > 0 {
+        Some(
+            spec.log_max_bytes
+                .saturating_add(stdout_start.max(stderr_start)) as libc::rlim_t,
+        )
+    } else {
+        None
+    };
+
+    let mut attempt = 0;
+    let mut child = loop {
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(clone_for_child(&stdout, &spec.stdout_path)?)
+            .stderr(clone_for_child(&stderr, &spec.stderr_path)?)
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: the closure only calls async-signal-safe functions (sigemptyset,
+        // sigprocmask, sigaction, setrlimit) on stack data and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || child_setup(fsize_limit));
+        }
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < TXTBSY_RETRIES => {
+                let backoff = TXTBSY_BACKOFF * 2u32.pow(attempt);
+                tracing::debug!(program = %spec.program.display(), ?backoff, "spawn: ETXTBSY, retrying");
+                std::thread::sleep(backoff);
+                attempt += 1;
+            }
+            Err(source) => {
+                return Err(ProcessError::Spawn {
+                    program: spec.program.clone(),
+                    source,
+                })
+            }
+        }
+    };
+
+    let pid = match child.id() {
+        Some(pid) => pid,
+        None => {
+            // Only possible once the child has been reaped, which nobody did yet.
+            return Err(ProcessError::Spawn {
+                program: spec.program.clone(),
+                source: io::Error::other("spawned child has no pid"),
+            });
+        }
+    };
+    // The child is not reaped until the waiter below polls it, so /proc/<pid> is ours.
+    let identity = match identity_of(pid) {
+        Ok(Some(identity)) => identity,
+        other => {
+            let detail = match other {
+                Err(e) => e.to_string(),
+                _ => format!("/proc/{pid}/stat vanished"),
+            };
+            let _ = child.start_kill();
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            return Err(ProcessError::Spawn {
+                program: spec.program.clone(),
+                source: io::Error::other(format!("cannot record identity of pid {pid}: {detail}")),
+            });
+        }
+    };
+    tracing::debug!(pid, program = %spec.program.display(), "spawned plugin");
+
+    let (tx, rx) = watch::channel(None);
+    let program = spec.program.clone();
+    tokio::spawn(async move {
+        match child.wait().await {
+            Ok(status) => {
+                tracing::debug!(pid, %status, program = %program.display(), "plugin exited");
+                let _ = tx.send(Some(status));
+            }
+            Err(e) => {
+                tracing::warn!(pid, error = %e, program = %program.display(), "cannot wait for plugin");
+            }
+        }
+    });
+
+    Ok(Spawned {
+        identity,
+        stdout_start,
+        exit: rx,
+    })
+}
+
+/// Runs in the forked child before `exec`. Async-signal-safe calls only.
+fn child_setup(fsize_limit: Option<libc::rlim_t>) -> io::Result<()> {
+    // SAFETY: plain libc calls on zero-initialised stack values; all async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut action.sa_mask);
+        for sig in 1..libc::SIGRTMIN() {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // Errors (signals the kernel reserves) are harmless: leave those as they are.
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+        if let Some(limit) = fsize_limit {
+            action.sa_sigaction = libc::SIG_IGN;
+            if libc::sigaction(libc::SIGXFSZ, &action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let rlim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &rlim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_log(path: &Path) -> Result<File, ProcessError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(|source| ProcessError::LogDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| ProcessError::LogFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn clone_for_child(file: &File, path: &Path) -> Result<File, ProcessError> {
+    file.try_clone().map_err(|source| ProcessError::LogFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64, ProcessError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|source| ProcessError::LogFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Waits for the plugin's handshake: the first complete line its run wrote to `stdout_path`
+/// (read from [`Spawned::stdout_start`], so output of earlier runs appended to the same
+/// file is skipped). Returns the line without its `\n` (and without a trailing `\r`).
+///
+/// The file is polled every 10 ms and at most 4 KiB + 1 byte of it is ever read, so a
+/// plugin flooding stdout without a newline costs nothing. Errors: the plugin exited first
+/// ([`HandshakeWaitError::Exited`], with whatever partial line it printed), `timeout`
+/// passed ([`HandshakeWaitError::Timeout`]), or the line is longer than
+/// [`MAX_HANDSHAKE_LINE`] ([`HandshakeWaitError::LineTooLong`], truncated).
+/// A line printed just before exiting is still returned.
+pub async fn read_handshake(
+    spawned: &Spawned,
+    stdout_path: &Path,
+    timeout: Duration,
+) -> Result<String, HandshakeWaitError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut exit = spawned.exit_watch();
+    let mut waiter_gone = false;
+    loop {
+        // Look at the exit status BEFORE reading, so a line written just before exiting
+        // is never mistaken for "exited without a line".
+        let status = *exit.borrow_and_update();
+        let gone = status.is_none() && waiter_gone && !is_alive(&spawned.identity);
+        let head = read_head(stdout_path, spawned.stdout_start)?;
+        if let Some(pos) = head.iter().position(|&b| b == b'\n') {
+            let mut line = &head[..pos];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            return Ok(String::from_utf8_lossy(line).into_owned());
+        }
+        if head.len() > MAX_HANDSHAKE_LINE {
+            return Err(HandshakeWaitError::LineTooLong {
+                truncated: String::from_utf8_lossy(&head[..MAX_HANDSHAKE_LINE]).into_owned(),
+            });
+        }
+        let partial = || String::from_utf8_lossy(&head).into_owned();
+        if let Some(status) = status {
+            return Err(HandshakeWaitError::Exited {
+                status,
+                partial: partial(),
+            });
+        }
+        if gone {
+            return Err(HandshakeWaitError::Vanished {
+                pid: spawned.identity.pid,
+                partial: partial(),
+            });
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(HandshakeWaitError::Timeout {
+                waited: now - started,
+                partial: partial(),
+            });
+        }
+        let nap = POLL.min(deadline - now);
+        if waiter_gone {
+            tokio::time::sleep(nap).await;
+        } else {
+            tokio::select! {
+                changed = exit.changed() => {
+                    if changed.is_err() {
+                        waiter_gone = true;
+                    }
+                }
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+}
+
+/// Reads at most `MAX_HANDSHAKE_LINE + 1` bytes of `path` from `offset`.
+fn read_head(path: &Path, offset: u64) -> Result<Vec<u8>, HandshakeWaitError> {
+    let io_err = |source| HandshakeWaitError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    let mut buf = Vec::with_capacity(MAX_HANDSHAKE_LINE + 1);
+    file.take(MAX_HANDSHAKE_LINE as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err)?;
+    Ok(buf)
+}
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), read once per host process.
+pub fn boot_id() -> Result<String, ProcessError> {
+    static BOOT_ID: OnceLock<String> = OnceLock::new();
+    if let Some(id) = BOOT_ID.get() {
+        return Ok(id.clone());
+    }
+    let path = Path::new("/proc/sys/kernel/random/boot_id");
+    let text = fs::read_to_string(path).map_err(|source| ProcessError::Proc {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let id = text.trim().to_string();
+    if id.is_empty() {
+        return Err(ProcessError::ProcFormat {
+            path: path.to_path_buf(),
+            detail: "empty boot id".into(),
+        });
+    }
+    Ok(BOOT_ID.get_or_init(|| id).clone())
+}
+
+/// What we read from `/proc/<pid>/stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    state: char,
+    pgrp: i64,
+    start_time: u64,
+}
+
+impl Stat {
+    fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Reads `/proc/<pid>/stat`; `Ok(None)` if the process does not exist.
+fn read_stat(pid: u32) -> Result<Option<Stat>, ProcessError> {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            return Ok(None)
+        }
+        Err(source) => return Err(ProcessError::Proc { path, source }),
+    };
+    parse_stat(&bytes)
+        .map(Some)
+        .map_err(|detail| ProcessError::ProcFormat { path, detail })
+}
+
+/// Parses the fields after the command name, which is in parentheses and may itself
+/// contain spaces and parentheses: everything after the LAST `)` is space-separated.
+fn parse_stat(bytes: &[u8]) -> Result<Stat, String> {
+    let close = bytes
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or_else(|| "no ')' after the command name".to_string())?;
+    let rest = std::str::from_utf8(&bytes[close + 1..])
+        .map_err(|_| "fields after the command name are not UTF-8".to_string())?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // fields[0] is field 3 (state); field N is fields[N - 3].
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .copied()
+            .ok_or_else(|| format!("only {} fields, need field {n}", fields.len() + 2))
+    };
+    let state = field(3)?
+        .chars()
+        .next()
+        .ok_or_else(|| "empty state field".to_string())?;
+    let pgrp = field(5)?
+        .parse::<i64>()
+        .map_err(|e| format!("field 5 (pgrp): {e}"))?;
+    let start_time = field(22)?
+        .parse::<u64>()
+        .map_err(|e| format!("field 22 (starttime): {e}"))?;
+    Ok(Stat {
+        state,
+        pgrp,
+        start_time,
+    })
+}
+
+/// The identity of the process `pid` now: its start time (field 22 of `/proc/<pid>/stat`)
+/// and the current boot id. `Ok(None)` if no such process exists. A zombie still has an
+/// identity (use [`is_alive`] to ask whether it runs).
+pub fn identity_of(pid: u32) -> Result<Option<ProcessIdentity>, ProcessError> {
+    let Some(stat) = read_stat(pid)? else {
+        return Ok(None);
+    };
+    Ok(Some(ProcessIdentity {
+        pid,
+        start_time: stat.start_time,
+        boot_id: boot_id()?,
+    }))
+}
+
+/// True if the process exists, is not a zombie, and its start time and the boot id match
+/// `identity`: only then may it be signalled. Any error reading `/proc` counts as "not
+/// alive" (never signal what we cannot recognise).
+pub fn is_alive(identity: &ProcessIdentity) -> bool {
+    stat_if_ours(identity).is_some()
+}
+
+/// The stat of `identity`'s process if it is alive and really that process.
+fn stat_if_ours(identity: &ProcessIdentity) -> Option<Stat> {
+    match boot_id() {
+        Ok(id) if id == identity.boot_id => {}
+        _ => return None,
+    }
+    match read_stat(identity.pid) {
+        Ok(Some(stat)) if !stat.is_dead() && stat.start_time == identity.start_time => Some(stat),
+        _ => None,
+    }
+}
+
+/// How [`stop_group`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// Nothing of ours was running: no signal was sent.
+    AlreadyGone,
+    /// Everything exited within the stop timeout after SIGTERM.
+    Graceful,
+    /// SIGKILL was needed; everything is gone now.
+    Killed,
+}
+
+/// Pids that can never be a plugin we started: signalling them would hit init, ourselves,
+/// or (pid 0) our own process group.
+fn check_pid(pid: u32) -> Result<i32, ProcessError> {
+    let raw = i32::try_from(pid).map_err(|_| ProcessError::BadPid { pid })?;
+    if raw <= 1
+        || pid == std::process::id()
+        || i64::from(raw) == i64::from(nix::unistd::getpgrp().as_raw())
+    {
+        return Err(ProcessError::BadPid { pid });
+    }
+    Ok(raw)
+}
+
+/// A live (not zombie) process and the few facts we keep about it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Member {
+    pid: u32,
+    start_time: u64,
+}
+
+/// Pids of all processes, from the numeric entries of `/proc`.
+fn all_pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .collect()
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+fn group_members(pgid: u32) -> Vec<Member> {
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| match read_stat(pid) {
+            Ok(Some(stat)) if stat.pgrp == i64::from(pgid) && !stat.is_dead() => Some(Member {
+                pid,
+                start_time: stat.start_time,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The value of `TRYSWAP_RELOAD_ID` in the environment `pid` was started with.
+fn reload_tag_of(pid: u32) -> Option<String> {
+    let environ = read_environ(pid)?;
+    let prefix = format!("{RELOAD_ID_ENV}=");
+    environ
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Reads `/proc/<pid>/environ` (at most 4 MiB); `None` if unreadable.
+fn read_environ(pid: u32) -> Option<Vec<u8>> {
+    let file = File::open(format!("/proc/{pid}/environ")).ok()?;
+    let mut buf = Vec::new();
+    file.take(4 << 20).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// What may be signalled right now for a group whose leader was `identity`.
+#[derive(Debug, PartialEq, Eq)]
+enum Targets {
+    /// The leader is verified alive: signal the whole group atomically.
+    Group,
+    /// The leader is gone; these members are verified ours.
+    Members(Vec<Member>),
+    /// Nothing of ours is left (possibly unverifiable strangers, which we leave alone).
+    Nothing,
+}
+
+/// Decides what [`stop_group`] may signal. See its documentation for the rule.
+struct GroupGuard<'a> {
+    identity: &'a ProcessIdentity,
+    /// Members seen while the leader was verified alive (so certainly in our group).
+    known: HashSet<Member>,
+    /// Accepted values of `TRYSWAP_RELOAD_ID`.
+    tags: Vec<String>,
+    warned: HashSet<u32>,
+}
+
+impl GroupGuard<'_> {
+    fn targets(&mut self) -> Targets {
+        if is_alive(self.identity) {
+            return Targets::Group;
+        }
+        if !matches!(boot_id(), Ok(id) if id == self.identity.boot_id) {
+            return Targets::Nothing;
+        }
+        let mut verified = Vec::new();
+        for member in group_members(self.identity.pid) {
+            let ours = member.start_time >= self.identity.start_time
+                && (self.known.contains(&member)
+                    || reload_tag_of(member.pid).is_some_and(|t| self.tags.contains(&t)));
+            if ours {
+                verified.push(member);
+            } else if self.warned.insert(member.pid) {
+                tracing::warn!(
+                    pgid = self.identity.pid,
+                    pid = member.pid,
+                    "process group member cannot be verified as ours (no matching {RELOAD_ID_ENV}); not signalling it"
+                );
+            }
+        }
+        if verified.is_empty() {
+            Targets::Nothing
+        } else {
+            Targets::Members(verified)
+        }
+    }
+
+    fn send(&self, targets: &Targets, signal: Signal) -> Result<(), ProcessError> {
+        match targets {
+            Targets::Nothing => Ok(()),
+            Targets::Group => {
+                let pgid = check_pid(self.identity.pid)?;
+                match kill(Pid::from_raw(-pgid), signal) {
+                    Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                    Err(source) => Err(ProcessError::Signal {
+                        signal,
+                        target: format!("process group {pgid}"),
+                        source,
+                    }),
+                }
+            }
+            Targets::Members(members) => {
+                for m in members {
+                    signal_if_same(m.pid, m.start_time, signal)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sends `signal` to `pid` if it is still the (non-zombie) process started at `start_time`.
+fn signal_if_same(pid: u32, start_time: u64, signal: Signal) -> Result<bool, ProcessError> {
+    let raw = check_pid(pid)?;
+    match read_stat(pid) {
+        Ok(Some(stat)) if stat.start_time == start_time && !stat.is_dead() => {}
+        _ => return Ok(false),
+    }
+    match kill(Pid::from_raw(raw), signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(source) => Err(ProcessError::Signal {
+            signal,
+            target: format!("pid {pid}"),
+            source,
+        }),
+    }
+}
+
+/// Stops the process group led by `identity`: SIGTERM, up to `stop_timeout` for it to
+/// empty, then SIGKILL and up to 5 s more. Signals only; a graceful go-plugin controller
+/// shutdown (see `probe::grpc_controller_shutdown`) is the caller's job before this.
+///
+/// Safety rule — a pid or group is only signalled when it is provably ours:
+/// - While the leader is alive with the recorded pid, start time and boot id, the whole
+///   group (`-pid`) is signalled: a live leader's pid cannot be reused, and its group was
+///   created by it. Members present at that moment are remembered as ours.
+/// - Once the leader is gone (exited, zombie, or its pid now names another process),
+///   remaining processes of group `pid` are signalled one by one, each only if it started
+///   no earlier than the leader AND is either one of the remembered members (same pid and
+///   start time) or carries `TRYSWAP_RELOAD_ID` equal to the leader's (read from its
+///   environment while it was alive) or to `reload_id`. Unverifiable members are left alone
+///   (with a warning): a pgid can outlive its leader, and after the group empties the number
+///   may be reused by a stranger.
+/// - Nothing is signalled across reboots, nor pids 0/1, this process or its own group.
+///
+/// "Gone" means: the leader is not alive (zombies count as gone; our own child is reaped by
+/// [`spawn`]'s waiter, others by their parent or init) and no verified member is alive.
+/// Returns [`StopOutcome::AlreadyGone`] if nothing had to be signalled,
+/// [`ProcessError::StillRunning`] if verified processes survive SIGKILL for 5 s.
+pub async fn stop_group(
+    identity: &ProcessIdentity,
+    reload_id: Option<&ReloadId>,
+    stop_timeout: Duration,
+) -> Result<StopOutcome, ProcessError> {
+    check_pid(identity.pid)?;
+    let mut tags: Vec<String> = reload_id.map(|id| id.to_string()).into_iter().collect();
+    let mut known = HashSet::new();
+    if is_alive(identity) {
+        if let Some(tag) = reload_tag_of(identity.pid) {
+            tags.push(tag);
+        }
+        known.extend(group_members(identity.pid));
+        // The snapshot may have raced with the leader's exit; it only counts if the leader
+        // was still the same process after it.
+        if !is_alive(identity) {
+            known.clear();
+        }
+    }
+    let mut guard = GroupGuard {
+        identity,
+        known,
+        tags,
+        warned: HashSet::new(),
+    };
+
+    let targets = guard.targets();
+    if targets == Targets::Nothing {
+        return Ok(StopOutcome::AlreadyGone);
+    }
+    tracing::debug!(pgid = identity.pid, ?targets, "stop_group: SIGTERM");
+    guard.send(&targets, Signal::SIGTERM)?;
+    if wait_until_nothing(&mut guard, stop_timeout).await {
+        return Ok(StopOutcome::Graceful);
+    }
+
+    let started = Instant::now();
+    let deadline = started + KILL_GRACE;
+    loop {
+        let targets = guard.targets();
+        if targets == Targets::Nothing {
+            return Ok(StopOutcome::Killed);
+        }
+        if Instant::now() >= deadline {
+            let mut pids: Vec<u32> = match targets {
+                Targets::Members(m) => m.iter().map(|m| m.pid).collect(),
+                _ => vec![identity.pid],
+            };
+            pids.sort_unstable();
+            return Err(ProcessError::StillRunning {
+                pgid: identity.pid,
+                pids,
+                waited: started.elapsed(),
+            });
+        }
+        tracing::debug!(pgid = identity.pid, ?targets, "stop_group: SIGKILL");
+        // Re-sent each round: members forked after the first SIGKILL are caught too.
+        guard.send(&targets, Signal::SIGKILL)?;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn wait_until_nothing(guard: &mut GroupGuard<'_>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if guard.targets() == Targets::Nothing {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL.min(deadline - now)).await;
+    }
+}
+
+/// Every live (non-zombie) process, other than this one, whose environment carries
+/// `TRYSWAP_RELOAD_ID=<reload_id>`. Processes whose environment cannot be read (other
+/// users', or gone mid-scan) are skipped.
+pub fn tagged_processes(reload_id: &ReloadId) -> Vec<ProcessIdentity> {
+    let Ok(boot) = boot_id() else {
+        return Vec::new();
+    };
+    let wanted = format!("{RELOAD_ID_ENV}={reload_id}");
+    let me = std::process::id();
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let environ = read_environ(pid)?;
+            if !environ.split(|&b| b == 0).any(|e| e == wanted.as_bytes()) {
+                return None;
+            }
+            let stat = read_stat(pid).ok()??;
+            if stat.is_dead() {
+                return None;
+            }
+            Some(ProcessIdentity {
+                pid,
+                start_time: stat.start_time,
+                boot_id: boot.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Kills every process tagged with `reload_id` (see [`tagged_processes`]): SIGTERM, up to
+/// `stop_timeout` for them to exit, then SIGKILL and up to 5 s more. Each pid is signalled
+/// only if its start time still matches what the scan saw; the scan is repeated while
+/// waiting, so processes forked meanwhile are caught too. Returns every process signalled.
+/// Survivors (a process stuck in the kernel) are logged, not returned as an error.
+pub async fn kill_tagged(reload_id: &ReloadId, stop_timeout: Duration) -> Vec<ProcessIdentity> {
+    let mut signalled: Vec<ProcessIdentity> = Vec::new();
+    let mut termed: HashSet<(u32, u64)> = HashSet::new();
+    fn record(signalled: &mut Vec<ProcessIdentity>, p: &ProcessIdentity) {
+        if !signalled.contains(p) {
+            signalled.push(p.clone());
+        }
+    }
+
+    let deadline = Instant::now() + stop_timeout;
+    loop {
+        let live = tagged_processes(reload_id);
+        if live.is_empty() {
+            return signalled;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        for p in &live {
+            if termed.insert((p.pid, p.start_time)) {
+                match signal_if_same(p.pid, p.start_time, Signal::SIGTERM) {
+                    Ok(true) => record(&mut signalled, p),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(pid = p.pid, error = %e, "kill_tagged: SIGTERM failed")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+
+    let deadline = Instant::now() + KILL_GRACE;
+    loop {
+        let live = tagged_processes(reload_id);
+        if live.is_empty() {
+            return signalled;
+        }
+        if Instant::now() >= deadline {
+            let pids: Vec<u32> = live.iter().map(|p| p.pid).collect();
+            tracing::warn!(%reload_id, ?pids, "kill_tagged: processes survive SIGKILL");
+            return signalled;
+        }
+        for p in &live {
+            match signal_if_same(p.pid, p.start_time, Signal::SIGKILL) {
+                Ok(true) => record(&mut signalled, p),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(pid = p.pid, error = %e, "kill_tagged: SIGKILL failed"),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The first `head_lines` and last `tail_lines` lines of a log file, for error messages.
+///
+/// At most `max_bytes` of the file are read (half from the start, half from the end), so a
+/// huge log costs nothing; bytes are decoded as lossy UTF-8. Omitted parts are marked with
+/// a line `… (N lines omitted) …` or `… (N bytes omitted) …`. A missing or empty file gives
+/// an empty string; another read error gives a one-line note naming the path.
+pub fn log_excerpt(path: &Path, head_lines: usize, tail_lines: usize, max_bytes: usize) -> String {
+    match excerpt(path, head_lines, tail_lines, max_bytes) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => format!("(cannot read log {}: {e})", path.display()),
+    }
+}
+
+fn excerpt(
+    path: &Path,
+    head_lines: usize,
+    tail_lines: usize,
+    max_bytes: usize,
+) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 || max_bytes == 0 || head_lines + tail_lines == 0 {
+        return Ok(String::new());
+    }
+    if len <= max_bytes as u64 {
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut file).take(max_bytes as u64).read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        let lines: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
+        if lines.len() <= head_lines + tail_lines {
+            return Ok(lines.join("\n"));
+        }
+        let omitted = lines.len() - head_lines - tail_lines;
+        let mut out: Vec<String> = lines[..head_lines].iter().map(|s| s.to_string()).collect();
+        out.push(format!("… ({omitted} lines omitted) …"));
+        out.extend(
+            lines[lines.len() - tail_lines..]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        return Ok(out.join("\n"));
+    }
+
+    let half = (max_bytes / 2).max(1) as u64;
+    let mut head = Vec::with_capacity(half as usize);
+    (&mut file).take(half).read_to_end(&mut head)?;
+    let tail_start = len.saturating_sub(half).max(head.len() as u64);
+    file.seek(SeekFrom::Start(tail_start))?;
+    let mut tail = Vec::with_capacity(half as usize);
+    (&mut file).take(half).read_to_end(&mut tail)?;
+
+    let head_text = String::from_utf8_lossy(&head);
+    let head_part: Vec<&str> = head_text.split('\n').take(head_lines).collect();
+    let head_bytes: usize = head_part.iter().map(|l| l.len() + 1).sum();
+    let tail_text = String::from_utf8_lossy(&tail);
+    let tail_trimmed = tail_text.trim_end_matches('\n');
+    let mut tail_all: Vec<&str> = tail_trimmed.split('\n').collect();
+    if tail_all.len() > 1 && tail_start > 0 {
+        // The first piece probably starts mid-line; only keep it if it is all we have.
+        tail_all.remove(0);
+    }
+    let tail_part = &tail_all[tail_all.len().saturating_sub(tail_lines)..];
+    let tail_bytes: usize = tail_part.iter().map(|l| l.len() + 1).sum();
+    let omitted = len.saturating_sub((head_bytes + tail_bytes) as u64);
+    let mut out: Vec<String> = head_part.iter().map(|s| s.to_string()).collect();
+    out.push(format!("… ({omitted} bytes omitted) …"));
+    out.extend(tail_part.iter().map(|s| s.to_string()));
+    Ok(out.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parses_after_last_paren() {
+        let mut line = String::from("1234 (we ird) (x) ) S 1 777 777 0 -1 4194560");
+        for i in 10..=21 {
+            line.push_str(&format!(" {i}"));
+        }
+        line.push_str(" 987654 rest of fields\n");
+        let stat = parse_stat(line.as_bytes()).unwrap();
+        assert_eq!(
+            stat,
+            Stat {
+                state: 'S',
+                pgrp: 777,
+                start_time: 987654
+            }
+        );
+    }
+
+    #[test]
+    fn stat_rejects_truncated_and_garbage() {
+        assert!(parse_stat(b"12 (sh) S 1 2").is_err());
+        assert!(parse_stat(b"no paren at all").is_err());
+        assert!(parse_stat(b"").is_err());
+        assert!(parse_stat(&[0xff, b')', 0xfe]).is_err());
+    }
+
+    #[test]
+    fn own_identity_is_alive_and_other_start_time_is_not() {
+        let me = identity_of(std::process::id()).unwrap().unwrap();
+        assert!(is_alive(&me));
+        let other = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..me.clone()
+        };
+        assert!(!is_alive(&other));
+        let other_boot = ProcessIdentity {
+            boot_id: "not-this-boot".into(),
+            ..me
+        };
+        assert!(!is_alive(&other_boot));
+    }
+
+    #[test]
+    fn refuses_dangerous_pids() {
+        assert!(check_pid(0).is_err());
+        assert!(check_pid(1).is_err());
+        assert!(check_pid(std::process::id()).is_err());
+        assert!(check_pid(u32::MAX).is_err());
+    }
+}

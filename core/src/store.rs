@@ -1,1 +1,351 @@
-//! (store: in progress)
+//! The content-addressed artifact store, `<state-dir>/store/sha256/<hex>`.
+//!
+//! Staging copies a candidate's executable (or config file) into the store, hashing it on
+//! the way, so a reload — and any later rollback or relaunch — runs bytes tryswap owns and
+//! has fsynced, never a file outside that may have changed since. Stored files are
+//! read-only (0555 executables, 0444 configs) and named by their SHA-256.
+//!
+//! Staging streams the source into a temporary file inside `<state-dir>/store/`, fsyncs
+//! it, makes it read-only, renames it to `sha256/<hex>` and fsyncs the directory. A failed
+//! staging leaves no temporary file behind. Staging the same bytes again is a no-op that
+//! returns the same digest (and repairs a stored copy that no longer matches its name).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::os::unix::fs::PermissionsExt;
+//! let dir = tempfile::tempdir()?;
+//! let plugin = dir.path().join("plugin");
+//! std::fs::write(&plugin, b"#!/bin/sh\n")?;
+//! std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))?;
+//!
+//! let store = tryswap::store::Store::open(&dir.path().join("state"))?;
+//! let digest = store.stage_executable(&plugin)?;
+//! assert_eq!(std::fs::read(store.path_of(&digest))?, b"#!/bin/sh\n");
+//! store.verify(&digest)?;
+//! # Ok(()) }
+//! ```
+
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
+use tryswap_fsm::Sha256;
+
+/// Mode of a stored executable.
+const EXECUTABLE_MODE: u32 = 0o555;
+/// Mode of a stored config file.
+const CONFIG_MODE: u32 = 0o444;
+/// Name prefix of temporary files in the store root while a copy is in progress.
+const STAGING_PREFIX: &str = ".staging-";
+/// Copy buffer size.
+const CHUNK: usize = 64 * 1024;
+
+/// Why staging or verifying an artifact failed. Every variant names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The source file (or stored copy) does not exist.
+    #[error("{} does not exist", path.display())]
+    Missing {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// The source is a directory, device, FIFO or socket rather than a regular file.
+    #[error("{} is not a regular file", path.display())]
+    NotAFile {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// An executable was asked for but no execute permission bit is set.
+    #[error("{} is not executable (no execute permission bit is set)", path.display())]
+    NotExecutable {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// The source could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The source path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file-system operation on the store failed (disk full, permissions, …).
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// The path operated on.
+        path: PathBuf,
+        /// What was being done, e.g. `write`, `fsync`, `rename into place`.
+        op: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A stored file's bytes no longer hash to its name.
+    #[error("{} is corrupt: expected sha256 {expected}, found {found}", path.display())]
+    DigestMismatch {
+        /// The stored file.
+        path: PathBuf,
+        /// The digest it is named after.
+        expected: Sha256,
+        /// The digest of its current bytes.
+        found: Sha256,
+    },
+}
+
+impl StoreError {
+    fn io(path: &Path, op: &'static str, source: io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+}
+
+/// What a staged file is for; decides its mode and the checks on its source.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Executable,
+    Config,
+}
+
+/// A content-addressed store rooted at `<state_dir>/store`.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    objects: PathBuf,
+}
+
+impl Store {
+    /// Opens the store of a state directory, creating `<state_dir>/store/sha256` (mode 0700
+    /// for each directory created) if needed.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let root = state_dir.join("store");
+        let objects = root.join("sha256");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&objects)
+            .map_err(|e| StoreError::io(&objects, "create directory", e))?;
+        Ok(Store { root, objects })
+    }
+
+    /// The store's root directory, `<state_dir>/store`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the file with this digest lives (or would live): `<state_dir>/store/sha256/<hex>`.
+    pub fn path_of(&self, digest: &Sha256) -> PathBuf {
+        self.objects.join(digest.to_string())
+    }
+
+    /// Copies an executable into the store and returns its digest. The source must be a
+    /// regular file (symlinks are followed), readable, with at least one execute bit. The
+    /// stored copy has mode 0555.
+    pub fn stage_executable(&self, src: &Path) -> Result<Sha256, StoreError> {
+        self.stage(src, Kind::Executable)
+    }
+
+    /// Copies a config file into the store and returns its digest. The source must be a
+    /// readable regular file (symlinks are followed). The stored copy has mode 0444 (or
+    /// 0555 if the same bytes were also staged as an executable).
+    pub fn stage_config(&self, src: &Path) -> Result<Sha256, StoreError> {
+        self.stage(src, Kind::Config)
+    }
+
+    /// Checks that the file for `digest` is present, is a regular file, and that its bytes
+    /// still hash to `digest`. Run before relaunching from the store.
+    pub fn verify(&self, digest: &Sha256) -> Result<(), StoreError> {
+        let path = self.path_of(digest);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::Missing { path }),
+            Err(e) => return Err(StoreError::io(&path, "open", e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| StoreError::io(&path, "stat", e))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotAFile { path });
+        }
+        let found = hash_all(&mut file).map_err(|e| StoreError::io(&path, "read", e))?;
+        if &found != digest {
+            return Err(StoreError::DigestMismatch {
+                path,
+                expected: *digest,
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes temporary files left in the store root by a staging that was interrupted
+    /// (a crash mid-copy). Only call this when no other process or thread is staging into
+    /// the same store (e.g. while holding the journal for writing). Returns how many were
+    /// removed.
+    pub fn clean_staging(&self) -> Result<usize, StoreError> {
+        let entries =
+            fs::read_dir(&self.root).map_err(|e| StoreError::io(&self.root, "list", e))?;
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&self.root, "list", e))?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(STAGING_PREFIX))
+            {
+                let path = entry.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io(&path, "remove", e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn stage(&self, src: &Path, kind: Kind) -> Result<Sha256, StoreError> {
+        // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a file.
+        let mut source = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(src)
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => StoreError::Missing {
+                    path: src.to_path_buf(),
+                },
+                ErrorKind::PermissionDenied => StoreError::Unreadable {
+                    path: src.to_path_buf(),
+                    source: e,
+                },
+                _ => StoreError::io(src, "open", e),
+            })?;
+        let meta = source
+            .metadata()
+            .map_err(|e| StoreError::io(src, "stat", e))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotAFile {
+                path: src.to_path_buf(),
+            });
+        }
+        if kind == Kind::Executable && meta.permissions().mode() & 0o111 == 0 {
+            return Err(StoreError::NotExecutable {
+                path: src.to_path_buf(),
+            });
+        }
+
+        // The temporary file is removed when `staging` drops, on every error path.
+        let mut staging = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .permissions(Permissions::from_mode(0o600))
+            .tempfile_in(&self.root)
+            .map_err(|e| StoreError::io(&self.root, "create a staging file in", e))?;
+        let staging_path = staging.path().to_path_buf();
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(StoreError::Unreadable {
+                        path: src.to_path_buf(),
+                        source: e,
+                    })
+                }
+            };
+            hasher.update(&buf[..n]);
+            staging
+                .as_file_mut()
+                .write_all(&buf[..n])
+                .map_err(|e| StoreError::io(&staging_path, "write", e))?;
+        }
+        let digest = Sha256(hasher.finalize().into());
+        let mode = match kind {
+            Kind::Executable => EXECUTABLE_MODE,
+            Kind::Config => CONFIG_MODE,
+        };
+        let file = staging.as_file();
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| StoreError::io(&staging_path, "chmod", e))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io(&staging_path, "fsync", e))?;
+        // Closes the file; the path is still removed on drop until persisted.
+        let staging = staging.into_temp_path();
+
+        let target = self.path_of(&digest);
+        if self.existing_copy_is_good(&target, &digest, kind)? {
+            drop(staging);
+            tracing::debug!(path = %target.display(), "artifact already in the store");
+            return Ok(digest);
+        }
+        staging.persist(&target).map_err(|e| {
+            // `e.path` (the temporary file) is dropped, and so removed, with `e`.
+            StoreError::io(&target, "rename into place", e.error)
+        })?;
+        sync_dir(&self.objects)?;
+        tracing::debug!(src = %src.display(), path = %target.display(), "artifact staged");
+        Ok(digest)
+    }
+
+    /// Whether `target` already holds the right bytes (fixing its mode if an executable is
+    /// staged over a copy without the execute bit). A copy whose bytes are wrong is
+    /// reported as not good, so the caller replaces it.
+    fn existing_copy_is_good(
+        &self,
+        target: &Path,
+        digest: &Sha256,
+        kind: Kind,
+    ) -> Result<bool, StoreError> {
+        match self.verify(digest) {
+            Ok(()) => {}
+            Err(StoreError::Missing { .. }) => return Ok(false),
+            Err(StoreError::DigestMismatch { found, .. }) => {
+                tracing::warn!(
+                    path = %target.display(),
+                    %found,
+                    "stored artifact is corrupt; replacing it with the freshly staged copy"
+                );
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        if kind == Kind::Executable {
+            let meta = fs::metadata(target).map_err(|e| StoreError::io(target, "stat", e))?;
+            if meta.permissions().mode() & 0o111 != 0o111 {
+                fs::set_permissions(target, Permissions::from_mode(EXECUTABLE_MODE))
+                    .map_err(|e| StoreError::io(target, "chmod", e))?;
+                File::open(target)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| StoreError::io(target, "fsync", e))?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Hashes everything `reader` yields.
+fn hash_all(reader: &mut impl Read) -> io::Result<Sha256> {
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Sha256(hasher.finalize().into()))
+}
+
+/// fsyncs a directory so a rename inside it is durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, "fsync directory", e))
+}

@@ -1,0 +1,244 @@
+//! Human-readable and JSON output.
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+use tryswap::recovery::RecoveryReport;
+use tryswap::report::{HistoryReport, Outcome, ReloadReport, StatusReport};
+use tryswap::supervisor::Supervisor;
+use tryswap_fsm::EventKind;
+use tryswap_journal::Record;
+
+use crate::{CliError, EXIT_ERROR};
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| CliError::new(EXIT_ERROR, format!("encoding JSON output: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| CliError::new(EXIT_ERROR, format!("writing output: {e}")))
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// One line per journal record, as the reload goes.
+pub struct Progress {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Progress {
+    /// Prints what is still queued, then stops.
+    pub async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn detail(kind: &EventKind) -> String {
+    match kind {
+        EventKind::StagingFailed { reason, .. } => format!("staging failed: {}", reason.message),
+        EventKind::Staged {
+            generation,
+            artifact,
+            previous,
+            ..
+        } => {
+            let was = previous.map_or_else(|| "none active".to_owned(), |g| format!("active: {g}"));
+            format!(
+                "generation {generation}, sha256 {}… ({was})",
+                short(&artifact.sha256.to_string())
+            )
+        }
+        EventKind::Launched { process, .. } => process
+            .as_ref()
+            .map_or_else(|| "in-process".to_owned(), |p| format!("pid {}", p.pid)),
+        EventKind::Validated { endpoint } => endpoint.as_ref().map_or_else(
+            || "started".to_owned(),
+            |e| {
+                format!(
+                    "{} {} {} v{}",
+                    e.network, e.address, e.protocol, e.app_version
+                )
+            },
+        ),
+        EventKind::Probed => "healthy".to_owned(),
+        EventKind::Activated => "active marker moved".to_owned(),
+        EventKind::RolledBack { stage, reason } => {
+            let first = reason.message.lines().next().unwrap_or("");
+            format!("failed at {stage} ({}): {first}", reason.kind.name())
+        }
+        EventKind::DryRunPassed => "candidate discarded".to_owned(),
+        EventKind::Retired { generation } => format!("generation {generation} drained and stopped"),
+        EventKind::Relaunched { generation, .. } => format!("generation {generation} relaunched"),
+        EventKind::Stopped { generation, .. } => format!("generation {generation} stopped"),
+    }
+}
+
+fn progress_line(record: &Record, last: &mut Option<DateTime<Utc>>) {
+    let elapsed = last
+        .and_then(|l| (record.at - l).num_microseconds())
+        .map_or(0.0, |us| us as f64 / 1000.0);
+    *last = Some(record.at);
+    println!(
+        "  {:<15} {:>9.1} ms  {}",
+        record.event.name(),
+        elapsed,
+        detail(&record.event)
+    );
+}
+
+/// Starts printing a progress line for every record the supervisor appends.
+pub fn progress(mut rx: broadcast::Receiver<Record>) -> Progress {
+    let (stop, mut stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut last = Some(Utc::now());
+        loop {
+            tokio::select! {
+                biased;
+                r = rx.recv() => match r {
+                    Ok(record) => progress_line(&record, &mut last),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = &mut stopped => {
+                    while let Ok(record) = rx.try_recv() {
+                        progress_line(&record, &mut last);
+                    }
+                    break;
+                }
+            }
+        }
+    });
+    Progress { stop, task }
+}
+
+/// The closing line of a reload.
+pub fn reload_summary(report: &ReloadReport, supervisor: &Supervisor) {
+    let _ = supervisor;
+    let slot = &report.slot;
+    let gen = report.candidate.as_ref().map(|c| c.generation);
+    let pid = report
+        .candidate
+        .as_ref()
+        .and_then(|c| c.pid)
+        .map_or_else(String::new, |p| format!(" (pid {p})"));
+    let previous = report.previous.as_ref().map_or_else(
+        || "no generation was active".to_owned(),
+        |p| {
+            let pid = p.pid.map_or_else(String::new, |pid| format!(", pid {pid}"));
+            format!("generation {}{pid}", p.generation)
+        },
+    );
+    match report.outcome {
+        Outcome::Active => {
+            let retired = if report.retired.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = report.retired.iter().map(u64::to_string).collect();
+                format!("; retired generation {}", list.join(", "))
+            };
+            println!(
+                "{slot}: generation {} is active{pid} after {:.1} ms{retired}",
+                gen.unwrap_or_default(),
+                report.duration_ms
+            );
+        }
+        Outcome::DryRunPassed => println!(
+            "{slot}: dry run passed for generation {} in {:.1} ms; nothing changed ({previous} stays active)",
+            gen.unwrap_or_default(),
+            report.duration_ms
+        ),
+        Outcome::RolledBack | Outcome::InProgress => {
+            let stage = report.failed_stage.unwrap_or("?");
+            println!("{slot}: candidate rejected at {stage}; {previous} stays active");
+            if let Some(error) = &report.error {
+                for line in error.lines() {
+                    println!("  | {line}");
+                }
+            }
+        }
+    }
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// `tryswap status`.
+pub fn status(report: &StatusReport) {
+    if report.slots.is_empty() {
+        println!("no slots (configure [[slot]] tables in tryswap.toml)");
+        return;
+    }
+    println!(
+        "{:<16} {:>4} {:>8} {:<6} {:<28} {:<20} IN-FLIGHT",
+        "SLOT", "GEN", "PID", "ALIVE", "ADDRESS", "SINCE"
+    );
+    for s in &report.slots {
+        let a = s.active.as_ref();
+        let in_flight = s.in_flight.as_ref().map_or_else(
+            || "-".to_owned(),
+            |f| format!("{} {} ({})", f.mode, f.state, f.reload_id),
+        );
+        println!(
+            "{:<16} {:>4} {:>8} {:<6} {:<28} {:<20} {}",
+            s.slot,
+            or_dash(a.map(|a| a.generation)),
+            or_dash(a.and_then(|a| a.pid)),
+            a.map_or("-", |a| if a.alive { "yes" } else { "no" }),
+            or_dash(a.and_then(|a| a.address.clone())),
+            or_dash(a.and_then(|a| a.since.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ")))),
+            in_flight
+        );
+    }
+}
+
+/// `tryswap history SLOT`.
+pub fn history(report: &HistoryReport) {
+    if report.reloads.is_empty() {
+        println!("{}: no reloads", report.slot);
+        return;
+    }
+    println!(
+        "{:<36} {:<8} {:<14} {:>4} {:<10} {:>10}  ERROR",
+        "RELOAD", "MODE", "OUTCOME", "GEN", "FAILED AT", "DURATION"
+    );
+    for r in &report.reloads {
+        let outcome = serde_json::to_value(r.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let error = r
+            .error
+            .as_deref()
+            .and_then(|e| e.lines().next())
+            .unwrap_or("");
+        println!(
+            "{:<36} {:<8} {:<14} {:>4} {:<10} {:>7.1} ms  {}",
+            r.reload_id,
+            r.mode,
+            outcome,
+            or_dash(r.candidate.as_ref().map(|c| c.generation)),
+            r.failed_stage.unwrap_or("-"),
+            r.duration_ms,
+            error
+        );
+    }
+}
+
+/// `tryswap recover`.
+pub fn recovery(report: &RecoveryReport) {
+    if report.actions.is_empty() {
+        println!("recovery: nothing to do");
+        return;
+    }
+    for action in &report.actions {
+        println!("recovery: {action}");
+    }
+}

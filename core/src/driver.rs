@@ -1,0 +1,147 @@
+//! The driver interface: what launches, validates, probes and stops instances of a slot.
+
+use std::any::Any;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tryswap_fsm::{
+    ArtifactRef, Endpoint, Generation, ProcessIdentity, Reason, ReasonKind, ReloadId, SlotName,
+};
+
+/// Everything a driver needs to start one instance of a generation.
+#[derive(Clone, Debug)]
+pub struct LaunchRequest {
+    /// The slot.
+    pub slot: SlotName,
+    /// The reload the instance belongs to; process drivers tag the process with it.
+    pub reload: ReloadId,
+    /// The generation being started.
+    pub generation: Generation,
+    /// The staged artifact.
+    pub artifact: ArtifactRef,
+    /// Path of the staged executable inside the store, if the artifact has one.
+    pub executable: Option<PathBuf>,
+    /// Path of the staged config file inside the store, if the artifact has one.
+    pub config_file: Option<PathBuf>,
+}
+
+/// One running (or launched) instance of a generation, as its driver knows it.
+#[derive(Clone)]
+pub struct Instance {
+    /// The slot.
+    pub slot: SlotName,
+    /// The generation it runs.
+    pub generation: Generation,
+    /// The reload that launched it (its process tag).
+    pub reload: ReloadId,
+    /// Its artifact.
+    pub artifact: ArtifactRef,
+    /// Its process, for process drivers.
+    pub process: Option<ProcessIdentity>,
+    /// Its main log file.
+    pub log_path: Option<PathBuf>,
+    /// Where it serves, once validated.
+    pub endpoint: Option<Endpoint>,
+    /// Driver-private state (a child handle, an engine). `None` after a reattach by identity.
+    pub handle: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("slot", &self.slot)
+            .field("generation", &self.generation)
+            .field("reload", &self.reload)
+            .field("process", &self.process)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// The process id, if the instance is a process.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+}
+
+/// Why a driver step failed: a kind (error or timeout) and a message that quotes the plugin.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    /// Error or timeout.
+    pub kind: ReasonKind,
+    /// What went wrong, quoting what the plugin said where possible.
+    pub message: String,
+}
+
+impl DriverError {
+    /// A plain failure.
+    pub fn error(message: impl Into<String>) -> Self {
+        DriverError {
+            kind: ReasonKind::Error,
+            message: message.into(),
+        }
+    }
+
+    /// A step that did not finish in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        DriverError {
+            kind: ReasonKind::Timeout,
+            message: message.into(),
+        }
+    }
+
+    /// The journal reason for this failure.
+    pub fn reason(&self) -> Reason {
+        Reason {
+            kind: self.kind,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// How an instance was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// It was already gone.
+    AlreadyGone,
+    /// It exited when asked.
+    Graceful,
+    /// It had to be killed.
+    Killed,
+}
+
+/// Launches, validates, probes and stops instances of one slot.
+///
+/// The supervisor calls these in order for a reload (launch → validate → probe) and calls
+/// `stop` on a candidate that failed, on a dry run's candidate, and on a drained old
+/// generation. Implementations must make `stop` idempotent and must never leave a process
+/// of a stopped instance behind.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// Starts an instance. Returns once it exists (spawned, built); not yet validated.
+    async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError>;
+
+    /// Waits for and checks the instance's handshake; fills in its endpoint.
+    async fn validate(&self, instance: &mut Instance) -> Result<(), DriverError>;
+
+    /// Runs the slot's health probe until it passes or fails.
+    async fn probe(&self, instance: &Instance) -> Result<(), DriverError>;
+
+    /// Stops the instance and everything it started. Idempotent.
+    async fn stop(&self, instance: &Instance) -> Result<StopOutcome, DriverError>;
+
+    /// Whether the instance still runs.
+    fn is_alive(&self, instance: &Instance) -> bool;
+
+    /// Rebuilds an instance from journal facts after this process (re)started, if it is still
+    /// running with the same identity. Drivers whose instances cannot outlive the host return
+    /// `None`.
+    fn reattach(&self, facts: &Instance) -> Option<Instance> {
+        let _ = facts;
+        None
+    }
+}

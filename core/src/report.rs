@@ -1,0 +1,296 @@
+//! Structured results: the JSON shapes of DESIGN.md ("--json shapes"; keys are a contract).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tryswap_fsm::{Instance as Facts, Mode, Reload, ReloadId, ReloadState};
+use tryswap_journal::{ReloadView, SlotView};
+
+/// How a reload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The candidate is the slot's active generation.
+    Active,
+    /// The candidate was stopped; the slot is as it was.
+    RolledBack,
+    /// A dry run passed; nothing changed.
+    DryRunPassed,
+    /// The reload has not finished (only seen in `history` or `status` of a live reload).
+    InProgress,
+}
+
+impl Outcome {
+    /// The outcome of a reload in `state`.
+    pub fn of(state: &ReloadState) -> Outcome {
+        match state {
+            ReloadState::Active => Outcome::Active,
+            ReloadState::RolledBack { .. } => Outcome::RolledBack,
+            ReloadState::DryRunPassed => Outcome::DryRunPassed,
+            _ => Outcome::InProgress,
+        }
+    }
+}
+
+/// The candidate of a reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CandidateInfo {
+    /// Generation number.
+    pub generation: u64,
+    /// Executable (or engine config) digest.
+    pub sha256: String,
+    /// Config file digest, if any.
+    pub config_sha256: Option<String>,
+    /// Process id, once launched.
+    pub pid: Option<u32>,
+    /// `tcp` or `unix`, once validated.
+    pub network: Option<String>,
+    /// Address, once validated.
+    pub address: Option<String>,
+    /// `grpc` or `netrpc`, once validated.
+    pub protocol: Option<String>,
+    /// Negotiated app protocol version, once validated.
+    pub app_protocol_version: Option<u32>,
+    /// The candidate's log file.
+    pub log_path: Option<String>,
+}
+
+/// The generation that was active when a reload started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PreviousInfo {
+    /// Generation number.
+    pub generation: u64,
+    /// Its artifact digest.
+    pub sha256: String,
+    /// Its process id at the time.
+    pub pid: Option<u32>,
+}
+
+impl PreviousInfo {
+    /// From the journal's facts about an active generation.
+    pub fn from_facts(facts: &Facts) -> Self {
+        PreviousInfo {
+            generation: facts.generation.0,
+            sha256: facts.artifact.sha256.to_string(),
+            pid: facts.process.as_ref().map(|p| p.pid),
+        }
+    }
+}
+
+/// One stage a reload passed through.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageTiming {
+    /// `staged`, `launched`, `validated`, `probed`, `active`, `rolled_back`, `dry_run_passed`.
+    pub state: String,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// Milliseconds since the previous stage (the first: since the reload started).
+    pub elapsed_ms: f64,
+}
+
+/// The result of one reload: DESIGN.md's reload JSON shape.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReloadReport {
+    /// Reload id (UUIDv7).
+    pub reload_id: ReloadId,
+    /// Slot name.
+    pub slot: String,
+    /// `activate`, `try` or `rollback`.
+    pub mode: &'static str,
+    /// `active`, `rolled_back`, `dry_run_passed` (or `in_progress` in history).
+    pub outcome: Outcome,
+    /// The stage that failed, for rolled back reloads.
+    pub failed_stage: Option<&'static str>,
+    /// The failure, quoting the plugin where possible.
+    pub error: Option<String>,
+    /// `error`, `timeout`, `cancelled` or `recovered`, for rolled back reloads.
+    pub reason_kind: Option<&'static str>,
+    /// For rollbacks, the generation whose artifact was reactivated.
+    pub rollback_to: Option<u64>,
+    /// The candidate.
+    pub candidate: Option<CandidateInfo>,
+    /// The generation active when the reload started.
+    pub previous: Option<PreviousInfo>,
+    /// Stages with timings.
+    pub stages: Vec<StageTiming>,
+    /// Whole duration in milliseconds, from start to the terminal stage.
+    pub duration_ms: f64,
+    /// Former generations this reload drained and stopped.
+    pub retired: Vec<u64>,
+}
+
+fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from)
+        .num_microseconds()
+        .map_or(0.0, |us| us as f64 / 1000.0)
+}
+
+impl ReloadReport {
+    /// Builds the report of a reload from its journal view.
+    ///
+    /// `started` is when the caller began (before staging); without it timings start at the
+    /// first recorded stage. `previous` describes the generation active at the start.
+    pub fn from_view(
+        view: &ReloadView,
+        started: Option<DateTime<Utc>>,
+        previous: Option<PreviousInfo>,
+    ) -> Self {
+        let reload: &Reload = &view.reload;
+        let mut stages = Vec::with_capacity(view.stages.len());
+        let origin = started.unwrap_or(view.created);
+        let mut last = origin;
+        for mark in &view.stages {
+            stages.push(StageTiming {
+                state: mark.state.clone(),
+                at: mark.at,
+                elapsed_ms: millis(last, mark.at),
+            });
+            last = mark.at;
+        }
+        let (failed_stage, error, reason_kind) = match &reload.state {
+            ReloadState::RolledBack { stage, reason } => (
+                Some(stage.name()),
+                Some(reason.message.clone()),
+                Some(reason.kind.name()),
+            ),
+            _ => (None, None, None),
+        };
+        let candidate = reload.candidate.as_ref().map(|c| CandidateInfo {
+            generation: c.generation.0,
+            sha256: c.artifact.sha256.to_string(),
+            config_sha256: c.artifact.config_sha256.map(|d| d.to_string()),
+            pid: reload.process.as_ref().map(|p| p.pid),
+            network: reload.endpoint.as_ref().map(|e| e.network.to_string()),
+            address: reload.endpoint.as_ref().map(|e| e.address.clone()),
+            protocol: reload.endpoint.as_ref().map(|e| e.protocol.to_string()),
+            app_protocol_version: reload.endpoint.as_ref().map(|e| e.app_version),
+            log_path: reload.log_path.clone(),
+        });
+        let previous = previous.or_else(|| {
+            reload.previous.map(|g| PreviousInfo {
+                generation: g.0,
+                sha256: String::new(),
+                pid: None,
+            })
+        });
+        ReloadReport {
+            reload_id: reload.id,
+            slot: reload.slot.to_string(),
+            mode: reload.mode.name(),
+            outcome: Outcome::of(&reload.state),
+            failed_stage,
+            error,
+            reason_kind,
+            rollback_to: match reload.mode {
+                Mode::Rollback { to } => Some(to.0),
+                _ => None,
+            },
+            candidate,
+            previous,
+            stages,
+            duration_ms: millis(origin, last),
+            retired: Vec::new(),
+        }
+    }
+}
+
+/// The active generation of a slot, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActiveInfo {
+    /// Generation number.
+    pub generation: u64,
+    /// Artifact digest.
+    pub sha256: String,
+    /// Config digest, if any.
+    pub config_sha256: Option<String>,
+    /// Process id.
+    pub pid: Option<u32>,
+    /// Whether it runs (process alive with the journaled identity).
+    pub alive: bool,
+    /// `tcp` or `unix`.
+    pub network: Option<String>,
+    /// Address.
+    pub address: Option<String>,
+    /// When it became active.
+    pub since: Option<DateTime<Utc>>,
+    /// Its log file.
+    pub log_path: Option<String>,
+}
+
+/// A reload in progress, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InFlightInfo {
+    /// Reload id.
+    pub reload_id: ReloadId,
+    /// Mode name.
+    pub mode: &'static str,
+    /// Current state name.
+    pub state: &'static str,
+    /// Candidate generation.
+    pub generation: Option<u64>,
+}
+
+/// One slot in `status`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SlotStatus {
+    /// Slot name.
+    pub slot: String,
+    /// The active generation, if any.
+    pub active: Option<ActiveInfo>,
+    /// The reload in progress, if any.
+    pub in_flight: Option<InFlightInfo>,
+    /// Former generations not yet retired.
+    pub retiring: Vec<u64>,
+    /// Whether the slot is in the config (a journal can know slots the config dropped).
+    pub configured: bool,
+}
+
+impl SlotStatus {
+    /// Builds a slot's status from its journal view; `alive` says whether the active
+    /// generation's process runs.
+    pub fn from_view(
+        view: &SlotView,
+        in_flight: Option<&ReloadView>,
+        alive: bool,
+        configured: bool,
+    ) -> Self {
+        let slot = &view.slot;
+        SlotStatus {
+            slot: slot.name.to_string(),
+            active: slot.active.as_ref().map(|a| ActiveInfo {
+                generation: a.generation.0,
+                sha256: a.artifact.sha256.to_string(),
+                config_sha256: a.artifact.config_sha256.map(|d| d.to_string()),
+                pid: a.process.as_ref().map(|p| p.pid),
+                alive,
+                network: a.endpoint.as_ref().map(|e| e.network.to_string()),
+                address: a.endpoint.as_ref().map(|e| e.address.clone()),
+                since: view.active_since,
+                log_path: a.log_path.clone(),
+            }),
+            in_flight: in_flight.map(|r| InFlightInfo {
+                reload_id: r.reload.id,
+                mode: r.reload.mode.name(),
+                state: r.reload.state.name(),
+                generation: r.reload.candidate.as_ref().map(|c| c.generation.0),
+            }),
+            retiring: slot.retiring.iter().map(|i| i.generation.0).collect(),
+            configured,
+        }
+    }
+}
+
+/// `status --json`: `{"slots":[…]}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatusReport {
+    /// Every slot, configured or known to the journal, by name.
+    pub slots: Vec<SlotStatus>,
+}
+
+/// `history --json`: `{"slot":…, "reloads":[…]}`, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryReport {
+    /// Slot name.
+    pub slot: String,
+    /// Reloads, oldest first.
+    pub reloads: Vec<ReloadReport>,
+}

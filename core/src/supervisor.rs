@@ -1,0 +1,928 @@
+//! The supervisor: runs reloads through the state machine and the journal, holds the
+//! arc-swapped active pointer of every slot, hands out leases, retires old generations.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use tracing::Instrument;
+use tryswap_fsm::{
+    ArtifactRef, Command, EventKind, Generation, Mode, Reason, Rejected, ReloadId, SlotName,
+};
+use tryswap_journal::{Journal, JournalError, Record};
+
+use crate::config::{ProbeConfig, SlotConfig};
+use crate::driver::{Driver, DriverError, Instance, LaunchRequest};
+use crate::engine::{EngineDriver, EngineFactory};
+use crate::lease::{Lease, Serving};
+use crate::process_driver::ProcessDriver;
+use crate::report::{HistoryReport, PreviousInfo, ReloadReport, SlotStatus, StatusReport};
+use crate::store::{Store, StoreError};
+
+/// Marks a point where crash tests can abort the process (`failpoints` feature).
+macro_rules! failpoint {
+    ($name:literal) => {
+        fail::fail_point!($name)
+    };
+}
+
+/// What to stage as a candidate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CandidateSpec {
+    /// The plugin executable (process slots).
+    pub executable: Option<PathBuf>,
+    /// A config file: `{config}` in the slot's args, or the engine config (in-process slots).
+    pub config: Option<PathBuf>,
+}
+
+impl CandidateSpec {
+    /// A plugin executable without a config file.
+    pub fn executable(path: impl Into<PathBuf>) -> Self {
+        CandidateSpec {
+            executable: Some(path.into()),
+            config: None,
+        }
+    }
+
+    /// Adds a config file.
+    pub fn with_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config = Some(path.into());
+        self
+    }
+}
+
+/// Errors a supervisor call returns. A candidate that fails is not an error: it is a
+/// [`ReloadReport`] with outcome `rolled_back`.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The slot already has a reload in progress.
+    #[error("slot {slot}: a reload is already in progress{}", in_flight.map(|id| format!(" ({id})")).unwrap_or_default())]
+    Conflict {
+        /// The slot.
+        slot: SlotName,
+        /// The reload in progress, if known.
+        in_flight: Option<ReloadId>,
+    },
+    /// The slot is neither configured nor registered.
+    #[error("unknown slot {0}: it is not in the config")]
+    UnknownSlot(SlotName),
+    /// The slot has no active generation.
+    #[error("slot {0} has no active generation")]
+    NoActive(SlotName),
+    /// The slot has no earlier generation to roll back to.
+    #[error("slot {0} has no previous generation to roll back to")]
+    NoPrevious(SlotName),
+    /// The state machine refused a command.
+    #[error("slot {slot}: {rejected}")]
+    Rejected {
+        /// The slot.
+        slot: SlotName,
+        /// Why.
+        rejected: Rejected,
+    },
+    /// The journal failed; the reload was stopped and the slot left as it was.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The artifact store failed outside a reload.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Starting or stopping an active generation failed.
+    #[error("slot {slot}: {error}")]
+    Driver {
+        /// The slot.
+        slot: SlotName,
+        /// What failed.
+        error: DriverError,
+    },
+}
+
+pub(crate) struct SlotRuntime {
+    pub(crate) name: SlotName,
+    pub(crate) driver: Arc<dyn Driver>,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) needs_executable: bool,
+    pub(crate) active: ArcSwapOption<Serving>,
+    pub(crate) busy: tokio::sync::Mutex<()>,
+}
+
+struct Inner {
+    journal: Journal,
+    store: Store,
+    state_dir: PathBuf,
+    slots: RwLock<BTreeMap<SlotName, Arc<SlotRuntime>>>,
+    records: broadcast::Sender<Record>,
+}
+
+/// Runs safe reloads for a set of slots over one journal.
+///
+/// Cloning is cheap and shares everything. Reloads of one slot are serialized (a second one
+/// is a [`SupervisorError::Conflict`]); reloads of different slots run concurrently.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+/// The journal facts of an active or retiring generation, as an instance without a handle.
+pub(crate) fn facts_instance(slot: &SlotName, facts: &tryswap_fsm::Instance) -> Instance {
+    Instance {
+        slot: slot.clone(),
+        generation: facts.generation,
+        reload: facts.reload,
+        artifact: facts.artifact.clone(),
+        process: facts.process.clone(),
+        log_path: facts.log_path.as_ref().map(PathBuf::from),
+        endpoint: facts.endpoint.clone(),
+        handle: None,
+    }
+}
+
+impl Supervisor {
+    /// Opens (or creates) the state directory: its journal and store. Fails at once if
+    /// another process holds the journal. Register slots next, then call [`Supervisor::attach`].
+    pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, SupervisorError> {
+        let state_dir = state_dir.as_ref().to_path_buf();
+        let journal = Journal::open(&state_dir.join("journal"))?;
+        let store = Store::open(&state_dir)?;
+        let (records, _) = broadcast::channel(1024);
+        Ok(Supervisor {
+            inner: Arc::new(Inner {
+                journal,
+                store,
+                state_dir,
+                slots: RwLock::new(BTreeMap::new()),
+                records,
+            }),
+        })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    /// The journal (read it for audits; write to it only through the supervisor).
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// The artifact store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Every journal record appended from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Record> {
+        self.inner.records.subscribe()
+    }
+
+    fn register(&self, runtime: SlotRuntime) {
+        let mut slots = self.inner.slots.write().unwrap_or_else(|e| e.into_inner());
+        slots.insert(runtime.name.clone(), Arc::new(runtime));
+    }
+
+    /// Registers a slot whose generations are plugin processes.
+    pub fn add_process_slot(&self, config: SlotConfig) {
+        let name = config.name.clone();
+        let drain_timeout = config.drain_timeout;
+        let driver = ProcessDriver::new(config, self.inner.state_dir.clone());
+        self.add_slot(name, Arc::new(driver), drain_timeout, true);
+    }
+
+    /// Registers a slot whose generations are in-process engines built by `factory` from a
+    /// staged config file.
+    pub fn add_engine_slot<F: EngineFactory>(
+        &self,
+        name: SlotName,
+        probe: ProbeConfig,
+        drain_timeout: Duration,
+        factory: F,
+    ) {
+        let driver = EngineDriver::new(factory, probe);
+        self.add_slot(name, Arc::new(driver), drain_timeout, false);
+    }
+
+    /// Registers a slot with any driver. `needs_executable`: candidates must name an
+    /// executable (else a config file is the artifact).
+    pub fn add_slot(
+        &self,
+        name: SlotName,
+        driver: Arc<dyn Driver>,
+        drain_timeout: Duration,
+        needs_executable: bool,
+    ) {
+        self.register(SlotRuntime {
+            name,
+            driver,
+            drain_timeout,
+            needs_executable,
+            active: ArcSwapOption::empty(),
+            busy: tokio::sync::Mutex::new(()),
+        });
+    }
+
+    pub(crate) fn runtime(&self, slot: &SlotName) -> Result<Arc<SlotRuntime>, SupervisorError> {
+        let slots = self.inner.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(slot)
+            .cloned()
+            .ok_or_else(|| SupervisorError::UnknownSlot(slot.clone()))
+    }
+
+    pub(crate) fn runtimes(&self) -> Vec<Arc<SlotRuntime>> {
+        let slots = self.inner.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots.values().cloned().collect()
+    }
+
+    pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
+        let records = self.inner.journal.execute(command, Utc::now())?;
+        for record in &records {
+            // Nobody listening is fine.
+            let _ = self.inner.records.send(record.clone());
+        }
+        Ok(records)
+    }
+
+    /// Takes over the active generations the journal names that still run with their
+    /// journaled identity (a previous tryswap process started them). Call after registering
+    /// slots. Returns the slots whose active generation is recorded running but is not.
+    pub fn attach(&self) -> Result<Vec<SlotName>, SupervisorError> {
+        let mut dead = Vec::new();
+        for rt in self.runtimes() {
+            if rt.active.load().is_some() {
+                continue;
+            }
+            let Some(view) = self.inner.journal.slot(&rt.name)? else {
+                continue;
+            };
+            let Some(facts) = view.slot.active.as_ref().filter(|a| a.running) else {
+                continue;
+            };
+            match rt.driver.reattach(&facts_instance(&rt.name, facts)) {
+                Some(instance) => rt.active.store(Some(Serving::new(instance))),
+                None => dead.push(rt.name.clone()),
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Leases the slot's active generation for one piece of work.
+    pub fn lease(&self, slot: &SlotName) -> Result<Lease, SupervisorError> {
+        let rt = self.runtime(slot)?;
+        // A lease can race a swap: retry on the new pointer if the old one began draining.
+        for _ in 0..64 {
+            let Some(serving) = rt.active.load_full() else {
+                return Err(SupervisorError::NoActive(slot.clone()));
+            };
+            if let Some(lease) = serving.try_lease() {
+                return Ok(lease);
+            }
+            std::thread::yield_now();
+        }
+        Err(SupervisorError::NoActive(slot.clone()))
+    }
+
+    /// Full safe reload: stage, launch, validate, probe, commit, drain and stop the old one.
+    pub async fn activate(
+        &self,
+        slot: &SlotName,
+        candidate: CandidateSpec,
+    ) -> Result<ReloadReport, SupervisorError> {
+        self.reload(slot, Mode::Activate, Some(candidate)).await
+    }
+
+    /// Dry run: stage, launch, validate, probe, then discard the candidate. Nothing changes.
+    pub async fn try_activate(
+        &self,
+        slot: &SlotName,
+        candidate: CandidateSpec,
+    ) -> Result<ReloadReport, SupervisorError> {
+        self.reload(slot, Mode::DryRun, Some(candidate)).await
+    }
+
+    /// Safe reload of an earlier generation's stored artifact (default: the generation that
+    /// was active before the current one).
+    pub async fn rollback(
+        &self,
+        slot: &SlotName,
+        to: Option<Generation>,
+    ) -> Result<ReloadReport, SupervisorError> {
+        let to = match to {
+            Some(g) => g,
+            None => {
+                let view = self
+                    .inner
+                    .journal
+                    .slot(slot)?
+                    .ok_or_else(|| SupervisorError::NoPrevious(slot.clone()))?;
+                let active = view
+                    .slot
+                    .active
+                    .as_ref()
+                    .ok_or_else(|| SupervisorError::NoActive(slot.clone()))?;
+                let reload = self
+                    .inner
+                    .journal
+                    .reload(&active.reload)?
+                    .ok_or_else(|| SupervisorError::NoPrevious(slot.clone()))?;
+                reload
+                    .reload
+                    .previous
+                    .or_else(|| {
+                        view.slot
+                            .history
+                            .keys()
+                            .rev()
+                            .find(|g| **g < active.generation)
+                            .copied()
+                    })
+                    .ok_or_else(|| SupervisorError::NoPrevious(slot.clone()))?
+            }
+        };
+        self.reload(slot, Mode::Rollback { to }, None).await
+    }
+
+    /// Runs one reload of `slot` in `mode`. `candidate` is required except for rollbacks.
+    pub async fn reload(
+        &self,
+        slot: &SlotName,
+        mode: Mode,
+        candidate: Option<CandidateSpec>,
+    ) -> Result<ReloadReport, SupervisorError> {
+        let rt = self.runtime(slot)?;
+        let started = Utc::now();
+        let Ok(_busy) = rt.busy.try_lock() else {
+            let in_flight = self
+                .inner
+                .journal
+                .slot(slot)
+                .ok()
+                .flatten()
+                .and_then(|v| v.slot.in_flight);
+            return Err(SupervisorError::Conflict {
+                slot: slot.clone(),
+                in_flight,
+            });
+        };
+        let reload = ReloadId::now_v7();
+        let span = tracing::info_span!(
+            "reload",
+            slot = %slot,
+            reload_id = %reload,
+            mode = mode.name(),
+            generation = tracing::field::Empty
+        );
+        self.run_reload(&rt, reload, mode, candidate, started)
+            .instrument(span)
+            .await
+    }
+
+    fn previous_info(&self, slot: &SlotName) -> Result<Option<PreviousInfo>, SupervisorError> {
+        Ok(self
+            .inner
+            .journal
+            .slot(slot)?
+            .and_then(|v| v.slot.active.as_ref().map(PreviousInfo::from_facts)))
+    }
+
+    fn report(
+        &self,
+        reload: ReloadId,
+        started: DateTime<Utc>,
+        previous: Option<PreviousInfo>,
+    ) -> Result<ReloadReport, SupervisorError> {
+        let view = self.inner.journal.reload(&reload)?.ok_or_else(|| {
+            SupervisorError::Journal(JournalError::Missing(format!("reload {reload}")))
+        })?;
+        Ok(ReloadReport::from_view(&view, Some(started), previous))
+    }
+
+    /// Copies the candidate into the store, or finds a rollback target there.
+    fn stage_artifact(
+        &self,
+        rt: &SlotRuntime,
+        mode: Mode,
+        candidate: Option<&CandidateSpec>,
+    ) -> Result<ArtifactRef, String> {
+        let store = &self.inner.store;
+        if let Mode::Rollback { to } = mode {
+            let view = self
+                .inner
+                .journal
+                .slot(&rt.name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("slot {} has no history", rt.name))?;
+            let artifact = view
+                .slot
+                .history
+                .get(&to)
+                .cloned()
+                .ok_or_else(|| format!("slot {} never had generation {to} active", rt.name))?;
+            store
+                .verify(&artifact.sha256)
+                .map_err(|e| format!("generation {to}'s executable: {e}"))?;
+            if let Some(config) = &artifact.config_sha256 {
+                store
+                    .verify(config)
+                    .map_err(|e| format!("generation {to}'s config: {e}"))?;
+            }
+            return Ok(artifact);
+        }
+        let spec = candidate.ok_or_else(|| "no candidate given".to_owned())?;
+        let config = match &spec.config {
+            Some(path) => Some(store.stage_config(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        if rt.needs_executable {
+            let exe = spec.executable.as_ref().ok_or_else(|| {
+                format!("slot {} runs plugin processes: give an executable", rt.name)
+            })?;
+            let sha256 = store.stage_executable(exe).map_err(|e| e.to_string())?;
+            Ok(ArtifactRef {
+                sha256,
+                config_sha256: config,
+            })
+        } else {
+            let sha256 = config.ok_or_else(|| {
+                format!(
+                    "slot {} runs in-process engines: give a config file",
+                    rt.name
+                )
+            })?;
+            Ok(ArtifactRef {
+                sha256,
+                config_sha256: Some(sha256),
+            })
+        }
+    }
+
+    fn launch_request(
+        &self,
+        rt: &SlotRuntime,
+        reload: ReloadId,
+        generation: Generation,
+        artifact: &ArtifactRef,
+    ) -> LaunchRequest {
+        let store = &self.inner.store;
+        LaunchRequest {
+            slot: rt.name.clone(),
+            reload,
+            generation,
+            artifact: artifact.clone(),
+            executable: rt.needs_executable.then(|| store.path_of(&artifact.sha256)),
+            config_file: artifact.config_sha256.map(|d| store.path_of(&d)),
+        }
+    }
+
+    async fn run_reload(
+        &self,
+        rt: &SlotRuntime,
+        reload: ReloadId,
+        mode: Mode,
+        candidate: Option<CandidateSpec>,
+        started: DateTime<Utc>,
+    ) -> Result<ReloadReport, SupervisorError> {
+        let slot = &rt.name;
+        let previous = self.previous_info(slot)?;
+        // Refuse early (no staging, nothing journaled) if the journal knows a reload in
+        // flight, e.g. one a crashed process left behind.
+        if let Some(view) = self.inner.journal.slot(slot)? {
+            if let Some(in_flight) = view.slot.in_flight {
+                return Err(SupervisorError::Conflict {
+                    slot: slot.clone(),
+                    in_flight: Some(in_flight),
+                });
+            }
+        }
+
+        // Staged: the artifact is in the store and the reload is durable before any spawn.
+        let artifact = match self.stage_artifact(rt, mode, candidate.as_ref()) {
+            Ok(artifact) => artifact,
+            Err(message) => {
+                tracing::warn!(%message, "staging failed");
+                self.record(&Command::FailStaging {
+                    reload,
+                    slot: slot.clone(),
+                    mode,
+                    reason: Reason::error(message),
+                })?;
+                return self.report(reload, started, previous);
+            }
+        };
+        failpoint!("reload-before-staged");
+        let staged = self
+            .record(&Command::Stage {
+                reload,
+                slot: slot.clone(),
+                mode,
+                artifact: artifact.clone(),
+            })
+            .map_err(|e| match e {
+                JournalError::Rejected(Rejected::Conflict { in_flight, .. }) => {
+                    SupervisorError::Conflict {
+                        slot: slot.clone(),
+                        in_flight: Some(in_flight),
+                    }
+                }
+                JournalError::Rejected(rejected) => SupervisorError::Rejected {
+                    slot: slot.clone(),
+                    rejected,
+                },
+                other => SupervisorError::Journal(other),
+            })?;
+        let generation = staged
+            .iter()
+            .find_map(|r| match r.event {
+                EventKind::Staged { generation, .. } => Some(generation),
+                _ => None,
+            })
+            .unwrap_or_default();
+        tracing::Span::current().record("generation", generation.0);
+        tracing::info!("staged");
+        failpoint!("reload-after-staged");
+
+        // Launched.
+        let request = self.launch_request(rt, reload, generation, &artifact);
+        let mut instance = match rt.driver.launch(&request).await {
+            Ok(instance) => instance,
+            Err(error) => return self.fail(rt, reload, None, error, started, previous).await,
+        };
+        failpoint!("reload-after-spawn");
+        if let Err(e) = self.record(&Command::RecordLaunch {
+            reload,
+            process: instance.process.clone(),
+            log_path: instance
+                .log_path
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+        }) {
+            return self.abandon(rt, &instance, reload, e).await;
+        }
+        tracing::info!(pid = instance.pid(), "launched");
+        failpoint!("reload-after-launched");
+
+        // Validated.
+        if let Err(error) = rt.driver.validate(&mut instance).await {
+            return self
+                .fail(rt, reload, Some(&instance), error, started, previous)
+                .await;
+        }
+        if let Err(e) = self.record(&Command::RecordHandshake {
+            reload,
+            endpoint: instance.endpoint.clone(),
+        }) {
+            return self.abandon(rt, &instance, reload, e).await;
+        }
+        tracing::info!(
+            address = instance.endpoint.as_ref().map(|e| e.address.as_str()),
+            "validated"
+        );
+        failpoint!("reload-after-validated");
+
+        // Probed.
+        if let Err(error) = rt.driver.probe(&instance).await {
+            return self
+                .fail(rt, reload, Some(&instance), error, started, previous)
+                .await;
+        }
+        if let Err(e) = self.record(&Command::RecordProbe { reload }) {
+            return self.abandon(rt, &instance, reload, e).await;
+        }
+        tracing::info!("probed");
+        failpoint!("reload-after-probed");
+
+        if mode == Mode::DryRun {
+            if let Err(e) = rt.driver.stop(&instance).await {
+                tracing::warn!(error = %e, "stopping the dry run's candidate");
+            }
+            self.record(&Command::PassDryRun { reload })?;
+            tracing::info!("dry run passed");
+            return self.report(reload, started, previous);
+        }
+
+        // Active: the commit point. Durable before the old generation is touched.
+        failpoint!("reload-before-commit");
+        if let Err(e) = self.record(&Command::Commit { reload }) {
+            return self.abandon(rt, &instance, reload, e).await;
+        }
+        failpoint!("reload-after-commit");
+        let old = rt.active.swap(Some(Serving::new(instance)));
+        tracing::info!("active");
+        failpoint!("reload-after-swap");
+
+        // Drain and stop every former generation still waiting to retire.
+        let retired = self.retire_old(rt, old).await;
+        let mut report = self.report(reload, started, previous)?;
+        report.retired = retired;
+        Ok(report)
+    }
+
+    /// Drains and stops former generations of the slot, journaling `Retired` for each.
+    pub(crate) async fn retire_old(&self, rt: &SlotRuntime, old: Option<Arc<Serving>>) -> Vec<u64> {
+        let mut retired = Vec::new();
+        let retiring = match self.inner.journal.slot(&rt.name) {
+            Ok(Some(view)) => view.slot.retiring,
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the slot to retire old generations");
+                return retired;
+            }
+        };
+        for facts in retiring {
+            let serving = old
+                .as_ref()
+                .filter(|s| s.instance.generation == facts.generation)
+                .cloned();
+            let instance = match &serving {
+                Some(s) => {
+                    let held = s.drain(rt.drain_timeout).await;
+                    if held > 0 {
+                        tracing::warn!(
+                            generation = facts.generation.0,
+                            held,
+                            "drain timeout passed with leases still held; stopping anyway"
+                        );
+                    }
+                    s.instance.clone()
+                }
+                None => facts_instance(&rt.name, &facts),
+            };
+            failpoint!("retire-before-stop");
+            match rt.driver.stop(&instance).await {
+                Ok(outcome) => {
+                    tracing::info!(
+                        generation = facts.generation.0,
+                        ?outcome,
+                        "old generation stopped"
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(generation = facts.generation.0, error = %e, "stopping the old generation failed; it stays queued for retirement");
+                    continue;
+                }
+            }
+            failpoint!("retire-after-stop");
+            match self.record(&Command::Retire {
+                slot: rt.name.clone(),
+                generation: facts.generation,
+            }) {
+                Ok(_) => retired.push(facts.generation.0),
+                Err(e) => tracing::error!(error = %e, "journaling Retired"),
+            }
+        }
+        retired
+    }
+
+    /// A stage failed: stop the candidate, journal the rollback, report it.
+    async fn fail(
+        &self,
+        rt: &SlotRuntime,
+        reload: ReloadId,
+        instance: Option<&Instance>,
+        error: DriverError,
+        started: DateTime<Utc>,
+        previous: Option<PreviousInfo>,
+    ) -> Result<ReloadReport, SupervisorError> {
+        tracing::warn!(error = %error, "candidate rejected");
+        if let Some(instance) = instance {
+            if let Err(e) = rt.driver.stop(instance).await {
+                tracing::error!(error = %e, "stopping the rejected candidate");
+            }
+        } else {
+            // Launch failed half-way: make sure nothing tagged with this reload survives.
+            crate::process::kill_tagged(&reload, Duration::from_secs(2)).await;
+        }
+        self.record(&Command::Fail {
+            reload,
+            reason: error.reason(),
+        })?;
+        self.report(reload, started, previous)
+    }
+
+    /// The journal failed mid-reload: stop the candidate, try to record the rollback, and
+    /// return the journal error. The slot's active generation is untouched.
+    async fn abandon(
+        &self,
+        rt: &SlotRuntime,
+        instance: &Instance,
+        reload: ReloadId,
+        error: JournalError,
+    ) -> Result<ReloadReport, SupervisorError> {
+        tracing::error!(error = %error, "journal write failed; stopping the candidate");
+        if let Err(e) = rt.driver.stop(instance).await {
+            tracing::error!(error = %e, "stopping the candidate");
+        }
+        if let Err(e) = self.record(&Command::Fail {
+            reload,
+            reason: Reason::error(format!("journal write failed: {error}")),
+        }) {
+            tracing::error!(error = %e, "journaling the rollback failed too; recovery will finish it");
+        }
+        Err(SupervisorError::Journal(error))
+    }
+
+    /// Whether the slot's active generation runs.
+    fn active_alive(&self, slot: &SlotName, facts: &tryswap_fsm::Instance) -> bool {
+        if let Ok(rt) = self.runtime(slot) {
+            if let Some(serving) = rt.active.load_full() {
+                if serving.instance.generation == facts.generation {
+                    return rt.driver.is_alive(&serving.instance);
+                }
+            }
+            if !rt.needs_executable {
+                return false;
+            }
+        }
+        facts.running && facts.process.as_ref().is_some_and(crate::process::is_alive)
+    }
+
+    /// Every configured slot and every slot the journal knows, by name.
+    pub fn status(&self, only: Option<&SlotName>) -> Result<StatusReport, SupervisorError> {
+        let configured: Vec<SlotName> = self.runtimes().iter().map(|r| r.name.clone()).collect();
+        let mut views: BTreeMap<SlotName, Option<tryswap_journal::SlotView>> = BTreeMap::new();
+        for name in &configured {
+            views.insert(name.clone(), None);
+        }
+        for view in self.inner.journal.slots()? {
+            views.insert(view.slot.name.clone(), Some(view));
+        }
+        if let Some(only) = only {
+            if !views.contains_key(only) {
+                return Err(SupervisorError::UnknownSlot(only.clone()));
+            }
+            views.retain(|k, _| k == only);
+        }
+        let mut slots = Vec::with_capacity(views.len());
+        for (name, view) in views {
+            let is_configured = configured.contains(&name);
+            let view = view.unwrap_or_else(|| tryswap_journal::SlotView::empty(name.clone()));
+            let in_flight = match view.slot.in_flight {
+                Some(id) => self.inner.journal.reload(&id)?,
+                None => None,
+            };
+            let alive = view
+                .slot
+                .active
+                .as_ref()
+                .is_some_and(|a| self.active_alive(&name, a));
+            slots.push(SlotStatus::from_view(
+                &view,
+                in_flight.as_ref(),
+                alive,
+                is_configured,
+            ));
+        }
+        Ok(StatusReport { slots })
+    }
+
+    /// Every reload of the slot the journal still holds, oldest first.
+    pub fn history(&self, slot: &SlotName) -> Result<HistoryReport, SupervisorError> {
+        let reloads = self
+            .inner
+            .journal
+            .reloads_of(slot)?
+            .iter()
+            .map(|v| ReloadReport::from_view(v, None, None))
+            .collect();
+        Ok(HistoryReport {
+            slot: slot.to_string(),
+            reloads,
+        })
+    }
+
+    /// (Re)launches the slot's active generation from the store if it does not run.
+    /// Returns the generation now running.
+    pub async fn start(&self, slot: &SlotName) -> Result<Generation, SupervisorError> {
+        let rt = self.runtime(slot)?;
+        let Ok(_busy) = rt.busy.try_lock() else {
+            return Err(SupervisorError::Conflict {
+                slot: slot.clone(),
+                in_flight: None,
+            });
+        };
+        self.start_locked(&rt).await
+    }
+
+    pub(crate) async fn start_locked(
+        &self,
+        rt: &SlotRuntime,
+    ) -> Result<Generation, SupervisorError> {
+        let slot = &rt.name;
+        let view = self
+            .inner
+            .journal
+            .slot(slot)?
+            .ok_or_else(|| SupervisorError::NoActive(slot.clone()))?;
+        let facts = view
+            .slot
+            .active
+            .clone()
+            .ok_or_else(|| SupervisorError::NoActive(slot.clone()))?;
+        if let Some(serving) = rt.active.load_full() {
+            if serving.instance.generation == facts.generation
+                && rt.driver.is_alive(&serving.instance)
+            {
+                return Ok(facts.generation);
+            }
+        }
+        if let Some(instance) = rt.driver.reattach(&facts_instance(slot, &facts)) {
+            rt.active.store(Some(Serving::new(instance)));
+            return Ok(facts.generation);
+        }
+        let driver_error = |error| SupervisorError::Driver {
+            slot: slot.clone(),
+            error,
+        };
+        self.inner.store.verify(&facts.artifact.sha256)?;
+        let request = self.launch_request(rt, facts.reload, facts.generation, &facts.artifact);
+        let mut instance = rt.driver.launch(&request).await.map_err(driver_error)?;
+        let checked = async {
+            rt.driver.validate(&mut instance).await?;
+            rt.driver.probe(&instance).await
+        }
+        .await;
+        if let Err(error) = checked {
+            let _ = rt.driver.stop(&instance).await;
+            if facts.running {
+                self.record(&Command::Stop {
+                    slot: slot.clone(),
+                    generation: facts.generation,
+                    reason: Reason::error(format!("relaunch failed: {error}")),
+                })?;
+            }
+            return Err(driver_error(error));
+        }
+        if let Err(e) = self.record(&Command::Relaunch {
+            slot: slot.clone(),
+            generation: facts.generation,
+            process: instance.process.clone(),
+            log_path: instance
+                .log_path
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            endpoint: instance.endpoint.clone(),
+        }) {
+            let _ = rt.driver.stop(&instance).await;
+            return Err(e.into());
+        }
+        rt.active.store(Some(Serving::new(instance)));
+        Ok(facts.generation)
+    }
+
+    /// Stops the slot's active generation (after draining its leases). The active marker
+    /// stays; `start` brings it back.
+    pub async fn stop(&self, slot: &SlotName) -> Result<Option<Generation>, SupervisorError> {
+        let rt = self.runtime(slot)?;
+        let Ok(_busy) = rt.busy.try_lock() else {
+            return Err(SupervisorError::Conflict {
+                slot: slot.clone(),
+                in_flight: None,
+            });
+        };
+        let Some(view) = self.inner.journal.slot(slot)? else {
+            return Ok(None);
+        };
+        let Some(facts) = view.slot.active.clone() else {
+            return Ok(None);
+        };
+        let instance = match rt.active.swap(None) {
+            Some(serving) => {
+                serving.drain(rt.drain_timeout).await;
+                serving.instance.clone()
+            }
+            None => facts_instance(slot, &facts),
+        };
+        rt.driver
+            .stop(&instance)
+            .await
+            .map_err(|error| SupervisorError::Driver {
+                slot: slot.clone(),
+                error,
+            })?;
+        if facts.running {
+            self.record(&Command::Stop {
+                slot: slot.clone(),
+                generation: facts.generation,
+                reason: Reason::cancelled("stopped by operator"),
+            })?;
+        }
+        Ok(Some(facts.generation))
+    }
+
+    /// Stops every generation this process runs (shutdown of an embedding host). The
+    /// journal keeps the active markers; the next start relaunches or reattaches them.
+    pub async fn shutdown(&self) {
+        for rt in self.runtimes() {
+            if let Some(serving) = rt.active.swap(None) {
+                serving.drain(rt.drain_timeout).await;
+                let _ = rt.driver.stop(&serving.instance).await;
+            }
+        }
+        if let Err(e) = self.inner.journal.flush() {
+            tracing::error!(error = %e, "flushing the journal at shutdown");
+        }
+    }
+}

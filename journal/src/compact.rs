@@ -1,0 +1,190 @@
+//! Compaction: drop old terminal reloads and their records, keep a base snapshot so the
+//! projections stay equal to the fold.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+use tryswap_fsm::{ReloadId, SlotName};
+
+use crate::codec;
+use crate::error::JournalError;
+use crate::journal::lock;
+use crate::layout::{
+    base_reload_key, base_slot_key, decode_value, describe_key, encode_value, reload_key,
+    seq_of_key, tx_meta, EVENTS, KEY_BASE_CHAIN, KEY_BASE_SEQ, KEY_NEXT_SEQ, PREFIX_BASE_RELOAD,
+    PREFIX_BASE_SLOT, RELOADS,
+};
+use crate::projection::{ReloadView, SlotView};
+use crate::witness::WitnessMark;
+use crate::Journal;
+
+/// The number of terminal reloads per slot `tryswap journal compact` keeps by default.
+pub const DEFAULT_KEEP_PER_SLOT: usize = 100;
+
+/// What a compaction did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CompactReport {
+    /// The compaction base after the call: records after it are continuous and folded
+    /// from the base snapshot by `verify` and `replay`.
+    pub base_seq: u64,
+    /// Reloads whose projections and records were removed.
+    pub reloads_dropped: u64,
+    /// Records removed.
+    pub events_dropped: u64,
+    /// Reload projections kept.
+    pub reloads_kept: u64,
+}
+
+/// The reloads to drop: per slot, all terminal reloads but the newest `keep` (by first
+/// record), never one that is in flight, active, or whose generation is still retiring.
+fn dropped_reloads(slots: &[SlotView], reloads: &[ReloadView], keep: usize) -> BTreeSet<ReloadId> {
+    let mut pinned: BTreeSet<ReloadId> = BTreeSet::new();
+    for view in slots {
+        pinned.extend(view.slot.in_flight);
+        pinned.extend(view.slot.active.as_ref().map(|a| a.reload));
+        pinned.extend(view.slot.retiring.iter().map(|i| i.reload));
+    }
+    let mut terminal: BTreeMap<&SlotName, Vec<&ReloadView>> = BTreeMap::new();
+    for view in reloads {
+        if view.is_terminal() && !pinned.contains(&view.reload.id) {
+            terminal.entry(&view.reload.slot).or_default().push(view);
+        }
+    }
+    let mut dropped = BTreeSet::new();
+    for (_, mut views) in terminal {
+        views.sort_by_key(|v| std::cmp::Reverse(v.created_seq()));
+        dropped.extend(views.iter().skip(keep).map(|v| v.reload.id));
+    }
+    dropped
+}
+
+impl Journal {
+    /// Keeps the newest `keep_per_slot` terminal reloads of every slot (plus every
+    /// non-terminal one, and those behind the active and retiring generations) and drops
+    /// the others: their projections and their records.
+    ///
+    /// Slot projections and kept reload projections are unchanged. The current state
+    /// becomes the compaction base snapshot (in `meta`), so `verify` and `replay` fold from
+    /// it; records up to the base that belong to kept reloads stay for audit. One sled
+    /// transaction, then a flush and sync. Blocks writers while it runs. Refuses (with the
+    /// error) if a record up to the base does not decode: run `verify` first.
+    pub fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError> {
+        self.writable()?;
+        let (report, tip) = {
+            let _writer = lock(&self.writer);
+            let meta = self.meta_values()?;
+            let slots = self.slots()?;
+            let reloads: Vec<ReloadView> = self
+                .reloads
+                .iter()
+                .map(|item| {
+                    let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+                    decode_value(RELOADS, &key, &bytes)
+                })
+                .collect::<Result<_, _>>()?;
+            let dropped = dropped_reloads(&slots, &reloads, keep_per_slot);
+            let tip = WitnessMark {
+                seq: meta.last_seq(),
+                chain: meta.last_chain,
+            };
+            if dropped.is_empty() {
+                return Ok(CompactReport {
+                    base_seq: meta.base_seq,
+                    reloads_dropped: 0,
+                    events_dropped: 0,
+                    reloads_kept: reloads.len() as u64,
+                });
+            }
+            let mut event_keys = Vec::new();
+            for item in self.events.iter() {
+                let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+                let record =
+                    codec::decode_record(&bytes).map_err(|source| JournalError::CorruptValue {
+                        tree: EVENTS,
+                        key: describe_key(EVENTS, &key),
+                        source,
+                    })?;
+                if seq_of_key(&key).is_some_and(|seq| seq <= tip.seq)
+                    && dropped.contains(&record.reload)
+                {
+                    event_keys.push(key);
+                }
+            }
+            let old_base: Vec<sled::IVec> = self
+                .meta
+                .scan_prefix(PREFIX_BASE_SLOT)
+                .chain(self.meta.scan_prefix(PREFIX_BASE_RELOAD))
+                .map(|item| item.map(|(key, _)| key).map_err(|e| self.sled_err(e)))
+                .collect::<Result<_, _>>()?;
+            let mut base: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for view in &slots {
+                base.push((
+                    base_slot_key(&view.slot.name),
+                    encode_value("base slot view", view)?,
+                ));
+            }
+            let kept: Vec<&ReloadView> = reloads
+                .iter()
+                .filter(|v| !dropped.contains(&v.reload.id))
+                .collect();
+            for view in &kept {
+                base.push((
+                    base_reload_key(&view.reload.id),
+                    encode_value("base reload view", *view)?,
+                ));
+            }
+            let base_seq = encode_value("meta base_seq", &tip.seq)?;
+            let base_chain = encode_value("meta base_chain", &tip.chain)?;
+            let dir = self.dir.clone();
+            let outcome =
+                (&self.events, &self.reloads, &self.meta).transaction(|(events, reloads, meta)| {
+                    let next: u64 = tx_meta(meta, KEY_NEXT_SEQ, &dir)?;
+                    if next != tip.seq + 1 {
+                        return Err(ConflictableTransactionError::Abort(JournalError::Corrupt {
+                            dir: dir.clone(),
+                            what: format!(
+                                "`meta` next_seq changed to {next} during compaction (expected {})",
+                                tip.seq + 1
+                            ),
+                        }));
+                    }
+                    for key in &event_keys {
+                        events.remove(key)?;
+                    }
+                    for id in &dropped {
+                        reloads.remove(&reload_key(id))?;
+                    }
+                    for key in &old_base {
+                        meta.remove(key)?;
+                    }
+                    for (key, value) in &base {
+                        meta.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    meta.insert(KEY_BASE_SEQ, base_seq.as_slice())?;
+                    meta.insert(KEY_BASE_CHAIN, base_chain.as_slice())?;
+                    Ok(())
+                });
+            self.finish_tx(outcome)?;
+            tracing::info!(
+                dir = %self.dir.display(),
+                base_seq = tip.seq,
+                reloads_dropped = dropped.len(),
+                events_dropped = event_keys.len(),
+                "journal compacted"
+            );
+            (
+                CompactReport {
+                    base_seq: tip.seq,
+                    reloads_dropped: dropped.len() as u64,
+                    events_dropped: event_keys.len() as u64,
+                    reloads_kept: kept.len() as u64,
+                },
+                tip,
+            )
+        };
+        self.durable_flush(tip, false)?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,753 @@
+//! The journal: open (lock, sled, checks), execute (one transaction per call), reads and
+//! durable flushes.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+use tryswap_fsm::{decide, Command, Reload, ReloadId, Slot, SlotName, View};
+
+use crate::codec;
+use crate::error::JournalError;
+use crate::layout::{
+    decode_value, describe_key, encode_value, reload_key, seq_key, seq_of_key, slot_key, tx_meta,
+    tx_reload, tx_slot, Meta, EVENTS, KEY_LAST_CHAIN, KEY_NEXT_SEQ, META, RELOADS, SLED_DATA_FILE,
+    SLED_DIR, SLOTS, WITNESS_FILE,
+};
+use crate::lock::DirLock;
+use crate::projection::{fold_record, ReloadView, SlotView};
+use crate::record::{Record, RECORD_FORMAT};
+use crate::witness::{self, sync_dir, Witness, WitnessMark};
+
+/// sled's page cache limit (sled's default is 1 GiB).
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+
+type TxResult<T> = Result<T, ConflictableTransactionError<JournalError>>;
+
+/// A crash-safe event log of reload events with slot and reload projections.
+///
+/// One `Journal` per directory: [`Journal::open`] takes an exclusive lock and fails at once
+/// with [`JournalError::Locked`] if anyone else (another process, or another handle in
+/// this process) holds it. The handle is `Send + Sync`; writes are serialized internally.
+/// Dropping it flushes and syncs (see [`Journal::flush`]).
+pub struct Journal {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: sled::Db,
+    pub(crate) events: sled::Tree,
+    pub(crate) slots: sled::Tree,
+    pub(crate) reloads: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    /// sled's data file, for `sync_data` at durable points (`None` when read-only).
+    data_file: Option<File>,
+    /// Last committed sequence number and its chain value.
+    pub(crate) tip: Mutex<WitnessMark>,
+    /// Serializes writers (execute, compact) and gives verify a stable view.
+    pub(crate) writer: Mutex<()>,
+    /// The witness, also serializing durable flushes (`None` when read-only).
+    durable: Mutex<Option<Witness>>,
+    flush_count: AtomicU64,
+    read_only: bool,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .field("read_only", &self.read_only)
+            .field("last_seq", &self.last_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+const SALVAGE_HINT: &str = "Nothing was changed. Keep a copy of the directory, then run \
+     `tryswap journal verify` to see what is damaged and `tryswap journal export` to salvage \
+     the readable records";
+
+type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
+
+/// Opens sled and its trees, turning a panic inside sled into [`JournalError::Corrupt`].
+fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
+    let opened = catch_unwind(AssertUnwindSafe(|| -> sled::Result<Trees> {
+        let db = sled::Config::new()
+            .path(sled_dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()?;
+        let events = db.open_tree(EVENTS)?;
+        let slots = db.open_tree(SLOTS)?;
+        let reloads = db.open_tree(RELOADS)?;
+        let meta = db.open_tree(META)?;
+        Ok((db, events, slots, reloads, meta))
+    }));
+    match opened {
+        Ok(Ok(trees)) => Ok(trees),
+        Ok(Err(sled::Error::Corruption { at, .. })) => Err(JournalError::Corrupt {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "sled reports corruption in {} (at {at:?}). {SALVAGE_HINT}",
+                sled_dir.display()
+            ),
+        }),
+        Ok(Err(source)) => Err(JournalError::Sled {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+        Err(payload) => Err(JournalError::Corrupt {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "sled panicked while opening {}: {}. Its data files are damaged. {SALVAGE_HINT}",
+                sled_dir.display(),
+                panic_text(payload.as_ref())
+            ),
+        }),
+    }
+}
+
+/// Reads and decodes the record with sequence number `seq`, if it exists.
+pub(crate) fn read_record(events: &sled::Tree, seq: u64) -> Result<Option<(Record, u32)>, String> {
+    let key = seq_key(seq);
+    let bytes = events
+        .get(key)
+        .map_err(|e| format!("cannot read tree `events` at seq {seq}: {e}"))?;
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    let (record, chain) = codec::decode_stored(&bytes)
+        .map_err(|e| format!("tree `events` at seq {seq} does not decode: {e}"))?;
+    if record.seq != seq {
+        return Err(format!(
+            "tree `events` key seq {seq} holds a record with seq {}",
+            record.seq
+        ));
+    }
+    Ok(Some((record, chain)))
+}
+
+/// Checks that the end of `events` agrees with `meta`. Reads at most two records.
+pub(crate) fn tail_findings(events: &sled::Tree, meta: &Meta) -> Vec<String> {
+    let mut findings = Vec::new();
+    let last = meta.last_seq();
+    match events.last() {
+        Err(e) => findings.push(format!("cannot read the last record of tree `events`: {e}")),
+        Ok(Some((key, _))) => match seq_of_key(&key) {
+            None => findings.push(format!(
+                "tree `events` ends with key {}",
+                describe_key(EVENTS, &key)
+            )),
+            Some(seq) if seq > last => findings.push(format!(
+                "tree `events` holds seq {seq} but `meta` says the last committed seq is {last}"
+            )),
+            Some(_) => {}
+        },
+        Ok(None) => {}
+    }
+    if last == 0 {
+        return findings;
+    }
+    match read_record(events, last) {
+        Err(e) => findings.push(e),
+        Ok(Some((_, chain))) if chain != meta.last_chain => findings.push(format!(
+            "the last record, seq {last}, has chain value {chain:#010x} but `meta` says \
+             {:#010x}",
+            meta.last_chain
+        )),
+        Ok(Some(_)) => {}
+        Ok(None) if last == meta.base_seq && meta.last_chain == meta.base_chain => {}
+        Ok(None) => findings.push(format!(
+            "the last committed record, seq {last}, is missing from tree `events`"
+        )),
+    }
+    findings
+}
+
+/// Checks the witness mark against `events` and `meta`. Reads at most one record.
+pub(crate) fn witness_findings(
+    events: &sled::Tree,
+    meta: &Meta,
+    mark: WitnessMark,
+    path: &Path,
+) -> Vec<String> {
+    let last = meta.last_seq();
+    let w = mark.seq;
+    if w == 0 {
+        return Vec::new();
+    }
+    if w > last {
+        return vec![format!(
+            "witness {} records seq {w} (chain {:#010x}) as durably committed, but the journal \
+             ends at seq {last}: records {}..={w} are missing (a lost tail)",
+            path.display(),
+            mark.chain,
+            last + 1
+        )];
+    }
+    match read_record(events, w) {
+        Err(e) => vec![e],
+        Ok(Some((_, chain))) if chain == mark.chain => Vec::new(),
+        Ok(Some((_, chain))) => vec![format!(
+            "record seq {w} has chain value {chain:#010x} but witness {} says {:#010x}: the \
+             journal was altered or replaced",
+            path.display(),
+            mark.chain
+        )],
+        Ok(None) if w < meta.base_seq => Vec::new(),
+        Ok(None) if w == meta.base_seq && mark.chain == meta.base_chain => Vec::new(),
+        Ok(None) => vec![format!(
+            "record seq {w}, durably committed according to witness {}, is missing from tree \
+             `events`",
+            path.display()
+        )],
+    }
+}
+
+/// A [`View`] over the projections inside a write transaction.
+struct TxView<'a> {
+    slots: &'a TransactionalTree,
+    reloads: &'a TransactionalTree,
+    failure: RefCell<Option<ConflictableTransactionError<JournalError>>>,
+}
+
+impl TxView<'_> {
+    fn fail(&self, error: ConflictableTransactionError<JournalError>) {
+        let mut failure = self.failure.borrow_mut();
+        if failure.is_none() {
+            *failure = Some(error);
+        }
+    }
+}
+
+impl View for TxView<'_> {
+    fn slot(&self, name: &SlotName) -> Option<Slot> {
+        match tx_slot(self.slots, name) {
+            Ok(view) => view.map(|v| v.slot),
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    fn reload(&self, id: &ReloadId) -> Option<Reload> {
+        match tx_reload(self.reloads, id) {
+            Ok(view) => view.map(|v| v.reload),
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+}
+
+fn abort(error: impl Into<JournalError>) -> ConflictableTransactionError<JournalError> {
+    ConflictableTransactionError::Abort(error.into())
+}
+
+/// The body of the write transaction: decide every command against the projections as
+/// left by the previous ones, append the records, fold them into the projections.
+fn append(
+    trees: &(
+        TransactionalTree,
+        TransactionalTree,
+        TransactionalTree,
+        TransactionalTree,
+    ),
+    commands: &[Command],
+    at: DateTime<Utc>,
+    dir: &Path,
+) -> TxResult<(Vec<Record>, WitnessMark)> {
+    let (events, slots, reloads, meta) = trees;
+    let mut next_seq: u64 = tx_meta(meta, KEY_NEXT_SEQ, dir)?;
+    let mut chain: u32 = tx_meta(meta, KEY_LAST_CHAIN, dir)?;
+    let mut records = Vec::new();
+    for command in commands {
+        let view = TxView {
+            slots,
+            reloads,
+            failure: RefCell::new(None),
+        };
+        let decided = decide(&view, command);
+        if let Some(failure) = view.failure.into_inner() {
+            return Err(failure);
+        }
+        for event in decided.map_err(abort)? {
+            let record = Record {
+                format: RECORD_FORMAT,
+                seq: next_seq,
+                at,
+                reload: event.reload,
+                slot: event.slot,
+                event: event.kind,
+                prev_chain: chain,
+            };
+            let stored = codec::encode_record(&record).map_err(abort)?;
+            chain = codec::stored_chain(&stored).unwrap_or_default();
+            let (slot_view, reload_view) = fold_record(
+                tx_slot(slots, &record.slot)?,
+                tx_reload(reloads, &record.reload)?,
+                &record,
+            );
+            slots.insert(
+                slot_key(&record.slot),
+                encode_value("slot view", &slot_view).map_err(abort)?,
+            )?;
+            if let Some(reload_view) = reload_view {
+                reloads.insert(
+                    &reload_key(&record.reload),
+                    encode_value("reload view", &reload_view).map_err(abort)?,
+                )?;
+            }
+            events.insert(&seq_key(record.seq), stored)?;
+            next_seq = next_seq.checked_add(1).ok_or_else(|| {
+                abort(JournalError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    what: "sequence numbers exhausted".to_owned(),
+                })
+            })?;
+            records.push(record);
+        }
+    }
+    meta.insert(
+        KEY_NEXT_SEQ,
+        encode_value("meta next_seq", &next_seq).map_err(abort)?,
+    )?;
+    meta.insert(
+        KEY_LAST_CHAIN,
+        encode_value("meta last_chain", &chain).map_err(abort)?,
+    )?;
+    Ok((
+        records,
+        WitnessMark {
+            seq: next_seq - 1,
+            chain,
+        },
+    ))
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in directory `dir` for reading and writing.
+    ///
+    /// Takes the directory lock (`<dir>/journal.lock`), opens sled in `<dir>/sled` (a
+    /// panic inside sled becomes [`JournalError::Corrupt`]), checks the journal format, and
+    /// checks that sled's last record agrees with `meta` and with the witness file
+    /// (`<dir>/witness`). A missing or altered tail is [`JournalError::Corrupt`] and
+    /// nothing is written. Reads a constant number of values: never the history.
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        Self::open_mode(dir, false)
+    }
+
+    /// Opens an existing journal read-only for `verify`, `replay`, `export` and reads,
+    /// even if the checks of [`Journal::open`] fail (they are logged; `verify` reports
+    /// them). Still takes the lock. Writes nothing of its own (sled itself may repair its
+    /// log on open); `execute` and `compact` return [`JournalError::ReadOnly`].
+    pub fn open_for_inspection(dir: &Path) -> Result<Journal, JournalError> {
+        Self::open_mode(dir, true)
+    }
+
+    fn open_mode(dir: &Path, read_only: bool) -> Result<Journal, JournalError> {
+        let sled_dir = dir.join(SLED_DIR);
+        if read_only {
+            if !sled_dir.is_dir() {
+                return Err(JournalError::Missing(format!(
+                    "no journal in {} ({} does not exist)",
+                    dir.display(),
+                    sled_dir.display()
+                )));
+            }
+        } else {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| JournalError::io("creating journal directory", dir, e))?;
+        }
+        let dir_lock = DirLock::acquire(dir)?;
+        let witness_path = dir.join(WITNESS_FILE);
+        let witness_found = match witness::read(&witness_path, dir) {
+            Ok(found) => found,
+            Err(e) if read_only => {
+                tracing::warn!(error = %e, "ignoring the witness for inspection");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let creating = !sled_dir.exists();
+        let (db, events, slots, reloads, meta) = open_sled(dir, &sled_dir)?;
+        let sled_err = |source| JournalError::Sled {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let stored = Meta::read(&meta, dir)?;
+        let meta_values = match stored {
+            Some(values) => {
+                let mut findings = tail_findings(&events, &values);
+                match witness_found {
+                    Some((mark, _)) => {
+                        findings.extend(witness_findings(&events, &values, mark, &witness_path))
+                    }
+                    None if !read_only => tracing::warn!(
+                        dir = %dir.display(),
+                        "witness file missing; recreating it from the journal's current end"
+                    ),
+                    None => {}
+                }
+                if !findings.is_empty() {
+                    let what = format!("{}. {SALVAGE_HINT}", findings.join("; "));
+                    if read_only {
+                        tracing::warn!(dir = %dir.display(), problem = %what, "opening for inspection anyway");
+                    } else {
+                        return Err(JournalError::Corrupt {
+                            dir: dir.to_path_buf(),
+                            what,
+                        });
+                    }
+                }
+                values
+            }
+            None => {
+                let empty =
+                    events.is_empty() && slots.is_empty() && reloads.is_empty() && meta.is_empty();
+                if !empty {
+                    return Err(JournalError::Corrupt {
+                        dir: dir.to_path_buf(),
+                        what: format!(
+                            "tree `meta` has no format version but other trees hold data. \
+                             {SALVAGE_HINT}"
+                        ),
+                    });
+                }
+                if let Some((mark, _)) = witness_found.filter(|(m, _)| m.seq > 0) {
+                    return Err(JournalError::Corrupt {
+                        dir: dir.to_path_buf(),
+                        what: format!(
+                            "witness {} records seq {} as durably committed but {} holds no \
+                             journal: the data was lost or replaced. {SALVAGE_HINT}",
+                            witness_path.display(),
+                            mark.seq,
+                            sled_dir.display()
+                        ),
+                    });
+                }
+                Meta::fresh()
+            }
+        };
+        let tip = WitnessMark {
+            seq: meta_values.last_seq(),
+            chain: meta_values.last_chain,
+        };
+        let (data_file, durable) = if read_only {
+            (None, None)
+        } else {
+            let fresh = stored.is_none();
+            let witness = Witness::open(&witness_path, witness_found, WitnessMark::default())?;
+            if fresh {
+                let mut batch = sled::Batch::default();
+                for (key, value) in meta_values.entries()? {
+                    batch.insert(key, value);
+                }
+                meta.apply_batch(batch).map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+            }
+            let data_path = sled_dir.join(SLED_DATA_FILE);
+            let data_file = File::open(&data_path)
+                .map_err(|e| JournalError::io("opening sled data file", &data_path, e))?;
+            if fresh || creating {
+                data_file
+                    .sync_data()
+                    .map_err(|e| JournalError::io("syncing", &data_path, e))?;
+                sync_dir(&sled_dir)?;
+                sync_dir(dir)?;
+            }
+            (Some(data_file), Some(witness))
+        };
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            db,
+            events,
+            slots,
+            reloads,
+            meta,
+            data_file,
+            tip: Mutex::new(tip),
+            writer: Mutex::new(()),
+            durable: Mutex::new(durable),
+            flush_count: AtomicU64::new(0),
+            read_only,
+            _lock: dir_lock,
+        };
+        if !read_only && witness_found.is_none() && tip.seq > 0 {
+            journal.durable_flush(tip, false)?;
+        }
+        Ok(journal)
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether this handle came from [`Journal::open_for_inspection`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub(crate) fn writable(&self) -> Result<(), JournalError> {
+        if self.read_only {
+            Err(JournalError::ReadOnly {
+                dir: self.dir.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn sled_err(&self, source: sled::Error) -> JournalError {
+        JournalError::Sled {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Decides `command` against the projections and, if accepted, appends its event(s)
+    /// and updates the projections and meta in one sled transaction. Returns the appended
+    /// records.
+    ///
+    /// [`JournalError::Rejected`] when the state machine refuses (nothing written). After a
+    /// `Staged` or `Activated` record the call returns only once the record is durable
+    /// (flushed and synced, witness updated). An error from that flush means the record
+    /// is committed but not known to be durable.
+    pub fn execute(
+        &self,
+        command: &Command,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Record>, JournalError> {
+        self.execute_all(std::slice::from_ref(command), at)
+    }
+
+    /// Like [`Journal::execute`] for several commands (possibly of different slots), all
+    /// or nothing in one transaction; each is decided against the state the previous ones
+    /// left. If any is rejected, nothing is written and that rejection is returned.
+    pub fn execute_all(
+        &self,
+        commands: &[Command],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Record>, JournalError> {
+        self.writable()?;
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (records, tip) = {
+            let _writer = lock(&self.writer);
+            let outcome = (&self.events, &self.slots, &self.reloads, &self.meta)
+                .transaction(|trees| append(trees, commands, at, &self.dir));
+            let (records, tip) = self.finish_tx(outcome)?;
+            *lock(&self.tip) = tip;
+            (records, tip)
+        };
+        if records.iter().any(Record::needs_durable_flush) {
+            self.durable_flush(tip, true)?;
+        }
+        Ok(records)
+    }
+
+    pub(crate) fn finish_tx<T>(
+        &self,
+        outcome: Result<T, TransactionError<JournalError>>,
+    ) -> Result<T, JournalError> {
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(self.sled_err(e)),
+        }
+    }
+
+    /// Makes everything up to `tip` power-safe: `Db::flush` (which on Linux only issues
+    /// `sync_file_range`), `sync_data` of sled's data file, then the witness. `counted`
+    /// flushes are the write-ahead ones behind [`Journal::flush_count`].
+    pub(crate) fn durable_flush(
+        &self,
+        tip: WitnessMark,
+        counted: bool,
+    ) -> Result<(), JournalError> {
+        let mut durable = lock(&self.durable);
+        let Some(witness) = durable.as_mut() else {
+            return Ok(());
+        };
+        if counted && witness.current().seq >= tip.seq {
+            // A flush that started after this record was committed already covered it.
+            return Ok(());
+        }
+        self.db.flush().map_err(|e| self.sled_err(e))?;
+        if let Some(file) = &self.data_file {
+            file.sync_data().map_err(|e| {
+                JournalError::io(
+                    "syncing sled data file",
+                    self.dir.join(SLED_DIR).join(SLED_DATA_FILE),
+                    e,
+                )
+            })?;
+        }
+        if tip.seq > witness.current().seq {
+            witness.write(tip)?;
+        }
+        if counted {
+            self.flush_count.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// How many write-ahead flushes (after `Staged` and `Activated` records) this handle
+    /// made durable. Flushes by [`Journal::flush`], `compact` and drop are not counted.
+    pub fn flush_count(&self) -> u64 {
+        self.flush_count.load(Ordering::SeqCst)
+    }
+
+    /// Makes every committed record durable (flush, sync, witness). Call at shutdown;
+    /// dropping the journal does it too. A no-op on a read-only handle.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        let tip = *lock(&self.tip);
+        self.durable_flush(tip, false)
+    }
+
+    /// The last sequence number committed (0 for an empty journal).
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.tip).seq
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, JournalError> {
+        match tree.get(key).map_err(|e| self.sled_err(e))? {
+            None => Ok(None),
+            Some(bytes) => decode_value(name, key, &bytes).map(Some),
+        }
+    }
+
+    fn all<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+    ) -> Result<Vec<T>, JournalError> {
+        tree.iter()
+            .map(|item| {
+                let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+                decode_value(name, &key, &bytes)
+            })
+            .collect()
+    }
+
+    /// The projection of slot `name`, if any event touched it.
+    pub fn slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
+        self.get(&self.slots, SLOTS, slot_key(name))
+    }
+
+    /// Every slot projection, by name.
+    pub fn slots(&self) -> Result<Vec<SlotView>, JournalError> {
+        self.all(&self.slots, SLOTS)
+    }
+
+    /// The projection of reload `id`, if it exists (and was not compacted away).
+    pub fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
+        self.get(&self.reloads, RELOADS, &reload_key(id))
+    }
+
+    /// Every reload of `slot` the journal holds, oldest first (by first record).
+    ///
+    /// Scans the reload projections, which compaction keeps bounded.
+    pub fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError> {
+        let mut views: Vec<ReloadView> = self
+            .all::<ReloadView>(&self.reloads, RELOADS)?
+            .into_iter()
+            .filter(|v| &v.reload.slot == slot)
+            .collect();
+        views.sort_by_key(ReloadView::created_seq);
+        Ok(views)
+    }
+
+    /// Every reload that is not terminal, found through the slots' in-flight pointers.
+    pub fn in_flight(&self) -> Result<Vec<ReloadView>, JournalError> {
+        let mut out = Vec::new();
+        for slot in self.slots()? {
+            if let Some(id) = slot.slot.in_flight {
+                let view = self.reload(&id)?.ok_or_else(|| JournalError::Corrupt {
+                    dir: self.dir.clone(),
+                    what: format!(
+                        "slot {} names in-flight reload {id}, which has no projection",
+                        slot.slot.name
+                    ),
+                })?;
+                out.push(view);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records from sequence number `from_seq` on, in order. A record that does not
+    /// decode yields [`JournalError::CorruptValue`] naming its key; iteration goes on.
+    pub fn events(
+        &self,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<Record, JournalError>> + Send + 'static {
+        let dir = self.dir.clone();
+        self.events.range(seq_key(from_seq)..).map(move |item| {
+            let (key, bytes) = item.map_err(|source| JournalError::Sled {
+                dir: dir.clone(),
+                source,
+            })?;
+            let record =
+                codec::decode_record(&bytes).map_err(|source| JournalError::CorruptValue {
+                    tree: EVENTS,
+                    key: describe_key(EVENTS, &key),
+                    source,
+                })?;
+            if seq_of_key(&key) != Some(record.seq) {
+                return Err(JournalError::Corrupt {
+                    dir: dir.clone(),
+                    what: format!(
+                        "tree `events` key {} holds the record of seq {}",
+                        describe_key(EVENTS, &key),
+                        record.seq
+                    ),
+                });
+            }
+            Ok(record)
+        })
+    }
+
+    /// The current meta values.
+    pub(crate) fn meta_values(&self) -> Result<Meta, JournalError> {
+        Ok(Meta::read(&self.meta, &self.dir)?.unwrap_or_else(Meta::fresh))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if !self.read_only {
+            if let Err(e) = self.flush() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "flushing the journal on drop");
+            }
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! Verify: re-fold the events and compare with everything stored.
+
+use std::fmt;
+
+use serde::Serialize;
+use tryswap_fsm::{check, ReloadId, SlotName};
+
+use crate::codec;
+use crate::error::JournalError;
+use crate::journal::{lock, tail_findings, witness_findings};
+use crate::layout::{
+    decode_value, describe_key, seq_of_key, Meta, EVENTS, META, PREFIX_BASE_RELOAD,
+    PREFIX_BASE_SLOT, RELOADS, SLOTS, WITNESS_FILE,
+};
+use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::replay::slot_name_of;
+use crate::witness;
+use crate::Journal;
+
+/// What kind of problem `verify` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A stored record or value does not decode (bad CRC, bad bytes, unknown format).
+    Undecodable,
+    /// A record's own seq differs from its key.
+    SeqMismatch,
+    /// Sequence numbers after the compaction base are not continuous.
+    Gap,
+    /// A record's `prev_chain` is not its predecessor's chain value.
+    ChainBroken,
+    /// A record is not what the state machine would have recorded in the state before it.
+    Illegal,
+    /// A stored projection differs from the fold of the events.
+    ProjectionMismatch,
+    /// The fold has a slot or reload the projections lack.
+    ProjectionMissing,
+    /// The projections have a slot or reload the fold lacks.
+    ProjectionExtra,
+    /// The meta values disagree with the events.
+    Meta,
+    /// The compaction base snapshot is damaged.
+    Base,
+    /// The witness file is unreadable or disagrees with the events.
+    Witness,
+}
+
+/// One thing `verify` found wrong, with where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What kind of problem.
+    pub kind: ProblemKind,
+    /// The sled tree (or file) involved.
+    pub tree: String,
+    /// The record's sequence number, if the problem is about a record.
+    pub seq: Option<u64>,
+    /// The slot involved, if known.
+    pub slot: Option<SlotName>,
+    /// The reload involved, if known.
+    pub reload: Option<ReloadId>,
+    /// What is wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} in `{}`", self.kind, self.tree)?;
+        if let Some(seq) = self.seq {
+            write!(f, " seq {seq}")?;
+        }
+        if let Some(slot) = &self.slot {
+            write!(f, " slot {slot}")?;
+        }
+        if let Some(reload) = &self.reload {
+            write!(f, " reload {reload}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// What `verify` checked and found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records decoded and checked (including kept records before the compaction base).
+    pub events_checked: u64,
+    /// The compaction base (0 if never compacted).
+    pub base_seq: u64,
+    /// The last sequence number according to `meta`.
+    pub last_seq: u64,
+    /// Everything found wrong; empty when the journal is sound.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct Findings(Vec<Problem>);
+
+impl Findings {
+    fn push(
+        &mut self,
+        kind: ProblemKind,
+        tree: &str,
+        seq: Option<u64>,
+        slot: Option<SlotName>,
+        reload: Option<ReloadId>,
+        detail: impl Into<String>,
+    ) {
+        self.0.push(Problem {
+            kind,
+            tree: tree.to_owned(),
+            seq,
+            slot,
+            reload,
+            detail: detail.into(),
+        });
+    }
+}
+
+fn slot_differences(stored: &SlotView, folded: &SlotView) -> String {
+    let mut parts = Vec::new();
+    if stored.slot.active != folded.slot.active {
+        parts.push("active marker");
+    }
+    if stored.slot.in_flight != folded.slot.in_flight {
+        parts.push("in-flight reload");
+    }
+    if stored.slot.next_generation != folded.slot.next_generation {
+        parts.push("next generation");
+    }
+    if stored.slot.retiring != folded.slot.retiring {
+        parts.push("retiring generations");
+    }
+    if stored.slot.history != folded.slot.history {
+        parts.push("generation history");
+    }
+    if stored.slot.name != folded.slot.name {
+        parts.push("name");
+    }
+    if stored.active_since != folded.active_since {
+        parts.push("active_since");
+    }
+    if stored.updated != folded.updated {
+        parts.push("updated");
+    }
+    format!(
+        "stored projection differs from the fold of the events in: {}",
+        parts.join(", ")
+    )
+}
+
+fn reload_differences(stored: &ReloadView, folded: &ReloadView) -> String {
+    let mut parts = Vec::new();
+    if stored.reload.state != folded.reload.state {
+        parts.push(format!(
+            "state (stored {}, fold {})",
+            stored.reload.state.name(),
+            folded.reload.state.name()
+        ));
+    }
+    if stored.reload != folded.reload && stored.reload.state == folded.reload.state {
+        parts.push("reload facts".to_owned());
+    }
+    if stored.stages != folded.stages {
+        parts.push("stage marks".to_owned());
+    }
+    if stored.created != folded.created {
+        parts.push("created".to_owned());
+    }
+    if stored.finished != folded.finished {
+        parts.push("finished".to_owned());
+    }
+    format!(
+        "stored projection differs from the fold of the events in: {}",
+        parts.join(", ")
+    )
+}
+
+impl Journal {
+    /// Re-folds all events (from the compaction base snapshot) and compares the result with
+    /// the stored projections; checks sequence continuity, chain values, that every
+    /// record is a legal transition in the state before it, meta, and the witness.
+    ///
+    /// Damage is reported as [`Problem`]s, not errors; `Err` only when sled itself fails.
+    /// Blocks writers while it runs.
+    pub fn verify(&self) -> Result<VerifyReport, JournalError> {
+        let _writer = lock(&self.writer);
+        let mut found = Findings(Vec::new());
+
+        let meta = match Meta::read(&self.meta, &self.dir) {
+            Ok(Some(meta)) => meta,
+            Ok(None) => {
+                if !self.events.is_empty() {
+                    found.push(
+                        ProblemKind::Meta,
+                        META,
+                        None,
+                        None,
+                        None,
+                        "tree `meta` has no format version but `events` holds records",
+                    );
+                }
+                Meta::fresh()
+            }
+            Err(e) => {
+                found.push(ProblemKind::Meta, META, None, None, None, e.to_string());
+                Meta::fresh()
+            }
+        };
+
+        let mut state = self.verified_base(&meta, &mut found)?;
+        let events_checked = self.verify_events(&meta, &mut state, &mut found)?;
+        self.verify_projections(state, &mut found)?;
+
+        let witness_path = self.dir.join(WITNESS_FILE);
+        match witness::read(&witness_path, &self.dir) {
+            Ok(Some((mark, _))) => {
+                for finding in witness_findings(&self.events, &meta, mark, &witness_path) {
+                    found.push(
+                        ProblemKind::Witness,
+                        WITNESS_FILE,
+                        Some(mark.seq),
+                        None,
+                        None,
+                        finding,
+                    );
+                }
+            }
+            Ok(None) => found.push(
+                ProblemKind::Witness,
+                WITNESS_FILE,
+                None,
+                None,
+                None,
+                format!("witness file {} is missing", witness_path.display()),
+            ),
+            Err(e) => found.push(
+                ProblemKind::Witness,
+                WITNESS_FILE,
+                None,
+                None,
+                None,
+                e.to_string(),
+            ),
+        }
+        Ok(VerifyReport {
+            events_checked,
+            base_seq: meta.base_seq,
+            last_seq: meta.last_seq(),
+            problems: found.0,
+        })
+    }
+
+    /// Loads the base snapshot, reporting damaged entries instead of failing.
+    fn verified_base(
+        &self,
+        meta: &Meta,
+        found: &mut Findings,
+    ) -> Result<ReplayState, JournalError> {
+        let mut state = ReplayState {
+            seq: meta.base_seq,
+            ..ReplayState::default()
+        };
+        for item in self.meta.scan_prefix(PREFIX_BASE_SLOT) {
+            let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+            let name = slot_name_of(&key[PREFIX_BASE_SLOT.len()..]);
+            match decode_value::<SlotView>(META, &key, &bytes) {
+                Ok(view) if Some(&view.slot.name) == name.as_ref() => {
+                    state.slots.insert(view.slot.name.clone(), view);
+                }
+                Ok(view) => found.push(
+                    ProblemKind::Base,
+                    META,
+                    None,
+                    Some(view.slot.name.clone()),
+                    None,
+                    format!(
+                        "key {} holds the view of slot {}",
+                        describe_key(META, &key),
+                        view.slot.name
+                    ),
+                ),
+                Err(e) => found.push(ProblemKind::Base, META, None, name, None, e.to_string()),
+            }
+        }
+        for item in self.meta.scan_prefix(PREFIX_BASE_RELOAD) {
+            let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+            let id = ReloadId::from_slice(&key[PREFIX_BASE_RELOAD.len()..]).ok();
+            match decode_value::<ReloadView>(META, &key, &bytes) {
+                Ok(view) if Some(view.reload.id) == id => {
+                    state.reloads.insert(view.reload.id, view);
+                }
+                Ok(view) => found.push(
+                    ProblemKind::Base,
+                    META,
+                    None,
+                    Some(view.reload.slot.clone()),
+                    Some(view.reload.id),
+                    format!(
+                        "key {} holds the view of reload {}",
+                        describe_key(META, &key),
+                        view.reload.id
+                    ),
+                ),
+                Err(e) => found.push(ProblemKind::Base, META, None, None, id, e.to_string()),
+            }
+        }
+        Ok(state)
+    }
+
+    /// Checks every record and folds those after the base into `state`.
+    fn verify_events(
+        &self,
+        meta: &Meta,
+        state: &mut ReplayState,
+        found: &mut Findings,
+    ) -> Result<u64, JournalError> {
+        let mut checked = 0u64;
+        // The next seq expected after the base, and the chain value of the one before it
+        // (`None` after a record that did not decode).
+        let mut expected = meta.base_seq + 1;
+        let mut prev_chain = Some(meta.base_chain);
+        // Kept records before the base: the previous one's seq and chain.
+        let mut kept_prev: Option<(u64, u32)> = None;
+        for item in self.events.iter() {
+            let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+            let Some(seq) = seq_of_key(&key) else {
+                found.push(
+                    ProblemKind::Undecodable,
+                    EVENTS,
+                    None,
+                    None,
+                    None,
+                    format!(
+                        "key {} is not a sequence number",
+                        describe_key(EVENTS, &key)
+                    ),
+                );
+                continue;
+            };
+            let decoded = codec::decode_stored(&bytes);
+            if seq > meta.base_seq && seq != expected {
+                found.push(
+                    ProblemKind::Gap,
+                    EVENTS,
+                    Some(seq),
+                    None,
+                    None,
+                    if seq > expected {
+                        format!("records {expected}..={} are missing", seq - 1)
+                    } else {
+                        format!("expected seq {expected}")
+                    },
+                );
+                prev_chain = None;
+            }
+            let (record, chain) = match decoded {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    found.push(
+                        ProblemKind::Undecodable,
+                        EVENTS,
+                        Some(seq),
+                        None,
+                        None,
+                        e.to_string(),
+                    );
+                    if seq > meta.base_seq {
+                        expected = seq + 1;
+                        prev_chain = None;
+                    } else {
+                        kept_prev = None;
+                    }
+                    continue;
+                }
+            };
+            checked += 1;
+            if record.seq != seq {
+                found.push(
+                    ProblemKind::SeqMismatch,
+                    EVENTS,
+                    Some(seq),
+                    Some(record.slot.clone()),
+                    Some(record.reload),
+                    format!("key seq {seq} holds the record of seq {}", record.seq),
+                );
+            }
+            if seq <= meta.base_seq {
+                if let Some((prev_seq, chain_before)) = kept_prev {
+                    if prev_seq + 1 == seq && record.prev_chain != chain_before {
+                        found.push(
+                            ProblemKind::ChainBroken,
+                            EVENTS,
+                            Some(seq),
+                            Some(record.slot.clone()),
+                            Some(record.reload),
+                            format!(
+                                "prev_chain {:#010x} but seq {prev_seq} has chain {chain_before:#010x}",
+                                record.prev_chain
+                            ),
+                        );
+                    }
+                }
+                if seq == meta.base_seq && chain != meta.base_chain {
+                    found.push(
+                        ProblemKind::ChainBroken,
+                        EVENTS,
+                        Some(seq),
+                        Some(record.slot.clone()),
+                        Some(record.reload),
+                        format!(
+                            "chain {chain:#010x} but the compaction base records {:#010x}",
+                            meta.base_chain
+                        ),
+                    );
+                }
+                kept_prev = Some((seq, chain));
+                continue;
+            }
+            if let Some(chain_before) = prev_chain {
+                if record.prev_chain != chain_before {
+                    found.push(
+                        ProblemKind::ChainBroken,
+                        EVENTS,
+                        Some(seq),
+                        Some(record.slot.clone()),
+                        Some(record.reload),
+                        format!(
+                            "prev_chain {:#010x} but the record before has chain {chain_before:#010x}",
+                            record.prev_chain
+                        ),
+                    );
+                }
+            }
+            if let Err(illegal) = check(&*state, &record.event()) {
+                found.push(
+                    ProblemKind::Illegal,
+                    EVENTS,
+                    Some(seq),
+                    Some(record.slot.clone()),
+                    Some(record.reload),
+                    format!(
+                        "{} is not a legal transition here: {illegal}",
+                        record.event.name()
+                    ),
+                );
+            }
+            state.apply(&record);
+            expected = seq + 1;
+            prev_chain = Some(chain);
+        }
+        let last = expected - 1;
+        if last != meta.last_seq() {
+            found.push(
+                ProblemKind::Meta,
+                META,
+                Some(last),
+                None,
+                None,
+                format!(
+                    "events end at seq {last} but `meta` says {}",
+                    meta.last_seq()
+                ),
+            );
+        } else if let Some(chain) = prev_chain {
+            if chain != meta.last_chain {
+                found.push(
+                    ProblemKind::Meta,
+                    META,
+                    Some(last),
+                    None,
+                    None,
+                    format!(
+                        "the last record has chain {chain:#010x} but `meta` says {:#010x}",
+                        meta.last_chain
+                    ),
+                );
+            }
+        }
+        for finding in tail_findings(&self.events, meta) {
+            if !found.0.iter().any(|p| p.kind == ProblemKind::Meta) {
+                found.push(ProblemKind::Meta, META, None, None, None, finding);
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Compares the stored projections with the fold.
+    fn verify_projections(
+        &self,
+        mut state: ReplayState,
+        found: &mut Findings,
+    ) -> Result<(), JournalError> {
+        for item in self.slots.iter() {
+            let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+            let name = slot_name_of(&key);
+            let stored = match decode_value::<SlotView>(SLOTS, &key, &bytes) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    if let Some(name) = &name {
+                        state.slots.remove(name);
+                    }
+                    found.push(
+                        ProblemKind::Undecodable,
+                        SLOTS,
+                        None,
+                        name,
+                        None,
+                        e.to_string(),
+                    );
+                    continue;
+                }
+            };
+            match name.as_ref().and_then(|n| state.slots.remove(n)) {
+                _ if name.as_ref() != Some(&stored.slot.name) => found.push(
+                    ProblemKind::ProjectionMismatch,
+                    SLOTS,
+                    None,
+                    Some(stored.slot.name.clone()),
+                    None,
+                    format!(
+                        "key {} holds the view of slot {}",
+                        describe_key(SLOTS, &key),
+                        stored.slot.name
+                    ),
+                ),
+                Some(folded) if folded == stored => {}
+                Some(folded) => found.push(
+                    ProblemKind::ProjectionMismatch,
+                    SLOTS,
+                    None,
+                    name,
+                    None,
+                    slot_differences(&stored, &folded),
+                ),
+                None => found.push(
+                    ProblemKind::ProjectionExtra,
+                    SLOTS,
+                    None,
+                    name,
+                    None,
+                    "no event touches this slot",
+                ),
+            }
+        }
+        for (name, _) in state.slots {
+            found.push(
+                ProblemKind::ProjectionMissing,
+                SLOTS,
+                None,
+                Some(name),
+                None,
+                "events touch this slot but it has no projection",
+            );
+        }
+        for item in self.reloads.iter() {
+            let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+            let id = ReloadId::from_slice(&key).ok();
+            let stored = match decode_value::<ReloadView>(RELOADS, &key, &bytes) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    if let Some(id) = &id {
+                        state.reloads.remove(id);
+                    }
+                    found.push(
+                        ProblemKind::Undecodable,
+                        RELOADS,
+                        None,
+                        None,
+                        id,
+                        e.to_string(),
+                    );
+                    continue;
+                }
+            };
+            let slot = Some(stored.reload.slot.clone());
+            match id.and_then(|id| state.reloads.remove(&id)) {
+                _ if id != Some(stored.reload.id) => found.push(
+                    ProblemKind::ProjectionMismatch,
+                    RELOADS,
+                    None,
+                    slot,
+                    Some(stored.reload.id),
+                    format!(
+                        "key {} holds the view of reload {}",
+                        describe_key(RELOADS, &key),
+                        stored.reload.id
+                    ),
+                ),
+                Some(folded) if folded == stored => {}
+                Some(folded) => found.push(
+                    ProblemKind::ProjectionMismatch,
+                    RELOADS,
+                    None,
+                    slot,
+                    id,
+                    reload_differences(&stored, &folded),
+                ),
+                None => found.push(
+                    ProblemKind::ProjectionExtra,
+                    RELOADS,
+                    None,
+                    slot,
+                    id,
+                    "no event created this reload",
+                ),
+            }
+        }
+        for (id, view) in state.reloads {
+            found.push(
+                ProblemKind::ProjectionMissing,
+                RELOADS,
+                None,
+                Some(view.reload.slot),
+                Some(id),
+                "events create this reload but it has no projection",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,406 @@
+//! Shared test helpers: a command generator driven by `tryswap_fsm::World` (the oracle),
+//! and comparisons of a journal's projections with the oracle.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use tryswap_fsm::{
+    ArtifactRef, Command, Endpoint, Generation, Mode, Network, ProcessIdentity, Protocol, Reason,
+    ReasonKind, ReloadId, ReloadState, Sha256, SlotName, World,
+};
+use tryswap_journal::{Journal, JournalError, Record};
+
+pub const SLOTS: usize = 3;
+
+pub fn slot_name(i: usize) -> SlotName {
+    SlotName::new(format!("slot-{i}")).unwrap()
+}
+
+pub fn artifact(byte: u8) -> ArtifactRef {
+    ArtifactRef {
+        sha256: Sha256([byte; 32]),
+        config_sha256: (byte % 2 == 0).then_some(Sha256([byte ^ 0xff; 32])),
+    }
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap() + Duration::nanoseconds(123_456_789)
+}
+
+pub fn at(step: usize) -> DateTime<Utc> {
+    t0() + Duration::milliseconds(step as i64 * 1500)
+}
+
+pub fn process(pid: u32) -> ProcessIdentity {
+    ProcessIdentity {
+        pid,
+        start_time: u64::from(pid) * 11,
+        boot_id: "3f1c0d4e-boot".into(),
+    }
+}
+
+pub fn endpoint(port: u16) -> Endpoint {
+    Endpoint {
+        core_version: 1,
+        app_version: 1,
+        network: Network::Tcp,
+        address: format!("127.0.0.1:{port}"),
+        protocol: Protocol::Grpc,
+        server_cert: None,
+    }
+}
+
+/// What to do next, resolved against the oracle's state into a command.
+#[derive(Clone, Debug)]
+pub enum Intent {
+    Begin {
+        slot: usize,
+        mode: u8,
+        artifact: u8,
+        staging_fails: bool,
+    },
+    Advance {
+        slot: usize,
+    },
+    Fail {
+        slot: usize,
+        kind: u8,
+    },
+    Retire {
+        slot: usize,
+        pick: u8,
+    },
+    Stop {
+        slot: usize,
+    },
+    Relaunch {
+        slot: usize,
+    },
+    /// Something that usually does not fit the state.
+    Wrong {
+        slot: usize,
+        which: u8,
+    },
+    /// Several intents as one `execute_all`.
+    Batch(Vec<Intent>),
+}
+
+fn single() -> impl Strategy<Value = Intent> {
+    let slot = 0..SLOTS;
+    prop_oneof![
+        3 => (slot.clone(), 0u8..6, 0u8..4, proptest::bool::weighted(0.1)).prop_map(
+            |(slot, mode, artifact, staging_fails)| Intent::Begin { slot, mode, artifact, staging_fails }
+        ),
+        10 => slot.clone().prop_map(|slot| Intent::Advance { slot }),
+        2 => (slot.clone(), 0u8..4).prop_map(|(slot, kind)| Intent::Fail { slot, kind }),
+        2 => (slot.clone(), any::<u8>()).prop_map(|(slot, pick)| Intent::Retire { slot, pick }),
+        1 => slot.clone().prop_map(|slot| Intent::Stop { slot }),
+        1 => slot.clone().prop_map(|slot| Intent::Relaunch { slot }),
+        1 => (slot, any::<u8>()).prop_map(|(slot, which)| Intent::Wrong { slot, which }),
+    ]
+}
+
+pub fn intent() -> impl Strategy<Value = Intent> {
+    prop_oneof![
+        12 => single(),
+        1 => proptest::collection::vec(single(), 2..4).prop_map(Intent::Batch),
+    ]
+}
+
+pub fn intents(max: usize) -> impl Strategy<Value = Vec<Intent>> {
+    proptest::collection::vec(intent(), 1..max)
+}
+
+/// The oracle and a counter for fresh reload ids.
+#[derive(Clone, Debug, Default)]
+pub struct Driver {
+    pub world: World,
+    pub next_id: u64,
+    pub step: usize,
+    pub records: Vec<Record>,
+}
+
+fn reason(kind: u8) -> Reason {
+    match kind % 4 {
+        0 => Reason::error("probe failed: connection refused"),
+        1 => Reason::timeout("no handshake within 10s"),
+        2 => Reason::cancelled("operator"),
+        _ => Reason::recovered("found after restart"),
+    }
+}
+
+/// The command `intent` means in `world` (usually legal, sometimes not on purpose).
+pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
+    match intent {
+        Intent::Begin {
+            slot,
+            mode,
+            artifact: a,
+            staging_fails,
+        } => {
+            *next_id += 1;
+            let reload = ReloadId::from_u128(u128::from(*next_id) << 64 | 0x7000);
+            let name = slot_name(*slot);
+            let history = world.slots.get(&name).map(|s| s.history.clone()).unwrap_or_default();
+            let (mode, art) = match mode {
+                0..=2 => (Mode::Activate, artifact(*a)),
+                3 => (Mode::DryRun, artifact(*a)),
+                _ => match history.iter().nth(usize::from(*a) % history.len().max(1)) {
+                    Some((g, art)) => (Mode::Rollback { to: *g }, art.clone()),
+                    None => (Mode::Rollback { to: Generation(1) }, artifact(*a)),
+                },
+            };
+            if *staging_fails {
+                Command::FailStaging {
+                    reload,
+                    slot: name,
+                    mode,
+                    reason: Reason::error("artifact missing"),
+                }
+            } else {
+                Command::Stage {
+                    reload,
+                    slot: name,
+                    mode,
+                    artifact: art,
+                }
+            }
+        }
+        Intent::Advance { slot } => {
+            let in_flight = world
+                .slots
+                .get(&slot_name(*slot))
+                .and_then(|s| s.in_flight)
+                .and_then(|id| world.reloads.get(&id));
+            match in_flight {
+                None => Command::RecordProbe {
+                    reload: ReloadId::from_u128(0xdead),
+                },
+                Some(r) => {
+                    let n = (r.id.as_u128() >> 64) as u32;
+                    match r.state {
+                        ReloadState::Staged => Command::RecordLaunch {
+                            reload: r.id,
+                            process: Some(process(1000 + n)),
+                            log_path: Some(format!("logs/{}/{n}.log", r.slot)),
+                        },
+                        ReloadState::Launched => Command::RecordHandshake {
+                            reload: r.id,
+                            endpoint: (n % 3 != 0).then(|| endpoint(40000 + n as u16)),
+                        },
+                        ReloadState::Validated => Command::RecordProbe { reload: r.id },
+                        _ if r.mode == Mode::DryRun => Command::PassDryRun { reload: r.id },
+                        _ => Command::Commit { reload: r.id },
+                    }
+                }
+            }
+        }
+        Intent::Fail { slot, kind } => {
+            let reload = world
+                .slots
+                .get(&slot_name(*slot))
+                .and_then(|s| s.in_flight)
+                .unwrap_or(ReloadId::from_u128(0xbeef));
+            Command::Fail {
+                reload,
+                reason: reason(*kind),
+            }
+        }
+        Intent::Retire { slot, pick } => {
+            let name = slot_name(*slot);
+            let retiring = world.slots.get(&name).map(|s| s.retiring.clone()).unwrap_or_default();
+            let generation = if retiring.is_empty() {
+                Generation(99)
+            } else {
+                retiring[usize::from(*pick) % retiring.len()].generation
+            };
+            Command::Retire {
+                slot: name,
+                generation,
+            }
+        }
+        Intent::Stop { slot } | Intent::Relaunch { slot } => {
+            let name = slot_name(*slot);
+            let generation = world
+                .slots
+                .get(&name)
+                .and_then(|s| s.active_generation())
+                .unwrap_or(Generation(1));
+            if matches!(intent, Intent::Stop { .. }) {
+                Command::Stop {
+                    slot: name,
+                    generation,
+                    reason: Reason::error("exited with status 1"),
+                }
+            } else {
+                *next_id += 1;
+                Command::Relaunch {
+                    slot: name,
+                    generation,
+                    process: Some(process(5000 + *next_id as u32)),
+                    log_path: Some("logs/relaunch.log".into()),
+                    endpoint: Some(endpoint(41000)),
+                }
+            }
+        }
+        Intent::Wrong { slot, which } => {
+            let name = slot_name(*slot);
+            let s = world.slots.get(&name);
+            let in_flight = s.and_then(|s| s.in_flight);
+            let any_reload = world
+                .reloads
+                .keys()
+                .nth(usize::from(*which) % world.reloads.len().max(1))
+                .copied()
+                .unwrap_or(ReloadId::from_u128(0x1));
+            match which % 5 {
+                0 => Command::Commit {
+                    reload: in_flight.unwrap_or(any_reload),
+                },
+                1 => Command::PassDryRun {
+                    reload: in_flight.unwrap_or(any_reload),
+                },
+                2 => Command::RecordHandshake {
+                    reload: any_reload,
+                    endpoint: None,
+                },
+                3 => Command::Stage {
+                    reload: any_reload,
+                    slot: name,
+                    mode: Mode::Activate,
+                    artifact: artifact(0),
+                },
+                _ => Command::Fail {
+                    reload: any_reload,
+                    reason: Reason::cancelled("late"),
+                },
+            }
+        }
+        Intent::Batch(_) => unreachable!("batches are resolved by Driver::apply"),
+    }
+}
+
+impl Driver {
+    /// Resolves `intent`, executes it in the journal and in the oracle, and checks that
+    /// both agree (same events or the same rejection).
+    pub fn apply(&mut self, journal: &Journal, intent: &Intent) {
+        self.step += 1;
+        let now = at(self.step);
+        match intent {
+            Intent::Batch(parts) => {
+                let mut world = self.world.clone();
+                let mut commands = Vec::new();
+                let mut expected: Result<Vec<_>, _> = Ok(Vec::new());
+                for part in parts {
+                    let cmd = command(&world, &mut self.next_id, part);
+                    match world.execute(&cmd) {
+                        Ok(events) => {
+                            if let Ok(all) = expected.as_mut() {
+                                all.extend(events);
+                            }
+                        }
+                        Err(rejected) => {
+                            if expected.is_ok() {
+                                expected = Err(rejected);
+                            }
+                        }
+                    }
+                    commands.push(cmd);
+                }
+                let before = journal.last_seq();
+                let actual = journal.execute_all(&commands, now);
+                match (expected, actual) {
+                    (Ok(events), Ok(records)) => {
+                        let got: Vec<_> = records.iter().map(Record::event).collect();
+                        assert_eq!(got, events);
+                        self.world = world;
+                        self.records.extend(records);
+                    }
+                    (Err(want), Err(JournalError::Rejected(got))) => {
+                        assert_eq!(got, want);
+                        assert_eq!(journal.last_seq(), before, "a rejected batch wrote nothing");
+                    }
+                    (want, got) => panic!("batch {commands:?}: oracle {want:?}, journal {got:?}"),
+                }
+            }
+            _ => {
+                let cmd = command(&self.world, &mut self.next_id, intent);
+                let mut world = self.world.clone();
+                let expected = world.execute(&cmd);
+                let before = journal.last_seq();
+                match (expected, journal.execute(&cmd, now)) {
+                    (Ok(events), Ok(records)) => {
+                        let got: Vec<_> = records.iter().map(Record::event).collect();
+                        assert_eq!(got, events);
+                        for r in &records {
+                            assert_eq!(r.at, now);
+                        }
+                        self.world = world;
+                        self.records.extend(records);
+                    }
+                    (Err(want), Err(JournalError::Rejected(got))) => {
+                        assert_eq!(got, want);
+                        assert_eq!(journal.last_seq(), before);
+                    }
+                    (want, got) => panic!("{cmd:?}: oracle {want:?}, journal {got:?}"),
+                }
+            }
+        }
+    }
+
+    pub fn run(&mut self, journal: &Journal, intents: &[Intent]) {
+        for intent in intents {
+            self.apply(journal, intent);
+        }
+    }
+}
+
+/// The journal's projections as an fsm world.
+pub fn stored_world(journal: &Journal) -> World {
+    let slots: BTreeMap<_, _> = journal
+        .slots()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.slot.name.clone(), v.slot))
+        .collect();
+    let mut reloads = BTreeMap::new();
+    for name in slots.keys() {
+        for view in journal.reloads_of(name).unwrap() {
+            reloads.insert(view.reload.id, view.reload);
+        }
+    }
+    World { slots, reloads }
+}
+
+/// The fold of every record the journal holds.
+pub fn folded_world(journal: &Journal) -> World {
+    let events: Vec<_> = journal.events(0).map(|r| r.unwrap().event()).collect();
+    World::fold(&events)
+}
+
+/// Asserts projections, reads and verify all agree with `world`.
+pub fn assert_matches(journal: &Journal, world: &World) {
+    let stored = stored_world(journal);
+    assert_eq!(&stored, world, "projections differ from the oracle");
+    for (name, slot) in &world.slots {
+        assert_eq!(&journal.slot(name).unwrap().unwrap().slot, slot);
+    }
+    for (id, reload) in &world.reloads {
+        assert_eq!(&journal.reload(id).unwrap().unwrap().reload, reload);
+    }
+    let in_flight: Vec<ReloadId> = journal
+        .in_flight()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.reload.id)
+        .collect();
+    let want: Vec<ReloadId> = world.slots.values().filter_map(|s| s.in_flight).collect();
+    assert_eq!(in_flight, want);
+    let report = journal.verify().unwrap();
+    assert!(report.is_ok(), "verify: {:#?}", report.problems);
+    let replay = journal.replay(journal.last_seq()).unwrap();
+    assert_eq!(&replay.world(), world);
+    assert_eq!(replay.seq, journal.last_seq());
+}
