@@ -94,8 +94,8 @@ pub enum CodecError {
     },
 }
 
-/// Encodes `value`; `what` names it in errors.
-pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
+/// Encodes `value` with the journal's bincode configuration; `what` names it in errors.
+pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
     let bytes = bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode {
         what,
         message: e.to_string(),
@@ -110,11 +110,9 @@ pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<
     Ok(bytes)
 }
 
-/// Decodes a `T` that must use all of `bytes`; `what` names it in errors.
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, CodecError> {
+/// Decodes a `T` that must use all of `bytes` (never more than [`LIMIT`] allocated); `what`
+/// names it in errors.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) =
         bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| {
             CodecError::Decode {

@@ -31,6 +31,7 @@
 pub mod client;
 pub mod config;
 pub mod handshake;
+pub mod harness;
 pub mod process;
 pub mod proto;
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use tryswap_fsm::{
     ArtifactRef, Command, Endpoint, Generation, Mode, Network, ProcessIdentity, Protocol, Reason,
-    ReasonKind, ReloadId, ReloadState, Sha256, SlotName, World,
+    ReloadId, ReloadState, Sha256, SlotName, World,
 };
 use tryswap_journal::{Journal, JournalError, Record};
 
@@ -90,11 +90,11 @@ pub enum Intent {
 fn single() -> impl Strategy<Value = Intent> {
     let slot = 0..SLOTS;
     prop_oneof![
-        3 => (slot.clone(), 0u8..6, 0u8..4, proptest::bool::weighted(0.1)).prop_map(
+        4 => (slot.clone(), 0u8..6, 0u8..4, proptest::bool::weighted(0.1)).prop_map(
             |(slot, mode, artifact, staging_fails)| Intent::Begin { slot, mode, artifact, staging_fails }
         ),
-        10 => slot.clone().prop_map(|slot| Intent::Advance { slot }),
-        2 => (slot.clone(), 0u8..4).prop_map(|(slot, kind)| Intent::Fail { slot, kind }),
+        16 => slot.clone().prop_map(|slot| Intent::Advance { slot }),
+        1 => (slot.clone(), 0u8..4).prop_map(|(slot, kind)| Intent::Fail { slot, kind }),
         2 => (slot.clone(), any::<u8>()).prop_map(|(slot, pick)| Intent::Retire { slot, pick }),
         1 => slot.clone().prop_map(|slot| Intent::Stop { slot }),
         1 => slot.clone().prop_map(|slot| Intent::Relaunch { slot }),
@@ -131,6 +131,13 @@ fn reason(kind: u8) -> Reason {
     }
 }
 
+/// Slot `first`, or the next one after it, that has a reload in flight.
+fn busy_slot(world: &World, first: usize) -> Option<SlotName> {
+    (0..SLOTS)
+        .map(|i| slot_name((first + i) % SLOTS))
+        .find(|name| world.slots.get(name).is_some_and(|s| s.in_flight.is_some()))
+}
+
 /// The command `intent` means in `world` (usually legal, sometimes not on purpose).
 pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
     match intent {
@@ -143,7 +150,11 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
             *next_id += 1;
             let reload = ReloadId::from_u128(u128::from(*next_id) << 64 | 0x7000);
             let name = slot_name(*slot);
-            let history = world.slots.get(&name).map(|s| s.history.clone()).unwrap_or_default();
+            let history = world
+                .slots
+                .get(&name)
+                .map(|s| s.history.clone())
+                .unwrap_or_default();
             let (mode, art) = match mode {
                 0..=2 => (Mode::Activate, artifact(*a)),
                 3 => (Mode::DryRun, artifact(*a)),
@@ -169,10 +180,8 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
             }
         }
         Intent::Advance { slot } => {
-            let in_flight = world
-                .slots
-                .get(&slot_name(*slot))
-                .and_then(|s| s.in_flight)
+            let in_flight = busy_slot(world, *slot)
+                .and_then(|name| world.slots[&name].in_flight)
                 .and_then(|id| world.reloads.get(&id));
             match in_flight {
                 None => Command::RecordProbe {
@@ -198,10 +207,8 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
             }
         }
         Intent::Fail { slot, kind } => {
-            let reload = world
-                .slots
-                .get(&slot_name(*slot))
-                .and_then(|s| s.in_flight)
+            let reload = busy_slot(world, *slot)
+                .and_then(|name| world.slots[&name].in_flight)
                 .unwrap_or(ReloadId::from_u128(0xbeef));
             Command::Fail {
                 reload,
@@ -210,7 +217,11 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
         }
         Intent::Retire { slot, pick } => {
             let name = slot_name(*slot);
-            let retiring = world.slots.get(&name).map(|s| s.retiring.clone()).unwrap_or_default();
+            let retiring = world
+                .slots
+                .get(&name)
+                .map(|s| s.retiring.clone())
+                .unwrap_or_default();
             let generation = if retiring.is_empty() {
                 Generation(99)
             } else {

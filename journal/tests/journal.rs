@@ -1,0 +1,761 @@
+//! Journal behaviour: projections equal the fold across reopen, durable flush points,
+//! compaction, verify's detections, the witness, locking and damaged sled files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use proptest::prelude::*;
+use tryswap_fsm::{Command, Mode, Reason, ReloadId, SlotName, World};
+use tryswap_journal::layout::{self, seq_key};
+use tryswap_journal::{Journal, JournalError, ProblemKind, ReloadView};
+
+fn sled_of(dir: &Path) -> sled::Db {
+    sled::open(dir.join(layout::SLED_DIR)).unwrap()
+}
+
+fn full_activate(journal: &Journal, slot: &SlotName, id: ReloadId, byte: u8) -> u64 {
+    let before = journal.flush_count();
+    let commands = [
+        Command::Stage {
+            reload: id,
+            slot: slot.clone(),
+            mode: Mode::Activate,
+            artifact: artifact(byte),
+        },
+        Command::RecordLaunch {
+            reload: id,
+            process: Some(process(4242)),
+            log_path: Some("logs/demo/1.log".into()),
+        },
+        Command::RecordHandshake {
+            reload: id,
+            endpoint: Some(endpoint(40001)),
+        },
+        Command::RecordProbe { reload: id },
+        Command::Commit { reload: id },
+    ];
+    for (i, c) in commands.iter().enumerate() {
+        journal.execute(c, at(i)).unwrap();
+    }
+    journal.flush_count() - before
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn projections_equal_the_fold_across_reopen(intents in intents(120)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut driver = Driver::default();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            driver.run(&journal, &intents);
+            assert_matches(&journal, &driver.world);
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        prop_assert_eq!(journal.last_seq(), driver.records.len() as u64);
+        assert_matches(&journal, &driver.world);
+        prop_assert_eq!(folded_world(&journal), driver.world.clone());
+        // Sequence numbers are gap-free and the stored records are the returned ones.
+        let stored: Vec<_> = journal.events(0).map(|r| r.unwrap()).collect();
+        prop_assert_eq!(&stored, &driver.records);
+        for (i, r) in stored.iter().enumerate() {
+            prop_assert_eq!(r.seq, i as u64 + 1);
+        }
+        // Every prefix replays to the fold of that prefix.
+        let cut = stored.len() / 2;
+        let events: Vec<_> = stored[..cut].iter().map(|r| r.event()).collect();
+        prop_assert_eq!(journal.replay(cut as u64).unwrap().world(), World::fold(&events));
+        // Writing goes on after reopen.
+        driver.run(&journal, &intents[..intents.len().min(5)]);
+        assert_matches(&journal, &driver.world);
+    }
+
+    #[test]
+    fn compaction_keeps_projections(intents in intents(120), more in intents(30), keep in 0usize..3) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut driver = Driver::default();
+        let journal = Journal::open(dir.path()).unwrap();
+        driver.run(&journal, &intents);
+        let slots_before = journal.slots().unwrap();
+        let reloads_before: BTreeMap<ReloadId, ReloadView> = driver
+            .world
+            .reloads
+            .keys()
+            .map(|id| (*id, journal.reload(id).unwrap().unwrap()))
+            .collect();
+        let report = journal.compact(keep).unwrap();
+        prop_assert_eq!(journal.slots().unwrap(), slots_before);
+        let mut kept_terminal: BTreeMap<SlotName, usize> = BTreeMap::new();
+        let mut dropped = 0u64;
+        for (id, before) in &reloads_before {
+            match journal.reload(id).unwrap() {
+                Some(after) => {
+                    prop_assert_eq!(&after, before);
+                    let slot = &driver.world.slots[&before.reload.slot];
+                    let pinned = slot.active.as_ref().is_some_and(|a| a.reload == *id)
+                        || slot.retiring.iter().any(|i| i.reload == *id);
+                    if after.reload.state.is_terminal() && !pinned {
+                        *kept_terminal.entry(before.reload.slot.clone()).or_default() += 1;
+                    }
+                }
+                None => {
+                    prop_assert!(before.reload.state.is_terminal(), "dropped a live reload");
+                    dropped += 1;
+                    driver.world.reloads.remove(id);
+                }
+            }
+        }
+        prop_assert_eq!(dropped, report.reloads_dropped);
+        for count in kept_terminal.values() {
+            prop_assert!(*count <= keep);
+        }
+        if report.reloads_dropped > 0 {
+            prop_assert_eq!(report.base_seq, journal.last_seq());
+            let below = journal.replay(report.base_seq - 1);
+            prop_assert!(matches!(below, Err(JournalError::Compacted { .. })), "{:?}", below);
+        }
+        assert_matches(&journal, &driver.world);
+        driver.run(&journal, &more);
+        assert_matches(&journal, &driver.world);
+        // Compacting again moves the base; reopen still verifies.
+        journal.compact(keep).unwrap();
+        drop(journal);
+        let journal = Journal::open(dir.path()).unwrap();
+        let report = journal.verify().unwrap();
+        prop_assert!(report.is_ok(), "{:#?}", report.problems);
+        prop_assert_eq!(journal.slots().unwrap().len(), driver.world.slots.len());
+    }
+}
+
+#[test]
+fn a_successful_activate_makes_exactly_two_durable_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let slot = slot_name(0);
+    assert_eq!(full_activate(&journal, &slot, ReloadId::from_u128(1), 1), 2);
+    // The second activation too, and retiring the old generation adds none.
+    assert_eq!(full_activate(&journal, &slot, ReloadId::from_u128(2), 2), 2);
+    journal
+        .execute(
+            &Command::Retire {
+                slot: slot.clone(),
+                generation: tryswap_fsm::Generation(1),
+            },
+            at(9),
+        )
+        .unwrap();
+    assert_eq!(journal.flush_count(), 4);
+    // Public flush is not counted.
+    journal.flush().unwrap();
+    assert_eq!(journal.flush_count(), 4);
+}
+
+#[test]
+fn a_rolled_back_reload_makes_one_durable_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let id = ReloadId::from_u128(7);
+    let slot = slot_name(1);
+    journal
+        .execute(
+            &Command::Stage {
+                reload: id,
+                slot: slot.clone(),
+                mode: Mode::Activate,
+                artifact: artifact(3),
+            },
+            at(0),
+        )
+        .unwrap();
+    journal
+        .execute(
+            &Command::RecordLaunch {
+                reload: id,
+                process: None,
+                log_path: None,
+            },
+            at(1),
+        )
+        .unwrap();
+    journal
+        .execute(
+            &Command::Fail {
+                reload: id,
+                reason: Reason::error("bad handshake line \"1|9|tcp\""),
+            },
+            at(2),
+        )
+        .unwrap();
+    assert_eq!(journal.flush_count(), 1);
+    let view = journal.reload(&id).unwrap().unwrap();
+    let states: Vec<&str> = view.stages.iter().map(|m| m.state.as_str()).collect();
+    assert_eq!(states, ["staged", "launched", "rolled_back"]);
+    assert_eq!(view.finished, Some(at(2)));
+    assert_eq!(view.created, at(0));
+    assert!(journal.in_flight().unwrap().is_empty());
+}
+
+#[test]
+fn stage_marks_and_timestamps_follow_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let slot = slot_name(0);
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    let view = journal.reload(&ReloadId::from_u128(1)).unwrap().unwrap();
+    let marks: Vec<(&str, u64)> = view
+        .stages
+        .iter()
+        .map(|m| (m.state.as_str(), m.seq))
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            ("staged", 1),
+            ("launched", 2),
+            ("validated", 3),
+            ("probed", 4),
+            ("active", 5)
+        ]
+    );
+    let slot_view = journal.slot(&slot).unwrap().unwrap();
+    assert_eq!(slot_view.active_since, Some(at(4)));
+    assert_eq!(slot_view.updated, at(4));
+    // A relaunch keeps active_since; a new activation moves it.
+    journal
+        .execute(
+            &Command::Relaunch {
+                slot: slot.clone(),
+                generation: tryswap_fsm::Generation(1),
+                process: Some(process(77)),
+                log_path: None,
+                endpoint: None,
+            },
+            at(20),
+        )
+        .unwrap();
+    let slot_view = journal.slot(&slot).unwrap().unwrap();
+    assert_eq!(slot_view.active_since, Some(at(4)));
+    assert_eq!(slot_view.updated, at(20));
+    assert_eq!(journal.reloads_of(&slot).unwrap().len(), 1);
+}
+
+#[test]
+fn execute_all_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let stage = |n: u128, slot: usize| Command::Stage {
+        reload: ReloadId::from_u128(n),
+        slot: slot_name(slot),
+        mode: Mode::Activate,
+        artifact: artifact(n as u8),
+    };
+    // The third conflicts with the first (same slot): nothing is written.
+    let err = journal
+        .execute_all(&[stage(1, 0), stage(2, 1), stage(3, 0)], at(0))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JournalError::Rejected(tryswap_fsm::Rejected::Conflict { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(journal.last_seq(), 0);
+    assert!(journal.slots().unwrap().is_empty());
+    // Each command sees the state the previous left: stage then launch in one batch.
+    let records = journal
+        .execute_all(
+            &[
+                stage(1, 0),
+                stage(2, 1),
+                Command::RecordLaunch {
+                    reload: ReloadId::from_u128(1),
+                    process: None,
+                    log_path: None,
+                },
+            ],
+            at(1),
+        )
+        .unwrap();
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(journal.flush_count(), 1, "one durable flush per batch");
+    assert!(journal.verify().unwrap().is_ok());
+}
+
+/// Builds a journal with a few reloads and closes it. Returns its last seq.
+fn populated(dir: &Path) -> u64 {
+    let journal = Journal::open(dir).unwrap();
+    full_activate(&journal, &slot_name(0), ReloadId::from_u128(1), 1);
+    full_activate(&journal, &slot_name(1), ReloadId::from_u128(2), 2);
+    full_activate(&journal, &slot_name(0), ReloadId::from_u128(3), 3);
+    journal.last_seq()
+}
+
+fn problems_of(dir: &Path) -> Vec<tryswap_journal::Problem> {
+    let journal = Journal::open(dir).unwrap();
+    let report = journal.verify().unwrap();
+    assert!(!report.is_ok());
+    report.problems
+}
+
+#[test]
+fn verify_detects_a_garbage_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    {
+        let db = sled_of(dir.path());
+        let slots = db.open_tree(layout::SLOTS).unwrap();
+        slots
+            .insert("slot-1", &b"\xff\xff\xff garbage"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    // Reads name the tree and key instead of panicking.
+    let journal = Journal::open(dir.path()).unwrap();
+    let err = journal.slot(&slot_name(1)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("slots") && text.contains("slot-1"), "{text}");
+    drop(journal);
+    let problems = problems_of(dir.path());
+    assert!(
+        problems.iter().any(|p| p.kind == ProblemKind::Undecodable
+            && p.tree == "slots"
+            && p.slot == Some(slot_name(1))),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn verify_detects_a_different_valid_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    {
+        // Swap the two slots' views, renamed so each still decodes under its key.
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut other = journal.slot(&slot_name(1)).unwrap().unwrap();
+        drop(journal);
+        other.slot.name = slot_name(0);
+        let bytes = tryswap_journal::codec::encode("slot view", &other).unwrap();
+        let db = sled_of(dir.path());
+        db.open_tree(layout::SLOTS)
+            .unwrap()
+            .insert("slot-0", bytes)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let problems = problems_of(dir.path());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::ProjectionMismatch
+                && p.slot == Some(slot_name(0))
+                && p.detail.contains("active marker")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn verify_detects_a_gap_in_the_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    {
+        let db = sled_of(dir.path());
+        db.open_tree(layout::EVENTS)
+            .unwrap()
+            .remove(seq_key(7))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let problems = problems_of(dir.path());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Gap && p.seq == Some(8) && p.detail.contains("7..=7")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn verify_detects_a_flipped_byte_and_open_does_not_read_history() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    {
+        let db = sled_of(dir.path());
+        let events = db.open_tree(layout::EVENTS).unwrap();
+        let mut value = events.get(seq_key(2)).unwrap().unwrap().to_vec();
+        value[5] ^= 0x01;
+        events.insert(seq_key(2), value).unwrap();
+        db.flush().unwrap();
+    }
+    // Open succeeds: it reads only meta, the last record and the witness.
+    let journal = Journal::open(dir.path()).unwrap();
+    let err = journal.events(2).next().unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("events") && err.to_string().contains("seq 2"),
+        "{err}"
+    );
+    drop(journal);
+    let problems = problems_of(dir.path());
+    assert!(
+        problems.iter().any(|p| p.kind == ProblemKind::Undecodable
+            && p.seq == Some(2)
+            && p.detail.contains("checksum")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn verify_detects_an_illegal_but_well_formed_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = populated(dir.path());
+    {
+        // Re-encode record 3 (validated) as `Activated`, with a correct CRC and chain
+        // from record 2, then fix up record 4's chain: only legality is broken.
+        let db = sled_of(dir.path());
+        let events = db.open_tree(layout::EVENTS).unwrap();
+        let mut r3 =
+            tryswap_journal::decode_record(&events.get(seq_key(3)).unwrap().unwrap()).unwrap();
+        r3.event = tryswap_fsm::EventKind::Activated;
+        let bytes = tryswap_journal::encode_record(&r3).unwrap();
+        events.insert(seq_key(3), bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let problems = problems_of(dir.path());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Illegal && p.seq == Some(3)),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::ChainBroken && p.seq == Some(4)),
+        "{problems:#?}"
+    );
+    assert!(last > 4);
+}
+
+fn tree_contents(dir: &Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = sled_of(dir);
+    let tree = db.open_tree(tree).unwrap();
+    tree.iter()
+        .map(|i| {
+            let (k, v) = i.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_lost_tail_fails_open_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        full_activate(&journal, &slot_name(0), ReloadId::from_u128(1), 1);
+    }
+    // An older copy of sled's data, as a damaged file system might hand back.
+    copy_dir(&dir.path().join(layout::SLED_DIR), old.path());
+    let last = {
+        let journal = Journal::open(dir.path()).unwrap();
+        full_activate(&journal, &slot_name(1), ReloadId::from_u128(2), 2);
+        journal.last_seq()
+    };
+    assert_eq!(last, 10);
+    fs::remove_dir_all(dir.path().join(layout::SLED_DIR)).unwrap();
+    copy_dir(old.path(), &dir.path().join(layout::SLED_DIR));
+    let events_before = tree_contents(dir.path(), layout::EVENTS);
+    let files_before = files_of(dir.path());
+    let err = Journal::open(dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{text}");
+    assert!(
+        text.contains("6..=10") && text.contains("witness"),
+        "{text}"
+    );
+    assert!(text.contains("tryswap journal verify"), "{text}");
+    let mut files_after = files_of(dir.path());
+    // The lock file's content is our pid either way.
+    files_after.remove(&dir.path().join(layout::LOCK_FILE));
+    let mut files_before = files_before;
+    files_before.remove(&dir.path().join(layout::LOCK_FILE));
+    assert_eq!(files_before, files_after, "a failed open wrote nothing");
+    assert_eq!(tree_contents(dir.path(), layout::EVENTS), events_before);
+    // Inspection still opens it, and verify names the missing records.
+    let journal = Journal::open_for_inspection(dir.path()).unwrap();
+    let report = journal.verify().unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Witness && p.detail.contains("6..=10")),
+        "{:#?}",
+        report.problems
+    );
+    assert!(matches!(
+        journal.execute(
+            &Command::RecordProbe {
+                reload: ReloadId::from_u128(1)
+            },
+            at(0)
+        ),
+        Err(JournalError::ReadOnly { .. })
+    ));
+    let mut out = Vec::new();
+    assert_eq!(journal.export(&mut out).unwrap().records, 5);
+}
+
+#[test]
+fn deleting_the_last_events_behind_the_journals_back_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = populated(dir.path());
+    {
+        let db = sled_of(dir.path());
+        let events = db.open_tree(layout::EVENTS).unwrap();
+        events.remove(seq_key(last)).unwrap();
+        events.remove(seq_key(last - 1)).unwrap();
+        db.flush().unwrap();
+    }
+    let before = tree_contents(dir.path(), layout::EVENTS);
+    let err = Journal::open(dir.path()).unwrap_err();
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("seq {last}")), "{err}");
+    assert_eq!(tree_contents(dir.path(), layout::EVENTS), before);
+}
+
+#[test]
+fn a_replaced_record_at_the_witness_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = populated(dir.path());
+    {
+        // Same seq, different content, valid CRC: the chain value differs from the witness.
+        let db = sled_of(dir.path());
+        let events = db.open_tree(layout::EVENTS).unwrap();
+        let mut r =
+            tryswap_journal::decode_record(&events.get(seq_key(last)).unwrap().unwrap()).unwrap();
+        r.at = at(999);
+        let bytes = tryswap_journal::encode_record(&r).unwrap();
+        let chain = tryswap_journal::stored_chain(&bytes).unwrap();
+        events.insert(seq_key(last), bytes).unwrap();
+        let meta = db.open_tree(layout::META).unwrap();
+        meta.insert(
+            "last_chain",
+            tryswap_journal::codec::encode("chain", &chain).unwrap(),
+        )
+        .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Journal::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("altered or replaced"), "{err}");
+}
+
+#[test]
+fn a_newer_journal_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    {
+        let db = sled_of(dir.path());
+        db.open_tree(layout::META)
+            .unwrap()
+            .insert(
+                "format",
+                tryswap_journal::codec::encode("format", &9u16).unwrap(),
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Journal::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, JournalError::Format { found: 9, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_open_in_this_process_fails_at_once_naming_the_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let started = Instant::now();
+    let err = Journal::open(dir.path()).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    match &err {
+        JournalError::Locked { dir: d, pid } => {
+            assert_eq!(d, dir.path());
+            assert_eq!(*pid, Some(std::process::id()));
+        }
+        other => panic!("{other}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    assert!(Journal::open_for_inspection(dir.path()).is_err());
+    drop(journal);
+    Journal::open(dir.path()).unwrap();
+}
+
+const CHILD_ENV: &str = "TRYSWAP_JOURNAL_TEST_LOCK_DIR";
+
+/// Not a test on its own: the child process of `another_process_holding_the_lock_...`.
+#[test]
+#[ignore]
+fn lock_holder_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let _journal = Journal::open(Path::new(&dir)).unwrap();
+    println!("HOLDING-LOCK");
+    // Hold the lock until the parent closes our stdin.
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn another_process_holding_the_lock_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let child = Process::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "lock_holder_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
+    let stdout = child.0.stdout.take().unwrap();
+    // Wait (bounded) for the child to say it holds the lock.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("HOLDING-LOCK") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("child did not take the lock");
+    let started = Instant::now();
+    let err = Journal::open(dir.path()).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        matches!(err, JournalError::Locked { pid: Some(p), .. } if p == pid),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&format!("process {pid}")), "{err}");
+    // When the holder goes away, the lock goes with it.
+    drop(child.0.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match child.0.try_wait().unwrap() {
+            Some(_) => break,
+            None if Instant::now() > deadline => panic!("child did not exit"),
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    Journal::open(dir.path()).unwrap();
+}
+
+#[test]
+fn damaged_sled_files_give_an_error_never_a_panic() {
+    let template = tempfile::tempdir().unwrap();
+    populated(template.path());
+    let data = template.path().join(layout::SLED_DIR).join("db");
+    let len = fs::metadata(&data).unwrap().len() as usize;
+    let damages: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        (
+            "conf garbage",
+            Box::new(|sled: &Path| fs::write(sled.join("conf"), b"\x00\x01garbage").unwrap()),
+        ),
+        (
+            "data truncated",
+            Box::new(move |sled: &Path| {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(sled.join("db"))
+                    .unwrap();
+                f.set_len((len / 3) as u64).unwrap();
+            }),
+        ),
+        (
+            "data overwritten",
+            Box::new(move |sled: &Path| {
+                let mut bytes = fs::read(sled.join("db")).unwrap();
+                for b in bytes.iter_mut().skip(len / 4).take(len / 2) {
+                    *b ^= 0x5a;
+                }
+                fs::write(sled.join("db"), bytes).unwrap();
+            }),
+        ),
+        (
+            "data emptied",
+            Box::new(|sled: &Path| fs::write(sled.join("db"), b"").unwrap()),
+        ),
+    ];
+    for (name, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        damage(&dir.path().join(layout::SLED_DIR));
+        let outcome = std::panic::catch_unwind(|| Journal::open(dir.path()).map(|_| ()));
+        let result = outcome.unwrap_or_else(|_| panic!("{name}: a panic escaped Journal::open"));
+        // A damaged journal is never silently accepted: every case here loses records
+        // the witness knows about, or sled refuses it.
+        let err = result.expect_err(name);
+        eprintln!("{name}: {err}");
+    }
+}
