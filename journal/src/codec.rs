@@ -9,6 +9,7 @@
 //! `crc32fast`) as 4 big-endian bytes. That CRC is the record's *chain value*: the next
 //! record carries it in `prev_chain`, so the CRC of every record covers its predecessor's.
 
+use chrono::Datelike;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -132,7 +133,16 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
 /// Encodes a record as it is stored: the bincode body followed by its CRC32 (big-endian).
 ///
 /// The CRC is the record's chain value (see [`stored_chain`]).
+/// Refuses records whose time RFC 3339 cannot carry (years outside 0000..=9999), so the
+/// journal never writes a record it could not read back.
 pub fn encode_record(record: &Record) -> Result<Vec<u8>, CodecError> {
+    let year = record.at.year();
+    if !(0..=9999).contains(&year) {
+        return Err(CodecError::Encode {
+            what: "record",
+            message: format!("time {} is outside the years 0000..=9999", record.at),
+        });
+    }
     let mut bytes = encode("record", record)?;
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_be_bytes());

@@ -1,0 +1,293 @@
+//! The record codec: golden byte vectors, arbitrary bytes never panic, the fuzz corpus.
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use tryswap_fsm::{
+    ArtifactRef, Endpoint, EventKind, Generation, Mode, Network, ProcessIdentity, Protocol, Reason,
+    ReloadId, Sha256, SlotName, Stage,
+};
+use tryswap_journal::codec::{self, CodecError, LIMIT};
+use tryswap_journal::{decode_record, encode_record, stored_chain, Record, RECORD_FORMAT};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    let text: String = text.split_whitespace().collect();
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn at() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 1, 12, 30, 45).unwrap()
+}
+
+fn record(seq: u64, event: EventKind, prev_chain: u32) -> Record {
+    Record {
+        format: RECORD_FORMAT,
+        seq,
+        at: at(),
+        reload: ReloadId::from_u128(0x0197_2a3b_4c5d_7e6f_8091_a2b3_c4d5_e6f7),
+        slot: SlotName::new("demo").unwrap(),
+        event,
+        prev_chain,
+    }
+}
+
+/// A few records whose encoding is pinned.
+pub fn samples() -> Vec<Record> {
+    vec![
+        record(
+            1,
+            EventKind::Staged {
+                mode: Mode::Activate,
+                generation: Generation(1),
+                artifact: ArtifactRef {
+                    sha256: Sha256([0x11; 32]),
+                    config_sha256: None,
+                },
+                previous: None,
+            },
+            0,
+        ),
+        record(
+            2,
+            EventKind::Launched {
+                process: Some(ProcessIdentity {
+                    pid: 4242,
+                    start_time: 987_654,
+                    boot_id: "b0".into(),
+                }),
+                log_path: Some("logs/demo/1.log".into()),
+            },
+            0x1234_5678,
+        ),
+        record(300, EventKind::Activated, 0xdead_beef),
+        record(
+            301,
+            EventKind::RolledBack {
+                stage: Stage::Validated,
+                reason: Reason::timeout("no handshake"),
+            },
+            7,
+        ),
+        record(
+            70_000,
+            EventKind::Relaunched {
+                generation: Generation(3),
+                process: None,
+                log_path: None,
+                endpoint: Some(Endpoint {
+                    core_version: 1,
+                    app_version: 2,
+                    network: Network::Unix,
+                    address: "/tmp/p".into(),
+                    protocol: Protocol::NetRpc,
+                    server_cert: None,
+                }),
+            },
+            u32::MAX,
+        ),
+    ]
+}
+
+const GOLDEN: [&str; 5] = [
+    concat!(
+        "010114323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464656d",
+        "6f0100011111111111111111111111111111111111111111111111111111111111111111000000e229e3e5"
+    ),
+    concat!(
+        "010214323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464656d",
+        "6f0201fb9210fc06120f00026230010f6c6f67732f64656d6f2f312e6c6f67fc78563412f7efe7c9"
+    ),
+    concat!(
+        "01fb2c0114323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464",
+        "656d6f05fcefbeadde5d146faa"
+    ),
+    concat!(
+        "01fb2d0114323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464",
+        "656d6f0602010c6e6f2068616e647368616b650796679ce4"
+    ),
+    concat!(
+        "01fc7011010014323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f7",
+        "0464656d6f0903000001010201062f746d702f700100fcffffffff89f98e6b"
+    ),
+];
+
+#[test]
+fn golden_vectors_pin_the_encoding() {
+    for (i, (record, golden)) in samples().iter().zip(GOLDEN).enumerate() {
+        let bytes = encode_record(record).unwrap();
+        assert_eq!(hex(&bytes), golden, "sample {i}: the encoding changed");
+        assert_eq!(
+            &decode_record(&unhex(golden)).unwrap(),
+            record,
+            "sample {i}"
+        );
+    }
+    // Spot-check the layout of the first: format, seq, RFC 3339 time, uuid, slot, event.
+    let first = unhex(GOLDEN[0]);
+    assert_eq!(&first[..3], &[0x01, 0x01, 20]);
+    assert_eq!(&first[3..23], b"2025-06-01T12:30:45Z");
+    assert_eq!(first[23], 16);
+    // The trailer is the CRC32 of the body, and it is the chain value.
+    let body = &first[..first.len() - 4];
+    assert_eq!(stored_chain(&first), Some(crc32fast::hash(body)));
+}
+
+#[test]
+fn every_flipped_bit_of_a_record_is_an_error() {
+    let bytes = encode_record(&samples()[1]).unwrap();
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1 << bit;
+            assert!(decode_record(&bad).is_err(), "byte {i} bit {bit}");
+        }
+    }
+    for len in 0..bytes.len() {
+        assert!(decode_record(&bytes[..len]).is_err(), "truncated to {len}");
+    }
+}
+
+/// Re-seals `body` with a valid CRC trailer.
+fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = body.to_vec();
+    out.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
+    out
+}
+
+#[test]
+fn a_future_record_format_is_named() {
+    let mut record = samples()[2].clone();
+    record.format = RECORD_FORMAT + 1;
+    let bytes = encode_record(&record).unwrap();
+    let err = decode_record(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        CodecError::UnknownFormat {
+            found: RECORD_FORMAT + 1,
+            supported: RECORD_FORMAT
+        }
+    );
+    assert!(err.to_string().contains("newer tryswap"), "{err}");
+}
+
+#[test]
+fn trailing_bytes_and_huge_lengths_are_errors() {
+    let bytes = encode_record(&samples()[0]).unwrap();
+    let body = &bytes[..bytes.len() - 4];
+    let mut longer = body.to_vec();
+    longer.push(0);
+    assert!(matches!(
+        decode_record(&seal(&longer)),
+        Err(CodecError::Trailing { extra: 1, .. })
+    ));
+    // A string length of 2^40 must be refused by the limit, not allocated.
+    let mut huge = vec![0x01, 0x01];
+    huge.push(0xfd);
+    huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    huge.extend_from_slice(&[b'x'; 16]);
+    let err = decode_record(&seal(&huge)).unwrap_err();
+    assert!(matches!(err, CodecError::Decode { .. }), "{err}");
+    // Values over the limit are refused when encoding too.
+    let big = "x".repeat(LIMIT + 1);
+    assert!(matches!(
+        codec::encode("big", &big),
+        Err(CodecError::TooLarge { .. })
+    ));
+    // Times that RFC 3339 cannot carry are refused when encoding, never written.
+    let mut ancient = samples()[0].clone();
+    ancient.at = Utc.with_ymd_and_hms(-3, 1, 1, 0, 0, 0).unwrap();
+    assert!(encode_record(&ancient).is_err());
+    // An invalid slot name inside a well-sealed record is an error.
+    let mut bad_slot = body.to_vec();
+    let at = bad_slot.windows(4).position(|w| w == b"demo").unwrap();
+    bad_slot[at] = b'/';
+    assert!(decode_record(&seal(&bad_slot)).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode_record(&bytes);
+        // Also with a valid CRC, so the body decoder is reached.
+        let _ = decode_record(&seal(&bytes));
+        let _ = codec::decode::<tryswap_journal::SlotView>("slot view", &bytes);
+        let _ = codec::decode::<tryswap_journal::ReloadView>("reload view", &bytes);
+    }
+
+    #[test]
+    fn mutated_records_never_panic(
+        pick in 0usize..5,
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let bytes = encode_record(&samples()[pick]).unwrap();
+        let mut body = bytes[..bytes.len() - 4].to_vec();
+        for (index, value) in edits {
+            let i = index.index(body.len());
+            body[i] = value;
+        }
+        if let Ok(record) = decode_record(&seal(&body)) {
+            // Whatever decodes and re-encodes decodes to the same record.
+            if let Ok(again) = encode_record(&record) {
+                prop_assert_eq!(decode_record(&again).unwrap(), record);
+            }
+        }
+    }
+}
+
+fn corpus_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/record_decode")
+}
+
+#[test]
+fn the_fuzz_corpus_decodes_without_panic() {
+    let dir = corpus_dir();
+    let mut seen = 0;
+    let mut valid = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        if decode_record(&bytes).is_ok() {
+            valid += 1;
+        }
+        seen += 1;
+    }
+    assert!(
+        seen >= samples().len(),
+        "corpus {} has {seen} files",
+        dir.display()
+    );
+    assert!(valid >= samples().len(), "the seeds include valid records");
+}
+
+/// Writes the seed corpus: `TRYSWAP_WRITE_FUZZ_SEEDS=1 cargo test -p tryswap-journal
+/// --test codec -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    if std::env::var_os("TRYSWAP_WRITE_FUZZ_SEEDS").is_none() {
+        return;
+    }
+    let dir = corpus_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, record) in samples().iter().enumerate() {
+        std::fs::write(
+            dir.join(format!("record-{i}")),
+            encode_record(record).unwrap(),
+        )
+        .unwrap();
+    }
+    let bytes = encode_record(&samples()[1]).unwrap();
+    std::fs::write(dir.join("truncated"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[10] ^= 0x80;
+    std::fs::write(dir.join("bad-crc"), flipped).unwrap();
+}
