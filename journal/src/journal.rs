@@ -83,7 +83,7 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-const SALVAGE_HINT: &str = "Nothing was changed. Keep a copy of the directory, then run \
+const SALVAGE_HINT: &str = "tryswap wrote nothing. Keep a copy of the directory, then run \
      `tryswap journal verify` to see what is damaged and `tryswap journal export` to salvage \
      the readable records";
 
@@ -91,7 +91,7 @@ type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
 
 /// Opens sled and its trees, turning a panic inside sled into [`JournalError::Corrupt`].
 fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
-    let opened = catch_unwind(AssertUnwindSafe(|| -> sled::Result<Trees> {
+    guard_sled(dir, sled_dir, || {
         let db = sled::Config::new()
             .path(sled_dir)
             .cache_capacity(CACHE_CAPACITY)
@@ -101,9 +101,18 @@ fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
         let reloads = db.open_tree(RELOADS)?;
         let meta = db.open_tree(META)?;
         Ok((db, events, slots, reloads, meta))
-    }));
-    match opened {
-        Ok(Ok(trees)) => Ok(trees),
+    })
+}
+
+/// Runs `open` (which opens sled in `sled_dir`) and maps a panic, sled's corruption error
+/// and its other errors to journal errors naming `dir`.
+fn guard_sled<T>(
+    dir: &Path,
+    sled_dir: &Path,
+    open: impl FnOnce() -> sled::Result<T>,
+) -> Result<T, JournalError> {
+    match catch_unwind(AssertUnwindSafe(open)) {
+        Ok(Ok(opened)) => Ok(opened),
         Ok(Err(sled::Error::Corruption { at, .. })) => Err(JournalError::Corrupt {
             dir: dir.to_path_buf(),
             what: format!(
@@ -596,7 +605,9 @@ impl Journal {
             // A flush that started after this record was committed already covered it.
             return Ok(());
         }
+        let t0 = std::time::Instant::now();
         self.db.flush().map_err(|e| self.sled_err(e))?;
+        let t1 = t0.elapsed();
         if let Some(file) = &self.data_file {
             file.sync_data().map_err(|e| {
                 JournalError::io(
@@ -606,9 +617,16 @@ impl Journal {
                 )
             })?;
         }
+        let t2 = t0.elapsed();
         if tip.seq > witness.current().seq {
             witness.write(tip)?;
         }
+        eprintln!(
+            "TIMING flush {:?} sync {:?} witness {:?}",
+            t1,
+            t2 - t1,
+            t0.elapsed() - t2
+        );
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);
         }
@@ -749,5 +767,35 @@ impl Drop for Journal {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "flushing the journal on drop");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_sled_open_becomes_corrupt() {
+        let dir = Path::new("/var/lib/tryswap/journal");
+        let err = guard_sled::<()>(dir, &dir.join(SLED_DIR), || {
+            panic!("assertion failed: segment header")
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{text}");
+        assert!(text.contains("/var/lib/tryswap/journal"), "{text}");
+        assert!(
+            text.contains("sled panicked") && text.contains("segment header"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tryswap journal verify") && text.contains("export"),
+            "{text}"
+        );
+        let err = guard_sled::<()>(dir, &dir.join(SLED_DIR), || {
+            Err(sled::Error::Corruption { at: None, bt: () })
+        })
+        .unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
     }
 }

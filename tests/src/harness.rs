@@ -158,7 +158,7 @@ impl Harness {
     /// Writes a fixture config named `name` and returns its path.
     pub fn fixture_config(&self, name: &str, config: &FixtureConfig) -> PathBuf {
         config
-            .write(&self.state.join(&format!("{name}.toml")))
+            .write(&self.state.join(format!("{name}.toml")))
             .expect("write fixture config")
     }
 

@@ -34,7 +34,7 @@ fn slot_config(name: &str) -> SlotConfig {
 }
 
 fn fixture(state: &TempState, name: &str, config: FixtureConfig) -> CandidateSpec {
-    let path = config.write(&state.join(&format!("{name}.toml"))).unwrap();
+    let path = config.write(&state.join(format!("{name}.toml"))).unwrap();
     CandidateSpec::executable(fixture_plugin_path()).with_config(path)
 }
 
