@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod config_reload;
 pub mod driver;
 pub mod engine;
 pub mod handshake;

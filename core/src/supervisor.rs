@@ -106,7 +106,11 @@ pub(crate) struct SlotRuntime {
     pub(crate) drain_timeout: Duration,
     pub(crate) needs_executable: bool,
     pub(crate) active: ArcSwapOption<Serving>,
-    pub(crate) busy: tokio::sync::Mutex<()>,
+    /// Serializes reloads of the slot; shared with the runtime that replaces this one when
+    /// a config reload changes the slot.
+    pub(crate) busy: Arc<tokio::sync::Mutex<()>>,
+    /// The slot's config, for process slots built from a config file.
+    pub(crate) config: Option<SlotConfig>,
 }
 
 struct Inner {
@@ -179,7 +183,7 @@ impl Supervisor {
         self.inner.records.subscribe()
     }
 
-    fn register(&self, runtime: SlotRuntime) {
+    pub(crate) fn register(&self, runtime: SlotRuntime) {
         let mut slots = self.inner.slots.write().unwrap_or_else(|e| e.into_inner());
         slots.insert(runtime.name.clone(), Arc::new(runtime));
     }
@@ -188,8 +192,16 @@ impl Supervisor {
     pub fn add_process_slot(&self, config: SlotConfig) {
         let name = config.name.clone();
         let drain_timeout = config.drain_timeout;
-        let driver = ProcessDriver::new(config, self.inner.state_dir.clone());
-        self.add_slot(name, Arc::new(driver), drain_timeout, true);
+        let driver = ProcessDriver::new(config.clone(), self.inner.state_dir.clone());
+        self.register(SlotRuntime {
+            name,
+            driver: Arc::new(driver),
+            drain_timeout,
+            needs_executable: true,
+            active: ArcSwapOption::empty(),
+            busy: Arc::new(tokio::sync::Mutex::new(())),
+            config: Some(config),
+        });
     }
 
     /// Registers a slot whose generations are in-process engines built by `factory` from a
@@ -220,7 +232,8 @@ impl Supervisor {
             drain_timeout,
             needs_executable,
             active: ArcSwapOption::empty(),
-            busy: tokio::sync::Mutex::new(()),
+            busy: Arc::new(tokio::sync::Mutex::new(())),
+            config: None,
         });
     }
 
@@ -235,6 +248,20 @@ impl Supervisor {
     pub(crate) fn runtimes(&self) -> Vec<Arc<SlotRuntime>> {
         let slots = self.inner.slots.read().unwrap_or_else(|e| e.into_inner());
         slots.values().cloned().collect()
+    }
+
+    /// Appends several commands in one journal transaction: all or nothing.
+    pub(crate) fn record_all(&self, commands: &[Command]) -> Result<Vec<Record>, JournalError> {
+        let records = self.inner.journal.execute_all(commands, Utc::now())?;
+        for record in &records {
+            let _ = self.inner.records.send(record.clone());
+        }
+        Ok(records)
+    }
+
+    pub(crate) fn unregister(&self, slot: &SlotName) {
+        let mut slots = self.inner.slots.write().unwrap_or_else(|e| e.into_inner());
+        slots.remove(slot);
     }
 
     pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
@@ -459,7 +486,7 @@ impl Supervisor {
         }
     }
 
-    fn launch_request(
+    pub(crate) fn launch_request(
         &self,
         rt: &SlotRuntime,
         reload: ReloadId,
