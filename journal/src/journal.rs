@@ -605,9 +605,7 @@ impl Journal {
             // A flush that started after this record was committed already covered it.
             return Ok(());
         }
-        let t0 = std::time::Instant::now();
         self.db.flush().map_err(|e| self.sled_err(e))?;
-        let t1 = t0.elapsed();
         if let Some(file) = &self.data_file {
             file.sync_data().map_err(|e| {
                 JournalError::io(
@@ -617,16 +615,9 @@ impl Journal {
                 )
             })?;
         }
-        let t2 = t0.elapsed();
         if tip.seq > witness.current().seq {
             witness.write(tip)?;
         }
-        eprintln!(
-            "TIMING flush {:?} sync {:?} witness {:?}",
-            t1,
-            t2 - t1,
-            t0.elapsed() - t2
-        );
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);
         }

@@ -48,3 +48,14 @@ pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use record::{Record, RECORD_FORMAT};
 pub use verify::{Problem, ProblemKind, VerifyReport};
 pub use witness::WitnessMark;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_journal_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<crate::Journal>();
+        shared::<crate::Record>();
+        shared::<crate::JournalError>();
+    }
+}

@@ -711,13 +711,15 @@ fn another_process_holding_the_lock_is_named() {
     Journal::open(dir.path()).unwrap();
 }
 
+type Damage = Box<dyn Fn(&Path)>;
+
 #[test]
 fn damaged_sled_files_give_an_error_never_a_panic() {
     let template = tempfile::tempdir().unwrap();
     populated(template.path());
     let data = template.path().join(layout::SLED_DIR).join("db");
     let len = fs::metadata(&data).unwrap().len() as usize;
-    let damages: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let damages: Vec<(&str, Damage)> = vec![
         (
             "conf garbage",
             Box::new(|sled: &Path| fs::write(sled.join("conf"), b"\x00\x01garbage").unwrap()),
@@ -758,4 +760,113 @@ fn damaged_sled_files_give_an_error_never_a_panic() {
         let err = result.expect_err(name);
         eprintln!("{name}: {err}");
     }
+}
+
+#[test]
+fn compaction_can_drop_the_last_record_and_the_journal_reopens_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let slot = slot_name(2);
+    let dry_run = |n: u128| {
+        let id = ReloadId::from_u128(100 + n);
+        vec![
+            Command::Stage {
+                reload: id,
+                slot: slot.clone(),
+                mode: Mode::DryRun,
+                artifact: artifact(n as u8),
+            },
+            Command::RecordLaunch {
+                reload: id,
+                process: None,
+                log_path: None,
+            },
+            Command::RecordHandshake {
+                reload: id,
+                endpoint: None,
+            },
+            Command::RecordProbe { reload: id },
+            Command::PassDryRun { reload: id },
+        ]
+    };
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+        for n in 0..4 {
+            for c in dry_run(n) {
+                journal.execute(&c, at(n as usize)).unwrap();
+            }
+        }
+        assert_eq!(journal.last_seq(), 25);
+        let slot_before = journal.slot(&slot).unwrap();
+        let report = journal.compact(1).unwrap();
+        assert_eq!(report.reloads_dropped, 3);
+        assert_eq!(report.events_dropped, 15);
+        assert_eq!(report.base_seq, 25);
+        assert_eq!(journal.slot(&slot).unwrap(), slot_before);
+        // The newest dry run and the active generation's reload stay.
+        let kept: Vec<u128> = journal
+            .reloads_of(&slot)
+            .unwrap()
+            .iter()
+            .map(|v| v.reload.id.as_u128())
+            .collect();
+        assert_eq!(kept, [1, 103]);
+        assert!(journal.verify().unwrap().is_ok());
+        assert!(matches!(
+            journal.replay(24),
+            Err(JournalError::Compacted {
+                requested: 24,
+                base: 25
+            })
+        ));
+        let mut out = Vec::new();
+        assert_eq!(journal.export(&mut out).unwrap().records, 10);
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 10);
+    }
+    // Reopen: the witness names seq 25, whose record is gone; the base vouches for it.
+    let journal = Journal::open(dir.path()).unwrap();
+    assert_eq!(journal.last_seq(), 25);
+    for c in dry_run(9) {
+        journal.execute(&c, at(30)).unwrap();
+    }
+    let report = journal.verify().unwrap();
+    assert!(report.is_ok(), "{:#?}", report.problems);
+    assert_eq!(report.base_seq, 25);
+    assert_eq!(journal.replay(27).unwrap().seq, 27);
+    drop(journal);
+    let journal = Journal::open(dir.path()).unwrap();
+    assert_eq!(journal.last_seq(), 30);
+}
+
+#[test]
+fn export_writes_one_json_object_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    let journal = Journal::open(dir.path()).unwrap();
+    let mut out = Vec::new();
+    let report = journal.export(&mut out).unwrap();
+    assert_eq!(report.records, 15);
+    assert!(report.unreadable.is_empty());
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 15);
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[0]["slot"], "slot-0");
+    assert_eq!(lines[0]["format"], 1);
+    assert!(lines[0]["event"]["Staged"].is_object(), "{}", lines[0]);
+    assert_eq!(lines[4]["event"], "Activated");
+    // Each line is the record itself.
+    let back: tryswap_journal::Record = serde_json::from_value(lines[4].clone()).unwrap();
+    assert_eq!(back, journal.events(5).next().unwrap().unwrap());
+}
+
+#[test]
+fn inspection_needs_an_existing_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Journal::open_for_inspection(&dir.path().join("nothing")).unwrap_err();
+    assert!(matches!(err, JournalError::Missing(_)), "{err}");
+    assert!(!dir.path().join("nothing").exists());
 }
