@@ -146,14 +146,34 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
     ctx.slot(slot)?;
     let supervisor = ctx.supervisor().await?;
     let progress = (!ctx.json).then(|| render::progress(supervisor.subscribe()));
-    let result = match what {
-        ReloadKind::Activate(spec) => supervisor.activate(slot, spec).await,
-        ReloadKind::Try(spec) => supervisor.try_activate(slot, spec).await,
-        ReloadKind::Rollback(to) => supervisor.rollback(slot, to).await,
+    let reload = async {
+        match what {
+            ReloadKind::Activate(spec) => supervisor.activate(slot, spec).await,
+            ReloadKind::Try(spec) => supervisor.try_activate(slot, spec).await,
+            ReloadKind::Rollback(to) => supervisor.rollback(slot, to).await,
+        }
+    };
+    // Ctrl-C or SIGTERM mid-reload: abandon it and let recovery stop the candidate and
+    // journal the rollback (or finish retiring the old generation if the swap committed).
+    let result = tokio::select! {
+        result = reload => Some(result),
+        _ = interrupted() => None,
     };
     if let Some(progress) = progress {
         progress.finish().await;
     }
+    let Some(result) = result else {
+        let recovery = supervisor.recover().await?;
+        for action in &recovery.actions {
+            eprintln!("tryswap: interrupted: {action}");
+        }
+        return Err(CliError::new(
+            EXIT_ERROR,
+            format!(
+                "slot {slot}: interrupted; the reload was undone (see `tryswap history {slot}`)"
+            ),
+        ));
+    };
     let report: ReloadReport = result?;
     if ctx.json {
         render::json(&report)?;
@@ -164,6 +184,22 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
         Outcome::Active | Outcome::DryRunPassed => EXIT_OK,
         Outcome::RolledBack | Outcome::InProgress => EXIT_REJECTED,
     })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers the default disposition applies; never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
 }
 
 enum ReloadKind {

@@ -16,7 +16,10 @@ async fn stop_keeps_the_marker_and_start_relaunches_the_same_generation_from_the
     let stop = h.tryswap(&["--json", "stop", "demo"]);
     assert_eq!(stop.code, 0, "{stop:?}");
     assert_eq!(stop.json()["stopped_generation"], generation);
-    assert!(wait_gone(pid, Duration::from_secs(5)), "stop left pid {pid} running");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "stop left pid {pid} running"
+    );
     // The marker stays, the generation is not running, and no other command restarts it.
     let status = h.status();
     let active = &status["slots"][0]["active"];
@@ -31,7 +34,9 @@ async fn stop_keeps_the_marker_and_start_relaunches_the_same_generation_from_the
     assert_eq!(g2, generation);
     assert_ne!(pid2, pid);
     assert!(pid_alive(pid2));
-    let reply = call("tcp", &addr, "x", Duration::from_secs(5)).await.unwrap();
+    let reply = call("tcp", &addr, "x", Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(reply.message, "v1");
 
     // Starting a running generation is a no-op.
@@ -40,4 +45,73 @@ async fn stop_keeps_the_marker_and_start_relaunches_the_same_generation_from_the
     assert_eq!(h.active("demo").unwrap().1, pid2);
     let verify = h.tryswap(&["journal", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+#[test]
+fn an_interrupted_activate_stops_its_candidate_and_keeps_the_old_generation() {
+    use std::process::{Command, Stdio};
+    use tryswap_tests::harness::{tryswap_path, SlotSpec};
+    use tryswap_tests::{fixture_plugin_path, wait_until};
+
+    let h = Harness::new(&[SlotSpec {
+        start_timeout: "30s",
+        ..SlotSpec::new("demo")
+    }]);
+    let good = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    assert_eq!(h.activate("demo", &good).code, 0);
+    let (_, old_pid, _) = h.active("demo").unwrap();
+    let hang = h.fixture_config(
+        "hang",
+        &FixtureConfig {
+            hang: true,
+            pid_file: Some(h.state.join("hang.pid")),
+            ..FixtureConfig::default()
+        },
+    );
+    let mut child = Command::new(tryswap_path())
+        .arg("--config")
+        .arg(&h.config_path)
+        .args(["activate", "demo"])
+        .arg(fixture_plugin_path())
+        .arg("--config-file")
+        .arg(&hang)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the hanging candidate runs, then interrupt the CLI.
+    let pid_file = h.state.join("hang.pid");
+    assert!(
+        wait_until(Duration::from_secs(10), || pid_file.exists()),
+        "candidate never started"
+    );
+    let candidate = tryswap_tests::read_pid_file(&pid_file).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let finished = wait_until(Duration::from_secs(20), || {
+        child.try_wait().map(|s| s.is_some()).unwrap_or(true)
+    });
+    if !finished {
+        let _ = child.kill();
+        panic!("tryswap did not exit after SIGINT");
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        wait_gone(candidate, Duration::from_secs(5)),
+        "candidate survived"
+    );
+    assert_eq!(h.active("demo").unwrap().1, old_pid);
+    assert!(pid_alive(old_pid));
+    let history = h.tryswap(&["--json", "history", "demo"]).json();
+    let last = history["reloads"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["outcome"], "rolled_back", "{last}");
 }
