@@ -205,6 +205,11 @@ where
     let started = Instant::now();
     let success_threshold = cfg.success_threshold.max(1);
     let failure_threshold = cfg.failure_threshold.max(1);
+    // A check that keeps flapping reaches neither threshold; a reload must still end.
+    let max_attempts = success_threshold
+        .saturating_add(failure_threshold)
+        .saturating_mul(MAX_ATTEMPTS_FACTOR)
+        .max(MIN_MAX_ATTEMPTS);
     tokio::time::sleep(cfg.initial_delay).await;
     let mut attempts: u32 = 0;
     let mut successes: u32 = 0;
@@ -242,9 +247,26 @@ where
                 }
             }
         }
+        if attempts >= max_attempts {
+            return Err(ProbeFailure {
+                attempts,
+                consecutive_failures: failures,
+                last_error: format!(
+                    "no stable result after {attempts} checks (the check keeps alternating \
+                     between success and failure)"
+                ),
+                elapsed: started.elapsed(),
+            });
+        }
         tokio::time::sleep_until(attempt_started + cfg.period).await;
     }
 }
+
+/// A probe gives up after `(success_threshold + failure_threshold) × 10` checks (at least
+/// 30) without reaching either threshold, so a flapping candidate cannot stall a reload.
+pub const MAX_ATTEMPTS_FACTOR: u32 = 10;
+/// See [`MAX_ATTEMPTS_FACTOR`].
+pub const MIN_MAX_ATTEMPTS: u32 = 30;
 
 /// Runs `cfg`'s probe against `endpoint`: [`run_probe`] with [`check_once`].
 pub async fn probe(

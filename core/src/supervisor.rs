@@ -119,6 +119,9 @@ struct Inner {
     state_dir: PathBuf,
     slots: RwLock<BTreeMap<SlotName, Arc<SlotRuntime>>>,
     records: broadcast::Sender<Record>,
+    /// How often `stop` was called per slot: lets the keep-alive monitor drop a restart it
+    /// had scheduled before an operator stopped the slot.
+    stops: std::sync::Mutex<BTreeMap<SlotName, u64>>,
 }
 
 /// Runs safe reloads for a set of slots over one journal.
@@ -148,7 +151,14 @@ impl Supervisor {
     /// Opens (or creates) the state directory: its journal and store. Fails at once if
     /// another process holds the journal. Register slots next, then call [`Supervisor::attach`].
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, SupervisorError> {
-        let state_dir = state_dir.as_ref().to_path_buf();
+        // Plugins run with the state dir as their working directory and get store paths
+        // as arguments: everything must be absolute.
+        let state_dir = std::path::absolute(state_dir.as_ref()).map_err(|e| {
+            SupervisorError::Journal(JournalError::Missing(format!(
+                "state directory {}: {e}",
+                state_dir.as_ref().display()
+            )))
+        })?;
         let journal = Journal::open(&state_dir.join("journal"))?;
         let store = Store::open(&state_dir)?;
         let (records, _) = broadcast::channel(1024);
@@ -159,8 +169,15 @@ impl Supervisor {
                 state_dir,
                 slots: RwLock::new(BTreeMap::new()),
                 records,
+                stops: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
+    }
+
+    /// How many times [`Supervisor::stop`] was called for `slot` by this process.
+    pub(crate) fn stop_epoch(&self, slot: &SlotName) -> u64 {
+        let stops = self.inner.stops.lock().unwrap_or_else(|e| e.into_inner());
+        stops.get(slot).copied().unwrap_or(0)
     }
 
     /// The state directory.
@@ -597,6 +614,7 @@ impl Supervisor {
                 .fail(rt, reload, Some(&instance), error, started, previous)
                 .await;
         }
+        failpoint!("reload-before-validated");
         if let Err(e) = self.record(&Command::RecordHandshake {
             reload,
             endpoint: instance.endpoint.clone(),
@@ -615,6 +633,7 @@ impl Supervisor {
                 .fail(rt, reload, Some(&instance), error, started, previous)
                 .await;
         }
+        failpoint!("reload-before-probed");
         if let Err(e) = self.record(&Command::RecordProbe { reload }) {
             return self.abandon(rt, &instance, reload, e).await;
         }
@@ -625,6 +644,7 @@ impl Supervisor {
             if let Err(e) = rt.driver.stop(&instance).await {
                 tracing::warn!(error = %e, "stopping the dry run's candidate");
             }
+            failpoint!("dryrun-before-passed");
             self.record(&Command::PassDryRun { reload })?;
             tracing::info!("dry run passed");
             return self.report(reload, started, previous);
@@ -699,6 +719,7 @@ impl Supervisor {
                 Ok(_) => retired.push(facts.generation.0),
                 Err(e) => tracing::error!(error = %e, "journaling Retired"),
             }
+            failpoint!("retire-after-retired");
         }
         retired
     }
@@ -714,6 +735,7 @@ impl Supervisor {
         previous: Option<PreviousInfo>,
     ) -> Result<ReloadReport, SupervisorError> {
         tracing::warn!(error = %error, "candidate rejected");
+        failpoint!("rollback-before-stop");
         if let Some(instance) = instance {
             if let Err(e) = rt.driver.stop(instance).await {
                 tracing::error!(error = %e, "stopping the rejected candidate");
@@ -722,10 +744,12 @@ impl Supervisor {
             // Launch failed half-way: make sure nothing tagged with this reload survives.
             crate::process::kill_tagged(&reload, Duration::from_secs(2)).await;
         }
+        failpoint!("rollback-before-rolledback");
         self.record(&Command::Fail {
             reload,
             reason: error.reason(),
         })?;
+        failpoint!("rollback-after-rolledback");
         self.report(reload, started, previous)
     }
 
@@ -909,6 +933,10 @@ impl Supervisor {
                 in_flight: None,
             });
         };
+        {
+            let mut stops = self.inner.stops.lock().unwrap_or_else(|e| e.into_inner());
+            *stops.entry(slot.clone()).or_insert(0) += 1;
+        }
         let Some(view) = self.inner.journal.slot(slot)? else {
             return Ok(None);
         };

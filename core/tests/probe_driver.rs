@@ -735,3 +735,26 @@ async fn grpc_controller_shutdown_unimplemented_is_an_error() {
         .await
         .is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_check_that_keeps_flapping_fails_after_a_bounded_number_of_attempts() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let c = fast(2, 2);
+    let failure = run_probe(&c, move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n % 2 == 0 {
+                Ok(())
+            } else {
+                Err(format!("flap {n}"))
+            }
+        }
+    })
+    .await
+    .unwrap_err();
+    let limit = ((2 + 2) * tryswap::probe::MAX_ATTEMPTS_FACTOR).max(tryswap::probe::MIN_MAX_ATTEMPTS);
+    assert_eq!(failure.attempts, limit);
+    assert_eq!(calls.load(Ordering::SeqCst) as u32, limit);
+    assert!(failure.last_error.contains("no stable result"), "{failure}");
+}

@@ -407,3 +407,28 @@ fn activating_an_unconfigured_slot_is_an_error_naming_it() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("nope"), "{}", run.stderr);
 }
+
+#[test]
+fn the_default_config_in_the_working_directory_with_a_relative_state_dir_works() {
+    use std::process::Command;
+    use tryswap_tests::harness::{run_bounded, tryswap_path};
+    let h = Harness::demo();
+    let cfg = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    let mut command = Command::new(tryswap_path());
+    command
+        .current_dir(h.state.path())
+        .args(["--json", "activate", "demo"])
+        .arg(tryswap_tests::fixture_plugin_path())
+        .args(["--config-file", "v1.toml"])
+        .env_remove("TRYSWAP_STATE_DIR");
+    let out = run_bounded(command, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cfg.exists());
+    assert!(h.active("demo").is_some());
+}
