@@ -132,7 +132,10 @@ impl<F: EngineFactory> Driver for EngineDriver<F> {
     }
 
     async fn stop(&self, instance: &Instance) -> Result<StopOutcome, DriverError> {
-        let handle = Self::handle(instance)?;
+        // No handle: the engine lived in a host process that is gone, and so is the engine.
+        let Ok(handle) = Self::handle(instance) else {
+            return Ok(StopOutcome::AlreadyGone);
+        };
         if handle.stopped.swap(true, Ordering::SeqCst) {
             return Ok(StopOutcome::AlreadyGone);
         }

@@ -120,6 +120,12 @@ impl ProcessDriver {
             .and_then(|h| h.downcast_ref::<ProcessHandle>())
     }
 
+    /// How a plugin this process launched exited, once it has (`None` while it runs, and
+    /// for instances reattached by identity: only the parent learns the status).
+    pub(crate) fn exit_status(instance: &Instance) -> Option<std::process::ExitStatus> {
+        Self::handle(instance).and_then(|h| h.spawned.exit_status())
+    }
+
     async fn wait_gone(instance: &Instance, timeout: Duration) -> bool {
         let Some(identity) = &instance.process else {
             return true;
@@ -222,8 +228,8 @@ impl Driver for ProcessDriver {
         let stop_timeout = self.slot.stop_timeout;
         let mut outcome = StopOutcome::AlreadyGone;
         if let Some(identity) = &instance.process {
+            // go-plugin plugins exit cleanly when their controller asks.
             if process::is_alive(identity) {
-                // go-plugin plugins exit cleanly when their controller asks.
                 if let Some(endpoint) = &instance.endpoint {
                     if endpoint.protocol == Protocol::Grpc {
                         let ask = stop_timeout.min(Duration::from_secs(2));
@@ -236,22 +242,23 @@ impl Driver for ProcessDriver {
                         }
                     }
                 }
-                // Signals to the whole group (also reaps what the leader left behind).
-                let signalled = process::stop_group(identity, Some(&instance.reload), stop_timeout)
-                    .await
-                    .map_err(|e| {
-                        DriverError::error(format!(
-                            "slot {}: stopping generation {} (pid {}): {e}",
-                            instance.slot, instance.generation, identity.pid
-                        ))
-                    })?;
-                if outcome == StopOutcome::AlreadyGone {
-                    outcome = match signalled {
-                        process::StopOutcome::AlreadyGone => StopOutcome::Graceful,
-                        process::StopOutcome::Graceful => StopOutcome::Graceful,
-                        process::StopOutcome::Killed => StopOutcome::Killed,
-                    };
-                }
+            }
+            // Signals to the whole group, even if the leader already exited: members it
+            // left behind are signalled when they carry the instance's reload tag.
+            let signalled = process::stop_group(identity, Some(&instance.reload), stop_timeout)
+                .await
+                .map_err(|e| {
+                    DriverError::error(format!(
+                        "stopping generation {} (pid {}): {e}",
+                        instance.generation, identity.pid
+                    ))
+                })?;
+            if outcome == StopOutcome::AlreadyGone {
+                outcome = match signalled {
+                    process::StopOutcome::AlreadyGone => StopOutcome::AlreadyGone,
+                    process::StopOutcome::Graceful => StopOutcome::Graceful,
+                    process::StopOutcome::Killed => StopOutcome::Killed,
+                };
             }
         }
         // Anything that escaped the group (setsid'd grandchildren) still carries the tag.

@@ -76,6 +76,22 @@ pub enum SupervisorError {
     /// The slot has no earlier generation to roll back to.
     #[error("slot {0} has no previous generation to roll back to")]
     NoPrevious(SlotName),
+    /// `rollback --to` named a generation that was never active in the slot.
+    #[error("slot {slot} never had generation {generation} active; `tryswap history {slot}` lists them")]
+    UnknownGeneration {
+        /// The slot.
+        slot: SlotName,
+        /// The generation asked for.
+        generation: Generation,
+    },
+    /// The candidate does not fit the slot (refused before anything is staged).
+    #[error("slot {slot}: {message}")]
+    InvalidCandidate {
+        /// The slot.
+        slot: SlotName,
+        /// What is wrong.
+        message: String,
+    },
     /// The state machine refused a command.
     #[error("slot {slot}: {rejected}")]
     Rejected {
@@ -386,6 +402,17 @@ impl Supervisor {
                     .ok_or_else(|| SupervisorError::NoPrevious(slot.clone()))?
             }
         };
+        let known = self
+            .inner
+            .journal
+            .slot(slot)?
+            .is_some_and(|v| v.slot.history.contains_key(&to));
+        if !known {
+            return Err(SupervisorError::UnknownGeneration {
+                slot: slot.clone(),
+                generation: to,
+            });
+        }
         self.reload(slot, Mode::Rollback { to }, None).await
     }
 
@@ -397,6 +424,16 @@ impl Supervisor {
         candidate: Option<CandidateSpec>,
     ) -> Result<ReloadReport, SupervisorError> {
         let rt = self.runtime(slot)?;
+        if let (Some(config), Some(spec)) = (&rt.config, &candidate) {
+            if spec.config.is_none() && config.args.iter().any(|a| a.contains("{config}")) {
+                return Err(SupervisorError::InvalidCandidate {
+                    slot: slot.clone(),
+                    message: "the slot's args use {config}: give the candidate a config file \
+                              (--config-file)"
+                        .to_owned(),
+                });
+            }
+        }
         let started = Utc::now();
         let Ok(_busy) = rt.busy.try_lock() else {
             let in_flight = self
@@ -831,12 +868,27 @@ impl Supervisor {
 
     /// Every reload of the slot the journal still holds, oldest first.
     pub fn history(&self, slot: &SlotName) -> Result<HistoryReport, SupervisorError> {
+        let history = match self.inner.journal.slot(slot)? {
+            Some(view) => view.slot.history,
+            None if self.runtime(slot).is_ok() => BTreeMap::new(),
+            None => return Err(SupervisorError::UnknownSlot(slot.clone())),
+        };
         let reloads = self
             .inner
             .journal
             .reloads_of(slot)?
             .iter()
-            .map(|v| ReloadReport::from_view(v, None, None))
+            .map(|v| {
+                let previous = v.reload.previous.map(|g| PreviousInfo {
+                    generation: g.0,
+                    sha256: history
+                        .get(&g)
+                        .map(|a| a.sha256.to_string())
+                        .unwrap_or_default(),
+                    pid: None,
+                });
+                ReloadReport::from_view(v, None, previous)
+            })
             .collect();
         Ok(HistoryReport {
             slot: slot.to_string(),

@@ -98,8 +98,35 @@ impl fmt::Display for Generation {
 }
 
 /// A SHA-256 digest; displays and parses as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+///
+/// Serializes as that hex string in human-readable formats (JSON) and as the 32 raw bytes in
+/// binary ones (the journal's bincode encoding).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Sha256(pub [u8; 32]);
+
+impl Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_newtype_struct("Sha256", &self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            #[derive(Deserialize)]
+            #[serde(rename = "Sha256")]
+            struct Raw([u8; 32]);
+            Raw::deserialize(deserializer).map(|raw| Sha256(raw.0))
+        }
+    }
+}
 
 /// Why a string is not a SHA-256 hex digest.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -216,3 +216,12 @@ fn sha256_round_trips_as_hex() {
     assert_eq!(text.parse::<Sha256>().unwrap(), d);
     assert!("zz".parse::<Sha256>().is_err());
 }
+
+#[test]
+fn sha256_is_hex_in_json() {
+    let d = Sha256([0x0f; 32]);
+    let json = serde_json::to_string(&d).unwrap();
+    assert_eq!(json, format!("\"{}\"", "0f".repeat(32)));
+    assert_eq!(serde_json::from_str::<Sha256>(&json).unwrap(), d);
+    assert!(serde_json::from_str::<Sha256>("\"nothex\"").is_err());
+}
