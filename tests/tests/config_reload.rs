@@ -91,9 +91,14 @@ async fn one_bad_slot_keeps_every_slot_as_it_was() {
     assert!(pid_alive(a0.1) && pid_alive(b0.1));
     // The runtime still uses the old config: a reload of a with the old env works as before.
     let lease = s.sup.lease(&slot("a")).unwrap();
-    let reply = call("tcp", &lease.endpoint().unwrap().address, "x", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let reply = call(
+        "tcp",
+        &lease.endpoint().unwrap().address,
+        "x",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.message, "a");
     drop(lease);
     s.sup.shutdown().await;
@@ -119,7 +124,8 @@ async fn changed_slots_commit_in_one_transaction_and_old_generations_retire() {
     let (a1, b1) = (s.active("a"), s.active("b"));
     assert!(a1.0 > a0.0 && b1.0 > b0.0, "generations did not move");
     assert!(
-        wait_until(Duration::from_secs(5), || !pid_alive(a0.1) && !pid_alive(b0.1)),
+        wait_until(Duration::from_secs(5), || !pid_alive(a0.1)
+            && !pid_alive(b0.1)),
         "old generations survived"
     );
     // Both Activated records were appended by one transaction: adjacent, same timestamp.
