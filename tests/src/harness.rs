@@ -252,3 +252,25 @@ pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
 pub fn wait_gone(pid: u32, limit: Duration) -> bool {
     wait_until(limit, || !pid_alive(pid))
 }
+
+/// A slot config for the fixture plugin, for library tests: `--config {config}` and the
+/// slot's magic cookie, short timeouts, a 20 ms gRPC probe period that tolerates ~4 s of
+/// a slowly starting candidate.
+pub fn fixture_slot(name: &str) -> tryswap::config::SlotConfig {
+    let slot = tryswap_fsm::SlotName::new(name).expect("valid slot name");
+    let mut config = tryswap::config::SlotConfig::new(slot);
+    config.args = vec![
+        "--config".into(),
+        "{config}".into(),
+        "--cookie-key".into(),
+        "TRYSWAP_PLUGIN".into(),
+        "--cookie-value".into(),
+        name.into(),
+    ];
+    config.start_timeout = Duration::from_secs(5);
+    config.drain_timeout = Duration::from_secs(5);
+    config.stop_timeout = Duration::from_secs(2);
+    config.probe.period = Duration::from_millis(20);
+    config.probe.failure_threshold = 200;
+    config
+}

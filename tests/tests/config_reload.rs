@@ -10,19 +10,7 @@ use tryswap_fsm::{EventKind, SlotName};
 use tryswap_tests::{call, fixture_plugin_path, pid_alive, wait_until, FixtureConfig, TempState};
 
 fn slot_config(name: &str) -> SlotConfig {
-    let mut config = SlotConfig::new(SlotName::new(name).unwrap());
-    config.args = vec![
-        "--config".into(),
-        "{config}".into(),
-        "--cookie-key".into(),
-        "TRYSWAP_PLUGIN".into(),
-        "--cookie-value".into(),
-        name.into(),
-    ];
-    config.start_timeout = Duration::from_secs(3);
-    config.stop_timeout = Duration::from_secs(1);
-    config.probe.period = Duration::from_millis(20);
-    config
+    tryswap_tests::harness::fixture_slot(name)
 }
 
 struct Setup {

@@ -14,23 +14,7 @@ use tryswap_fsm::{Generation, SlotName};
 use tryswap_tests::{call, fixture_plugin_path, FixtureConfig, TempState};
 
 fn slot_config(name: &str) -> SlotConfig {
-    let slot = SlotName::new(name).unwrap();
-    let mut config = SlotConfig::new(slot);
-    config.args = vec![
-        "--config".into(),
-        "{config}".into(),
-        "--cookie-key".into(),
-        "TRYSWAP_PLUGIN".into(),
-        "--cookie-value".into(),
-        name.into(),
-    ];
-    config.start_timeout = Duration::from_secs(5);
-    config.drain_timeout = Duration::from_secs(5);
-    config.stop_timeout = Duration::from_secs(2);
-    config.probe.period = Duration::from_millis(20);
-    // Candidates that take a while to turn healthy get ~4 s before they fail.
-    config.probe.failure_threshold = 200;
-    config
+    tryswap_tests::harness::fixture_slot(name)
 }
 
 fn fixture(state: &TempState, name: &str, config: FixtureConfig) -> CandidateSpec {
