@@ -77,6 +77,33 @@ pub enum Command {
     },
     /// Run crash recovery now (it also runs whenever a command opens the journal).
     Recover,
+    /// The daemon: recovery, then keeps active generations alive (restarts with backoff),
+    /// serves the admin API on <state-dir>/<admin.socket>, streams events. Runs until
+    /// SIGTERM or SIGINT (exit 0); SIGHUP re-reads the config.
+    Serve {
+        /// On shutdown, leave the plugins running (the next `serve` reattaches them).
+        #[arg(long)]
+        keep_plugins: bool,
+    },
+    /// Ask the daemon to re-read its config file: added slots start, removed slots stop,
+    /// changed slots reload, all in one transaction; any failure keeps every slot as it
+    /// was. Exit 0 applied, 2 rolled back, 1 invalid config.
+    ReloadConfig {
+        /// Launch and probe the changed slots' candidates, then discard them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Journal records (and, with --follow, keep-alive and health events) as they happen.
+    /// Without --follow: the records from --from (default the first) to the journal's end,
+    /// then exit.
+    Events {
+        /// First record sequence number (with --follow, default: only new events).
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+        /// Keep printing until interrupted (needs a running daemon).
+        #[arg(long)]
+        follow: bool,
+    },
     /// Audit and replay the journal.
     Journal {
         /// What to do with it.

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use tryswap_journal::{Journal, JournalError};
+use tryswap_journal::{CompactReport, Journal, JournalError, Record, VerifyReport};
 
 use crate::args::JournalCommand;
 use crate::render;
@@ -41,16 +41,7 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
                     })?;
                     writeln!(out, "{line}").map_err(io_error)?;
                 } else {
-                    writeln!(
-                        out,
-                        "{:>8}  {}  {:<16} {}  {:?}",
-                        record.seq,
-                        record.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                        record.slot,
-                        record.reload,
-                        record.event
-                    )
-                    .map_err(io_error)?;
+                    writeln!(out, "{}", show_line(&record)).map_err(io_error)?;
                 }
             }
             Ok(EXIT_OK)
@@ -74,13 +65,7 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             if ctx.json {
                 render::json(&report)?;
             } else {
-                println!(
-                    "compacted: dropped {} reloads ({} records), kept {}; base now seq {}",
-                    report.reloads_dropped,
-                    report.events_dropped,
-                    report.reloads_kept,
-                    report.base_seq
-                );
+                print!("{}", compact_text(&report));
             }
             Ok(EXIT_OK)
         }
@@ -103,17 +88,49 @@ fn verify(ctx: &Context, opened: Result<Journal, JournalError>) -> Result<u8, Cl
     let report = journal.verify()?;
     if ctx.json {
         render::json(&report)?;
-    } else if report.is_ok() {
-        println!("journal ok: {} events checked", report.events_checked);
     } else {
-        println!("journal corrupt: {} problem(s)", report.problems.len());
-        for p in &report.problems {
-            println!("  {p}");
-        }
+        print!("{}", verify_text(&report));
     }
-    Ok(if report.is_ok() {
+    Ok(verify_code(&report))
+}
+
+/// One record of `journal show` (without newline).
+pub(crate) fn show_line(record: &Record) -> String {
+    format!(
+        "{:>8}  {}  {:<16} {}  {:?}",
+        record.seq,
+        record.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        record.slot,
+        record.reload,
+        record.event
+    )
+}
+
+/// `journal verify` as text.
+pub(crate) fn verify_text(report: &VerifyReport) -> String {
+    if report.is_ok() {
+        return format!("journal ok: {} events checked\n", report.events_checked);
+    }
+    let mut out = format!("journal corrupt: {} problem(s)\n", report.problems.len());
+    for p in &report.problems {
+        out.push_str(&format!("  {p}\n"));
+    }
+    out
+}
+
+/// `journal verify`'s exit code.
+pub(crate) fn verify_code(report: &VerifyReport) -> u8 {
+    if report.is_ok() {
         EXIT_OK
     } else {
         EXIT_CORRUPT
-    })
+    }
+}
+
+/// `journal compact` as text.
+pub(crate) fn compact_text(report: &CompactReport) -> String {
+    format!(
+        "compacted: dropped {} reloads ({} records), kept {}; base now seq {}\n",
+        report.reloads_dropped, report.events_dropped, report.reloads_kept, report.base_seq
+    )
 }

@@ -5,6 +5,8 @@
 //! by another tryswap process), 4 journal corrupt (`journal verify`).
 
 mod args;
+mod client;
+mod daemon;
 mod journal_cmd;
 mod render;
 
@@ -61,7 +63,7 @@ impl From<SupervisorError> for CliError {
         let code = match &e {
             SupervisorError::Conflict { .. } => EXIT_CONFLICT,
             SupervisorError::Journal(JournalError::Locked { .. }) => EXIT_CONFLICT,
-            SupervisorError::Journal(JournalError::Corrupt { .. }) => EXIT_CORRUPT,
+            SupervisorError::Journal(e) if e.is_corrupt() => EXIT_CORRUPT,
             _ => EXIT_ERROR,
         };
         CliError::new(code, e.to_string())
@@ -82,6 +84,9 @@ pub struct Context {
     pub state_dir: PathBuf,
     /// `--json`.
     pub json: bool,
+    /// The config file read (or that would be read): what the daemon re-reads on
+    /// `reload-config` and SIGHUP.
+    pub config_path: PathBuf,
 }
 
 impl Context {
@@ -108,6 +113,7 @@ impl Context {
             config,
             state_dir,
             json: cli.json,
+            config_path: absolute(&path),
         })
     }
 
@@ -122,7 +128,7 @@ impl Context {
         Ok(supervisor)
     }
 
-    fn slot(&self, name: &SlotName) -> Result<(), CliError> {
+    pub(crate) fn slot(&self, name: &SlotName) -> Result<(), CliError> {
         if self.config.slot(name).is_none() {
             let file = self
                 .config
@@ -138,7 +144,7 @@ impl Context {
     }
 }
 
-fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
@@ -187,7 +193,7 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -217,6 +223,13 @@ fn candidate(artifact: &Path, config_file: Option<&Path>) -> CandidateSpec {
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
     let ctx = Context::load(&cli)?;
+    // A daemon serving the state dir runs the command (same output); else do it here.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        let socket = daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin);
+        if let Some(client) = client::Client::detect(&socket).await {
+            return client::run(&client, &ctx, &cli.command).await;
+        }
+    }
     match &cli.command {
         Command::Activate {
             slot,
@@ -265,24 +278,18 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             if ctx.json {
                 render::json(&status)?;
             } else {
-                println!("{slot}: generation {generation} is running");
+                print!("{}", render::started_text(slot.as_str(), generation.0));
             }
             Ok(EXIT_OK)
         }
         Command::Stop { slot } => {
             ctx.slot(slot)?;
             let supervisor = ctx.supervisor().await?;
-            let stopped = supervisor.stop(slot).await?;
+            let stopped = supervisor.stop(slot).await?.map(|g| g.0);
             if ctx.json {
-                render::json(&serde_json::json!({
-                    "slot": slot.as_str(),
-                    "stopped_generation": stopped.map(|g| g.0),
-                }))?;
+                render::json(&render::stopped_json(slot.as_str(), stopped))?;
             } else {
-                match stopped {
-                    Some(g) => println!("{slot}: generation {g} stopped (still the active marker; `tryswap start {slot}` relaunches it)"),
-                    None => println!("{slot}: nothing to stop"),
-                }
+                print!("{}", render::stopped_text(slot.as_str(), stopped));
             }
             Ok(EXIT_OK)
         }
@@ -300,6 +307,18 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(EXIT_OK)
         }
         Command::Journal { command } => journal_cmd::run(&ctx, command).await,
+        Command::Serve { keep_plugins } => daemon::serve(&ctx, *keep_plugins).await,
+        Command::ReloadConfig { .. } => Err(CliError::new(
+            EXIT_ERROR,
+            format!(
+                "no tryswap daemon serves {} (no answer on {}): reload-config asks a running \
+                 daemon (`tryswap serve`) to re-read its config; without one, every command \
+                 reads the config file itself",
+                ctx.state_dir.display(),
+                daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin).display()
+            ),
+        )),
+        Command::Events { from, follow } => client::events_direct(&ctx, *from, *follow),
     }
 }
 
@@ -319,6 +338,11 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // Crash tests only: inert unless TRYSWAP_FAILPOINTS is set (docs/recovery.md).
+    if let Err(e) = tryswap::recovery::arm_failpoints_from_env() {
+        eprintln!("tryswap: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

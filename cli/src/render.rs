@@ -1,11 +1,13 @@
 //! Human-readable and JSON output.
 
+use std::fmt::Write as _;
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
+use tryswap::config_reload::{ConfigOutcome, ConfigReloadReport};
 use tryswap::recovery::RecoveryReport;
 use tryswap::report::{HistoryReport, Outcome, ReloadReport, StatusReport};
 use tryswap::supervisor::Supervisor;
@@ -40,7 +42,8 @@ impl Progress {
     }
 }
 
-fn detail(kind: &EventKind) -> String {
+/// The detail text of a journal event, as progress lines and `tryswap events` show it.
+pub(crate) fn detail(kind: &EventKind) -> String {
     match kind {
         EventKind::StagingFailed { reason, .. } => format!("staging failed: {}", reason.message),
         EventKind::Staged {
@@ -80,17 +83,22 @@ fn detail(kind: &EventKind) -> String {
     }
 }
 
-fn progress_line(record: &Record, last: &mut Option<DateTime<Utc>>) {
+/// One progress line (with its newline); `last` is the time of the previous line.
+pub(crate) fn progress_text(record: &Record, last: &mut Option<DateTime<Utc>>) -> String {
     let elapsed = last
         .and_then(|l| (record.at - l).num_microseconds())
         .map_or(0.0, |us| us as f64 / 1000.0);
     *last = Some(record.at);
-    println!(
-        "  {:<15} {:>9.1} ms  {}",
+    format!(
+        "  {:<15} {:>9.1} ms  {}\n",
         record.event.name(),
         elapsed,
         detail(&record.event)
-    );
+    )
+}
+
+fn progress_line(record: &Record, last: &mut Option<DateTime<Utc>>) {
+    print!("{}", progress_text(record, last));
 }
 
 /// Starts printing a progress line for every record the supervisor appends.
@@ -121,6 +129,12 @@ pub fn progress(mut rx: broadcast::Receiver<Record>) -> Progress {
 /// The closing line of a reload.
 pub fn reload_summary(report: &ReloadReport, supervisor: &Supervisor) {
     let _ = supervisor;
+    print!("{}", reload_summary_text(report));
+}
+
+/// The closing line(s) of a reload, as [`reload_summary`] prints them.
+pub fn reload_summary_text(report: &ReloadReport) -> String {
+    let mut out = String::new();
     let slot = &report.slot;
     let gen = report.candidate.as_ref().map(|c| c.generation);
     let pid = report
@@ -128,11 +142,11 @@ pub fn reload_summary(report: &ReloadReport, supervisor: &Supervisor) {
         .as_ref()
         .and_then(|c| c.pid)
         .map_or_else(String::new, |p| format!(" (pid {p})"));
-    let previous = report.previous.as_ref().map_or_else(
-        || "no generation was active".to_owned(),
+    let kept = report.previous.as_ref().map_or_else(
+        || "the slot stays without an active generation".to_owned(),
         |p| {
             let pid = p.pid.map_or_else(String::new, |pid| format!(", pid {pid}"));
-            format!("generation {}{pid}", p.generation)
+            format!("generation {}{pid} stays active", p.generation)
         },
     );
     match report.outcome {
@@ -143,27 +157,32 @@ pub fn reload_summary(report: &ReloadReport, supervisor: &Supervisor) {
                 let list: Vec<String> = report.retired.iter().map(u64::to_string).collect();
                 format!("; retired generation {}", list.join(", "))
             };
-            println!(
+            let _ = writeln!(
+                out,
                 "{slot}: generation {} is active{pid} after {:.1} ms{retired}",
                 gen.unwrap_or_default(),
                 report.duration_ms
             );
         }
-        Outcome::DryRunPassed => println!(
-            "{slot}: dry run passed for generation {} in {:.1} ms; nothing changed ({previous} stays active)",
-            gen.unwrap_or_default(),
-            report.duration_ms
-        ),
+        Outcome::DryRunPassed => {
+            let _ = writeln!(
+                out,
+                "{slot}: dry run passed for generation {} in {:.1} ms; nothing changed ({kept})",
+                gen.unwrap_or_default(),
+                report.duration_ms
+            );
+        }
         Outcome::RolledBack | Outcome::InProgress => {
             let stage = report.failed_stage.unwrap_or("?");
-            println!("{slot}: candidate rejected at {stage}; {previous} stays active");
+            let _ = writeln!(out, "{slot}: candidate rejected at {stage}; {kept}");
             if let Some(error) = &report.error {
                 for line in error.lines() {
-                    println!("  | {line}");
+                    let _ = writeln!(out, "  | {line}");
                 }
             }
         }
     }
+    out
 }
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
@@ -172,11 +191,18 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 
 /// `tryswap status`.
 pub fn status(report: &StatusReport) {
+    print!("{}", status_text(report));
+}
+
+/// `tryswap status` as text.
+pub fn status_text(report: &StatusReport) -> String {
+    let mut out = String::new();
     if report.slots.is_empty() {
-        println!("no slots (configure [[slot]] tables in tryswap.toml)");
-        return;
+        let _ = writeln!(out, "no slots (configure [[slot]] tables in tryswap.toml)");
+        return out;
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{:<16} {:>4} {:>8} {:<6} {:<28} {:<20} IN-FLIGHT",
         "SLOT", "GEN", "PID", "ALIVE", "ADDRESS", "SINCE"
     );
@@ -186,7 +212,8 @@ pub fn status(report: &StatusReport) {
             || "-".to_owned(),
             |f| format!("{} {} ({})", f.mode, f.state, f.reload_id),
         );
-        println!(
+        let _ = writeln!(
+            out,
             "{:<16} {:>4} {:>8} {:<6} {:<28} {:<20} {}",
             s.slot,
             or_dash(a.map(|a| a.generation)),
@@ -197,15 +224,23 @@ pub fn status(report: &StatusReport) {
             in_flight
         );
     }
+    out
 }
 
 /// `tryswap history SLOT`.
 pub fn history(report: &HistoryReport) {
+    print!("{}", history_text(report));
+}
+
+/// `tryswap history SLOT` as text.
+pub fn history_text(report: &HistoryReport) -> String {
+    let mut out = String::new();
     if report.reloads.is_empty() {
-        println!("{}: no reloads", report.slot);
-        return;
+        let _ = writeln!(out, "{}: no reloads", report.slot);
+        return out;
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{:<36} {:<8} {:<14} {:>4} {:<10} {:>10}  ERROR",
         "RELOAD", "MODE", "OUTCOME", "GEN", "FAILED AT", "DURATION"
     );
@@ -219,7 +254,8 @@ pub fn history(report: &HistoryReport) {
             .as_deref()
             .and_then(|e| e.lines().next())
             .unwrap_or("");
-        println!(
+        let _ = writeln!(
+            out,
             "{:<36} {:<8} {:<14} {:>4} {:<10} {:>7.1} ms  {}",
             r.reload_id,
             r.mode,
@@ -230,15 +266,103 @@ pub fn history(report: &HistoryReport) {
             error
         );
     }
+    out
 }
 
 /// `tryswap recover`.
 pub fn recovery(report: &RecoveryReport) {
+    print!("{}", recovery_text(report));
+}
+
+/// `tryswap recover` as text.
+pub fn recovery_text(report: &RecoveryReport) -> String {
+    let mut out = String::new();
     if report.actions.is_empty() {
-        println!("recovery: nothing to do");
-        return;
+        let _ = writeln!(out, "recovery: nothing to do");
+        return out;
     }
     for action in &report.actions {
-        println!("recovery: {action}");
+        let _ = writeln!(out, "recovery: {action}");
     }
+    out
+}
+
+/// `tryswap start SLOT` as text.
+pub fn started_text(slot: &str, generation: u64) -> String {
+    format!("{slot}: generation {generation} is running\n")
+}
+
+/// `tryswap stop SLOT` as text.
+pub fn stopped_text(slot: &str, stopped: Option<u64>) -> String {
+    match stopped {
+        Some(g) => format!("{slot}: generation {g} stopped (still the active marker; `tryswap start {slot}` relaunches it)\n"),
+        None => format!("{slot}: nothing to stop\n"),
+    }
+}
+
+/// `tryswap stop SLOT --json`: `{"slot":…, "stopped_generation":…}`.
+pub fn stopped_json(slot: &str, stopped: Option<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "slot": slot,
+        "stopped_generation": stopped,
+    })
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `tryswap reload-config` as text.
+pub fn config_reload_text(report: &ConfigReloadReport) -> String {
+    let mut out = String::new();
+    let what = format!(
+        "added {}; removed {}; changed {}",
+        list_or_none(&report.added),
+        list_or_none(&report.removed),
+        list_or_none(&report.changed)
+    );
+    let _ = match report.outcome {
+        ConfigOutcome::Unchanged => writeln!(out, "config reload: nothing changed"),
+        ConfigOutcome::Applied => writeln!(out, "config reload applied: {what}"),
+        ConfigOutcome::DryRunPassed => writeln!(
+            out,
+            "config reload dry run passed: would have {what}; nothing changed"
+        ),
+        ConfigOutcome::RolledBack => writeln!(
+            out,
+            "config reload rolled back: every slot stays as it was ({what} were asked)"
+        ),
+    };
+    for r in &report.reloads {
+        let outcome = serde_json::to_value(r.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let failed = r
+            .failed_stage
+            .map_or_else(String::new, |s| format!(" at {s}"));
+        let _ = writeln!(
+            out,
+            "  {}: generation {} {outcome}{failed}",
+            r.slot,
+            or_dash(r.candidate.as_ref().map(|c| c.generation)),
+        );
+    }
+    if let Some(error) = &report.error {
+        for line in error.lines() {
+            let _ = writeln!(out, "  | {line}");
+        }
+    }
+    if !report.restart_required.is_empty() {
+        let _ = writeln!(
+            out,
+            "  needs a daemon restart to take effect: {}",
+            report.restart_required.join(", ")
+        );
+    }
+    out
 }

@@ -7,6 +7,7 @@ pub mod driver;
 pub mod engine;
 pub mod handshake;
 pub mod lease;
+pub mod monitor;
 pub mod probe;
 pub mod process;
 pub mod process_driver;

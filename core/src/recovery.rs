@@ -1,18 +1,142 @@
 //! Crash recovery: finish or undo what the journal says was under way, then make sure every
 //! slot's active generation runs (reattached by identity, or relaunched from the store).
+//!
+//! Also the crash-test switch: [`arm_failpoints_from_env`] turns the `fail` failpoints of the
+//! reload flow and of recovery into abrupt deaths (`kill`) when `TRYSWAP_FAILPOINTS` asks for
+//! it. Without that variable every failpoint is inert.
+//!
+//! The rules, as implemented (docs/recovery.md has the full table):
+//! - a reload the journal records as unfinished (Staged, Launched, Validated or Probed) is
+//!   rolled back with reason `recovered`: its candidate is stopped if it still runs with the
+//!   journaled pid + start time + boot id, and so is every process carrying
+//!   `TRYSWAP_RELOAD_ID=<its id>` (spawned before `Launched` was durable). If something
+//!   survives SIGKILL the reload stays in flight and the next recovery tries again;
+//! - a former generation of a committed swap that was not retired is stopped (by identity
+//!   and tag) and `Retired` is journaled;
+//! - a slot's active generation that still runs with its journaled identity is reattached
+//!   and checked once with the slot's probe. A live process that fails the check is **kept**
+//!   and reported `reattached_unhealthy`: recovery never kills a live active plugin on a
+//!   probe result, since that could turn a blip into an outage and a relaunch beside it
+//!   would run the generation twice;
+//! - an active generation that does not run (dead, zombie, or its pid now names another
+//!   process) is relaunched from the store, after processes tagged with its reload id that a
+//!   crashed relaunch left behind are stopped. `Stopped(recovered)` and `Relaunched` are
+//!   journaled together; a relaunch that fails journals `Stopped(recovered)` only.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use tryswap_fsm::{Command, Reason, ReloadId};
+use tryswap_fsm::{Command, Instance as Facts, Reason, ReloadId};
 
+use crate::driver::Instance;
+use crate::lease::Serving;
 use crate::process;
-use crate::supervisor::{facts_instance, Supervisor, SupervisorError};
+use crate::supervisor::{facts_instance, SlotRuntime, Supervisor, SupervisorError};
 
 /// How long recovery gives an orphaned process between SIGTERM and SIGKILL when its slot is
 /// no longer configured (configured slots use their own `stop_timeout`).
 const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upper bound on the probe of a reattached generation of a slot without a process config
+/// (the probe's own thresholds normally end it much sooner).
+const REATTACH_PROBE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Name of the environment variable that arms failpoints: `name=action` pairs separated by
+/// `;`, e.g. `TRYSWAP_FAILPOINTS=reload-after-spawn=kill`.
+pub const FAILPOINTS_ENV: &str = "TRYSWAP_FAILPOINTS";
+
+/// Every failpoint of the reload flow and of recovery, in the order a reload meets them.
+/// `before-X` / `after-X` mean before / after the journal record `X` is written; the others
+/// name the side effect they follow or precede.
+pub const FAILPOINTS: &[&str] = &[
+    "reload-before-staged",
+    "reload-after-staged",
+    "reload-after-spawn",
+    "reload-after-launched",
+    "reload-before-validated",
+    "reload-after-validated",
+    "reload-before-probed",
+    "reload-after-probed",
+    "dryrun-before-passed",
+    "reload-before-commit",
+    "reload-after-commit",
+    "reload-after-swap",
+    "retire-before-stop",
+    "retire-after-stop",
+    "retire-after-retired",
+    "rollback-before-stop",
+    "rollback-before-rolledback",
+    "rollback-after-rolledback",
+    "recover-before-stop-candidate",
+    "recover-before-rolledback",
+    "recover-after-rolledback",
+    "recover-after-relaunch-spawn",
+    "recover-after-relaunched",
+];
+
+/// Arms the failpoints named in `TRYSWAP_FAILPOINTS` (crash tests). Each entry is
+/// `name=action`, entries separated by `;`. Action `kill` sends SIGKILL to this very process
+/// when the point is reached (no destructor, no flush: exactly a crash); any other action is
+/// handed to [`fail::cfg`] (`sleep(100)`, `panic`, `off`, …).
+///
+/// Returns the names armed (empty if the variable is unset or empty). Fails if an entry is
+/// malformed, or if the variable is set but this build has no failpoints (the `failpoints`
+/// feature of this crate, on by default in the `tryswap` binary).
+pub fn arm_failpoints_from_env() -> Result<Vec<String>, String> {
+    let Some(spec) = std::env::var_os(FAILPOINTS_ENV) else {
+        return Ok(Vec::new());
+    };
+    let spec = spec
+        .into_string()
+        .map_err(|_| format!("{FAILPOINTS_ENV} is not valid UTF-8"))?;
+    arm_failpoints(&spec)
+}
+
+/// [`arm_failpoints_from_env`] for a given spec string.
+pub fn arm_failpoints(spec: &str) -> Result<Vec<String>, String> {
+    let mut armed = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, action) = entry.split_once('=').ok_or_else(|| {
+            format!("{FAILPOINTS_ENV}: entry {entry:?} is not name=action (e.g. reload-after-spawn=kill)")
+        })?;
+        let (name, action) = (name.trim(), action.trim());
+        if name.is_empty() || action.is_empty() {
+            return Err(format!(
+                "{FAILPOINTS_ENV}: entry {entry:?} needs a name and an action"
+            ));
+        }
+        armed.push(name.to_owned());
+    }
+    if armed.is_empty() {
+        return Ok(armed);
+    }
+    if !fail::has_failpoints() {
+        return Err(format!(
+            "{FAILPOINTS_ENV} is set but this build has no failpoints (build tryswap-cli with \
+             its default `failpoints` feature)"
+        ));
+    }
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, action)) = entry.split_once('=') else {
+            continue;
+        };
+        let (name, action) = (name.trim(), action.trim());
+        if action == "kill" {
+            fail::cfg_callback(name, kill_self)?;
+        } else {
+            fail::cfg(name, action).map_err(|e| format!("{FAILPOINTS_ENV}: {name}: {e}"))?;
+        }
+    }
+    Ok(armed)
+}
+
+/// Dies at once, as if the kernel killed us: no unwinding, no destructors, no flush.
+fn kill_self() {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    std::process::abort();
+}
 
 /// One thing recovery did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -26,8 +150,21 @@ pub enum RecoveryAction {
         reload_id: ReloadId,
         /// The state it was found in.
         found: String,
-        /// Processes stopped (candidate and anything tagged with the reload).
+        /// Processes found running and stopped (candidate and anything tagged with the
+        /// reload).
         stopped_pids: Vec<u32>,
+    },
+    /// An unfinished reload's candidate could not be stopped; the reload stays in flight so
+    /// the next recovery tries again.
+    CandidateSurvived {
+        /// Slot.
+        slot: String,
+        /// Reload.
+        reload_id: ReloadId,
+        /// The state it was found in.
+        found: String,
+        /// What went wrong.
+        error: String,
     },
     /// A former generation of a committed swap was stopped and retired.
     Retired {
@@ -36,7 +173,15 @@ pub enum RecoveryAction {
         /// Generation.
         generation: u64,
     },
-    /// The active generation still ran with its journaled identity and was taken over.
+    /// A former generation could not be stopped; it stays queued for retirement.
+    RetirePending {
+        /// Slot.
+        slot: String,
+        /// Generation.
+        generation: u64,
+    },
+    /// The active generation still ran with its journaled identity, passed its probe and was
+    /// taken over.
     Reattached {
         /// Slot.
         slot: String,
@@ -45,14 +190,33 @@ pub enum RecoveryAction {
         /// Its pid.
         pid: Option<u32>,
     },
+    /// The active generation still runs with its journaled identity but failed its probe.
+    /// It was taken over and left running (recovery never kills a live active generation
+    /// on a probe result).
+    ReattachedUnhealthy {
+        /// Slot.
+        slot: String,
+        /// Generation.
+        generation: u64,
+        /// Its pid.
+        pid: Option<u32>,
+        /// The probe's error.
+        error: String,
+    },
     /// The active generation was not running and was relaunched from the store.
     Relaunched {
         /// Slot.
         slot: String,
         /// Generation.
         generation: u64,
+        /// The new process.
+        pid: Option<u32>,
+        /// Leftovers of an earlier, unjournaled relaunch (tagged with the generation's
+        /// reload id) that were stopped first.
+        orphans_stopped: Vec<u32>,
     },
-    /// The active generation was not running and could not be relaunched.
+    /// The active generation was not running and could not be relaunched; it is journaled
+    /// as stopped (`tryswap start` tries again).
     RelaunchFailed {
         /// Slot.
         slot: String,
@@ -75,16 +239,58 @@ impl fmt::Display for RecoveryAction {
                 f,
                 "{slot}: reload {reload_id} found {found}, rolled back (stopped pids {stopped_pids:?})"
             ),
+            RecoveryAction::CandidateSurvived {
+                slot,
+                reload_id,
+                found,
+                error,
+            } => write!(
+                f,
+                "{slot}: reload {reload_id} found {found}; its candidate could not be stopped, \
+                 the reload stays in flight: {error}"
+            ),
             RecoveryAction::Retired { slot, generation } => {
                 write!(f, "{slot}: former generation {generation} stopped and retired")
             }
+            RecoveryAction::RetirePending { slot, generation } => write!(
+                f,
+                "{slot}: former generation {generation} could not be stopped; still queued for retirement"
+            ),
             RecoveryAction::Reattached {
                 slot,
                 generation,
                 pid,
-            } => write!(f, "{slot}: generation {generation} still runs (pid {pid:?}), reattached"),
-            RecoveryAction::Relaunched { slot, generation } => {
-                write!(f, "{slot}: generation {generation} was not running, relaunched from the store")
+            } => write!(
+                f,
+                "{slot}: generation {generation} still runs (pid {}) and passes its probe, reattached",
+                pid_text(*pid)
+            ),
+            RecoveryAction::ReattachedUnhealthy {
+                slot,
+                generation,
+                pid,
+                error,
+            } => write!(
+                f,
+                "{slot}: generation {generation} still runs (pid {}) but fails its probe; \
+                 reattached and left running: {error}",
+                pid_text(*pid)
+            ),
+            RecoveryAction::Relaunched {
+                slot,
+                generation,
+                pid,
+                orphans_stopped,
+            } => {
+                write!(
+                    f,
+                    "{slot}: generation {generation} was not running, relaunched from the store (pid {})",
+                    pid_text(*pid)
+                )?;
+                if !orphans_stopped.is_empty() {
+                    write!(f, "; stopped leftovers {orphans_stopped:?}")?;
+                }
+                Ok(())
             }
             RecoveryAction::RelaunchFailed {
                 slot,
@@ -95,6 +301,32 @@ impl fmt::Display for RecoveryAction {
     }
 }
 
+/// Probes a generation that recovery reattached. Process slots get ONE check of their probe
+/// (no initial delay, no thresholds: the process has been running for a while, and this runs
+/// on every command that opens the journal); other drivers run their own probe, bounded.
+/// The result is reported, never acted on.
+async fn reattach_probe(rt: &SlotRuntime, instance: &Instance) -> Result<(), String> {
+    match &rt.config {
+        Some(config) => crate::probe::check_once(
+            &config.probe.kind,
+            instance.endpoint.as_ref(),
+            config.probe.timeout,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        None => match tokio::time::timeout(REATTACH_PROBE_LIMIT, rt.driver.probe(instance)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "probe did not finish within {REATTACH_PROBE_LIMIT:?}"
+            )),
+        },
+    }
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "none".to_owned(), |p| p.to_string())
+}
+
 /// What a recovery run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryReport {
@@ -103,19 +335,39 @@ pub struct RecoveryReport {
 }
 
 impl Supervisor {
-    /// Runs crash recovery (DESIGN.md "Recovery"): every unfinished reload is rolled back
-    /// with reason `recovered` and its candidate stopped (found by pid + start time + boot id,
-    /// and by its `TRYSWAP_RELOAD_ID` tag); every former generation of a committed swap is
-    /// stopped and retired; every registered slot's active generation that the journal
-    /// records as running is reattached if it still runs, else relaunched from the store.
+    /// Runs crash recovery (DESIGN.md "Recovery", docs/recovery.md):
+    /// 1. every unfinished reload is rolled back with reason `recovered` and its candidate
+    ///    stopped (found by pid + start time + boot id, and by its `TRYSWAP_RELOAD_ID` tag);
+    /// 2. every former generation of a committed swap is stopped and retired;
+    /// 3. every registered slot's active generation that the journal records as running is
+    ///    reattached (and probed) if it still runs with its journaled identity, else
+    ///    relaunched from the store.
     ///
-    /// A pid is never signalled unless its identity matches the journal. Slots with a reload
-    /// in progress in this process are left alone.
+    /// A pid is never signalled unless its identity (or its reload tag) matches the journal.
+    /// Slots with a reload in progress in this process are left alone. What recovery
+    /// journaled is made durable before it returns.
     pub async fn recover(&self) -> Result<RecoveryReport, SupervisorError> {
         let mut report = RecoveryReport::default();
+        let before = self.journal().last_seq();
+        self.roll_back_unfinished(&mut report).await?;
+        self.retire_former(&mut report).await?;
+        self.bring_up_active(&mut report).await?;
+        if self.journal().last_seq() != before {
+            self.journal().flush()?;
+        }
+        for action in &report.actions {
+            tracing::info!(%action, "recovery");
+        }
+        Ok(report)
+    }
+
+    async fn roll_back_unfinished(
+        &self,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SupervisorError> {
         for view in self.journal().in_flight()? {
-            let reload = &view.reload;
-            let slot = reload.slot.clone();
+            let id = view.reload.id;
+            let slot = view.reload.slot.clone();
             let rt = self.runtime(&slot).ok();
             let _busy = match &rt {
                 Some(rt) => match rt.busy.try_lock() {
@@ -124,60 +376,101 @@ impl Supervisor {
                 },
                 None => None,
             };
-            let mut stopped: Vec<u32> = reload
+            // Under the slot's lock: the reload may have finished meanwhile.
+            let Some(view) = self.journal().reload(&id)? else {
+                continue;
+            };
+            let reload = &view.reload;
+            if reload.state.is_terminal() {
+                continue;
+            }
+            let found = reload.state.name().to_owned();
+            let mut seen: Vec<u32> = reload
                 .process
                 .iter()
                 .filter(|p| process::is_alive(p))
                 .map(|p| p.pid)
                 .collect();
-            for tagged in process::tagged_processes(&reload.id) {
-                if !stopped.contains(&tagged.pid) {
-                    stopped.push(tagged.pid);
+            for tagged in process::tagged_processes(&id) {
+                if !seen.contains(&tagged.pid) {
+                    seen.push(tagged.pid);
                 }
             }
-            match (&rt, &reload.candidate) {
+            fail::fail_point!("recover-before-stop-candidate");
+            let stop_error = match (&rt, &reload.candidate) {
                 (Some(rt), Some(candidate)) => {
-                    let instance = crate::driver::Instance {
+                    let instance = Instance {
                         slot: slot.clone(),
                         generation: candidate.generation,
-                        reload: reload.id,
+                        reload: id,
                         artifact: candidate.artifact.clone(),
                         process: reload.process.clone(),
-                        log_path: reload.log_path.as_ref().map(std::path::PathBuf::from),
+                        log_path: reload.log_path.as_ref().map(PathBuf::from),
                         endpoint: reload.endpoint.clone(),
                         handle: None,
                     };
-                    if let Err(e) = rt.driver.stop(&instance).await {
-                        tracing::error!(slot = %slot, reload_id = %reload.id, error = %e, "stopping an orphaned candidate");
-                    }
+                    rt.driver.stop(&instance).await.err().map(|e| e.to_string())
                 }
                 _ => {
+                    let mut error = None;
                     if let Some(identity) = &reload.process {
                         if let Err(e) =
-                            process::stop_group(identity, Some(&reload.id), ORPHAN_STOP_TIMEOUT)
-                                .await
+                            process::stop_group(identity, Some(&id), ORPHAN_STOP_TIMEOUT).await
                         {
-                            tracing::error!(slot = %slot, reload_id = %reload.id, error = %e, "stopping an orphaned candidate");
+                            error = Some(e.to_string());
                         }
                     }
-                    process::kill_tagged(&reload.id, ORPHAN_STOP_TIMEOUT).await;
+                    process::kill_tagged(&id, ORPHAN_STOP_TIMEOUT).await;
+                    error
                 }
+            };
+            // Whatever the driver said: nothing of this reload may survive its rollback.
+            let mut survivors: Vec<u32> = reload
+                .process
+                .iter()
+                .filter(|p| process::is_alive(p))
+                .map(|p| p.pid)
+                .collect();
+            survivors.extend(process::tagged_processes(&id).iter().map(|p| p.pid));
+            if !survivors.is_empty() {
+                survivors.sort_unstable();
+                survivors.dedup();
+                let error = match stop_error {
+                    Some(e) => format!("{e}; still running: pids {survivors:?}"),
+                    None => format!("still running: pids {survivors:?}"),
+                };
+                tracing::error!(slot = %slot, reload_id = %id, %error, "an orphaned candidate survived");
+                report.actions.push(RecoveryAction::CandidateSurvived {
+                    slot: slot.to_string(),
+                    reload_id: id,
+                    found,
+                    error,
+                });
+                continue;
             }
-            let found = reload.state.name().to_owned();
+            if let Some(e) = stop_error {
+                tracing::warn!(slot = %slot, reload_id = %id, error = %e, "stopping an orphaned candidate reported an error, but nothing of it runs");
+            }
+            fail::fail_point!("recover-before-rolledback");
             self.record(&Command::Fail {
-                reload: reload.id,
+                reload: id,
                 reason: Reason::recovered(format!(
                     "tryswap stopped while the reload was {found}; candidate stopped on recovery"
                 )),
             })?;
+            fail::fail_point!("recover-after-rolledback");
+            seen.sort_unstable();
             report.actions.push(RecoveryAction::RolledBack {
                 slot: slot.to_string(),
-                reload_id: reload.id,
+                reload_id: id,
                 found,
-                stopped_pids: stopped,
+                stopped_pids: seen,
             });
         }
+        Ok(())
+    }
 
+    async fn retire_former(&self, report: &mut RecoveryReport) -> Result<(), SupervisorError> {
         for view in self.journal().slots()? {
             let slot = view.slot.name.clone();
             if view.slot.retiring.is_empty() {
@@ -188,10 +481,22 @@ impl Supervisor {
                     let Ok(_busy) = rt.busy.try_lock() else {
                         continue;
                     };
-                    for generation in self.retire_old(&rt, None).await {
+                    let retired = self.retire_old(&rt, None).await;
+                    let still = self
+                        .journal()
+                        .slot(&slot)?
+                        .map(|v| v.slot.retiring)
+                        .unwrap_or_default();
+                    for generation in retired {
                         report.actions.push(RecoveryAction::Retired {
                             slot: slot.to_string(),
                             generation,
+                        });
+                    }
+                    for facts in still {
+                        report.actions.push(RecoveryAction::RetirePending {
+                            slot: slot.to_string(),
+                            generation: facts.generation.0,
                         });
                     }
                 }
@@ -207,6 +512,10 @@ impl Supervisor {
                             .await
                             {
                                 tracing::error!(slot = %slot, error = %e, "stopping a former generation");
+                                report.actions.push(RecoveryAction::RetirePending {
+                                    slot: slot.to_string(),
+                                    generation: facts.generation.0,
+                                });
                                 continue;
                             }
                         }
@@ -223,8 +532,14 @@ impl Supervisor {
                 }
             }
         }
+        Ok(())
+    }
 
+    async fn bring_up_active(&self, report: &mut RecoveryReport) -> Result<(), SupervisorError> {
         for rt in self.runtimes() {
+            let Ok(_busy) = rt.busy.try_lock() else {
+                continue;
+            };
             let Some(view) = self.journal().slot(&rt.name)? else {
                 continue;
             };
@@ -236,34 +551,155 @@ impl Supervisor {
                     continue;
                 }
             }
-            let Ok(_busy) = rt.busy.try_lock() else {
-                continue;
-            };
+            let slot = rt.name.to_string();
+            let generation = facts.generation.0;
             if let Some(instance) = rt.driver.reattach(&facts_instance(&rt.name, &facts)) {
                 let pid = instance.pid();
-                rt.active.store(Some(crate::lease::Serving::new(instance)));
-                report.actions.push(RecoveryAction::Reattached {
-                    slot: rt.name.to_string(),
-                    generation: facts.generation.0,
-                    pid,
+                let probe = reattach_probe(rt.as_ref(), &instance).await;
+                rt.active.store(Some(Serving::new(instance)));
+                report.actions.push(match probe {
+                    Ok(()) => RecoveryAction::Reattached {
+                        slot,
+                        generation,
+                        pid,
+                    },
+                    Err(error) => {
+                        tracing::warn!(slot = %rt.name, generation, %error, "reattached generation fails its probe; left running");
+                        RecoveryAction::ReattachedUnhealthy {
+                            slot,
+                            generation,
+                            pid,
+                            error,
+                        }
+                    }
                 });
                 continue;
             }
-            match self.start_locked(&rt).await {
-                Ok(generation) => report.actions.push(RecoveryAction::Relaunched {
-                    slot: rt.name.to_string(),
-                    generation: generation.0,
-                }),
-                Err(e) => report.actions.push(RecoveryAction::RelaunchFailed {
-                    slot: rt.name.to_string(),
-                    generation: facts.generation.0,
-                    error: e.to_string(),
-                }),
+            report.actions.push(self.relaunch(&rt, &facts).await?);
+        }
+        Ok(())
+    }
+
+    /// Relaunches the active generation `facts` (journaled running, found not running).
+    ///
+    /// Processes tagged with the generation's reload id are stopped first (leftovers of a
+    /// relaunch that crashed before `Relaunched` was durable: the journaled process is gone,
+    /// so none of them can be it). `Stopped(recovered)` and `Relaunched` are journaled in one
+    /// transaction once the new process passed its handshake and probe, so a crash in
+    /// between never leaves the slot marked stopped.
+    async fn relaunch(
+        &self,
+        rt: &SlotRuntime,
+        facts: &Facts,
+    ) -> Result<RecoveryAction, SupervisorError> {
+        let slot = rt.name.to_string();
+        let generation = facts.generation.0;
+        let gone = match facts.process.as_ref() {
+            Some(p) => format!(
+                "generation {generation}'s process (pid {}) was not running when tryswap recovered",
+                p.pid
+            ),
+            None => format!("generation {generation} was not running when tryswap recovered"),
+        };
+        // The journaled process is gone, so anything still tagged with this generation's
+        // reload is a relaunch that crashed before `Relaunched` was durable.
+        let stop_timeout = rt
+            .config
+            .as_ref()
+            .map_or(ORPHAN_STOP_TIMEOUT, |c| c.stop_timeout);
+        let orphans_stopped: Vec<u32> = process::kill_tagged(&facts.reload, stop_timeout)
+            .await
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        let failed = |error: String| -> Result<RecoveryAction, SupervisorError> {
+            self.record(&Command::Stop {
+                slot: rt.name.clone(),
+                generation: facts.generation,
+                reason: Reason::recovered(format!("{gone}; relaunch failed: {error}")),
+            })?;
+            Ok(RecoveryAction::RelaunchFailed {
+                slot: slot.clone(),
+                generation,
+                error: error.clone(),
+            })
+        };
+        let store = self.store();
+        let mut digests = vec![facts.artifact.sha256];
+        digests.extend(facts.artifact.config_sha256);
+        digests.dedup();
+        for digest in &digests {
+            if let Err(e) = store.verify(digest) {
+                return failed(format!("store: {e}"));
             }
         }
-        for action in &report.actions {
-            tracing::info!(%action, "recovery");
+        let request = self.launch_request(rt, facts.reload, facts.generation, &facts.artifact);
+        let mut instance = match rt.driver.launch(&request).await {
+            Ok(instance) => instance,
+            Err(e) => return failed(e.to_string()),
+        };
+        fail::fail_point!("recover-after-relaunch-spawn");
+        let checked = async {
+            rt.driver.validate(&mut instance).await?;
+            rt.driver.probe(&instance).await
         }
-        Ok(report)
+        .await;
+        if let Err(e) = checked {
+            let _ = rt.driver.stop(&instance).await;
+            return failed(e.to_string());
+        }
+        let recorded = self.record_all(&[
+            Command::Stop {
+                slot: rt.name.clone(),
+                generation: facts.generation,
+                reason: Reason::recovered(format!("{gone}; relaunched from the store")),
+            },
+            Command::Relaunch {
+                slot: rt.name.clone(),
+                generation: facts.generation,
+                process: instance.process.clone(),
+                log_path: instance
+                    .log_path
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                endpoint: instance.endpoint.clone(),
+            },
+        ]);
+        if let Err(e) = recorded {
+            let _ = rt.driver.stop(&instance).await;
+            return Err(e.into());
+        }
+        fail::fail_point!("recover-after-relaunched");
+        let pid = instance.pid();
+        rt.active.store(Some(Serving::new(instance)));
+        Ok(RecoveryAction::Relaunched {
+            slot,
+            generation,
+            pid,
+            orphans_stopped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failpoint_specs_are_checked() {
+        assert!(arm_failpoints("").unwrap().is_empty());
+        assert!(arm_failpoints(" ; ").unwrap().is_empty());
+        let err = arm_failpoints("reload-after-spawn").unwrap_err();
+        assert!(err.contains("name=action"), "{err}");
+        let err = arm_failpoints("=kill").unwrap_err();
+        assert!(err.contains("needs a name"), "{err}");
+    }
+
+    #[test]
+    fn failpoint_names_are_unique() {
+        let mut names = FAILPOINTS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAILPOINTS.len());
     }
 }

@@ -77,7 +77,9 @@ pub enum SupervisorError {
     #[error("slot {0} has no previous generation to roll back to")]
     NoPrevious(SlotName),
     /// `rollback --to` named a generation that was never active in the slot.
-    #[error("slot {slot} never had generation {generation} active; `tryswap history {slot}` lists them")]
+    #[error(
+        "slot {slot} never had generation {generation} active; `tryswap history {slot}` lists them"
+    )]
     UnknownGeneration {
         /// The slot.
         slot: SlotName,
@@ -298,6 +300,14 @@ impl Supervisor {
     }
 
     pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
+        // Crash tests: `journal-write-<command>=return` fails this write with ENOSPC.
+        fail::fail_point!(&format!("journal-write-{}", command.name()), |_| {
+            Err(JournalError::Io {
+                op: "writing (failure injected by TRYSWAP_FAILPOINTS)",
+                path: self.inner.journal.dir().to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            })
+        });
         let records = self.inner.journal.execute(command, Utc::now())?;
         for record in &records {
             // Nobody listening is fine.

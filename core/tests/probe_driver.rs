@@ -753,7 +753,8 @@ async fn a_check_that_keeps_flapping_fails_after_a_bounded_number_of_attempts() 
     })
     .await
     .unwrap_err();
-    let limit = ((2 + 2) * tryswap::probe::MAX_ATTEMPTS_FACTOR).max(tryswap::probe::MIN_MAX_ATTEMPTS);
+    let limit =
+        ((2 + 2) * tryswap::probe::MAX_ATTEMPTS_FACTOR).max(tryswap::probe::MIN_MAX_ATTEMPTS);
     assert_eq!(failure.attempts, limit);
     assert_eq!(calls.load(Ordering::SeqCst) as u32, limit);
     assert!(failure.last_error.contains("no stable result"), "{failure}");

@@ -89,8 +89,42 @@ const SALVAGE_HINT: &str = "tryswap wrote nothing. Keep a copy of the directory,
 
 type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
 
+/// Removes `snap.<lsn>.generating` files from `sled_dir`.
+///
+/// sled 0.34.7 writes a snapshot to `snap.<lsn>.generating`, syncs it and renames it to
+/// `snap.<lsn>`, so such a file is never a finished snapshot. But when sled opens it reads
+/// every `snap.*` file as a snapshot candidate and takes the one that sorts last: a
+/// snapshot write cut short (the process killed in the middle, or a full disk) leaves a
+/// file that makes every later open fail with sled's `Corruption`. Only called while
+/// holding the journal's lock, so no sled of ours is writing one.
+fn remove_unfinished_snapshots(sled_dir: &Path) -> Result<(), JournalError> {
+    let entries = match std::fs::read_dir(sled_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(JournalError::io("listing", sled_dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| JournalError::io("listing", sled_dir, e))?;
+        let name = entry.file_name();
+        let unfinished = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating"));
+        if unfinished {
+            let path = entry.path();
+            tracing::warn!(
+                path = %path.display(),
+                "removing a snapshot sled never finished writing (a crash or a full disk)"
+            );
+            std::fs::remove_file(&path)
+                .map_err(|e| JournalError::io("removing unfinished sled snapshot", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens sled and its trees, turning a panic inside sled into [`JournalError::Corrupt`].
 fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
+    remove_unfinished_snapshots(sled_dir)?;
     guard_sled(dir, sled_dir, || {
         let db = sled::Config::new()
             .path(sled_dir)

@@ -155,7 +155,9 @@ pub struct ReplayState {
 impl ReplayState {
     /// Folds `record` in and advances [`ReplayState::seq`] to its sequence number.
     pub fn apply(&mut self, record: &Record) {
-        let slot = self.slots.get(&record.slot).cloned();
+        // Taken, not cloned: the slot view (with its whole generation history) is put back
+        // below, and cloning it made every replayed record cost O(history).
+        let slot = self.slots.remove(&record.slot);
         let reload = self.reloads.get(&record.reload).cloned();
         let (slot, reload) = fold_record(slot, reload, record);
         self.slots.insert(record.slot.clone(), slot);

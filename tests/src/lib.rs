@@ -30,6 +30,8 @@
 
 pub mod client;
 pub mod config;
+pub mod crash;
+pub mod daemon;
 pub mod handshake;
 pub mod harness;
 pub mod process;

@@ -366,8 +366,17 @@ async fn a_missing_or_non_executable_artifact_is_rejected_at_staged() {
     let h = Harness::demo();
     let first = activate_ok(&h, "v1", "v1");
     let old_pid = pid_of(&first);
+    let cfg = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+    let cfg = cfg.to_str().unwrap();
     let missing = h.state.join("no-such-plugin");
-    let run = h.tryswap(&["--json", "activate", "demo", missing.to_str().unwrap()]);
+    let run = h.tryswap(&[
+        "--json",
+        "activate",
+        "demo",
+        missing.to_str().unwrap(),
+        "--config-file",
+        cfg,
+    ]);
     assert_eq!(run.code, 2, "{run:?}");
     let report = run.json();
     assert_eq!(report["failed_stage"], "staged");
@@ -377,9 +386,21 @@ async fn a_missing_or_non_executable_artifact_is_rejected_at_staged() {
     );
     let not_exec = h.state.join("plain.txt");
     std::fs::write(&not_exec, "not a program").unwrap();
-    let run = h.tryswap(&["--json", "activate", "demo", not_exec.to_str().unwrap()]);
+    let run = h.tryswap(&[
+        "--json",
+        "activate",
+        "demo",
+        not_exec.to_str().unwrap(),
+        "--config-file",
+        cfg,
+    ]);
     assert_eq!(run.code, 2, "{run:?}");
     assert_eq!(run.json()["failed_stage"], "staged");
+    // A slot whose args use {config} refuses a candidate without a config file up front.
+    let plugin = tryswap_tests::fixture_plugin_path();
+    let run = h.tryswap(&["--json", "activate", "demo", plugin.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("--config-file"), "{}", run.stderr);
     assert_eq!(h.active("demo").unwrap().1, old_pid);
 }
 

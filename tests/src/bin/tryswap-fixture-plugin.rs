@@ -433,17 +433,27 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
         Bound::Tcp(_, addr) => ("tcp", addr.clone(), None),
         Bound::Unix(_, path) => ("unix", path.display().to_string(), Some(path.clone())),
     };
-    let mut server =
-        match bound {
-            Bound::Tcp(l, _) => tokio::spawn(router.serve_with_incoming_shutdown(
+    let mut server = match bound {
+        // TCP_NODELAY on every connection, as Go (and so go-plugin) sets by default:
+        // `serve_with_incoming` ignores the builder's `tcp_nodelay`, and with Nagle on,
+        // a fresh HTTP/2 connection often stalls ~40 ms on delayed ACKs.
+        Bound::Tcp(l, _) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::TcpListenerStream::new(l),
-                stop,
-            )),
-            Bound::Unix(l, _) => tokio::spawn(router.serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(l),
-                stop,
-            )),
-        };
+                |conn| {
+                    if let Ok(stream) = &conn {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
+            stop,
+        )),
+        Bound::Unix(l, _) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(l),
+            stop,
+        )),
+    };
     log(
         "debug",
         "plugin address",

@@ -1,0 +1,441 @@
+//! Sections 3 and 4: journal append rate, and recovery time against the size of history.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tryswap::supervisor::Supervisor;
+use tryswap_fsm::{
+    ArtifactRef, Command, Endpoint, Generation, Mode, Network, ProcessIdentity, Protocol, Reason,
+    ReloadId, Sha256, SlotName,
+};
+use tryswap_journal::Journal;
+
+use crate::report::{count, ms, verdict, Samples, Table};
+
+/// Bump when the generated history's shape changes: cached journals are rebuilt.
+const SHAPE: &str = "v2";
+/// Slots the generated history is spread over.
+pub const HISTORY_SLOTS: usize = 10;
+/// Reload cycles per `execute_all` transaction while generating.
+const CYCLES_PER_BATCH: usize = 200;
+
+fn artifact(n: u64) -> ArtifactRef {
+    let mut digest = [0u8; 32];
+    digest[..8].copy_from_slice(&n.to_be_bytes());
+    ArtifactRef {
+        sha256: Sha256(digest),
+        config_sha256: Some(Sha256([7; 32])),
+    }
+}
+
+fn identity(n: u64) -> ProcessIdentity {
+    ProcessIdentity {
+        pid: 1_000_000 + (n % 1_000_000) as u32,
+        start_time: n,
+        boot_id: "00000000-0000-0000-0000-000000000000".into(),
+    }
+}
+
+fn endpoint(n: u64) -> Endpoint {
+    Endpoint {
+        core_version: 1,
+        app_version: 1,
+        network: Network::Tcp,
+        address: format!("127.0.0.1:{}", 10_000 + n % 15_000),
+        protocol: Protocol::Grpc,
+        server_cert: None,
+    }
+}
+
+/// The commands of one reload cycle of `slot`, numbered `n`, in the generated history's
+/// mix: 7 in 10 activate (and retire the former generation), 2 in 10 fail at the probe,
+/// 1 in 10 is a dry run. `active` is the slot's active generation, updated.
+fn cycle(slot: &SlotName, n: u64, active: &mut Option<Generation>, next: &mut u64) -> Vec<Command> {
+    let reload = ReloadId::from_u128(u128::from(n) + 1);
+    // Rotates through the mix on every slot of a round-robin over ten slots too.
+    let kind = (n + n / 10) % 10;
+    let mode = if kind == 9 {
+        Mode::DryRun
+    } else {
+        Mode::Activate
+    };
+    let mut out = vec![
+        Command::Stage {
+            reload,
+            slot: slot.clone(),
+            mode,
+            artifact: artifact(n),
+        },
+        Command::RecordLaunch {
+            reload,
+            process: Some(identity(n)),
+            log_path: Some(format!("/var/lib/tryswap/logs/{slot}/{n}.log")),
+        },
+        Command::RecordHandshake {
+            reload,
+            endpoint: Some(endpoint(n)),
+        },
+    ];
+    let generation = Generation(*next);
+    *next += 1;
+    match kind {
+        7 | 8 => out.push(Command::Fail {
+            reload,
+            reason: Reason::error("probe failed: grpc health of service \"plugin\": NOT_SERVING"),
+        }),
+        9 => {
+            out.push(Command::RecordProbe { reload });
+            out.push(Command::PassDryRun { reload });
+        }
+        _ => {
+            out.push(Command::RecordProbe { reload });
+            out.push(Command::Commit { reload });
+            if let Some(old) = active.replace(generation) {
+                out.push(Command::Retire {
+                    slot: slot.clone(),
+                    generation: old,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Appends reload cycles round-robin over [`HISTORY_SLOTS`] slots until the journal holds
+/// at least `events` records, or `deadline` passes (`Ok(false)`). Resumes where a previous
+/// (interrupted) run stopped: the slots' projections say how far it got.
+fn generate(journal: &Journal, events: u64, deadline: Instant) -> Result<bool, String> {
+    let slots: Vec<SlotName> = (0..HISTORY_SLOTS)
+        .map(|i| SlotName::new(format!("history-{i:02}")).expect("valid slot name"))
+        .collect();
+    let mut active = [None; HISTORY_SLOTS];
+    let mut next = [1u64; HISTORY_SLOTS];
+    for (i, slot) in slots.iter().enumerate() {
+        if let Some(view) = journal.slot(slot).map_err(|e| e.to_string())? {
+            active[i] = view.slot.active.as_ref().map(|a| a.generation);
+            next[i] = view.slot.next_generation.0;
+        }
+    }
+    // Batches hold a multiple of HISTORY_SLOTS cycles, so every slot has had as many.
+    let mut n: u64 = next.iter().map(|g| g - 1).sum();
+    while journal.last_seq() < events {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        let mut batch = Vec::new();
+        for _ in 0..CYCLES_PER_BATCH {
+            let i = (n % HISTORY_SLOTS as u64) as usize;
+            batch.extend(cycle(&slots[i], n, &mut active[i], &mut next[i]));
+            n += 1;
+        }
+        journal
+            .execute_all(&batch, Utc::now())
+            .map_err(|e| format!("generating history: {e}"))?;
+    }
+    Ok(true)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// How a cached history came to be.
+enum Cached {
+    /// Ready: the state dir, and how long generating it took in this run (zero if cached).
+    Ready(PathBuf, Duration),
+    /// The generation budget ran out at this many events (the next run resumes).
+    Partial(u64),
+}
+
+/// A state dir holding a journal with `events` records (compacted to 100 reloads per slot
+/// if `compacted`), from the cache or generated into it (resuming a partial one) until
+/// `deadline`.
+fn cached_state(
+    cache: &Path,
+    events: u64,
+    compacted: bool,
+    deadline: Instant,
+) -> Result<Cached, String> {
+    let plain = cache.join(format!("{SHAPE}-{events}"));
+    let done = |dir: &Path| dir.join("complete").exists();
+    let mut took = Duration::ZERO;
+    if !done(&plain) {
+        let t = Instant::now();
+        let journal = Journal::open(&plain.join("state").join("journal"))
+            .map_err(|e| format!("opening {}: {e}", plain.display()))?;
+        let finished = generate(&journal, events, deadline)?;
+        journal.flush().map_err(|e| e.to_string())?;
+        if !finished {
+            return Ok(Cached::Partial(journal.last_seq()));
+        }
+        drop(journal);
+        took = t.elapsed();
+        std::fs::write(plain.join("complete"), format!("{took:?}\n")).map_err(|e| e.to_string())?;
+    }
+    if !compacted {
+        return Ok(Cached::Ready(plain.join("state"), took));
+    }
+    let small = cache.join(format!("{SHAPE}-{events}-compacted"));
+    if !done(&small) {
+        let _ = std::fs::remove_dir_all(&small);
+        copy_dir(&plain, &small).map_err(|e| format!("copying {}: {e}", plain.display()))?;
+        let journal = Journal::open(&small.join("state").join("journal"))
+            .map_err(|e| format!("opening {}: {e}", small.display()))?;
+        journal
+            .compact(tryswap_journal::DEFAULT_KEEP_PER_SLOT)
+            .map_err(|e| format!("compacting: {e}"))?;
+        drop(journal);
+        std::fs::write(small.join("complete"), "").map_err(|e| e.to_string())?;
+    }
+    Ok(Cached::Ready(small.join("state"), took))
+}
+
+/// Times of one recovery: open, recover, verify.
+struct Recovery {
+    open: Samples,
+    recover: Samples,
+    verify: Samples,
+    total: Samples,
+    events_checked: u64,
+}
+
+async fn recover_once(state: &Path, rec: &mut Recovery) -> Result<(), String> {
+    let t = Instant::now();
+    let sup = Supervisor::open(state).map_err(|e| format!("open {}: {e}", state.display()))?;
+    let opened = t.elapsed();
+    let report = sup.recover().await.map_err(|e| e.to_string())?;
+    if !report.actions.is_empty() {
+        return Err(format!(
+            "recovery did something on a quiet journal: {report:?}"
+        ));
+    }
+    let recovered = t.elapsed();
+    let verified = sup.journal().verify().map_err(|e| e.to_string())?;
+    let total = t.elapsed();
+    if !verified.is_ok() {
+        return Err(format!("verify: {:?}", verified.problems));
+    }
+    rec.open.push(opened);
+    rec.recover.push(recovered - opened);
+    rec.verify.push(total - recovered);
+    rec.total.push(total);
+    rec.events_checked = verified.events_checked;
+    Ok(())
+}
+
+/// Section 4: recovery time at each history size, plain and compacted.
+pub async fn recovery(cache: &Path, sizes: &[u64], budget: Duration) -> Result<Vec<Table>, String> {
+    let deadline = Instant::now() + budget;
+    let mut t = Table::new(
+        "4. Recovery (open + recover + verify) against the size of history",
+        &[
+            "events",
+            "compacted",
+            "records verified",
+            "open",
+            "recover",
+            "verify",
+            "total (median of 3)",
+            "goal",
+        ],
+    );
+    let mut generated = Vec::new();
+    for &events in sizes {
+        for compacted in [false, true] {
+            let (state, took) = match cached_state(cache, events, compacted, deadline)? {
+                Cached::Ready(state, took) => (state, took),
+                Cached::Partial(reached) => {
+                    t.row([
+                        count(events as f64),
+                        "–".to_owned(),
+                        format!(
+                            "not generated yet: the budget ran out at {} events (a rerun resumes)",
+                            count(reached as f64)
+                        ),
+                    ]);
+                    break;
+                }
+            };
+            if took > Duration::ZERO {
+                generated.push((events, took));
+            }
+            let mut rec = Recovery {
+                open: Samples::new(),
+                recover: Samples::new(),
+                verify: Samples::new(),
+                total: Samples::new(),
+                events_checked: 0,
+            };
+            for _ in 0..3 {
+                recover_once(&state, &mut rec).await?;
+            }
+            let total = rec.total.p50();
+            let goal = if compacted && events >= 1_000_000 {
+                format!("≤ 50 ms: {}", verdict(total <= 50.0))
+            } else {
+                String::new()
+            };
+            t.row([
+                count(events as f64),
+                if compacted {
+                    "yes (keep 100/slot)"
+                } else {
+                    "no"
+                }
+                .to_owned(),
+                count(rec.events_checked as f64),
+                ms(rec.open.p50()),
+                ms(rec.recover.p50()),
+                ms(rec.verify.p50()),
+                ms(total),
+                goal,
+            ]);
+        }
+    }
+    t.note(format!(
+        "History: reload cycles round-robin over {HISTORY_SLOTS} slots (7 in 10 activate and retire the former generation, 2 in 10 fail at the probe, 1 in 10 dry runs), appended with `Journal::execute_all` ({CYCLES_PER_BATCH} cycles per transaction) and cached under the cache directory. `recover` is `Supervisor::recover` with no slot registered (nothing to relaunch): it reads the projections only. `verify` re-folds every record still in the journal."
+    ));
+    for (events, took) in generated {
+        t.note(format!(
+            "Generated {} events in {:.1} s this run.",
+            count(events as f64),
+            took.as_secs_f64()
+        ));
+    }
+    Ok(vec![t])
+}
+
+fn rate(events: u64, elapsed: Duration) -> String {
+    format!("{}/s", count(events as f64 / elapsed.as_secs_f64()))
+}
+
+/// Section 3b: events appended per second.
+pub fn append_rate(dir: &Path, budget: Duration) -> Result<Vec<Table>, String> {
+    let journal = Journal::open(&dir.join("append")).map_err(|e| e.to_string())?;
+    let slot = SlotName::new("append").map_err(|e| e.to_string())?;
+    let mut active = None;
+    let mut next = 1;
+    let mut n = 0u64;
+    // An active generation for the Stop/Relaunch loop.
+    for command in cycle(&slot, n, &mut active, &mut next) {
+        journal
+            .execute(&command, Utc::now())
+            .map_err(|e| e.to_string())?;
+    }
+    n += 1;
+    let generation = active.ok_or("no active generation")?;
+
+    let mut t = Table::new(
+        "3b. Journal appends per second",
+        &["what", "events", "time", "rate", "durable flushes"],
+    );
+
+    // Without flush points: one event per transaction.
+    journal.flush().map_err(|e| e.to_string())?;
+    let flushes = journal.flush_count();
+    let started = Instant::now();
+    let mut events = 0u64;
+    while started.elapsed() < budget && events < 1_000_000 {
+        let command = if events % 2 == 0 {
+            Command::Stop {
+                slot: slot.clone(),
+                generation,
+                reason: Reason::cancelled("bench"),
+            }
+        } else {
+            Command::Relaunch {
+                slot: slot.clone(),
+                generation,
+                process: Some(identity(events)),
+                log_path: None,
+                endpoint: Some(endpoint(events)),
+            }
+        };
+        journal
+            .execute(&command, Utc::now())
+            .map_err(|e| e.to_string())?;
+        events += 1;
+    }
+    let elapsed = started.elapsed();
+    t.row([
+        "`execute`, events without a flush point (Stopped/Relaunched)".to_owned(),
+        count(events as f64),
+        ms(elapsed.as_secs_f64() * 1000.0),
+        rate(events, elapsed),
+        (journal.flush_count() - flushes).to_string(),
+    ]);
+
+    // Whole reloads: one transaction per event, two durable flushes per reload.
+    journal.flush().map_err(|e| e.to_string())?;
+    let flushes = journal.flush_count();
+    let first = journal.last_seq();
+    let started = Instant::now();
+    let mut reloads = 0;
+    while started.elapsed() < budget && reloads < 100_000 {
+        for command in cycle(&slot, n, &mut active, &mut next) {
+            journal
+                .execute(&command, Utc::now())
+                .map_err(|e| e.to_string())?;
+        }
+        n += 1;
+        reloads += 1;
+    }
+    let elapsed = started.elapsed();
+    let events = journal.last_seq() - first;
+    t.row([
+        format!(
+            "`execute`, whole reload cycles ({reloads} reloads, flush after Staged and Activated)"
+        ),
+        count(events as f64),
+        ms(elapsed.as_secs_f64() * 1000.0),
+        rate(events, elapsed),
+        (journal.flush_count() - flushes).to_string(),
+    ]);
+
+    // Batched: many reload cycles per transaction, one durable flush per batch.
+    journal.flush().map_err(|e| e.to_string())?;
+    let flushes = journal.flush_count();
+    let first = journal.last_seq();
+    let started = Instant::now();
+    let mut batches = 0;
+    while started.elapsed() < budget && batches < 10_000 {
+        let mut batch = Vec::new();
+        for _ in 0..CYCLES_PER_BATCH {
+            batch.extend(cycle(&slot, n, &mut active, &mut next));
+            n += 1;
+        }
+        journal
+            .execute_all(&batch, Utc::now())
+            .map_err(|e| e.to_string())?;
+        batches += 1;
+    }
+    let elapsed = started.elapsed();
+    let events = journal.last_seq() - first;
+    t.row([
+        format!("`execute_all`, {CYCLES_PER_BATCH} reload cycles per transaction"),
+        count(events as f64),
+        ms(elapsed.as_secs_f64() * 1000.0),
+        rate(events, elapsed),
+        (journal.flush_count() - flushes).to_string(),
+    ]);
+    let history = journal
+        .slot(&slot)
+        .map_err(|e| e.to_string())?
+        .map_or(0, |v| v.slot.history.len());
+    t.note(format!(
+        "All rows append to one slot, whose projection ends with {} generations in its history (the projection is re-encoded on every append).",
+        count(history as f64)
+    ));
+    Ok(vec![t])
+}

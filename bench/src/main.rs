@@ -1,0 +1,254 @@
+//! `tryswap-bench`: one run, one Markdown report of tryswap against the bare floor.
+//!
+//! ```sh
+//! cargo run --release -p tryswap-bench -- [--quick] [--out docs/performance.md]
+//! ```
+//!
+//! Sections (docs/performance.md explains each):
+//! 1. one safe reload (library, CLI, daemon) vs the floor done by hand, with a per-stage
+//!    breakdown;
+//! 2. legacy unload→load vs safe reload under continuous calls: failed calls, gap in service;
+//! 3. journal flushes per reload and appends per second;
+//! 4. recovery time at 10^3 … 10^6 events, with and without compaction;
+//! 5. 100 slots reloaded at once vs one, and memory.
+//!
+//! Every loop is bounded in count and in time; only loopback TCP and Unix sockets are used.
+
+mod concurrency;
+mod daemon;
+mod floor;
+mod journal;
+mod reload;
+mod report;
+mod setup;
+mod swaps;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::report::Table;
+
+/// Marks the part of `--out` the bench rewrites.
+const BEGIN: &str = "<!-- tryswap-bench:begin -->";
+const END: &str = "<!-- tryswap-bench:end -->";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tryswap-bench",
+    about = "Measures tryswap against the bare floor and prints a Markdown report"
+)]
+struct Args {
+    /// Fewer iterations (section 1: 15 reloads, section 2: 30 swaps, section 4 up to 10^5
+    /// events, section 5: one round).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the report into this Markdown file, between
+    /// `<!-- tryswap-bench:begin -->` and `<!-- tryswap-bench:end -->` (appended if the
+    /// markers are missing).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only these sections (comma-separated numbers, default all).
+    #[arg(long, value_delimiter = ',')]
+    sections: Vec<u8>,
+    /// Reloads per column in section 1 (default 50, quick 15).
+    #[arg(long)]
+    reloads: Option<usize>,
+    /// Swaps per strategy in section 2 (default 200, quick 30).
+    #[arg(long)]
+    swaps: Option<usize>,
+    /// Largest history in section 4 (default 1000000, quick 100000).
+    #[arg(long)]
+    max_events: Option<u64>,
+    /// Slots in section 5 (default 100).
+    #[arg(long, default_value_t = 100)]
+    slots: usize,
+    /// Seconds section 4 may spend generating histories in this run (a rerun resumes).
+    #[arg(long, default_value_t = 900)]
+    gen_budget: u64,
+    /// Where generated journals are cached (default `<target>/bench-journals`).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Do not build the fixture plugin and the tryswap binary first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn default_cache() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("bench-journals")
+}
+
+fn write_out(path: &Path, report: &str) -> std::io::Result<()> {
+    let block = format!("{BEGIN}\n{report}{END}\n");
+    let text = match std::fs::read_to_string(path) {
+        Ok(existing) => match (existing.find(BEGIN), existing.find(END)) {
+            (Some(b), Some(e)) if b < e => {
+                format!(
+                    "{}{block}{}",
+                    &existing[..b],
+                    existing[e + END.len()..].trim_start_matches('\n')
+                )
+            }
+            _ => format!("{}\n\n{block}", existing.trim_end()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => block,
+        Err(e) => return Err(e),
+    };
+    std::fs::write(path, text)
+}
+
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn add(&mut self, tables: &[Table]) {
+        for table in tables {
+            let md = table.markdown();
+            println!("{md}");
+            self.text.push_str(&md);
+            self.text.push('\n');
+        }
+    }
+
+    fn failed(&mut self, section: u8, error: &str) {
+        let md = format!("### Section {section} failed\n\n{error}\n");
+        println!("{md}");
+        eprintln!("bench: section {section} failed: {error}");
+        self.text.push_str(&md);
+        self.text.push('\n');
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let wanted = |n: u8| args.sections.is_empty() || args.sections.contains(&n);
+    let bins = match setup::Bins::find(args.no_build) {
+        Ok(bins) => bins,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let mut report = Report {
+        text: String::new(),
+    };
+    let command = {
+        let mut words = vec!["cargo run --release -p tryswap-bench --".to_owned()];
+        words.extend(std::env::args().skip(1).filter(|a| !a.starts_with("--out")));
+        words.join(" ")
+    };
+    let mut machine = Table::new("Machine", &["what", "value"]);
+    for (k, v) in setup::machine() {
+        machine.row([k, v]);
+    }
+    machine.row([
+        "tryswap binary / daemon".to_owned(),
+        format!(
+            "{} / {}",
+            if bins.tryswap.is_some() {
+                "built"
+            } else {
+                "not built"
+            },
+            if bins.daemon {
+                "`tryswap serve` available"
+            } else {
+                "pending (no `tryswap serve`)"
+            }
+        ),
+    ]);
+    machine.note(format!("Command: `{command}`"));
+    report.add(&[machine]);
+
+    let quick = args.quick;
+    if wanted(1) || wanted(3) {
+        let reloads = args.reloads.unwrap_or(if quick { 15 } else { 50 });
+        let budget = Duration::from_secs(if quick { 120 } else { 600 });
+        match reload::run(&bins, reloads, budget).await {
+            Ok(outcomes) => report.add(&outcomes.tables),
+            Err(e) => report.failed(1, &e),
+        }
+    }
+    if wanted(2) {
+        let swaps = args.swaps.unwrap_or(if quick { 30 } else { 200 });
+        let budget = Duration::from_secs(if quick { 120 } else { 600 });
+        match swaps::run(&bins, swaps, budget).await {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(2, &e),
+        }
+    }
+    if wanted(3) {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let budget = Duration::from_millis(if quick { 500 } else { 2000 });
+        match journal::append_rate(temp.path(), budget) {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(3, &e),
+        }
+    }
+    if wanted(4) {
+        let max = args
+            .max_events
+            .unwrap_or(if quick { 100_000 } else { 1_000_000 });
+        let sizes: Vec<u64> = [1_000, 10_000, 100_000, 1_000_000]
+            .into_iter()
+            .filter(|n| *n <= max)
+            .collect();
+        let cache = args.cache.clone().unwrap_or_else(default_cache);
+        let budget = Duration::from_secs(args.gen_budget);
+        match journal::recovery(&cache, &sizes, budget).await {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(4, &e),
+        }
+    }
+    if wanted(5) {
+        let rounds = if quick { 1 } else { 3 };
+        match concurrency::run(&bins, args.slots.max(2), rounds).await {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(5, &e),
+        }
+    }
+    let footer = format!("Whole run: {:.0} s.\n", started.elapsed().as_secs_f64());
+    println!("{footer}");
+    report.text.push_str(&footer);
+    if let Some(out) = &args.out {
+        if let Err(e) = write_out(out, &report.text) {
+            eprintln!("bench: writing {}: {e}", out.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_replaces_only_the_marked_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("perf.md");
+        write_out(&path, "first\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{BEGIN}\nfirst\n{END}\n"));
+        std::fs::write(&path, format!("# Title\n\n{text}\n## After\n")).unwrap();
+        write_out(&path, "second\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("# Title\n\n{BEGIN}\nsecond\n{END}\n## After\n")
+        );
+        std::fs::write(&path, "no markers\n").unwrap();
+        write_out(&path, "third\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("no markers\n\n{BEGIN}\nthird\n{END}\n")
+        );
+    }
+}

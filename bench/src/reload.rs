@@ -1,0 +1,501 @@
+//! Section 1: one safe reload (library, CLI, daemon) against the bare floor, interleaved in
+//! one run; and the journal flushes each kind of reload costs (section 3).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tryswap::report::{Outcome, ReloadReport};
+use tryswap::supervisor::Supervisor;
+use tryswap_fsm::SlotName;
+use tryswap_tests::{FixtureConfig, TempState};
+
+use crate::daemon::Daemon;
+use crate::floor::{self, Bare, Launch, Steps};
+use crate::report::{count, ms, ratio, verdict, Samples, Table};
+use crate::setup::{self, Bins};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+const STAGES: [&str; 5] = ["staged", "launched", "validated", "probed", "active"];
+
+/// Per-stage milliseconds of many reloads, plus what came after the last stage.
+#[derive(Default)]
+struct Breakdown {
+    stages: BTreeMap<&'static str, Samples>,
+    /// Wall time not covered by the stages (retiring the old generation; for the CLI also
+    /// process start, journal open and recovery).
+    rest: Samples,
+}
+
+impl Breakdown {
+    fn add(&mut self, stages: &[(String, f64)], wall: Duration) {
+        let mut covered = 0.0;
+        for (state, elapsed) in stages {
+            if let Some(name) = STAGES.iter().find(|s| *s == state) {
+                self.stages.entry(name).or_default().push_ms(*elapsed);
+            }
+            covered += elapsed;
+        }
+        self.rest
+            .push_ms((wall.as_secs_f64() * 1000.0 - covered).max(0.0));
+    }
+
+    fn p50(&self, stage: &str) -> f64 {
+        self.stages.get(stage).map_or(f64::NAN, Samples::p50)
+    }
+}
+
+fn stages_of_report(report: &ReloadReport) -> Vec<(String, f64)> {
+    report
+        .stages
+        .iter()
+        .map(|s| (s.state.clone(), s.elapsed_ms))
+        .collect()
+}
+
+fn stages_of_json(json: &Value) -> Vec<(String, f64)> {
+    json["stages"]
+        .as_array()
+        .map(|stages| {
+            stages
+                .iter()
+                .filter_map(|s| Some((s["state"].as_str()?.to_owned(), s["elapsed_ms"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wall_row(t: &mut Table, name: &str, col: &Column, floor_p50: f64, goal: &str) {
+    t.row([
+        name.to_owned(),
+        ms(col.wall.p50()),
+        ms(col.wall.p99()),
+        ms(col.wall.max()),
+        if col.wall.is_empty() {
+            "–".into()
+        } else {
+            ratio(col.wall.p50() / floor_p50)
+        },
+        goal.to_owned(),
+        col.failures.len().to_string(),
+    ]);
+}
+
+/// One way of reloading, measured.
+#[derive(Default)]
+struct Column {
+    wall: Samples,
+    breakdown: Breakdown,
+    failures: Vec<String>,
+}
+
+/// What section 1 found.
+pub struct Outcomes {
+    /// The tables.
+    pub tables: Vec<Table>,
+}
+
+/// The library path: a Supervisor in this process.
+struct Library {
+    sup: Supervisor,
+    slot: SlotName,
+    dir: PathBuf,
+}
+
+impl Library {
+    async fn reload(&self, bins: &Bins, n: usize) -> Result<(Duration, ReloadReport), String> {
+        let candidate = setup::candidate(bins, &self.dir, &format!("lib{n}"));
+        let t = Instant::now();
+        let report = self
+            .sup
+            .activate(&self.slot, candidate)
+            .await
+            .map_err(|e| e.to_string())?;
+        let wall = t.elapsed();
+        if report.outcome != Outcome::Active {
+            return Err(format!("library reload rolled back: {:?}", report.error));
+        }
+        Ok((wall, report))
+    }
+}
+
+/// The CLI path: one `tryswap activate` process per reload.
+struct Cli {
+    bin: PathBuf,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Cli {
+    async fn run(&self, args: &[&str]) -> Result<(Duration, std::process::Output), String> {
+        let t = Instant::now();
+        let child = tokio::process::Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("TRYSWAP_STATE_DIR")
+            .env_remove("TRYSWAP_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?;
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .map_err(|_| "tryswap did not finish within 60 s".to_owned())?
+            .map_err(|e| format!("waiting for tryswap: {e}"))?;
+        Ok((t.elapsed(), output))
+    }
+
+    async fn reload(&self, bins: &Bins, n: usize) -> Result<(Duration, Value), String> {
+        let config = setup::fixture_config(&self.dir, &format!("cli{n}"));
+        let fixture = bins.fixture.to_string_lossy().into_owned();
+        let config = config.to_string_lossy().into_owned();
+        let (wall, output) = self
+            .run(&[
+                "--json",
+                "activate",
+                "bench",
+                &fixture,
+                "--config-file",
+                &config,
+            ])
+            .await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json: Value = serde_json::from_str(stdout.trim()).map_err(|e| {
+            format!(
+                "tryswap activate printed no JSON ({e}); exit {:?}; stderr: {}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+        if json["outcome"] != "active" {
+            return Err(format!("tryswap activate: {json}"));
+        }
+        Ok((wall, json))
+    }
+}
+
+/// Runs section 1 (and the flush counts of section 3) for `iterations` reloads per column,
+/// the columns interleaved so that noise from other load hits all of them alike.
+pub async fn run(bins: &Bins, iterations: usize, budget: Duration) -> Result<Outcomes, String> {
+    let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
+    let deadline = Instant::now() + budget;
+
+    // Floor.
+    let floor_dir = temp.join("floor");
+    std::fs::create_dir_all(&floor_dir).map_err(|e| e.to_string())?;
+    let slot_cfg = setup::slot_config("bench");
+    let floor_launch = |n: usize| {
+        Launch::for_slot(
+            bins.fixture.clone(),
+            &slot_cfg,
+            &setup::fixture_config(&floor_dir, &format!("floor{n}")),
+        )
+    };
+    let mut floor_col = Column::default();
+    let mut floor_steps: Vec<Steps> = Vec::new();
+    let (first, _) = floor::reload(&floor_launch(0), None, STEP_TIMEOUT).await?;
+    let mut floor_current: Option<Bare> = Some(first);
+
+    // Library.
+    let lib_dir = temp.join("lib");
+    std::fs::create_dir_all(&lib_dir).map_err(|e| e.to_string())?;
+    let sup = Supervisor::open(lib_dir.join("state")).map_err(|e| e.to_string())?;
+    sup.add_process_slot(setup::slot_config("bench"));
+    let library = Library {
+        sup,
+        slot: SlotName::new("bench").map_err(|e| e.to_string())?,
+        dir: lib_dir,
+    };
+    library.reload(bins, 0).await?;
+    let mut lib_col = Column::default();
+    let flushes_before = library.sup.journal().flush_count();
+
+    // CLI.
+    let cli = match &bins.tryswap {
+        Some(bin) => {
+            let dir = temp.join("cli");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let config = dir.join("tryswap.toml");
+            std::fs::write(
+                &config,
+                setup::config_toml(&dir.join("state"), &["bench".to_owned()]),
+            )
+            .map_err(|e| e.to_string())?;
+            let cli = Cli {
+                bin: bin.clone(),
+                config,
+                dir,
+            };
+            match cli.reload(bins, 0).await {
+                Ok(_) => Some(cli),
+                Err(e) => {
+                    eprintln!("bench: the CLI column is skipped: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut cli_col = Column::default();
+
+    // Daemon.
+    let mut daemon = if bins.daemon {
+        match Daemon::start(bins, &temp.join("daemon"), &["bench".to_owned()]).await {
+            Ok(d) => match d.reload(bins, "bench", 0).await {
+                Ok(_) => Some(d),
+                Err(e) => {
+                    eprintln!("bench: the daemon column is skipped: {e}");
+                    d.stop().await;
+                    None
+                }
+            },
+            Err(e) => {
+                eprintln!("bench: the daemon column is skipped: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut daemon_col = Column::default();
+
+    let mut done = 0;
+    for n in 1..=iterations {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let t = Instant::now();
+        match floor::reload(&floor_launch(n), floor_current.take(), STEP_TIMEOUT).await {
+            Ok((new, steps)) => {
+                floor_col.wall.push(t.elapsed());
+                floor_steps.push(steps);
+                floor_current = Some(new);
+            }
+            Err(e) => {
+                floor_col.failures.push(e);
+                let (new, _) = floor::reload(&floor_launch(n), None, STEP_TIMEOUT).await?;
+                floor_current = Some(new);
+            }
+        }
+        match library.reload(bins, n).await {
+            Ok((wall, report)) => {
+                lib_col.wall.push(wall);
+                lib_col.breakdown.add(&stages_of_report(&report), wall);
+            }
+            Err(e) => lib_col.failures.push(e),
+        }
+        if let Some(cli) = &cli {
+            match cli.reload(bins, n).await {
+                Ok((wall, json)) => {
+                    cli_col.wall.push(wall);
+                    cli_col.breakdown.add(&stages_of_json(&json), wall);
+                }
+                Err(e) => cli_col.failures.push(e),
+            }
+        }
+        if let Some(d) = &daemon {
+            match d.reload(bins, "bench", n).await {
+                Ok((wall, json)) => {
+                    daemon_col.wall.push(wall);
+                    daemon_col.breakdown.add(&stages_of_json(&json), wall);
+                }
+                Err(e) => daemon_col.failures.push(e),
+            }
+        }
+        done = n;
+    }
+    let lib_flushes = library.sup.journal().flush_count() - flushes_before;
+
+    // Flushes of a dry run and of a rejected candidate (section 3).
+    let before = library.sup.journal().flush_count();
+    let dry = library
+        .sup
+        .try_activate(
+            &library.slot,
+            setup::candidate(bins, &library.dir, "dry-run"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let dry_flushes = library.sup.journal().flush_count() - before;
+    let bad_config = FixtureConfig {
+        exit_before_handshake: Some(3),
+        ..FixtureConfig::default()
+    }
+    .write(&library.dir.join("bad.toml"))
+    .map_err(|e| e.to_string())?;
+    let before = library.sup.journal().flush_count();
+    let bad = library
+        .sup
+        .activate(
+            &library.slot,
+            tryswap::supervisor::CandidateSpec::executable(&bins.fixture).with_config(bad_config),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let bad_flushes = library.sup.journal().flush_count() - before;
+
+    // Tear down.
+    if let Some(old) = floor_current.take() {
+        let _ = floor::stop(old, STEP_TIMEOUT).await;
+    }
+    library.sup.shutdown().await;
+    if let Some(cli) = &cli {
+        let _ = cli.run(&["stop", "bench"]).await;
+    }
+    if let Some(d) = daemon.take() {
+        d.stop().await;
+    }
+    drop(temp);
+
+    let mut tables = Vec::new();
+    let floor_p50 = floor_col.wall.p50();
+    let mut t = Table::new(
+        format!("1. One reload of the fixture plugin vs the bare floor ({done} reloads each, interleaved)"),
+        &["path", "p50", "p99", "max", "ratio of medians to the floor", "goal", "failed"],
+    );
+    wall_row(&mut t, "bare floor (by hand)", &floor_col, floor_p50, "");
+    wall_row(
+        &mut t,
+        "safe reload, library (Supervisor::activate)",
+        &lib_col,
+        floor_p50,
+        "",
+    );
+    match &cli {
+        Some(_) => wall_row(
+            &mut t,
+            "safe reload, CLI (`tryswap activate`, one process each)",
+            &cli_col,
+            floor_p50,
+            "",
+        ),
+        None => t.row([
+            "safe reload, CLI".to_owned(),
+            "not built".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]),
+    }
+    let daemon_goal = |col: &Column| {
+        if col.wall.is_empty() {
+            "≤ 1.15×".to_owned()
+        } else {
+            format!("≤ 1.15×: {}", verdict(col.wall.p50() / floor_p50 <= 1.15))
+        }
+    };
+    if bins.daemon && !daemon_col.wall.is_empty() {
+        let goal = daemon_goal(&daemon_col);
+        wall_row(
+            &mut t,
+            "safe reload, daemon (`POST /v1/slots/bench/reloads`)",
+            &daemon_col,
+            floor_p50,
+            &goal,
+        );
+    } else {
+        t.row([
+            "safe reload, daemon".to_owned(),
+            "pending (daemon)".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            "≤ 1.15×".into(),
+            String::new(),
+        ]);
+    }
+    for (name, col) in [
+        ("floor", &floor_col),
+        ("library", &lib_col),
+        ("CLI", &cli_col),
+        ("daemon", &daemon_col),
+    ] {
+        if let Some(first) = col.failures.first() {
+            t.note(format!(
+                "{name}: {} failed reloads, first: {first}",
+                col.failures.len()
+            ));
+        }
+    }
+    t.note("Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256, fsync), the journal (6 records, 2 durable flushes), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
+    tables.push(t);
+
+    let mut b = Table::new(
+        "1b. Where the time goes (medians per stage)",
+        &["stage", "library", "CLI", "daemon", "floor equivalent"],
+    );
+    let floor_step = |f: fn(&Steps) -> Duration| {
+        let mut s = Samples::new();
+        for steps in &floor_steps {
+            s.push(f(steps));
+        }
+        s.p50()
+    };
+    let equivalents: [(&str, f64); 5] = [
+        ("staged", 0.0),
+        ("launched", floor_step(|s| s.spawn)),
+        ("validated", floor_step(|s| s.handshake)),
+        ("probed", floor_step(|s| s.probe)),
+        ("active", 0.0),
+    ];
+    for (stage, floor_ms) in equivalents {
+        b.row([
+            stage.to_owned(),
+            ms(lib_col.breakdown.p50(stage)),
+            ms(cli_col.breakdown.p50(stage)),
+            ms(daemon_col.breakdown.p50(stage)),
+            if floor_ms == 0.0 {
+                "(none)".to_owned()
+            } else {
+                ms(floor_ms)
+            },
+        ]);
+    }
+    b.row([
+        "after active (retire the old; CLI: also process start, journal open, recovery)".to_owned(),
+        ms(lib_col.breakdown.rest.p50()),
+        ms(cli_col.breakdown.rest.p50()),
+        ms(daemon_col.breakdown.rest.p50()),
+        ms(floor_step(|s| s.stop_old)),
+    ]);
+    b.note("Stage times are `ReloadReport.stages[].elapsed_ms` (time since the previous stage): `staged` = store + Staged record + flush; `launched` = spawn + record; `validated` = handshake line + record; `probed` = health probe + record; `active` = commit record + flush.");
+    tables.push(b);
+
+    let per = |flushes: u64, reloads: usize| flushes as f64 / reloads.max(1) as f64;
+    let mut f = Table::new(
+        "3a. Journal flushes (fsync points) per reload",
+        &["reload", "flushes", "goal"],
+    );
+    let activate_per = per(lib_flushes, lib_col.wall.len());
+    f.row([
+        format!("activate (mean of {})", lib_col.wall.len()),
+        format!("{activate_per:.2}"),
+        format!("≤ 2: {}", verdict(activate_per <= 2.0)),
+    ]);
+    f.row([
+        format!("dry run (outcome {:?})", dry.outcome),
+        dry_flushes.to_string(),
+        format!("≤ 2: {}", verdict(dry_flushes <= 2)),
+    ]);
+    f.row([
+        format!(
+            "rejected candidate (failed at {})",
+            bad.failed_stage.unwrap_or("?")
+        ),
+        bad_flushes.to_string(),
+        format!("≤ 2: {}", verdict(bad_flushes <= 2)),
+    ]);
+    f.note(format!(
+        "Counted with `Journal::flush_count` around {} library reloads.",
+        count(lib_col.wall.len() as f64)
+    ));
+    tables.push(f);
+
+    Ok(Outcomes { tables })
+}

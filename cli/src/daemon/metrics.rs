@@ -1,0 +1,262 @@
+//! `GET /metrics`: Prometheus (OpenMetrics text) metrics of the daemon.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `tryswap_reloads_total` | counter | `slot`, `mode`, `outcome`, `failed_stage` (empty unless rolled back) |
+//! | `tryswap_reload_stage_duration_seconds` | histogram | `stage` (time from the previous stage) |
+//! | `tryswap_restarts_total` | counter | `slot` (keep-alive restarts) |
+//! | `tryswap_active_generation` | gauge | `slot` |
+//! | `tryswap_plugin_up` | gauge | `slot` (1 when the active generation runs) |
+//! | `tryswap_slot_failing` | gauge | `slot` (1 when it keeps crashing) |
+//! | `tryswap_slot_healthy` | gauge | `slot` (1 healthy, 0 unhealthy, absent while unknown) |
+//! | `tryswap_journal_flushes_total` | counter | — (write-ahead flushes) |
+//! | `tryswap_journal_last_seq` | gauge | — |
+//!
+//! Reload counts and stage durations are folded from the journal records as they are
+//! appended (every reload of the daemon, API, CLI through the socket or config reload);
+//! gauges are read from the supervisor and the monitor at scrape time.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tryswap::monitor::{KeepAliveState, Monitor, MonitorEvent, MonitorEventKind};
+use tryswap::supervisor::Supervisor;
+use tryswap_fsm::{EventKind, ReloadId};
+use tryswap_journal::Record;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    slot: String,
+    mode: String,
+    outcome: String,
+    failed_stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotLabels {
+    slot: String,
+}
+
+fn stage_histogram() -> Histogram {
+    // 1 ms … ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The daemon's metrics registry and the state needed to fold records into it.
+pub struct Metrics {
+    registry: Registry,
+    reloads: Family<ReloadLabels, Counter>,
+    stages: Family<StageLabels, Histogram, fn() -> Histogram>,
+    restarts: Family<SlotLabels, Counter>,
+    active_generation: Family<SlotLabels, Gauge>,
+    plugin_up: Family<SlotLabels, Gauge>,
+    failing: Family<SlotLabels, Gauge>,
+    healthy: Family<SlotLabels, Gauge>,
+    flushes: Counter,
+    last_seq: Gauge,
+    /// Reloads in progress: mode and time of their last record.
+    open: std::sync::Mutex<HashMap<ReloadId, (&'static str, DateTime<Utc>)>>,
+}
+
+impl Metrics {
+    /// An empty registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let stages: Family<StageLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(stage_histogram);
+        let restarts = Family::<SlotLabels, Counter>::default();
+        let active_generation = Family::<SlotLabels, Gauge>::default();
+        let plugin_up = Family::<SlotLabels, Gauge>::default();
+        let failing = Family::<SlotLabels, Gauge>::default();
+        let healthy = Family::<SlotLabels, Gauge>::default();
+        let flushes = Counter::default();
+        let last_seq = Gauge::default();
+        registry.register(
+            "tryswap_reloads",
+            "Finished reloads by slot, mode, outcome and failed stage",
+            reloads.clone(),
+        );
+        registry.register(
+            "tryswap_reload_stage_duration_seconds",
+            "Time a reload spent reaching each stage from the previous one",
+            stages.clone(),
+        );
+        registry.register(
+            "tryswap_restarts",
+            "Restarts of crashed active generations by the keep-alive",
+            restarts.clone(),
+        );
+        registry.register(
+            "tryswap_active_generation",
+            "The slot's active generation number",
+            active_generation.clone(),
+        );
+        registry.register(
+            "tryswap_plugin_up",
+            "1 when the slot's active generation runs",
+            plugin_up.clone(),
+        );
+        registry.register(
+            "tryswap_slot_failing",
+            "1 when the slot's active generation keeps crashing",
+            failing.clone(),
+        );
+        registry.register(
+            "tryswap_slot_healthy",
+            "Periodic probe result of the active generation (1 healthy, 0 unhealthy)",
+            healthy.clone(),
+        );
+        registry.register(
+            "tryswap_journal_flushes",
+            "Write-ahead journal flushes (after Staged and Activated records)",
+            flushes.clone(),
+        );
+        registry.register(
+            "tryswap_journal_last_seq",
+            "Sequence number of the journal's last record",
+            last_seq.clone(),
+        );
+        Metrics {
+            registry,
+            reloads,
+            stages,
+            restarts,
+            active_generation,
+            plugin_up,
+            failing,
+            healthy,
+            flushes,
+            last_seq,
+            open: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Folds one journal record into the reload counters and stage durations.
+    pub fn observe_record(&self, record: &Record) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let finish = |mode: &str, outcome: &str, failed_stage: &str| {
+            self.reloads
+                .get_or_create(&ReloadLabels {
+                    slot: record.slot.to_string(),
+                    mode: mode.to_owned(),
+                    outcome: outcome.to_owned(),
+                    failed_stage: failed_stage.to_owned(),
+                })
+                .inc();
+        };
+        match &record.event {
+            EventKind::Staged { mode, .. } => {
+                open.insert(record.reload, (mode.name(), record.at));
+            }
+            EventKind::StagingFailed { mode, .. } => finish(mode.name(), "rolled_back", "staged"),
+            EventKind::Launched { .. }
+            | EventKind::Validated { .. }
+            | EventKind::Probed
+            | EventKind::Activated
+            | EventKind::DryRunPassed
+            | EventKind::RolledBack { .. } => {
+                let Some((mode, last)) = open.get(&record.reload).copied() else {
+                    return; // started before the daemon, or a slot-level record
+                };
+                let seconds = (record.at - last)
+                    .num_microseconds()
+                    .map_or(0.0, |us| us as f64 / 1e6);
+                self.stages
+                    .get_or_create(&StageLabels {
+                        stage: record.event.name().to_owned(),
+                    })
+                    .observe(seconds.max(0.0));
+                match &record.event {
+                    EventKind::Activated => finish(mode, "active", ""),
+                    EventKind::DryRunPassed => finish(mode, "dry_run_passed", ""),
+                    EventKind::RolledBack { stage, .. } => {
+                        finish(mode, "rolled_back", stage.name())
+                    }
+                    _ => {
+                        open.insert(record.reload, (mode, record.at));
+                        return;
+                    }
+                }
+                open.remove(&record.reload);
+            }
+            EventKind::Retired { .. }
+            | EventKind::Relaunched { .. }
+            | EventKind::Stopped { .. } => {}
+        }
+    }
+
+    /// Counts keep-alive restarts.
+    pub fn observe_monitor(&self, event: &MonitorEvent) {
+        if let MonitorEventKind::Restarted { .. } = event.kind {
+            self.restarts
+                .get_or_create(&SlotLabels {
+                    slot: event.slot.clone(),
+                })
+                .inc();
+        }
+    }
+
+    /// Refreshes the gauges and renders every metric as OpenMetrics text.
+    pub fn render(&self, supervisor: &Supervisor, monitor: Option<&Monitor>) -> String {
+        let journal = supervisor.journal();
+        let flushes = journal.flush_count();
+        let counted = self.flushes.get();
+        if flushes > counted {
+            self.flushes.inc_by(flushes - counted);
+        }
+        self.last_seq
+            .set(i64::try_from(journal.last_seq()).unwrap_or(i64::MAX));
+        self.active_generation.clear();
+        self.plugin_up.clear();
+        match supervisor.status(None) {
+            Ok(status) => {
+                for slot in status.slots {
+                    let labels = SlotLabels {
+                        slot: slot.slot.clone(),
+                    };
+                    let (generation, up) = slot
+                        .active
+                        .as_ref()
+                        .map_or((0, false), |a| (a.generation, a.alive));
+                    self.active_generation
+                        .get_or_create(&labels)
+                        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                    self.plugin_up.get_or_create(&labels).set(i64::from(up));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: reading slot status"),
+        }
+        self.failing.clear();
+        self.healthy.clear();
+        if let Some(monitor) = monitor {
+            for health in monitor.health() {
+                let labels = SlotLabels {
+                    slot: health.slot.clone(),
+                };
+                self.failing
+                    .get_or_create(&labels)
+                    .set(i64::from(health.state == KeepAliveState::Failing));
+                if let Some(healthy) = health.healthy {
+                    self.healthy.get_or_create(&labels).set(i64::from(healthy));
+                }
+            }
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        text
+    }
+}

@@ -1,0 +1,338 @@
+//! `tryswap serve`: the daemon.
+//!
+//! 1. Opens the state directory (the journal lock makes it the only writer), registers the
+//!    configured slots, and binds the admin socket `<state-dir>/<admin.socket>` (mode
+//!    0600; a stale socket file of a dead daemon is replaced, a live one is refused) and,
+//!    with `admin.listen` and `admin.token_file`, TCP with a bearer token.
+//! 2. Runs recovery (reattach or relaunch every active generation); meanwhile the API
+//!    answers 503. Then starts the keep-alive [`Monitor`] and tells systemd `READY=1`.
+//! 3. Serves until SIGTERM or SIGINT. SIGHUP re-reads the config file and applies it as
+//!    one transaction (`RELOADING=1` … `READY=1`).
+//! 4. Shutdown (`STOPPING=1`): stops accepting, lets requests and reloads in flight finish
+//!    (a reload always ends active or rolled back), stops the keep-alive, stops every
+//!    plugin unless `--keep-plugins` (the journal keeps the active markers either way, so
+//!    the next start reattaches or relaunches them), flushes the journal, removes the
+//!    socket, exits 0.
+
+pub mod events;
+pub mod metrics;
+pub mod notify;
+pub mod server;
+
+use std::future::IntoFuture;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tryswap::monitor::{Monitor, MonitorOptions};
+use tryswap::supervisor::{Supervisor, SupervisorError};
+use tryswap_journal::JournalError;
+
+use self::metrics::Metrics;
+use self::server::{AppState, Auth};
+use crate::{CliError, Context, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
+
+/// How long shutdown waits for requests and reloads in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
+
+/// Removes the admin socket file when the daemon ends.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(socket = %self.0.display(), error = %e, "removing the admin socket");
+            }
+        }
+    }
+}
+
+fn io_error(what: String) -> impl FnOnce(std::io::Error) -> CliError {
+    move |e| CliError::new(EXIT_ERROR, format!("{what}: {e}"))
+}
+
+/// Whether something answers on the Unix socket `path`.
+pub async fn socket_answers(path: &Path) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(path)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Makes way for our socket: refuses if a daemon answers on it, removes a stale one.
+async fn claim_socket(path: &Path, state_dir: &Path) -> Result<(), CliError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(format!("checking {}", path.display()))(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(CliError::new(
+            EXIT_ERROR,
+            format!(
+                "{} exists and is not a socket; refusing to replace it (check admin.socket)",
+                path.display()
+            ),
+        ));
+    }
+    if socket_answers(path).await {
+        return Err(CliError::new(
+            EXIT_CONFLICT,
+            format!(
+                "a tryswap daemon already serves {} (its admin socket {} answers)",
+                state_dir.display(),
+                path.display()
+            ),
+        ));
+    }
+    std::fs::remove_file(path).map_err(io_error(format!(
+        "removing the stale socket {}",
+        path.display()
+    )))?;
+    tracing::info!(socket = %path.display(), "removed a stale admin socket");
+    Ok(())
+}
+
+/// Binds the socket under a temporary name, makes it 0600, then renames it into place, so
+/// it is never reachable with looser permissions.
+fn bind_socket(path: &Path) -> Result<UnixListener, CliError> {
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(io_error(format!(
+        "binding the admin socket {} (paths are limited to 107 bytes)",
+        path.display()
+    )))?;
+    let result = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error(format!(
+            "installing the admin socket {}",
+            path.display()
+        ))(e));
+    }
+    Ok(listener)
+}
+
+fn read_token(path: &Path) -> Result<Arc<str>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(io_error(format!(
+        "reading admin.token_file {}",
+        path.display()
+    )))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(CliError::new(
+            EXIT_ERROR,
+            format!("admin.token_file {} is empty", path.display()),
+        ));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), "admin.token_file is readable by group or others");
+        }
+    }
+    Ok(Arc::from(token))
+}
+
+fn spawn_server<L>(
+    listener: L,
+    state: &Arc<AppState>,
+    auth: Auth,
+) -> JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let app = server::router(Arc::clone(state)).layer(axum::middleware::from_fn_with_state(
+        auth,
+        server::authorize,
+    ));
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::spawn(serve)
+}
+
+async fn wait_server(name: &str, task: JoinHandle<std::io::Result<()>>) {
+    match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(listener = name, error = %e, "admin API server failed"),
+        Ok(Err(e)) => tracing::error!(listener = name, error = %e, "admin API server task failed"),
+        Err(_) => tracing::error!(
+            listener = name,
+            "admin API did not finish its requests in time"
+        ),
+    }
+}
+
+/// `tryswap serve [--keep-plugins]`: runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
+    let state_dir = &ctx.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(io_error(format!(
+        "creating the state directory {}",
+        state_dir.display()
+    )))?;
+    let admin = &ctx.config.admin;
+    let socket = server::socket_path(state_dir, admin);
+    let supervisor = match Supervisor::open(state_dir) {
+        Ok(supervisor) => supervisor,
+        Err(e @ SupervisorError::Journal(JournalError::Locked { .. })) => {
+            if socket_answers(&socket).await {
+                return Err(CliError::new(
+                    EXIT_CONFLICT,
+                    format!(
+                        "a tryswap daemon already serves {} (its admin socket {} answers)",
+                        state_dir.display(),
+                        socket.display()
+                    ),
+                ));
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for slot in &ctx.config.slots {
+        supervisor.add_process_slot(slot.clone());
+    }
+    let token = match &admin.token_file {
+        Some(file) if file.is_absolute() => Some(read_token(file)?),
+        Some(file) => Some(read_token(&state_dir.join(file))?),
+        None => None,
+    };
+    // Signals are caught from now on (a signal during recovery waits for it to finish).
+    let signal_error =
+        |e: std::io::Error| CliError::new(EXIT_ERROR, format!("installing signal handlers: {e}"));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(signal_error)?;
+
+    claim_socket(&socket, state_dir).await?;
+    let unix = bind_socket(&socket)?;
+    let _socket_file = SocketFile(socket.clone());
+    let tcp = match (admin.listen, &token) {
+        (Some(addr), Some(_)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(io_error(format!("binding admin.listen {addr}")))?,
+        ),
+        _ => None,
+    };
+
+    let state = Arc::new(AppState {
+        supervisor: supervisor.clone(),
+        monitor: OnceLock::new(),
+        metrics: Metrics::new(),
+        ready: AtomicBool::new(false),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        config_path: ctx.config_path.clone(),
+        started_with: (admin.clone(), ctx.config.state_dir.clone()),
+        config_busy: tokio::sync::Mutex::new(()),
+    });
+    let unix_server = spawn_server(
+        unix,
+        &state,
+        Auth {
+            token: token.clone(),
+            required: false,
+        },
+    );
+    let tcp_server = tcp.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "admin API on TCP (bearer token required)");
+        }
+        spawn_server(
+            listener,
+            &state,
+            Auth {
+                token: token.clone(),
+                required: true,
+            },
+        )
+    });
+    tracing::info!(socket = %socket.display(), "admin API listening; running recovery");
+
+    let recovered = supervisor.recover().await;
+    // Recovery logs its actions itself.
+    let outcome = recovered.map(drop).map_err(CliError::from);
+    if outcome.is_ok() {
+        let monitor = Monitor::start(supervisor.clone(), MonitorOptions::default());
+        let mut records = supervisor.subscribe();
+        let mut monitored = monitor.subscribe();
+        let _ = state.monitor.set(monitor);
+        let metrics_state = Arc::clone(&state);
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = records.recv() => match r {
+                        Ok(record) => metrics_state.metrics.observe_record(&record),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    },
+                    m = monitored.recv() => match m {
+                        Ok(event) => metrics_state.metrics.observe_monitor(&event),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    },
+                }
+            }
+        });
+        state.ready.store(true, Ordering::SeqCst);
+        let slots = ctx.config.slots.len();
+        notify::ready(&format!("serving {slots} slot(s)"));
+        tracing::info!(slots, "ready");
+
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = sighup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let st = Arc::clone(&state);
+                    state.tasks.spawn(async move {
+                        if let Err(e) = st.reload_config(false).await {
+                            tracing::error!(error = e.message(), "SIGHUP config reload failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    // Shutdown.
+    notify::stopping();
+    state.shutdown.cancel();
+    wait_server("unix", unix_server).await;
+    if let Some(tcp_server) = tcp_server {
+        wait_server("tcp", tcp_server).await;
+    }
+    state.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!("reloads in flight did not finish in time");
+    }
+    if let Some(monitor) = state.monitor.get() {
+        monitor.shutdown().await;
+    }
+    if keep_plugins {
+        if let Err(e) = supervisor.journal().flush() {
+            tracing::error!(error = %e, "flushing the journal at shutdown");
+        }
+        tracing::info!("plugins keep running (--keep-plugins)");
+    } else {
+        supervisor.shutdown().await;
+    }
+    outcome.map(|()| EXIT_OK)
+}

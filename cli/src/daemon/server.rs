@@ -1,0 +1,835 @@
+//! The admin API (DESIGN.md "Admin API"): HTTP/1.1 JSON with axum, on the Unix socket and,
+//! with a bearer token, on TCP.
+//!
+//! | route | does | status |
+//! |---|---|---|
+//! | `GET /healthz` | readiness (no token needed) | 200 ready, 503 recovering or stopping |
+//! | `GET /metrics` | Prometheus text | 200 |
+//! | `GET /v1/slots` | `status` | 200 |
+//! | `GET /v1/slots/{slot}` | one slot of `status` | 200, 404 |
+//! | `GET /v1/slots/{slot}/history` | `history` | 200 |
+//! | `POST /v1/slots/{slot}/reloads` | activate / try / rollback, answers when done | 200 active or dry run passed, 422 rejected (the report), 409 in progress, 404, 400 |
+//! | `POST /v1/slots/{slot}/start`, `…/stop` | `start` / `stop` | 200, 404, 409 |
+//! | `GET /v1/reloads/{id}` | one reload's report | 200, 404, 400 |
+//! | `POST /v1/recover` | `recover` | 200 |
+//! | `POST /v1/config/reload` | re-read the config file, apply it as one transaction | 200, 422 rolled back, 400 invalid config, 409 |
+//! | `GET /v1/events` | server-sent events (see [`super::events`]) | 200 |
+//! | `GET /v1/monitor` | keep-alive state of every slot | 200 |
+//! | `GET /v1/journal/verify`, `GET /v1/journal/replay?until=SEQ`, `POST /v1/journal/compact` | `tryswap journal …` (records: `/v1/events?follow=false&from=SEQ`) | 200 |
+//!
+//! Every `/v1` route answers 503 until recovery finished and once shutdown began. Errors
+//! are `{"error": message, "exit_code": n}` with the exit code the CLI uses for the same
+//! failure. With `Accept: text/plain`, successful answers (and 422 reports) are the text
+//! the CLI prints, so the CLI's output is the same with or without a daemon.
+//!
+//! Reloads, starts, stops and recovery run on tasks of their own: a client that hangs up
+//! does not cancel them, and shutdown waits for them.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tryswap::config::{AdminConfig, Config};
+use tryswap::config_reload::{ConfigOutcome, ConfigReloadReport};
+use tryswap::monitor::Monitor;
+use tryswap::report::{Outcome, ReloadReport, StatusReport};
+use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
+use tryswap_fsm::{Generation, Rejected, ReloadId, SlotName};
+use tryswap_journal::JournalError;
+
+use super::events;
+use super::metrics::Metrics;
+use super::notify;
+use crate::{render, CliError, EXIT_CONFLICT, EXIT_ERROR};
+
+/// Response header with the journal's last sequence number when a reload answered: a
+/// client printing progress from `/v1/events` reads the stream up to it.
+pub const LAST_SEQ_HEADER: &str = "x-tryswap-last-seq";
+
+/// Response header with the CLI exit code of an answer whose status alone does not tell
+/// it (`journal verify`).
+pub const EXIT_CODE_HEADER: &str = "x-tryswap-exit-code";
+
+/// Everything the routes share.
+pub struct AppState {
+    /// The supervisor of the state directory.
+    pub supervisor: Supervisor,
+    /// The keep-alive, once recovery finished.
+    pub monitor: OnceLock<Monitor>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Set when recovery finished.
+    pub ready: AtomicBool,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Reloads, starts, stops, recoveries and config reloads under way.
+    pub tasks: TaskTracker,
+    /// The config file `reload-config` and SIGHUP re-read.
+    pub config_path: PathBuf,
+    /// The `[admin]` table and `state_dir` in force (changes need a restart).
+    pub started_with: (AdminConfig, Option<PathBuf>),
+    /// Serializes config reloads.
+    pub config_busy: tokio::sync::Mutex<()>,
+}
+
+/// An error answer: `{"error": message, "exit_code": n}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    exit_code: u8,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, exit_code: u8, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            exit_code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, EXIT_ERROR, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, EXIT_ERROR, message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, EXIT_ERROR, message)
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<SupervisorError> for ApiError {
+    fn from(e: SupervisorError) -> Self {
+        let status = match &e {
+            SupervisorError::Conflict { .. } => StatusCode::CONFLICT,
+            SupervisorError::UnknownSlot(_) => StatusCode::NOT_FOUND,
+            SupervisorError::NoActive(_)
+            | SupervisorError::NoPrevious(_)
+            | SupervisorError::UnknownGeneration { .. } => StatusCode::BAD_REQUEST,
+            SupervisorError::Rejected {
+                rejected: Rejected::Conflict { .. },
+                ..
+            } => StatusCode::CONFLICT,
+            SupervisorError::Rejected { .. } => StatusCode::BAD_REQUEST,
+            SupervisorError::Journal(JournalError::Locked { .. }) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = e.to_string();
+        // The exit code the CLI gives the same error without a daemon.
+        let exit_code = CliError::from(e).code;
+        ApiError::new(status, exit_code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.message, "exit_code": self.exit_code});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain"))
+}
+
+/// The JSON of `value`, or `text` when the client asked for text.
+fn reply<T: Serialize>(status: StatusCode, value: &T, text: Option<String>) -> ApiResult {
+    match text {
+        Some(text) => Ok((
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            text,
+        )
+            .into_response()),
+        None => {
+            let body = serde_json::to_string(value)
+                .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+            Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+    }
+}
+
+impl AppState {
+    fn ready(&self) -> Result<(), ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                EXIT_ERROR,
+                "the daemon is shutting down",
+            ));
+        }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                EXIT_ERROR,
+                "not ready: the daemon is still running recovery",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Re-reads the config file and applies it as one transaction (`reload-config`,
+    /// SIGHUP). An invalid file changes nothing and names the offending line.
+    pub async fn reload_config(&self, dry_run: bool) -> Result<ConfigReloadReport, ApiError> {
+        let Ok(_busy) = self.config_busy.try_lock() else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                EXIT_CONFLICT,
+                "a config reload is already in progress",
+            ));
+        };
+        let config = Config::load(&self.config_path)
+            .map_err(|e| ApiError::bad_request(format!("the config was not reloaded: {e}")))?;
+        if !dry_run {
+            notify::reloading();
+        }
+        let result = self.supervisor.apply_config(&config, dry_run).await;
+        if !dry_run {
+            notify::ready("serving");
+        }
+        let mut report = result?;
+        let (admin, state_dir) = &self.started_with;
+        if &config.admin != admin {
+            report.restart_required.push("[admin]".to_owned());
+        }
+        if &config.state_dir != state_dir {
+            report.restart_required.push("state_dir".to_owned());
+        }
+        match report.outcome {
+            ConfigOutcome::RolledBack => {
+                tracing::warn!(error = ?report.error, "config reload rolled back")
+            }
+            outcome => tracing::info!(?outcome, "config reload"),
+        }
+        Ok(report)
+    }
+}
+
+type St = State<Arc<AppState>>;
+
+/// Every route, sharing `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/slots", get(slots))
+        .route("/v1/slots/{slot}", get(one_slot))
+        .route("/v1/slots/{slot}/history", get(history))
+        .route("/v1/slots/{slot}/reloads", post(reload))
+        .route("/v1/slots/{slot}/start", post(start))
+        .route("/v1/slots/{slot}/stop", post(stop))
+        .route("/v1/reloads/{id}", get(reload_status))
+        .route("/v1/recover", post(recover))
+        .route("/v1/config/reload", post(config_reload))
+        .route("/v1/events", get(events))
+        .route("/v1/monitor", get(monitor))
+        .route("/v1/journal/verify", get(journal_verify))
+        .route("/v1/journal/replay", get(journal_replay))
+        .route("/v1/journal/compact", post(journal_compact))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Who may call the API on one listener.
+#[derive(Clone)]
+pub struct Auth {
+    /// The bearer token, if one is configured.
+    pub token: Option<Arc<str>>,
+    /// Whether a token is required (TCP) or only checked when given (Unix socket).
+    pub required: bool,
+}
+
+/// Middleware: checks `Authorization: Bearer <token>` in constant time. `/healthz` is
+/// open. On the socket a token is optional, but a wrong one is refused.
+pub async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")));
+    let allowed = match (given, &auth.token) {
+        (None, _) => !auth.required,
+        (Some(Some(given)), Some(token)) => bool::from(given.as_bytes().ct_eq(token.as_bytes())),
+        (Some(_), _) => false,
+    };
+    if allowed {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        EXIT_ERROR,
+        "missing or wrong bearer token (Authorization: Bearer <the token in admin.token_file>)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+fn slot_name(slot: &str) -> Result<SlotName, ApiError> {
+    SlotName::new(slot).map_err(|e| ApiError::not_found(format!("unknown slot: {e}")))
+}
+
+async fn healthz(State(st): St) -> Response {
+    let (status, state) = if st.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if st.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering")
+    };
+    (status, axum::Json(serde_json::json!({"status": state}))).into_response()
+}
+
+async fn metrics(State(st): St) -> Response {
+    let text = st.metrics.render(&st.supervisor, st.monitor.get());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn slots(State(st): St, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let report = st.supervisor.status(None)?;
+    let text = wants_text(&headers).then(|| render::status_text(&report));
+    reply(StatusCode::OK, &report, text)
+}
+
+async fn one_slot(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let slot = slot_name(&slot)?;
+    let report = st.supervisor.status(Some(&slot))?;
+    if wants_text(&headers) {
+        return reply(StatusCode::OK, &(), Some(render::status_text(&report)));
+    }
+    match report.slots.first() {
+        Some(one) => reply(StatusCode::OK, one, None),
+        None => Err(ApiError::not_found(format!("unknown slot {slot}"))),
+    }
+}
+
+async fn history(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let slot = slot_name(&slot)?;
+    let report = st.supervisor.history(&slot)?;
+    let text = wants_text(&headers).then(|| render::history_text(&report));
+    reply(StatusCode::OK, &report, text)
+}
+
+/// A parsed `POST /v1/slots/{slot}/reloads` body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadRequest {
+    /// `{"artifact": …, "config_file": …, "dry_run": …}`.
+    Candidate {
+        /// The candidate and its config file.
+        spec: CandidateSpec,
+        /// Try only.
+        dry_run: bool,
+    },
+    /// `{"rollback": true}` or `{"rollback_to": N}`.
+    Rollback {
+        /// The generation to bring back (default: the previous one).
+        to: Option<Generation>,
+    },
+}
+
+const RELOAD_FIELDS: &str = "artifact, config_file, dry_run, rollback, rollback_to";
+
+fn path_field(
+    body: &Map<String, Value>,
+    field: &str,
+    what: &str,
+) -> Result<Option<PathBuf>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(ApiError::bad_request(format!(
+            "field `{field}` must not be empty ({what})"
+        ))),
+        Some(Value::String(s)) if s.contains('\0') => Err(ApiError::bad_request(format!(
+            "field `{field}` must not contain a NUL character"
+        ))),
+        Some(Value::String(s)) => Ok(Some(PathBuf::from(s))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "field `{field}` must be a string ({what}), not {}",
+            kind_of(other)
+        ))),
+    }
+}
+
+fn bool_field(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "field `{field}` must be true or false, not {}",
+            kind_of(other)
+        ))),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn json_object(body: &[u8], example: &str) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "the body is empty: expected a JSON object such as {example}"
+        )));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::bad_request(format!(
+            "the body must be a JSON object such as {example}, not {}",
+            kind_of(&other)
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Parses and checks a reload body; errors name the offending field.
+pub fn parse_reload_body(body: &[u8]) -> Result<ReloadRequest, ApiError> {
+    let map = json_object(body, r#"{"artifact": "/path/to/plugin"}"#)?;
+    for key in map.keys() {
+        if !RELOAD_FIELDS.split(", ").any(|f| f == key) {
+            return Err(ApiError::bad_request(format!(
+                "unknown field `{key}` (expected one of {RELOAD_FIELDS})"
+            )));
+        }
+    }
+    let artifact = path_field(&map, "artifact", "the candidate plugin executable's path")?;
+    let config_file = path_field(&map, "config_file", "the candidate's config file path")?;
+    let dry_run = bool_field(&map, "dry_run")?;
+    let rollback = bool_field(&map, "rollback")?.unwrap_or(false);
+    let rollback_to = match map.get("rollback_to") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64().filter(|g| *g > 0) {
+            Some(g) => Some(Generation(g)),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "field `rollback_to` must be a generation number (a positive integer), not {n}"
+                )))
+            }
+        },
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "field `rollback_to` must be a generation number, not {}",
+                kind_of(other)
+            )))
+        }
+    };
+    if rollback || rollback_to.is_some() {
+        let with = if rollback_to.is_some() {
+            "rollback_to"
+        } else {
+            "rollback"
+        };
+        for (field, given) in [
+            ("artifact", artifact.is_some()),
+            ("config_file", config_file.is_some()),
+            ("dry_run", dry_run == Some(true)),
+        ] {
+            if given {
+                return Err(ApiError::bad_request(format!(
+                    "field `{field}` is not allowed with `{with}`: a rollback reactivates a stored generation"
+                )));
+            }
+        }
+        return Ok(ReloadRequest::Rollback { to: rollback_to });
+    }
+    let Some(artifact) = artifact else {
+        return Err(ApiError::bad_request(
+            "field `artifact` is required: the candidate plugin executable's path (or give `rollback`: true)",
+        ));
+    };
+    Ok(ReloadRequest::Candidate {
+        spec: CandidateSpec {
+            executable: Some(artifact),
+            config: config_file,
+        },
+        dry_run: dry_run.unwrap_or(false),
+    })
+}
+
+async fn reload(
+    State(st): St,
+    Path(slot): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    st.ready()?;
+    let slot = slot_name(&slot)?;
+    let request = parse_reload_body(&body)?;
+    let supervisor = st.supervisor.clone();
+    let task_slot = slot.clone();
+    let task = st.tasks.spawn(async move {
+        let slot = &task_slot;
+        match request {
+            ReloadRequest::Candidate {
+                spec,
+                dry_run: false,
+            } => supervisor.activate(slot, spec).await,
+            ReloadRequest::Candidate {
+                spec,
+                dry_run: true,
+            } => supervisor.try_activate(slot, spec).await,
+            ReloadRequest::Rollback { to } => supervisor.rollback(slot, to).await,
+        }
+    });
+    let report: ReloadReport = task
+        .await
+        .map_err(|e| ApiError::internal(format!("slot {slot}: the reload task failed: {e}")))??;
+    let status = match report.outcome {
+        Outcome::Active | Outcome::DryRunPassed => StatusCode::OK,
+        Outcome::RolledBack | Outcome::InProgress => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let text = wants_text(&headers).then(|| render::reload_summary_text(&report));
+    let mut response = reply(status, &report, text)?;
+    let last = st.supervisor.journal().last_seq();
+    response
+        .headers_mut()
+        .insert(LAST_SEQ_HEADER, HeaderValue::from(last));
+    Ok(response)
+}
+
+async fn reload_status(State(st): St, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let id: ReloadId = id
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("reload id {id:?} is not a UUID: {e}")))?;
+    let view = st
+        .supervisor
+        .journal()
+        .reload(&id)
+        .map_err(SupervisorError::from)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown reload {id} (never made, or compacted away)"
+            ))
+        })?;
+    let report = ReloadReport::from_view(&view, None, None);
+    let text = wants_text(&headers).then(|| render::reload_summary_text(&report));
+    reply(StatusCode::OK, &report, text)
+}
+
+#[derive(Serialize)]
+struct Started<'a> {
+    slot: &'a str,
+    generation: u64,
+    status: &'a StatusReport,
+}
+
+async fn start(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let slot = slot_name(&slot)?;
+    let supervisor = st.supervisor.clone();
+    let task_slot = slot.clone();
+    let generation = st
+        .tasks
+        .spawn(async move { supervisor.start(&task_slot).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("slot {slot}: the start task failed: {e}")))??;
+    let status = st.supervisor.status(Some(&slot))?;
+    let text = wants_text(&headers).then(|| render::started_text(slot.as_str(), generation.0));
+    let started = Started {
+        slot: slot.as_str(),
+        generation: generation.0,
+        status: &status,
+    };
+    reply(StatusCode::OK, &started, text)
+}
+
+async fn stop(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let slot = slot_name(&slot)?;
+    let supervisor = st.supervisor.clone();
+    let task_slot = slot.clone();
+    let stopped = st
+        .tasks
+        .spawn(async move { supervisor.stop(&task_slot).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("slot {slot}: the stop task failed: {e}")))??
+        .map(|g| g.0);
+    let text = wants_text(&headers).then(|| render::stopped_text(slot.as_str(), stopped));
+    reply(
+        StatusCode::OK,
+        &render::stopped_json(slot.as_str(), stopped),
+        text,
+    )
+}
+
+async fn recover(State(st): St, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let supervisor = st.supervisor.clone();
+    let report = st
+        .tasks
+        .spawn(async move { supervisor.recover().await })
+        .await
+        .map_err(|e| ApiError::internal(format!("the recovery task failed: {e}")))??;
+    let text = wants_text(&headers).then(|| render::recovery_text(&report));
+    reply(StatusCode::OK, &report, text)
+}
+
+/// Parses a `POST /v1/config/reload` body: empty, or `{"dry_run": bool}`.
+pub fn parse_config_reload_body(body: &[u8]) -> Result<bool, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
+    }
+    let map = json_object(body, r#"{"dry_run": false}"#)?;
+    if let Some(key) = map.keys().find(|k| k.as_str() != "dry_run") {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{key}` (expected dry_run)"
+        )));
+    }
+    Ok(bool_field(&map, "dry_run")?.unwrap_or(false))
+}
+
+async fn config_reload(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
+    st.ready()?;
+    let dry_run = parse_config_reload_body(&body)?;
+    let state = Arc::clone(&st);
+    let report = st
+        .tasks
+        .spawn(async move { state.reload_config(dry_run).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("the config reload task failed: {e}")))??;
+    let status = match report.outcome {
+        ConfigOutcome::RolledBack => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
+    };
+    let text = wants_text(&headers).then(|| render::config_reload_text(&report));
+    reply(status, &report, text)
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// First record sequence number to send (default: only new records).
+    pub from: Option<u64>,
+    /// Keep streaming (default true); false ends after the current backlog.
+    pub follow: Option<bool>,
+    /// Only this slot.
+    pub slot: Option<String>,
+    /// Only this reload's records.
+    pub reload: Option<String>,
+}
+
+async fn events(State(st): St, Query(query): Query<EventsQuery>) -> Result<Response, ApiError> {
+    if st.shutdown.is_cancelled() {
+        st.ready()?;
+    }
+    let filter = events::Filter {
+        slot: query.slot.as_deref().map(slot_name).transpose()?,
+        reload: query
+            .reload
+            .as_deref()
+            .map(|r| {
+                r.parse::<ReloadId>().map_err(|e| {
+                    ApiError::bad_request(format!("query `reload`: {r:?} is not a UUID: {e}"))
+                })
+            })
+            .transpose()?,
+    };
+    let stream = events::stream(
+        st.supervisor.clone(),
+        st.monitor.get().map(Monitor::subscribe),
+        query.from,
+        query.follow.unwrap_or(true),
+        filter,
+        st.shutdown.clone(),
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+async fn monitor(State(st): St) -> ApiResult {
+    st.ready()?;
+    let slots = st.monitor.get().map(Monitor::health).unwrap_or_default();
+    reply(StatusCode::OK, &serde_json::json!({"slots": slots}), None)
+}
+
+/// `GET /v1/journal/verify`: the verify report; the CLI's exit code (0 ok, 4 corrupt) in
+/// [`EXIT_CODE_HEADER`].
+async fn journal_verify(State(st): St, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let report = st
+        .supervisor
+        .journal()
+        .verify()
+        .map_err(SupervisorError::from)?;
+    let text = wants_text(&headers).then(|| crate::journal_cmd::verify_text(&report));
+    let mut response = reply(StatusCode::OK, &report, text)?;
+    response.headers_mut().insert(
+        EXIT_CODE_HEADER,
+        HeaderValue::from(u16::from(crate::journal_cmd::verify_code(&report))),
+    );
+    Ok(response)
+}
+
+/// Query of `GET /v1/journal/replay`.
+#[derive(Debug, Deserialize)]
+pub struct ReplayQuery {
+    /// Last sequence number to apply.
+    pub until: u64,
+}
+
+/// `GET /v1/journal/replay?until=SEQ`: every slot and reload as of `SEQ`.
+async fn journal_replay(State(st): St, Query(query): Query<ReplayQuery>) -> ApiResult {
+    st.ready()?;
+    let state = st
+        .supervisor
+        .journal()
+        .replay(query.until)
+        .map_err(SupervisorError::from)?;
+    reply(StatusCode::OK, &state, None)
+}
+
+/// `POST /v1/journal/compact` with `{"keep": N}` (default 100).
+async fn journal_compact(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
+    st.ready()?;
+    let keep = if body.iter().all(u8::is_ascii_whitespace) {
+        tryswap_journal::DEFAULT_KEEP_PER_SLOT
+    } else {
+        let map = json_object(&body, r#"{"keep": 100}"#)?;
+        if let Some(key) = map.keys().find(|k| k.as_str() != "keep") {
+            return Err(ApiError::bad_request(format!(
+                "unknown field `{key}` (expected keep)"
+            )));
+        }
+        match map.get("keep") {
+            None | Some(Value::Null) => tryswap_journal::DEFAULT_KEEP_PER_SLOT,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|k| usize::try_from(k).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "field `keep` must be a non-negative integer, not {n}"
+                    ))
+                })?,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "field `keep` must be a non-negative integer, not {}",
+                    kind_of(other)
+                )))
+            }
+        }
+    };
+    let supervisor = st.supervisor.clone();
+    let report = st
+        .tasks
+        .spawn_blocking(move || supervisor.journal().compact(keep))
+        .await
+        .map_err(|e| ApiError::internal(format!("the compaction task failed: {e}")))?
+        .map_err(SupervisorError::from)?;
+    let text = wants_text(&headers).then(|| crate::journal_cmd::compact_text(&report));
+    reply(StatusCode::OK, &report, text)
+}
+
+/// The admin socket's path: `admin.socket`, relative to the state directory.
+pub fn socket_path(state_dir: &FsPath, admin: &AdminConfig) -> PathBuf {
+    if admin.socket.is_absolute() {
+        admin.socket.clone()
+    } else {
+        state_dir.join(&admin.socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(body: &str) -> String {
+        parse_reload_body(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn reload_bodies_are_parsed_and_bad_ones_name_the_field() {
+        assert_eq!(
+            parse_reload_body(br#"{"artifact":"/p","config_file":"/c","dry_run":true}"#).unwrap(),
+            ReloadRequest::Candidate {
+                spec: CandidateSpec::executable("/p").with_config("/c"),
+                dry_run: true
+            }
+        );
+        assert_eq!(
+            parse_reload_body(br#"{"rollback_to":2}"#).unwrap(),
+            ReloadRequest::Rollback {
+                to: Some(Generation(2))
+            }
+        );
+        assert_eq!(
+            parse_reload_body(br#"{"rollback":true}"#).unwrap(),
+            ReloadRequest::Rollback { to: None }
+        );
+        assert!(bad(r#"{"artifact":5}"#).contains("`artifact`"));
+        assert!(bad(r#"{"dry_run":"yes"}"#).contains("`dry_run`"));
+        assert!(bad(r#"{}"#).contains("`artifact` is required"));
+        assert!(bad(r#"{"artefact":"/p"}"#).contains("unknown field `artefact`"));
+        assert!(bad(r#"{"rollback_to":0}"#).contains("`rollback_to`"));
+        assert!(bad(r#"{"rollback":true,"artifact":"/p"}"#).contains("`artifact`"));
+        assert!(bad("[1]").contains("JSON object"));
+        assert!(bad("{").contains("not valid JSON"));
+        assert!(bad("").contains("empty"));
+    }
+
+    #[test]
+    fn config_reload_bodies() {
+        assert!(!parse_config_reload_body(b"").unwrap());
+        assert!(parse_config_reload_body(br#"{"dry_run":true}"#).unwrap());
+        let e = parse_config_reload_body(br#"{"dry_run":1}"#).unwrap_err();
+        assert!(e.message.contains("`dry_run`"), "{}", e.message);
+    }
+}

@@ -1,0 +1,1031 @@
+//! Keep-alive of active generations: what `tryswap serve` runs, and what a host that embeds
+//! the supervisor can run too.
+//!
+//! [`Monitor::start`] watches every slot registered with the supervisor (slots a config
+//! reload adds or removes later are picked up on the next tick):
+//!
+//! - **Crashes.** When a slot's active generation is recorded running but its process is
+//!   gone, the crash is journaled first (`Stopped`, with how it exited as the reason), then
+//!   — per the slot's `[slot.restart]` policy — the same generation is relaunched from the
+//!   store after an exponential backoff: `backoff_initial`, doubled after every further
+//!   crash or failed restart, capped at `backoff_max`. A successful restart is journaled as
+//!   `Relaunched` (the supervisor's `start` path: launch, handshake, probe). The backoff
+//!   resets once a generation has stayed up for [`MonitorOptions::stable_after`]. A slot
+//!   with [`MonitorOptions::failing_after`] consecutive crashes or failed restarts is
+//!   reported as [`KeepAliveState::Failing`]; it keeps being retried at the capped backoff,
+//!   never in a hot loop.
+//! - **Policies.** `never`: a crash is journaled and the slot stays stopped. `on-failure`:
+//!   restart unless the plugin exited with status 0 (an exit this process cannot observe —
+//!   a plugin reattached after a daemon restart is not its child — counts as a failure).
+//!   `always`: restart whatever the status. Slots registered in code without a config (e.g.
+//!   in-process engines) are never restarted.
+//! - **Operator intent wins.** A slot stopped with [`Supervisor::stop`] is never restarted
+//!   (a restart scheduled before the stop is dropped); a reload or `start` in the meantime
+//!   supersedes a scheduled restart. Reloads, starts and stops hold the slot's lock, so the
+//!   monitor never acts on a slot while one runs.
+//! - **Health.** The slot's probe runs every `period` (at least
+//!   [`MonitorOptions::min_probe_period`]) against the active generation with
+//!   [`crate::probe::check_once`]; crossing `failure_threshold` / `success_threshold` is a
+//!   health change, reported as a [`MonitorEvent`]. Health does not trigger restarts.
+//! - **After a restart of the host.** A slot whose last journaled `Stopped` (within the
+//!   journal's recent tail) was a crash rather than an operator stop is restarted too.
+//!
+//! Everything runs on tokio tasks; [`Monitor::shutdown`] stops them (a restart already under
+//! way finishes first, so no launched process is left unjournaled).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tryswap_fsm::{Command, EventKind, Generation, Reason, ReasonKind, SlotName};
+
+use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
+use crate::process;
+use crate::process_driver::ProcessDriver;
+use crate::supervisor::{SlotRuntime, Supervisor};
+
+/// How many of the journal's last records are read at start to tell a crashed slot from
+/// one an operator stopped.
+const TAIL_RECORDS: u64 = 1024;
+
+/// Tunables of the [`Monitor`]. The per-slot settings (restart policy, backoff, probe)
+/// come from each slot's config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorOptions {
+    /// How often every slot's active process is checked. Default 100ms.
+    pub poll_interval: Duration,
+    /// How long a generation must stay up after a (re)start before its backoff resets.
+    /// Default 10s.
+    pub stable_after: Duration,
+    /// Consecutive crashes or failed restarts after which a slot is reported failing.
+    /// Default 3.
+    pub failing_after: u32,
+    /// Lower bound of the health-probe period (a reload's probe may run every 50ms; the
+    /// keep-alive need not). Default 1s.
+    pub min_probe_period: Duration,
+}
+
+impl Default for MonitorOptions {
+    fn default() -> Self {
+        MonitorOptions {
+            poll_interval: Duration::from_millis(100),
+            stable_after: Duration::from_secs(10),
+            failing_after: 3,
+            min_probe_period: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the keep-alive is doing with a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepAliveState {
+    /// No active generation.
+    Idle,
+    /// The active generation runs.
+    Running,
+    /// It crashed; a restart is scheduled.
+    Restarting,
+    /// It keeps crashing (or its restarts keep failing): still retried at the capped
+    /// backoff. Also reported while a restarted generation has not yet been up for
+    /// [`MonitorOptions::stable_after`].
+    Failing,
+    /// It is not running and will not be restarted (operator stop, restart policy).
+    Stopped,
+}
+
+/// The keep-alive's view of one slot (`GET /v1/monitor`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlotHealth {
+    /// Slot name.
+    pub slot: String,
+    /// What the keep-alive is doing.
+    pub state: KeepAliveState,
+    /// The active generation, if any.
+    pub generation: Option<u64>,
+    /// Its process id, if known.
+    pub pid: Option<u32>,
+    /// Result of the periodic probe: `None` until a threshold was reached for the current
+    /// generation.
+    pub healthy: Option<bool>,
+    /// Restarts this monitor made since it started.
+    pub restarts: u64,
+    /// Crashes and failed restarts since the slot last ran stably.
+    pub consecutive_failures: u32,
+    /// When the scheduled restart is due.
+    pub next_restart_at: Option<DateTime<Utc>>,
+    /// The last crash, restart failure or probe failure.
+    pub last_error: Option<String>,
+    /// The slot's restart policy (`never`, `on-failure`, `always`).
+    pub policy: &'static str,
+}
+
+impl SlotHealth {
+    fn new(slot: &SlotName) -> Self {
+        SlotHealth {
+            slot: slot.to_string(),
+            state: KeepAliveState::Idle,
+            generation: None,
+            pid: None,
+            healthy: None,
+            restarts: 0,
+            consecutive_failures: 0,
+            next_restart_at: None,
+            last_error: None,
+            policy: RestartPolicy::Never.name(),
+        }
+    }
+}
+
+/// What happened, in a [`MonitorEvent`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MonitorEventKind {
+    /// The active generation's process was found gone (journaled as `Stopped`).
+    Crashed {
+        /// Generation.
+        generation: u64,
+        /// The process that died.
+        pid: Option<u32>,
+        /// How it exited, as far as known.
+        exit: String,
+        /// Whether a restart follows (per the restart policy).
+        restart: bool,
+    },
+    /// A restart is due after `delay_ms`.
+    RestartScheduled {
+        /// Generation.
+        generation: u64,
+        /// 1 for the first attempt after a crash.
+        attempt: u32,
+        /// The backoff delay.
+        delay_ms: u64,
+    },
+    /// The generation runs again (journaled as `Relaunched`).
+    Restarted {
+        /// Generation.
+        generation: u64,
+        /// The new process.
+        pid: Option<u32>,
+        /// Which attempt succeeded.
+        attempt: u32,
+    },
+    /// A restart failed (launch, handshake or probe); another is scheduled.
+    RestartFailed {
+        /// Generation.
+        generation: u64,
+        /// Which attempt failed.
+        attempt: u32,
+        /// Why.
+        error: String,
+    },
+    /// The slot keeps crashing: `consecutive_failures` reached the failing threshold.
+    Failing {
+        /// Generation.
+        generation: u64,
+        /// Crashes and failed restarts in a row.
+        consecutive_failures: u32,
+    },
+    /// A failing slot's generation stayed up long enough: its backoff was reset.
+    Stable {
+        /// Generation.
+        generation: u64,
+    },
+    /// The periodic probe reached its success threshold.
+    Healthy {
+        /// Generation.
+        generation: u64,
+    },
+    /// The periodic probe reached its failure threshold.
+    Unhealthy {
+        /// Generation.
+        generation: u64,
+        /// The last probe error.
+        error: String,
+    },
+}
+
+impl MonitorEventKind {
+    /// The snake_case name of the kind (`crashed`, `restarted`, `healthy` …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            MonitorEventKind::Crashed { .. } => "crashed",
+            MonitorEventKind::RestartScheduled { .. } => "restart_scheduled",
+            MonitorEventKind::Restarted { .. } => "restarted",
+            MonitorEventKind::RestartFailed { .. } => "restart_failed",
+            MonitorEventKind::Failing { .. } => "failing",
+            MonitorEventKind::Stable { .. } => "stable",
+            MonitorEventKind::Healthy { .. } => "healthy",
+            MonitorEventKind::Unhealthy { .. } => "unhealthy",
+        }
+    }
+}
+
+impl fmt::Display for MonitorEventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MonitorEventKind::Crashed {
+                generation,
+                pid,
+                exit,
+                restart,
+            } => {
+                let pid = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+                let then = if *restart {
+                    "a restart follows"
+                } else {
+                    "not restarted"
+                };
+                write!(f, "generation {generation}{pid} exited: {exit}; {then}")
+            }
+            MonitorEventKind::RestartScheduled {
+                generation,
+                attempt,
+                delay_ms,
+            } => write!(
+                f,
+                "generation {generation}: restart attempt {attempt} in {delay_ms} ms"
+            ),
+            MonitorEventKind::Restarted {
+                generation,
+                pid,
+                attempt,
+            } => {
+                let pid = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+                write!(
+                    f,
+                    "generation {generation} restarted{pid} on attempt {attempt}"
+                )
+            }
+            MonitorEventKind::RestartFailed {
+                generation,
+                attempt,
+                error,
+            } => {
+                let first = error.lines().next().unwrap_or("");
+                write!(
+                    f,
+                    "generation {generation}: restart attempt {attempt} failed: {first}"
+                )
+            }
+            MonitorEventKind::Failing {
+                generation,
+                consecutive_failures,
+            } => write!(
+                f,
+                "generation {generation} keeps failing ({consecutive_failures} in a row)"
+            ),
+            MonitorEventKind::Stable { generation } => {
+                write!(
+                    f,
+                    "generation {generation} runs stably again; backoff reset"
+                )
+            }
+            MonitorEventKind::Healthy { generation } => {
+                write!(f, "generation {generation} is healthy")
+            }
+            MonitorEventKind::Unhealthy { generation, error } => {
+                let first = error.lines().next().unwrap_or("");
+                write!(f, "generation {generation} is unhealthy: {first}")
+            }
+        }
+    }
+}
+
+/// A keep-alive or health change of one slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    /// Slot name.
+    pub slot: String,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened (serialized inline, with a `kind` field).
+    #[serde(flatten)]
+    pub kind: MonitorEventKind,
+}
+
+struct Shared {
+    supervisor: Supervisor,
+    options: MonitorOptions,
+    health: Mutex<BTreeMap<SlotName, SlotHealth>>,
+    events: broadcast::Sender<MonitorEvent>,
+    restarts_total: AtomicU64,
+}
+
+impl Shared {
+    fn update(&self, slot: &SlotName, f: impl FnOnce(&mut SlotHealth)) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        f(health
+            .entry(slot.clone())
+            .or_insert_with(|| SlotHealth::new(slot)));
+    }
+
+    fn forget(&self, slot: &SlotName) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.remove(slot);
+    }
+
+    fn emit(&self, slot: &SlotName, kind: MonitorEventKind) {
+        match &kind {
+            MonitorEventKind::Crashed { .. }
+            | MonitorEventKind::RestartFailed { .. }
+            | MonitorEventKind::Failing { .. }
+            | MonitorEventKind::Unhealthy { .. } => {
+                tracing::warn!(slot = %slot, event = ?kind, "keep-alive")
+            }
+            _ => tracing::info!(slot = %slot, event = ?kind, "keep-alive"),
+        }
+        // Nobody listening is fine.
+        let _ = self.events.send(MonitorEvent {
+            slot: slot.to_string(),
+            at: Utc::now(),
+            kind,
+        });
+    }
+}
+
+/// Keeps every slot's active generation alive and reports its health (see the module
+/// docs). Dropping it stops its tasks at their next check; [`Monitor::shutdown`] also waits
+/// for them.
+pub struct Monitor {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Monitor {
+    /// Starts watching `supervisor`'s slots. Call after recovery (the monitor treats a
+    /// recorded-running generation whose process is gone as a crash). Must be called
+    /// within a tokio runtime.
+    pub fn start(supervisor: Supervisor, options: MonitorOptions) -> Monitor {
+        let (events, _) = broadcast::channel(1024);
+        let crashed = crashed_in_tail(&supervisor);
+        let shared = Arc::new(Shared {
+            supervisor,
+            options,
+            health: Mutex::new(BTreeMap::new()),
+            events,
+            restarts_total: AtomicU64::new(0),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(Arc::clone(&shared), stopped, crashed));
+        Monitor {
+            shared,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Every keep-alive and health event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<MonitorEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The keep-alive state of every watched slot, by name.
+    pub fn health(&self) -> Vec<SlotHealth> {
+        let health = self.shared.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.values().cloned().collect()
+    }
+
+    /// The keep-alive state of one slot, once the monitor has looked at it.
+    pub fn slot_health(&self, slot: &SlotName) -> Option<SlotHealth> {
+        let health = self.shared.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.get(slot).cloned()
+    }
+
+    /// Restarts made since the monitor started, over all slots.
+    pub fn restarts_total(&self) -> u64 {
+        self.shared.restarts_total.load(Ordering::SeqCst)
+    }
+
+    /// Stops watching and waits for the tasks to end (a restart under way finishes
+    /// first). Stop the monitor before stopping the plugins, or it restarts them.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the keep-alive monitor task failed");
+            }
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The slots whose last `Stopped` in the journal's tail was a crash (not an operator stop,
+/// not a clean exit), with the generation that crashed.
+fn crashed_in_tail(supervisor: &Supervisor) -> BTreeMap<SlotName, Generation> {
+    let journal = supervisor.journal();
+    let from = journal.last_seq().saturating_sub(TAIL_RECORDS) + 1;
+    let mut last: BTreeMap<SlotName, Option<Generation>> = BTreeMap::new();
+    for record in journal.events(from) {
+        let Ok(record) = record else { continue };
+        match &record.event {
+            EventKind::Stopped { generation, reason } => {
+                let crashed = reason.kind != ReasonKind::Cancelled;
+                last.insert(record.slot.clone(), crashed.then_some(*generation));
+            }
+            EventKind::Relaunched { .. } | EventKind::Activated => {
+                last.insert(record.slot.clone(), None);
+            }
+            _ => {}
+        }
+    }
+    last.into_iter()
+        .filter_map(|(slot, g)| g.map(|g| (slot, g)))
+        .collect()
+}
+
+/// Sleeps `period`; true if the monitor is told to stop meanwhile (or already was).
+async fn stopped_during(stop: &mut watch::Receiver<bool>, period: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        changed = stop.changed() => changed.is_err() || *stop.borrow(),
+        _ = tokio::time::sleep(period) => *stop.borrow(),
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    mut crashed: BTreeMap<SlotName, Generation>,
+) {
+    let mut tasks: BTreeMap<SlotName, JoinHandle<()>> = BTreeMap::new();
+    loop {
+        for rt in shared.supervisor.runtimes() {
+            let name = rt.name.clone();
+            if tasks.get(&name).is_some_and(|t| !t.is_finished()) {
+                continue;
+            }
+            let crashed_before = crashed.remove(&name);
+            let shared = Arc::clone(&shared);
+            let stop = stop.clone();
+            let task = tokio::spawn(async move {
+                tokio::join!(
+                    keep_alive(&shared, &name, stop.clone(), crashed_before),
+                    watch_health(&shared, &name, stop),
+                );
+            });
+            tasks.insert(rt.name.clone(), task);
+        }
+        tasks.retain(|_, t| !t.is_finished());
+        if stopped_during(&mut stop, shared.options.poll_interval).await {
+            break;
+        }
+    }
+    for (slot, task) in tasks {
+        if let Err(e) = task.await {
+            tracing::error!(slot = %slot, error = %e, "a keep-alive task failed");
+        }
+    }
+}
+
+/// Whether the generation the journal calls active runs.
+fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> bool {
+    match rt.active.load_full() {
+        Some(serving) if serving.instance.generation == facts.generation => {
+            rt.driver.is_alive(&serving.instance)
+        }
+        _ => facts.process.as_ref().is_some_and(process::is_alive),
+    }
+}
+
+fn backoff(restart: &RestartConfig, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    restart
+        .backoff_initial
+        .saturating_mul(1u32 << doublings)
+        .min(restart.backoff_max)
+}
+
+/// A restart the keep-alive waits to make.
+struct Pending {
+    generation: Generation,
+    due: Instant,
+    stop_epoch: u64,
+    attempt: u32,
+}
+
+/// Per-slot keep-alive loop state.
+struct KeepAlive<'a> {
+    shared: &'a Shared,
+    slot: &'a SlotName,
+    failures: u32,
+    pending: Option<Pending>,
+    up_since: Option<(Generation, Instant)>,
+    crashed_before: Option<Generation>,
+}
+
+impl KeepAlive<'_> {
+    fn state_now(&self) -> KeepAliveState {
+        if self.failures >= self.shared.options.failing_after {
+            KeepAliveState::Failing
+        } else if self.pending.is_some() {
+            KeepAliveState::Restarting
+        } else {
+            KeepAliveState::Running
+        }
+    }
+
+    fn schedule(&mut self, restart: &RestartConfig, generation: Generation, attempt: u32) {
+        let delay = backoff(restart, self.failures.max(1));
+        self.pending = Some(Pending {
+            generation,
+            due: Instant::now() + delay,
+            stop_epoch: self.shared.supervisor.stop_epoch(self.slot),
+            attempt,
+        });
+        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let state = self.state_now();
+        self.shared.update(self.slot, |h| {
+            h.state = state;
+            h.next_restart_at = Some(due);
+            h.consecutive_failures = self.failures;
+        });
+        self.shared.emit(
+            self.slot,
+            MonitorEventKind::RestartScheduled {
+                generation: generation.0,
+                attempt,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            },
+        );
+    }
+
+    /// Counts a crash or failed restart; reports the slot failing when it crosses the
+    /// threshold.
+    fn failed(&mut self, generation: Generation, error: String) {
+        self.failures = self.failures.saturating_add(1);
+        let failures = self.failures;
+        self.shared.update(self.slot, |h| {
+            h.consecutive_failures = failures;
+            h.last_error = Some(error);
+        });
+        if failures == self.shared.options.failing_after {
+            self.shared.emit(
+                self.slot,
+                MonitorEventKind::Failing {
+                    generation: generation.0,
+                    consecutive_failures: failures,
+                },
+            );
+        }
+    }
+
+    /// The active generation runs: track how long, reset the backoff once it is stable.
+    fn running(&mut self, facts: &tryswap_fsm::Instance) {
+        self.pending = None;
+        let now = Instant::now();
+        match self.up_since {
+            Some((g, since)) if g == facts.generation => {
+                if self.failures > 0
+                    && now.duration_since(since) >= self.shared.options.stable_after
+                {
+                    let was_failing = self.failures >= self.shared.options.failing_after;
+                    self.failures = 0;
+                    if was_failing {
+                        self.shared.emit(
+                            self.slot,
+                            MonitorEventKind::Stable {
+                                generation: facts.generation.0,
+                            },
+                        );
+                    }
+                }
+            }
+            _ => self.up_since = Some((facts.generation, now)),
+        }
+        let state = self.state_now();
+        let failures = self.failures;
+        self.shared.update(self.slot, |h| {
+            h.state = state;
+            h.generation = Some(facts.generation.0);
+            h.pid = facts.process.as_ref().map(|p| p.pid);
+            h.next_restart_at = None;
+            h.consecutive_failures = failures;
+        });
+    }
+
+    /// The journal says the active generation runs, but it does not: journal the crash
+    /// and schedule a restart per the policy. Runs under the slot's lock.
+    async fn crashed(&mut self, restart: Option<&RestartConfig>) {
+        let sup = &self.shared.supervisor;
+        let Ok(rt) = sup.runtime(self.slot) else {
+            return;
+        };
+        let Ok(_busy) = Arc::clone(&rt.busy).try_lock_owned() else {
+            return; // a reload, start or stop is under way: look again next tick
+        };
+        // The runtime may have been replaced (config reload) while we took the lock.
+        let Ok(rt) = sup.runtime(self.slot) else {
+            return;
+        };
+        let facts = match sup.journal().slot(self.slot) {
+            Ok(view) => view.and_then(|v| v.slot.active),
+            Err(e) => {
+                tracing::error!(slot = %self.slot, error = %e, "keep-alive: reading the journal");
+                return;
+            }
+        };
+        let Some(facts) = facts.filter(|f| f.running) else {
+            return;
+        };
+        if active_alive(&rt, &facts) {
+            return;
+        }
+        let generation = facts.generation;
+        let pid = facts.process.as_ref().map(|p| p.pid);
+        let serving = rt
+            .active
+            .load_full()
+            .filter(|s| s.instance.generation == generation);
+        let status = serving
+            .as_ref()
+            .and_then(|s| ProcessDriver::exit_status(&s.instance));
+        let exit = status.map_or_else(|| "exit status unknown".to_owned(), |s| s.to_string());
+        let failed = status.is_none_or(|s| !s.success());
+        let policy = restart.map(|r| r.policy);
+        let restarts = match policy {
+            None | Some(RestartPolicy::Never) => false,
+            Some(RestartPolicy::Always) => true,
+            Some(RestartPolicy::OnFailure) => failed,
+        };
+        let pid_text = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+        let reason = if failed {
+            Reason::error(format!(
+                "generation {generation}{pid_text} exited unexpectedly: {exit}"
+            ))
+        } else if restarts {
+            Reason::error(format!(
+                "generation {generation}{pid_text} exited ({exit}); restart policy always"
+            ))
+        } else {
+            Reason::cancelled(format!(
+                "generation {generation}{pid_text} exited ({exit}); restart policy {} does not restart it",
+                policy.unwrap_or(RestartPolicy::Never).name()
+            ))
+        };
+        let message = reason.message.clone();
+        if let Some(serving) = serving {
+            rt.active.store(None);
+            // Reap what the dead leader left behind in its group or tagged with its reload.
+            if let Err(e) = rt.driver.stop(&serving.instance).await {
+                tracing::warn!(slot = %self.slot, error = %e, "cleaning up after a crashed plugin");
+            }
+        }
+        if let Err(e) = sup.record(&Command::Stop {
+            slot: self.slot.clone(),
+            generation,
+            reason,
+        }) {
+            tracing::error!(slot = %self.slot, error = %e, "journaling a crash");
+        }
+        self.up_since = None;
+        self.shared.emit(
+            self.slot,
+            MonitorEventKind::Crashed {
+                generation: generation.0,
+                pid,
+                exit,
+                restart: restarts,
+            },
+        );
+        self.failed(generation, message);
+        match restart.filter(|_| restarts) {
+            Some(restart) => self.schedule(restart, generation, 1),
+            None => {
+                self.pending = None;
+                self.shared.update(self.slot, |h| {
+                    h.state = KeepAliveState::Stopped;
+                    h.next_restart_at = None;
+                });
+            }
+        }
+    }
+
+    /// A scheduled restart is due: relaunch the generation from the store. Runs under the
+    /// slot's lock.
+    async fn restart(&mut self, restart: &RestartConfig, stop: &watch::Receiver<bool>) {
+        let sup = &self.shared.supervisor;
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let Ok(rt) = sup.runtime(self.slot) else {
+            return;
+        };
+        let Ok(_busy) = Arc::clone(&rt.busy).try_lock_owned() else {
+            self.pending = Some(pending); // busy: try again next tick
+            return;
+        };
+        let Ok(rt) = sup.runtime(self.slot) else {
+            return;
+        };
+        let still_down = match sup.journal().slot(self.slot) {
+            Ok(view) => view
+                .and_then(|v| v.slot.active)
+                .is_some_and(|f| f.generation == pending.generation && !f.running),
+            Err(e) => {
+                tracing::error!(slot = %self.slot, error = %e, "keep-alive: reading the journal");
+                self.pending = Some(pending);
+                return;
+            }
+        };
+        if !still_down || sup.stop_epoch(self.slot) != pending.stop_epoch || *stop.borrow() {
+            return;
+        }
+        match sup.start_locked(&rt).await {
+            Ok(generation) => {
+                let pid = rt.active.load_full().and_then(|s| s.instance.pid());
+                self.shared.restarts_total.fetch_add(1, Ordering::SeqCst);
+                self.up_since = Some((generation, Instant::now()));
+                let state = self.state_now();
+                self.shared.update(self.slot, |h| {
+                    h.restarts += 1;
+                    h.state = state;
+                    h.pid = pid;
+                    h.next_restart_at = None;
+                });
+                self.shared.emit(
+                    self.slot,
+                    MonitorEventKind::Restarted {
+                        generation: generation.0,
+                        pid,
+                        attempt: pending.attempt,
+                    },
+                );
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.shared.emit(
+                    self.slot,
+                    MonitorEventKind::RestartFailed {
+                        generation: pending.generation.0,
+                        attempt: pending.attempt,
+                        error: error.clone(),
+                    },
+                );
+                self.failed(pending.generation, error);
+                self.schedule(restart, pending.generation, pending.attempt + 1);
+            }
+        }
+    }
+
+    /// The active generation is recorded as not running.
+    async fn down(
+        &mut self,
+        facts: &tryswap_fsm::Instance,
+        restart: Option<&RestartConfig>,
+        stop: &watch::Receiver<bool>,
+    ) {
+        self.up_since = None;
+        let sup = &self.shared.supervisor;
+        let restart = restart.filter(|r| r.policy != RestartPolicy::Never);
+        if self.pending.is_none() {
+            // Crashed before this monitor started (e.g. a relaunch on recovery failed)?
+            let crashed = self.crashed_before.take() == Some(facts.generation);
+            match restart.filter(|_| crashed) {
+                Some(restart) => {
+                    self.failures = self.failures.max(1);
+                    self.schedule(restart, facts.generation, 1);
+                }
+                None => {
+                    self.shared.update(self.slot, |h| {
+                        h.state = KeepAliveState::Stopped;
+                        h.generation = Some(facts.generation.0);
+                        h.next_restart_at = None;
+                    });
+                }
+            }
+            return;
+        }
+        let superseded = self.pending.as_ref().is_some_and(|p| {
+            p.generation != facts.generation || p.stop_epoch != sup.stop_epoch(self.slot)
+        });
+        let Some(restart) = restart.filter(|_| !superseded) else {
+            self.pending = None;
+            self.shared.update(self.slot, |h| {
+                h.state = KeepAliveState::Stopped;
+                h.next_restart_at = None;
+            });
+            return;
+        };
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| Instant::now() >= p.due)
+        {
+            self.restart(restart, stop).await;
+        }
+    }
+}
+
+async fn keep_alive(
+    shared: &Shared,
+    slot: &SlotName,
+    mut stop: watch::Receiver<bool>,
+    crashed_before: Option<Generation>,
+) {
+    let mut ka = KeepAlive {
+        shared,
+        slot,
+        failures: 0,
+        pending: None,
+        up_since: None,
+        crashed_before,
+    };
+    loop {
+        if stopped_during(&mut stop, shared.options.poll_interval).await {
+            return;
+        }
+        let Ok(rt) = shared.supervisor.runtime(slot) else {
+            shared.forget(slot);
+            return;
+        };
+        let restart = rt.config.as_ref().map(|c| c.restart.clone());
+        let policy = restart
+            .as_ref()
+            .map_or(RestartPolicy::Never, |r| r.policy)
+            .name();
+        shared.update(slot, |h| h.policy = policy);
+        let facts = match shared.supervisor.journal().slot(slot) {
+            Ok(view) => view.and_then(|v| v.slot.active),
+            Err(e) => {
+                tracing::error!(slot = %slot, error = %e, "keep-alive: reading the journal");
+                continue;
+            }
+        };
+        let Some(facts) = facts else {
+            ka.pending = None;
+            shared.update(slot, |h| {
+                h.state = KeepAliveState::Idle;
+                h.generation = None;
+                h.pid = None;
+            });
+            continue;
+        };
+        if facts.running {
+            if active_alive(&rt, &facts) {
+                ka.running(&facts);
+            } else {
+                drop(rt);
+                ka.crashed(restart.as_ref()).await;
+            }
+        } else {
+            drop(rt);
+            ka.down(&facts, restart.as_ref(), &stop).await;
+        }
+    }
+}
+
+/// Periodic probe of the slot's active generation; reports threshold crossings.
+async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receiver<bool>) {
+    let mut current: Option<Generation> = None;
+    let mut healthy: Option<bool> = None;
+    let mut successes = 0u32;
+    let mut failures = 0u32;
+    loop {
+        let Ok(rt) = shared.supervisor.runtime(slot) else {
+            return;
+        };
+        let Some(probe) = rt.config.as_ref().map(|c| c.probe.clone()) else {
+            // Slots registered in code probe through their own driver: not watched here.
+            if stopped_during(&mut stop, shared.options.min_probe_period).await {
+                return;
+            }
+            continue;
+        };
+        drop(rt);
+        let period = probe.period.max(shared.options.min_probe_period);
+        if stopped_during(&mut stop, period).await {
+            return;
+        }
+        let Ok(rt) = shared.supervisor.runtime(slot) else {
+            return;
+        };
+        let serving = rt
+            .active
+            .load_full()
+            .filter(|s| rt.driver.is_alive(&s.instance));
+        drop(rt);
+        let Some(serving) = serving else {
+            if current.take().is_some() {
+                healthy = None;
+                shared.update(slot, |h| h.healthy = None);
+            }
+            continue;
+        };
+        let generation = serving.instance.generation;
+        if current != Some(generation) {
+            current = Some(generation);
+            healthy = None;
+            successes = 0;
+            failures = 0;
+            shared.update(slot, |h| h.healthy = None);
+        }
+        let result = match &probe.kind {
+            ProbeKind::None => Ok(()),
+            kind => {
+                let check = crate::probe::check_once(
+                    kind,
+                    serving.instance.endpoint.as_ref(),
+                    probe.timeout,
+                );
+                tokio::select! {
+                    r = check => r.map_err(|e| e.to_string()),
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        drop(serving);
+        match result {
+            Ok(()) => {
+                successes = successes.saturating_add(1);
+                failures = 0;
+                if healthy != Some(true) && successes >= probe.success_threshold {
+                    healthy = Some(true);
+                    shared.update(slot, |h| h.healthy = Some(true));
+                    shared.emit(
+                        slot,
+                        MonitorEventKind::Healthy {
+                            generation: generation.0,
+                        },
+                    );
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                successes = 0;
+                if healthy != Some(false) && failures >= probe.failure_threshold {
+                    healthy = Some(false);
+                    let last = error.clone();
+                    shared.update(slot, |h| {
+                        h.healthy = Some(false);
+                        h.last_error = Some(last);
+                    });
+                    shared.emit(
+                        slot,
+                        MonitorEventKind::Unhealthy {
+                            generation: generation.0,
+                            error,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restart(initial_ms: u64, max_ms: u64) -> RestartConfig {
+        RestartConfig {
+            policy: RestartPolicy::OnFailure,
+            backoff_initial: Duration::from_millis(initial_ms),
+            backoff_max: Duration::from_millis(max_ms),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_initial_delay_and_caps_at_the_maximum() {
+        let r = restart(200, 1500);
+        let delays: Vec<u128> = (1..=7).map(|n| backoff(&r, n).as_millis()).collect();
+        assert_eq!(delays, [200, 400, 800, 1500, 1500, 1500, 1500]);
+        assert_eq!(backoff(&r, 0).as_millis(), 200);
+        assert_eq!(backoff(&r, u32::MAX).as_millis(), 1500);
+    }
+
+    #[test]
+    fn events_serialize_with_the_slot_time_and_an_inline_kind() {
+        let event = MonitorEvent {
+            slot: "demo".into(),
+            at: Utc::now(),
+            kind: MonitorEventKind::Restarted {
+                generation: 2,
+                pid: Some(42),
+                attempt: 1,
+            },
+        };
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["slot"], "demo");
+        assert_eq!(value["kind"], "restarted");
+        assert_eq!(value["generation"], 2);
+        assert_eq!(value["pid"], 42);
+        assert_eq!(event.kind.name(), "restarted");
+    }
+}

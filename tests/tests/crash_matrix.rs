@@ -1,0 +1,391 @@
+//! The crash matrix: the real `tryswap` killed (SIGKILL, through a failpoint) at every
+//! journal write and every side effect of a reload and of recovery, then recovered. After
+//! each crash: exactly one live active process per slot, answering calls; no candidate or
+//! tagged process survives; `journal verify` passes; a committed swap is never lost and an
+//! uncommitted one never appears (the old generation keeps its very process).
+//!
+//! Set `TRYSWAP_CRASH_MATRIX_OUT=<dir>` to get each test's results as a Markdown table
+//! (docs/recovery.md shows one such run).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use tryswap_tests::crash::{
+    assert_recovered, describe_actions, journal_records, kill_and_wait, last_seq, recover,
+    reload_args, tryswap_killed_at, CrashFacts, Expect,
+};
+use tryswap_tests::harness::{Harness, SlotSpec};
+use tryswap_tests::FixtureConfig;
+
+#[derive(Clone, Copy, Debug)]
+enum Scenario {
+    /// `activate` a good v2 while v1 runs.
+    Activate,
+    /// `activate` a v2 that never becomes healthy while v1 runs.
+    Reject,
+    /// `try` a good v2 while v1 runs.
+    DryRun,
+    /// `activate` v2 killed at the given point, then `recover` killed at the case's point.
+    RecoverAfter(&'static str),
+    /// v1's process dies; `recover` killed at the case's point while it relaunches v1.
+    Relaunch,
+}
+
+impl Scenario {
+    fn describe(self) -> String {
+        match self {
+            Scenario::Activate => "activate v2".to_owned(),
+            Scenario::Reject => "activate a never-healthy v2".to_owned(),
+            Scenario::DryRun => "try v2".to_owned(),
+            Scenario::RecoverAfter(first) => format!("activate v2 killed at {first}, then recover"),
+            Scenario::Relaunch => "v1 killed, then recover (relaunch)".to_owned(),
+        }
+    }
+}
+
+struct Case {
+    point: &'static str,
+    scenario: Scenario,
+    /// Whether the swap to v2 is committed when the process dies.
+    commits: bool,
+}
+
+const fn case(point: &'static str, scenario: Scenario, commits: bool) -> Case {
+    Case {
+        point,
+        scenario,
+        commits,
+    }
+}
+
+struct Row {
+    point: &'static str,
+    scenario: String,
+    journal: String,
+    recovery: String,
+    result: String,
+}
+
+fn slot() -> SlotSpec {
+    SlotSpec {
+        failure_threshold: 2,
+        ..SlotSpec::new("demo")
+    }
+}
+
+async fn run_case(c: &Case) -> Row {
+    let what = format!("{} ({})", c.point, c.scenario.describe());
+    let h = Harness::new(&[slot()]);
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+    let sick = h.fixture_config(
+        "sick",
+        &FixtureConfig {
+            never_healthy: true,
+            ..FixtureConfig::with_message("sick")
+        },
+    );
+    let first = h.activate("demo", &v1);
+    assert_eq!(first.code, 0, "{what}: activating v1: {first:?}");
+    let (g1, pid1, _) = h.active("demo").expect("v1 active");
+    let v1_reload = journal_records(&h)[0].reload.clone();
+    let since = last_seq(&h);
+
+    let (args, crash_at) = match c.scenario {
+        Scenario::Activate => (reload_args("activate", "demo", &v2), c.point),
+        Scenario::RecoverAfter(first) => (reload_args("activate", "demo", &v2), first),
+        Scenario::Reject => (reload_args("activate", "demo", &sick), c.point),
+        Scenario::DryRun => (reload_args("try", "demo", &v2), c.point),
+        Scenario::Relaunch => {
+            kill_and_wait(pid1);
+            (vec!["--json".to_owned(), "recover".to_owned()], c.point)
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exit = tryswap_killed_at(&h, crash_at, &args);
+    assert_eq!(
+        exit.signal(),
+        Some(9),
+        "{what}: tryswap was not killed at {crash_at} (failpoint not reached?): {exit:?}"
+    );
+    if let Scenario::RecoverAfter(_) = c.scenario {
+        let exit = tryswap_killed_at(&h, c.point, &["--json", "recover"]);
+        assert_eq!(
+            exit.signal(),
+            Some(9),
+            "{what}: recover was not killed at {} (failpoint not reached?): {exit:?}",
+            c.point
+        );
+    }
+    let facts = CrashFacts::read(&h, since);
+    let actions = recover(&h);
+
+    if !matches!(c.scenario, Scenario::Relaunch) {
+        assert_eq!(
+            facts.committed, c.commits,
+            "{what}: the journal disagrees about the commit: {facts:?}"
+        );
+    }
+    // An unfinished reload is rolled back, by id.
+    let unfinished = facts.reload_id.is_some()
+        && !facts
+            .events
+            .iter()
+            .any(|e| matches!(e.as_str(), "Activated" | "RolledBack" | "DryRunPassed"));
+    if unfinished {
+        let id = facts.reload_id.as_deref().unwrap_or_default();
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "rolled_back" && a["reload_id"] == id),
+            "{what}: reload {id} left {} but recovery did not roll it back: {actions:?}",
+            facts.last_event()
+        );
+    }
+    let (expect, crashed) = if c.commits {
+        (
+            Expect {
+                slot: "demo".into(),
+                generation: facts
+                    .generation
+                    .expect("a committed reload has a generation"),
+                pid: Some(
+                    facts
+                        .candidate_pid
+                        .expect("a committed reload was launched"),
+                ),
+                message: "v2".into(),
+            },
+            facts.reload_id.clone(),
+        )
+    } else if let Scenario::Relaunch = c.scenario {
+        (
+            Expect {
+                slot: "demo".into(),
+                generation: g1,
+                pid: None,
+                message: "v1".into(),
+            },
+            Some(v1_reload),
+        )
+    } else {
+        (
+            Expect {
+                slot: "demo".into(),
+                generation: g1,
+                pid: Some(pid1),
+                message: "v1".into(),
+            },
+            facts.reload_id.clone(),
+        )
+    };
+    let recovered = assert_recovered(&h, &expect, crashed.as_deref(), &what).await;
+    if c.commits {
+        assert!(
+            !tryswap_tests::pid_alive(pid1),
+            "{what}: the former generation (pid {pid1}) survived"
+        );
+    }
+    if let Scenario::Relaunch = c.scenario {
+        assert_ne!(recovered.pid, pid1, "{what}: v1 was not relaunched");
+        if c.point == "recover-after-relaunch-spawn" {
+            assert!(
+                actions.iter().any(|a| a["action"] == "relaunched"
+                    && a["orphans_stopped"]
+                        .as_array()
+                        .is_some_and(|o| !o.is_empty())),
+                "{what}: the unjournaled relaunch was not stopped: {actions:?}"
+            );
+        }
+    }
+
+    let mut journal = match (&facts.reload_id, c.scenario) {
+        (_, Scenario::Relaunch) => "g1 active and running (its process is dead)".to_owned(),
+        (Some(_), _) => facts.events.join(" → "),
+        (None, _) => "no record of the reload".to_owned(),
+    };
+    if !facts.after.is_empty() {
+        let _ = write!(journal, "; then {}", facts.after.join(", "));
+    }
+    Row {
+        point: c.point,
+        scenario: c.scenario.describe(),
+        journal,
+        recovery: describe_actions(&actions),
+        result: format!(
+            "g{} ({}), pid {}",
+            recovered.generation,
+            expect.message,
+            if expect.pid == Some(pid1) {
+                "unchanged"
+            } else if expect.pid.is_some() {
+                "the candidate's"
+            } else {
+                "new"
+            }
+        ),
+    }
+}
+
+async fn run_matrix(name: &str, cases: &[Case]) {
+    let mut table = String::from(
+        "| failpoint | scenario | journal at the crash | recovery did | active after |\n\
+         |---|---|---|---|---|\n",
+    );
+    for c in cases {
+        let started = std::time::Instant::now();
+        let row = run_case(c).await;
+        println!(
+            "{}: {} | {} | {} ({:?})",
+            row.point,
+            row.journal,
+            row.recovery,
+            row.result,
+            started.elapsed()
+        );
+        let _ = writeln!(
+            table,
+            "| `{}` | {} | {} | {} | {} |",
+            row.point, row.scenario, row.journal, row.recovery, row.result
+        );
+    }
+    if let Some(dir) = std::env::var_os("TRYSWAP_CRASH_MATRIX_OUT") {
+        let path = PathBuf::from(dir).join(format!("{name}.md"));
+        std::fs::write(&path, &table).expect("write the crash matrix table");
+    }
+}
+
+const BEFORE_COMMIT: &[Case] = &[
+    case("reload-before-staged", Scenario::Activate, false),
+    case("reload-after-staged", Scenario::Activate, false),
+    case("reload-after-spawn", Scenario::Activate, false),
+    case("reload-after-launched", Scenario::Activate, false),
+    case("reload-before-validated", Scenario::Activate, false),
+    case("reload-after-validated", Scenario::Activate, false),
+    case("reload-before-probed", Scenario::Activate, false),
+    case("reload-after-probed", Scenario::Activate, false),
+    case("reload-before-commit", Scenario::Activate, false),
+];
+
+const AFTER_COMMIT: &[Case] = &[
+    case("reload-after-commit", Scenario::Activate, true),
+    case("reload-after-swap", Scenario::Activate, true),
+    case("retire-before-stop", Scenario::Activate, true),
+    case("retire-after-stop", Scenario::Activate, true),
+    case("retire-after-retired", Scenario::Activate, true),
+];
+
+const REJECT_AND_DRY_RUN: &[Case] = &[
+    case("rollback-before-stop", Scenario::Reject, false),
+    case("rollback-before-rolledback", Scenario::Reject, false),
+    case("rollback-after-rolledback", Scenario::Reject, false),
+    case("dryrun-before-passed", Scenario::DryRun, false),
+];
+
+const DURING_RECOVERY: &[Case] = &[
+    case(
+        "recover-before-stop-candidate",
+        Scenario::RecoverAfter("reload-after-probed"),
+        false,
+    ),
+    case(
+        "recover-before-rolledback",
+        Scenario::RecoverAfter("reload-after-probed"),
+        false,
+    ),
+    case(
+        "recover-after-rolledback",
+        Scenario::RecoverAfter("reload-after-probed"),
+        false,
+    ),
+    case(
+        "retire-before-stop",
+        Scenario::RecoverAfter("reload-after-commit"),
+        true,
+    ),
+    case(
+        "retire-after-stop",
+        Scenario::RecoverAfter("reload-after-commit"),
+        true,
+    ),
+    case("recover-after-relaunch-spawn", Scenario::Relaunch, false),
+    case("recover-after-relaunched", Scenario::Relaunch, false),
+];
+
+#[tokio::test]
+async fn a_crash_before_the_commit_never_makes_the_candidate_active() {
+    run_matrix("before_commit", BEFORE_COMMIT).await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_commit_never_loses_the_swap() {
+    run_matrix("after_commit", AFTER_COMMIT).await;
+}
+
+#[tokio::test]
+async fn a_crash_while_rejecting_or_dry_running_keeps_the_old_generation() {
+    run_matrix("reject_and_dry_run", REJECT_AND_DRY_RUN).await;
+}
+
+#[tokio::test]
+async fn a_crash_during_recovery_is_recovered_by_the_next_one() {
+    run_matrix("during_recovery", DURING_RECOVERY).await;
+}
+
+#[test]
+fn the_matrix_covers_every_failpoint() {
+    let covered: Vec<&str> = [
+        BEFORE_COMMIT,
+        AFTER_COMMIT,
+        REJECT_AND_DRY_RUN,
+        DURING_RECOVERY,
+    ]
+    .iter()
+    .flat_map(|cases| cases.iter().map(|c| c.point))
+    .collect();
+    for point in tryswap::recovery::FAILPOINTS {
+        assert!(
+            covered.contains(point),
+            "failpoint {point} is not in the crash matrix"
+        );
+    }
+    for point in &covered {
+        assert!(
+            tryswap::recovery::FAILPOINTS.contains(point),
+            "the matrix names {point}, which tryswap does not list"
+        );
+    }
+}
+
+/// The rule for an active generation that still runs with its journaled identity but fails
+/// its probe (here: SIGSTOPped, so it cannot answer): recovery keeps it, reports
+/// `reattached_unhealthy`, and neither kills nor relaunches it. Once it answers again, the
+/// next recovery reports it `reattached`.
+#[tokio::test]
+async fn a_live_active_generation_that_fails_its_probe_is_kept_not_killed() {
+    use nix::sys::signal::Signal;
+    let h = Harness::new(&[slot()]);
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    assert_eq!(h.activate("demo", &v1).code, 0);
+    let (_, pid1, _) = h.active("demo").expect("v1 active");
+    assert!(tryswap_tests::process::send_signal(pid1, Signal::SIGSTOP));
+    let actions = recover(&h);
+    assert!(
+        tryswap_tests::process::send_signal(pid1, Signal::SIGCONT),
+        "the stopped generation is gone"
+    );
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0]["action"], "reattached_unhealthy", "{actions:?}");
+    assert_eq!(actions[0]["pid"], pid1, "{actions:?}");
+    assert!(
+        actions[0]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{actions:?}"
+    );
+    let expect = Expect {
+        slot: "demo".into(),
+        generation: 1,
+        pid: Some(pid1),
+        message: "v1".into(),
+    };
+    assert_recovered(&h, &expect, None, "after SIGCONT").await;
+}

@@ -1,0 +1,147 @@
+//! The daemon re-reads its config (`tryswap reload-config`, SIGHUP) as one transaction, and
+//! speaks systemd's notify protocol.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tryswap_tests::daemon::{poll, Daemon};
+use tryswap_tests::harness::{Harness, SlotSpec};
+use tryswap_tests::{pid_alive, FixtureConfig};
+
+/// Replaces `from` by `to` inside the `[[slot]]` section of `slot` in the config file.
+fn edit_slot(h: &Harness, slot: &str, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let marker = format!("name = \"{slot}\"");
+    let mut sections: Vec<String> = text.split("[[slot]]").map(str::to_owned).collect();
+    let section = sections
+        .iter_mut()
+        .find(|s| s.contains(&marker))
+        .expect("slot section");
+    assert!(section.contains(from), "{from} not in slot {slot}");
+    *section = section.replacen(from, to, 1);
+    std::fs::write(&h.config_path, sections.join("[[slot]]")).unwrap();
+}
+
+fn active(h: &Harness, slot: &str) -> (u64, u32) {
+    let (generation, pid, _) = h.active(slot).expect("active generation");
+    (generation, pid)
+}
+
+#[test]
+fn a_config_reload_with_one_bad_slot_changes_nothing_and_a_good_one_applies() {
+    let h = Harness::new(&[SlotSpec::new("a"), SlotSpec::new("b")]);
+    let daemon = Daemon::start(&h);
+    for slot in ["a", "b"] {
+        let cfg = h.fixture_config(slot, &FixtureConfig::with_message(slot));
+        let run = h.activate(slot, &cfg);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let (a0, b0) = (active(&h, "a"), active(&h, "b"));
+
+    // a changes harmlessly, b's new args break its magic cookie: nothing may change.
+    edit_slot(&h, "a", "drain_timeout = \"2s\"", "drain_timeout = \"3s\"");
+    edit_slot(
+        &h,
+        "b",
+        "\"--cookie-value\", \"b\"",
+        "\"--cookie-value\", \"wrong\"",
+    );
+    let run = h.tryswap(&["reload-config"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stdout.contains("rolled back"), "{}", run.stdout);
+    let dry = h.tryswap(&["--json", "reload-config", "--dry-run"]);
+    assert_eq!(dry.code, 2, "{dry:?}");
+    assert_eq!(dry.json()["outcome"], "rolled_back");
+    let api = daemon.post("/v1/config/reload", "{}").unwrap();
+    assert_eq!(api.status, 422, "{api:?}");
+    assert!(api.json()["error"].as_str().unwrap().contains("slot b"));
+    assert_eq!((active(&h, "a"), active(&h, "b")), (a0, b0));
+    assert!(pid_alive(a0.1) && pid_alive(b0.1));
+
+    // An invalid file is refused before anything starts, naming the line.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, format!("bogus_key = 1\n{text}")).unwrap();
+    let api = daemon
+        .post("/v1/config/reload", r#"{"dry_run": false}"#)
+        .unwrap();
+    assert_eq!(api.status, 400, "{api:?}");
+    let error = api.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("tryswap.toml:1"), "{error}");
+    assert!(error.contains("bogus_key"), "{error}");
+    let run = h.tryswap(&["reload-config"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("tryswap.toml:1"), "{}", run.stderr);
+    let bad_body = daemon
+        .post("/v1/config/reload", r#"{"dry_run": "no"}"#)
+        .unwrap();
+    assert_eq!(bad_body.status, 400);
+    assert!(bad_body.body.contains("`dry_run`"), "{bad_body:?}");
+    std::fs::write(&h.config_path, text).unwrap();
+    assert_eq!((active(&h, "a"), active(&h, "b")), (a0, b0));
+
+    // b fixed: only a changes, in one transaction.
+    edit_slot(
+        &h,
+        "b",
+        "\"--cookie-value\", \"wrong\"",
+        "\"--cookie-value\", \"b\"",
+    );
+    let run = h.tryswap(&["--json", "reload-config"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    assert_eq!(report["outcome"], "applied");
+    assert_eq!(report["changed"], serde_json::json!(["a"]));
+    let a1 = active(&h, "a");
+    assert!(a1.0 > a0.0, "a was not reloaded: {a1:?}");
+    assert_ne!(a1.1, a0.1);
+    assert_eq!(active(&h, "b"), b0);
+
+    // SIGHUP does the same.
+    edit_slot(&h, "a", "drain_timeout = \"3s\"", "drain_timeout = \"4s\"");
+    assert!(daemon.signal(Signal::SIGHUP));
+    let a2 = poll(Duration::from_secs(20), || {
+        Some(active(&h, "a")).filter(|a| a.0 > a1.0)
+    });
+    assert!(
+        a2.is_some(),
+        "SIGHUP did not reload; log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(active(&h, "b"), b0);
+}
+
+#[test]
+fn the_daemon_notifies_systemd_ready_reloading_and_stopping() {
+    let h = Harness::new(&[]);
+    let notify = h.state.join("notify.sock");
+    let socket = UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = Daemon::spawn(&h, &[], &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
+    let mut buf = [0u8; 1024];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notify message in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert_eq!(daemon.get("/healthz").unwrap().status, 200);
+
+    assert!(daemon.signal(Signal::SIGHUP));
+    let reloading = next();
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading}"
+    );
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+
+    assert!(daemon.signal(Signal::SIGTERM));
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let status = daemon.wait(Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", daemon.log());
+}
