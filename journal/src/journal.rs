@@ -83,9 +83,68 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-const SALVAGE_HINT: &str = "tryswap wrote nothing. Keep a copy of the directory, then run \
-     `tryswap journal verify` to see what is damaged and `tryswap journal export` to salvage \
-     the readable records";
+const SALVAGE_HINT: &str = "tryswap wrote nothing; sled's files as they were before this \
+     open are kept in `sled.preopen` beside `sled` (sled may truncate a damaged log while \
+     opening it). Run `tryswap journal verify` to see what is damaged and `tryswap journal \
+     export` to salvage the readable records";
+
+/// Where sled's files are copied before every open, so that what sled repairs in place while
+/// opening a damaged journal is never lost. Removed again once the open passed every check.
+const PREOPEN_DIR: &str = "sled.preopen";
+
+/// Journals larger than this are not copied before opening (the copy would cost more than
+/// the open); a warning says so.
+const PREOPEN_MAX_BYTES: u64 = 64 << 20;
+
+/// Copies sled's directory to [`PREOPEN_DIR`] unless a copy from an earlier failed open is
+/// still there (that one is the older, undamaged state and is kept). Returns the copy's path
+/// if this call made it.
+fn preserve_before_open(dir: &Path, sled_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
+    let target = dir.join(PREOPEN_DIR);
+    if !sled_dir.is_dir() || target.exists() {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut pending = vec![sled_dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .map_err(|e| JournalError::io("listing sled's files", &folder, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| JournalError::io("listing sled's files", &folder, e))?;
+            let path = entry.path();
+            let meta = entry
+                .metadata()
+                .map_err(|e| JournalError::io("reading sled's files", &path, e))?;
+            if meta.is_dir() {
+                pending.push(path);
+            } else {
+                total += meta.len();
+                files.push(path);
+            }
+        }
+    }
+    if total > PREOPEN_MAX_BYTES {
+        tracing::warn!(dir = %dir.display(), bytes = total, "journal too large to copy before opening; a damaged log would be repaired by sled without a copy");
+        return Ok(None);
+    }
+    let staging = dir.join(format!("{PREOPEN_DIR}.tmp"));
+    let _ = std::fs::remove_dir_all(&staging);
+    for file in &files {
+        let relative = file.strip_prefix(sled_dir).unwrap_or(file);
+        let to = staging.join(relative);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| JournalError::io("copying sled's files", parent, e))?;
+        }
+        std::fs::copy(file, &to).map_err(|e| JournalError::io("copying sled's files", file, e))?;
+    }
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| JournalError::io("copying sled's files", &staging, e))?;
+    std::fs::rename(&staging, &target)
+        .map_err(|e| JournalError::io("copying sled's files", &target, e))?;
+    Ok(Some(target))
+}
 
 type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
 
@@ -434,6 +493,27 @@ impl Journal {
             Err(e) => return Err(e),
         };
         let creating = !sled_dir.exists();
+        let preserved = preserve_before_open(dir, &sled_dir)?;
+        let journal =
+            Self::open_preserved(dir, read_only, sled_dir, dir_lock, witness_found, creating)?;
+        // Every check passed: the copy is not needed.
+        if let Some(copy) = preserved {
+            if let Err(e) = std::fs::remove_dir_all(&copy) {
+                tracing::warn!(path = %copy.display(), error = %e, "removing the pre-open copy");
+            }
+        }
+        Ok(journal)
+    }
+
+    fn open_preserved(
+        dir: &Path,
+        read_only: bool,
+        sled_dir: PathBuf,
+        dir_lock: DirLock,
+        witness_found: Option<(WitnessMark, usize)>,
+        creating: bool,
+    ) -> Result<Journal, JournalError> {
+        let witness_path = dir.join(WITNESS_FILE);
         let (db, events, slots, reloads, meta) = open_sled(dir, &sled_dir)?;
         let sled_err = |source| JournalError::Sled {
             dir: dir.to_path_buf(),

@@ -1,8 +1,9 @@
 //! A damaged journal: truncated or flipped bytes in sled's files, a damaged witness, a lost
 //! tail. Every command that opens the journal refuses with exit 4 and a message that points
 //! to `tryswap journal verify` / `export`; nothing panics; no plugin is started; and
-//! tryswap never rewrites the damaged files (sled's own log repair aside, see
-//! `sled_repairs_its_log_on_open`).
+//! tryswap never rewrites the damaged files (sled repairs its log in place while opening, so
+//! tryswap keeps a copy from before the open: see
+//! `the_files_as_they_were_before_a_refused_open_are_kept`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,10 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let entry = entry.unwrap();
             let path = entry.path();
             if entry.file_type().unwrap().is_dir() {
-                walk(&path, root, out);
+                // tryswap's own copy of sled's files from before a refused open.
+                if entry.file_name() != "sled.preopen" {
+                    walk(&path, root, out);
+                }
             } else if entry.file_name() != "journal.lock" {
                 let rel = path.strip_prefix(root).unwrap().to_path_buf();
                 out.insert(rel, std::fs::read(&path).unwrap());
@@ -323,23 +327,29 @@ fn a_damaged_sled_log_is_refused_and_never_silently_accepted() {
     }
 }
 
-/// Known gap: `sled::open` "repairs" a damaged log by zeroing everything from the damaged
-/// message to the end of the segment, before tryswap can check anything, so the records
-/// after the damage are gone for `journal export` too. Journal::open would have to open a
-/// copy first (or keep one) to leave the files byte-identical. Run with `--ignored`.
+/// sled zeroes its log after a damaged message while opening, before tryswap can check
+/// anything. tryswap therefore copies sled's files to `sled.preopen` before every open and
+/// keeps the copy when the open is refused: the damaged bytes, and the records after the
+/// damage, are never lost.
 #[test]
-#[ignore = "sled zeroes its log after a damaged message while opening (docs/recovery.md)"]
-fn sled_repairs_its_log_on_open() {
+fn the_files_as_they_were_before_a_refused_open_are_kept() {
     let f = fixture();
+    restore(&f.pristine, &f.journal);
     let middle = log_middle(&f.journal);
     flip(&f.journal.join("sled/db"), middle);
-    for refusal in assert_refused(&f, "sled log byte flipped") {
-        assert!(
-            refusal.changed.is_empty(),
-            "files were rewritten: {:?}",
-            refusal.changed
-        );
-    }
+    let damaged = std::fs::read(f.journal.join("sled/db")).unwrap();
+    let refusals = assert_refused(&f, "sled log byte flipped");
+    assert!(
+        refusals.iter().all(|r| r.run.stderr.contains("sled.preopen")
+            || r.run.stdout.contains("sled.preopen")),
+        "the refusal does not point to the preserved copy"
+    );
+    // The first refused open made the copy; later ones kept it.
+    let kept = std::fs::read(f.journal.join("sled.preopen/db")).unwrap();
+    assert_eq!(
+        kept, damaged,
+        "the pre-open copy is not the damaged original"
+    );
 }
 
 #[test]
