@@ -154,6 +154,7 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
 
     // One reload at a time, with every other slot's plugin running.
     let mut one = Samples::new();
+    let mut one_stages: std::collections::BTreeMap<String, Samples> = Default::default();
     for n in 1..=5 {
         let slot = &slots[n % slots.len()];
         let candidate = setup::candidate(bins, &dir, &format!("{slot}-one{n}"));
@@ -162,10 +163,23 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
             .activate(slot, candidate)
             .await
             .map_err(|e| e.to_string())?;
-        one.push(t.elapsed());
+        let wall = t.elapsed();
+        one.push(wall);
         if report.outcome != Outcome::Active {
             return Err(format!("single reload rolled back: {:?}", report.error));
         }
+        let mut covered = 0.0;
+        for stage in &report.stages {
+            one_stages
+                .entry(stage.state.clone())
+                .or_default()
+                .push_ms(stage.elapsed_ms);
+            covered += stage.elapsed_ms;
+        }
+        one_stages
+            .entry("after active".to_owned())
+            .or_default()
+            .push_ms(wall.as_secs_f64() * 1000.0 - covered);
     }
 
     let mut all = Samples::new();
@@ -244,6 +258,24 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
     if let Some(e) = first_error {
         t.note(format!("first failed reload: {e}"));
     }
+    let order = [
+        "staged",
+        "launched",
+        "validated",
+        "probed",
+        "active",
+        "after active",
+    ];
+    t.note(format!(
+        "One reload among {slot_count} running plugins, median per stage: {}.",
+        order
+            .iter()
+            .filter_map(|name| one_stages
+                .get(*name)
+                .map(|s| format!("{name} {}", ms(s.p50()))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     t.note(format!(
         "Per reload at once: {} of wall time each ({} slots / {} cores).",
         ms(all.p50() / slot_count as f64),

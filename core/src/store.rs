@@ -8,7 +8,16 @@
 //! Staging streams the source into a temporary file inside `<state-dir>/store/`, fsyncs
 //! it, makes it read-only, renames it to `sha256/<hex>` and fsyncs the directory. A failed
 //! staging leaves no temporary file behind. Staging the same bytes again is a no-op that
-//! returns the same digest (and repairs a stored copy that no longer matches its name).
+//! returns the same digest (and repairs a stored copy that no longer matches its name);
+//! the temporary copy is then dropped without an fsync.
+//!
+//! A `Store` also remembers, for as long as it lives, the digests of the sources it staged
+//! and of the stored copies it verified, each with the file's stat (device, inode, length,
+//! mtime, ctime). Staging a source whose stat is unchanged, while its stored copy's stat is
+//! unchanged too, returns the digest without reading either file: a config-only reload
+//! does not re-hash a large executable. A source's stat is only trusted if the file had
+//! not changed for two seconds when it was hashed, so a write within the same timestamp
+//! tick cannot go unnoticed.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,6 +50,9 @@ const CONFIG_MODE: u32 = 0o444;
 const STAGING_PREFIX: &str = ".staging-";
 /// Copy buffer size.
 const CHUNK: usize = 64 * 1024;
+/// A file's stat is trusted to stand for its bytes only if its ctime is at least this much
+/// older than the moment it was hashed (see [`Stamp`]).
+const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why staging or verifying an artifact failed. Every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -110,11 +122,64 @@ enum Kind {
     Config,
 }
 
+/// What stands for a file's bytes without reading them: device, inode, length, mtime and
+/// ctime. Any write, truncation, chmod or replacement changes the ctime (or the inode), so
+/// an unchanged stamp means unchanged bytes — provided the file was not written within the
+/// same timestamp tick as the one it was hashed in. Stamps taken less than [`RACY_WINDOW`]
+/// after the file's ctime are therefore never remembered ("racy", as git calls them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file's last change is at least `window` before `hashed_at`.
+    fn settled(&self, hashed_at: std::time::SystemTime, window: std::time::Duration) -> bool {
+        let Ok(since_epoch) = hashed_at.duration_since(std::time::UNIX_EPOCH) else {
+            return false;
+        };
+        let (secs, nanos) = self.ctime;
+        let Ok(secs) = u64::try_from(secs) else {
+            return false;
+        };
+        let ctime = std::time::Duration::new(secs, u32::try_from(nanos).unwrap_or(0));
+        ctime.saturating_add(window) <= since_epoch
+    }
+}
+
+/// Digests this process already knows: of source files (by path) and of stored copies it
+/// verified, each valid while the file's [`Stamp`] is unchanged. Saves reading and hashing
+/// an unchanged executable on every reload (a config-only reload, a retry).
+#[derive(Debug, Default)]
+struct Known {
+    sources: std::collections::HashMap<PathBuf, (Stamp, Sha256)>,
+    stored: std::collections::HashMap<Sha256, Stamp>,
+    /// Stagings that had to read their source (the others were known unchanged).
+    reads: u64,
+}
+
 /// A content-addressed store rooted at `<state_dir>/store`.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
     objects: PathBuf,
+    known: std::sync::Arc<std::sync::Mutex<Known>>,
+    racy_window: std::time::Duration,
 }
 
 impl Store {
@@ -128,7 +193,12 @@ impl Store {
             .mode(0o700)
             .create(&objects)
             .map_err(|e| StoreError::io(&objects, "create directory", e))?;
-        Ok(Store { root, objects })
+        Ok(Store {
+            root,
+            objects,
+            known: Default::default(),
+            racy_window: RACY_WINDOW,
+        })
     }
 
     /// The store's root directory, `<state_dir>/store`.
@@ -237,6 +307,14 @@ impl Store {
             });
         }
 
+        let stamp = Stamp::of(&meta);
+        if let Some(digest) = self.known_unchanged(src, &stamp, kind) {
+            tracing::debug!(src = %src.display(), "unchanged since it was last staged");
+            return Ok(digest);
+        }
+        let hashed_at = std::time::SystemTime::now();
+        self.lock_known().reads += 1;
+
         // The temporary file is removed when `staging` drops, on every error path.
         let mut staging = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
@@ -277,6 +355,7 @@ impl Store {
         if self.existing_copy_is_good(&target, &digest, kind)? {
             drop(staging);
             tracing::debug!(path = %target.display(), "artifact already in the store");
+            self.remember(src, stamp, hashed_at, &digest);
             return Ok(digest);
         }
         let file = staging.as_file();
@@ -292,7 +371,53 @@ impl Store {
         })?;
         sync_dir(&self.objects)?;
         tracing::debug!(src = %src.display(), path = %target.display(), "artifact staged");
+        self.remember(src, stamp, hashed_at, &digest);
         Ok(digest)
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The digest of `src` if its stamp is the one it had when it was last staged, and the
+    /// stored copy is unchanged since it was last verified (with the right mode).
+    fn known_unchanged(&self, src: &Path, stamp: &Stamp, kind: Kind) -> Option<Sha256> {
+        let known = self.lock_known();
+        let (was, digest) = known.sources.get(src)?;
+        if was != stamp {
+            return None;
+        }
+        let stored = fs::metadata(self.path_of(digest)).ok()?;
+        if known.stored.get(digest) != Some(&Stamp::of(&stored)) {
+            return None;
+        }
+        if kind == Kind::Executable && stored.permissions().mode() & 0o111 != 0o111 {
+            return None;
+        }
+        Some(*digest)
+    }
+
+    /// Remembers that `src` (stamped `stamp`, read from `hashed_at`) and the stored copy
+    /// (verified or written just now) hold `digest` — the source only if it had not changed
+    /// for [`RACY_WINDOW`] when it was read.
+    fn remember(
+        &self,
+        src: &Path,
+        stamp: Stamp,
+        hashed_at: std::time::SystemTime,
+        digest: &Sha256,
+    ) {
+        let Ok(stored) = fs::metadata(self.path_of(digest)) else {
+            return;
+        };
+        let stored = Stamp::of(&stored);
+        let mut known = self.lock_known();
+        if stamp.settled(hashed_at, self.racy_window) {
+            known.sources.insert(src.to_path_buf(), (stamp, *digest));
+        }
+        // The stored copy was verified or written just now, and nobody but the store writes
+        // it (0555/0444 in a 0700 directory): its stamp needs no waiting period.
+        known.stored.insert(*digest, stored);
     }
 
     /// Whether `target` already holds the right bytes (fixing its mode if an executable is
@@ -351,4 +476,86 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, "fsync directory", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn store(state: &Path, racy_window: Duration) -> Store {
+        let mut store = Store::open(state).unwrap();
+        store.racy_window = racy_window;
+        store
+    }
+
+    fn executable(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn reads(store: &Store) -> u64 {
+        store.lock_known().reads
+    }
+
+    #[test]
+    fn an_unchanged_source_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        let first = store.stage_executable(&src).unwrap();
+        let before = reads(&store);
+        assert_eq!(store.stage_executable(&src).unwrap(), first);
+        assert_eq!(store.stage_executable(&src).unwrap(), first);
+        assert_eq!(reads(&store), before, "an unchanged source was read again");
+    }
+
+    #[test]
+    fn a_changed_source_or_stored_copy_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        let v1 = store.stage_executable(&src).unwrap();
+        store.stage_executable(&src).unwrap();
+        // New bytes in place: the stamp changes, so the source is hashed again.
+        executable(&src, b"#!/bin/sh\necho v2, longer\n");
+        let v2 = store.stage_executable(&src).unwrap();
+        assert_ne!(v1, v2);
+        assert_eq!(
+            fs::read(store.path_of(&v2)).unwrap(),
+            b"#!/bin/sh\necho v2, longer\n"
+        );
+        // A stored copy altered behind the store's back is noticed and repaired.
+        store.stage_executable(&src).unwrap();
+        let stored = store.path_of(&v2);
+        fs::set_permissions(&stored, Permissions::from_mode(0o755)).unwrap();
+        fs::write(&stored, b"#!/bin/sh\necho evil, longer\n").unwrap();
+        fs::set_permissions(&stored, Permissions::from_mode(0o555)).unwrap();
+        assert_eq!(store.stage_executable(&src).unwrap(), v2);
+        assert_eq!(fs::read(&stored).unwrap(), b"#!/bin/sh\necho v2, longer\n");
+        store.verify(&v2).unwrap();
+    }
+
+    #[test]
+    fn a_recently_changed_source_is_never_trusted_by_its_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        // The real window: the source was written just now, so its stamp is racy.
+        let store = store(&dir.path().join("state"), RACY_WINDOW);
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        store.stage_executable(&src).unwrap();
+        let before = reads(&store);
+        store.stage_executable(&src).unwrap();
+        assert_eq!(reads(&store), before + 1, "a racy stamp was trusted");
+        assert!(store.lock_known().sources.is_empty());
+        // Rewritten in place with as many bytes, within the same second: still hashed.
+        executable(&src, b"#!/bin/sh\necho v2\n");
+        let v2 = store.stage_executable(&src).unwrap();
+        assert_eq!(
+            fs::read(store.path_of(&v2)).unwrap(),
+            b"#!/bin/sh\necho v2\n"
+        );
+    }
 }
