@@ -186,7 +186,9 @@ fn cached_state(
     if !compacted {
         return Ok(Cached::Ready(plain.join("state"), took));
     }
-    let small = cache.join(format!("{SHAPE}-{events}-compacted"));
+    // "-rw": compacted, then reopened once, which rewrites sled's store without the
+    // dropped records' garbage (what any next open after a compaction does).
+    let small = cache.join(format!("{SHAPE}-{events}-compacted-rw"));
     if !done(&small) {
         let _ = std::fs::remove_dir_all(&small);
         copy_dir(&plain, &small).map_err(|e| format!("copying {}: {e}", plain.display()))?;
@@ -195,6 +197,9 @@ fn cached_state(
         journal
             .compact(tryswap_journal::DEFAULT_KEEP_PER_SLOT)
             .map_err(|e| format!("compacting: {e}"))?;
+        drop(journal);
+        let journal = Journal::open(&small.join("state").join("journal"))
+            .map_err(|e| format!("reopening {} after compaction: {e}", small.display()))?;
         drop(journal);
         std::fs::write(small.join("complete"), "").map_err(|e| e.to_string())?;
     }

@@ -55,6 +55,10 @@ struct Args {
     /// Reloads per column in section 1 (default 50, quick 15).
     #[arg(long)]
     reloads: Option<usize>,
+    /// Section 1c: how long the realistic plugin initialises before its handshake (0 skips
+    /// section 1c).
+    #[arg(long, default_value_t = 100)]
+    startup_delay_ms: u64,
     /// Swaps per strategy in section 2 (default 200, quick 30).
     #[arg(long)]
     swaps: Option<usize>,
@@ -172,9 +176,16 @@ async fn main() -> std::process::ExitCode {
     if wanted(1) || wanted(3) {
         let reloads = args.reloads.unwrap_or(if quick { 15 } else { 50 });
         let budget = Duration::from_secs(if quick { 120 } else { 600 });
-        match reload::run(&bins, reloads, budget).await {
+        match reload::run(&bins, reloads, budget, 0).await {
             Ok(outcomes) => report.add(&outcomes.tables),
             Err(e) => report.failed(1, &e),
+        }
+        if wanted(1) && args.startup_delay_ms > 0 {
+            let reloads = (reloads / 2).max(5);
+            match reload::run(&bins, reloads, budget, args.startup_delay_ms).await {
+                Ok(outcomes) => report.add(&outcomes.tables),
+                Err(e) => report.failed(1, &e),
+            }
         }
     }
     if wanted(2) {

@@ -129,11 +129,25 @@ failure_threshold = 300
     text
 }
 
+/// How long fixture plugins configured by [`fixture_config`] initialise before their
+/// handshake (0: start at once).
+static STARTUP_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes every fixture configured from now on spend `ms` initialising (a realistic plugin
+/// that loads data before it serves; the floor and every tryswap path alike).
+pub fn set_startup_delay_ms(ms: u64) {
+    STARTUP_DELAY_MS.store(ms, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Writes a fixture config whose `Call` replies carry `message`; returns its path.
 pub fn fixture_config(dir: &Path, message: &str) -> PathBuf {
-    FixtureConfig::with_message(message)
-        .write(&dir.join(format!("{message}.toml")))
-        .expect("writing a fixture config")
+    let delay = STARTUP_DELAY_MS.load(std::sync::atomic::Ordering::SeqCst);
+    FixtureConfig {
+        startup_delay_ms: (delay > 0).then_some(delay),
+        ..FixtureConfig::with_message(message)
+    }
+    .write(&dir.join(format!("{message}.toml")))
+    .expect("writing a fixture config")
 }
 
 /// The candidate for one reload: the fixture with its own config file.

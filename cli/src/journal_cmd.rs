@@ -62,6 +62,12 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
         JournalCommand::Compact { keep } => {
             let journal = opened?;
             let report = journal.compact(*keep)?;
+            if report.events_dropped > 0 {
+                // Reopening rewrites sled's store without the dropped records' bytes, so
+                // the file shrinks now rather than at the next command.
+                drop(journal);
+                drop(Journal::open(&dir)?);
+            }
             if ctx.json {
                 render::json(&report)?;
             } else {

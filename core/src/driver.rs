@@ -44,7 +44,9 @@ pub struct Instance {
     pub log_path: Option<PathBuf>,
     /// Where it serves, once validated.
     pub endpoint: Option<Endpoint>,
-    /// Driver-private state (a child handle, an engine). `None` after a reattach by identity.
+    /// Driver-private state (a child handle, an engine, a stdio drain). After a reattach by
+    /// identity it holds only what the driver can rebuild (the process driver: the gRPC
+    /// stdio drain), or `None`.
     pub handle: Option<Arc<dyn Any + Send + Sync>>,
 }
 

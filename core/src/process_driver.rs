@@ -1,35 +1,121 @@
 //! The process driver: plugins as child processes speaking go-plugin's handshake.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tryswap_fsm::Protocol;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use tryswap_fsm::{Generation, ProcessIdentity, Protocol, SlotName};
 
 use crate::config::SlotConfig;
 use crate::driver::{Driver, DriverError, Instance, LaunchRequest, StopOutcome};
 use crate::handshake;
 use crate::process::{self, HandshakeWaitError, SpawnSpec, Spawned};
+use crate::stdio::{self, DrainEnd, DrainRegistration, StdioSinks};
 
 /// How much of a plugin's log an error message quotes.
 const EXCERPT_HEAD: usize = 3;
 const EXCERPT_TAIL: usize = 5;
 const EXCERPT_BYTES: usize = 2048;
 
+/// How long a stopped instance's stdio drain may take to read what the plugin wrote last
+/// before it is aborted.
+const STDIO_FINISH_GRACE: Duration = Duration::from_millis(500);
+/// How long the stdio drain may take to connect to the plugin.
+const STDIO_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the drain of a reattached plugin (not our child) checks that it still runs.
+const STDIO_ALIVE_POLL: Duration = Duration::from_millis(500);
+
 /// Where a generation's output goes: `<state-dir>/logs/<slot>/<generation>.log` (stderr) and
-/// `<generation>.stdout` (stdout, whose first line is the handshake).
+/// `<generation>.stdout` (stdout, whose first line is the handshake). go-plugin's stdio
+/// stream (`plugin.GRPCStdio`) is drained into the same files.
 pub fn log_paths(state_dir: &Path, request: &LaunchRequest) -> (PathBuf, PathBuf) {
-    let dir = state_dir.join("logs").join(request.slot.as_str());
+    generation_log_paths(state_dir, &request.slot, request.generation)
+}
+
+fn generation_log_paths(
+    state_dir: &Path,
+    slot: &SlotName,
+    generation: Generation,
+) -> (PathBuf, PathBuf) {
+    let dir = state_dir.join("logs").join(slot.as_str());
     (
-        dir.join(format!("{}.stdout", request.generation)),
-        dir.join(format!("{}.log", request.generation)),
+        dir.join(format!("{generation}.stdout")),
+        dir.join(format!("{generation}.log")),
     )
 }
 
+/// The handle of a plugin this process launched.
 struct ProcessHandle {
     spawned: Spawned,
     stdout_path: PathBuf,
+    stdio: StdioDrainTask,
+}
+
+/// The handle of a plugin reattached by identity (launched by an earlier tryswap process).
+struct ReattachedHandle {
+    stdio: StdioDrainTask,
+}
+
+/// The background task draining an instance's go-plugin stdio stream, once one is started.
+/// Dropping it (the last clone of the instance) aborts the task.
+#[derive(Default)]
+struct StdioDrainTask {
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl StdioDrainTask {
+    fn set(&self, task: JoinHandle<()>) {
+        let mut slot = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Lets the drain read what a stopped plugin wrote last (within `grace`), then aborts
+    /// it; returns once the task has ended.
+    async fn finish(&self, grace: Duration) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut task) = task else {
+            return;
+        };
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for StdioDrainTask {
+    fn drop(&mut self) {
+        let task = self
+            .task
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
+
+/// Completes once the plugin's process has exited: at once through the exit watch of our
+/// own child, else by polling its identity.
+async fn process_exited(spawned: Option<Spawned>, identity: Option<ProcessIdentity>) {
+    if let Some(spawned) = spawned {
+        if spawned.wait_exit().await.is_some() {
+            return;
+        }
+    }
+    let Some(identity) = identity else {
+        // Nothing to watch: the stream's end ends the drain.
+        return std::future::pending().await;
+    };
+    while process::is_alive(&identity) {
+        tokio::time::sleep(STDIO_ALIVE_POLL).await;
+    }
 }
 
 /// Launches plugin processes for one slot: the stored executable, the slot's arguments and
@@ -120,6 +206,60 @@ impl ProcessDriver {
             .and_then(|h| h.downcast_ref::<ProcessHandle>())
     }
 
+    fn stdio_task(instance: &Instance) -> Option<&StdioDrainTask> {
+        let handle = instance.handle.as_ref()?;
+        if let Some(h) = handle.downcast_ref::<ProcessHandle>() {
+            return Some(&h.stdio);
+        }
+        handle.downcast_ref::<ReattachedHandle>().map(|h| &h.stdio)
+    }
+
+    /// Starts draining go-plugin's stdio stream (`plugin.GRPCStdio`) of a validated gRPC
+    /// instance into its log files, as a background task (see [`stdio::drain_stdio`]).
+    /// Nothing for netrpc plugins, instances without an endpoint, or outside a runtime.
+    fn start_stdio_drain(
+        &self,
+        instance: &Instance,
+        spawned: Option<Spawned>,
+    ) -> Option<JoinHandle<()>> {
+        let endpoint = instance.endpoint.clone()?;
+        if endpoint.protocol != Protocol::Grpc {
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (stdout_path, stderr_path) =
+            generation_log_paths(&self.state_dir, &instance.slot, instance.generation);
+        let sinks = StdioSinks {
+            stdout_path,
+            stderr_path,
+            max_bytes: self.slot.log_max_bytes,
+        };
+        let exited = process_exited(spawned, instance.process.clone());
+        let registration = DrainRegistration::new(instance.reload);
+        let span = tracing::info_span!(
+            parent: None,
+            "stdio_drain",
+            slot = %instance.slot,
+            generation = instance.generation.0,
+            reload_id = %instance.reload
+        );
+        let task = async move {
+            let _registration = registration;
+            match stdio::drain_stdio(&endpoint, &sinks, STDIO_CONNECT_TIMEOUT, exited).await {
+                Ok(summary) if matches!(summary.end, DrainEnd::NotServed { .. }) => {}
+                Ok(summary) => tracing::debug!(
+                    stdout_bytes = summary.stdout_bytes,
+                    stderr_bytes = summary.stderr_bytes,
+                    dropped_bytes = summary.dropped_bytes,
+                    end = ?summary.end,
+                    "stdio stream drain ended"
+                ),
+                Err(e) => tracing::debug!(error = %e, "stdio stream not drained"),
+            }
+        };
+        Some(runtime.spawn(task.instrument(span)))
+    }
+
     /// How a plugin this process launched exited, once it has (`None` while it runs, and
     /// for instances reattached by identity: only the parent learns the status).
     pub(crate) fn exit_status(instance: &Instance) -> Option<std::process::ExitStatus> {
@@ -181,6 +321,7 @@ impl Driver for ProcessDriver {
             handle: Some(Arc::new(ProcessHandle {
                 spawned,
                 stdout_path,
+                stdio: StdioDrainTask::default(),
             })),
         })
     }
@@ -215,6 +356,13 @@ impl Driver for ProcessDriver {
         let endpoint = handshake::parse_line(&line, &slot.handshake)
             .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
         instance.endpoint = Some(endpoint);
+        // Drain go-plugin's stdio stream from now on (probing included): a plugin that
+        // writes to stdout/stderr after its handshake blocks once nobody reads it.
+        if let Some(handle) = Self::handle(instance) {
+            if let Some(task) = self.start_stdio_drain(instance, Some(handle.spawned.clone())) {
+                handle.stdio.set(task);
+            }
+        }
         Ok(())
     }
 
@@ -277,6 +425,10 @@ impl Driver for ProcessDriver {
                 };
             }
         }
+        // The plugin is gone: its stdio stream ends; keep nothing of it running.
+        if let Some(task) = Self::stdio_task(instance) {
+            task.finish(STDIO_FINISH_GRACE).await;
+        }
         // Anything that escaped the group (setsid'd grandchildren) still carries the tag.
         let stragglers = process::kill_tagged(&instance.reload, stop_timeout).await;
         if !stragglers.is_empty() {
@@ -296,9 +448,19 @@ impl Driver for ProcessDriver {
 
     fn reattach(&self, facts: &Instance) -> Option<Instance> {
         let identity = facts.process.as_ref()?;
-        process::is_alive(identity).then(|| Instance {
+        if !process::is_alive(identity) {
+            return None;
+        }
+        let mut instance = Instance {
             handle: None,
             ..facts.clone()
-        })
+        };
+        // Not our child, but its stdio stream still needs a reader.
+        if let Some(task) = self.start_stdio_drain(&instance, None) {
+            let stdio = StdioDrainTask::default();
+            stdio.set(task);
+            instance.handle = Some(Arc::new(ReattachedHandle { stdio }));
+        }
+        Some(instance)
     }
 }

@@ -1,11 +1,14 @@
-//! Replays the fuzz corpora of `fuzz/corpus/handshake_line` and `fuzz/corpus/config_file`
-//! on stable Rust: no file makes a parser panic. Seeds named `ok-*` must be accepted and
+//! Replays the fuzz corpora of `fuzz/corpus/handshake_line`, `fuzz/corpus/config_file` and
+//! `fuzz/corpus/admin_body` on stable Rust: no file makes a parser panic. Seeds named `ok-*` must be accepted and
 //! `bad-*` refused; files added by fuzzing runs (other names) only have to not panic.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use tryswap::admin_body::{
+    parse_compact_body, parse_config_reload_body, parse_reload_body, ReloadRequest,
+};
 use tryswap::config::{Config, HandshakeConfig};
 use tryswap::handshake::parse_line;
 use tryswap_fsm::{Protocol, SlotName};
@@ -79,6 +82,43 @@ fn config_file_corpus() {
         check_expectation(name, result.is_ok(), &mut seen, &why);
         // Lossy text must not panic either.
         let _ = Config::parse(&String::from_utf8_lossy(bytes), origin);
+    }
+    assert_eq!(seen.len(), 2, "need both ok- and bad- seeds");
+}
+
+#[test]
+fn admin_body_corpus() {
+    let files = corpus("admin_body");
+    assert!(files.len() >= 10, "corpus too small: {}", files.len());
+    let mut seen = BTreeSet::new();
+    // As fuzz/fuzz_targets/admin_body.rs: messages are one line without control characters.
+    let check = |name: &str, msg: String| {
+        assert!(!msg.is_empty(), "{name}: empty message");
+        assert!(!msg.chars().any(char::is_control), "{name}: {msg:?}");
+        msg
+    };
+    for (name, bytes) in &files {
+        // `ok-`/`bad-` is about the reload body; the other parsers only must not panic.
+        let result = parse_reload_body(bytes);
+        let why = match &result {
+            Ok(ReloadRequest::Candidate { spec, .. }) => {
+                let artifact = spec.executable.as_deref().expect("artifact");
+                assert!(!artifact.as_os_str().is_empty(), "{name}");
+                String::new()
+            }
+            Ok(ReloadRequest::Rollback { to }) => {
+                assert!(to.is_none_or(|g| g.0 > 0), "{name}");
+                String::new()
+            }
+            Err(e) => check(name, e.to_string()),
+        };
+        check_expectation(name, result.is_ok(), &mut seen, &why);
+        if let Err(e) = parse_config_reload_body(bytes) {
+            check(name, e.to_string());
+        }
+        if let Err(e) = parse_compact_body(bytes) {
+            check(name, e.to_string());
+        }
     }
     assert_eq!(seen.len(), 2, "need both ok- and bad- seeds");
 }

@@ -185,6 +185,11 @@ impl Journal {
             )
         };
         self.durable_flush(tip, false)?;
+        if report.events_dropped > 0 {
+            // sled keeps the dropped records' bytes in its log: the next open for writing
+            // copies the store into a fresh one (see `rewrite`).
+            crate::rewrite::request(&self.dir)?;
+        }
         Ok(report)
     }
 }

@@ -185,16 +185,39 @@ fn remove_unfinished_snapshots(sled_dir: &Path) -> Result<(), JournalError> {
 fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
     remove_unfinished_snapshots(sled_dir)?;
     guard_sled(dir, sled_dir, || {
-        let db = sled::Config::new()
-            .path(sled_dir)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()?;
+        let db = open_db(
+            sled::Config::new()
+                .path(sled_dir)
+                .cache_capacity(CACHE_CAPACITY),
+        )?;
         let events = db.open_tree(EVENTS)?;
         let slots = db.open_tree(SLOTS)?;
         let reloads = db.open_tree(RELOADS)?;
         let meta = db.open_tree(META)?;
         Ok((db, events, slots, reloads, meta))
     })
+}
+
+/// How long [`open_db`] waits for sled's own file lock.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a sled store, waiting (at most [`SLED_LOCK_WAIT`]) while sled's file lock on its
+/// data file is still held. Only this process can hold it — other processes are kept out
+/// by `journal.lock`, taken first — and it does so for a moment after a handle on the same
+/// store was dropped, until sled's background threads let go of the file.
+pub(crate) fn open_db(config: sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs `open` (which opens sled in `sled_dir`) and maps a panic, sled's corruption error
@@ -492,6 +515,10 @@ impl Journal {
             }
             Err(e) => return Err(e),
         };
+        if !read_only {
+            crate::rewrite::settle(dir, &sled_dir)?;
+            crate::rewrite::run_if_wanted(dir, &sled_dir)?;
+        }
         let creating = !sled_dir.exists();
         let preserved = preserve_before_open(dir, &sled_dir)?;
         let journal =

@@ -35,6 +35,7 @@ mod lock;
 mod projection;
 mod record;
 mod replay;
+mod rewrite;
 mod verify;
 mod witness;
 

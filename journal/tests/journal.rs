@@ -16,8 +16,21 @@ use tryswap_fsm::{Command, Mode, Reason, ReloadId, SlotName, World};
 use tryswap_journal::layout::{self, seq_key};
 use tryswap_journal::{Journal, JournalError, ProblemKind, ReloadView};
 
+/// Opens the journal's sled store directly, waiting (bounded) while a handle this process
+/// just dropped still holds sled's file lock.
 fn sled_of(dir: &Path) -> sled::Db {
-    sled::open(dir.join(layout::SLED_DIR)).unwrap()
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match sled::open(dir.join(layout::SLED_DIR)) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 fn full_activate(journal: &Journal, slot: &SlotName, id: ReloadId, byte: u8) -> u64 {
@@ -874,4 +887,115 @@ fn inspection_needs_an_existing_journal() {
     let err = Journal::open_for_inspection(&dir.path().join("nothing")).unwrap_err();
     assert!(matches!(err, JournalError::Missing(_)), "{err}");
     assert!(!dir.path().join("nothing").exists());
+}
+
+/// Bytes of sled's files (the store only, not the journal's other files).
+fn store_bytes(dir: &Path) -> u64 {
+    files_of(&dir.join(layout::SLED_DIR))
+        .values()
+        .map(|bytes| bytes.len() as u64)
+        .sum()
+}
+
+/// A journal with `cycles` dry runs on one slot after one activate, compacted to keep one.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn compacted_journal(dir: &Path, cycles: u128) -> (Entries, u64) {
+    let slot = slot_name(3);
+    let journal = Journal::open(dir).unwrap();
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    for n in 0..cycles {
+        let id = ReloadId::from_u128(1000 + n);
+        let commands = [
+            Command::Stage {
+                reload: id,
+                slot: slot.clone(),
+                mode: Mode::DryRun,
+                artifact: artifact((n % 200) as u8),
+            },
+            Command::RecordLaunch {
+                reload: id,
+                process: Some(process(5000 + n as u32)),
+                log_path: Some(format!("logs/demo/{n}.log")),
+            },
+            Command::RecordHandshake {
+                reload: id,
+                endpoint: Some(endpoint(41000)),
+            },
+            Command::RecordProbe { reload: id },
+            Command::PassDryRun { reload: id },
+        ];
+        journal.execute_all(&commands, at(n as usize)).unwrap();
+    }
+    let report = journal.compact(1).unwrap();
+    assert_eq!(report.reloads_dropped as u128, cycles - 1);
+    assert!(dir.join("rewrite-wanted").exists());
+    let last = journal.last_seq();
+    drop(journal);
+    (tree_contents(dir, "events"), last)
+}
+
+#[test]
+fn the_store_is_rewritten_after_compaction_and_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events_before, last) = compacted_journal(dir.path(), 2000);
+    let slots_before = tree_contents(dir.path(), "slots");
+    let bloated = store_bytes(dir.path());
+
+    let journal = Journal::open(dir.path()).unwrap();
+    assert!(!dir.path().join("rewrite-wanted").exists());
+    assert!(!dir.path().join("sled.old").exists());
+    assert!(!dir.path().join("sled.rewrite").exists());
+    assert_eq!(journal.last_seq(), last);
+    let report = journal.verify().unwrap();
+    assert!(report.is_ok(), "{:#?}", report.problems);
+    drop(journal);
+    let rewritten = store_bytes(dir.path());
+    assert!(
+        rewritten * 4 < bloated,
+        "the store did not shrink: {bloated} bytes before, {rewritten} after"
+    );
+    assert_eq!(tree_contents(dir.path(), "events"), events_before);
+    assert_eq!(tree_contents(dir.path(), "slots"), slots_before);
+    // And it goes on: a new reload after the rewrite.
+    let journal = Journal::open(dir.path()).unwrap();
+    full_activate(&journal, &slot_name(3), ReloadId::from_u128(9), 9);
+    assert!(journal.verify().unwrap().is_ok());
+}
+
+#[test]
+fn an_interrupted_rewrite_is_undone_or_finished_on_the_next_open() {
+    // Each case: what a crash left beside (or instead of) `sled/`.
+    for case in ["half-copied", "between-renames", "after-renames"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (events_before, last) = compacted_journal(dir.path(), 50);
+        let sled_dir = dir.path().join(layout::SLED_DIR);
+        match case {
+            "half-copied" => {
+                fs::create_dir_all(dir.path().join("sled.rewrite")).unwrap();
+                fs::write(dir.path().join("sled.rewrite/db"), b"partial garbage").unwrap();
+            }
+            "between-renames" => {
+                fs::rename(&sled_dir, dir.path().join("sled.old")).unwrap();
+                fs::create_dir_all(dir.path().join("sled.rewrite")).unwrap();
+                fs::write(dir.path().join("sled.rewrite/db"), b"never finished").unwrap();
+            }
+            "after-renames" => {
+                copy_dir(&sled_dir, &dir.path().join("sled.old"));
+                fs::write(dir.path().join("sled.old/db"), b"the old store").unwrap();
+            }
+            _ => unreachable!(),
+        }
+        let journal = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(journal.last_seq(), last, "{case}");
+        assert!(journal.verify().unwrap().is_ok(), "{case}");
+        drop(journal);
+        for leftover in ["sled.old", "sled.rewrite", "rewrite-wanted"] {
+            assert!(
+                !dir.path().join(leftover).exists(),
+                "{case}: {leftover} is still there"
+            );
+        }
+        assert_eq!(tree_contents(dir.path(), "events"), events_before, "{case}");
+    }
 }

@@ -78,6 +78,10 @@ pub struct FixtureConfig {
     /// Health reports NOT_SERVING until this long after start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_after_ms: Option<u64>,
+    /// Spend this long initialising before listening and printing the handshake (a plugin
+    /// that loads data or connects to something first; the benchmark's realistic plugin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_delay_ms: Option<u64>,
     /// Exit with code 2 this long after printing the handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash_after_ms: Option<u64>,
@@ -103,6 +107,15 @@ pub struct FixtureConfig {
     /// Write the plugin's own pid here at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
+    /// Serve go-plugin's stdio stream (`plugin.GRPCStdio/StreamStdio`) the way go-plugin
+    /// does, and write this many KiB to it after the handshake: 1 KiB lines
+    /// `stdio line N …\n` (every 10th on STDERR, the rest on STDOUT) go through a
+    /// 64 KiB buffer that only the stream drains; a writer waits while it is full, like a
+    /// go-plugin plugin writing to its replaced `os.Stdout`. Each `Fixture/Call` also
+    /// writes one line before replying, so calls block when nobody drains the stream.
+    /// Unset (default): `plugin.GRPCStdio` is not served (calls answer `Unimplemented`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio_stream_kib: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {

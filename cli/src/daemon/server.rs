@@ -38,16 +38,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tryswap::admin_body::{
+    parse_compact_body, parse_config_reload_body, parse_reload_body, BodyError, ReloadRequest,
+};
 use tryswap::config::{AdminConfig, Config};
 use tryswap::config_reload::{ConfigOutcome, ConfigReloadReport};
 use tryswap::monitor::Monitor;
 use tryswap::report::{Outcome, ReloadReport, StatusReport};
-use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
-use tryswap_fsm::{Generation, Rejected, ReloadId, SlotName};
+use tryswap::supervisor::{Supervisor, SupervisorError};
+use tryswap_fsm::{Rejected, ReloadId, SlotName};
 use tryswap_journal::JournalError;
 
 use super::events;
@@ -117,6 +119,13 @@ impl ApiError {
     /// The message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+/// A refused request body: 400 with the parser's message, which names the field.
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        ApiError::bad_request(e.to_string())
     }
 }
 
@@ -359,150 +368,6 @@ async fn history(State(st): St, Path(slot): Path<String>, headers: HeaderMap) ->
     reply(StatusCode::OK, &report, text)
 }
 
-/// A parsed `POST /v1/slots/{slot}/reloads` body.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReloadRequest {
-    /// `{"artifact": …, "config_file": …, "dry_run": …}`.
-    Candidate {
-        /// The candidate and its config file.
-        spec: CandidateSpec,
-        /// Try only.
-        dry_run: bool,
-    },
-    /// `{"rollback": true}` or `{"rollback_to": N}`.
-    Rollback {
-        /// The generation to bring back (default: the previous one).
-        to: Option<Generation>,
-    },
-}
-
-const RELOAD_FIELDS: &str = "artifact, config_file, dry_run, rollback, rollback_to";
-
-fn path_field(
-    body: &Map<String, Value>,
-    field: &str,
-    what: &str,
-) -> Result<Option<PathBuf>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Err(ApiError::bad_request(format!(
-            "field `{field}` must not be empty ({what})"
-        ))),
-        Some(Value::String(s)) if s.contains('\0') => Err(ApiError::bad_request(format!(
-            "field `{field}` must not contain a NUL character"
-        ))),
-        Some(Value::String(s)) => Ok(Some(PathBuf::from(s))),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "field `{field}` must be a string ({what}), not {}",
-            kind_of(other)
-        ))),
-    }
-}
-
-fn bool_field(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "field `{field}` must be true or false, not {}",
-            kind_of(other)
-        ))),
-    }
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn json_object(body: &[u8], example: &str) -> Result<Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(format!(
-            "the body is empty: expected a JSON object such as {example}"
-        )));
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(ApiError::bad_request(format!(
-            "the body must be a JSON object such as {example}, not {}",
-            kind_of(&other)
-        ))),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "the body is not valid JSON: {e}"
-        ))),
-    }
-}
-
-/// Parses and checks a reload body; errors name the offending field.
-pub fn parse_reload_body(body: &[u8]) -> Result<ReloadRequest, ApiError> {
-    let map = json_object(body, r#"{"artifact": "/path/to/plugin"}"#)?;
-    for key in map.keys() {
-        if !RELOAD_FIELDS.split(", ").any(|f| f == key) {
-            return Err(ApiError::bad_request(format!(
-                "unknown field `{key}` (expected one of {RELOAD_FIELDS})"
-            )));
-        }
-    }
-    let artifact = path_field(&map, "artifact", "the candidate plugin executable's path")?;
-    let config_file = path_field(&map, "config_file", "the candidate's config file path")?;
-    let dry_run = bool_field(&map, "dry_run")?;
-    let rollback = bool_field(&map, "rollback")?.unwrap_or(false);
-    let rollback_to = match map.get("rollback_to") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64().filter(|g| *g > 0) {
-            Some(g) => Some(Generation(g)),
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "field `rollback_to` must be a generation number (a positive integer), not {n}"
-                )))
-            }
-        },
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "field `rollback_to` must be a generation number, not {}",
-                kind_of(other)
-            )))
-        }
-    };
-    if rollback || rollback_to.is_some() {
-        let with = if rollback_to.is_some() {
-            "rollback_to"
-        } else {
-            "rollback"
-        };
-        for (field, given) in [
-            ("artifact", artifact.is_some()),
-            ("config_file", config_file.is_some()),
-            ("dry_run", dry_run == Some(true)),
-        ] {
-            if given {
-                return Err(ApiError::bad_request(format!(
-                    "field `{field}` is not allowed with `{with}`: a rollback reactivates a stored generation"
-                )));
-            }
-        }
-        return Ok(ReloadRequest::Rollback { to: rollback_to });
-    }
-    let Some(artifact) = artifact else {
-        return Err(ApiError::bad_request(
-            "field `artifact` is required: the candidate plugin executable's path (or give `rollback`: true)",
-        ));
-    };
-    Ok(ReloadRequest::Candidate {
-        spec: CandidateSpec {
-            executable: Some(artifact),
-            config: config_file,
-        },
-        dry_run: dry_run.unwrap_or(false),
-    })
-}
-
 async fn reload(
     State(st): St,
     Path(slot): Path<String>,
@@ -622,20 +487,6 @@ async fn recover(State(st): St, headers: HeaderMap) -> ApiResult {
     reply(StatusCode::OK, &report, text)
 }
 
-/// Parses a `POST /v1/config/reload` body: empty, or `{"dry_run": bool}`.
-pub fn parse_config_reload_body(body: &[u8]) -> Result<bool, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(false);
-    }
-    let map = json_object(body, r#"{"dry_run": false}"#)?;
-    if let Some(key) = map.keys().find(|k| k.as_str() != "dry_run") {
-        return Err(ApiError::bad_request(format!(
-            "unknown field `{key}` (expected dry_run)"
-        )));
-    }
-    Ok(bool_field(&map, "dry_run")?.unwrap_or(false))
-}
-
 async fn config_reload(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
     st.ready()?;
     let dry_run = parse_config_reload_body(&body)?;
@@ -740,33 +591,7 @@ async fn journal_replay(State(st): St, Query(query): Query<ReplayQuery>) -> ApiR
 /// `POST /v1/journal/compact` with `{"keep": N}` (default 100).
 async fn journal_compact(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
     st.ready()?;
-    let keep = if body.iter().all(u8::is_ascii_whitespace) {
-        tryswap_journal::DEFAULT_KEEP_PER_SLOT
-    } else {
-        let map = json_object(&body, r#"{"keep": 100}"#)?;
-        if let Some(key) = map.keys().find(|k| k.as_str() != "keep") {
-            return Err(ApiError::bad_request(format!(
-                "unknown field `{key}` (expected keep)"
-            )));
-        }
-        match map.get("keep") {
-            None | Some(Value::Null) => tryswap_journal::DEFAULT_KEEP_PER_SLOT,
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .and_then(|k| usize::try_from(k).ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "field `keep` must be a non-negative integer, not {n}"
-                    ))
-                })?,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "field `keep` must be a non-negative integer, not {}",
-                    kind_of(other)
-                )))
-            }
-        }
-    };
+    let keep = parse_compact_body(&body)?;
     let supervisor = st.supervisor.clone();
     let report = st
         .tasks
@@ -784,52 +609,5 @@ pub fn socket_path(state_dir: &FsPath, admin: &AdminConfig) -> PathBuf {
         admin.socket.clone()
     } else {
         state_dir.join(&admin.socket)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bad(body: &str) -> String {
-        parse_reload_body(body.as_bytes()).unwrap_err().message
-    }
-
-    #[test]
-    fn reload_bodies_are_parsed_and_bad_ones_name_the_field() {
-        assert_eq!(
-            parse_reload_body(br#"{"artifact":"/p","config_file":"/c","dry_run":true}"#).unwrap(),
-            ReloadRequest::Candidate {
-                spec: CandidateSpec::executable("/p").with_config("/c"),
-                dry_run: true
-            }
-        );
-        assert_eq!(
-            parse_reload_body(br#"{"rollback_to":2}"#).unwrap(),
-            ReloadRequest::Rollback {
-                to: Some(Generation(2))
-            }
-        );
-        assert_eq!(
-            parse_reload_body(br#"{"rollback":true}"#).unwrap(),
-            ReloadRequest::Rollback { to: None }
-        );
-        assert!(bad(r#"{"artifact":5}"#).contains("`artifact`"));
-        assert!(bad(r#"{"dry_run":"yes"}"#).contains("`dry_run`"));
-        assert!(bad(r#"{}"#).contains("`artifact` is required"));
-        assert!(bad(r#"{"artefact":"/p"}"#).contains("unknown field `artefact`"));
-        assert!(bad(r#"{"rollback_to":0}"#).contains("`rollback_to`"));
-        assert!(bad(r#"{"rollback":true,"artifact":"/p"}"#).contains("`artifact`"));
-        assert!(bad("[1]").contains("JSON object"));
-        assert!(bad("{").contains("not valid JSON"));
-        assert!(bad("").contains("empty"));
-    }
-
-    #[test]
-    fn config_reload_bodies() {
-        assert!(!parse_config_reload_body(b"").unwrap());
-        assert!(parse_config_reload_body(br#"{"dry_run":true}"#).unwrap());
-        let e = parse_config_reload_body(br#"{"dry_run":1}"#).unwrap_err();
-        assert!(e.message.contains("`dry_run`"), "{}", e.message);
     }
 }

@@ -11,23 +11,29 @@
 //! 3. it listens on tcp `127.0.0.1` (within `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT`)
 //!    or on a unix socket `plugin<digits>` in the temp dir;
 //! 4. serves `grpc.health.v1.Health` ("plugin" SERVING), `plugin.GRPCController`
-//!    and `tryswap.fixture.Fixture`;
+//!    and `tryswap.fixture.Fixture` (and, with `stdio_stream_kib`, go-plugin's stdio
+//!    stream `plugin.GRPCStdio`);
 //! 5. prints the handshake line on stdout and logs hclog JSON lines on stderr;
 //! 6. exits 0 on SIGTERM, SIGINT or `GRPCController/Shutdown`.
 //!
 //! `--grandchild` (internal) makes it the sleeping grandchild of `fork_grandchild`.
 
+use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clap::Parser;
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tryswap_tests::config::{FixtureConfig, FixtureNetwork};
@@ -228,15 +234,173 @@ async fn spawn_grandchild(config_path: Option<&Path>) -> Result<u32, String> {
     }
 }
 
+/// Full name of go-plugin's stdio service.
+const STDIO_SERVICE: &str = "plugin.GRPCStdio";
+/// HTTP/2 path of `plugin.GRPCStdio/StreamStdio`.
+const STREAM_STDIO_PATH: &str = "/plugin.GRPCStdio/StreamStdio";
+/// `plugin.StdioData.Channel` values.
+const STDIO_STDOUT: i32 = 1;
+const STDIO_STDERR: i32 = 2;
+/// Every line written to the stdio stream is this long, newline included.
+const STDIO_LINE_BYTES: usize = 1024;
+/// The stdio buffer holds this many lines (64 KiB, a Linux pipe's capacity).
+const STDIO_BUFFER_LINES: usize = 64;
+
+/// go-plugin's `plugin.StdioData` (written independently of tryswap's, so the two are
+/// checked against each other on the wire).
+#[derive(Clone, PartialEq, Eq, ::prost::Message)]
+struct StdioData {
+    /// 1 = STDOUT, 2 = STDERR.
+    #[prost(int32, tag = "1")]
+    channel: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    data: Vec<u8>,
+}
+
+/// What go-plugin makes of a plugin's `os.Stdout`/`os.Stderr` after `Serve`: a bounded
+/// buffer that only `StreamStdio` drains; writers wait while it is full.
+#[derive(Clone)]
+struct StdioPipe {
+    tx: mpsc::Sender<StdioData>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StdioData>>>,
+    lines: Arc<AtomicU64>,
+}
+
+impl StdioPipe {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel(STDIO_BUFFER_LINES);
+        StdioPipe {
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            lines: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Writes the next 1 KiB line `stdio line N …\n` (every 10th to STDERR); waits while
+    /// the buffer is full.
+    async fn write_line(&self) {
+        let n = self.lines.fetch_add(1, Ordering::SeqCst) + 1;
+        let channel = if n % 10 == 0 {
+            STDIO_STDERR
+        } else {
+            STDIO_STDOUT
+        };
+        let mut line = format!("stdio line {n} ").into_bytes();
+        line.resize(STDIO_LINE_BYTES - 1, b'.');
+        line.push(b'\n');
+        // The receiver lives as long as the pipe: this only waits.
+        let _ = self
+            .tx
+            .send(StdioData {
+                channel,
+                data: line,
+            })
+            .await;
+    }
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// One `StreamStdio` stream: forwards the buffer's lines until the client goes away or
+/// the plugin stops. One stream reads the buffer at a time.
+fn stdio_stream(
+    pipe: StdioPipe,
+    stop: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<StdioData, Status>> {
+    let (out, stream) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let stop = stopped(stop);
+        tokio::pin!(stop);
+        let mut source = tokio::select! {
+            source = pipe.rx.lock() => source,
+            () = out.closed() => return,
+            () = &mut stop => return,
+        };
+        loop {
+            let permit = tokio::select! {
+                permit = out.reserve() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = &mut stop => return,
+            };
+            let data = tokio::select! {
+                data = source.recv() => data,
+                () = out.closed() => return,
+                () = &mut stop => return,
+            };
+            match data {
+                Some(data) => permit.send(Ok(data)),
+                None => return,
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(stream)
+}
+
+/// Routable tower service serving `plugin.GRPCStdio` from a [`StdioPipe`].
+#[derive(Clone)]
+struct StdioServer {
+    pipe: StdioPipe,
+    stop: watch::Receiver<bool>,
+}
+
+impl tonic::server::NamedService for StdioServer {
+    const NAME: &'static str = STDIO_SERVICE;
+}
+
+impl<B> tower::Service<http::Request<B>> for StdioServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != STREAM_STDIO_PATH {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("unknown method").into_http()) },
+            );
+        }
+        let (pipe, stop) = (self.pipe.clone(), self.stop.clone());
+        Box::pin(async move {
+            let handler = tower::service_fn(move |_: Request<Empty>| {
+                let (pipe, stop) = (pipe.clone(), stop.clone());
+                async move {
+                    log("debug", "stdio stream opened", json!({}));
+                    Ok::<_, Status>(Response::new(stdio_stream(pipe, stop)))
+                }
+            });
+            let codec = tonic_prost::ProstCodec::<StdioData, Empty>::default();
+            let mut grpc = tonic::server::Grpc::new(codec);
+            Ok(grpc.server_streaming(handler, req).await)
+        })
+    }
+}
+
 struct FixtureService {
     message: String,
     version: u32,
+    /// With `stdio_stream_kib`: every call writes one line to it first.
+    stdio: Option<StdioPipe>,
 }
 
 impl Fixture for FixtureService {
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<CallReply>, Status> {
         let payload = request.into_inner().payload;
         log("info", "call", json!({ "payload": payload }));
+        if let Some(pipe) = &self.stdio {
+            pipe.write_line().await;
+        }
         Ok(Response::new(CallReply {
             payload,
             message: self.message.clone(),
@@ -383,6 +547,10 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
         return code;
     }
 
+    if let Some(ms) = config.startup_delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
     let bound = match listen(config.network()).await {
         Ok(b) => b,
         Err(e) => {
@@ -416,16 +584,25 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
 
     let (requested_tx, mut requested_rx) = watch::channel(false);
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stdio = config.stdio_stream_kib.map(|_| StdioPipe::new());
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(FixtureServer::new(FixtureService {
             message: config.message().to_owned(),
             version,
+            stdio: stdio.clone(),
         }))
         .add_service(ControllerServer::new(Controller {
             ignore: config.ignore_sigterm,
             requested: requested_tx,
         }));
+    let router = match &stdio {
+        Some(pipe) => router.add_service(StdioServer {
+            pipe: pipe.clone(),
+            stop: stop_tx.subscribe(),
+        }),
+        None => router,
+    };
     let stop = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
@@ -516,6 +693,16 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             log("error", "crashing as configured", json!({ "after_ms": ms }));
             std::process::exit(2);
+        });
+    }
+    if let (Some(pipe), Some(kib)) = (&stdio, config.stdio_stream_kib) {
+        // Like a go-plugin plugin printing after Serve: blocks while nobody drains.
+        let pipe = pipe.clone();
+        tokio::spawn(async move {
+            for _ in 0..kib {
+                pipe.write_line().await;
+            }
+            log("debug", "stdio stream lines written", json!({ "kib": kib }));
         });
     }
     if config.flood_stdout {
