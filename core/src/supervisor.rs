@@ -76,9 +76,12 @@ pub enum SupervisorError {
     /// The slot has no earlier generation to roll back to.
     #[error("slot {0} has no previous generation to roll back to")]
     NoPrevious(SlotName),
-    /// `rollback --to` named a generation that was never active in the slot.
+    /// `rollback --to` named a generation whose artifact the slot's history does not hold:
+    /// it was never active, or a journal compaction trimmed it.
     #[error(
-        "slot {slot} never had generation {generation} active; `tryswap history {slot}` lists them"
+        "slot {slot} has no generation {generation} to roll back to: it was never active, or \
+         `journal compact` trimmed it from the history; `tryswap history {slot}` lists the \
+         generations that can be brought back"
     )]
     UnknownGeneration {
         /// The slot.
@@ -879,7 +882,7 @@ impl Supervisor {
     /// Every reload of the slot the journal still holds, oldest first.
     pub fn history(&self, slot: &SlotName) -> Result<HistoryReport, SupervisorError> {
         let history = match self.inner.journal.slot(slot)? {
-            Some(view) => view.slot.history,
+            Some(view) => std::sync::Arc::unwrap_or_clone(view.slot.history),
             None if self.runtime(slot).is_ok() => BTreeMap::new(),
             None => return Err(SupervisorError::UnknownSlot(slot.clone())),
         };

@@ -677,7 +677,7 @@ pub fn evolve(scope: Scope, event: &Event) -> Scope {
                     if let Some(old) = slot.active.take() {
                         slot.retiring.push(old);
                     }
-                    slot.history
+                    std::sync::Arc::make_mut(&mut slot.history)
                         .insert(candidate.generation, candidate.artifact.clone());
                     slot.active = Some(Instance {
                         generation: candidate.generation,

@@ -1,6 +1,7 @@
 //! The states a reload and a slot can be in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -142,8 +143,10 @@ pub struct Slot {
     pub next_generation: Generation,
     /// Former active generations that have not been retired (stopped) yet.
     pub retiring: Vec<Instance>,
-    /// Artifacts of every generation that was ever active, for `rollback --to`.
-    pub history: BTreeMap<Generation, ArtifactRef>,
+    /// Artifacts of the generations that were active, for `rollback --to` (all of them,
+    /// until a journal compaction trims the oldest). Shared, so that cloning a slot does not
+    /// copy it; `Arc::make_mut` copies it on write only while another clone holds it.
+    pub history: Arc<BTreeMap<Generation, ArtifactRef>>,
 }
 
 impl Slot {
@@ -155,7 +158,7 @@ impl Slot {
             in_flight: None,
             next_generation: Generation(1),
             retiring: Vec::new(),
-            history: BTreeMap::new(),
+            history: Arc::new(BTreeMap::new()),
         }
     }
 

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
-use tryswap_fsm::{ReloadId, SlotName};
+use tryswap_fsm::{Generation, ReloadId, Slot, SlotName};
 
 use crate::codec;
 use crate::error::JournalError;
 use crate::journal::lock;
+use crate::layout::slot_key;
 use crate::layout::{
     base_reload_key, base_slot_key, decode_value, describe_key, encode_value, reload_key,
     seq_of_key, tx_meta, EVENTS, KEY_BASE_CHAIN, KEY_BASE_SEQ, KEY_NEXT_SEQ, PREFIX_BASE_RELOAD,
@@ -58,6 +59,28 @@ fn dropped_reloads(slots: &[SlotView], reloads: &[ReloadView], keep: usize) -> B
         dropped.extend(views.iter().skip(keep).map(|v| v.reload.id));
     }
     dropped
+}
+
+/// History entries a compaction keeps at least, whatever `keep_per_slot` says: the active
+/// generation and the one before it, so `rollback` (to the previous generation) still works.
+const MIN_HISTORY: usize = 2;
+
+/// Shrinks `slot.history` to the newest `max(keep, MIN_HISTORY)` generations plus the active
+/// and retiring ones; returns whether anything was removed. Without this the history — and
+/// with it every read and write of the slot's projection — grows with every activation
+/// forever. A `rollback --to` an older generation is then refused (its artifact is no longer
+/// recorded).
+fn trim_history(slot: &mut Slot, keep: usize) -> bool {
+    let keep = keep.max(MIN_HISTORY);
+    if slot.history.len() <= keep {
+        return false;
+    }
+    let mut pinned: BTreeSet<Generation> = slot.retiring.iter().map(|i| i.generation).collect();
+    pinned.extend(slot.active_generation());
+    pinned.extend(slot.history.keys().rev().take(keep).copied());
+    let before = slot.history.len();
+    std::sync::Arc::make_mut(&mut slot.history).retain(|generation, _| pinned.contains(generation));
+    slot.history.len() != before
 }
 
 impl Journal {
@@ -118,11 +141,22 @@ impl Journal {
                 .chain(self.meta.scan_prefix(PREFIX_BASE_RELOAD))
                 .map(|item| item.map(|(key, _)| key).map_err(|e| self.sled_err(e)))
                 .collect::<Result<_, _>>()?;
+            // Histories shrink to what a rollback may still want (see `trim_history`); the
+            // slot projections and the base snapshot get the same trimmed views, so the
+            // fold from the base still equals the projections.
             let mut base: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut trimmed_slots: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for view in &slots {
+                let mut view = view.clone();
+                if trim_history(&mut view.slot, keep_per_slot) {
+                    trimmed_slots.push((
+                        slot_key(&view.slot.name).to_vec(),
+                        encode_value("slot view", &view)?,
+                    ));
+                }
                 base.push((
                     base_slot_key(&view.slot.name),
-                    encode_value("base slot view", view)?,
+                    encode_value("base slot view", &view)?,
                 ));
             }
             let kept: Vec<&ReloadView> = reloads
@@ -138,8 +172,8 @@ impl Journal {
             let base_seq = encode_value("meta base_seq", &tip.seq)?;
             let base_chain = encode_value("meta base_chain", &tip.chain)?;
             let dir = self.dir.clone();
-            let outcome =
-                (&self.events, &self.reloads, &self.meta).transaction(|(events, reloads, meta)| {
+            let outcome = (&self.events, &self.reloads, &self.meta, &self.slots).transaction(
+                |(events, reloads, meta, slots_tree)| {
                     let next: u64 = tx_meta(meta, KEY_NEXT_SEQ, &dir)?;
                     if next != tip.seq + 1 {
                         return Err(ConflictableTransactionError::Abort(JournalError::Corrupt {
@@ -162,10 +196,14 @@ impl Journal {
                     for (key, value) in &base {
                         meta.insert(key.as_slice(), value.as_slice())?;
                     }
+                    for (key, value) in &trimmed_slots {
+                        slots_tree.insert(key.as_slice(), value.as_slice())?;
+                    }
                     meta.insert(KEY_BASE_SEQ, base_seq.as_slice())?;
                     meta.insert(KEY_BASE_CHAIN, base_chain.as_slice())?;
                     Ok(())
-                });
+                },
+            );
             self.finish_tx(outcome)?;
             tracing::info!(
                 dir = %self.dir.display(),

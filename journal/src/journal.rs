@@ -2,6 +2,7 @@
 //! durable flushes.
 
 use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -350,9 +351,74 @@ pub(crate) fn witness_findings(
 
 /// A [`View`] over the projections inside a write transaction.
 struct TxView<'a> {
-    slots: &'a TransactionalTree,
+    slots: &'a SlotCache<'a>,
     reloads: &'a TransactionalTree,
     failure: RefCell<Option<ConflictableTransactionError<JournalError>>>,
+}
+
+/// The slot projections one write transaction touches, decoded once and encoded once.
+///
+/// A slot projection holds the slot's whole history (every generation's artifact), so it
+/// grows with every activation; decoding it for every `decide` and every fold, and encoding
+/// it after every event, made appends cost O(history) several times per event.
+struct SlotCache<'a> {
+    tree: &'a TransactionalTree,
+    views: RefCell<HashMap<SlotName, Option<SlotView>>>,
+    dirty: RefCell<BTreeSet<SlotName>>,
+}
+
+impl<'a> SlotCache<'a> {
+    fn new(tree: &'a TransactionalTree) -> Self {
+        SlotCache {
+            tree,
+            views: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// Loads `name` into the cache if it is not there yet.
+    fn load(&self, name: &SlotName) -> TxResult<()> {
+        if !self.views.borrow().contains_key(name) {
+            let view = tx_slot(self.tree, name)?;
+            self.views.borrow_mut().insert(name.clone(), view);
+        }
+        Ok(())
+    }
+
+    /// The slot as the transaction left it so far.
+    fn slot(&self, name: &SlotName) -> TxResult<Option<Slot>> {
+        self.load(name)?;
+        Ok(self
+            .views
+            .borrow()
+            .get(name)
+            .and_then(|v| v.as_ref().map(|v| v.slot.clone())))
+    }
+
+    /// Takes the projection out for folding; [`SlotCache::put`] gives it back.
+    fn take(&self, name: &SlotName) -> TxResult<Option<SlotView>> {
+        self.load(name)?;
+        Ok(self.views.borrow_mut().get_mut(name).and_then(Option::take))
+    }
+
+    fn put(&self, name: &SlotName, view: SlotView) {
+        self.views.borrow_mut().insert(name.clone(), Some(view));
+        self.dirty.borrow_mut().insert(name.clone());
+    }
+
+    /// Writes every changed projection into the transaction.
+    fn write_back(&self) -> TxResult<()> {
+        let views = self.views.borrow();
+        for name in self.dirty.borrow().iter() {
+            if let Some(Some(view)) = views.get(name) {
+                self.tree.insert(
+                    slot_key(name),
+                    encode_value("slot view", view).map_err(abort)?,
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TxView<'_> {
@@ -366,8 +432,8 @@ impl TxView<'_> {
 
 impl View for TxView<'_> {
     fn slot(&self, name: &SlotName) -> Option<Slot> {
-        match tx_slot(self.slots, name) {
-            Ok(view) => view.map(|v| v.slot),
+        match self.slots.slot(name) {
+            Ok(slot) => slot,
             Err(e) => {
                 self.fail(e);
                 None
@@ -407,9 +473,10 @@ fn append(
     let mut next_seq: u64 = tx_meta(meta, KEY_NEXT_SEQ, dir)?;
     let mut chain: u32 = tx_meta(meta, KEY_LAST_CHAIN, dir)?;
     let mut records = Vec::new();
+    let slot_cache = SlotCache::new(slots);
     for command in commands {
         let view = TxView {
-            slots,
+            slots: &slot_cache,
             reloads,
             failure: RefCell::new(None),
         };
@@ -430,14 +497,11 @@ fn append(
             let stored = codec::encode_record(&record).map_err(abort)?;
             chain = codec::stored_chain(&stored).unwrap_or_default();
             let (slot_view, reload_view) = fold_record(
-                tx_slot(slots, &record.slot)?,
+                slot_cache.take(&record.slot)?,
                 tx_reload(reloads, &record.reload)?,
                 &record,
             );
-            slots.insert(
-                slot_key(&record.slot),
-                encode_value("slot view", &slot_view).map_err(abort)?,
-            )?;
+            slot_cache.put(&record.slot, slot_view);
             if let Some(reload_view) = reload_view {
                 reloads.insert(
                     &reload_key(&record.reload),
@@ -454,6 +518,7 @@ fn append(
             records.push(record);
         }
     }
+    slot_cache.write_back()?;
     meta.insert(
         KEY_NEXT_SEQ,
         encode_value("meta next_seq", &next_seq).map_err(abort)?,

@@ -195,6 +195,15 @@ impl Model {
         g
     }
 
+    /// A compaction keeps the newest `max(keep, 2)` generations of the history (and the
+    /// active one).
+    fn trim_history(&mut self, keep: usize) {
+        let keep = keep.max(2);
+        let mut wanted: Vec<Generation> = self.history.keys().rev().take(keep).copied().collect();
+        wanted.extend(self.active.as_ref().map(|a| a.0));
+        self.history.retain(|g, _| wanted.contains(g));
+    }
+
     /// The generation `rollback(None)` goes back to, as the supervisor picks it.
     fn rollback_target(&self) -> Option<Generation> {
         let (active, _) = self.active.as_ref()?;
@@ -382,8 +391,11 @@ async fn step(host: &mut Host, model: &mut Model, op: &Op) {
             assert_eq!(rolled_back.len(), 1, "{actions:?}");
         }
         Op::Compact(keep) => {
-            host.sup().journal().compact(*keep).unwrap();
+            let report = host.sup().journal().compact(*keep).unwrap();
             host.compacted = true;
+            if report.reloads_dropped > 0 {
+                model.trim_history(*keep);
+            }
         }
     }
 }
