@@ -23,6 +23,10 @@ use crate::process_driver::ProcessDriver;
 use crate::report::{HistoryReport, PreviousInfo, ReloadReport, SlotStatus, StatusReport};
 use crate::store::{Store, StoreError};
 
+/// How long leftovers of a generation get to exit after SIGTERM, before a relaunch, when
+/// the slot has no `stop_timeout` of its own (in-process slots).
+const LEFTOVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Marks a point where crash tests can abort the process (`failpoints` feature).
 macro_rules! failpoint {
     ($name:literal) => {
@@ -952,6 +956,22 @@ impl Supervisor {
             slot: slot.clone(),
             error,
         };
+        // The journaled process is gone. Whatever still carries this generation's reload
+        // tag is left over — a child that outlived the crashed plugin, or an earlier
+        // relaunch whose `Relaunched` never became durable — and would otherwise run beside
+        // the copy started now.
+        let stop_timeout = rt
+            .config
+            .as_ref()
+            .map_or(LEFTOVER_STOP_TIMEOUT, |c| c.stop_timeout);
+        let leftovers = crate::process::kill_tagged(&facts.reload, stop_timeout).await;
+        if !leftovers.is_empty() {
+            tracing::warn!(
+                generation = facts.generation.0,
+                pids = ?leftovers.iter().map(|p| p.pid).collect::<Vec<_>>(),
+                "stopped processes left over from the generation's earlier run before relaunching it"
+            );
+        }
         self.inner.store.verify(&facts.artifact.sha256)?;
         let request = self.launch_request(rt, facts.reload, facts.generation, &facts.artifact);
         let mut instance = rt.driver.launch(&request).await.map_err(driver_error)?;

@@ -310,3 +310,73 @@ async fn a_failed_engine_build_start_or_probe_keeps_the_prior_engine_active() {
     assert_eq!(report.retired, vec![1]);
     assert_eq!(stopped.load(Ordering::SeqCst), 3);
 }
+
+/// `start` after the plugin died relaunches it, and first stops what the dead plugin left
+/// behind: here a grandchild in its own session (outside the process group), which carries
+/// the generation's reload tag. Without that, two copies would run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_after_a_crash_stops_the_dead_plugins_leftovers_before_relaunching() {
+    let state = TempState::new().unwrap();
+    let sup = Supervisor::open(state.join("state")).unwrap();
+    sup.add_process_slot(slot_config("demo"));
+    let slot = SlotName::new("demo").unwrap();
+    let grandchild_file = state.join("grandchild.pid");
+    let report = sup
+        .activate(
+            &slot,
+            fixture(
+                &state,
+                "g1",
+                FixtureConfig {
+                    fork_grandchild: true,
+                    grandchild_new_session: true,
+                    grandchild_pid_file: Some(grandchild_file.clone()),
+                    ..FixtureConfig::with_message("g1")
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Active, "{report:?}");
+    let leader = report
+        .candidate
+        .as_ref()
+        .and_then(|c| c.pid)
+        .expect("the active generation has a pid");
+    assert!(
+        tryswap_tests::wait_until(Duration::from_secs(10), || {
+            tryswap_tests::read_pid_file(&grandchild_file).is_some()
+        }),
+        "the fixture wrote no grandchild pid"
+    );
+    let grandchild = tryswap_tests::read_pid_file(&grandchild_file).unwrap();
+    assert!(tryswap_tests::pid_alive(grandchild));
+
+    // The plugin crashes; its escaped grandchild lives on.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        tryswap_tests::wait_until(Duration::from_secs(10), || {
+            !tryswap_tests::pid_alive(leader)
+        }),
+        "the plugin did not die"
+    );
+    assert!(tryswap_tests::pid_alive(grandchild));
+
+    let generation = sup.start(&slot).await.unwrap();
+    assert_eq!(generation, Generation(1));
+    assert!(
+        !tryswap_tests::pid_alive(grandchild),
+        "the dead plugin's grandchild {grandchild} still runs beside the relaunched copy"
+    );
+    let lease = sup.lease(&slot).expect("the relaunched generation serves");
+    assert_ne!(
+        lease.instance().process.as_ref().map(|p| p.pid),
+        Some(leader)
+    );
+    drop(lease);
+    sup.shutdown().await;
+}
