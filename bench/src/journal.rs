@@ -325,6 +325,39 @@ fn rate(events: u64, elapsed: Duration) -> String {
     format!("{}/s", count(events as f64 / elapsed.as_secs_f64()))
 }
 
+/// Adds a row to section 3b: runs `step` (given how many steps ran before) until `budget`
+/// has passed or it ran `max_steps` times, after a flush so that earlier work is not
+/// counted, and measures the events it appended (by sequence number), the time, the rate
+/// and the durable flushes. `label` names the row from the number of steps.
+fn measure_row(
+    table: &mut Table,
+    journal: &Journal,
+    budget: Duration,
+    max_steps: u64,
+    label: impl FnOnce(u64) -> String,
+    mut step: impl FnMut(u64) -> Result<(), String>,
+) -> Result<(), String> {
+    journal.flush().map_err(|e| e.to_string())?;
+    let flushes = journal.flush_count();
+    let first = journal.last_seq();
+    let started = Instant::now();
+    let mut steps = 0;
+    while started.elapsed() < budget && steps < max_steps {
+        step(steps)?;
+        steps += 1;
+    }
+    let elapsed = started.elapsed();
+    let events = journal.last_seq() - first;
+    table.row([
+        label(steps),
+        count(events as f64),
+        ms(elapsed.as_secs_f64() * 1000.0),
+        rate(events, elapsed),
+        (journal.flush_count() - flushes).to_string(),
+    ]);
+    Ok(())
+}
+
 /// Section 3b: events appended per second.
 pub fn append_rate(dir: &Path, budget: Duration) -> Result<Vec<Table>, String> {
     let journal = Journal::open(&dir.join("append")).map_err(|e| e.to_string())?;
@@ -347,93 +380,74 @@ pub fn append_rate(dir: &Path, budget: Duration) -> Result<Vec<Table>, String> {
     );
 
     // Without flush points: one event per transaction.
-    journal.flush().map_err(|e| e.to_string())?;
-    let flushes = journal.flush_count();
-    let started = Instant::now();
-    let mut events = 0u64;
-    while started.elapsed() < budget && events < 1_000_000 {
-        let command = if events % 2 == 0 {
-            Command::Stop {
-                slot: slot.clone(),
-                generation,
-                reason: Reason::cancelled("bench"),
-            }
-        } else {
-            Command::Relaunch {
-                slot: slot.clone(),
-                generation,
-                process: Some(identity(events)),
-                log_path: None,
-                endpoint: Some(endpoint(events)),
-            }
-        };
-        journal
-            .execute(&command, Utc::now())
-            .map_err(|e| e.to_string())?;
-        events += 1;
-    }
-    let elapsed = started.elapsed();
-    t.row([
-        "`execute`, events without a flush point (Stopped/Relaunched)".to_owned(),
-        count(events as f64),
-        ms(elapsed.as_secs_f64() * 1000.0),
-        rate(events, elapsed),
-        (journal.flush_count() - flushes).to_string(),
-    ]);
-
-    // Whole reloads: one transaction per event, two durable flushes per reload.
-    journal.flush().map_err(|e| e.to_string())?;
-    let flushes = journal.flush_count();
-    let first = journal.last_seq();
-    let started = Instant::now();
-    let mut reloads = 0;
-    while started.elapsed() < budget && reloads < 100_000 {
-        for command in cycle(&slot, n, &mut active, &mut next) {
+    measure_row(
+        &mut t,
+        &journal,
+        budget,
+        1_000_000,
+        |_| "`execute`, events without a flush point (Stopped/Relaunched)".to_owned(),
+        |events| {
+            let command = if events % 2 == 0 {
+                Command::Stop {
+                    slot: slot.clone(),
+                    generation,
+                    reason: Reason::cancelled("bench"),
+                }
+            } else {
+                Command::Relaunch {
+                    slot: slot.clone(),
+                    generation,
+                    process: Some(identity(events)),
+                    log_path: None,
+                    endpoint: Some(endpoint(events)),
+                }
+            };
             journal
                 .execute(&command, Utc::now())
                 .map_err(|e| e.to_string())?;
-        }
-        n += 1;
-        reloads += 1;
-    }
-    let elapsed = started.elapsed();
-    let events = journal.last_seq() - first;
-    t.row([
-        format!(
-            "`execute`, whole reload cycles ({reloads} reloads, flush after Staged and Activated)"
-        ),
-        count(events as f64),
-        ms(elapsed.as_secs_f64() * 1000.0),
-        rate(events, elapsed),
-        (journal.flush_count() - flushes).to_string(),
-    ]);
+            Ok(())
+        },
+    )?;
+
+    // Whole reloads: one transaction per event, two durable flushes per reload.
+    measure_row(
+        &mut t,
+        &journal,
+        budget,
+        100_000,
+        |reloads| {
+            format!("`execute`, whole reload cycles ({reloads} reloads, flush after Staged and Activated)")
+        },
+        |_| {
+            for command in cycle(&slot, n, &mut active, &mut next) {
+                journal
+                    .execute(&command, Utc::now())
+                    .map_err(|e| e.to_string())?;
+            }
+            n += 1;
+            Ok(())
+        },
+    )?;
 
     // Batched: many reload cycles per transaction, one durable flush per batch.
-    journal.flush().map_err(|e| e.to_string())?;
-    let flushes = journal.flush_count();
-    let first = journal.last_seq();
-    let started = Instant::now();
-    let mut batches = 0;
-    while started.elapsed() < budget && batches < 10_000 {
-        let mut batch = Vec::new();
-        for _ in 0..CYCLES_PER_BATCH {
-            batch.extend(cycle(&slot, n, &mut active, &mut next));
-            n += 1;
-        }
-        journal
-            .execute_all(&batch, Utc::now())
-            .map_err(|e| e.to_string())?;
-        batches += 1;
-    }
-    let elapsed = started.elapsed();
-    let events = journal.last_seq() - first;
-    t.row([
-        format!("`execute_all`, {CYCLES_PER_BATCH} reload cycles per transaction"),
-        count(events as f64),
-        ms(elapsed.as_secs_f64() * 1000.0),
-        rate(events, elapsed),
-        (journal.flush_count() - flushes).to_string(),
-    ]);
+    measure_row(
+        &mut t,
+        &journal,
+        budget,
+        10_000,
+        |_| format!("`execute_all`, {CYCLES_PER_BATCH} reload cycles per transaction"),
+        |_| {
+            let mut batch = Vec::new();
+            for _ in 0..CYCLES_PER_BATCH {
+                batch.extend(cycle(&slot, n, &mut active, &mut next));
+                n += 1;
+            }
+            journal
+                .execute_all(&batch, Utc::now())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        },
+    )?;
     let history = journal
         .slot(&slot)
         .map_err(|e| e.to_string())?

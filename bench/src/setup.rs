@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tryswap::config::{ProbeKind, SlotConfig};
+use tryswap::config::SlotConfig;
 use tryswap::supervisor::CandidateSpec;
-use tryswap_fsm::SlotName;
+use tryswap_tests::harness::{fixture_slot, SlotSpec};
 use tryswap_tests::FixtureConfig;
 
 /// Binaries the bench drives.
@@ -74,24 +74,13 @@ impl Bins {
     }
 }
 
-/// The bench slot's settings, shared by the library, the CLI and the daemon runs.
+/// The bench slot's settings, shared by the library, the CLI and the daemon runs: the
+/// tests' fixture slot with generous timeouts and a 10 ms gRPC probe period that tolerates
+/// ~3 s of a slowly starting candidate.
 pub fn slot_config(name: &str) -> SlotConfig {
-    let slot = SlotName::new(name).expect("bench slot names are valid");
-    let mut config = SlotConfig::new(slot);
-    config.args = vec![
-        "--config".into(),
-        "{config}".into(),
-        "--cookie-key".into(),
-        "TRYSWAP_PLUGIN".into(),
-        "--cookie-value".into(),
-        name.into(),
-    ];
+    let mut config = fixture_slot(name);
     config.start_timeout = Duration::from_secs(10);
-    config.drain_timeout = Duration::from_secs(5);
     config.stop_timeout = Duration::from_secs(5);
-    config.probe.kind = ProbeKind::Grpc {
-        service: "plugin".into(),
-    };
     config.probe.period = Duration::from_millis(10);
     config.probe.timeout = Duration::from_secs(1);
     config.probe.failure_threshold = 300;
@@ -102,29 +91,16 @@ pub fn slot_config(name: &str) -> SlotConfig {
 pub fn config_toml(state_dir: &Path, names: &[String]) -> String {
     let mut text = format!("state_dir = {:?}\n", state_dir.to_string_lossy());
     for name in names {
-        text.push_str(&format!(
-            r#"
-[[slot]]
-name = "{name}"
-args = ["--config", "{{config}}", "--cookie-key", "TRYSWAP_PLUGIN", "--cookie-value", "{name}"]
-start_timeout = "10s"
-drain_timeout = "5s"
-stop_timeout = "5s"
-
-[slot.handshake]
-magic_cookie_key = "TRYSWAP_PLUGIN"
-magic_cookie_value = "{name}"
-app_protocol_versions = [1]
-protocols = ["grpc"]
-
-[slot.probe]
-kind = "grpc"
-period = "10ms"
-timeout = "1s"
-success_threshold = 1
-failure_threshold = 300
-"#
-        ));
+        let slot = SlotSpec {
+            start_timeout: "10s",
+            stop_timeout: "5s",
+            drain_timeout: "5s",
+            log_max_bytes: tryswap::config::DEFAULT_LOG_MAX_BYTES,
+            probe_period: "10ms",
+            failure_threshold: 300,
+            ..SlotSpec::new(name)
+        };
+        text.push_str(&slot.toml());
     }
     text
 }

@@ -33,11 +33,27 @@ use tryswap_fsm::{Command, Instance as Facts, Reason, ReloadId};
 use crate::driver::Instance;
 use crate::lease::Serving;
 use crate::process;
-use crate::supervisor::{facts_instance, SlotRuntime, Supervisor, SupervisorError};
+use crate::supervisor::{facts_instance, relaunched, SlotRuntime, Supervisor, SupervisorError};
 
 /// How long recovery gives an orphaned process between SIGTERM and SIGKILL when its slot is
 /// no longer configured (configured slots use their own `stop_timeout`).
 const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stops every process still tagged with `reload`, the reload that activated a generation
+/// of `rt` whose journaled process is gone: a child that outlived the crashed plugin, or a
+/// relaunch whose `Relaunched` never became durable. Every relaunch (recovery's, `start`'s,
+/// the keep-alive's) calls this first, so two copies never run. Returns their pids.
+pub(crate) async fn stop_leftovers(rt: &SlotRuntime, reload: &ReloadId) -> Vec<u32> {
+    let stop_timeout = rt
+        .config
+        .as_ref()
+        .map_or(ORPHAN_STOP_TIMEOUT, |c| c.stop_timeout);
+    process::kill_tagged(reload, stop_timeout)
+        .await
+        .iter()
+        .map(|p| p.pid)
+        .collect()
+}
 
 /// Upper bound on the probe of a reattached generation of a slot without a process config
 /// (the probe's own thresholds normally end it much sooner).
@@ -601,17 +617,7 @@ impl Supervisor {
             ),
             None => format!("generation {generation} was not running when tryswap recovered"),
         };
-        // The journaled process is gone, so anything still tagged with this generation's
-        // reload is a relaunch that crashed before `Relaunched` was durable.
-        let stop_timeout = rt
-            .config
-            .as_ref()
-            .map_or(ORPHAN_STOP_TIMEOUT, |c| c.stop_timeout);
-        let orphans_stopped: Vec<u32> = process::kill_tagged(&facts.reload, stop_timeout)
-            .await
-            .iter()
-            .map(|p| p.pid)
-            .collect();
+        let orphans_stopped = stop_leftovers(rt, &facts.reload).await;
         let failed = |error: String| -> Result<RecoveryAction, SupervisorError> {
             self.record(&Command::Stop {
                 slot: rt.name.clone(),
@@ -654,16 +660,7 @@ impl Supervisor {
                 generation: facts.generation,
                 reason: Reason::recovered(format!("{gone}; relaunched from the store")),
             },
-            Command::Relaunch {
-                slot: rt.name.clone(),
-                generation: facts.generation,
-                process: instance.process.clone(),
-                log_path: instance
-                    .log_path
-                    .as_ref()
-                    .map(|p| p.to_string_lossy().into_owned()),
-                endpoint: instance.endpoint.clone(),
-            },
+            relaunched(&instance),
         ]);
         if let Err(e) = recorded {
             let _ = rt.driver.stop(&instance).await;

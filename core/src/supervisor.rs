@@ -23,9 +23,19 @@ use crate::process_driver::ProcessDriver;
 use crate::report::{HistoryReport, PreviousInfo, ReloadReport, SlotStatus, StatusReport};
 use crate::store::{Store, StoreError};
 
-/// How long leftovers of a generation get to exit after SIGTERM, before a relaunch, when
-/// the slot has no `stop_timeout` of its own (in-process slots).
-const LEFTOVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The `Relaunch` command that journals `instance`, a relaunched copy of its generation.
+pub(crate) fn relaunched(instance: &Instance) -> Command {
+    Command::Relaunch {
+        slot: instance.slot.clone(),
+        generation: instance.generation,
+        process: instance.process.clone(),
+        log_path: instance
+            .log_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        endpoint: instance.endpoint.clone(),
+    }
+}
 
 /// Marks a point where crash tests can abort the process (`failpoints` feature).
 macro_rules! failpoint {
@@ -956,19 +966,11 @@ impl Supervisor {
             slot: slot.clone(),
             error,
         };
-        // The journaled process is gone. Whatever still carries this generation's reload
-        // tag is left over — a child that outlived the crashed plugin, or an earlier
-        // relaunch whose `Relaunched` never became durable — and would otherwise run beside
-        // the copy started now.
-        let stop_timeout = rt
-            .config
-            .as_ref()
-            .map_or(LEFTOVER_STOP_TIMEOUT, |c| c.stop_timeout);
-        let leftovers = crate::process::kill_tagged(&facts.reload, stop_timeout).await;
+        let leftovers = crate::recovery::stop_leftovers(rt, &facts.reload).await;
         if !leftovers.is_empty() {
             tracing::warn!(
                 generation = facts.generation.0,
-                pids = ?leftovers.iter().map(|p| p.pid).collect::<Vec<_>>(),
+                pids = ?leftovers,
                 "stopped processes left over from the generation's earlier run before relaunching it"
             );
         }
@@ -991,16 +993,7 @@ impl Supervisor {
             }
             return Err(driver_error(error));
         }
-        if let Err(e) = self.record(&Command::Relaunch {
-            slot: slot.clone(),
-            generation: facts.generation,
-            process: instance.process.clone(),
-            log_path: instance
-                .log_path
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-            endpoint: instance.endpoint.clone(),
-        }) {
+        if let Err(e) = self.record(&relaunched(&instance)) {
             let _ = rt.driver.stop(&instance).await;
             return Err(e.into());
         }

@@ -148,16 +148,12 @@ impl Journal {
             let mut trimmed_slots: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for view in &slots {
                 let mut view = view.clone();
-                if trim_history(&mut view.slot, keep_per_slot) {
-                    trimmed_slots.push((
-                        slot_key(&view.slot.name).to_vec(),
-                        encode_value("slot view", &view)?,
-                    ));
+                let trimmed = trim_history(&mut view.slot, keep_per_slot);
+                let encoded = encode_value("slot view", &view)?;
+                if trimmed {
+                    trimmed_slots.push((slot_key(&view.slot.name).to_vec(), encoded.clone()));
                 }
-                base.push((
-                    base_slot_key(&view.slot.name),
-                    encode_value("base slot view", &view)?,
-                ));
+                base.push((base_slot_key(&view.slot.name), encoded));
             }
             let kept: Vec<&ReloadView> = reloads
                 .iter()

@@ -97,6 +97,40 @@ const PREOPEN_DIR: &str = "sled.preopen";
 /// the open); a warning says so.
 const PREOPEN_MAX_BYTES: u64 = 64 << 20;
 
+/// Everything below a directory.
+pub(crate) struct Listing {
+    /// The directories, the root first.
+    pub(crate) dirs: Vec<PathBuf>,
+    /// The other entries, with their lengths.
+    pub(crate) files: Vec<(PathBuf, u64)>,
+}
+
+/// Lists everything below `root` (`what` names the job in an error).
+pub(crate) fn list_tree(root: &Path, what: &'static str) -> Result<Listing, JournalError> {
+    let mut listing = Listing {
+        dirs: Vec::new(),
+        files: Vec::new(),
+    };
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let entries = std::fs::read_dir(&folder).map_err(|e| JournalError::io(what, &folder, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| JournalError::io(what, &folder, e))?;
+            let path = entry.path();
+            let meta = entry
+                .metadata()
+                .map_err(|e| JournalError::io(what, &path, e))?;
+            if meta.is_dir() {
+                pending.push(path);
+            } else {
+                listing.files.push((path, meta.len()));
+            }
+        }
+        listing.dirs.push(folder);
+    }
+    Ok(listing)
+}
+
 /// Copies sled's directory to [`PREOPEN_DIR`] unless a copy from an earlier failed open is
 /// still there (that one is the older, undamaged state and is kept). Returns the copy's path
 /// if this call made it.
@@ -105,26 +139,9 @@ fn preserve_before_open(dir: &Path, sled_dir: &Path) -> Result<Option<PathBuf>, 
     if !sled_dir.is_dir() || target.exists() {
         return Ok(None);
     }
-    let mut files = Vec::new();
-    let mut total = 0u64;
-    let mut pending = vec![sled_dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        let entries = std::fs::read_dir(&folder)
-            .map_err(|e| JournalError::io("listing sled's files", &folder, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| JournalError::io("listing sled's files", &folder, e))?;
-            let path = entry.path();
-            let meta = entry
-                .metadata()
-                .map_err(|e| JournalError::io("reading sled's files", &path, e))?;
-            if meta.is_dir() {
-                pending.push(path);
-            } else {
-                total += meta.len();
-                files.push(path);
-            }
-        }
-    }
+    let listed = list_tree(sled_dir, "listing sled's files")?;
+    let total: u64 = listed.files.iter().map(|(_, len)| len).sum();
+    let files: Vec<PathBuf> = listed.files.into_iter().map(|(path, _)| path).collect();
     if total > PREOPEN_MAX_BYTES {
         tracing::warn!(dir = %dir.display(), bytes = total, "journal too large to copy before opening; a damaged log would be repaired by sled without a copy");
         return Ok(None);

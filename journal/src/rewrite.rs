@@ -20,7 +20,7 @@
 use std::path::Path;
 
 use crate::error::JournalError;
-use crate::journal::open_db;
+use crate::journal::{list_tree, open_db};
 use crate::witness::sync_dir;
 
 /// Marker file in the journal directory: "the store has garbage, rewrite it on open".
@@ -148,23 +148,14 @@ fn copy_store(dir: &Path, from: &Path, to: &Path) -> Result<u64, JournalError> {
 
 /// Syncs every file below `root` and every directory, `root` included.
 fn sync_tree(root: &Path) -> Result<(), JournalError> {
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        let entries = std::fs::read_dir(&folder)
-            .map_err(|e| JournalError::io("listing the rewritten store", &folder, e))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| JournalError::io("listing the rewritten store", &folder, e))?
-                .path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                std::fs::File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| JournalError::io("syncing the rewritten store", &path, e))?;
-            }
-        }
-        sync_dir(&folder)?;
+    let listing = list_tree(root, "listing the rewritten store")?;
+    for (path, _) in &listing.files {
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| JournalError::io("syncing the rewritten store", path, e))?;
+    }
+    for dir in &listing.dirs {
+        sync_dir(dir)?;
     }
     Ok(())
 }

@@ -56,7 +56,8 @@ impl SlotSpec {
         }
     }
 
-    fn toml(&self) -> String {
+    /// The slot as a `[[slot]]` table of a tryswap config file.
+    pub fn toml(&self) -> String {
         format!(
             r#"
 [[slot]]
@@ -203,6 +204,22 @@ impl Harness {
         let run = self.tryswap(&["--json", "status"]);
         assert_eq!(run.code, 0, "status failed: {run:?}");
         run.json()
+    }
+
+    /// The `outcome` of every reload of `slot` per `tryswap --json history`, oldest first.
+    pub fn outcomes(&self, slot: &str) -> Vec<String> {
+        let history = self.tryswap(&["--json", "history", slot]).json();
+        history["reloads"]
+            .as_array()
+            .expect("history has `reloads`")
+            .iter()
+            .map(|r| {
+                r["outcome"]
+                    .as_str()
+                    .expect("a reload has an outcome")
+                    .to_owned()
+            })
+            .collect()
     }
 
     /// The active generation of `slot` per `status`: (generation, pid, address).

@@ -114,13 +114,7 @@ async fn an_enospc_at_any_journal_write_refuses_the_reload() {
         assert_untouched(&h, 1, pid1, "v1", spec).await;
     }
     // Every refused reload that got as far as `Staged` is in the history, rolled back.
-    let history = h.tryswap(&["--json", "history", "demo"]).json();
-    let outcomes: Vec<&str> = history["reloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
+    let outcomes = h.outcomes("demo");
     assert_eq!(
         outcomes,
         [
@@ -131,7 +125,7 @@ async fn an_enospc_at_any_journal_write_refuses_the_reload() {
             "rolled_back",
             "rolled_back"
         ],
-        "{history}"
+        "{outcomes:?}"
     );
 }
 

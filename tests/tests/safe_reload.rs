@@ -297,14 +297,8 @@ async fn every_misbehaving_candidate_is_rejected_and_the_old_generation_keeps_se
     }
     let verify = h.tryswap(&["journal", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
-    let history = h.tryswap(&["--json", "history", "demo"]).json();
-    let outcomes: Vec<&str> = history["reloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes.first(), Some(&"active"));
+    let outcomes = h.outcomes("demo");
+    assert_eq!(outcomes.first().map(String::as_str), Some("active"));
     assert!(outcomes[1..].iter().all(|o| *o == "rolled_back"));
 }
 
