@@ -71,7 +71,10 @@ pub async fn launch(launch: &Launch, timeout: Duration) -> Result<(Bare, Steps),
     command
         .args(&launch.args)
         .env_clear()
-        .envs(tryswap::handshake::plugin_env(&launch.handshake, &reload))
+        .envs(tryswap::driver::process::handshake::plugin_env(
+            &launch.handshake,
+            &reload,
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -91,8 +94,9 @@ pub async fn launch(launch: &Launch, timeout: Duration) -> Result<(Bare, Steps),
         Ok(Err(e)) => return Err(format!("reading plugin {pid}'s stdout: {e}")),
         Err(_) => return Err(format!("no handshake from plugin {pid} within {timeout:?}")),
     }
-    let endpoint = tryswap::handshake::parse_line(line.trim_end(), &launch.handshake)
-        .map_err(|e| format!("plugin {pid}: {e}"))?;
+    let endpoint =
+        tryswap::driver::process::handshake::parse_line(line.trim_end(), &launch.handshake)
+            .map_err(|e| format!("plugin {pid}: {e}"))?;
     let handshake = started.elapsed() - spawn;
     Ok((
         Bare {

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::UnixStream;
-use tryswap::monitor::MonitorEvent;
+use tryswap::keepalive::MonitorEvent;
 use tryswap_fsm::SlotName;
 use tryswap_journal::{Journal, Record};
 

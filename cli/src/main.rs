@@ -339,7 +339,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     // Crash tests only: inert unless TRYSWAP_FAILPOINTS is set (docs/recovery.md).
-    if let Err(e) = tryswap::recovery::arm_failpoints_from_env() {
+    if let Err(e) = tryswap::supervisor::recovery::arm_failpoints_from_env() {
         eprintln!("tryswap: {e}");
         return ExitCode::from(EXIT_ERROR);
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tryswap::config::{ProbeConfig, ProbeKind, SlotConfig};
-use tryswap::engine::{Engine, EngineFactory};
+use tryswap::driver::engine::{Engine, EngineFactory};
 use tryswap::report::Outcome;
 use tryswap::supervisor::{CandidateSpec, Supervisor};
 use tryswap_fsm::SlotName;

@@ -3,17 +3,9 @@
 
 pub mod admin_body;
 pub mod config;
-pub mod config_reload;
 pub mod driver;
-pub mod engine;
-pub mod handshake;
-pub mod lease;
-pub mod monitor;
+pub mod keepalive;
 pub mod probe;
-pub mod process;
-pub mod process_driver;
-pub mod recovery;
 pub mod report;
-pub mod stdio;
 pub mod store;
 pub mod supervisor;

@@ -10,7 +10,7 @@ use tryswap::admin_body::{
     parse_compact_body, parse_config_reload_body, parse_reload_body, ReloadRequest,
 };
 use tryswap::config::{Config, HandshakeConfig};
-use tryswap::handshake::parse_line;
+use tryswap::driver::process::handshake::parse_line;
 use tryswap_fsm::{Protocol, SlotName};
 
 fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {

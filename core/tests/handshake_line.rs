@@ -2,7 +2,9 @@
 
 use proptest::prelude::*;
 use tryswap::config::HandshakeConfig;
-use tryswap::handshake::{parse_line, plugin_env, HandshakeError, MAX_LINE_LEN, RELOAD_ID_ENV};
+use tryswap::driver::process::handshake::{
+    parse_line, plugin_env, HandshakeError, MAX_LINE_LEN, RELOAD_ID_ENV,
+};
 use tryswap_fsm::{Endpoint, Network, Protocol, ReloadId, SlotName};
 
 fn rules() -> HandshakeConfig {
@@ -197,7 +199,7 @@ fn field_counts_outside_four_to_six_are_refused() {
         assert_eq!(
             err,
             HandshakeError::FieldCount {
-                line: tryswap::handshake::QuotedLine::new(line),
+                line: tryswap::driver::process::handshake::QuotedLine::new(line),
                 fields: n
             }
         );

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tryswap::config::HandshakeConfig;
-use tryswap::handshake::{parse_line, MAX_LINE_LEN};
+use tryswap::driver::process::handshake::{parse_line, MAX_LINE_LEN};
 use tryswap_fsm::{Network, Protocol, SlotName};
 
 fuzz_target!(|data: &[u8]| {

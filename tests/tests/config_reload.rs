@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use tryswap::config::{Config, SlotConfig};
-use tryswap::config_reload::ConfigOutcome;
 use tryswap::report::Outcome;
+use tryswap::supervisor::config_reload::ConfigOutcome;
 use tryswap::supervisor::{CandidateSpec, Supervisor};
 use tryswap_fsm::{EventKind, SlotName};
 use tryswap_tests::{call, fixture_plugin_path, pid_alive, wait_until, FixtureConfig, TempState};

@@ -343,7 +343,7 @@ fn the_matrix_covers_every_failpoint() {
     .iter()
     .flat_map(|cases| cases.iter().map(|c| c.point))
     .collect();
-    for point in tryswap::recovery::FAILPOINTS {
+    for point in tryswap::supervisor::recovery::FAILPOINTS {
         assert!(
             covered.contains(point),
             "failpoint {point} is not in the crash matrix"
@@ -351,7 +351,7 @@ fn the_matrix_covers_every_failpoint() {
     }
     for point in &covered {
         assert!(
-            tryswap::recovery::FAILPOINTS.contains(point),
+            tryswap::supervisor::recovery::FAILPOINTS.contains(point),
             "the matrix names {point}, which tryswap does not list"
         );
     }

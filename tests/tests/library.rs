@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tryswap::config::{ProbeConfig, ProbeKind, SlotConfig};
-use tryswap::engine::{Engine, EngineFactory};
+use tryswap::driver::engine::{Engine, EngineFactory};
 use tryswap::report::Outcome;
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, SlotName};

@@ -12,9 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use proptest::prelude::*;
 use tryswap::config::{ProbeConfig, ProbeKind};
-use tryswap::engine::{Engine, EngineFactory};
-use tryswap::recovery::RecoveryAction;
+use tryswap::driver::engine::{Engine, EngineFactory};
 use tryswap::report::Outcome;
+use tryswap::supervisor::recovery::RecoveryAction;
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, SlotName, World};
 

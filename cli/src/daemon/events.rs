@@ -19,7 +19,7 @@ use axum::response::sse::Event;
 use futures_util::Stream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tryswap::monitor::MonitorEvent;
+use tryswap::keepalive::MonitorEvent;
 use tryswap::supervisor::Supervisor;
 use tryswap_fsm::{ReloadId, SlotName};
 use tryswap_journal::Record;

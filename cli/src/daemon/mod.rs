@@ -31,7 +31,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tryswap::monitor::{Monitor, MonitorOptions};
+use tryswap::keepalive::{Monitor, MonitorOptions};
 use tryswap::supervisor::{Supervisor, SupervisorError};
 use tryswap_journal::JournalError;
 

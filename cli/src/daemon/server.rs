@@ -45,9 +45,9 @@ use tryswap::admin_body::{
     parse_compact_body, parse_config_reload_body, parse_reload_body, BodyError, ReloadRequest,
 };
 use tryswap::config::{AdminConfig, Config};
-use tryswap::config_reload::{ConfigOutcome, ConfigReloadReport};
-use tryswap::monitor::Monitor;
+use tryswap::keepalive::Monitor;
 use tryswap::report::{Outcome, ReloadReport, StatusReport};
+use tryswap::supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
 use tryswap::supervisor::{Supervisor, SupervisorError};
 use tryswap_fsm::{Rejected, ReloadId, SlotName};
 use tryswap_journal::JournalError;

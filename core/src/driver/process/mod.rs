@@ -1,5 +1,9 @@
 //! The process driver: plugins as child processes speaking go-plugin's handshake.
 
+pub mod handshake;
+pub mod os;
+pub mod stdio;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,9 +15,8 @@ use tryswap_fsm::{Generation, ProcessIdentity, Protocol, SlotName};
 
 use crate::config::SlotConfig;
 use crate::driver::{Driver, DriverError, Instance, LaunchRequest, StopOutcome};
-use crate::handshake;
-use crate::process::{self, HandshakeWaitError, SpawnSpec, Spawned};
-use crate::stdio::{self, DrainEnd, DrainRegistration, StdioSinks};
+use os::{HandshakeWaitError, SpawnSpec, Spawned};
+use stdio::{DrainEnd, DrainRegistration, StdioSinks};
 
 /// How much of a plugin's log an error message quotes.
 const EXCERPT_HEAD: usize = 3;
@@ -113,7 +116,7 @@ async fn process_exited(spawned: Option<Spawned>, identity: Option<ProcessIdenti
         // Nothing to watch: the stream's end ends the drain.
         return std::future::pending().await;
     };
-    while process::is_alive(&identity) {
+    while os::is_alive(&identity) {
         tokio::time::sleep(STDIO_ALIVE_POLL).await;
     }
 }
@@ -188,7 +191,7 @@ impl ProcessDriver {
     fn excerpt(instance: &Instance) -> String {
         match &instance.log_path {
             Some(path) => {
-                let text = process::log_excerpt(path, EXCERPT_HEAD, EXCERPT_TAIL, EXCERPT_BYTES);
+                let text = os::log_excerpt(path, EXCERPT_HEAD, EXCERPT_TAIL, EXCERPT_BYTES);
                 if text.trim().is_empty() {
                     "(the plugin's log is empty)".to_owned()
                 } else {
@@ -274,14 +277,14 @@ impl ProcessDriver {
             // Our own child: its waiter reports the exit at once, no polling.
             match tokio::time::timeout(timeout, handle.spawned.wait_exit()).await {
                 Ok(Some(_)) => return true,
-                Err(_) => return !process::is_alive(identity),
+                Err(_) => return !os::is_alive(identity),
                 Ok(None) => {} // The waiter is gone: poll below.
             }
         }
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
         loop {
-            if !process::is_alive(identity) {
+            if !os::is_alive(identity) {
                 return true;
             }
             let now = tokio::time::Instant::now();
@@ -303,7 +306,7 @@ impl ProcessDriver {
 impl Driver for ProcessDriver {
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError> {
         let (spec, stdout_path) = self.spec(request)?;
-        let spawned = process::spawn(&spec).map_err(|e| {
+        let spawned = os::spawn(&spec).map_err(|e| {
             DriverError::error(format!(
                 "slot {}: could not start {}: {e}",
                 request.slot,
@@ -334,25 +337,28 @@ impl Driver for ProcessDriver {
                 slot.name
             ))
         })?;
-        let line =
-            match process::read_handshake(&handle.spawned, &handle.stdout_path, slot.start_timeout)
-                .await
-            {
-                Ok(line) => line,
-                Err(HandshakeWaitError::Timeout { .. }) => {
-                    return Err(DriverError::timeout(format!(
-                        "no handshake line on stdout within {}; {}",
-                        humantime::format_duration(slot.start_timeout),
-                        Self::excerpt(instance)
-                    )))
-                }
-                Err(e) => {
-                    return Err(DriverError::error(format!(
-                        "{e}; {}",
-                        Self::excerpt(instance)
-                    )))
-                }
-            };
+        let line = match os::read_handshake(
+            &handle.spawned,
+            &handle.stdout_path,
+            slot.start_timeout,
+        )
+        .await
+        {
+            Ok(line) => line,
+            Err(HandshakeWaitError::Timeout { .. }) => {
+                return Err(DriverError::timeout(format!(
+                    "no handshake line on stdout within {}; {}",
+                    humantime::format_duration(slot.start_timeout),
+                    Self::excerpt(instance)
+                )))
+            }
+            Err(e) => {
+                return Err(DriverError::error(format!(
+                    "{e}; {}",
+                    Self::excerpt(instance)
+                )))
+            }
+        };
         let endpoint = handshake::parse_line(&line, &slot.handshake)
             .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
         instance.endpoint = Some(endpoint);
@@ -393,7 +399,7 @@ impl Driver for ProcessDriver {
         let mut outcome = StopOutcome::AlreadyGone;
         if let Some(identity) = &instance.process {
             // go-plugin plugins exit cleanly when their controller asks.
-            if process::is_alive(identity) {
+            if os::is_alive(identity) {
                 if let Some(endpoint) = &instance.endpoint {
                     if endpoint.protocol == Protocol::Grpc {
                         let ask = stop_timeout.min(Duration::from_secs(2));
@@ -409,7 +415,7 @@ impl Driver for ProcessDriver {
             }
             // Signals to the whole group, even if the leader already exited: members it
             // left behind are signalled when they carry the instance's reload tag.
-            let signalled = process::stop_group(identity, Some(&instance.reload), stop_timeout)
+            let signalled = os::stop_group(identity, Some(&instance.reload), stop_timeout)
                 .await
                 .map_err(|e| {
                     DriverError::error(format!(
@@ -419,9 +425,9 @@ impl Driver for ProcessDriver {
                 })?;
             if outcome == StopOutcome::AlreadyGone {
                 outcome = match signalled {
-                    process::StopOutcome::AlreadyGone => StopOutcome::AlreadyGone,
-                    process::StopOutcome::Graceful => StopOutcome::Graceful,
-                    process::StopOutcome::Killed => StopOutcome::Killed,
+                    os::StopOutcome::AlreadyGone => StopOutcome::AlreadyGone,
+                    os::StopOutcome::Graceful => StopOutcome::Graceful,
+                    os::StopOutcome::Killed => StopOutcome::Killed,
                 };
             }
         }
@@ -430,7 +436,7 @@ impl Driver for ProcessDriver {
             task.finish(STDIO_FINISH_GRACE).await;
         }
         // Anything that escaped the group (setsid'd grandchildren) still carries the tag.
-        let stragglers = process::kill_tagged(&instance.reload, stop_timeout).await;
+        let stragglers = os::kill_tagged(&instance.reload, stop_timeout).await;
         if !stragglers.is_empty() {
             tracing::warn!(
                 slot = %instance.slot,
@@ -443,12 +449,12 @@ impl Driver for ProcessDriver {
     }
 
     fn is_alive(&self, instance: &Instance) -> bool {
-        instance.process.as_ref().is_some_and(process::is_alive)
+        instance.process.as_ref().is_some_and(os::is_alive)
     }
 
     fn reattach(&self, facts: &Instance) -> Option<Instance> {
         let identity = facts.process.as_ref()?;
-        if !process::is_alive(identity) {
+        if !os::is_alive(identity) {
             return None;
         }
         let mut instance = Instance {

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tryswap_fsm::{ProcessIdentity, ReloadId};
 
 /// Name of the environment variable that tags every process of a reload.
-pub use crate::handshake::RELOAD_ID_ENV;
+pub use crate::driver::process::handshake::RELOAD_ID_ENV;
 
 /// Longest handshake line accepted, in bytes (without the newline).
 pub const MAX_HANDSHAKE_LINE: usize = 4096;

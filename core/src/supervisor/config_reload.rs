@@ -10,10 +10,10 @@ use serde::Serialize;
 use tryswap_fsm::{Command, EventKind, Generation, Mode, Reason, ReloadId, SlotName};
 
 use crate::config::{Config, SlotConfig};
+use crate::driver::process::ProcessDriver;
 use crate::driver::{Driver, DriverError, Instance};
-use crate::lease::Serving;
-use crate::process_driver::ProcessDriver;
 use crate::report::ReloadReport;
+use crate::supervisor::lease::Serving;
 use crate::supervisor::{SlotRuntime, Supervisor, SupervisorError};
 
 /// How a config reload ended.
@@ -318,8 +318,11 @@ impl Supervisor {
                     tracing::error!(slot = %candidate.slot, error = %e, "stopping a config-reload candidate");
                 }
             } else {
-                crate::process::kill_tagged(&candidate.reload, std::time::Duration::from_secs(2))
-                    .await;
+                crate::driver::process::os::kill_tagged(
+                    &candidate.reload,
+                    std::time::Duration::from_secs(2),
+                )
+                .await;
             }
             let reason = Reason::error(format!("config reload rolled back: {why}"));
             if let Err(e) = self.record(&Command::Fail {

@@ -1,5 +1,8 @@
 //! The driver interface: what launches, validates, probes and stops instances of a slot.
 
+pub mod engine;
+pub mod process;
+
 use std::any::Any;
 use std::fmt;
 use std::path::PathBuf;

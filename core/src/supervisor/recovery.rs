@@ -30,9 +30,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tryswap_fsm::{Command, Instance as Facts, Reason, ReloadId};
 
+use crate::driver::process::os;
 use crate::driver::Instance;
-use crate::lease::Serving;
-use crate::process;
+use crate::supervisor::lease::Serving;
 use crate::supervisor::{facts_instance, relaunched, SlotRuntime, Supervisor, SupervisorError};
 
 /// How long recovery gives an orphaned process between SIGTERM and SIGKILL when its slot is
@@ -48,7 +48,7 @@ pub(crate) async fn stop_leftovers(rt: &SlotRuntime, reload: &ReloadId) -> Vec<u
         .config
         .as_ref()
         .map_or(ORPHAN_STOP_TIMEOUT, |c| c.stop_timeout);
-    process::kill_tagged(reload, stop_timeout)
+    os::kill_tagged(reload, stop_timeout)
         .await
         .iter()
         .map(|p| p.pid)
@@ -404,10 +404,10 @@ impl Supervisor {
             let mut seen: Vec<u32> = reload
                 .process
                 .iter()
-                .filter(|p| process::is_alive(p))
+                .filter(|p| os::is_alive(p))
                 .map(|p| p.pid)
                 .collect();
-            for tagged in process::tagged_processes(&id) {
+            for tagged in os::tagged_processes(&id) {
                 if !seen.contains(&tagged.pid) {
                     seen.push(tagged.pid);
                 }
@@ -431,12 +431,12 @@ impl Supervisor {
                     let mut error = None;
                     if let Some(identity) = &reload.process {
                         if let Err(e) =
-                            process::stop_group(identity, Some(&id), ORPHAN_STOP_TIMEOUT).await
+                            os::stop_group(identity, Some(&id), ORPHAN_STOP_TIMEOUT).await
                         {
                             error = Some(e.to_string());
                         }
                     }
-                    process::kill_tagged(&id, ORPHAN_STOP_TIMEOUT).await;
+                    os::kill_tagged(&id, ORPHAN_STOP_TIMEOUT).await;
                     error
                 }
             };
@@ -444,10 +444,10 @@ impl Supervisor {
             let mut survivors: Vec<u32> = reload
                 .process
                 .iter()
-                .filter(|p| process::is_alive(p))
+                .filter(|p| os::is_alive(p))
                 .map(|p| p.pid)
                 .collect();
-            survivors.extend(process::tagged_processes(&id).iter().map(|p| p.pid));
+            survivors.extend(os::tagged_processes(&id).iter().map(|p| p.pid));
             if !survivors.is_empty() {
                 survivors.sort_unstable();
                 survivors.dedup();
@@ -520,7 +520,7 @@ impl Supervisor {
                     for facts in &view.slot.retiring {
                         let instance = facts_instance(&slot, facts);
                         if let Some(identity) = &instance.process {
-                            if let Err(e) = process::stop_group(
+                            if let Err(e) = os::stop_group(
                                 identity,
                                 Some(&instance.reload),
                                 ORPHAN_STOP_TIMEOUT,
@@ -535,7 +535,7 @@ impl Supervisor {
                                 continue;
                             }
                         }
-                        process::kill_tagged(&instance.reload, ORPHAN_STOP_TIMEOUT).await;
+                        os::kill_tagged(&instance.reload, ORPHAN_STOP_TIMEOUT).await;
                         self.record(&Command::Retire {
                             slot: slot.clone(),
                             generation: facts.generation,

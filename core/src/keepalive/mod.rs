@@ -47,8 +47,8 @@ use tokio::time::Instant;
 use tryswap_fsm::{Command, EventKind, Generation, Reason, ReasonKind, SlotName};
 
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
-use crate::process;
-use crate::process_driver::ProcessDriver;
+use crate::driver::process::os;
+use crate::driver::process::ProcessDriver;
 use crate::supervisor::{SlotRuntime, Supervisor};
 
 /// How many of the journal's last records are read at start to tell a crashed slot from
@@ -500,7 +500,7 @@ fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> bool {
         Some(serving) if serving.instance.generation == facts.generation => {
             rt.driver.is_alive(&serving.instance)
         }
-        _ => facts.process.as_ref().is_some_and(process::is_alive),
+        _ => facts.process.as_ref().is_some_and(os::is_alive),
     }
 }
 

@@ -96,8 +96,8 @@ impl Lease {
     }
 
     /// The in-process engine behind the lease, if the slot runs engines of type `E`.
-    pub fn engine<E: crate::engine::Engine>(&self) -> Option<Arc<E>> {
-        crate::engine::engine_of::<E>(&self.serving.instance)
+    pub fn engine<E: crate::driver::engine::Engine>(&self) -> Option<Arc<E>> {
+        crate::driver::engine::engine_of::<E>(&self.serving.instance)
     }
 }
 

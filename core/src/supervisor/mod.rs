@@ -1,6 +1,10 @@
 //! The supervisor: runs reloads through the state machine and the journal, holds the
 //! arc-swapped active pointer of every slot, hands out leases, retires old generations.
 
+pub mod config_reload;
+pub mod lease;
+pub mod recovery;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -16,12 +20,12 @@ use tryswap_fsm::{
 use tryswap_journal::{Journal, JournalError, Record};
 
 use crate::config::{ProbeConfig, SlotConfig};
+use crate::driver::engine::{EngineDriver, EngineFactory};
+use crate::driver::process::ProcessDriver;
 use crate::driver::{Driver, DriverError, Instance, LaunchRequest};
-use crate::engine::{EngineDriver, EngineFactory};
-use crate::lease::{Lease, Serving};
-use crate::process_driver::ProcessDriver;
 use crate::report::{HistoryReport, PreviousInfo, ReloadReport, SlotStatus, StatusReport};
 use crate::store::{Store, StoreError};
+use crate::supervisor::lease::{Lease, Serving};
 
 /// The `Relaunch` command that journals `instance`, a relaunched copy of its generation.
 pub(crate) fn relaunched(instance: &Instance) -> Command {
@@ -806,7 +810,7 @@ impl Supervisor {
             }
         } else {
             // Launch failed half-way: make sure nothing tagged with this reload survives.
-            crate::process::kill_tagged(&reload, Duration::from_secs(2)).await;
+            crate::driver::process::os::kill_tagged(&reload, Duration::from_secs(2)).await;
         }
         failpoint!("rollback-before-rolledback");
         self.record(&Command::Fail {
@@ -851,7 +855,11 @@ impl Supervisor {
                 return false;
             }
         }
-        facts.running && facts.process.as_ref().is_some_and(crate::process::is_alive)
+        facts.running
+            && facts
+                .process
+                .as_ref()
+                .is_some_and(crate::driver::process::os::is_alive)
     }
 
     /// Every configured slot and every slot the journal knows, by name.
@@ -966,7 +974,7 @@ impl Supervisor {
             slot: slot.clone(),
             error,
         };
-        let leftovers = crate::recovery::stop_leftovers(rt, &facts.reload).await;
+        let leftovers = crate::supervisor::recovery::stop_leftovers(rt, &facts.reload).await;
         if !leftovers.is_empty() {
             tracing::warn!(
                 generation = facts.generation.0,
