@@ -431,13 +431,28 @@ async fn tagged_processes_are_found_and_killed() {
 #[tokio::test]
 async fn dropping_spawned_leaves_the_plugin_running() {
     let fx = Fixture::new();
-    let (p, spec) = fx.spawn(&format!("echo '{HS}'\nexec sleep 1000"));
+    // The plugin answers a ping file with a pong file, so the test can see it still runs
+    // after the handle is dropped without guessing how long a kill would take to land.
+    let (ping, pong) = (fx.path("ping"), fx.path("pong"));
+    let (p, spec) = fx.spawn(&format!(
+        "echo '{HS}'\nwhile [ ! -e '{}' ]; do sleep 0.01; done\n: > '{}'\nexec sleep 1000",
+        ping.display(),
+        pong.display()
+    ));
     read_handshake(&p, &spec.stdout_path, Duration::from_secs(10))
         .await
         .unwrap();
     let identity = p.identity.clone();
     drop(p);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(&ping, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pong.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin did not answer after its handle was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(is_alive(&identity));
     assert_eq!(
         stop_group(&identity, None, Duration::from_secs(5))

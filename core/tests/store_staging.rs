@@ -285,9 +285,10 @@ fn unreadable_source_is_refused() {
         .env(UNREADABLE_ENV, dir.path());
     match run_bounded(cmd) {
         Outcome::Passed => {}
-        Outcome::CouldNotRun(why) => {
-            eprintln!("skipping the unprivileged part of unreadable_source_is_refused: {why}")
-        }
+        Outcome::CouldNotRun(why) => skip(
+            "the unprivileged part of unreadable_source_is_refused",
+            &why,
+        ),
         Outcome::Failed(out) => panic!("inner run failed:\n{out}"),
     }
 }
@@ -396,9 +397,7 @@ fn disk_full_is_an_io_error_naming_the_path() {
         .env(ENOSPC_SRC_ENV, &src);
     match run_bounded(cmd) {
         Outcome::Passed => {}
-        Outcome::CouldNotRun(why) => {
-            eprintln!("skipping disk_full_is_an_io_error_naming_the_path: {why}")
-        }
+        Outcome::CouldNotRun(why) => skip("disk_full_is_an_io_error_naming_the_path", &why),
         Outcome::Failed(out) => panic!("inner run failed:\n{out}"),
     }
 }
@@ -458,4 +457,14 @@ fn run_bounded(mut cmd: Command) -> Outcome {
         Some(126) | Some(127) => Outcome::CouldNotRun(output),
         _ => Outcome::Failed(format!("{status}\n{output}")),
     }
+}
+
+/// Reports a test that cannot run for lack of a capability; a failure when
+/// `TRYSWAP_REQUIRE_ALL=1` (the same rule as `tryswap_tests::skip`, which this crate cannot
+/// depend on).
+fn skip(test: &str, why: &str) {
+    if std::env::var("TRYSWAP_REQUIRE_ALL").is_ok_and(|v| v.trim() == "1") {
+        panic!("{test} cannot run here ({why}) and TRYSWAP_REQUIRE_ALL=1 forbids skipping it");
+    }
+    eprintln!("skipping {test}: {why} (set TRYSWAP_REQUIRE_ALL=1 to make this a failure)");
 }

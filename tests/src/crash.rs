@@ -2,9 +2,9 @@
 //! moment), read what the journal says it left behind, and check the invariants recovery must
 //! restore (DESIGN.md "Tests that matter most", docs/recovery.md).
 //!
-//! The `tryswap` binary has failpoints compiled in (the default `failpoints` feature of
-//! `tryswap-cli`), inert unless `TRYSWAP_FAILPOINTS` names some, so `cargo test --workspace`
-//! needs no second build.
+//! This crate depends on `tryswap` with its `failpoints` feature, so the `tryswap` binary
+//! that `cargo test --workspace` builds has failpoints compiled in (inert unless
+//! `TRYSWAP_FAILPOINTS` names some); the shipped binary (`cargo build -p tryswap-cli`) has none.
 
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;

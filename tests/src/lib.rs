@@ -45,3 +45,18 @@ pub use process::{
     wait_until_async, workspace_bin_path, PluginCommand, PluginProcess, ProcessError, TempState,
 };
 pub use proto::CallReply;
+
+/// Name of the variable that turns every capability skip into a failure: set
+/// `TRYSWAP_REQUIRE_ALL=1` on a machine that is meant to have every capability the tests use
+/// (user namespaces, cgroup v2, a browser…), so a skipped test cannot hide a broken setup.
+pub const REQUIRE_ALL_ENV: &str = "TRYSWAP_REQUIRE_ALL";
+
+/// Reports that `test` could not run here because of `why` (a missing capability, never a
+/// failure of tryswap). Prints the reason and returns; panics instead when
+/// [`REQUIRE_ALL_ENV`] is `1`.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var(REQUIRE_ALL_ENV).is_ok_and(|v| v.trim() == "1") {
+        panic!("{test} cannot run here ({why}) and {REQUIRE_ALL_ENV}=1 forbids skipping it");
+    }
+    eprintln!("skipping {test}: {why} (set {REQUIRE_ALL_ENV}=1 to make this a failure)");
+}

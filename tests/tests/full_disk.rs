@@ -145,7 +145,7 @@ fn a_full_disk_refuses_the_reload_and_keeps_the_active_generation() {
         .env(INNER_ENV, "1");
     match run_outer(cmd) {
         Outer::Passed(out) => println!("{out}"),
-        Outer::CouldNotRun(why) => eprintln!("skipping {name}: {why}"),
+        Outer::CouldNotRun(why) => tryswap_tests::skip(name, &why),
         Outer::Failed(out) => panic!("the run inside the namespace failed:\n{out}"),
     }
 }

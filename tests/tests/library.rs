@@ -10,7 +10,7 @@ use tryswap::config::{ProbeConfig, ProbeKind, SlotConfig};
 use tryswap::driver::engine::{Engine, EngineFactory};
 use tryswap::report::Outcome;
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
-use tryswap_fsm::{Generation, SlotName};
+use tryswap_fsm::{EventKind, Generation, SlotName};
 use tryswap_tests::{call, fixture_plugin_path, FixtureConfig, TempState};
 
 fn slot_config(name: &str) -> SlotConfig {
@@ -138,10 +138,19 @@ async fn concurrent_reloads_conflict_on_one_slot_and_run_in_parallel_on_two() {
         healthy_after_ms: Some(500),
         ..FixtureConfig::default()
     };
+    // The second reload starts once the journal shows the first one launched (it is then
+    // waiting 500 ms for its probe), so the two overlap whatever the machine's speed.
+    let mut records = sup.subscribe();
     let (first, second) = tokio::join!(
         sup.activate(&a, fixture(&state, "a1", slow.clone())),
         async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            loop {
+                match records.recv().await {
+                    Ok(r) if matches!(r.event, EventKind::Launched { .. }) => break,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("journal records ended before the first launch: {e}"),
+                }
+            }
             sup.activate(&a, fixture(&state, "a2", slow.clone())).await
         }
     );

@@ -99,11 +99,15 @@ pub const FAILPOINTS: &[&str] = &[
 ///
 /// Returns the names armed (empty if the variable is unset or empty). Fails if an entry is
 /// malformed, or if the variable is set but this build has no failpoints (the `failpoints`
-/// feature of this crate, on by default in the `tryswap` binary).
+/// feature of this crate, off in the shipped `tryswap` binary: there the variable's value is
+/// never read).
 pub fn arm_failpoints_from_env() -> Result<Vec<String>, String> {
     let Some(spec) = std::env::var_os(FAILPOINTS_ENV) else {
         return Ok(Vec::new());
     };
+    if !fail::has_failpoints() {
+        return Err(no_failpoints());
+    }
     let spec = spec
         .into_string()
         .map_err(|_| format!("{FAILPOINTS_ENV} is not valid UTF-8"))?;
@@ -129,10 +133,7 @@ pub fn arm_failpoints(spec: &str) -> Result<Vec<String>, String> {
         return Ok(armed);
     }
     if !fail::has_failpoints() {
-        return Err(format!(
-            "{FAILPOINTS_ENV} is set but this build has no failpoints (build tryswap-cli with \
-             its default `failpoints` feature)"
-        ));
+        return Err(no_failpoints());
     }
     for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
         let Some((name, action)) = entry.split_once('=') else {
@@ -146,6 +147,13 @@ pub fn arm_failpoints(spec: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(armed)
+}
+
+fn no_failpoints() -> String {
+    format!(
+        "{FAILPOINTS_ENV} is set but this build has no failpoints (crash tests only: build \
+         with `cargo build -p tryswap-cli --features failpoints`, or unset the variable)"
+    )
 }
 
 /// Dies at once, as if the kernel killed us: no unwinding, no destructors, no flush.
