@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use tryswap::config::{ProbeConfig, ProbeKind, SlotConfig};
-use tryswap::driver::engine::{Engine, EngineFactory};
-use tryswap::report::Outcome;
-use tryswap::supervisor::{CandidateSpec, Supervisor};
-use tryswap_fsm::SlotName;
+use tryswap::{
+    CandidateSpec, Engine, EngineFactory, Outcome, ProbeConfig, ProbeKind, SlotConfig, SlotName,
+    Supervisor,
+};
 
 /// The in-process engine: prices things at a configured rate.
 struct Pricing {
