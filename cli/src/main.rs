@@ -66,7 +66,14 @@ impl From<SupervisorError> for CliError {
             SupervisorError::Journal(e) if e.is_corrupt() => EXIT_CORRUPT,
             _ => EXIT_ERROR,
         };
-        CliError::new(code, e.to_string())
+        // Advice that names commands belongs to the CLI, not to the library's messages.
+        let hint = match &e {
+            SupervisorError::UnknownGeneration { slot, .. } => {
+                format!("; `tryswap history {slot}` lists the generations that can be brought back")
+            }
+            _ => String::new(),
+        };
+        CliError::new(code, format!("{e}{hint}"))
     }
 }
 

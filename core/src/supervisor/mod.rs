@@ -98,8 +98,7 @@ pub enum SupervisorError {
     /// it was never active, or a journal compaction trimmed it.
     #[error(
         "slot {slot} has no generation {generation} to roll back to: it was never active, or \
-         `journal compact` trimmed it from the history; `tryswap history {slot}` lists the \
-         generations that can be brought back"
+         a journal compaction trimmed it from the slot's history"
     )]
     UnknownGeneration {
         /// The slot.
