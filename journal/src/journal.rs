@@ -25,6 +25,7 @@ use crate::layout::{
 use crate::lock::DirLock;
 use crate::projection::{fold_record, ReloadView, SlotView};
 use crate::record::{Record, RECORD_FORMAT};
+use crate::sled_dir::{list_tree, open_db};
 use crate::witness::{self, sync_dir, Witness, WitnessMark};
 
 /// sled's page cache limit (sled's default is 1 GiB).
@@ -96,40 +97,6 @@ const PREOPEN_DIR: &str = "sled.preopen";
 /// Journals larger than this are not copied before opening (the copy would cost more than
 /// the open); a warning says so.
 const PREOPEN_MAX_BYTES: u64 = 64 << 20;
-
-/// Everything below a directory.
-pub(crate) struct Listing {
-    /// The directories, the root first.
-    pub(crate) dirs: Vec<PathBuf>,
-    /// The other entries, with their lengths.
-    pub(crate) files: Vec<(PathBuf, u64)>,
-}
-
-/// Lists everything below `root` (`what` names the job in an error).
-pub(crate) fn list_tree(root: &Path, what: &'static str) -> Result<Listing, JournalError> {
-    let mut listing = Listing {
-        dirs: Vec::new(),
-        files: Vec::new(),
-    };
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        let entries = std::fs::read_dir(&folder).map_err(|e| JournalError::io(what, &folder, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| JournalError::io(what, &folder, e))?;
-            let path = entry.path();
-            let meta = entry
-                .metadata()
-                .map_err(|e| JournalError::io(what, &path, e))?;
-            if meta.is_dir() {
-                pending.push(path);
-            } else {
-                listing.files.push((path, meta.len()));
-            }
-        }
-        listing.dirs.push(folder);
-    }
-    Ok(listing)
-}
 
 /// Copies sled's directory to [`PREOPEN_DIR`] unless a copy from an earlier failed open is
 /// still there (that one is the older, undamaged state and is kept). Returns the copy's path
@@ -214,28 +181,6 @@ fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
         let meta = db.open_tree(META)?;
         Ok((db, events, slots, reloads, meta))
     })
-}
-
-/// How long [`open_db`] waits for sled's own file lock.
-const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Opens a sled store, waiting (at most [`SLED_LOCK_WAIT`]) while sled's file lock on its
-/// data file is still held. Only this process can hold it — other processes are kept out
-/// by `journal.lock`, taken first — and it does so for a moment after a handle on the same
-/// store was dropped, until sled's background threads let go of the file.
-pub(crate) fn open_db(config: sled::Config) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Runs `open` (which opens sled in `sled_dir`) and maps a panic, sled's corruption error

@@ -36,6 +36,7 @@ mod projection;
 mod record;
 mod replay;
 mod rewrite;
+mod sled_dir;
 mod verify;
 mod witness;
 
