@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 use tryswap_fsm::{Generation, ReloadId, Slot, SlotName};
@@ -18,29 +17,20 @@ use crate::layout::{
     PREFIX_BASE_SLOT, RELOADS,
 };
 use crate::projection::{ReloadView, SlotView};
+use crate::report::CompactReport;
 use crate::witness::WitnessMark;
 use crate::Journal;
 
 /// The number of terminal reloads per slot `tryswap journal compact` keeps by default.
 pub const DEFAULT_KEEP_PER_SLOT: usize = 100;
 
-/// What a compaction did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CompactReport {
-    /// The compaction base after the call: records after it are continuous and folded
-    /// from the base snapshot by `verify` and `replay`.
-    pub base_seq: u64,
-    /// Reloads whose projections and records were removed.
-    pub reloads_dropped: u64,
-    /// Records removed.
-    pub events_dropped: u64,
-    /// Reload projections kept.
-    pub reloads_kept: u64,
-}
-
 /// The reloads to drop: per slot, all terminal reloads but the newest `keep` (by first
 /// record), never one that is in flight, active, or whose generation is still retiring.
-fn dropped_reloads(slots: &[SlotView], reloads: &[ReloadView], keep: usize) -> BTreeSet<ReloadId> {
+pub(crate) fn dropped_reloads(
+    slots: &[SlotView],
+    reloads: &[ReloadView],
+    keep: usize,
+) -> BTreeSet<ReloadId> {
     let mut pinned: BTreeSet<ReloadId> = BTreeSet::new();
     for view in slots {
         pinned.extend(view.slot.in_flight);
@@ -70,7 +60,7 @@ const MIN_HISTORY: usize = 2;
 /// with it every read and write of the slot's projection — grows with every activation
 /// forever. A `rollback --to` an older generation is then refused (its artifact is no longer
 /// recorded).
-fn trim_history(slot: &mut Slot, keep: usize) -> bool {
+pub(crate) fn trim_history(slot: &mut Slot, keep: usize) -> bool {
     let keep = keep.max(MIN_HISTORY);
     if slot.history.len() <= keep {
         return false;

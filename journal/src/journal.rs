@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
-use tryswap_fsm::{decide, Command, Reload, ReloadId, Slot, SlotName, View};
+use tryswap_fsm::{Command, ReloadId, Slot, SlotName};
 
+use crate::append::{append, Staging};
 use crate::codec;
 use crate::error::JournalError;
 use crate::layout::{
@@ -23,8 +24,11 @@ use crate::layout::{
     SLED_DIR, SLOTS, WITNESS_FILE,
 };
 use crate::lock::DirLock;
-use crate::projection::{fold_record, ReloadView, SlotView};
-use crate::record::{Record, RECORD_FORMAT};
+use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::record::Record;
+use crate::report::{CompactReport, VerifyReport};
+use crate::sled_dir::{list_tree, open_db};
+use crate::store::{JournalStore, Records};
 use crate::witness::{self, sync_dir, Witness, WitnessMark};
 
 /// sled's page cache limit (sled's default is 1 GiB).
@@ -96,40 +100,6 @@ const PREOPEN_DIR: &str = "sled.preopen";
 /// Journals larger than this are not copied before opening (the copy would cost more than
 /// the open); a warning says so.
 const PREOPEN_MAX_BYTES: u64 = 64 << 20;
-
-/// Everything below a directory.
-pub(crate) struct Listing {
-    /// The directories, the root first.
-    pub(crate) dirs: Vec<PathBuf>,
-    /// The other entries, with their lengths.
-    pub(crate) files: Vec<(PathBuf, u64)>,
-}
-
-/// Lists everything below `root` (`what` names the job in an error).
-pub(crate) fn list_tree(root: &Path, what: &'static str) -> Result<Listing, JournalError> {
-    let mut listing = Listing {
-        dirs: Vec::new(),
-        files: Vec::new(),
-    };
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        let entries = std::fs::read_dir(&folder).map_err(|e| JournalError::io(what, &folder, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| JournalError::io(what, &folder, e))?;
-            let path = entry.path();
-            let meta = entry
-                .metadata()
-                .map_err(|e| JournalError::io(what, &path, e))?;
-            if meta.is_dir() {
-                pending.push(path);
-            } else {
-                listing.files.push((path, meta.len()));
-            }
-        }
-        listing.dirs.push(folder);
-    }
-    Ok(listing)
-}
 
 /// Copies sled's directory to [`PREOPEN_DIR`] unless a copy from an earlier failed open is
 /// still there (that one is the older, undamaged state and is kept). Returns the copy's path
@@ -214,28 +184,6 @@ fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
         let meta = db.open_tree(META)?;
         Ok((db, events, slots, reloads, meta))
     })
-}
-
-/// How long [`open_db`] waits for sled's own file lock.
-const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Opens a sled store, waiting (at most [`SLED_LOCK_WAIT`]) while sled's file lock on its
-/// data file is still held. Only this process can hold it — other processes are kept out
-/// by `journal.lock`, taken first — and it does so for a moment after a handle on the same
-/// store was dropped, until sled's background threads let go of the file.
-pub(crate) fn open_db(config: sled::Config) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Runs `open` (which opens sled in `sled_dir`) and maps a panic, sled's corruption error
@@ -366,13 +314,6 @@ pub(crate) fn witness_findings(
     }
 }
 
-/// A [`View`] over the projections inside a write transaction.
-struct TxView<'a> {
-    slots: &'a SlotCache<'a>,
-    reloads: &'a TransactionalTree,
-    failure: RefCell<Option<ConflictableTransactionError<JournalError>>>,
-}
-
 /// The slot projections one write transaction touches, decoded once and encoded once.
 ///
 /// A slot projection holds the slot's whole history (every generation's artifact), so it
@@ -418,9 +359,10 @@ impl<'a> SlotCache<'a> {
         Ok(self.views.borrow_mut().get_mut(name).and_then(Option::take))
     }
 
-    fn put(&self, name: &SlotName, view: SlotView) {
-        self.views.borrow_mut().insert(name.clone(), Some(view));
+    fn put(&self, view: SlotView) {
+        let name = view.slot.name.clone();
         self.dirty.borrow_mut().insert(name.clone());
+        self.views.borrow_mut().insert(name, Some(view));
     }
 
     /// Writes every changed projection into the transaction.
@@ -438,44 +380,56 @@ impl<'a> SlotCache<'a> {
     }
 }
 
-impl TxView<'_> {
-    fn fail(&self, error: ConflictableTransactionError<JournalError>) {
-        let mut failure = self.failure.borrow_mut();
-        if failure.is_none() {
-            *failure = Some(error);
-        }
-    }
-}
-
-impl View for TxView<'_> {
-    fn slot(&self, name: &SlotName) -> Option<Slot> {
-        match self.slots.slot(name) {
-            Ok(slot) => slot,
-            Err(e) => {
-                self.fail(e);
-                None
-            }
-        }
-    }
-
-    fn reload(&self, id: &ReloadId) -> Option<Reload> {
-        match tx_reload(self.reloads, id) {
-            Ok(view) => view.map(|v| v.reload),
-            Err(e) => {
-                self.fail(e);
-                None
-            }
-        }
-    }
-}
-
 fn abort(error: impl Into<JournalError>) -> ConflictableTransactionError<JournalError> {
     ConflictableTransactionError::Abort(error.into())
 }
 
-/// The body of the write transaction: decide every command against the projections as
-/// left by the previous ones, append the records, fold them into the projections.
-fn append(
+/// One write transaction's trees, as the [`Staging`] of [`append`].
+struct SledWrite<'a> {
+    events: &'a TransactionalTree,
+    reloads: &'a TransactionalTree,
+    slots: SlotCache<'a>,
+}
+
+impl Staging for SledWrite<'_> {
+    type Error = ConflictableTransactionError<JournalError>;
+
+    fn abort(error: JournalError) -> Self::Error {
+        abort(error)
+    }
+
+    fn slot(&self, name: &SlotName) -> TxResult<Option<Slot>> {
+        self.slots.slot(name)
+    }
+
+    fn take_slot(&self, name: &SlotName) -> TxResult<Option<SlotView>> {
+        self.slots.take(name)
+    }
+
+    fn put_slot(&self, view: SlotView) -> TxResult<()> {
+        self.slots.put(view);
+        Ok(())
+    }
+
+    fn reload(&self, id: &ReloadId) -> TxResult<Option<ReloadView>> {
+        tx_reload(self.reloads, id)
+    }
+
+    fn put_reload(&self, view: ReloadView) -> TxResult<()> {
+        let encoded = encode_value("reload view", &view).map_err(abort)?;
+        self.reloads.insert(&reload_key(&view.reload.id), encoded)?;
+        Ok(())
+    }
+
+    fn put_record(&self, record: &Record, stored: Vec<u8>, _chain: u32) -> TxResult<()> {
+        self.events.insert(&seq_key(record.seq), stored)?;
+        Ok(())
+    }
+}
+
+/// The body of the write transaction: [`append`] over the trees, then the changed slot
+/// projections and the new tip into `meta`.
+fn write_tx(
     trees: &(
         TransactionalTree,
         TransactionalTree,
@@ -487,70 +441,27 @@ fn append(
     dir: &Path,
 ) -> TxResult<(Vec<Record>, WitnessMark)> {
     let (events, slots, reloads, meta) = trees;
-    let mut next_seq: u64 = tx_meta(meta, KEY_NEXT_SEQ, dir)?;
-    let mut chain: u32 = tx_meta(meta, KEY_LAST_CHAIN, dir)?;
-    let mut records = Vec::new();
-    let slot_cache = SlotCache::new(slots);
-    for command in commands {
-        let view = TxView {
-            slots: &slot_cache,
-            reloads,
-            failure: RefCell::new(None),
-        };
-        let decided = decide(&view, command);
-        if let Some(failure) = view.failure.into_inner() {
-            return Err(failure);
-        }
-        for event in decided.map_err(abort)? {
-            let record = Record {
-                format: RECORD_FORMAT,
-                seq: next_seq,
-                at,
-                reload: event.reload,
-                slot: event.slot,
-                event: event.kind,
-                prev_chain: chain,
-            };
-            let stored = codec::encode_record(&record).map_err(abort)?;
-            chain = codec::stored_chain(&stored).unwrap_or_default();
-            let (slot_view, reload_view) = fold_record(
-                slot_cache.take(&record.slot)?,
-                tx_reload(reloads, &record.reload)?,
-                &record,
-            );
-            slot_cache.put(&record.slot, slot_view);
-            if let Some(reload_view) = reload_view {
-                reloads.insert(
-                    &reload_key(&record.reload),
-                    encode_value("reload view", &reload_view).map_err(abort)?,
-                )?;
-            }
-            events.insert(&seq_key(record.seq), stored)?;
-            next_seq = next_seq.checked_add(1).ok_or_else(|| {
-                abort(JournalError::Corrupt {
-                    dir: dir.to_path_buf(),
-                    what: "sequence numbers exhausted".to_owned(),
-                })
-            })?;
-            records.push(record);
-        }
-    }
-    slot_cache.write_back()?;
+    let next_seq: u64 = tx_meta(meta, KEY_NEXT_SEQ, dir)?;
+    let tip = WitnessMark {
+        seq: next_seq.saturating_sub(1),
+        chain: tx_meta(meta, KEY_LAST_CHAIN, dir)?,
+    };
+    let write = SledWrite {
+        events,
+        reloads,
+        slots: SlotCache::new(slots),
+    };
+    let (records, tip) = append(&write, commands, at, tip, dir)?;
+    write.slots.write_back()?;
     meta.insert(
         KEY_NEXT_SEQ,
-        encode_value("meta next_seq", &next_seq).map_err(abort)?,
+        encode_value("meta next_seq", &(tip.seq + 1)).map_err(abort)?,
     )?;
     meta.insert(
         KEY_LAST_CHAIN,
-        encode_value("meta last_chain", &chain).map_err(abort)?,
+        encode_value("meta last_chain", &tip.chain).map_err(abort)?,
     )?;
-    Ok((
-        records,
-        WitnessMark {
-            seq: next_seq - 1,
-            chain,
-        },
-    ))
+    Ok((records, tip))
 }
 
 impl Journal {
@@ -790,7 +701,7 @@ impl Journal {
         let (records, tip) = {
             let _writer = lock(&self.writer);
             let outcome = (&self.events, &self.slots, &self.reloads, &self.meta)
-                .transaction(|trees| append(trees, commands, at, &self.dir));
+                .transaction(|trees| write_tx(trees, commands, at, &self.dir));
             let (records, tip) = self.finish_tx(outcome)?;
             *lock(&self.tip) = tip;
             (records, tip)
@@ -920,20 +831,7 @@ impl Journal {
 
     /// Every reload that is not terminal, found through the slots' in-flight pointers.
     pub fn in_flight(&self) -> Result<Vec<ReloadView>, JournalError> {
-        let mut out = Vec::new();
-        for slot in self.slots()? {
-            if let Some(id) = slot.slot.in_flight {
-                let view = self.reload(&id)?.ok_or_else(|| JournalError::Corrupt {
-                    dir: self.dir.clone(),
-                    what: format!(
-                        "slot {} names in-flight reload {id}, which has no projection",
-                        slot.slot.name
-                    ),
-                })?;
-                out.push(view);
-            }
-        }
-        Ok(out)
+        JournalStore::in_flight(self)
     }
 
     /// The records from sequence number `from_seq` on, in order. A record that does not
@@ -971,6 +869,69 @@ impl Journal {
     /// The current meta values.
     pub(crate) fn meta_values(&self) -> Result<Meta, JournalError> {
         Ok(Meta::read(&self.meta, &self.dir)?.unwrap_or_else(Meta::fresh))
+    }
+}
+
+/// The sled journal as a [`JournalStore`]: every method is the inherent one of the same name.
+impl JournalStore for Journal {
+    fn dir(&self) -> &Path {
+        Journal::dir(self)
+    }
+
+    fn is_read_only(&self) -> bool {
+        Journal::is_read_only(self)
+    }
+
+    fn execute_all(
+        &self,
+        commands: &[Command],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Record>, JournalError> {
+        Journal::execute_all(self, commands, at)
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        Journal::flush(self)
+    }
+
+    fn flush_count(&self) -> u64 {
+        Journal::flush_count(self)
+    }
+
+    fn last_seq(&self) -> u64 {
+        Journal::last_seq(self)
+    }
+
+    fn slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
+        Journal::slot(self, name)
+    }
+
+    fn slots(&self) -> Result<Vec<SlotView>, JournalError> {
+        Journal::slots(self)
+    }
+
+    fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
+        Journal::reload(self, id)
+    }
+
+    fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError> {
+        Journal::reloads_of(self, slot)
+    }
+
+    fn events(&self, from_seq: u64) -> Records {
+        Box::new(Journal::events(self, from_seq))
+    }
+
+    fn replay(&self, until_seq: u64) -> Result<ReplayState, JournalError> {
+        Journal::replay(self, until_seq)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, JournalError> {
+        Journal::verify(self)
+    }
+
+    fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError> {
+        Journal::compact(self, keep_per_slot)
     }
 }
 

@@ -1,30 +1,39 @@
-//! tryswap's journal: a crash-safe, sled-backed event log of reload events, with slot and
-//! reload projections, verify, replay, export and compaction.
+//! tryswap's journal: an event log of reload events, with slot and reload projections,
+//! verify, replay, export and compaction, behind the [`JournalStore`] trait.
 //!
 //! Every [`Record`] holds one `tryswap_fsm` event with a gap-free sequence number, a time
-//! and a CRC chain link. [`Journal::execute`] decides a command against the stored
-//! projections and appends the resulting events and the updated projections in one sled
-//! transaction; after `Staged` and `Activated` it flushes and syncs before returning (the
-//! write-ahead points of DESIGN.md). The on-disk format is described in `docs/journal.md`.
+//! and a CRC chain link. [`JournalStore::execute`] decides a command against the stored
+//! projections and appends the resulting events and the updated projections in one write;
+//! after `Staged` and `Activated` it makes them durable before returning (the write-ahead
+//! points of DESIGN.md).
+//!
+//! Two stores keep the same contract: [`Journal`], crash-safe on disk in sled (one sled
+//! transaction per write, flushed and synced at the write-ahead points; this crate is the
+//! only one that touches sled), and [`MemoryJournal`], in memory, for property tests and
+//! embedders that need no durability. The on-disk format is described in `docs/journal.md`.
 //!
 //! ```
 //! use chrono::Utc;
 //! use tryswap_fsm::*;
-//! use tryswap_journal::Journal;
+//! use tryswap_journal::{Journal, JournalStore, MemoryJournal};
 //! let dir = tempfile::tempdir().unwrap();
-//! let journal = Journal::open(dir.path()).unwrap();
+//! let stores: [Box<dyn JournalStore>; 2] =
+//!     [Box::new(Journal::open(dir.path()).unwrap()), Box::new(MemoryJournal::new())];
 //! let slot = SlotName::new("demo").unwrap();
 //! let id = ReloadId::from_u128(1);
 //! let artifact = ArtifactRef { sha256: Sha256([7; 32]), config_sha256: None };
-//! let records = journal
-//!     .execute(&Command::Stage { reload: id, slot: slot.clone(), mode: Mode::Activate, artifact }, Utc::now())
-//!     .unwrap();
-//! assert_eq!(records[0].seq, 1);
-//! assert_eq!(journal.slot(&slot).unwrap().unwrap().slot.in_flight, Some(id));
-//! assert!(journal.verify().unwrap().is_ok());
+//! let stage = Command::Stage { reload: id, slot: slot.clone(), mode: Mode::Activate, artifact };
+//! for journal in &stores {
+//!     let records = journal.execute(&stage, Utc::now()).unwrap();
+//!     assert_eq!(records[0].seq, 1);
+//!     assert_eq!(journal.slot(&slot).unwrap().unwrap().slot.in_flight, Some(id));
+//!     assert_eq!(journal.flush_count(), 1);
+//!     assert!(journal.verify().unwrap().is_ok());
+//! }
 //! ```
 #![warn(missing_docs)]
 
+mod append;
 pub mod codec;
 mod compact;
 mod error;
@@ -32,22 +41,28 @@ mod export;
 mod journal;
 pub mod layout;
 mod lock;
+mod memory;
 mod projection;
 mod record;
 mod replay;
+mod report;
 mod rewrite;
+mod sled_dir;
+mod store;
 mod verify;
 mod witness;
 
 pub use codec::{decode_record, encode_record, stored_chain, CodecError};
-pub use compact::{CompactReport, DEFAULT_KEEP_PER_SLOT};
+pub use compact::DEFAULT_KEEP_PER_SLOT;
 pub use error::JournalError;
 pub use export::ExportReport;
 pub use journal::Journal;
 pub use layout::JOURNAL_FORMAT;
+pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use record::{Record, RECORD_FORMAT};
-pub use verify::{Problem, ProblemKind, VerifyReport};
+pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
+pub use store::{JournalStore, Records};
 pub use witness::WitnessMark;
 
 #[cfg(test)]
@@ -56,6 +71,8 @@ mod tests {
     fn the_journal_can_be_shared_between_threads() {
         fn shared<T: Send + Sync>() {}
         shared::<crate::Journal>();
+        shared::<crate::MemoryJournal>();
+        shared::<std::sync::Arc<dyn crate::JournalStore>>();
         shared::<crate::Record>();
         shared::<crate::JournalError>();
     }

@@ -20,7 +20,7 @@
 use std::path::Path;
 
 use crate::error::JournalError;
-use crate::journal::{list_tree, open_db};
+use crate::sled_dir::{list_tree, open_db};
 use crate::witness::sync_dir;
 
 /// Marker file in the journal directory: "the store has garbage, rewrite it on open".

@@ -1,8 +1,7 @@
 //! Verify: re-fold the events and compare with everything stored.
 
-use std::fmt;
+use std::collections::BTreeMap;
 
-use serde::Serialize;
 use tryswap_fsm::{check, ReloadId, SlotName};
 
 use crate::codec;
@@ -13,95 +12,16 @@ use crate::layout::{
     PREFIX_BASE_SLOT, RELOADS, SLOTS, WITNESS_FILE,
 };
 use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::record::Record;
 use crate::replay::slot_name_of;
+use crate::report::{Problem, ProblemKind, VerifyReport};
 use crate::witness;
 use crate::Journal;
 
-/// What kind of problem `verify` found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemKind {
-    /// A stored record or value does not decode (bad CRC, bad bytes, unknown format).
-    Undecodable,
-    /// A record's own seq differs from its key.
-    SeqMismatch,
-    /// Sequence numbers after the compaction base are not continuous.
-    Gap,
-    /// A record's `prev_chain` is not its predecessor's chain value.
-    ChainBroken,
-    /// A record is not what the state machine would have recorded in the state before it.
-    Illegal,
-    /// A stored projection differs from the fold of the events.
-    ProjectionMismatch,
-    /// The fold has a slot or reload the projections lack.
-    ProjectionMissing,
-    /// The projections have a slot or reload the fold lacks.
-    ProjectionExtra,
-    /// The meta values disagree with the events.
-    Meta,
-    /// The compaction base snapshot is damaged.
-    Base,
-    /// The witness file is unreadable or disagrees with the events.
-    Witness,
-}
-
-/// One thing `verify` found wrong, with where.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// What kind of problem.
-    pub kind: ProblemKind,
-    /// The sled tree (or file) involved.
-    pub tree: String,
-    /// The record's sequence number, if the problem is about a record.
-    pub seq: Option<u64>,
-    /// The slot involved, if known.
-    pub slot: Option<SlotName>,
-    /// The reload involved, if known.
-    pub reload: Option<ReloadId>,
-    /// What is wrong.
-    pub detail: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} in `{}`", self.kind, self.tree)?;
-        if let Some(seq) = self.seq {
-            write!(f, " seq {seq}")?;
-        }
-        if let Some(slot) = &self.slot {
-            write!(f, " slot {slot}")?;
-        }
-        if let Some(reload) = &self.reload {
-            write!(f, " reload {reload}")?;
-        }
-        write!(f, ": {}", self.detail)
-    }
-}
-
-/// What `verify` checked and found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
-    /// Records decoded and checked (including kept records before the compaction base).
-    pub events_checked: u64,
-    /// The compaction base (0 if never compacted).
-    pub base_seq: u64,
-    /// The last sequence number according to `meta`.
-    pub last_seq: u64,
-    /// Everything found wrong; empty when the journal is sound.
-    pub problems: Vec<Problem>,
-}
-
-impl VerifyReport {
-    /// Whether no problem was found.
-    pub fn is_ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-struct Findings(Vec<Problem>);
+pub(crate) struct Findings(pub(crate) Vec<Problem>);
 
 impl Findings {
-    fn push(
+    pub(crate) fn push(
         &mut self,
         kind: ProblemKind,
         tree: &str,
@@ -121,7 +41,7 @@ impl Findings {
     }
 }
 
-fn slot_differences(stored: &SlotView, folded: &SlotView) -> String {
+pub(crate) fn slot_differences(stored: &SlotView, folded: &SlotView) -> String {
     let mut parts = Vec::new();
     if stored.slot.active != folded.slot.active {
         parts.push("active marker");
@@ -153,7 +73,7 @@ fn slot_differences(stored: &SlotView, folded: &SlotView) -> String {
     )
 }
 
-fn reload_differences(stored: &ReloadView, folded: &ReloadView) -> String {
+pub(crate) fn reload_differences(stored: &ReloadView, folded: &ReloadView) -> String {
     let mut parts = Vec::new();
     if stored.reload.state != folded.reload.state {
         parts.push(format!(
@@ -178,6 +98,76 @@ fn reload_differences(stored: &ReloadView, folded: &ReloadView) -> String {
         "stored projection differs from the fold of the events in: {}",
         parts.join(", ")
     )
+}
+
+/// Checks the record stored at `seq`, after the compaction base, against the state before it — its
+/// `prev_chain` against `prev_chain` (the chain value of the record before, `None` when it
+/// is unknown) and that it is a legal transition — and folds it into `state`.
+pub(crate) fn check_and_fold(
+    state: &mut ReplayState,
+    seq: u64,
+    record: &Record,
+    prev_chain: Option<u32>,
+    found: &mut Findings,
+) {
+    let at = |found: &mut Findings, kind, detail: String| {
+        let (slot, reload) = (Some(record.slot.clone()), Some(record.reload));
+        found.push(kind, EVENTS, Some(seq), slot, reload, detail);
+    };
+    if let Some(chain_before) = prev_chain {
+        if record.prev_chain != chain_before {
+            at(
+                found,
+                ProblemKind::ChainBroken,
+                format!(
+                    "prev_chain {:#010x} but the record before has chain {chain_before:#010x}",
+                    record.prev_chain
+                ),
+            );
+        }
+    }
+    if let Err(illegal) = check(&*state, &record.event()) {
+        at(
+            found,
+            ProblemKind::Illegal,
+            format!(
+                "{} is not a legal transition here: {illegal}",
+                record.event.name()
+            ),
+        );
+    }
+    state.apply(record);
+}
+
+/// Reports every slot of the fold that has no projection.
+pub(crate) fn missing_slots(folded: BTreeMap<SlotName, SlotView>, found: &mut Findings) {
+    for name in folded.into_keys() {
+        let detail = "events touch this slot but it has no projection";
+        found.push(
+            ProblemKind::ProjectionMissing,
+            SLOTS,
+            None,
+            Some(name),
+            None,
+            detail,
+        );
+    }
+}
+
+/// Reports every reload of the fold that has no projection.
+pub(crate) fn missing_reloads(folded: BTreeMap<ReloadId, ReloadView>, found: &mut Findings) {
+    for (id, view) in folded {
+        let detail = "events create this reload but it has no projection";
+        let slot = Some(view.reload.slot);
+        found.push(
+            ProblemKind::ProjectionMissing,
+            RELOADS,
+            None,
+            slot,
+            Some(id),
+            detail,
+        );
+    }
 }
 
 impl Journal {
@@ -421,35 +411,7 @@ impl Journal {
                 kept_prev = Some((seq, chain));
                 continue;
             }
-            if let Some(chain_before) = prev_chain {
-                if record.prev_chain != chain_before {
-                    found.push(
-                        ProblemKind::ChainBroken,
-                        EVENTS,
-                        Some(seq),
-                        Some(record.slot.clone()),
-                        Some(record.reload),
-                        format!(
-                            "prev_chain {:#010x} but the record before has chain {chain_before:#010x}",
-                            record.prev_chain
-                        ),
-                    );
-                }
-            }
-            if let Err(illegal) = check(&*state, &record.event()) {
-                found.push(
-                    ProblemKind::Illegal,
-                    EVENTS,
-                    Some(seq),
-                    Some(record.slot.clone()),
-                    Some(record.reload),
-                    format!(
-                        "{} is not a legal transition here: {illegal}",
-                        record.event.name()
-                    ),
-                );
-            }
-            state.apply(&record);
+            check_and_fold(state, seq, &record, prev_chain, found);
             expected = seq + 1;
             prev_chain = Some(chain);
         }
@@ -547,16 +509,7 @@ impl Journal {
                 ),
             }
         }
-        for (name, _) in state.slots {
-            found.push(
-                ProblemKind::ProjectionMissing,
-                SLOTS,
-                None,
-                Some(name),
-                None,
-                "events touch this slot but it has no projection",
-            );
-        }
+        missing_slots(state.slots, found);
         for item in self.reloads.iter() {
             let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
             let id = ReloadId::from_slice(&key).ok();
@@ -610,16 +563,7 @@ impl Journal {
                 ),
             }
         }
-        for (id, view) in state.reloads {
-            found.push(
-                ProblemKind::ProjectionMissing,
-                RELOADS,
-                None,
-                Some(view.reload.slot),
-                Some(id),
-                "events create this reload but it has no projection",
-            );
-        }
+        missing_reloads(state.reloads, found);
         Ok(())
     }
 }

@@ -3,10 +3,14 @@
 //! driver. After every step the journal must agree with itself (its projections equal the
 //! fold of its events, `verify` passes) and with a simple model (active generation, its
 //! config, next generation, history), and a lease must reach the model's engine.
+//!
+//! The model runs over the in-memory journal (`MemoryJournal`, kept across each crash as a
+//! journal outlives a crashed process) and, in fewer cases, over the sled journal on disk.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +21,7 @@ use tryswap::report::Outcome;
 use tryswap::supervisor::recovery::RecoveryAction;
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, SlotName, World};
+use tryswap_journal::MemoryJournal;
 
 /// An engine that does what the first words of its config say.
 struct ModelEngine {
@@ -215,8 +220,19 @@ impl Model {
     }
 }
 
+/// Where the host keeps its journal.
+#[derive(Clone)]
+enum Backing {
+    /// A `MemoryJournal` that outlives each supervisor, as a journal outlives a crashed
+    /// process: the model needs no disk.
+    Memory(Arc<MemoryJournal>),
+    /// The sled journal in the state dir, reopened after every crash.
+    Disk,
+}
+
 struct Host {
     dir: PathBuf,
+    backing: Backing,
     slot: SlotName,
     sup: Option<Supervisor>,
     files: usize,
@@ -235,10 +251,11 @@ fn probe() -> ProbeConfig {
 }
 
 impl Host {
-    fn open(dir: &Path) -> Host {
+    fn open(dir: &Path, backing: Backing) -> Host {
         let slot = SlotName::new("engine").unwrap();
         let mut host = Host {
             dir: dir.to_path_buf(),
+            backing,
             slot,
             sup: None,
             files: 0,
@@ -249,7 +266,11 @@ impl Host {
     }
 
     fn start(&mut self) {
-        let sup = Supervisor::open(self.dir.join("state")).unwrap();
+        let state = self.dir.join("state");
+        let sup = match &self.backing {
+            Backing::Memory(journal) => Supervisor::open_with(state, journal.clone()).unwrap(),
+            Backing::Disk => Supervisor::open(state).unwrap(),
+        };
         sup.add_engine_slot(
             self.slot.clone(),
             probe(),
@@ -470,9 +491,9 @@ fn check(host: &Host, model: &Model, op: &Op) {
     }
 }
 
-async fn run(ops: Vec<Op>) {
+async fn run(ops: Vec<Op>, backing: Backing) {
     let dir = tempfile::tempdir().unwrap();
-    let mut host = Host::open(dir.path());
+    let mut host = Host::open(dir.path(), backing);
     let mut model = Model {
         next: 1,
         ..Model::default()
@@ -485,6 +506,18 @@ async fn run(ops: Vec<Op>) {
     host.sup().shutdown().await;
 }
 
+/// Runs `ops` on a fresh host with a two-thread runtime, bounded in time.
+fn run_bounded(ops: Vec<Op>, backing: Backing) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), run(ops, backing)).await })
+        .expect("one case took over 120 s");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 24,
@@ -493,25 +526,43 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
+    /// The model over the in-memory journal: what recovery and compaction do, no disk.
     #[test]
     fn random_reloads_crashes_and_recoveries_keep_the_journal_equal_to_the_model(
         ops in proptest::collection::vec(op(), 1..=30)
     ) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(120), run(ops)).await })
-            .expect("one case took over 120 s");
+        run_bounded(ops, Backing::Memory(Arc::new(MemoryJournal::new())));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 6,
+        max_shrink_iters: 32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The same model over the sled journal, reopened from disk after every crash.
+    #[test]
+    fn the_model_holds_with_the_journal_on_disk(ops in proptest::collection::vec(op(), 1..=30)) {
+        run_bounded(ops, Backing::Disk);
     }
 }
 
 /// One fixed sequence through every kind of step, so a plain run always covers them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_of_step_in_one_sequence() {
-    run(vec![
+#[test]
+fn every_kind_of_step_in_one_sequence() {
+    for backing in [
+        Backing::Memory(Arc::new(MemoryJournal::new())),
+        Backing::Disk,
+    ] {
+        run_bounded(every_kind_of_step(), backing);
+    }
+}
+
+fn every_kind_of_step() -> Vec<Op> {
+    vec![
         Op::Rollback,
         Op::Crash,
         Op::Activate(0),
@@ -530,6 +581,5 @@ async fn every_kind_of_step_in_one_sequence() {
         Op::ActivateBad(Flaw::Unhealthy),
         Op::Compact(1),
         Op::Activate(3),
-    ])
-    .await;
+    ]
 }

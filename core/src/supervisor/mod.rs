@@ -17,7 +17,7 @@ use tracing::Instrument;
 use tryswap_fsm::{
     ArtifactRef, Command, EventKind, Generation, Mode, Reason, Rejected, ReloadId, SlotName,
 };
-use tryswap_journal::{Journal, JournalError, Record};
+use tryswap_journal::{Journal, JournalError, JournalStore, Record};
 
 use crate::config::{ProbeConfig, SlotConfig};
 use crate::driver::engine::{EngineDriver, EngineFactory};
@@ -152,7 +152,7 @@ pub(crate) struct SlotRuntime {
 }
 
 struct Inner {
-    journal: Journal,
+    journal: Arc<dyn JournalStore>,
     store: Store,
     state_dir: PathBuf,
     slots: RwLock<BTreeMap<SlotName, Arc<SlotRuntime>>>,
@@ -185,19 +185,42 @@ pub(crate) fn facts_instance(slot: &SlotName, facts: &tryswap_fsm::Instance) -> 
     }
 }
 
+/// `state_dir` made absolute: plugins run with the state dir as their working directory
+/// and get store paths as arguments.
+fn absolute(state_dir: &Path) -> Result<PathBuf, SupervisorError> {
+    std::path::absolute(state_dir).map_err(|e| {
+        SupervisorError::Journal(JournalError::Missing(format!(
+            "state directory {}: {e}",
+            state_dir.display()
+        )))
+    })
+}
+
 impl Supervisor {
     /// Opens (or creates) the state directory: its journal and store. Fails at once if
     /// another process holds the journal. Register slots next, then call [`Supervisor::attach`].
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, SupervisorError> {
-        // Plugins run with the state dir as their working directory and get store paths
-        // as arguments: everything must be absolute.
-        let state_dir = std::path::absolute(state_dir.as_ref()).map_err(|e| {
-            SupervisorError::Journal(JournalError::Missing(format!(
-                "state directory {}: {e}",
-                state_dir.as_ref().display()
-            )))
-        })?;
+        let state_dir = absolute(state_dir.as_ref())?;
         let journal = Journal::open(&state_dir.join("journal"))?;
+        Self::with_journal(state_dir, Arc::new(journal))
+    }
+
+    /// Like [`Supervisor::open`], but keeps the journal in `journal` instead of the sled
+    /// journal in `<state_dir>/journal` (the artifact store, logs and plugins' working
+    /// directory stay in `state_dir`). With a [`tryswap_journal::MemoryJournal`] nothing of
+    /// the journal survives the process, so recovery after a crash has nothing to read: for
+    /// tests and embedders that need no crash safety.
+    pub fn open_with(
+        state_dir: impl AsRef<Path>,
+        journal: Arc<dyn JournalStore>,
+    ) -> Result<Self, SupervisorError> {
+        Self::with_journal(absolute(state_dir.as_ref())?, journal)
+    }
+
+    fn with_journal(
+        state_dir: PathBuf,
+        journal: Arc<dyn JournalStore>,
+    ) -> Result<Self, SupervisorError> {
         let store = Store::open(&state_dir)?;
         let (records, _) = broadcast::channel(1024);
         Ok(Supervisor {
@@ -224,8 +247,8 @@ impl Supervisor {
     }
 
     /// The journal (read it for audits; write to it only through the supervisor).
-    pub fn journal(&self) -> &Journal {
-        &self.inner.journal
+    pub fn journal(&self) -> &dyn JournalStore {
+        &*self.inner.journal
     }
 
     /// The artifact store.

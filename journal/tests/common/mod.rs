@@ -1,5 +1,5 @@
 //! Shared test helpers: a command generator driven by `tryswap_fsm::World` (the oracle),
-//! and comparisons of a journal's projections with the oracle.
+//! and comparisons of a journal's projections with the oracle, for any [`JournalStore`].
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -8,9 +8,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use tryswap_fsm::{
     ArtifactRef, Command, Endpoint, Generation, Mode, Network, ProcessIdentity, Protocol, Reason,
-    ReloadId, ReloadState, Sha256, SlotName, World,
+    ReloadId, ReloadState, Sha256, Slot, SlotName, World,
 };
-use tryswap_journal::{Journal, JournalError, Record};
+use tryswap_journal::{JournalError, JournalStore, Record};
 
 pub const SLOTS: usize = 3;
 
@@ -296,7 +296,7 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
 impl Driver {
     /// Resolves `intent`, executes it in the journal and in the oracle, and checks that
     /// both agree (same events or the same rejection).
-    pub fn apply(&mut self, journal: &Journal, intent: &Intent) {
+    pub fn apply(&mut self, journal: &dyn JournalStore, intent: &Intent) {
         self.step += 1;
         let now = at(self.step);
         match intent {
@@ -361,7 +361,7 @@ impl Driver {
         }
     }
 
-    pub fn run(&mut self, journal: &Journal, intents: &[Intent]) {
+    pub fn run(&mut self, journal: &dyn JournalStore, intents: &[Intent]) {
         for intent in intents {
             self.apply(journal, intent);
         }
@@ -369,7 +369,7 @@ impl Driver {
 }
 
 /// The journal's projections as an fsm world.
-pub fn stored_world(journal: &Journal) -> World {
+pub fn stored_world(journal: &dyn JournalStore) -> World {
     let slots: BTreeMap<_, _> = journal
         .slots()
         .unwrap()
@@ -386,13 +386,13 @@ pub fn stored_world(journal: &Journal) -> World {
 }
 
 /// The fold of every record the journal holds.
-pub fn folded_world(journal: &Journal) -> World {
+pub fn folded_world(journal: &dyn JournalStore) -> World {
     let events: Vec<_> = journal.events(0).map(|r| r.unwrap().event()).collect();
     World::fold(&events)
 }
 
 /// Asserts projections, reads and verify all agree with `world`.
-pub fn assert_matches(journal: &Journal, world: &World) {
+pub fn assert_matches(journal: &dyn JournalStore, world: &World) {
     let stored = stored_world(journal);
     assert_eq!(&stored, world, "projections differ from the oracle");
     for (name, slot) in &world.slots {
@@ -414,4 +414,47 @@ pub fn assert_matches(journal: &Journal, world: &World) {
     let replay = journal.replay(journal.last_seq()).unwrap();
     assert_eq!(&replay.world(), world);
     assert_eq!(replay.seq, journal.last_seq());
+}
+
+/// Runs one reload of `slot` from `Stage` to `Commit`, one call per command; returns the
+/// durable flushes it made.
+pub fn full_activate(journal: &dyn JournalStore, slot: &SlotName, id: ReloadId, byte: u8) -> u64 {
+    let before = journal.flush_count();
+    let commands = [
+        Command::Stage {
+            reload: id,
+            slot: slot.clone(),
+            mode: Mode::Activate,
+            artifact: artifact(byte),
+        },
+        Command::RecordLaunch {
+            reload: id,
+            process: Some(process(4242)),
+            log_path: Some("logs/demo/1.log".into()),
+        },
+        Command::RecordHandshake {
+            reload: id,
+            endpoint: Some(endpoint(40001)),
+        },
+        Command::RecordProbe { reload: id },
+        Command::Commit { reload: id },
+    ];
+    for (i, c) in commands.iter().enumerate() {
+        journal.execute(c, at(i)).unwrap();
+    }
+    journal.flush_count() - before
+}
+
+/// What a compaction keeping `keep` leaves of a slot's history: the newest `max(keep, 2)`
+/// generations and the active and retiring ones (docs/journal.md, "Compaction").
+pub fn trimmed(slot: &Slot, keep: usize) -> Slot {
+    let keep = keep.max(2);
+    let mut slot = slot.clone();
+    if slot.history.len() > keep {
+        let mut wanted: Vec<Generation> = slot.history.keys().rev().take(keep).copied().collect();
+        wanted.extend(slot.active.as_ref().map(|a| a.generation));
+        wanted.extend(slot.retiring.iter().map(|i| i.generation));
+        std::sync::Arc::make_mut(&mut slot.history).retain(|g, _| wanted.contains(g));
+    }
+    slot
 }

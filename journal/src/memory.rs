@@ -1,0 +1,391 @@
+//! [`MemoryJournal`]: the journal in memory, with the same fold, checks and projections as
+//! the sled one, and no disk.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tryswap_fsm::{Command, ReloadId, Slot, SlotName};
+
+use crate::append::{append, Staging};
+use crate::compact::{dropped_reloads, trim_history};
+use crate::error::JournalError;
+use crate::layout::{RELOADS, SLOTS};
+use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::record::Record;
+use crate::report::{CompactReport, ProblemKind, VerifyReport};
+use crate::store::{JournalStore, Records};
+use crate::verify::{
+    check_and_fold, missing_reloads, missing_slots, reload_differences, slot_differences, Findings,
+};
+use crate::witness::WitnessMark;
+
+/// The label [`MemoryJournal::new`] gives itself (what [`JournalStore::dir`] returns).
+const DEFAULT_LABEL: &str = "<memory>";
+
+/// A [`JournalStore`] that keeps its records and projections in memory.
+///
+/// Writes go through the same code as the sled [`crate::Journal`]'s: the state machine
+/// decides every command against the projections, the records get the same sequence
+/// numbers, encoding and chain values, and the same fold updates the projections, all or
+/// nothing per call. Nothing survives the value: it is for property tests and for embedders
+/// that need no crash safety. A write-ahead point is counted by
+/// [`JournalStore::flush_count`] as the sled journal counts it, though there is nothing
+/// to flush.
+#[derive(Debug)]
+pub struct MemoryJournal {
+    label: PathBuf,
+    state: Mutex<MemoryState>,
+    flush_count: AtomicU64,
+}
+
+/// Everything a [`MemoryJournal`] holds.
+#[derive(Debug, Default)]
+struct MemoryState {
+    /// The kept records by sequence number, with their chain values.
+    records: BTreeMap<u64, (Record, u32)>,
+    /// The projections (`seq` is the last sequence number).
+    current: ReplayState,
+    /// The compaction base snapshot (empty at seq 0 before any compaction).
+    base: ReplayState,
+    /// The chain value of the record at the base.
+    base_chain: u32,
+    /// The chain value of the last record.
+    last_chain: u32,
+}
+
+impl MemoryState {
+    fn tip(&self) -> WitnessMark {
+        WitnessMark {
+            seq: self.current.seq,
+            chain: self.last_chain,
+        }
+    }
+}
+
+impl Default for MemoryJournal {
+    fn default() -> Self {
+        MemoryJournal::new()
+    }
+}
+
+impl MemoryJournal {
+    /// An empty journal labelled `<memory>` in messages.
+    pub fn new() -> Self {
+        MemoryJournal::labelled(DEFAULT_LABEL)
+    }
+
+    /// An empty journal that names itself `label` in messages and in
+    /// [`JournalStore::dir`] (nothing is read or written there).
+    pub fn labelled(label: impl Into<PathBuf>) -> Self {
+        MemoryJournal {
+            label: label.into(),
+            state: Mutex::new(MemoryState::default()),
+            flush_count: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One write's changes over the committed projections, merged only if it succeeds.
+struct Overlay<'a> {
+    committed: &'a ReplayState,
+    slots: RefCell<HashMap<SlotName, Option<SlotView>>>,
+    reloads: RefCell<HashMap<ReloadId, ReloadView>>,
+    records: RefCell<Vec<(Record, u32)>>,
+}
+
+impl Staging for Overlay<'_> {
+    type Error = JournalError;
+
+    fn abort(error: JournalError) -> JournalError {
+        error
+    }
+
+    fn slot(&self, name: &SlotName) -> Result<Option<Slot>, JournalError> {
+        let staged = self.slots.borrow();
+        let view = match staged.get(name) {
+            Some(view) => view.as_ref(),
+            None => self.committed.slots.get(name),
+        };
+        Ok(view.map(|v| v.slot.clone()))
+    }
+
+    fn take_slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
+        let mut staged = self.slots.borrow_mut();
+        Ok(match staged.get_mut(name) {
+            Some(view) => view.take(),
+            // Cheap: the generation history is shared (`Arc`) until the fold changes it.
+            None => self.committed.slots.get(name).cloned(),
+        })
+    }
+
+    fn put_slot(&self, view: SlotView) -> Result<(), JournalError> {
+        self.slots
+            .borrow_mut()
+            .insert(view.slot.name.clone(), Some(view));
+        Ok(())
+    }
+
+    fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
+        let staged = self.reloads.borrow();
+        Ok(staged
+            .get(id)
+            .or_else(|| self.committed.reloads.get(id))
+            .cloned())
+    }
+
+    fn put_reload(&self, view: ReloadView) -> Result<(), JournalError> {
+        self.reloads.borrow_mut().insert(view.reload.id, view);
+        Ok(())
+    }
+
+    fn put_record(
+        &self,
+        record: &Record,
+        _stored: Vec<u8>,
+        chain: u32,
+    ) -> Result<(), JournalError> {
+        self.records.borrow_mut().push((record.clone(), chain));
+        Ok(())
+    }
+}
+
+impl JournalStore for MemoryJournal {
+    fn dir(&self) -> &Path {
+        &self.label
+    }
+
+    fn is_read_only(&self) -> bool {
+        false
+    }
+
+    fn execute_all(
+        &self,
+        commands: &[Command],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Record>, JournalError> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut state = self.state();
+        let overlay = Overlay {
+            committed: &state.current,
+            slots: RefCell::new(HashMap::new()),
+            reloads: RefCell::new(HashMap::new()),
+            records: RefCell::new(Vec::new()),
+        };
+        let (records, tip) = append(&overlay, commands, at, state.tip(), &self.label)?;
+        let Overlay {
+            slots,
+            reloads,
+            records: staged,
+            ..
+        } = overlay;
+        for (name, view) in slots.into_inner() {
+            if let Some(view) = view {
+                state.current.slots.insert(name, view);
+            }
+        }
+        state.current.reloads.extend(reloads.into_inner());
+        for (record, chain) in staged.into_inner() {
+            state.records.insert(record.seq, (record, chain));
+        }
+        state.current.seq = tip.seq;
+        state.last_chain = tip.chain;
+        if records.iter().any(Record::needs_durable_flush) {
+            self.flush_count.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(records)
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
+
+    fn flush_count(&self) -> u64 {
+        self.flush_count.load(Ordering::SeqCst)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.state().current.seq
+    }
+
+    fn slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
+        Ok(self.state().current.slots.get(name).cloned())
+    }
+
+    fn slots(&self) -> Result<Vec<SlotView>, JournalError> {
+        Ok(self.state().current.slots.values().cloned().collect())
+    }
+
+    fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
+        Ok(self.state().current.reloads.get(id).cloned())
+    }
+
+    fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError> {
+        let mut views: Vec<ReloadView> = self
+            .state()
+            .current
+            .reloads
+            .values()
+            .filter(|v| &v.reload.slot == slot)
+            .cloned()
+            .collect();
+        views.sort_by_key(ReloadView::created_seq);
+        Ok(views)
+    }
+
+    fn events(&self, from_seq: u64) -> Records {
+        let records: Vec<_> = self
+            .state()
+            .records
+            .range(from_seq..)
+            .map(|(_, (record, _))| Ok(record.clone()))
+            .collect();
+        Box::new(records.into_iter())
+    }
+
+    fn replay(&self, until_seq: u64) -> Result<ReplayState, JournalError> {
+        let state = self.state();
+        if until_seq < state.base.seq {
+            return Err(JournalError::Compacted {
+                requested: until_seq,
+                base: state.base.seq,
+            });
+        }
+        let mut replayed = state.base.clone();
+        let after_base = (Bound::Excluded(state.base.seq), Bound::Included(until_seq));
+        for (record, _) in state.records.range(after_base).map(|(_, r)| r) {
+            replayed.apply(record);
+        }
+        Ok(replayed)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, JournalError> {
+        let state = self.state();
+        let mut found = Findings(Vec::new());
+        let mut folded = state.base.clone();
+        let mut prev_chain = Some(state.base_chain);
+        let after_base = (Bound::Excluded(state.base.seq), Bound::Unbounded);
+        for (seq, (record, chain)) in state.records.range(after_base) {
+            check_and_fold(&mut folded, *seq, record, prev_chain, &mut found);
+            prev_chain = Some(*chain);
+        }
+        compare(&state.current, folded, &mut found);
+        Ok(VerifyReport {
+            events_checked: state.records.len() as u64,
+            base_seq: state.base.seq,
+            last_seq: state.current.seq,
+            problems: found.0,
+        })
+    }
+
+    fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError> {
+        let mut state = self.state();
+        let slots: Vec<SlotView> = state.current.slots.values().cloned().collect();
+        let reloads: Vec<ReloadView> = state.current.reloads.values().cloned().collect();
+        let dropped = dropped_reloads(&slots, &reloads, keep_per_slot);
+        if dropped.is_empty() {
+            return Ok(CompactReport {
+                base_seq: state.base.seq,
+                reloads_dropped: 0,
+                events_dropped: 0,
+                reloads_kept: reloads.len() as u64,
+            });
+        }
+        let before = state.records.len();
+        state
+            .records
+            .retain(|_, (record, _)| !dropped.contains(&record.reload));
+        let events_dropped = (before - state.records.len()) as u64;
+        state.current.reloads.retain(|id, _| !dropped.contains(id));
+        for view in state.current.slots.values_mut() {
+            trim_history(&mut view.slot, keep_per_slot);
+        }
+        state.base = state.current.clone();
+        state.base_chain = state.last_chain;
+        tracing::info!(
+            dir = %self.label.display(),
+            base_seq = state.base.seq,
+            reloads_dropped = dropped.len(),
+            events_dropped,
+            "journal compacted"
+        );
+        Ok(CompactReport {
+            base_seq: state.base.seq,
+            reloads_dropped: dropped.len() as u64,
+            events_dropped,
+            reloads_kept: state.current.reloads.len() as u64,
+        })
+    }
+}
+
+/// Compares the projections with the fold, reporting every difference.
+fn compare(projections: &ReplayState, mut folded: ReplayState, found: &mut Findings) {
+    for (name, stored) in &projections.slots {
+        let slot = Some(name.clone());
+        match folded.slots.remove(name) {
+            Some(fold) if &fold == stored => {}
+            Some(fold) => {
+                let detail = slot_differences(stored, &fold);
+                found.push(
+                    ProblemKind::ProjectionMismatch,
+                    SLOTS,
+                    None,
+                    slot,
+                    None,
+                    detail,
+                );
+            }
+            None => {
+                let detail = "no event touches this slot";
+                found.push(
+                    ProblemKind::ProjectionExtra,
+                    SLOTS,
+                    None,
+                    slot,
+                    None,
+                    detail,
+                );
+            }
+        }
+    }
+    missing_slots(folded.slots, found);
+    for (id, stored) in &projections.reloads {
+        let (slot, reload) = (Some(stored.reload.slot.clone()), Some(*id));
+        match folded.reloads.remove(id) {
+            Some(fold) if &fold == stored => {}
+            Some(fold) => {
+                let detail = reload_differences(stored, &fold);
+                found.push(
+                    ProblemKind::ProjectionMismatch,
+                    RELOADS,
+                    None,
+                    slot,
+                    reload,
+                    detail,
+                );
+            }
+            None => {
+                let detail = "no event created this reload";
+                found.push(
+                    ProblemKind::ProjectionExtra,
+                    RELOADS,
+                    None,
+                    slot,
+                    reload,
+                    detail,
+                );
+            }
+        }
+    }
+    missing_reloads(folded.reloads, found);
+}
