@@ -23,12 +23,14 @@
 
 mod event;
 mod machine;
+mod pipeline;
 mod state;
 mod types;
 mod world;
 
 pub use event::{Event, EventKind};
 pub use machine::{check, command_for, decide, evolve, Command, Illegal, Rejected, Scope, View};
+pub use pipeline::{Cause, Effect, Failure, Input, Pipeline, Plan, Relaunch, Verdict};
 pub use state::{Candidate, Instance, Reload, ReloadState, Slot};
 pub use types::{
     ArtifactRef, Endpoint, Generation, InvalidDigest, InvalidSlotName, Mode, Network,

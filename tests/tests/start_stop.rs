@@ -115,3 +115,42 @@ fn an_interrupted_activate_stops_its_candidate_and_keeps_the_old_generation() {
         .clone();
     assert_eq!(last["outcome"], "rolled_back", "{last}");
 }
+
+/// `start` relaunches from the store: every stored file it launches is verified first, the
+/// config file as much as the executable (recovery always checked both; `start` used to
+/// check only the executable and launched a damaged config without complaint).
+#[test]
+fn start_refuses_a_damaged_stored_config_and_names_the_file() {
+    let h = Harness::demo();
+    let cfg = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    assert_eq!(h.activate("demo", &cfg).code, 0);
+    let (_, pid, _) = h.active("demo").unwrap();
+    assert_eq!(h.tryswap(&["stop", "demo"]).code, 0);
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "stop left pid {pid}"
+    );
+
+    // The store's copy of the config: the stored file with the config's bytes.
+    let wanted = std::fs::read(&cfg).unwrap();
+    let objects = h.state_dir.join("store").join("sha256");
+    let stored = std::fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p).is_ok_and(|bytes| bytes == wanted))
+        .expect("the config is in the store");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stored, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&stored, b"message = \"tampered\"\n").unwrap();
+
+    let start = h.tryswap(&["start", "demo"]);
+    assert_ne!(start.code, 0, "start launched a damaged config: {start:?}");
+    let name = stored.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        start.stderr.contains(&name) && start.stderr.contains("corrupt"),
+        "the error names the damaged file: {start:?}"
+    );
+    let status = h.status();
+    assert_eq!(status["slots"][0]["active"]["alive"], false, "{status}");
+    assert_eq!(h.tryswap(&["journal", "verify"]).code, 0);
+}

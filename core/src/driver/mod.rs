@@ -149,4 +149,20 @@ pub trait Driver: Send + Sync + 'static {
         let _ = facts;
         None
     }
+
+    /// Stops every process still carrying the tag of `reload` (what a crashed instance, or
+    /// a launch that failed half-way, left behind) and returns their pids. Drivers whose
+    /// instances are not processes have nothing to stop.
+    async fn stop_leftovers(&self, reload: &ReloadId) -> Vec<u32> {
+        let _ = reload;
+        Vec::new()
+    }
+
+    /// The pids of `facts`' reload that still run: the journaled process if it still runs
+    /// with its journaled identity, and every process tagged with the reload. Drivers whose
+    /// instances are not processes report none.
+    fn survivors(&self, facts: &Instance) -> Vec<u32> {
+        let _ = facts;
+        Vec::new()
+    }
 }

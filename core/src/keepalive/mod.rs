@@ -47,7 +47,6 @@ use tokio::time::Instant;
 use tryswap_fsm::{Command, EventKind, Generation, Reason, ReasonKind, SlotName};
 
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
-use crate::driver::process::os;
 use crate::driver::process::ProcessDriver;
 use crate::supervisor::{SlotRuntime, Supervisor};
 
@@ -500,7 +499,9 @@ fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> bool {
         Some(serving) if serving.instance.generation == facts.generation => {
             rt.driver.is_alive(&serving.instance)
         }
-        _ => facts.process.as_ref().is_some_and(os::is_alive),
+        _ => rt
+            .driver
+            .is_alive(&crate::supervisor::facts_instance(&rt.name, facts)),
     }
 }
 

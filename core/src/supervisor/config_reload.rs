@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
-use tryswap_fsm::{Command, EventKind, Generation, Mode, Reason, ReloadId, SlotName};
+use tryswap_fsm::{Command, EventKind, Generation, Mode, Plan, Reason, ReloadId, SlotName};
 
 use crate::config::{Config, SlotConfig};
 use crate::driver::process::ProcessDriver;
 use crate::driver::{Driver, DriverError, Instance};
 use crate::report::ReloadReport;
+use crate::supervisor::failpoint;
 use crate::supervisor::lease::Serving;
 use crate::supervisor::{SlotRuntime, Supervisor, SupervisorError};
 
@@ -142,16 +143,18 @@ impl Supervisor {
             let new_config = wanted[name].clone();
             let driver = Arc::new(ProcessDriver::new(new_config, self.state_dir()));
             let reload = ReloadId::now_v7();
-            let staged = self.record(&Command::Stage {
-                reload,
-                slot: name.clone(),
-                mode: if dry_run {
-                    Mode::DryRun
-                } else {
-                    Mode::Activate
-                },
-                artifact: facts.artifact.clone(),
-            });
+            let staged = self
+                .record_off_thread(vec![Command::Stage {
+                    reload,
+                    slot: name.clone(),
+                    mode: if dry_run {
+                        Mode::DryRun
+                    } else {
+                        Mode::Activate
+                    },
+                    artifact: facts.artifact.clone(),
+                }])
+                .await;
             let staged = match staged {
                 Ok(records) => records,
                 Err(e) => {
@@ -173,13 +176,24 @@ impl Supervisor {
                 driver: Arc::clone(&driver),
                 instance: None,
             };
+            failpoint!("config-after-staged");
             let rt = &current[name];
             let request = self.launch_request(rt, reload, generation, &facts.artifact);
-            let result = self.bring_up(&driver, &request, &mut candidate).await;
-            candidates.push(candidate);
-            if let Err(error) = result {
-                failure = Some((name.clone(), error));
-                break;
+            let plan = Plan::ConfigReload {
+                reload,
+                artifact: facts.artifact.clone(),
+            };
+            let result = self.bring_up(driver.as_ref(), &request, plan).await;
+            match result {
+                Ok(up) => {
+                    candidate.instance = Some(up.instance);
+                    candidates.push(candidate);
+                }
+                Err(down) => {
+                    candidates.push(candidate);
+                    failure = Some((name.clone(), down.driver_error()));
+                    break;
+                }
             }
         }
 
@@ -212,7 +226,8 @@ impl Supervisor {
             .map(|c| Command::Commit { reload: c.reload })
             .collect();
         if !commits.is_empty() {
-            if let Err(e) = self.record_all(&commits) {
+            failpoint!("config-before-commit");
+            if let Err(e) = self.record_off_thread(commits).await {
                 let message = format!("committing the config reload: {e}");
                 report.error = Some(message.clone());
                 self.abort_candidates(&mut candidates, &message).await;
@@ -221,6 +236,8 @@ impl Supervisor {
                 return Ok(report);
             }
         }
+
+        failpoint!("config-after-commit");
 
         // Swap in the new runtimes (same busy lock, new driver and config), then retire.
         let mut retire: Vec<(Arc<SlotRuntime>, Option<Arc<Serving>>)> = Vec::new();
@@ -257,6 +274,7 @@ impl Supervisor {
             }
             self.register(new_rt);
         }
+        failpoint!("config-after-swap");
         for (old_rt, old) in retire {
             self.retire_old(&old_rt, old).await;
         }
@@ -278,37 +296,6 @@ impl Supervisor {
         Ok(report)
     }
 
-    async fn bring_up(
-        &self,
-        driver: &Arc<ProcessDriver>,
-        request: &crate::driver::LaunchRequest,
-        candidate: &mut Candidate,
-    ) -> Result<(), DriverError> {
-        let reload = candidate.reload;
-        let mut instance = driver.launch(request).await?;
-        candidate.instance = Some(instance.clone());
-        self.record(&Command::RecordLaunch {
-            reload,
-            process: instance.process.clone(),
-            log_path: instance
-                .log_path
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-        })
-        .map_err(|e| DriverError::error(format!("journal: {e}")))?;
-        driver.validate(&mut instance).await?;
-        candidate.instance = Some(instance.clone());
-        self.record(&Command::RecordHandshake {
-            reload,
-            endpoint: instance.endpoint.clone(),
-        })
-        .map_err(|e| DriverError::error(format!("journal: {e}")))?;
-        driver.probe(&instance).await?;
-        self.record(&Command::RecordProbe { reload })
-            .map_err(|e| DriverError::error(format!("journal: {e}")))?;
-        Ok(())
-    }
-
     /// Stops every candidate and journals its rollback (best effort: recovery finishes
     /// what fails here).
     async fn abort_candidates(&self, candidates: &mut [Candidate], why: &str) {
@@ -318,11 +305,7 @@ impl Supervisor {
                     tracing::error!(slot = %candidate.slot, error = %e, "stopping a config-reload candidate");
                 }
             } else {
-                crate::driver::process::os::kill_tagged(
-                    &candidate.reload,
-                    std::time::Duration::from_secs(2),
-                )
-                .await;
+                candidate.driver.stop_leftovers(&candidate.reload).await;
             }
             let reason = Reason::error(format!("config reload rolled back: {why}"));
             if let Err(e) = self.record(&Command::Fail {

@@ -3,6 +3,7 @@
 
 pub mod config_reload;
 pub mod lease;
+mod pipeline;
 pub mod recovery;
 
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 use tryswap_fsm::{
-    ArtifactRef, Command, EventKind, Generation, Mode, Reason, Rejected, ReloadId, SlotName,
+    ArtifactRef, Command, EventKind, Generation, Mode, Plan, Reason, Rejected, ReloadId, SlotName,
 };
 use tryswap_journal::{Journal, JournalError, JournalStore, Record};
 
@@ -26,20 +27,7 @@ use crate::driver::{Driver, DriverError, Instance, LaunchRequest};
 use crate::report::{HistoryReport, PreviousInfo, ReloadReport, SlotStatus, StatusReport};
 use crate::store::{Store, StoreError};
 use crate::supervisor::lease::{Lease, Serving};
-
-/// The `Relaunch` command that journals `instance`, a relaunched copy of its generation.
-pub(crate) fn relaunched(instance: &Instance) -> Command {
-    Command::Relaunch {
-        slot: instance.slot.clone(),
-        generation: instance.generation,
-        process: instance.process.clone(),
-        log_path: instance
-            .log_path
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned()),
-        endpoint: instance.endpoint.clone(),
-    }
-}
+use crate::supervisor::pipeline::{Down, DownError};
 
 /// Marks a point where crash tests can abort the process (`failpoints` feature).
 macro_rules! failpoint {
@@ -47,6 +35,7 @@ macro_rules! failpoint {
         fail::fail_point!($name)
     };
 }
+pub(crate) use failpoint;
 
 /// What to stage as a candidate.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,6 +144,8 @@ struct Inner {
     journal: Arc<dyn JournalStore>,
     store: Store,
     state_dir: PathBuf,
+    /// Stops the processes of slots the journal knows but no config names.
+    orphans: Arc<dyn Driver>,
     slots: RwLock<BTreeMap<SlotName, Arc<SlotRuntime>>>,
     records: broadcast::Sender<Record>,
     /// How often `stop` was called per slot: lets the keep-alive monitor drop a restart it
@@ -169,6 +160,17 @@ struct Inner {
 #[derive(Clone)]
 pub struct Supervisor {
     inner: Arc<Inner>,
+}
+
+/// What a relaunch of the active generation `facts` brings back.
+pub(crate) fn relaunch_of(slot: &SlotName, facts: &tryswap_fsm::Instance) -> tryswap_fsm::Relaunch {
+    tryswap_fsm::Relaunch {
+        slot: slot.clone(),
+        generation: facts.generation,
+        reload: facts.reload,
+        artifact: facts.artifact.clone(),
+        running: facts.running,
+    }
 }
 
 /// The journal facts of an active or retiring generation, as an instance without a handle.
@@ -227,6 +229,7 @@ impl Supervisor {
             inner: Arc::new(Inner {
                 journal,
                 store,
+                orphans: Arc::new(ProcessDriver::for_orphans(state_dir.clone())),
                 state_dir,
                 slots: RwLock::new(BTreeMap::new()),
                 records,
@@ -537,7 +540,8 @@ impl Supervisor {
     /// Copies the candidate into the store, or finds a rollback target there.
     fn stage_artifact(
         &self,
-        rt: &SlotRuntime,
+        slot: &SlotName,
+        needs_executable: bool,
         mode: Mode,
         candidate: Option<&CandidateSpec>,
     ) -> Result<ArtifactRef, String> {
@@ -546,15 +550,15 @@ impl Supervisor {
             let view = self
                 .inner
                 .journal
-                .slot(&rt.name)
+                .slot(slot)
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("slot {} has no history", rt.name))?;
+                .ok_or_else(|| format!("slot {} has no history", slot))?;
             let artifact = view
                 .slot
                 .history
                 .get(&to)
                 .cloned()
-                .ok_or_else(|| format!("slot {} never had generation {to} active", rt.name))?;
+                .ok_or_else(|| format!("slot {} never had generation {to} active", slot))?;
             store
                 .verify(&artifact.sha256)
                 .map_err(|e| format!("generation {to}'s executable: {e}"))?;
@@ -570,9 +574,9 @@ impl Supervisor {
             Some(path) => Some(store.stage_config(path).map_err(|e| e.to_string())?),
             None => None,
         };
-        if rt.needs_executable {
+        if needs_executable {
             let exe = spec.executable.as_ref().ok_or_else(|| {
-                format!("slot {} runs plugin processes: give an executable", rt.name)
+                format!("slot {} runs plugin processes: give an executable", slot)
             })?;
             let sha256 = store.stage_executable(exe).map_err(|e| e.to_string())?;
             Ok(ArtifactRef {
@@ -581,10 +585,7 @@ impl Supervisor {
             })
         } else {
             let sha256 = config.ok_or_else(|| {
-                format!(
-                    "slot {} runs in-process engines: give a config file",
-                    rt.name
-                )
+                format!("slot {} runs in-process engines: give a config file", slot)
             })?;
             Ok(ArtifactRef {
                 sha256,
@@ -633,7 +634,16 @@ impl Supervisor {
         }
 
         // Staged: the artifact is in the store and the reload is durable before any spawn.
-        let artifact = match self.stage_artifact(rt, mode, candidate.as_ref()) {
+        // Copying and hashing run off the async worker threads.
+        let staging = {
+            let (sup, name, needs_executable) = (self.clone(), slot.clone(), rt.needs_executable);
+            tokio::task::spawn_blocking(move || {
+                sup.stage_artifact(&name, needs_executable, mode, candidate.as_ref())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the staging thread failed: {e}")))
+        };
+        let artifact = match staging {
             Ok(artifact) => artifact,
             Err(message) => {
                 tracing::warn!(%message, "staging failed");
@@ -648,12 +658,13 @@ impl Supervisor {
         };
         failpoint!("reload-before-staged");
         let staged = self
-            .record(&Command::Stage {
+            .record_off_thread(vec![Command::Stage {
                 reload,
                 slot: slot.clone(),
                 mode,
                 artifact: artifact.clone(),
-            })
+            }])
+            .await
             .map_err(|e| match e {
                 JournalError::Rejected(Rejected::Conflict { in_flight, .. }) => {
                     SupervisorError::Conflict {
@@ -678,57 +689,23 @@ impl Supervisor {
         tracing::info!("staged");
         failpoint!("reload-after-staged");
 
-        // Launched.
+        // Launched, validated, probed: each journaled as it passes.
         let request = self.launch_request(rt, reload, generation, &artifact);
-        let mut instance = match rt.driver.launch(&request).await {
-            Ok(instance) => instance,
-            Err(error) => return self.fail(rt, reload, None, error, started, previous).await,
+        let instance = match self
+            .bring_up(rt.driver.as_ref(), &request, Plan::Reload { reload })
+            .await
+        {
+            Ok(up) => up.instance,
+            Err(Down {
+                error: DownError::Journal(e),
+                ..
+            }) => return self.abandon(reload, e).await,
+            Err(down) => {
+                return self
+                    .fail(reload, down.driver_error(), started, previous)
+                    .await
+            }
         };
-        failpoint!("reload-after-spawn");
-        if let Err(e) = self.record(&Command::RecordLaunch {
-            reload,
-            process: instance.process.clone(),
-            log_path: instance
-                .log_path
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-        }) {
-            return self.abandon(rt, &instance, reload, e).await;
-        }
-        tracing::info!(pid = instance.pid(), "launched");
-        failpoint!("reload-after-launched");
-
-        // Validated.
-        if let Err(error) = rt.driver.validate(&mut instance).await {
-            return self
-                .fail(rt, reload, Some(&instance), error, started, previous)
-                .await;
-        }
-        failpoint!("reload-before-validated");
-        if let Err(e) = self.record(&Command::RecordHandshake {
-            reload,
-            endpoint: instance.endpoint.clone(),
-        }) {
-            return self.abandon(rt, &instance, reload, e).await;
-        }
-        tracing::info!(
-            address = instance.endpoint.as_ref().map(|e| e.address.as_str()),
-            "validated"
-        );
-        failpoint!("reload-after-validated");
-
-        // Probed.
-        if let Err(error) = rt.driver.probe(&instance).await {
-            return self
-                .fail(rt, reload, Some(&instance), error, started, previous)
-                .await;
-        }
-        failpoint!("reload-before-probed");
-        if let Err(e) = self.record(&Command::RecordProbe { reload }) {
-            return self.abandon(rt, &instance, reload, e).await;
-        }
-        tracing::info!("probed");
-        failpoint!("reload-after-probed");
 
         if mode == Mode::DryRun {
             if let Err(e) = rt.driver.stop(&instance).await {
@@ -742,8 +719,14 @@ impl Supervisor {
 
         // Active: the commit point. Durable before the old generation is touched.
         failpoint!("reload-before-commit");
-        if let Err(e) = self.record(&Command::Commit { reload }) {
-            return self.abandon(rt, &instance, reload, e).await;
+        if let Err(e) = self
+            .record_off_thread(vec![Command::Commit { reload }])
+            .await
+        {
+            if let Err(e) = rt.driver.stop(&instance).await {
+                tracing::error!(error = %e, "stopping the candidate");
+            }
+            return self.abandon(reload, e).await;
         }
         failpoint!("reload-after-commit");
         let old = rt.active.swap(Some(Serving::new(instance)));
@@ -814,55 +797,53 @@ impl Supervisor {
         retired
     }
 
-    /// A stage failed: stop the candidate, journal the rollback, report it.
+    /// A stage failed and the pipeline stopped the candidate: journal the rollback, report
+    /// it.
     async fn fail(
         &self,
-        rt: &SlotRuntime,
         reload: ReloadId,
-        instance: Option<&Instance>,
         error: DriverError,
         started: DateTime<Utc>,
         previous: Option<PreviousInfo>,
     ) -> Result<ReloadReport, SupervisorError> {
         tracing::warn!(error = %error, "candidate rejected");
-        failpoint!("rollback-before-stop");
-        if let Some(instance) = instance {
-            if let Err(e) = rt.driver.stop(instance).await {
-                tracing::error!(error = %e, "stopping the rejected candidate");
-            }
-        } else {
-            // Launch failed half-way: make sure nothing tagged with this reload survives.
-            crate::driver::process::os::kill_tagged(&reload, Duration::from_secs(2)).await;
-        }
         failpoint!("rollback-before-rolledback");
-        self.record(&Command::Fail {
+        self.record_off_thread(vec![Command::Fail {
             reload,
             reason: error.reason(),
-        })?;
+        }])
+        .await?;
         failpoint!("rollback-after-rolledback");
         self.report(reload, started, previous)
     }
 
-    /// The journal failed mid-reload: stop the candidate, try to record the rollback, and
-    /// return the journal error. The slot's active generation is untouched.
+    /// The journal failed mid-reload and the candidate is stopped: try to record the
+    /// rollback, and return the journal error. The slot's active generation is untouched.
     async fn abandon(
         &self,
-        rt: &SlotRuntime,
-        instance: &Instance,
         reload: ReloadId,
         error: JournalError,
     ) -> Result<ReloadReport, SupervisorError> {
-        tracing::error!(error = %error, "journal write failed; stopping the candidate");
-        if let Err(e) = rt.driver.stop(instance).await {
-            tracing::error!(error = %e, "stopping the candidate");
-        }
-        if let Err(e) = self.record(&Command::Fail {
-            reload,
-            reason: Reason::error(format!("journal write failed: {error}")),
-        }) {
+        tracing::error!(error = %error, "journal write failed; the candidate is stopped");
+        if let Err(e) = self
+            .record_off_thread(vec![Command::Fail {
+                reload,
+                reason: Reason::error(format!("journal write failed: {error}")),
+            }])
+            .await
+        {
             tracing::error!(error = %e, "journaling the rollback failed too; recovery will finish it");
         }
         Err(SupervisorError::Journal(error))
+    }
+
+    /// The driver that knows the slot's processes: its own, or (a slot no longer
+    /// configured) the orphan driver.
+    pub(crate) fn driver_of(&self, slot: &SlotName) -> Arc<dyn Driver> {
+        match self.runtime(slot) {
+            Ok(rt) => Arc::clone(&rt.driver),
+            Err(_) => Arc::clone(&self.inner.orphans),
+        }
     }
 
     /// Whether the slot's active generation runs.
@@ -877,11 +858,7 @@ impl Supervisor {
                 return false;
             }
         }
-        facts.running
-            && facts
-                .process
-                .as_ref()
-                .is_some_and(crate::driver::process::os::is_alive)
+        facts.running && self.driver_of(slot).is_alive(&facts_instance(slot, facts))
     }
 
     /// Every configured slot and every slot the journal knows, by name.
@@ -992,43 +969,24 @@ impl Supervisor {
             rt.active.store(Some(Serving::new(instance)));
             return Ok(facts.generation);
         }
-        let driver_error = |error| SupervisorError::Driver {
-            slot: slot.clone(),
-            error,
+        let plan = Plan::Start {
+            active: relaunch_of(slot, &facts),
         };
-        let leftovers = crate::supervisor::recovery::stop_leftovers(rt, &facts.reload).await;
-        if !leftovers.is_empty() {
-            tracing::warn!(
-                generation = facts.generation.0,
-                pids = ?leftovers,
-                "stopped processes left over from the generation's earlier run before relaunching it"
-            );
-        }
-        self.inner.store.verify(&facts.artifact.sha256)?;
         let request = self.launch_request(rt, facts.reload, facts.generation, &facts.artifact);
-        let mut instance = rt.driver.launch(&request).await.map_err(driver_error)?;
-        let checked = async {
-            rt.driver.validate(&mut instance).await?;
-            rt.driver.probe(&instance).await
-        }
-        .await;
-        if let Err(error) = checked {
-            let _ = rt.driver.stop(&instance).await;
-            if facts.running {
-                self.record(&Command::Stop {
-                    slot: slot.clone(),
-                    generation: facts.generation,
-                    reason: Reason::error(format!("relaunch failed: {error}")),
-                })?;
+        match self.bring_up(rt.driver.as_ref(), &request, plan).await {
+            Ok(up) => {
+                rt.active.store(Some(Serving::new(up.instance)));
+                Ok(facts.generation)
             }
-            return Err(driver_error(error));
+            Err(down) => Err(match down.error {
+                DownError::Store(e) => SupervisorError::Store(e),
+                DownError::Journal(e) => SupervisorError::Journal(e),
+                DownError::Driver(error) => SupervisorError::Driver {
+                    slot: slot.clone(),
+                    error,
+                },
+            }),
         }
-        if let Err(e) = self.record(&relaunched(&instance)) {
-            let _ = rt.driver.stop(&instance).await;
-            return Err(e.into());
-        }
-        rt.active.store(Some(Serving::new(instance)));
-        Ok(facts.generation)
     }
 
     /// Stops the slot's active generation (after draining its leases). The active marker

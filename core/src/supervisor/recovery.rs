@@ -28,32 +28,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use tryswap_fsm::{Command, Instance as Facts, Reason, ReloadId};
+use tryswap_fsm::{Command, Instance as Facts, Plan, Reason, ReloadId};
 
-use crate::driver::process::os;
 use crate::driver::Instance;
 use crate::supervisor::lease::Serving;
-use crate::supervisor::{facts_instance, relaunched, SlotRuntime, Supervisor, SupervisorError};
-
-/// How long recovery gives an orphaned process between SIGTERM and SIGKILL when its slot is
-/// no longer configured (configured slots use their own `stop_timeout`).
-const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Stops every process still tagged with `reload`, the reload that activated a generation
-/// of `rt` whose journaled process is gone: a child that outlived the crashed plugin, or a
-/// relaunch whose `Relaunched` never became durable. Every relaunch (recovery's, `start`'s,
-/// the keep-alive's) calls this first, so two copies never run. Returns their pids.
-pub(crate) async fn stop_leftovers(rt: &SlotRuntime, reload: &ReloadId) -> Vec<u32> {
-    let stop_timeout = rt
-        .config
-        .as_ref()
-        .map_or(ORPHAN_STOP_TIMEOUT, |c| c.stop_timeout);
-    os::kill_tagged(reload, stop_timeout)
-        .await
-        .iter()
-        .map(|p| p.pid)
-        .collect()
-}
+use crate::supervisor::pipeline::DownError;
+use crate::supervisor::{facts_instance, relaunch_of, SlotRuntime, Supervisor, SupervisorError};
 
 /// Upper bound on the probe of a reattached generation of a slot without a process config
 /// (the probe's own thresholds normally end it much sooner).
@@ -409,56 +389,33 @@ impl Supervisor {
                 continue;
             }
             let found = reload.state.name().to_owned();
-            let mut seen: Vec<u32> = reload
-                .process
-                .iter()
-                .filter(|p| os::is_alive(p))
-                .map(|p| p.pid)
-                .collect();
-            for tagged in os::tagged_processes(&id) {
-                if !seen.contains(&tagged.pid) {
-                    seen.push(tagged.pid);
-                }
-            }
-            fail::fail_point!("recover-before-stop-candidate");
-            let stop_error = match (&rt, &reload.candidate) {
-                (Some(rt), Some(candidate)) => {
-                    let instance = Instance {
-                        slot: slot.clone(),
-                        generation: candidate.generation,
-                        reload: id,
-                        artifact: candidate.artifact.clone(),
-                        process: reload.process.clone(),
-                        log_path: reload.log_path.as_ref().map(PathBuf::from),
-                        endpoint: reload.endpoint.clone(),
-                        handle: None,
-                    };
-                    rt.driver.stop(&instance).await.err().map(|e| e.to_string())
-                }
-                _ => {
-                    let mut error = None;
-                    if let Some(identity) = &reload.process {
-                        if let Err(e) =
-                            os::stop_group(identity, Some(&id), ORPHAN_STOP_TIMEOUT).await
-                        {
-                            error = Some(e.to_string());
-                        }
-                    }
-                    os::kill_tagged(&id, ORPHAN_STOP_TIMEOUT).await;
-                    error
-                }
+            // The configured slot's driver, or (a slot no longer configured) the orphan
+            // driver, which stops without asking the plugin first.
+            let driver = self.driver_of(&slot);
+            let candidate = reload.candidate.as_ref();
+            let instance = Instance {
+                slot: slot.clone(),
+                generation: candidate.map_or_else(Default::default, |c| c.generation),
+                reload: id,
+                artifact: candidate.map_or_else(
+                    || tryswap_fsm::ArtifactRef {
+                        sha256: tryswap_fsm::Sha256::default(),
+                        config_sha256: None,
+                    },
+                    |c| c.artifact.clone(),
+                ),
+                process: reload.process.clone(),
+                log_path: reload.log_path.as_ref().map(PathBuf::from),
+                endpoint: rt.as_ref().and(reload.endpoint.clone()),
+                handle: None,
             };
+            let mut seen = driver.survivors(&instance);
+            fail::fail_point!("recover-before-stop-candidate");
+            // Stops the journaled process and everything tagged with the reload.
+            let stop_error = driver.stop(&instance).await.err().map(|e| e.to_string());
             // Whatever the driver said: nothing of this reload may survive its rollback.
-            let mut survivors: Vec<u32> = reload
-                .process
-                .iter()
-                .filter(|p| os::is_alive(p))
-                .map(|p| p.pid)
-                .collect();
-            survivors.extend(os::tagged_processes(&id).iter().map(|p| p.pid));
+            let survivors = driver.survivors(&instance);
             if !survivors.is_empty() {
-                survivors.sort_unstable();
-                survivors.dedup();
                 let error = match stop_error {
                     Some(e) => format!("{e}; still running: pids {survivors:?}"),
                     None => format!("still running: pids {survivors:?}"),
@@ -484,6 +441,7 @@ impl Supervisor {
             })?;
             fail::fail_point!("recover-after-rolledback");
             seen.sort_unstable();
+            seen.dedup();
             report.actions.push(RecoveryAction::RolledBack {
                 slot: slot.to_string(),
                 reload_id: id,
@@ -525,25 +483,21 @@ impl Supervisor {
                     }
                 }
                 Err(_) => {
+                    let driver = self.driver_of(&slot);
                     for facts in &view.slot.retiring {
-                        let instance = facts_instance(&slot, facts);
-                        if let Some(identity) = &instance.process {
-                            if let Err(e) = os::stop_group(
-                                identity,
-                                Some(&instance.reload),
-                                ORPHAN_STOP_TIMEOUT,
-                            )
-                            .await
-                            {
-                                tracing::error!(slot = %slot, error = %e, "stopping a former generation");
-                                report.actions.push(RecoveryAction::RetirePending {
-                                    slot: slot.to_string(),
-                                    generation: facts.generation.0,
-                                });
-                                continue;
-                            }
+                        // Orphans are stopped by signal, without asking the plugin first.
+                        let instance = Instance {
+                            endpoint: None,
+                            ..facts_instance(&slot, facts)
+                        };
+                        if let Err(e) = driver.stop(&instance).await {
+                            tracing::error!(slot = %slot, error = %e, "stopping a former generation");
+                            report.actions.push(RecoveryAction::RetirePending {
+                                slot: slot.to_string(),
+                                generation: facts.generation.0,
+                            });
+                            continue;
                         }
-                        os::kill_tagged(&instance.reload, ORPHAN_STOP_TIMEOUT).await;
                         self.record(&Command::Retire {
                             slot: slot.clone(),
                             generation: facts.generation,
@@ -625,64 +579,31 @@ impl Supervisor {
             ),
             None => format!("generation {generation} was not running when tryswap recovered"),
         };
-        let orphans_stopped = stop_leftovers(rt, &facts.reload).await;
-        let failed = |error: String| -> Result<RecoveryAction, SupervisorError> {
-            self.record(&Command::Stop {
-                slot: rt.name.clone(),
-                generation: facts.generation,
-                reason: Reason::recovered(format!("{gone}; relaunch failed: {error}")),
-            })?;
-            Ok(RecoveryAction::RelaunchFailed {
-                slot: slot.clone(),
-                generation,
-                error: error.clone(),
-            })
+        let plan = Plan::Recovery {
+            active: relaunch_of(&rt.name, facts),
+            gone,
         };
-        let store = self.store();
-        let mut digests = vec![facts.artifact.sha256];
-        digests.extend(facts.artifact.config_sha256);
-        digests.dedup();
-        for digest in &digests {
-            if let Err(e) = store.verify(digest) {
-                return failed(format!("store: {e}"));
-            }
-        }
         let request = self.launch_request(rt, facts.reload, facts.generation, &facts.artifact);
-        let mut instance = match rt.driver.launch(&request).await {
-            Ok(instance) => instance,
-            Err(e) => return failed(e.to_string()),
-        };
-        fail::fail_point!("recover-after-relaunch-spawn");
-        let checked = async {
-            rt.driver.validate(&mut instance).await?;
-            rt.driver.probe(&instance).await
-        }
-        .await;
-        if let Err(e) = checked {
-            let _ = rt.driver.stop(&instance).await;
-            return failed(e.to_string());
-        }
-        let recorded = self.record_all(&[
-            Command::Stop {
-                slot: rt.name.clone(),
-                generation: facts.generation,
-                reason: Reason::recovered(format!("{gone}; relaunched from the store")),
+        match self.bring_up(rt.driver.as_ref(), &request, plan).await {
+            Ok(up) => {
+                let pid = up.instance.pid();
+                rt.active.store(Some(Serving::new(up.instance)));
+                Ok(RecoveryAction::Relaunched {
+                    slot,
+                    generation,
+                    pid,
+                    orphans_stopped: up.leftovers,
+                })
+            }
+            Err(down) => match down.error {
+                DownError::Journal(e) => Err(e.into()),
+                _ => Ok(RecoveryAction::RelaunchFailed {
+                    slot,
+                    generation,
+                    error: down.failure.reason.message,
+                }),
             },
-            relaunched(&instance),
-        ]);
-        if let Err(e) = recorded {
-            let _ = rt.driver.stop(&instance).await;
-            return Err(e.into());
         }
-        fail::fail_point!("recover-after-relaunched");
-        let pid = instance.pid();
-        rt.active.store(Some(Serving::new(instance)));
-        Ok(RecoveryAction::Relaunched {
-            slot,
-            generation,
-            pid,
-            orphans_stopped,
-        })
     }
 }
 

@@ -11,12 +11,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
-use tryswap_fsm::{Generation, ProcessIdentity, Protocol, SlotName};
+use tryswap_fsm::{Generation, ProcessIdentity, Protocol, ReloadId, SlotName};
 
 use crate::config::SlotConfig;
 use crate::driver::{Driver, DriverError, Instance, LaunchRequest, StopOutcome};
 use os::{HandshakeWaitError, SpawnSpec, Spawned};
 use stdio::{DrainEnd, DrainRegistration, StdioSinks};
+
+/// How long recovery gives an orphaned process between SIGTERM and SIGKILL when its slot is
+/// no longer configured (configured slots use their own `stop_timeout`).
+pub const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How much of a plugin's log an error message quotes.
 const EXCERPT_HEAD: usize = 3;
@@ -140,6 +144,16 @@ impl ProcessDriver {
             slot: Arc::new(slot),
             state_dir: state_dir.into(),
         }
+    }
+
+    /// A driver for the processes of slots the journal knows but no config names (what
+    /// recovery stops): every default setting, [`ORPHAN_STOP_TIMEOUT`] between SIGTERM and
+    /// SIGKILL. It launches nothing.
+    pub fn for_orphans(state_dir: impl Into<PathBuf>) -> Self {
+        let name = SlotName::new("orphans").unwrap_or_else(|_| unreachable!("a valid name"));
+        let mut slot = SlotConfig::new(name);
+        slot.stop_timeout = ORPHAN_STOP_TIMEOUT;
+        ProcessDriver::new(slot, state_dir)
     }
 
     fn spec(&self, request: &LaunchRequest) -> Result<(SpawnSpec, PathBuf), DriverError> {
@@ -450,6 +464,27 @@ impl Driver for ProcessDriver {
 
     fn is_alive(&self, instance: &Instance) -> bool {
         instance.process.as_ref().is_some_and(os::is_alive)
+    }
+
+    async fn stop_leftovers(&self, reload: &ReloadId) -> Vec<u32> {
+        os::kill_tagged(reload, self.slot.stop_timeout)
+            .await
+            .iter()
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    fn survivors(&self, facts: &Instance) -> Vec<u32> {
+        let mut pids: Vec<u32> = facts
+            .process
+            .iter()
+            .filter(|p| os::is_alive(p))
+            .map(|p| p.pid)
+            .collect();
+        pids.extend(os::tagged_processes(&facts.reload).iter().map(|p| p.pid));
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     fn reattach(&self, facts: &Instance) -> Option<Instance> {
