@@ -21,7 +21,7 @@ use tryswap::report::Outcome;
 use tryswap::supervisor::recovery::RecoveryAction;
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, SlotName, World};
-use tryswap_journal::MemoryJournal;
+use tryswap_journal::{JournalStore, MemoryJournal};
 
 /// An engine that does what the first words of its config say.
 struct ModelEngine {
@@ -504,6 +504,11 @@ async fn run(ops: Vec<Op>, backing: Backing) {
         check(&host, &model, op);
     }
     host.sup().shutdown().await;
+    if let Backing::Memory(journal) = &host.backing {
+        // Everything went to the store that was given: no sled journal on disk.
+        assert!(!host.dir.join("state/journal").exists());
+        assert_eq!(journal.last_seq(), host.sup().journal().last_seq());
+    }
 }
 
 /// Runs `ops` on a fresh host with a two-thread runtime, bounded in time.
