@@ -58,6 +58,7 @@ pub use error::JournalError;
 pub use export::ExportReport;
 pub use journal::Journal;
 pub use layout::JOURNAL_FORMAT;
+pub use lock::OWN_RELEASE_WAIT;
 pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use record::{Record, RECORD_FORMAT};

@@ -8,12 +8,17 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::JournalError;
 use crate::layout::LOCK_FILE;
+
+/// How long an open waits for a journal lock that this same process holds (a journal being dropped
+/// by another thread) before it reports the journal locked.
+pub const OWN_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Holds the lock until dropped.
 #[derive(Debug)]
@@ -22,8 +27,9 @@ pub(crate) struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock of journal directory `dir` or fails at once with
-    /// [`JournalError::Locked`].
+    /// Takes the lock of journal directory `dir`, or fails with [`JournalError::Locked`]:
+    /// at once when another process holds it, after at most [`OWN_RELEASE_WAIT`] when this
+    /// process still holds it through a journal being dropped.
     pub(crate) fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
         let path = dir.join(LOCK_FILE);
         let file = OpenOptions::new()
@@ -33,20 +39,33 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| JournalError::io("opening lock file", &path, e))?;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => locked,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                return Err(JournalError::Locked {
-                    dir: dir.to_path_buf(),
-                    pid: read_pid(&mut file),
-                })
-            }
-            Err((_, errno)) => {
-                return Err(JournalError::io(
-                    "locking",
-                    path,
-                    std::io::Error::from_raw_os_error(errno as i32),
-                ))
+        let started = Instant::now();
+        let mut file = file;
+        let mut file = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => break locked,
+                Err((mut held, Errno::EWOULDBLOCK)) => {
+                    let pid = read_pid(&mut held);
+                    // This very process holds it: a journal it dropped whose last user (a
+                    // write still finishing on a blocking thread) lets go in a moment.
+                    // Another process is refused at once.
+                    if pid == Some(std::process::id()) && started.elapsed() < OWN_RELEASE_WAIT {
+                        std::thread::sleep(Duration::from_millis(10));
+                        file = held;
+                        continue;
+                    }
+                    return Err(JournalError::Locked {
+                        dir: dir.to_path_buf(),
+                        pid,
+                    });
+                }
+                Err((_, errno)) => {
+                    return Err(JournalError::io(
+                        "locking",
+                        path,
+                        std::io::Error::from_raw_os_error(errno as i32),
+                    ))
+                }
             }
         };
         write_pid(&mut file, &path)?;

@@ -16,7 +16,7 @@ use common::*;
 use proptest::prelude::*;
 use tryswap_fsm::{Command, Mode, ReloadId};
 use tryswap_journal::layout::{self, seq_key};
-use tryswap_journal::{Journal, JournalError, ProblemKind};
+use tryswap_journal::{Journal, JournalError, ProblemKind, OWN_RELEASE_WAIT};
 
 /// Opens the journal's sled store directly, waiting (bounded) while a handle this process
 /// just dropped still holds sled's file lock.
@@ -404,12 +404,13 @@ fn a_newer_journal_format_is_refused() {
 }
 
 #[test]
-fn a_second_open_in_this_process_fails_at_once_naming_the_dir() {
+fn a_second_open_in_this_process_fails_after_a_bounded_wait_naming_the_dir() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
     let started = Instant::now();
     let err = Journal::open(dir.path()).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() >= OWN_RELEASE_WAIT);
+    assert!(started.elapsed() < OWN_RELEASE_WAIT + Duration::from_secs(2));
     match &err {
         JournalError::Locked { dir: d, pid } => {
             assert_eq!(d, dir.path());
@@ -423,6 +424,26 @@ fn a_second_open_in_this_process_fails_at_once_naming_the_dir() {
     assert!(Journal::open_for_inspection(dir.path()).is_err());
     drop(journal);
     Journal::open(dir.path()).unwrap();
+}
+
+/// A journal of this process that another thread is still dropping (for example a write
+/// that finishes on a blocking thread after its reload was cancelled) does not make the next
+/// open fail: the open waits for the lock to go.
+#[test]
+fn an_open_waits_for_a_journal_this_process_is_still_dropping() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (opening_tx, opening_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        // Let go only once the main thread is about to open, so the open finds it held.
+        opening_rx.recv().unwrap();
+        std::thread::sleep(OWN_RELEASE_WAIT / 4);
+        drop(journal);
+    });
+    opening_tx.send(()).unwrap();
+    let reopened = Journal::open(dir.path());
+    holder.join().unwrap();
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
 }
 
 const CHILD_ENV: &str = "TRYSWAP_JOURNAL_TEST_LOCK_DIR";
