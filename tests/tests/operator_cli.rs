@@ -449,3 +449,93 @@ fn metrics_are_negotiated_and_every_counter_exists_from_zero() {
     assert!(open.body.trim_end().ends_with("# EOF"));
     assert!(open.body.contains("# TYPE tryswap_reloads counter"));
 }
+
+/// Every `tryswap_…` metric name in a PromQL text.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("tryswap_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+fn exprs_in(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "query", Value::String(s)) => out.push(s.clone()),
+                    _ => exprs_in(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| exprs_in(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn monitoring_files_name_only_metrics_the_daemon_exports() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/monitoring");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(docs.join("grafana-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    exprs_in(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    let alerts = std::fs::read_to_string(docs.join("tryswap-alerts.yml")).unwrap();
+    let mut alert_names = Vec::new();
+    for line in alerts.lines() {
+        let line = line.trim();
+        if let Some(expr) = line.strip_prefix("expr:") {
+            exprs.push(expr.trim().to_owned());
+        } else if let Some(name) = line.strip_prefix("- alert:") {
+            alert_names.push(name.trim().to_owned());
+        }
+    }
+    for wanted in [
+        "TryswapSlotFailing",
+        "TryswapPluginDown",
+        "TryswapReloadsRollingBack",
+    ] {
+        assert!(alert_names.iter().any(|n| n == wanted), "{alert_names:?}");
+    }
+
+    // A daemon that made one reload exports every series the files name.
+    let h = Harness::demo();
+    let daemon = Daemon::start(&h);
+    activated(&h, "v1");
+    // The probe result series appears once the keep-alive probed the new generation.
+    let metrics = tryswap_tests::daemon::poll(Duration::from_secs(20), || {
+        let body = daemon.get("/metrics").ok()?.body;
+        body.contains("tryswap_slot_healthy{").then_some(body)
+    })
+    .expect("tryswap_slot_healthy within 20 s");
+    // Series, and families declared without a series yet (`tryswap_slot_healthy` is
+    // absent while no probe result is known).
+    let exported: std::collections::BTreeSet<String> = metrics
+        .lines()
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split(' ').next().map(str::to_owned),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next().map(str::to_owned),
+        })
+        .collect();
+    for expr in &exprs {
+        let names = metric_names(expr);
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "{name} (in `{expr}`) is not exported; the daemon has {exported:?}"
+            );
+        }
+    }
+}

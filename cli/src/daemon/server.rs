@@ -235,9 +235,15 @@ impl AppState {
         }
         match report.outcome {
             ConfigOutcome::RolledBack => {
-                tracing::warn!(error = ?report.error, "config reload rolled back")
+                tracing::warn!(
+                    error = report.error.as_deref().unwrap_or(""),
+                    "config reload rolled back"
+                )
             }
-            outcome => tracing::info!(?outcome, "config reload"),
+            outcome => {
+                let outcome = serde_json::to_value(outcome).unwrap_or_default();
+                tracing::info!(outcome = outcome.as_str().unwrap_or(""), "config reload")
+            }
         }
         Ok(report)
     }
