@@ -15,6 +15,7 @@ Examples:
   tryswap history demo -n 10 --timeline
   tryswap events --follow --from 1
   tryswap logs demo -f
+  tryswap report --html reloads.html
 
 Exit codes: 0 done, 1 error, 2 rejected (rolled back), 3 conflict, 4 journal corrupt,
 64 usage error.";
@@ -126,6 +127,19 @@ pub enum Command {
         /// This generation's log instead of the active one's.
         #[arg(long, value_name = "N")]
         generation: Option<u64>,
+    },
+    /// A static, self-contained HTML page of journals: a timeline per slot, the generation
+    /// lineage with digests, and the failures with their reasons.
+    #[command(after_help = "Examples:\n  tryswap report --html reloads.html\n  \
+                            tryswap report --html fleet.html host1/state host2-export.jsonl")]
+    Report {
+        /// Where to write the page.
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+        /// State directories or `tryswap journal export` files (default: this state
+        /// directory).
+        #[arg(value_name = "SOURCE")]
+        sources: Vec<PathBuf>,
     },
     /// Shell completions on stdout.
     #[command(

@@ -426,6 +426,7 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
         Command::Journal { command } => journal(client, ctx, command).await,
         Command::Serve { .. }
         | Command::Logs { .. }
+        | Command::Report { .. }
         | Command::Completions { .. }
         | Command::Man => Err(CliError::new(
             EXIT_ERROR,

@@ -8,6 +8,7 @@
 mod args;
 mod client;
 mod daemon;
+mod html_report;
 mod journal_cmd;
 mod operator;
 mod render;
@@ -304,7 +305,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     }
     let ctx = Context::load(&cli)?;
     // A daemon serving the state dir runs the command (same output); else do it here.
-    // Logs are files.
+    // Logs are files; a report reads its sources itself.
     let local = matches!(cli.command, Command::Serve { .. } | Command::Logs { .. });
     if !local {
         let socket = daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin);
@@ -360,6 +361,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             follow,
             generation,
         } => operator::logs(&ctx, slot, *generation, *follow).await,
+        Command::Report { html, sources } => html_report::run(&ctx, html, sources).await,
         Command::Completions { shell } => operator::completions(*shell),
         Command::Man => operator::man(),
         Command::Start { slot } => {

@@ -539,3 +539,124 @@ fn monitoring_files_name_only_metrics_the_daemon_exports() {
         }
     }
 }
+
+/// Headless Chromium, if installed (Debian's `chromium`; .ci/run installs it).
+fn chromium() -> Option<std::path::PathBuf> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("TRYSWAP_REQUIRE_ALL").is_none_or(|v| v != "1"),
+            "chromium is not installed and TRYSWAP_REQUIRE_ALL=1"
+        );
+        eprintln!("skipped: chromium is not installed (apt-get install chromium)");
+    }
+    found
+}
+
+fn headless(browser: &std::path::Path, profile: &std::path::Path, args: &[&str]) -> Run {
+    let mut command = Command::new(browser);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null());
+    let output = tryswap_tests::harness::run_bounded(command, Duration::from_secs(120));
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_html_report_renders_timelines_lineage_and_failures_in_a_browser() {
+    let h = Harness::demo();
+    activated(&h, "v1");
+    let bad = h.fixture_config(
+        "bad",
+        &FixtureConfig {
+            app_version_override: Some(9),
+            ..FixtureConfig::default()
+        },
+    );
+    assert_eq!(h.activate("demo", &bad).code, 2);
+    activated(&h, "v2");
+    assert_eq!(h.tryswap(&["stop", "demo"]).code, 0);
+    assert_eq!(h.tryswap(&["start", "demo"]).code, 0);
+    assert_eq!(h.tryswap(&["rollback", "demo"]).code, 0);
+
+    // Two sources: the state directory and an exported journal (as a fleet would give).
+    let export = h.tryswap(&["journal", "export"]);
+    let exported = h.state.join("exported.jsonl");
+    std::fs::write(&exported, &export.stdout).unwrap();
+    let page = h.state.join("report.html");
+    let run = h.tryswap(&[
+        "report",
+        "--html",
+        page.to_str().unwrap(),
+        h.state_dir.to_str().unwrap(),
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("<link") && !html.contains("src=\""),
+        "self-contained: nothing loaded from elsewhere"
+    );
+
+    let Some(browser) = chromium() else { return };
+    let profile = h.state.join("chromium-profile");
+    let url = format!("file://{}", page.display());
+    let dom = headless(&browser, &profile, &["--dump-dom", &url]);
+    assert_eq!(dom.code, 0, "{dom:?}");
+    let dom = dom.stdout;
+    // The script drew a timeline per source and slot, with a bar per stage.
+    assert_eq!(dom.matches("data-rendered=\"4\"").count(), 2, "{dom}");
+    for class in [
+        "stage stage-launched",
+        "stage stage-validated",
+        "stage stage-probed",
+        "stage stage-rolled_back",
+        "mark mark-stopped",
+        "mark mark-relaunched",
+    ] {
+        assert!(dom.contains(class), "no {class} in the rendered page");
+    }
+    // Lineage with full digests, the rollback arrow, failures with their reasons.
+    let status = h.status();
+    let sha = status["slots"][0]["active"]["sha256"].as_str().unwrap();
+    assert!(dom.contains(&format!("title=\"{sha}\"")), "no digest {sha}");
+    assert!(dom.contains("↺ rollback to"), "no rollback in the lineage");
+    assert!(
+        dom.contains("offers app protocol version 9"),
+        "no failure reason"
+    );
+
+    let shot = h.state.join("report.png");
+    let taken = headless(
+        &browser,
+        &profile,
+        &[
+            "--window-size=1200,900",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
+    );
+    assert_eq!(taken.code, 0, "{taken:?}");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+}
