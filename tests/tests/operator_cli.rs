@@ -660,3 +660,45 @@ fn the_html_report_renders_timelines_lineage_and_failures_in_a_browser() {
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 }
+
+#[test]
+fn logs_honour_rust_log_and_the_daemon_logs_json_with_fields() {
+    let h = Harness::demo();
+    // RUST_LOG applies when TRYSWAP_LOG is unset.
+    let cfg = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    let out = command(
+        &h,
+        &[
+            "activate",
+            "demo",
+            &plugin(),
+            "--config-file",
+            cfg.to_str().unwrap(),
+        ],
+    )
+    .env("RUST_LOG", "info")
+    .env("NO_COLOR", "1")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colours despite NO_COLOR: {stderr}"
+    );
+
+    let mut daemon = Daemon::start_with(&h, &[], &[("TRYSWAP_LOG_FORMAT", "json")]);
+    daemon.terminate(Duration::from_secs(30));
+    let log = daemon.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let ready = lines
+        .iter()
+        .find(|l| l["message"] == "ready")
+        .unwrap_or_else(|| panic!("no ready line: {log}"));
+    // Fields are keys of their own, not Debug text inside the message.
+    assert_eq!(ready["slots"], 1, "{ready}");
+    assert_eq!(ready["level"], "INFO");
+}
