@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use tokio::net::UnixStream;
 use tryswap::keepalive::MonitorEvent;
 use tryswap_fsm::SlotName;
-use tryswap_journal::{Journal, Record};
+use tryswap_journal::Record;
 
 use crate::args::{Command, JournalCommand};
 use crate::daemon::server::{EXIT_CODE_HEADER, LAST_SEQ_HEADER};
@@ -666,7 +666,7 @@ async fn events_remote(
 }
 
 /// `tryswap events` without a daemon: the journal's records from `from` (no `--follow`).
-pub fn events_direct(ctx: &Context, from: Option<u64>, follow: bool) -> Result<u8, CliError> {
+pub async fn events_direct(ctx: &Context, from: Option<u64>, follow: bool) -> Result<u8, CliError> {
     if follow {
         return Err(CliError::new(
             EXIT_ERROR,
@@ -680,7 +680,7 @@ pub fn events_direct(ctx: &Context, from: Option<u64>, follow: bool) -> Result<u
     if !dir.exists() {
         return Ok(EXIT_OK);
     }
-    let journal = Journal::open_for_inspection(&dir)?;
+    let journal = ctx.open_journal(&dir, false).await?;
     for record in journal.events(from.unwrap_or(1)) {
         let record = record?;
         if ctx.json {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tryswap_fsm::{EventKind, Mode};
-use tryswap_journal::{Journal, Record};
+use tryswap_journal::Record;
 
 use crate::{render, CliError, Context, EXIT_ERROR, EXIT_OK};
 
@@ -176,7 +176,7 @@ async fn records_of(ctx: &Context, source: &Path) -> Result<Vec<Record>, CliErro
             ),
         ));
     }
-    let journal = Journal::open_for_inspection(&dir)?;
+    let journal = ctx.open_journal(&dir, false).await?;
     Ok(crate::operator::records(&journal))
 }
 

@@ -18,10 +18,8 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             ),
         ));
     }
-    let opened = match command {
-        JournalCommand::Compact { .. } => Journal::open(&dir),
-        _ => Journal::open_for_inspection(&dir),
-    };
+    let write = matches!(command, JournalCommand::Compact { .. });
+    let opened = ctx.open_journal(&dir, write).await;
     match command {
         JournalCommand::Verify => verify(ctx, opened),
         JournalCommand::Show { from } => {

@@ -22,7 +22,7 @@ use tryswap::config::{Config, ConfigError};
 use tryswap::report::{Outcome, ReloadReport};
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, SlotName};
-use tryswap_journal::JournalError;
+use tryswap_journal::{Journal, JournalError};
 
 use crate::args::{Cli, Command, LogFormat, Wait, DEFAULT_WAIT};
 
@@ -146,30 +146,59 @@ impl Context {
     /// Opens the state directory with every configured slot registered. When another
     /// process holds it, waits as `--wait` says (telling so once on stderr).
     pub async fn open_supervisor(&self) -> Result<Supervisor, CliError> {
+        let supervisor = self
+            .wait_for_lock(
+                || Supervisor::open(&self.state_dir),
+                |e| matches!(e, SupervisorError::Journal(JournalError::Locked { .. })),
+            )
+            .await?;
+        for slot in &self.config.slots {
+            supervisor.add_process_slot(slot.clone());
+        }
+        Ok(supervisor)
+    }
+
+    /// Opens the journal in `dir` (for inspection, or for writing), waiting as `--wait`
+    /// says while another process holds it.
+    pub async fn open_journal(&self, dir: &Path, write: bool) -> Result<Journal, JournalError> {
+        self.wait_for_lock(
+            || {
+                if write {
+                    Journal::open(dir)
+                } else {
+                    Journal::open_for_inspection(dir)
+                }
+            },
+            |e| matches!(e, JournalError::Locked { .. }),
+        )
+        .await
+    }
+
+    /// Runs `open` until it does not find the state directory `locked` by another
+    /// process, for as long as `--wait` allows; says once on stderr that it waits, and
+    /// when the wait runs out, suggests `tryswap serve`.
+    pub async fn wait_for_lock<T, E: std::fmt::Display>(
+        &self,
+        mut open: impl FnMut() -> Result<T, E>,
+        locked: impl Fn(&E) -> bool,
+    ) -> Result<T, E> {
         let started = tokio::time::Instant::now();
+        let limit = match self.wait {
+            Wait::Up(limit) => Some(limit),
+            Wait::Forever => None,
+        };
         let mut told = false;
         loop {
-            match Supervisor::open(&self.state_dir) {
-                Ok(supervisor) => {
-                    for slot in &self.config.slots {
-                        supervisor.add_process_slot(slot.clone());
-                    }
-                    return Ok(supervisor);
-                }
-                Err(e @ SupervisorError::Journal(JournalError::Locked { .. })) => {
-                    let limit = match self.wait {
-                        Wait::Up(limit) => Some(limit),
-                        Wait::Forever => None,
-                    };
+            match open() {
+                Err(e) if locked(&e) => {
                     if limit.is_some_and(|l| started.elapsed() >= l) {
-                        let mut error = CliError::from(e);
-                        error.message.push_str(&format!(
-                            "; waited {:.1} s (--wait=DUR waits longer). Tip: run `tryswap serve` \
-                             for this state directory and every command goes through it \
-                             instead of waiting for the lock",
+                        eprintln!(
+                            "tryswap: gave up after {:.1} s (--wait=DUR waits longer). Tip: run \
+                             `tryswap serve` for this state directory and every command goes \
+                             through it instead of waiting for the lock",
                             started.elapsed().as_secs_f64()
-                        ));
-                        return Err(error);
+                        );
+                        return Err(e);
                     }
                     if !told {
                         told = true;
@@ -184,7 +213,7 @@ impl Context {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(e.into()),
+                other => return other,
             }
         }
     }
@@ -409,7 +438,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin).display()
             ),
         )),
-        Command::Events { from, follow } => client::events_direct(&ctx, *from, *follow),
+        Command::Events { from, follow } => client::events_direct(&ctx, *from, *follow).await,
     }
 }
 

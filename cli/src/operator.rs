@@ -256,7 +256,7 @@ async fn active_generation(ctx: &Context, slot: &SlotName) -> Result<u64, CliErr
     if !dir.exists() {
         return Err(none());
     }
-    let journal = Journal::open_for_inspection(&dir)?;
+    let journal = ctx.open_journal(&dir, false).await?;
     journal
         .slot(slot)?
         .and_then(|view| view.slot.active.map(|a| a.generation.0))

@@ -388,13 +388,24 @@ fn a_held_state_dir_is_waited_for_and_the_message_suggests_serve() {
     // The holder has the lock once it prints its first stage.
     rx.recv_timeout(Duration::from_secs(30))
         .expect("a stage line");
-    let refused = h.tryswap(&["status", "--wait=0"]);
-    assert_eq!(refused.code, 3, "{refused:?}");
-    assert!(refused.stderr.contains("tryswap serve"), "{refused:?}");
+    for args in [
+        &["status", "--wait=0"][..],
+        &["journal", "show", "--wait=0"],
+    ] {
+        let refused = h.tryswap(args);
+        assert_eq!(refused.code, 3, "{args:?}: {refused:?}");
+        assert!(refused.stderr.contains("tryswap serve"), "{refused:?}");
+    }
     let waited = h.tryswap(&["status", "--wait=30s"]);
     assert_eq!(waited.code, 0, "{waited:?}");
     assert!(waited.stderr.contains("waiting"), "{waited:?}");
     assert!(holder.wait().unwrap().success());
+    // Without a daemon too, a long stage has a heartbeat.
+    let rest: Vec<String> = rx.try_iter().map(|(_, line)| line).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("waiting for handshake")),
+        "{rest:?}"
+    );
 }
 
 #[test]
