@@ -713,3 +713,32 @@ fn logs_honour_rust_log_and_the_daemon_logs_json_with_fields() {
     assert_eq!(ready["slots"], 1, "{ready}");
     assert_eq!(ready["level"], "INFO");
 }
+
+#[test]
+fn status_columns_stay_aligned_with_long_slot_names() {
+    use tryswap_tests::harness::SlotSpec;
+    let long = "billing-eu-west-1-payments-v2-canary";
+    let h = Harness::new(&[SlotSpec::new("demo"), SlotSpec::new(long)]);
+    activated(&h, "v1");
+    let run = h.tryswap(&["status"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    let column = |name: &str| lines[0].find(name).unwrap();
+    let (health, address) = (column("HEALTH"), column("ADDRESS"));
+    assert!(health > long.len(), "{}", run.stdout);
+    for row in &lines[1..] {
+        let cell = &row[health..];
+        assert!(
+            cell.starts_with("running") || cell.starts_with('-'),
+            "HEALTH is not under its header:\n{}",
+            run.stdout
+        );
+        let cell = &row[address..];
+        assert!(
+            cell.starts_with("127.0.0.1:") || cell.starts_with('-'),
+            "ADDRESS is not under its header:\n{}",
+            run.stdout
+        );
+    }
+}
