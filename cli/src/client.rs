@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::Utc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1;
@@ -22,7 +21,7 @@ use serde_json::value::RawValue;
 use tokio::net::UnixStream;
 use tryswap::keepalive::MonitorEvent;
 use tryswap_fsm::SlotName;
-use tryswap_journal::{Journal, Record};
+use tryswap_journal::Record;
 
 use crate::args::{Command, JournalCommand};
 use crate::daemon::server::{EXIT_CODE_HEADER, LAST_SEQ_HEADER};
@@ -281,12 +280,8 @@ impl Client {
 }
 
 /// Prints a successful answer's body as the command's output.
-fn print_body(body: &str) {
-    if body.ends_with('\n') {
-        print!("{body}");
-    } else {
-        println!("{body}");
-    }
+fn print_body(body: &str) -> Result<(), CliError> {
+    render::out_line(body)
 }
 
 /// Succeeds on 2xx, else the CLI error of the answer.
@@ -306,26 +301,33 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             slot,
             artifact,
             config_file,
+            force,
+        } => {
+            let body = serde_json::json!({
+                "artifact": crate::absolute(artifact),
+                "config_file": config_file.as_deref().map(crate::absolute),
+                "dry_run": false,
+            });
+            reload(client, ctx, slot, &body, *force).await
         }
-        | Command::Try {
+        Command::Try {
             slot,
             artifact,
             config_file,
         } => {
-            let dry_run = matches!(command, Command::Try { .. });
             let body = serde_json::json!({
                 "artifact": crate::absolute(artifact),
                 "config_file": config_file.as_deref().map(crate::absolute),
-                "dry_run": dry_run,
+                "dry_run": true,
             });
-            reload(client, ctx, slot, &body).await
+            reload(client, ctx, slot, &body, true).await
         }
         Command::Rollback { slot, to } => {
             let body = match to {
                 Some(g) => serde_json::json!({ "rollback_to": g }),
                 None => serde_json::json!({ "rollback": true }),
             };
-            reload(client, ctx, slot, &body).await
+            reload(client, ctx, slot, &body, true).await
         }
         Command::Status { slot } => {
             let path = slot
@@ -333,17 +335,33 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
                 .map_or_else(|| "/v1/slots".to_owned(), |s| format!("/v1/slots/{s}"));
             let reply = ok(client.call(Method::GET, &path, None, text).await?)?;
             if slot.is_some() && !text {
-                // The same `{"slots":[…]}` shape as without a daemon.
-                println!("{{\"slots\":[{}]}}", reply.body.trim());
+                // The same `{"schema":1,"slots":[…]}` shape as without a daemon.
+                let mut one: serde_json::Value =
+                    serde_json::from_str(&reply.body).map_err(|e| {
+                        CliError::new(
+                            EXIT_ERROR,
+                            format!("the daemon's answer is not understood: {e}"),
+                        )
+                    })?;
+                if let Some(map) = one.as_object_mut() {
+                    map.remove("schema");
+                }
+                render::json(&serde_json::json!({ "slots": [one] }))?;
             } else {
-                print_body(&reply.body);
+                print_body(&reply.body)?;
             }
             Ok(EXIT_OK)
         }
-        Command::History { slot } => {
-            let path = format!("/v1/slots/{slot}/history");
+        Command::History {
+            slot,
+            limit,
+            since,
+            timeline,
+        } => {
+            let query = crate::operator::HistoryQuery::new(*limit, *since, *timeline);
+            let path = format!("/v1/slots/{slot}/history{}", query.to_query());
             let reply = ok(client.call(Method::GET, &path, None, text).await?)?;
-            print_body(&reply.body);
+            print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
         Command::Start { slot } => {
@@ -351,7 +369,7 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             let path = format!("/v1/slots/{slot}/start");
             let reply = ok(client.call(Method::POST, &path, None, text).await?)?;
             if text {
-                print_body(&reply.body);
+                print_body(&reply.body)?;
             } else {
                 #[derive(Deserialize)]
                 struct Started<'a> {
@@ -364,7 +382,14 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
                         format!("the daemon's answer is not understood: {e}"),
                     )
                 })?;
-                println!("{}", started.status.get());
+                let status: serde_json::Value = serde_json::from_str(started.status.get())
+                    .map_err(|e| {
+                        CliError::new(
+                            EXIT_ERROR,
+                            format!("the daemon's answer is not understood: {e}"),
+                        )
+                    })?;
+                render::json(&status)?;
             }
             Ok(EXIT_OK)
         }
@@ -372,12 +397,12 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             ctx.slot(slot)?;
             let path = format!("/v1/slots/{slot}/stop");
             let reply = ok(client.call(Method::POST, &path, None, text).await?)?;
-            print_body(&reply.body);
+            print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
         Command::Recover => {
             let reply = ok(client.call(Method::POST, "/v1/recover", None, text).await?)?;
-            print_body(&reply.body);
+            print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
         Command::ReloadConfig { dry_run } => {
@@ -387,11 +412,11 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
                 .await?;
             match reply.status {
                 StatusCode::OK => {
-                    print_body(&reply.body);
+                    print_body(&reply.body)?;
                     Ok(EXIT_OK)
                 }
                 StatusCode::UNPROCESSABLE_ENTITY => {
-                    print_body(&reply.body);
+                    print_body(&reply.body)?;
                     Ok(EXIT_REJECTED)
                 }
                 _ => Err(reply.error()),
@@ -399,7 +424,11 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
         }
         Command::Events { from, follow } => events_remote(client, ctx, *from, *follow).await,
         Command::Journal { command } => journal(client, ctx, command).await,
-        Command::Serve { .. } => Err(CliError::new(
+        Command::Serve { .. }
+        | Command::Logs { .. }
+        | Command::Report { .. }
+        | Command::Completions { .. }
+        | Command::Man => Err(CliError::new(
             EXIT_ERROR,
             "internal error: this command does not go through the daemon",
         )),
@@ -416,13 +445,13 @@ async fn journal(client: &Client, ctx: &Context, command: &JournalCommand) -> Re
             let reply = ok(client
                 .call(Method::GET, "/v1/journal/verify", None, text)
                 .await?)?;
-            print_body(&reply.body);
+            print_body(&reply.body)?;
             Ok(reply.exit_code.unwrap_or(EXIT_OK))
         }
         JournalCommand::Replay { until } => {
             let path = format!("/v1/journal/replay?until={until}");
             let reply = ok(client.call(Method::GET, &path, None, false).await?)?;
-            print_body(&reply.body);
+            print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
         JournalCommand::Compact { keep } => {
@@ -430,7 +459,7 @@ async fn journal(client: &Client, ctx: &Context, command: &JournalCommand) -> Re
             let reply = ok(client
                 .call(Method::POST, "/v1/journal/compact", Some(&body), text)
                 .await?)?;
-            print_body(&reply.body);
+            print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
     }
@@ -451,9 +480,9 @@ async fn journal_records(client: &Client, from: u64, human: bool) -> Result<u8, 
                     format!("the daemon sent a record that is not understood: {e}"),
                 )
             })?;
-            println!("{}", crate::journal_cmd::show_line(&record));
+            render::out_line(&crate::journal_cmd::show_line(&record))?;
         } else {
-            println!("{}", event.data);
+            render::out_line(&event.data)?;
         }
     }
     Ok(EXIT_OK)
@@ -464,48 +493,87 @@ async fn reload(
     ctx: &Context,
     slot: &SlotName,
     body: &serde_json::Value,
+    force: bool,
 ) -> Result<u8, CliError> {
     ctx.slot(slot)?;
     let text = !ctx.json;
-    let started = Utc::now();
-    // Subscribe before asking, so every record of the reload is seen.
+    // Subscribe before asking, so every record of the reload is seen; print each as it
+    // is appended while the reload runs, with a heartbeat inside long stages.
     let mut progress = match text {
         true => Some(client.events(&format!("/v1/events?slot={slot}")).await?),
         false => None,
     };
-    let path = format!("/v1/slots/{slot}/reloads");
-    let reply = client
-        .call(Method::POST, &path, Some(&body.to_string()), text)
-        .await?;
-    let code = match reply.status {
-        StatusCode::OK => EXIT_OK,
-        StatusCode::UNPROCESSABLE_ENTITY => EXIT_REJECTED,
-        _ => return Err(reply.error()),
+    let mut printer = render::ProgressPrinter::new(ctx.config.slot(slot));
+    let path = if force {
+        format!("/v1/slots/{slot}/reloads?force=true")
+    } else {
+        format!("/v1/slots/{slot}/reloads")
     };
-    if let (Some(stream), Some(last_seq)) = (progress.as_mut(), reply.last_seq) {
-        let mut last = Some(started);
-        let printed = tokio::time::timeout(PROGRESS_WAIT, async {
-            while let Some(event) = stream.next().await? {
+    let body = body.to_string();
+    let post = client.call(Method::POST, &path, Some(&body), text);
+    tokio::pin!(post);
+    let mut reply: Option<Reply> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    while let Some(stream) = progress.as_mut() {
+        tokio::select! {
+            answered = &mut post, if reply.is_none() => {
+                let answered = answered?;
+                if !answered.status.is_success()
+                    && answered.status != StatusCode::UNPROCESSABLE_ENTITY
+                {
+                    render::out(&printer.done())?;
+                    return Err(answered.error());
+                }
+                let done = answered.last_seq.is_none();
+                reply = Some(answered);
+                drain_until = Some(tokio::time::Instant::now() + PROGRESS_WAIT);
+                if done {
+                    break;
+                }
+            }
+            event = stream.next() => {
+                let Some(event) = event? else { break };
                 if event.event != "record" {
                     continue;
                 }
                 let Ok(record) = serde_json::from_str::<Record>(&event.data) else {
                     continue;
                 };
-                print!("{}", render::progress_text(&record, &mut last));
-                if record.seq >= last_seq {
+                render::out(&printer.record(&record))?;
+                if reply
+                    .as_ref()
+                    .and_then(|r| r.last_seq)
+                    .is_some_and(|last| record.seq >= last)
+                {
                     break;
                 }
             }
-            Ok::<(), CliError>(())
-        })
-        .await;
-        if let Ok(Err(e)) = printed {
-            tracing::warn!(error = %e, "progress lines");
+            _ = tick.tick() => {
+                if reply.is_none() {
+                    if let Some(beat) = printer.heartbeat() {
+                        render::out(&beat)?;
+                    }
+                }
+                if drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    tracing::warn!("progress lines: the event stream lagged behind the answer");
+                    break;
+                }
+            }
         }
     }
     drop(progress);
-    print_body(&reply.body);
+    let reply = match reply {
+        Some(reply) => reply,
+        None => post.await?,
+    };
+    render::out(&printer.done())?;
+    let code = match reply.status {
+        StatusCode::OK => EXIT_OK,
+        StatusCode::UNPROCESSABLE_ENTITY => EXIT_REJECTED,
+        _ => return Err(reply.error()),
+    };
+    print_body(&reply.body)?;
     Ok(code)
 }
 
@@ -513,7 +581,11 @@ async fn reload(
 fn event_line(json: bool, event: &SseEvent) -> Option<String> {
     if json {
         let name = serde_json::to_string(&event.event).ok()?;
-        return Some(format!("{{\"event\":{name},\"data\":{}}}", event.data));
+        return Some(format!(
+            "{{\"schema\":{},\"event\":{name},\"data\":{}}}",
+            render::SCHEMA,
+            event.data
+        ));
     }
     match event.event.as_str() {
         "record" => serde_json::from_str::<Record>(&event.data)
@@ -536,11 +608,7 @@ fn event_line(json: bool, event: &SseEvent) -> Option<String> {
 }
 
 fn record_line(record: &Record) -> String {
-    let mut detail = render::detail(&record.event);
-    if let tryswap_fsm::EventKind::Stopped { reason, .. } = &record.event {
-        let first = reason.message.lines().next().unwrap_or("");
-        detail.push_str(&format!(" ({}): {first}", reason.kind.name()));
-    }
+    let detail = render::detail(&record.event);
     format!(
         "{:>8}  {}  {:<16} {:<15} {}",
         record.seq,
@@ -569,22 +637,36 @@ async fn events_remote(
     let mut stream = client.events(&path).await?;
     let interrupted = crate::interrupted();
     tokio::pin!(interrupted);
+    let gone = |why: String| {
+        CliError::new(
+            EXIT_ERROR,
+            format!(
+                "the daemon serving {} went away ({why}); events may have been missed \
+                 (`tryswap events --follow --from SEQ` resumes after the last seq printed)",
+                ctx.state_dir.display()
+            ),
+        )
+    };
     loop {
         let event = tokio::select! {
-            event = stream.next() => event?,
+            event = stream.next() => event.map_err(|e| gone(e.message)),
             _ = &mut interrupted => return Ok(EXIT_OK),
         };
-        let Some(event) = event else {
-            return Ok(EXIT_OK);
+        let event = match event {
+            Ok(Some(event)) => event,
+            Ok(None) if follow => return Err(gone("the event stream ended".to_owned())),
+            Ok(None) => return Ok(EXIT_OK),
+            Err(e) if follow => return Err(e),
+            Err(e) => return Err(e),
         };
         if let Some(line) = event_line(ctx.json, &event) {
-            println!("{line}");
+            render::out_line(&line)?;
         }
     }
 }
 
 /// `tryswap events` without a daemon: the journal's records from `from` (no `--follow`).
-pub fn events_direct(ctx: &Context, from: Option<u64>, follow: bool) -> Result<u8, CliError> {
+pub async fn events_direct(ctx: &Context, from: Option<u64>, follow: bool) -> Result<u8, CliError> {
     if follow {
         return Err(CliError::new(
             EXIT_ERROR,
@@ -598,16 +680,17 @@ pub fn events_direct(ctx: &Context, from: Option<u64>, follow: bool) -> Result<u
     if !dir.exists() {
         return Ok(EXIT_OK);
     }
-    let journal = Journal::open_for_inspection(&dir)?;
+    let journal = ctx.open_journal(&dir, false).await?;
     for record in journal.events(from.unwrap_or(1)) {
         let record = record?;
         if ctx.json {
-            let data = serde_json::to_string(&record).map_err(|e| {
-                CliError::new(EXIT_ERROR, format!("encoding record {}: {e}", record.seq))
-            })?;
-            println!("{{\"event\":\"record\",\"data\":{data}}}");
+            let data = render::record_json(&record)?;
+            render::out_line(&format!(
+                "{{\"schema\":{},\"event\":\"record\",\"data\":{data}}}",
+                render::SCHEMA
+            ))?;
         } else {
-            println!("{}", record_line(&record));
+            render::out_line(&record_line(&record))?;
         }
     }
     Ok(EXIT_OK)

@@ -1,16 +1,10 @@
 //! `tryswap journal show | verify | replay | export | compact`.
 
-use std::io::Write;
-
 use tryswap_journal::{CompactReport, Journal, JournalError, Record, VerifyReport};
 
 use crate::args::JournalCommand;
 use crate::render;
 use crate::{CliError, Context, EXIT_CORRUPT, EXIT_ERROR, EXIT_OK};
-
-fn io_error(e: std::io::Error) -> CliError {
-    CliError::new(EXIT_ERROR, format!("writing output: {e}"))
-}
 
 /// Runs a journal subcommand on the state directory's journal.
 pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError> {
@@ -24,24 +18,18 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             ),
         ));
     }
-    let opened = match command {
-        JournalCommand::Compact { .. } => Journal::open(&dir),
-        _ => Journal::open_for_inspection(&dir),
-    };
+    let write = matches!(command, JournalCommand::Compact { .. });
+    let opened = ctx.open_journal(&dir, write).await;
     match command {
         JournalCommand::Verify => verify(ctx, opened),
         JournalCommand::Show { from } => {
             let journal = opened?;
-            let mut out = std::io::stdout().lock();
             for record in journal.events(*from) {
                 let record = record?;
                 if ctx.json {
-                    let line = serde_json::to_string(&record).map_err(|e| {
-                        CliError::new(EXIT_ERROR, format!("encoding record {}: {e}", record.seq))
-                    })?;
-                    writeln!(out, "{line}").map_err(io_error)?;
+                    render::out_line(&render::record_json(&record)?)?;
                 } else {
-                    writeln!(out, "{}", show_line(&record)).map_err(io_error)?;
+                    render::out_line(&show_line(&record))?;
                 }
             }
             Ok(EXIT_OK)
@@ -53,10 +41,17 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             Ok(EXIT_OK)
         }
         JournalCommand::Export => {
+            // Every record as a JSON line with `"schema": 1` (what `journal export` of the
+            // journal crate writes, versioned); unreadable records are skipped with a
+            // warning, as there.
             let journal = opened?;
-            let mut out = std::io::stdout().lock();
-            journal.export(&mut out)?;
-            out.flush().map_err(io_error)?;
+            for record in journal.events(0) {
+                match record {
+                    Ok(record) => render::out_line(&render::record_json(&record)?)?,
+                    Err(e @ JournalError::Sled { .. }) => return Err(e.into()),
+                    Err(e) => tracing::warn!(error = %e, "export skips an unreadable record"),
+                }
+            }
             Ok(EXIT_OK)
         }
         JournalCommand::Compact { keep } => {
@@ -71,7 +66,7 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             if ctx.json {
                 render::json(&report)?;
             } else {
-                print!("{}", compact_text(&report));
+                render::out(&compact_text(&report))?;
             }
             Ok(EXIT_OK)
         }
@@ -85,7 +80,7 @@ fn verify(ctx: &Context, opened: Result<Journal, JournalError>) -> Result<u8, Cl
             if ctx.json {
                 render::json(&serde_json::json!({"ok": false, "problems": [e.to_string()]}))?;
             } else {
-                println!("journal corrupt: {e}");
+                render::out(&format!("journal corrupt: {e}\n"))?;
             }
             return Ok(EXIT_CORRUPT);
         }
@@ -95,7 +90,7 @@ fn verify(ctx: &Context, opened: Result<Journal, JournalError>) -> Result<u8, Cl
     if ctx.json {
         render::json(&report)?;
     } else {
-        print!("{}", verify_text(&report));
+        render::out(&verify_text(&report))?;
     }
     Ok(verify_code(&report))
 }
@@ -103,12 +98,13 @@ fn verify(ctx: &Context, opened: Result<Journal, JournalError>) -> Result<u8, Cl
 /// One record of `journal show` (without newline).
 pub(crate) fn show_line(record: &Record) -> String {
     format!(
-        "{:>8}  {}  {:<16} {}  {:?}",
+        "{:>8}  {}  {:<16} {}  {:<15} {}",
         record.seq,
         record.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
         record.slot,
         record.reload,
-        record.event
+        record.event.name(),
+        render::detail(&record.event)
     )
 }
 

@@ -2,25 +2,29 @@
 //!
 //! Exit codes (a contract, see DESIGN.md): 0 done, 1 error, 2 candidate rejected (rolled
 //! back) or dry run failed, 3 conflict (a reload in progress, or the state directory is held
-//! by another tryswap process), 4 journal corrupt (`journal verify`).
+//! by another tryswap process), 4 journal corrupt (`journal verify`), 64 usage error.
+//! Writing into a closed pipe ends quietly with exit 0.
 
 mod args;
 mod client;
 mod daemon;
+mod html_report;
 mod journal_cmd;
+mod operator;
 mod render;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tryswap::config::{Config, ConfigError};
 use tryswap::report::{Outcome, ReloadReport};
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, SlotName};
-use tryswap_journal::JournalError;
+use tryswap_journal::{Journal, JournalError};
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, LogFormat, Wait, DEFAULT_WAIT};
 
 /// Exit code: the command did what it was asked.
 pub const EXIT_OK: u8 = 0;
@@ -32,6 +36,8 @@ pub const EXIT_REJECTED: u8 = 2;
 pub const EXIT_CONFLICT: u8 = 3;
 /// Exit code: `journal verify` found corruption.
 pub const EXIT_CORRUPT: u8 = 4;
+/// Exit code: the command line is wrong (BSD `EX_USAGE`; never 2, which means rejected).
+pub const EXIT_USAGE: u8 = 64;
 
 /// The one error type at the binary's edge: a message with its context, and an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,15 @@ impl CliError {
             code,
             message: message.into(),
         }
+    }
+
+    /// stdout is a closed pipe (`tryswap events | head -1`): end quietly with exit 0.
+    pub fn pipe_closed() -> Self {
+        CliError::new(EXIT_OK, "")
+    }
+
+    fn is_pipe_closed(&self) -> bool {
+        self.code == EXIT_OK
     }
 }
 
@@ -94,6 +109,8 @@ pub struct Context {
     /// The config file read (or that would be read): what the daemon re-reads on
     /// `reload-config` and SIGHUP.
     pub config_path: PathBuf,
+    /// `--wait`: how long to wait for a state directory another process holds.
+    pub wait: Wait,
 }
 
 impl Context {
@@ -121,18 +138,91 @@ impl Context {
             state_dir,
             json: cli.json,
             config_path: absolute(&path),
+            wait: cli.wait.unwrap_or(DEFAULT_WAIT),
         })
     }
 
     /// Opens the state directory with every configured slot registered, reattaches live
     /// active generations and finishes what a crashed run left behind.
     pub async fn supervisor(&self) -> Result<Supervisor, CliError> {
-        let supervisor = Supervisor::open(&self.state_dir)?;
+        let supervisor = self.open_supervisor().await?;
+        supervisor.recover().await?;
+        Ok(supervisor)
+    }
+
+    /// Opens the state directory with every configured slot registered. When another
+    /// process holds it, waits as `--wait` says (telling so once on stderr).
+    pub async fn open_supervisor(&self) -> Result<Supervisor, CliError> {
+        let supervisor = self
+            .wait_for_lock(
+                || Supervisor::open(&self.state_dir),
+                |e| matches!(e, SupervisorError::Journal(JournalError::Locked { .. })),
+            )
+            .await?;
         for slot in &self.config.slots {
             supervisor.add_process_slot(slot.clone());
         }
-        supervisor.recover().await?;
         Ok(supervisor)
+    }
+
+    /// Opens the journal in `dir` (for inspection, or for writing), waiting as `--wait`
+    /// says while another process holds it.
+    pub async fn open_journal(&self, dir: &Path, write: bool) -> Result<Journal, JournalError> {
+        self.wait_for_lock(
+            || {
+                if write {
+                    Journal::open(dir)
+                } else {
+                    Journal::open_for_inspection(dir)
+                }
+            },
+            |e| matches!(e, JournalError::Locked { .. }),
+        )
+        .await
+    }
+
+    /// Runs `open` until it does not find the state directory `locked` by another
+    /// process, for as long as `--wait` allows; says once on stderr that it waits, and
+    /// when the wait runs out, suggests `tryswap serve`.
+    pub async fn wait_for_lock<T, E: std::fmt::Display>(
+        &self,
+        mut open: impl FnMut() -> Result<T, E>,
+        locked: impl Fn(&E) -> bool,
+    ) -> Result<T, E> {
+        let started = tokio::time::Instant::now();
+        let limit = match self.wait {
+            Wait::Up(limit) => Some(limit),
+            Wait::Forever => None,
+        };
+        let mut told = false;
+        loop {
+            match open() {
+                Err(e) if locked(&e) => {
+                    if limit.is_some_and(|l| started.elapsed() >= l) {
+                        eprintln!(
+                            "tryswap: gave up after {:.1} s (--wait=DUR waits longer). Tip: run \
+                             `tryswap serve` for this state directory and every command goes \
+                             through it instead of waiting for the lock",
+                            started.elapsed().as_secs_f64()
+                        );
+                        return Err(e);
+                    }
+                    if !told {
+                        told = true;
+                        let how_long = limit.map_or_else(
+                            || "until it is free".to_owned(),
+                            |l| format!("up to {}", humantime::format_duration(l)),
+                        );
+                        eprintln!(
+                            "tryswap: {e}; waiting {how_long} (`tryswap serve` lets commands \
+                             share the state directory)"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub(crate) fn slot(&self, name: &SlotName) -> Result<(), CliError> {
@@ -158,10 +248,23 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Result<u8, CliError> {
     ctx.slot(slot)?;
     let supervisor = ctx.supervisor().await?;
-    let progress = (!ctx.json).then(|| render::progress(supervisor.subscribe()));
+    if let ReloadKind::Activate(spec, false) = &what {
+        let (check, spec) = (supervisor.clone(), spec.clone());
+        let name = slot.clone();
+        let same = tokio::task::spawn_blocking(move || check.already_active(&name, &spec))
+            .await
+            .map_err(|e| {
+                CliError::new(EXIT_ERROR, format!("checking the active generation: {e}"))
+            })??;
+        if let Some(generation) = same {
+            return operator::print_already_active(ctx, &supervisor, slot, generation.0);
+        }
+    }
+    let progress =
+        (!ctx.json).then(|| render::progress(supervisor.subscribe(), ctx.config.slot(slot)));
     let reload = async {
         match what {
-            ReloadKind::Activate(spec) => supervisor.activate(slot, spec).await,
+            ReloadKind::Activate(spec, _) => supervisor.activate(slot, spec).await,
             ReloadKind::Try(spec) => supervisor.try_activate(slot, spec).await,
             ReloadKind::Rollback(to) => supervisor.rollback(slot, to).await,
         }
@@ -180,6 +283,7 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
         for action in &recovery.actions {
             eprintln!("tryswap: interrupted: {action}");
         }
+        let _ = render::out("");
         return Err(CliError::new(
             EXIT_ERROR,
             format!(
@@ -191,7 +295,7 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
     if ctx.json {
         render::json(&report)?;
     } else {
-        render::reload_summary(&report, &supervisor);
+        render::reload_summary(&report)?;
     }
     Ok(match report.outcome {
         Outcome::Active | Outcome::DryRunPassed => EXIT_OK,
@@ -216,7 +320,8 @@ pub(crate) async fn interrupted() {
 }
 
 enum ReloadKind {
-    Activate(CandidateSpec),
+    /// The candidate, and `--force`.
+    Activate(CandidateSpec, bool),
     Try(CandidateSpec),
     Rollback(Option<Generation>),
 }
@@ -229,9 +334,16 @@ fn candidate(artifact: &Path, config_file: Option<&Path>) -> CandidateSpec {
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
+    match &cli.command {
+        Command::Completions { shell } => return operator::completions(*shell),
+        Command::Man => return operator::man(),
+        _ => {}
+    }
     let ctx = Context::load(&cli)?;
     // A daemon serving the state dir runs the command (same output); else do it here.
-    if !matches!(cli.command, Command::Serve { .. }) {
+    // Logs are files; a report reads its sources itself.
+    let local = matches!(cli.command, Command::Serve { .. } | Command::Logs { .. });
+    if !local {
         let socket = daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin);
         if let Some(client) = client::Client::detect(&socket).await {
             return client::run(&client, &ctx, &cli.command).await;
@@ -242,9 +354,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             slot,
             artifact,
             config_file,
+            force,
         } => {
             let spec = candidate(artifact, config_file.as_deref());
-            reload_command(&ctx, slot, ReloadKind::Activate(spec)).await
+            reload_command(&ctx, slot, ReloadKind::Activate(spec, *force)).await
         }
         Command::Try {
             slot,
@@ -259,24 +372,34 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Status { slot } => {
             let supervisor = ctx.supervisor().await?;
-            let report = supervisor.status(slot.as_ref())?;
+            let report = operator::status(&supervisor, slot.as_ref(), None)?;
             if ctx.json {
                 render::json(&report)?;
             } else {
-                render::status(&report);
+                render::status(&report)?;
             }
             Ok(EXIT_OK)
         }
-        Command::History { slot } => {
+        Command::History {
+            slot,
+            limit,
+            since,
+            timeline,
+        } => {
             let supervisor = ctx.supervisor().await?;
-            let report = supervisor.history(slot)?;
-            if ctx.json {
-                render::json(&report)?;
-            } else {
-                render::history(&report);
-            }
+            let query = crate::operator::HistoryQuery::new(*limit, *since, *timeline);
+            let text = operator::history(&supervisor, slot, &query, ctx.json)?;
+            render::out(&text)?;
             Ok(EXIT_OK)
         }
+        Command::Logs {
+            slot,
+            follow,
+            generation,
+        } => operator::logs(&ctx, slot, *generation, *follow).await,
+        Command::Report { html, sources } => html_report::run(&ctx, html, sources).await,
+        Command::Completions { shell } => operator::completions(*shell),
+        Command::Man => operator::man(),
         Command::Start { slot } => {
             ctx.slot(slot)?;
             let supervisor = ctx.supervisor().await?;
@@ -285,7 +408,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             if ctx.json {
                 render::json(&status)?;
             } else {
-                print!("{}", render::started_text(slot.as_str(), generation.0));
+                render::out(&render::started_text(slot.as_str(), generation.0))?;
             }
             Ok(EXIT_OK)
         }
@@ -296,20 +419,17 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             if ctx.json {
                 render::json(&render::stopped_json(slot.as_str(), stopped))?;
             } else {
-                print!("{}", render::stopped_text(slot.as_str(), stopped));
+                render::out(&render::stopped_text(slot.as_str(), stopped))?;
             }
             Ok(EXIT_OK)
         }
         Command::Recover => {
-            let supervisor = Supervisor::open(&ctx.state_dir)?;
-            for slot in &ctx.config.slots {
-                supervisor.add_process_slot(slot.clone());
-            }
+            let supervisor = ctx.open_supervisor().await?;
             let report = supervisor.recover().await?;
             if ctx.json {
                 render::json(&report)?;
             } else {
-                render::recovery(&report);
+                render::recovery(&report)?;
             }
             Ok(EXIT_OK)
         }
@@ -325,26 +445,73 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin).display()
             ),
         )),
-        Command::Events { from, follow } => client::events_direct(&ctx, *from, *follow),
+        Command::Events { from, follow } => client::events_direct(&ctx, *from, *follow).await,
     }
 }
 
-fn init_tracing() {
+/// Logs go to stderr; results to stdout. The filter is `TRYSWAP_LOG`, else `RUST_LOG`,
+/// else `error` (`info` for `serve`); `NO_COLOR` turns colours off; `--log-format json`
+/// writes one JSON object per line with the event's fields as keys.
+fn init_tracing(format: LogFormat, serving: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    // Results are reported on stdout; logs are for debugging (TRYSWAP_LOG=info,tryswap=debug).
-    let filter = EnvFilter::try_from_env("TRYSWAP_LOG").unwrap_or_else(|_| EnvFilter::new("error"));
-    tracing_subscriber::fmt()
+    let fallback = if serving { "info" } else { "error" };
+    let filter = EnvFilter::try_from_env("TRYSWAP_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(fallback));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// The command line, or exit 0 for `--help`/`--version` and 64 for a usage error (as JSON
+/// on stdout too with `--json`).
+fn parse_args() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return Err(ExitCode::SUCCESS);
+            }
+            if std::env::args_os().any(|a| a == "--json") {
+                let text = e.to_string();
+                let message = text
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ")
+                    .to_owned();
+                let body = serde_json::json!({
+                    "schema": render::SCHEMA, "error": message, "exit_code": EXIT_USAGE
+                });
+                let _ = render::out(&format!("{body}\n"));
+            }
+            let _ = e.print();
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    init_tracing(cli.log_format, matches!(cli.command, Command::Serve { .. }));
     // Crash tests only: inert unless TRYSWAP_FAILPOINTS is set (docs/recovery.md).
     if let Err(e) = tryswap::supervisor::recovery::arm_failpoints_from_env() {
         eprintln!("tryswap: {e}");
@@ -362,12 +529,18 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Tasks still writing (progress lines) end with the runtime, before the exit code.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.is_pipe_closed() => ExitCode::SUCCESS,
         Err(e) => {
             if json {
-                let body = serde_json::json!({"error": e.message, "exit_code": e.code});
-                println!("{body}");
+                let body = serde_json::json!({
+                    "schema": render::SCHEMA, "error": e.message, "exit_code": e.code
+                });
+                let _ = render::out(&format!("{body}\n"));
             }
             eprintln!("tryswap: {}", e.message);
             ExitCode::from(e.code)

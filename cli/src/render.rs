@@ -1,27 +1,82 @@
 //! Human-readable and JSON output.
 
 use std::fmt::Write as _;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use comfy_table::{CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
+use tryswap::config::SlotConfig;
 use tryswap::report::{HistoryReport, Outcome, ReloadReport, StatusReport};
 use tryswap::supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
 use tryswap::supervisor::recovery::RecoveryReport;
-use tryswap::supervisor::Supervisor;
 use tryswap_fsm::EventKind;
 use tryswap_journal::Record;
 
 use crate::{CliError, EXIT_ERROR};
 
-/// Prints `value` as one line of JSON on stdout.
+/// The version of every JSON document and exported record (`"schema": 1`).
+pub const SCHEMA: u32 = 1;
+
+/// A JSON document: `{"schema": 1, …the value's keys}`.
+#[derive(Serialize)]
+pub struct Versioned<'a, T: Serialize> {
+    schema: u32,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// `value` (which must serialize as an object) as one line of JSON with `"schema": 1`.
+pub fn json_text<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&Versioned {
+        schema: SCHEMA,
+        body: value,
+    })
+}
+
+/// Prints `value` as one line of JSON (with `"schema": 1`) on stdout.
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string(value)
+    let text = json_text(value)
         .map_err(|e| CliError::new(EXIT_ERROR, format!("encoding JSON output: {e}")))?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| CliError::new(EXIT_ERROR, format!("writing output: {e}")))
+    out(&format!("{text}\n"))
+}
+
+/// A journal record as one line of JSON: an exported record, the `data` of a `record`
+/// event.
+pub fn record_json(record: &Record) -> Result<String, CliError> {
+    json_text(record)
+        .map_err(|e| CliError::new(EXIT_ERROR, format!("encoding record {}: {e}", record.seq)))
+}
+
+/// The error of a failed write to stdout: a closed pipe (`| head`) ends the command quietly
+/// with exit 0, as rg and cargo do.
+pub fn write_error(e: &std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::pipe_closed()
+    } else {
+        CliError::new(EXIT_ERROR, format!("writing output: {e}"))
+    }
+}
+
+/// Writes `text` to stdout and flushes it (lines appear as they happen, even in a pipe).
+pub fn out(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| write_error(&e))
+}
+
+/// [`out`] with a newline added when `text` lacks one.
+pub fn out_line(text: &str) -> Result<(), CliError> {
+    if text.ends_with('\n') {
+        out(text)
+    } else {
+        out(&format!("{text}\n"))
+    }
 }
 
 fn short(hex: &str) -> &str {
@@ -42,10 +97,29 @@ impl Progress {
     }
 }
 
-/// The detail text of a journal event, as progress lines and `tryswap events` show it.
+/// The detail text of a journal event, as `tryswap events` and `journal show` show it.
 pub(crate) fn detail(kind: &EventKind) -> String {
     match kind {
-        EventKind::StagingFailed { reason, .. } => format!("staging failed: {}", reason.message),
+        EventKind::Stopped { generation, reason } => {
+            let first = reason.message.lines().next().unwrap_or("");
+            format!(
+                "generation {generation} stopped ({}): {first}",
+                reason.kind.name()
+            )
+        }
+        EventKind::RolledBack { stage, reason } => {
+            let first = reason.message.lines().next().unwrap_or("");
+            format!("failed at {stage} ({}): {first}", reason.kind.name())
+        }
+        other => stage_detail(other),
+    }
+}
+
+/// The detail of a progress line: like [`detail`], but a failure's message is left to the
+/// closing summary, which prints it once, whole.
+fn stage_detail(kind: &EventKind) -> String {
+    match kind {
+        EventKind::StagingFailed { .. } => "staging failed".to_owned(),
         EventKind::Staged {
             generation,
             artifact,
@@ -73,8 +147,7 @@ pub(crate) fn detail(kind: &EventKind) -> String {
         EventKind::Probed => "healthy".to_owned(),
         EventKind::Activated => "active marker moved".to_owned(),
         EventKind::RolledBack { stage, reason } => {
-            let first = reason.message.lines().next().unwrap_or("");
-            format!("failed at {stage} ({}): {first}", reason.kind.name())
+            format!("failed at {stage} ({})", reason.kind.name())
         }
         EventKind::DryRunPassed => "candidate discarded".to_owned(),
         EventKind::Retired { generation } => format!("generation {generation} drained and stopped"),
@@ -83,53 +156,155 @@ pub(crate) fn detail(kind: &EventKind) -> String {
     }
 }
 
+/// How often a long stage prints a heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Progress lines of one reload: a line per journal record as it is appended, and inside
+/// a long stage a heartbeat (`waiting for handshake 3.0 s / 10 s`), so a slow plugin
+/// never leaves the terminal silent.
+pub struct ProgressPrinter {
+    last: Option<DateTime<Utc>>,
+    stage_since: Instant,
+    last_beat: Instant,
+    waiting: Option<(&'static str, Option<Duration>)>,
+    start_timeout: Option<Duration>,
+    retire_timeout: Option<Duration>,
+    /// On a terminal the heartbeat rewrites one line; in a pipe it prints lines.
+    tty: bool,
+    beat_shown: bool,
+}
+
+impl ProgressPrinter {
+    /// A printer for a reload of a slot configured as `slot` (its timeouts bound the
+    /// heartbeat), starting now.
+    pub fn new(slot: Option<&SlotConfig>) -> Self {
+        let now = Instant::now();
+        ProgressPrinter {
+            last: Some(Utc::now()),
+            stage_since: now,
+            last_beat: now,
+            waiting: Some(("staging the artifact", None)),
+            start_timeout: slot.map(|s| s.start_timeout),
+            retire_timeout: slot.map(|s| s.drain_timeout + s.stop_timeout),
+            tty: std::io::stdout().is_terminal(),
+            beat_shown: false,
+        }
+    }
+
+    fn clear_beat(&mut self) -> &'static str {
+        if std::mem::take(&mut self.beat_shown) && self.tty {
+            "\r\x1b[2K"
+        } else {
+            ""
+        }
+    }
+
+    /// The line of a record (with its newline), after clearing a heartbeat.
+    pub fn record(&mut self, record: &Record) -> String {
+        let clear = self.clear_beat();
+        self.stage_since = Instant::now();
+        self.last_beat = self.stage_since;
+        self.waiting = match &record.event {
+            EventKind::Staged { .. } => Some(("launching", self.start_timeout)),
+            EventKind::Launched { .. } => Some(("waiting for handshake", self.start_timeout)),
+            EventKind::Validated { .. } => Some(("waiting for the probe", self.start_timeout)),
+            EventKind::Probed => Some(("moving the active marker", None)),
+            EventKind::Activated => Some(("retiring the previous generation", self.retire_timeout)),
+            _ => None,
+        };
+        format!("{clear}{}", progress_text(record, &mut self.last))
+    }
+
+    /// A heartbeat when the current stage has lasted a while, else `None`.
+    pub fn heartbeat(&mut self) -> Option<String> {
+        let (what, limit) = self.waiting?;
+        let now = Instant::now();
+        if now.duration_since(self.stage_since) < HEARTBEAT
+            || now.duration_since(self.last_beat) < HEARTBEAT
+        {
+            return None;
+        }
+        self.last_beat = now;
+        let waited = now.duration_since(self.stage_since).as_secs_f64();
+        let limit = limit.map_or_else(String::new, |l| {
+            format!(" / {}", humantime::format_duration(l))
+        });
+        let text = format!("  … {what} {waited:.1} s{limit}");
+        let clear = self.clear_beat();
+        self.beat_shown = true;
+        Some(if self.tty {
+            format!("{clear}{text}")
+        } else {
+            format!("{text}\n")
+        })
+    }
+
+    /// Clears a heartbeat left on the terminal line.
+    pub fn done(&mut self) -> String {
+        let clear = self.clear_beat();
+        self.waiting = None;
+        clear.to_owned()
+    }
+}
+
 /// One progress line (with its newline); `last` is the time of the previous line.
 pub(crate) fn progress_text(record: &Record, last: &mut Option<DateTime<Utc>>) -> String {
     let elapsed = last
         .and_then(|l| (record.at - l).num_microseconds())
-        .map_or(0.0, |us| us as f64 / 1000.0);
+        .map_or(0.0, |us| us as f64 / 1000.0)
+        .max(0.0);
     *last = Some(record.at);
     format!(
         "  {:<15} {:>9.1} ms  {}\n",
         record.event.name(),
         elapsed,
-        detail(&record.event)
+        stage_detail(&record.event)
     )
 }
 
-fn progress_line(record: &Record, last: &mut Option<DateTime<Utc>>) {
-    print!("{}", progress_text(record, last));
-}
-
-/// Starts printing a progress line for every record the supervisor appends.
-pub fn progress(mut rx: broadcast::Receiver<Record>) -> Progress {
+/// Starts printing a progress line for every record the supervisor appends, and a
+/// heartbeat inside long stages. Output errors (a closed pipe) stop it quietly; the
+/// command's own result reports them.
+pub fn progress(mut rx: broadcast::Receiver<Record>, slot: Option<&SlotConfig>) -> Progress {
     let (stop, mut stopped) = oneshot::channel();
+    let mut printer = ProgressPrinter::new(slot);
     let task = tokio::spawn(async move {
-        let mut last = Some(Utc::now());
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 biased;
                 r = rx.recv() => match r {
-                    Ok(record) => progress_line(&record, &mut last),
+                    Ok(record) => {
+                        if out(&printer.record(&record)).is_err() {
+                            break;
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = &mut stopped => {
                     while let Ok(record) = rx.try_recv() {
-                        progress_line(&record, &mut last);
+                        let _ = out(&printer.record(&record));
                     }
                     break;
                 }
+                _ = tick.tick() => {
+                    if let Some(beat) = printer.heartbeat() {
+                        if out(&beat).is_err() {
+                            break;
+                        }
+                    }
+                }
             }
         }
+        let _ = out(&printer.done());
     });
     Progress { stop, task }
 }
 
 /// The closing line of a reload.
-pub fn reload_summary(report: &ReloadReport, supervisor: &Supervisor) {
-    let _ = supervisor;
-    print!("{}", reload_summary_text(report));
+pub fn reload_summary(report: &ReloadReport) -> Result<(), CliError> {
+    out(&reload_summary_text(report))
 }
 
 /// The closing line(s) of a reload, as [`reload_summary`] prints them.
@@ -189,89 +364,252 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+/// A table as kubectl prints one: a header row, columns two spaces apart, as wide as
+/// their longest cell (long slot names never shift the other columns out of line).
+fn table(header: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, 2));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut text = String::new();
+    for line in table.lines() {
+        let _ = writeln!(text, "{}", line.trim_end());
+    }
+    text
+}
+
+/// A duration the way `kubectl get` shows ages: `45s`, `12m`, `3h4m`, `2d3h`.
+pub fn age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 /// `tryswap status`.
-pub fn status(report: &StatusReport) {
-    print!("{}", status_text(report));
+pub fn status(report: &StatusReport) -> Result<(), CliError> {
+    out(&status_text(report))
 }
 
 /// `tryswap status` as text.
 pub fn status_text(report: &StatusReport) -> String {
-    let mut out = String::new();
     if report.slots.is_empty() {
-        let _ = writeln!(out, "no slots (configure [[slot]] tables in tryswap.toml)");
-        return out;
+        return "no slots (configure [[slot]] tables in tryswap.toml)\n".to_owned();
     }
-    let _ = writeln!(
-        out,
-        "{:<16} {:>4} {:>8} {:<6} {:<28} {:<20} IN-FLIGHT",
-        "SLOT", "GEN", "PID", "ALIVE", "ADDRESS", "SINCE"
-    );
-    for s in &report.slots {
-        let a = s.active.as_ref();
-        let in_flight = s.in_flight.as_ref().map_or_else(
-            || "-".to_owned(),
-            |f| format!("{} {} ({})", f.mode, f.state, f.reload_id),
-        );
-        let _ = writeln!(
-            out,
-            "{:<16} {:>4} {:>8} {:<6} {:<28} {:<20} {}",
-            s.slot,
-            or_dash(a.map(|a| a.generation)),
-            or_dash(a.and_then(|a| a.pid)),
-            a.map_or("-", |a| if a.alive { "yes" } else { "no" }),
-            or_dash(a.and_then(|a| a.address.clone())),
-            or_dash(a.and_then(|a| a.since.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ")))),
-            in_flight
-        );
-    }
-    out
+    let now = Utc::now();
+    let rows = report
+        .slots
+        .iter()
+        .map(|s| {
+            let a = s.active.as_ref();
+            let in_flight = s.in_flight.as_ref().map_or_else(
+                || "-".to_owned(),
+                |f| format!("{} {} ({})", f.mode, f.state, f.reload_id),
+            );
+            let last_exit = s.last_exit.as_ref().map_or_else(
+                || "-".to_owned(),
+                |e| {
+                    format!(
+                        "{} ago: {}",
+                        age((now - e.at).num_seconds()),
+                        e.message.chars().take(60).collect::<String>()
+                    )
+                },
+            );
+            vec![
+                s.slot.clone(),
+                or_dash(a.map(|a| a.generation)),
+                or_dash(a.and_then(|a| a.pid)),
+                or_dash(s.health.clone()),
+                a.map_or_else(|| "-".to_owned(), |_| s.restarts.to_string()),
+                or_dash(a.and_then(|a| a.since.map(|t| age((now - t).num_seconds())))),
+                or_dash(a.and_then(|a| a.address.clone())),
+                in_flight,
+                last_exit,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SLOT",
+            "GEN",
+            "PID",
+            "HEALTH",
+            "RESTARTS",
+            "AGE",
+            "ADDRESS",
+            "IN-FLIGHT",
+            "LAST EXIT",
+        ],
+        rows,
+        &[1, 2, 4],
+    )
 }
 
-/// `tryswap history SLOT`.
-pub fn history(report: &HistoryReport) {
-    print!("{}", history_text(report));
+/// A reload's outcome as history shows it: `rollback → generation N` for rollbacks.
+fn outcome_text(r: &ReloadReport) -> String {
+    let outcome = serde_json::to_value(r.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    match r.rollback_to {
+        Some(to) => format!("{outcome} (rollback → generation {to})"),
+        None => outcome,
+    }
 }
 
 /// `tryswap history SLOT` as text.
 pub fn history_text(report: &HistoryReport) -> String {
+    if report.reloads.is_empty() {
+        return format!("{}: no reloads\n", report.slot);
+    }
+    let rows = report
+        .reloads
+        .iter()
+        .map(|r| {
+            let error = r
+                .error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("");
+            vec![
+                r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.reload_id.to_string(),
+                r.mode.to_owned(),
+                outcome_text(r),
+                or_dash(r.candidate.as_ref().map(|c| c.generation)),
+                r.failed_stage.unwrap_or("-").to_owned(),
+                format!("{:.1} ms", r.duration_ms),
+                error.to_owned(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "WHEN (UTC)",
+            "RELOAD",
+            "MODE",
+            "OUTCOME",
+            "GEN",
+            "FAILED AT",
+            "DURATION",
+            "ERROR",
+        ],
+        rows,
+        &[4, 6],
+    )
+}
+
+/// Width of the time axis of `history --timeline`.
+const TIMELINE_WIDTH: usize = 50;
+
+/// `tryswap history SLOT --timeline`: a Gantt chart of the reloads, oldest first, each
+/// bar on one shared axis of time since its reload began, a segment per stage (`s` staged,
+/// `l` launched, `v` validated (handshake), `p` probed, `a` active), then how it ended:
+/// `✔` active, `✘` rolled back, `○` dry run passed. Crashes (`✝`) and restarts (`↻`) of the
+/// slot's generations (`marks`) are rows at their place in time.
+pub fn timeline_text(report: &HistoryReport, marks: &[(DateTime<Utc>, char, String)]) -> String {
     let mut out = String::new();
     if report.reloads.is_empty() {
-        let _ = writeln!(out, "{}: no reloads", report.slot);
-        return out;
+        return format!("{}: no reloads\n", report.slot);
+    }
+    let span_ms = report
+        .reloads
+        .iter()
+        .map(|r| r.duration_ms)
+        .fold(0.0_f64, f64::max)
+        .max(0.001);
+    let col = |ms: f64| -> usize {
+        (((ms / span_ms) * (TIMELINE_WIDTH - 1) as f64).round() as usize).min(TIMELINE_WIDTH - 1)
+    };
+    let _ = writeln!(
+        out,
+        "{}: {} reload(s); axis: time since each reload began, 0 to {span_ms:.1} ms",
+        report.slot,
+        report.reloads.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<19} {:<16} |0{:>width$}|",
+        "WHEN (UTC)",
+        "RELOAD",
+        format!("{span_ms:.1} ms"),
+        width = TIMELINE_WIDTH - 1
+    );
+    let mut marks = marks.iter().peekable();
+    for r in &report.reloads {
+        while let Some((at, mark, what)) = marks.next_if(|m| m.0 < r.started_at) {
+            let _ = writeln!(out, "{}  {mark} {what}", at.format("%Y-%m-%d %H:%M:%S"));
+        }
+        let mut bar = [' '; TIMELINE_WIDTH];
+        let mut from = 0;
+        for stage in &r.stages {
+            let ms = (stage.at - r.started_at)
+                .num_microseconds()
+                .map_or(0.0, |us| us as f64 / 1000.0)
+                .max(0.0);
+            let to = col(ms);
+            let glyph = match stage.state.as_str() {
+                "staged" => 's',
+                "launched" => 'l',
+                "validated" => 'v',
+                "probed" => 'p',
+                "active" => 'a',
+                _ => '=',
+            };
+            for cell in bar.iter_mut().take(to + 1).skip(from + 1) {
+                *cell = glyph;
+            }
+            bar[from] = if bar[from] == ' ' { glyph } else { bar[from] };
+            from = to;
+        }
+        bar[from] = match r.outcome {
+            Outcome::Active => '✔',
+            Outcome::RolledBack => '✘',
+            Outcome::DryRunPassed => '○',
+            Outcome::InProgress => '…',
+        };
+        let gen = or_dash(r.candidate.as_ref().map(|c| c.generation));
+        let label = format!("{} gen {gen}", r.mode);
+        let what = match (r.outcome, r.failed_stage) {
+            (Outcome::RolledBack, Some(stage)) => format!("rolled back at {stage}"),
+            _ => outcome_text(r),
+        };
+        let _ = writeln!(
+            out,
+            "{} {label:<16} |{}| {:>8.1} ms  {what}",
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            bar.iter().collect::<String>(),
+            r.duration_ms
+        );
+    }
+    for (at, mark, what) in marks {
+        let _ = writeln!(out, "{}  {mark} {what}", at.format("%Y-%m-%d %H:%M:%S"));
     }
     let _ = writeln!(
         out,
-        "{:<36} {:<8} {:<14} {:>4} {:<10} {:>10}  ERROR",
-        "RELOAD", "MODE", "OUTCOME", "GEN", "FAILED AT", "DURATION"
+        "legend: s staged  l launched  v validated  p probed  a active  ✔ active  ✘ rolled back  \
+         ○ dry run passed  ✝ crash or stop  ↻ restart"
     );
-    for r in &report.reloads {
-        let outcome = serde_json::to_value(r.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let error = r
-            .error
-            .as_deref()
-            .and_then(|e| e.lines().next())
-            .unwrap_or("");
-        let _ = writeln!(
-            out,
-            "{:<36} {:<8} {:<14} {:>4} {:<10} {:>7.1} ms  {}",
-            r.reload_id,
-            r.mode,
-            outcome,
-            or_dash(r.candidate.as_ref().map(|c| c.generation)),
-            r.failed_stage.unwrap_or("-"),
-            r.duration_ms,
-            error
-        );
-    }
     out
 }
 
 /// `tryswap recover`.
-pub fn recovery(report: &RecoveryReport) {
-    print!("{}", recovery_text(report));
+pub fn recovery(report: &RecoveryReport) -> Result<(), CliError> {
+    out(&recovery_text(report))
 }
 
 /// `tryswap recover` as text.

@@ -2,8 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tryswap_fsm::EventKind;
 use tryswap_fsm::{Instance as Facts, Mode, Reload, ReloadId, ReloadState};
-use tryswap_journal::{ReloadView, SlotView};
+use tryswap_journal::{Record, ReloadView, SlotView};
 
 /// How a reload ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -112,16 +113,23 @@ pub struct ReloadReport {
     pub previous: Option<PreviousInfo>,
     /// Stages with timings.
     pub stages: Vec<StageTiming>,
-    /// Whole duration in milliseconds, from start to the terminal stage.
+    /// When the reload was journaled (its first record).
+    pub started_at: DateTime<Utc>,
+    /// Whole duration in milliseconds: from the reload's first journal record to its last
+    /// stage. The same number in `activate`, `history`, text and JSON; staging (copying and
+    /// hashing the artifact before the first record) is `stages[0].elapsed_ms` when the
+    /// command that made the reload reports it.
     pub duration_ms: f64,
     /// Former generations this reload drained and stopped.
     pub retired: Vec<u64>,
 }
 
+/// Milliseconds from `from` to `to`, never negative (clocks of two records can step back).
 fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from)
         .num_microseconds()
         .map_or(0.0, |us| us as f64 / 1000.0)
+        .max(0.0)
 }
 
 impl ReloadReport {
@@ -187,7 +195,8 @@ impl ReloadReport {
             candidate,
             previous,
             stages,
-            duration_ms: millis(origin, last),
+            started_at: view.created,
+            duration_ms: millis(view.created, last),
             retired: Vec::new(),
         }
     }
@@ -242,6 +251,27 @@ pub struct SlotStatus {
     pub retiring: Vec<u64>,
     /// Whether the slot is in the config (a journal can know slots the config dropped).
     pub configured: bool,
+    /// `running`, `exited`, or with a daemon its keep-alive's view: `healthy`,
+    /// `unhealthy`, `restarting`, `failing`; `null` without an active generation.
+    pub health: Option<String>,
+    /// Times the active generation was relaunched (keep-alive, `start`, recovery) since it
+    /// became active, per the journal.
+    pub restarts: u64,
+    /// The last time the active generation's process ended, per the journal.
+    pub last_exit: Option<ExitInfo>,
+}
+
+/// How a generation's process last ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExitInfo {
+    /// Generation.
+    pub generation: u64,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// `error`, `timeout`, `cancelled` or `recovered`.
+    pub kind: &'static str,
+    /// What happened (first line).
+    pub message: String,
 }
 
 impl SlotStatus {
@@ -275,6 +305,50 @@ impl SlotStatus {
             }),
             retiring: slot.retiring.iter().map(|i| i.generation.0).collect(),
             configured,
+            health: slot
+                .active
+                .as_ref()
+                .map(|_| if alive { "running" } else { "exited" }.to_owned()),
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+}
+
+impl StatusReport {
+    /// Adds what only the journal's records tell: restarts and the last exit of every
+    /// slot's active generation. `records` are the journal's records, oldest first.
+    pub fn add_record_facts<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) {
+        for record in records {
+            let Some(slot) = self
+                .slots
+                .iter_mut()
+                .find(|s| s.slot == record.slot.as_str())
+            else {
+                continue;
+            };
+            let Some(active) = slot.active.as_ref().map(|a| a.generation) else {
+                continue;
+            };
+            match &record.event {
+                EventKind::Activated => {
+                    // A new active generation starts counting afresh.
+                    slot.restarts = 0;
+                    slot.last_exit = None;
+                }
+                EventKind::Relaunched { generation, .. } if generation.0 == active => {
+                    slot.restarts += 1;
+                }
+                EventKind::Stopped { generation, reason } if generation.0 == active => {
+                    slot.last_exit = Some(ExitInfo {
+                        generation: generation.0,
+                        at: record.at,
+                        kind: reason.kind.name(),
+                        message: reason.message.lines().next().unwrap_or("").to_owned(),
+                    });
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -293,4 +367,17 @@ pub struct HistoryReport {
     pub slot: String,
     /// Reloads, oldest first.
     pub reloads: Vec<ReloadReport>,
+}
+
+impl HistoryReport {
+    /// Keeps the reloads started at or after `since`, then the last `limit` of them.
+    pub fn keep(&mut self, limit: Option<usize>, since: Option<DateTime<Utc>>) {
+        if let Some(since) = since {
+            self.reloads.retain(|r| r.started_at >= since);
+        }
+        if let Some(limit) = limit {
+            let drop = self.reloads.len().saturating_sub(limit);
+            self.reloads.drain(..drop);
+        }
+    }
 }

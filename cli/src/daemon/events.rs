@@ -7,8 +7,9 @@
 //! - `event: monitor`, `data: <MonitorEvent as JSON>` (crashes, restarts, health changes;
 //!   live only: they are not journaled).
 //!
-//! Query parameters: `from=SEQ` starts with the journal's records from `SEQ` (default: only
-//! what is appended after the request); `follow=false` ends the stream once the records up
+//! Query parameters: `from=SEQ` starts with the journal's records from `SEQ`, sent at
+//! once, then live ones (default: only what is appended after the request; a
+//! `Last-Event-ID: SEQ` header resumes after `SEQ`); `follow=false` ends the stream once the records up
 //! to the journal's end at request time are sent (no monitor events then); `slot=NAME`
 //! and `reload=ID` filter. The stream also ends when the daemon shuts down.
 
@@ -58,7 +59,7 @@ struct Feed {
 }
 
 fn record_event(record: &Record) -> Option<Event> {
-    match serde_json::to_string(record) {
+    match crate::render::record_json(record) {
         Ok(data) => Some(
             Event::default()
                 .event("record")
@@ -66,7 +67,7 @@ fn record_event(record: &Record) -> Option<Event> {
                 .data(data),
         ),
         Err(e) => {
-            tracing::error!(seq = record.seq, error = %e, "encoding a record for the event stream");
+            tracing::error!(seq = record.seq, error = %e.message, "encoding a record for the event stream");
             None
         }
     }
@@ -180,7 +181,7 @@ pub fn stream(
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let records = supervisor.subscribe();
     let last = supervisor.journal().last_seq();
-    let feed = Feed {
+    let mut feed = Feed {
         records,
         monitor: if follow { monitor } else { None },
         next_seq: from.map_or(last + 1, |f| f.max(1)),
@@ -190,6 +191,10 @@ pub fn stream(
         cancel,
         supervisor,
     };
+    if follow && from.is_some() {
+        // The backlog from `from` goes out at once, not with the next appended record.
+        feed.fill(last);
+    }
     futures_util::stream::unfold(feed, |mut feed| async move {
         let event = feed.next().await?;
         Some((Ok(event), feed))

@@ -1,10 +1,12 @@
-//! `GET /metrics`: Prometheus (OpenMetrics text) metrics of the daemon.
+//! `GET /metrics`: the daemon's metrics, as Prometheus text 0.0.4 or, when the scraper
+//! asks for it (`Accept: application/openmetrics-text`), OpenMetrics 1.0.0.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `tryswap_reloads_total` | counter | `slot`, `mode`, `outcome`, `failed_stage` (empty unless rolled back) |
-//! | `tryswap_reload_stage_duration_seconds` | histogram | `stage` (time from the previous stage) |
-//! | `tryswap_restarts_total` | counter | `slot` (keep-alive restarts) |
+//! | `tryswap_build_info` | info (gauge 1) | `version` |
+//! | `tryswap_reloads_total` | counter | `slot`, `mode`, `outcome`, `failed_stage` (empty unless rolled back); every slot's `mode`×`outcome` with `failed_stage=""` exists from 0 |
+//! | `tryswap_reload_stage_duration_seconds` | histogram | `slot`, `stage` (time from the previous stage) |
+//! | `tryswap_restarts_total` | counter | `slot` (keep-alive restarts; from 0) |
 //! | `tryswap_active_generation` | gauge | `slot` |
 //! | `tryswap_plugin_up` | gauge | `slot` (1 when the active generation runs) |
 //! | `tryswap_slot_failing` | gauge | `slot` (1 when it keeps crashing) |
@@ -40,8 +42,104 @@ struct ReloadLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
+    slot: String,
     stage: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// The exposition format of a scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4 (the default).
+    Prometheus,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` (with a non-zero q), else Prometheus text.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let wants_open = accept.is_some_and(|accept| {
+            accept.split(',').any(|part| {
+                let mut params = part.split(';').map(str::trim);
+                let is_open = params
+                    .next()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("application/openmetrics-text"));
+                let q_zero = params.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                is_open && !q_zero
+            })
+        });
+        if wants_open {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text as Prometheus text 0.0.4: counters' `# HELP`/`# TYPE` name the
+/// `_total` series, info metrics become gauges named `_info`, `# UNIT` and `# EOF` go.
+pub fn to_prometheus_text(open: &str) -> String {
+    let mut kinds = HashMap::new();
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                kinds.insert(name.to_owned(), kind.to_owned());
+            }
+        }
+    }
+    let renamed = |name: &str| match kinds.get(name).map(String::as_str) {
+        Some("counter") => format!("{name}_total"),
+        Some("info") => format!("{name}_info"),
+        _ => name.to_owned(),
+    };
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kind = match kind {
+                "info" => "gauge",
+                "unknown" => "untyped",
+                other => other,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Every mode and the outcomes it can end in.
+const MODE_OUTCOMES: [(&str, &[&str]); 3] = [
+    ("activate", &["active", "rolled_back"]),
+    ("rollback", &["active", "rolled_back"]),
+    ("try", &["dry_run_passed", "rolled_back"]),
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SlotLabels {
@@ -83,6 +181,13 @@ impl Metrics {
         let healthy = Family::<SlotLabels, Gauge>::default();
         let flushes = Counter::default();
         let last_seq = Gauge::default();
+        registry.register(
+            "tryswap_build",
+            "The tryswap version serving these metrics",
+            prometheus_client::metrics::info::Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+        );
         registry.register(
             "tryswap_reloads",
             "Finished reloads by slot, mode, outcome and failed stage",
@@ -175,6 +280,7 @@ impl Metrics {
                     .map_or(0.0, |us| us as f64 / 1e6);
                 self.stages
                     .get_or_create(&StageLabels {
+                        slot: record.slot.to_string(),
                         stage: record.event.name().to_owned(),
                     })
                     .observe(seconds.max(0.0));
@@ -208,8 +314,13 @@ impl Metrics {
         }
     }
 
-    /// Refreshes the gauges and renders every metric as OpenMetrics text.
-    pub fn render(&self, supervisor: &Supervisor, monitor: Option<&Monitor>) -> String {
+    /// Refreshes the gauges and renders every metric in `format`.
+    pub fn render(
+        &self,
+        supervisor: &Supervisor,
+        monitor: Option<&Monitor>,
+        format: Format,
+    ) -> String {
         let journal = supervisor.journal();
         let flushes = journal.flush_count();
         let counted = self.flushes.get();
@@ -226,6 +337,18 @@ impl Metrics {
                     let labels = SlotLabels {
                         slot: slot.slot.clone(),
                     };
+                    // Counters exist from 0, so rate() and alerts see a slot at once.
+                    let _ = self.restarts.get_or_create(&labels);
+                    for (mode, outcomes) in MODE_OUTCOMES {
+                        for outcome in outcomes {
+                            let _ = self.reloads.get_or_create(&ReloadLabels {
+                                slot: slot.slot.clone(),
+                                mode: mode.to_owned(),
+                                outcome: (*outcome).to_owned(),
+                                failed_stage: String::new(),
+                            });
+                        }
+                    }
                     let (generation, up) = slot
                         .active
                         .as_ref()
@@ -257,6 +380,9 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %e, "encoding metrics");
         }
-        text
+        match format {
+            Format::OpenMetrics => text,
+            Format::Prometheus => to_prometheus_text(&text),
+        }
     }
 }

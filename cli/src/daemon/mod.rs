@@ -290,6 +290,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         state.ready.store(true, Ordering::SeqCst);
         let slots = ctx.config.slots.len();
         notify::ready(&format!("serving {slots} slot(s)"));
+        let _watchdog = notify::spawn_watchdog(state.shutdown.clone());
         tracing::info!(slots, "ready");
 
         loop {

@@ -1,4 +1,4 @@
-//! systemd `Type=notify` support: READY, RELOADING, STOPPING and STATUS messages.
+//! systemd `Type=notify` support: READY, RELOADING, STOPPING, STATUS and WATCHDOG messages.
 //!
 //! Every function is a no-op when `NOTIFY_SOCKET` is unset (not started by systemd), and a
 //! failure to notify is logged, never fatal.
@@ -30,4 +30,27 @@ pub fn reloading() {
 /// Shutdown begins: `STOPPING=1`.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// When systemd asked for a watchdog (`WatchdogSec=`), sends `WATCHDOG=1` every half
+/// period from a runtime task until `shutdown`: a daemon whose runtime hangs stops pinging
+/// and systemd restarts it. Returns the task, or `None` without a watchdog.
+pub fn spawn_watchdog(
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let period = sd_notify::watchdog_enabled()?;
+    let every = (period / 2).max(std::time::Duration::from_millis(100));
+    tracing::info!(
+        period_ms = period.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => send(&[NotifyState::Watchdog]),
+            }
+        }
+    }))
 }

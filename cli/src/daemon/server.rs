@@ -154,7 +154,9 @@ impl From<SupervisorError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "exit_code": self.exit_code});
+        let body = serde_json::json!({
+            "schema": render::SCHEMA, "error": self.message, "exit_code": self.exit_code
+        });
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -178,7 +180,7 @@ fn reply<T: Serialize>(status: StatusCode, value: &T, text: Option<String>) -> A
         )
             .into_response()),
         None => {
-            let body = serde_json::to_string(value)
+            let body = render::json_text(value)
                 .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
             Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
@@ -233,9 +235,15 @@ impl AppState {
         }
         match report.outcome {
             ConfigOutcome::RolledBack => {
-                tracing::warn!(error = ?report.error, "config reload rolled back")
+                tracing::warn!(
+                    error = report.error.as_deref().unwrap_or(""),
+                    "config reload rolled back"
+                )
             }
-            outcome => tracing::info!(?outcome, "config reload"),
+            outcome => {
+                let outcome = serde_json::to_value(outcome).unwrap_or_default();
+                tracing::info!(outcome = outcome.as_str().unwrap_or(""), "config reload")
+            }
         }
         Ok(report)
     }
@@ -328,21 +336,18 @@ async fn healthz(State(st): St) -> Response {
     (status, axum::Json(serde_json::json!({"status": state}))).into_response()
 }
 
-async fn metrics(State(st): St) -> Response {
-    let text = st.metrics.render(&st.supervisor, st.monitor.get());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+async fn metrics(State(st): St, headers: HeaderMap) -> Response {
+    let format = super::metrics::Format::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
+    let text = st.metrics.render(&st.supervisor, st.monitor.get(), format);
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
 async fn slots(State(st): St, headers: HeaderMap) -> ApiResult {
     st.ready()?;
-    let report = st.supervisor.status(None)?;
+    let report =
+        crate::operator::status(&st.supervisor, None, st.monitor.get()).map_err(ApiError::from)?;
     let text = wants_text(&headers).then(|| render::status_text(&report));
     reply(StatusCode::OK, &report, text)
 }
@@ -350,7 +355,8 @@ async fn slots(State(st): St, headers: HeaderMap) -> ApiResult {
 async fn one_slot(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
-    let report = st.supervisor.status(Some(&slot))?;
+    let report = crate::operator::status(&st.supervisor, Some(&slot), st.monitor.get())
+        .map_err(ApiError::from)?;
     if wants_text(&headers) {
         return reply(StatusCode::OK, &(), Some(render::status_text(&report)));
     }
@@ -360,23 +366,72 @@ async fn one_slot(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -
     }
 }
 
-async fn history(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+/// Query of `GET /v1/slots/{slot}/history`.
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryParams {
+    /// Only the last N reloads.
+    pub limit: Option<usize>,
+    /// Only reloads started at or after this RFC 3339 time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Text answers: the timeline chart.
+    pub timeline: Option<bool>,
+}
+
+async fn history(
+    State(st): St,
+    Path(slot): Path<String>,
+    Query(params): Query<HistoryParams>,
+    headers: HeaderMap,
+) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
-    let report = st.supervisor.history(&slot)?;
-    let text = wants_text(&headers).then(|| render::history_text(&report));
+    let query = crate::operator::HistoryQuery {
+        limit: params.limit,
+        since: params.since,
+        timeline: params.timeline.unwrap_or(false),
+    };
+    let report =
+        crate::operator::history_report(&st.supervisor, &slot, &query).map_err(ApiError::from)?;
+    let text = wants_text(&headers)
+        .then(|| crate::operator::history_text(&st.supervisor, &report, &query));
     reply(StatusCode::OK, &report, text)
+}
+
+/// Query of `POST /v1/slots/{slot}/reloads`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReloadParams {
+    /// Reload even when the candidate's artifact and config already run.
+    pub force: Option<bool>,
 }
 
 async fn reload(
     State(st): St,
     Path(slot): Path<String>,
+    Query(params): Query<ReloadParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
     let request = parse_reload_body(&body)?;
+    if let (
+        ReloadRequest::Candidate {
+            spec,
+            dry_run: false,
+        },
+        false,
+    ) = (&request, params.force.unwrap_or(false))
+    {
+        let (supervisor, spec, name) = (st.supervisor.clone(), spec.clone(), slot.clone());
+        let same = tokio::task::spawn_blocking(move || supervisor.already_active(&name, &spec))
+            .await
+            .map_err(|e| ApiError::internal(format!("slot {slot}: the check failed: {e}")))??;
+        if let Some(generation) = same {
+            let answer = crate::operator::AlreadyActive::new(&slot, generation.0);
+            let text = wants_text(&headers).then(|| answer.text());
+            return reply(StatusCode::OK, &answer, text);
+        }
+    }
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
     let task = st.tasks.spawn(async move {
@@ -517,7 +572,17 @@ pub struct EventsQuery {
     pub reload: Option<String>,
 }
 
-async fn events(State(st): St, Query(query): Query<EventsQuery>) -> Result<Response, ApiError> {
+async fn events(
+    State(st): St,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // A reconnecting EventSource resumes after the last record it saw.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|seq| seq + 1);
     if st.shutdown.is_cancelled() {
         st.ready()?;
     }
@@ -536,7 +601,7 @@ async fn events(State(st): St, Query(query): Query<EventsQuery>) -> Result<Respo
     let stream = events::stream(
         st.supervisor.clone(),
         st.monitor.get().map(Monitor::subscribe),
-        query.from,
+        query.from.or(resume),
         query.follow.unwrap_or(true),
         filter,
         st.shutdown.clone(),

@@ -1,6 +1,7 @@
 //! The supervisor: runs reloads through the state machine and the journal, holds the
 //! arc-swapped active pointer of every slot, hands out leases, retires old generations.
 
+mod already_active;
 pub mod config_reload;
 pub mod lease;
 mod pipeline;
