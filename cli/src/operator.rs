@@ -14,16 +14,21 @@ use tryswap::keepalive::{KeepAliveState, Monitor};
 use tryswap::report::{HistoryReport, StatusReport};
 use tryswap::supervisor::{Supervisor, SupervisorError};
 use tryswap_fsm::{EventKind, SlotName};
-use tryswap_journal::{Journal, Record};
+use tryswap_journal::{JournalStore, Record};
 
 use crate::args::Cli;
 use crate::{render, CliError, Context, EXIT_ERROR, EXIT_OK};
 
 /// Every record the journal holds, oldest first (unreadable ones are skipped with a
 /// warning: `journal verify` reports them).
-pub fn records(journal: &Journal) -> Vec<Record> {
+pub fn records(journal: &dyn JournalStore) -> Vec<Record> {
+    records_from(journal, 1)
+}
+
+/// The records from sequence number `from` on, oldest first, as [`records`].
+fn records_from(journal: &dyn JournalStore, from: u64) -> Vec<Record> {
     journal
-        .events(1)
+        .events(from)
         .filter_map(|r| match r {
             Ok(record) => Some(record),
             Err(e) => {
@@ -54,7 +59,8 @@ pub fn status(
     monitor: Option<&Monitor>,
 ) -> Result<StatusReport, SupervisorError> {
     let mut report = supervisor.status(only)?;
-    report.add_record_facts(&records(supervisor.journal()));
+    let from = active_since(supervisor.journal(), &report)?;
+    report.add_record_facts(&records_from(supervisor.journal(), from));
     if let Some(monitor) = monitor {
         for health in monitor.health() {
             let Some(slot) = report.slots.iter_mut().find(|s| s.slot == health.slot) else {
@@ -66,6 +72,30 @@ pub fn status(
         }
     }
     Ok(report)
+}
+
+/// The sequence number of the oldest commit among the reported slots' active generations:
+/// restarts and exits of an active generation all come after it, so `status` reads only
+/// the records since then, not the whole history.
+fn active_since(journal: &dyn JournalStore, report: &StatusReport) -> Result<u64, SupervisorError> {
+    let mut from = u64::MAX;
+    for status in report.slots.iter().filter(|s| s.active.is_some()) {
+        let Ok(name) = SlotName::new(&status.slot) else {
+            return Ok(1);
+        };
+        let Some(active) = journal.slot(&name)?.and_then(|v| v.slot.active) else {
+            continue;
+        };
+        let committed = journal.reload(&active.reload)?.and_then(|view| {
+            view.stages
+                .iter()
+                .find(|mark| mark.state == "active")
+                .map(|mark| mark.seq)
+        });
+        // A compaction may have dropped the reload's view: read everything that is left.
+        from = from.min(committed.unwrap_or(1));
+    }
+    Ok(from)
 }
 
 /// What `history` shows.
@@ -122,7 +152,7 @@ pub fn history_report(
 
 /// Crashes and stops (`✝`) and restarts (`↻`) of a slot's generations since `since`.
 fn marks(
-    journal: &Journal,
+    journal: &dyn JournalStore,
     slot: &SlotName,
     since: DateTime<Utc>,
 ) -> Vec<(DateTime<Utc>, char, String)> {
