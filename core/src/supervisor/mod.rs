@@ -1020,7 +1020,7 @@ impl Supervisor {
                 let _ = rt.driver.stop(&serving.instance).await;
             }
         }
-        if let Err(e) = self.inner.journal.flush() {
+        if let Err(e) = self.flush_off_thread().await {
             tracing::error!(error = %e, "flushing the journal at shutdown");
         }
     }

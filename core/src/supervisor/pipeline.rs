@@ -71,6 +71,18 @@ impl Supervisor {
         })
     }
 
+    /// Makes everything journaled so far durable, off the async worker threads.
+    pub(crate) async fn flush_off_thread(&self) -> Result<(), JournalError> {
+        let sup = self.clone();
+        tokio::task::spawn_blocking(move || sup.journal().flush().map(|_| ()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(JournalError::Missing(format!(
+                    "the journal writer thread failed: {e}"
+                )))
+            })
+    }
+
     /// Verifies the stored file named by `digest`, off the async worker threads.
     pub(crate) async fn verify_off_thread(
         &self,

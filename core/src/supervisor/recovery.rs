@@ -358,7 +358,7 @@ impl Supervisor {
         self.retire_former(&mut report).await?;
         self.bring_up_active(&mut report).await?;
         if self.journal().last_seq() != before {
-            self.journal().flush()?;
+            self.flush_off_thread().await?;
         }
         for action in &report.actions {
             tracing::info!(%action, "recovery");
