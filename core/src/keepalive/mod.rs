@@ -55,7 +55,7 @@ use tryswap_fsm::{Command, EventKind, Generation, ReasonKind, SlotName};
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
 use crate::driver::process::ProcessDriver;
 use crate::supervisor::{SlotRuntime, Supervisor};
-use policy::{Action, Event, Pending, Policy, Report};
+use policy::{Action, Event, Health, HealthChange, Pending, Policy, Report};
 
 mod policy;
 
@@ -785,10 +785,34 @@ async fn keep_alive(
 
 /// Periodic probe of the slot's active generation; reports threshold crossings.
 async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receiver<bool>) {
-    let mut current: Option<Generation> = None;
-    let mut healthy: Option<bool> = None;
-    let mut successes = 0u32;
-    let mut failures = 0u32;
+    let mut health = Health::default();
+    let report = |change: Option<HealthChange>| match change {
+        None => {}
+        Some(HealthChange::Reset) => shared.update(slot, |h| h.healthy = None),
+        Some(HealthChange::Healthy(generation)) => {
+            shared.update(slot, |h| h.healthy = Some(true));
+            shared.emit(
+                slot,
+                MonitorEventKind::Healthy {
+                    generation: generation.0,
+                },
+            );
+        }
+        Some(HealthChange::Unhealthy(generation, error)) => {
+            let last = error.clone();
+            shared.update(slot, |h| {
+                h.healthy = Some(false);
+                h.last_error = Some(last);
+            });
+            shared.emit(
+                slot,
+                MonitorEventKind::Unhealthy {
+                    generation: generation.0,
+                    error,
+                },
+            );
+        }
+    };
     loop {
         let Ok(rt) = shared.supervisor.runtime(slot) else {
             return;
@@ -814,20 +838,10 @@ async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receive
             .filter(|s| rt.driver.is_alive(&s.instance));
         drop(rt);
         let Some(serving) = serving else {
-            if current.take().is_some() {
-                healthy = None;
-                shared.update(slot, |h| h.healthy = None);
-            }
+            report(health.gone());
             continue;
         };
-        let generation = serving.instance.generation;
-        if current != Some(generation) {
-            current = Some(generation);
-            healthy = None;
-            successes = 0;
-            failures = 0;
-            shared.update(slot, |h| h.healthy = None);
-        }
+        report(health.probing(serving.instance.generation));
         let result = match &probe.kind {
             ProbeKind::None => Ok(()),
             kind => {
@@ -843,41 +857,7 @@ async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receive
             }
         };
         drop(serving);
-        match result {
-            Ok(()) => {
-                successes = successes.saturating_add(1);
-                failures = 0;
-                if healthy != Some(true) && successes >= probe.success_threshold {
-                    healthy = Some(true);
-                    shared.update(slot, |h| h.healthy = Some(true));
-                    shared.emit(
-                        slot,
-                        MonitorEventKind::Healthy {
-                            generation: generation.0,
-                        },
-                    );
-                }
-            }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                successes = 0;
-                if healthy != Some(false) && failures >= probe.failure_threshold {
-                    healthy = Some(false);
-                    let last = error.clone();
-                    shared.update(slot, |h| {
-                        h.healthy = Some(false);
-                        h.last_error = Some(last);
-                    });
-                    shared.emit(
-                        slot,
-                        MonitorEventKind::Unhealthy {
-                            generation: generation.0,
-                            error,
-                        },
-                    );
-                }
-            }
-        }
+        report(health.probed(result, probe.success_threshold, probe.failure_threshold));
     }
 }
 

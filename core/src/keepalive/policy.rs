@@ -434,6 +434,76 @@ impl Policy {
     }
 }
 
+/// A change of the periodic probe's verdict on the active generation.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HealthChange {
+    /// A new generation (or none): no verdict yet.
+    Reset,
+    /// The probe reached its success threshold.
+    Healthy(Generation),
+    /// The probe reached its failure threshold.
+    Unhealthy(Generation, String),
+}
+
+/// The periodic probe's thresholds for one slot: consecutive successes and failures of the
+/// current generation, and the verdict last reported.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    current: Option<Generation>,
+    healthy: Option<bool>,
+    successes: u32,
+    failures: u32,
+}
+
+impl Health {
+    /// No generation runs: forget the verdict.
+    pub(crate) fn gone(&mut self) -> Option<HealthChange> {
+        self.current.take()?;
+        self.healthy = None;
+        Some(HealthChange::Reset)
+    }
+
+    /// `generation` is about to be probed: a new one starts without a verdict.
+    pub(crate) fn probing(&mut self, generation: Generation) -> Option<HealthChange> {
+        if self.current == Some(generation) {
+            return None;
+        }
+        *self = Health {
+            current: Some(generation),
+            ..Health::default()
+        };
+        Some(HealthChange::Reset)
+    }
+
+    /// One probe result of the current generation, against the slot's thresholds.
+    pub(crate) fn probed(
+        &mut self,
+        result: Result<(), String>,
+        success_threshold: u32,
+        failure_threshold: u32,
+    ) -> Option<HealthChange> {
+        let generation = self.current?;
+        match result {
+            Ok(()) => {
+                self.successes = self.successes.saturating_add(1);
+                self.failures = 0;
+                (self.healthy != Some(true) && self.successes >= success_threshold).then(|| {
+                    self.healthy = Some(true);
+                    HealthChange::Healthy(generation)
+                })
+            }
+            Err(error) => {
+                self.failures = self.failures.saturating_add(1);
+                self.successes = 0;
+                (self.healthy != Some(false) && self.failures >= failure_threshold).then(|| {
+                    self.healthy = Some(false);
+                    HealthChange::Unhealthy(generation, error)
+                })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::ExitStatusExt;
@@ -660,5 +730,26 @@ mod tests {
                 generation: Some(G)
             })]
         );
+    }
+
+    #[test]
+    fn probe_failures_report_unhealthy_once_at_the_threshold_and_healthy_again() {
+        let mut h = Health::default();
+        assert_eq!(h.probing(G), Some(HealthChange::Reset));
+        assert_eq!(h.probed(Ok(()), 1, 3), Some(HealthChange::Healthy(G)));
+        assert_eq!(h.probed(Ok(()), 1, 3), None, "reported once");
+        assert_eq!(h.probed(Err("refused".into()), 1, 3), None);
+        assert_eq!(h.probed(Err("refused".into()), 1, 3), None);
+        assert_eq!(
+            h.probed(Err("refused".into()), 1, 3),
+            Some(HealthChange::Unhealthy(G, "refused".into()))
+        );
+        assert_eq!(h.probed(Err("refused".into()), 1, 3), None, "reported once");
+        assert_eq!(h.probed(Ok(()), 1, 3), Some(HealthChange::Healthy(G)));
+        // A new generation starts without a verdict; none running forgets it.
+        assert_eq!(h.probing(Generation(5)), Some(HealthChange::Reset));
+        assert_eq!(h.probing(Generation(5)), None);
+        assert_eq!(h.gone(), Some(HealthChange::Reset));
+        assert_eq!(h.gone(), None);
     }
 }
