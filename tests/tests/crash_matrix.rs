@@ -256,6 +256,7 @@ async fn run_matrix(name: &str, cases: &[Case]) {
 }
 
 const BEFORE_COMMIT: &[Case] = &[
+    case("slot-before-lock", Scenario::Activate, false),
     case("reload-before-staged", Scenario::Activate, false),
     case("reload-after-staged", Scenario::Activate, false),
     case("reload-after-spawn", Scenario::Activate, false),

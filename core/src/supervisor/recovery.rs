@@ -79,6 +79,7 @@ pub const FAILPOINTS: &[&str] = &[
     "config-before-commit",
     "config-after-commit",
     "config-after-swap",
+    "slot-before-lock",
 ];
 
 /// Arms the failpoints named in `TRYSWAP_FAILPOINTS` (crash tests). Each entry is

@@ -321,18 +321,13 @@ impl Driver for ProcessDriver {
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError> {
         let (spec, stdout_path) = self.spec(request)?;
         // Opening the logs, fork/exec and the ETXTBSY retries block: off the async workers.
-        let spawning = spec.clone();
-        let spawned = tokio::task::spawn_blocking(move || os::spawn(&spawning))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(|e| {
-                DriverError::error(format!(
-                    "slot {}: could not start {}: {e}",
-                    request.slot,
-                    spec.program.display()
-                ))
-            })?;
+        let spawned = crate::blocking::off_worker(|| os::spawn(&spec)).map_err(|e| {
+            DriverError::error(format!(
+                "slot {}: could not start {}: {e}",
+                request.slot,
+                spec.program.display()
+            ))
+        })?;
         Ok(Instance {
             slot: request.slot.clone(),
             generation: request.generation,
