@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod admin_body;
+mod blocking;
 pub mod config;
 pub mod driver;
 pub mod keepalive;

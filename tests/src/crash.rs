@@ -398,9 +398,65 @@ pub async fn assert_recovered(
     crashed: Option<&str>,
     what: &str,
 ) -> Recovered {
+    let crashed: Vec<&str> = crashed.into_iter().collect();
+    let mut recovered = assert_all_recovered(h, std::slice::from_ref(expect), &crashed, what).await;
+    recovered.remove(0)
+}
+
+/// [`assert_recovered`] for several slots at once: each as expected, and the active
+/// processes of `expects` the only ones running from the test's directory.
+pub async fn assert_all_recovered(
+    h: &Harness,
+    expects: &[Expect],
+    crashed: &[&str],
+    what: &str,
+) -> Vec<Recovered> {
     let status = tryswap_env(h, &["--json", "status"], &[]);
     assert_eq!(status.code(), Some(0), "{what}: status failed: {status:?}");
     let status = status.json();
+    let mut recovered = Vec::with_capacity(expects.len());
+    for expect in expects {
+        recovered.push(assert_slot_recovered(&status, expect, what).await);
+    }
+    let actives: Vec<u32> = recovered.iter().map(|r| r.pid).collect();
+
+    let mut others = Vec::new();
+    let only_actives = wait_until(Duration::from_secs(3), || {
+        others = h
+            .state
+            .processes()
+            .into_iter()
+            .filter(|p| !actives.contains(p))
+            .collect();
+        others.is_empty()
+    });
+    assert!(
+        only_actives,
+        "{what}: processes besides the active ones (pids {actives:?}) survive: {others:?}"
+    );
+    for id in crashed {
+        let tagged: Vec<u32> = tagged_pids(id)
+            .into_iter()
+            .filter(|p| !actives.contains(p))
+            .collect();
+        assert!(
+            tagged.is_empty(),
+            "{what}: processes tagged with reload {id} survive: {tagged:?}"
+        );
+    }
+
+    let again = recover(h);
+    assert!(
+        again.iter().all(|a| a["action"] == "reattached"),
+        "{what}: a second recovery did more than reattach: {again:?}"
+    );
+    let verify = tryswap_env(h, &["journal", "verify"], &[]);
+    assert_eq!(verify.code(), Some(0), "{what}: journal verify: {verify:?}");
+    recovered
+}
+
+/// Checks one slot of a `status` document against `expect` and calls its generation.
+async fn assert_slot_recovered(status: &Value, expect: &Expect, what: &str) -> Recovered {
     let slot = status["slots"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["slot"] == expect.slot.as_str()))
@@ -431,36 +487,6 @@ pub async fn assert_recovered(
         reply.message, expect.message,
         "{what}: wrong generation answers"
     );
-
-    let mut others = Vec::new();
-    let only_one = wait_until(Duration::from_secs(3), || {
-        others = h
-            .state
-            .processes()
-            .into_iter()
-            .filter(|&p| p != pid)
-            .collect();
-        others.is_empty()
-    });
-    assert!(
-        only_one,
-        "{what}: processes besides the active one (pid {pid}) survive: {others:?}"
-    );
-    if let Some(id) = crashed {
-        let tagged: Vec<u32> = tagged_pids(id).into_iter().filter(|&p| p != pid).collect();
-        assert!(
-            tagged.is_empty(),
-            "{what}: processes tagged with reload {id} survive: {tagged:?}"
-        );
-    }
-
-    let again = recover(h);
-    assert!(
-        again.iter().all(|a| a["action"] == "reattached"),
-        "{what}: a second recovery did more than reattach: {again:?}"
-    );
-    let verify = tryswap_env(h, &["journal", "verify"], &[]);
-    assert_eq!(verify.code(), Some(0), "{what}: journal verify: {verify:?}");
     Recovered {
         generation: expect.generation,
         pid,

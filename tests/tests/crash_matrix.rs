@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use tryswap_tests::crash::{
-    assert_recovered, describe_actions, journal_records, kill_and_wait, last_seq, recover,
-    reload_args, tryswap_killed_at, CrashFacts, Expect,
+    assert_all_recovered, assert_recovered, describe_actions, journal_records, kill_and_wait,
+    last_seq, recover, reload_args, tryswap_killed_at, CrashFacts, Expect,
 };
 use tryswap_tests::harness::{Harness, SlotSpec};
 use tryswap_tests::FixtureConfig;
@@ -256,6 +256,7 @@ async fn run_matrix(name: &str, cases: &[Case]) {
 }
 
 const BEFORE_COMMIT: &[Case] = &[
+    case("slot-before-lock", Scenario::Activate, false),
     case("reload-before-staged", Scenario::Activate, false),
     case("reload-after-staged", Scenario::Activate, false),
     case("reload-after-spawn", Scenario::Activate, false),
@@ -332,6 +333,102 @@ async fn a_crash_during_recovery_is_recovered_by_the_next_one() {
     run_matrix("during_recovery", DURING_RECOVERY).await;
 }
 
+/// The `reload-config` family: `tryswap serve` killed at each failpoint of a config reload
+/// that changes both slots, then `recover`: a config reload commits every changed slot or
+/// none (never half of it), and leaves no candidate behind.
+const RELOAD_CONFIG: &[(&str, bool)] = &[
+    ("config-after-staged", false),
+    ("config-after-spawn", false),
+    ("config-after-launched", false),
+    ("config-after-validated", false),
+    ("config-after-probed", false),
+    ("config-before-commit", false),
+    ("config-after-commit", true),
+    ("config-after-swap", true),
+];
+
+async fn run_config_case(point: &str, commits: bool) {
+    use std::time::Duration;
+    use tryswap_tests::daemon::Daemon;
+    let what = format!("{point} (reload-config changing slots a and b)");
+    let h = Harness::new(&[SlotSpec::new("a"), SlotSpec::new("b")]);
+    let mut before = Vec::new();
+    for name in ["a", "b"] {
+        let cfg = h.fixture_config(name, &FixtureConfig::with_message(name));
+        assert_eq!(h.activate(name, &cfg).code, 0, "{what}: activating {name}");
+        let (generation, pid, _) = h.active(name).expect("active");
+        before.push((name, generation, pid));
+    }
+    let since = last_seq(&h);
+    let spec = format!("{point}=kill");
+    let mut daemon = Daemon::start_with(&h, &[], &[("TRYSWAP_FAILPOINTS", &spec)]);
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        text.replace("drain_timeout = \"2s\"", "drain_timeout = \"3s\""),
+    )
+    .unwrap();
+    let run = h.tryswap(&["reload-config"]);
+    let status = daemon.wait(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+        Some(9),
+        "{what}: the daemon was not killed at {point}: {run:?}\n{}",
+        daemon.log()
+    );
+
+    // What the journal says: the config reload's reloads all committed, or none did.
+    let records = journal_records(&h);
+    let staged: Vec<_> = records
+        .iter()
+        .filter(|r| r.seq > since && r.event == "Staged")
+        .collect();
+    let committed = staged
+        .iter()
+        .filter(|s| {
+            records
+                .iter()
+                .any(|r| r.reload == s.reload && r.event == "Activated")
+        })
+        .count();
+    let expected_commits = if commits { 2 } else { 0 };
+    assert_eq!(
+        committed,
+        expected_commits,
+        "{what}: {committed} of {} config-reload candidates committed",
+        staged.len()
+    );
+    recover(&h);
+    let crashed: Vec<&str> = staged.iter().map(|r| r.reload.as_str()).collect();
+    let expects: Vec<Expect> = before
+        .iter()
+        .map(|(name, generation, pid)| Expect {
+            slot: (*name).to_owned(),
+            generation: if commits { generation + 1 } else { *generation },
+            pid: (!commits).then_some(*pid),
+            message: (*name).to_owned(),
+        })
+        .collect();
+    assert_all_recovered(&h, &expects, &crashed, &what).await;
+    for (_, _, pid) in &before {
+        if commits {
+            assert!(
+                !tryswap_tests::pid_alive(*pid),
+                "{what}: the former generation (pid {pid}) survived"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_crash_during_a_config_reload_commits_every_changed_slot_or_none() {
+    for (point, commits) in RELOAD_CONFIG {
+        let started = std::time::Instant::now();
+        run_config_case(point, *commits).await;
+        println!("{point}: ok ({:?})", started.elapsed());
+    }
+}
+
 #[test]
 fn the_matrix_covers_every_failpoint() {
     let covered: Vec<&str> = [
@@ -342,6 +439,7 @@ fn the_matrix_covers_every_failpoint() {
     ]
     .iter()
     .flat_map(|cases| cases.iter().map(|c| c.point))
+    .chain(RELOAD_CONFIG.iter().map(|(point, _)| *point))
     .collect();
     for point in tryswap::supervisor::recovery::FAILPOINTS {
         assert!(

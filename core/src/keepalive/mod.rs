@@ -30,6 +30,12 @@
 //! - **After a restart of the host.** A slot whose last journaled `Stopped` (within the
 //!   journal's recent tail) was a crash rather than an operator stop is restarted too.
 //!
+//! The decisions (crash → backoff → restart, failing after N, a stop cancels a pending
+//! restart, stability) are a pure per-slot policy (`keepalive/policy.rs`: `handle(event,
+//! now) -> actions`, unit-tested on explicit time); this module is its executor: it reads
+//! the journal and the driver, takes the slot's lock, journals, restarts through the
+//! supervisor's launch pipeline, and reports.
+//!
 //! Everything runs on tokio tasks; [`Monitor::shutdown`] stops them (a restart already under
 //! way finishes first, so no launched process is left unjournaled).
 
@@ -44,11 +50,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tryswap_fsm::{Command, EventKind, Generation, Reason, ReasonKind, SlotName};
+use tryswap_fsm::{Command, EventKind, Generation, ReasonKind, SlotName};
 
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
 use crate::driver::process::ProcessDriver;
 use crate::supervisor::{SlotRuntime, Supervisor};
+use policy::{Action, Event, Health, HealthChange, Pending, Policy, Report};
+
+mod policy;
 
 /// How many of the journal's last records are read at start to tell a crashed slot from
 /// one an operator stopped.
@@ -505,125 +514,105 @@ fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> bool {
     }
 }
 
-fn backoff(restart: &RestartConfig, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(20);
-    restart
-        .backoff_initial
-        .saturating_mul(1u32 << doublings)
-        .min(restart.backoff_max)
-}
-
-/// A restart the keep-alive waits to make.
-struct Pending {
-    generation: Generation,
-    due: Instant,
-    stop_epoch: u64,
-    attempt: u32,
-}
-
-/// Per-slot keep-alive loop state.
+/// The executor of one slot's keep-alive [`Policy`]: reads the journal and the driver,
+/// feeds what it saw to the policy, and performs the actions (under the slot's lock where
+/// they touch the slot).
 struct KeepAlive<'a> {
     shared: &'a Shared,
     slot: &'a SlotName,
-    failures: u32,
-    pending: Option<Pending>,
-    up_since: Option<(Generation, Instant)>,
-    crashed_before: Option<Generation>,
+    policy: Policy,
 }
 
 impl KeepAlive<'_> {
-    fn state_now(&self) -> KeepAliveState {
-        if self.failures >= self.shared.options.failing_after {
-            KeepAliveState::Failing
-        } else if self.pending.is_some() {
-            KeepAliveState::Restarting
-        } else {
-            KeepAliveState::Running
+    fn handle(&mut self, event: Event<'_>) -> Vec<Action> {
+        self.policy.handle(event, Instant::now())
+    }
+
+    /// Performs what does not need the slot: reports and events. Returns the rest.
+    fn report(&self, actions: Vec<Action>) -> Vec<Action> {
+        let mut rest = Vec::new();
+        for action in actions {
+            match action {
+                Action::Emit(kind) => self.shared.emit(self.slot, kind),
+                Action::Report(report) => self.apply(report),
+                other => rest.push(other),
+            }
         }
+        rest
     }
 
-    fn schedule(&mut self, restart: &RestartConfig, generation: Generation, attempt: u32) {
-        let delay = backoff(restart, self.failures.max(1));
-        self.pending = Some(Pending {
-            generation,
-            due: Instant::now() + delay,
-            stop_epoch: self.shared.supervisor.stop_epoch(self.slot),
-            attempt,
-        });
-        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        let state = self.state_now();
-        self.shared.update(self.slot, |h| {
-            h.state = state;
-            h.next_restart_at = Some(due);
-            h.consecutive_failures = self.failures;
-        });
-        self.shared.emit(
-            self.slot,
-            MonitorEventKind::RestartScheduled {
-                generation: generation.0,
-                attempt,
-                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            },
-        );
-    }
-
-    /// Counts a crash or failed restart; reports the slot failing when it crosses the
-    /// threshold.
-    fn failed(&mut self, generation: Generation, error: String) {
-        self.failures = self.failures.saturating_add(1);
-        let failures = self.failures;
-        self.shared.update(self.slot, |h| {
-            h.consecutive_failures = failures;
-            h.last_error = Some(error);
-        });
-        if failures == self.shared.options.failing_after {
-            self.shared.emit(
-                self.slot,
-                MonitorEventKind::Failing {
-                    generation: generation.0,
-                    consecutive_failures: failures,
-                },
-            );
+    fn apply(&self, report: Report) {
+        if matches!(report, Report::Restarted { .. }) {
+            self.shared.restarts_total.fetch_add(1, Ordering::SeqCst);
         }
+        self.shared.update(self.slot, |h| match report {
+            Report::Idle => {
+                h.state = KeepAliveState::Idle;
+                h.generation = None;
+                h.pid = None;
+            }
+            Report::Running {
+                state,
+                generation,
+                pid,
+                failures,
+            } => {
+                h.state = state;
+                h.generation = Some(generation.0);
+                h.pid = pid;
+                h.next_restart_at = None;
+                h.consecutive_failures = failures;
+            }
+            Report::Stopped { generation } => {
+                h.state = KeepAliveState::Stopped;
+                if let Some(generation) = generation {
+                    h.generation = Some(generation.0);
+                }
+                h.next_restart_at = None;
+            }
+            Report::Scheduled {
+                state,
+                delay,
+                failures,
+            } => {
+                h.state = state;
+                h.next_restart_at =
+                    Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+                h.consecutive_failures = failures;
+            }
+            Report::Failed { failures, error } => {
+                h.consecutive_failures = failures;
+                h.last_error = Some(error);
+            }
+            Report::Restarted { state, pid } => {
+                h.restarts += 1;
+                h.state = state;
+                h.pid = pid;
+                h.next_restart_at = None;
+            }
+        });
     }
 
-    /// The active generation runs: track how long, reset the backoff once it is stable.
-    fn running(&mut self, facts: &tryswap_fsm::Instance) {
-        self.pending = None;
-        let now = Instant::now();
-        match self.up_since {
-            Some((g, since)) if g == facts.generation => {
-                if self.failures > 0
-                    && now.duration_since(since) >= self.shared.options.stable_after
-                {
-                    let was_failing = self.failures >= self.shared.options.failing_after;
-                    self.failures = 0;
-                    if was_failing {
-                        self.shared.emit(
-                            self.slot,
-                            MonitorEventKind::Stable {
-                                generation: facts.generation.0,
-                            },
-                        );
+    /// Performs actions: reports, events, and restarts (which feed the policy again).
+    async fn perform(&mut self, actions: Vec<Action>, stop: &watch::Receiver<bool>) {
+        let mut queue = actions;
+        while !queue.is_empty() {
+            let mut next = Vec::new();
+            for action in self.report(std::mem::take(&mut queue)) {
+                match action {
+                    Action::Restart(pending) => next.extend(self.restart(pending, stop).await),
+                    other => {
+                        tracing::error!(slot = %self.slot, action = ?other, "keep-alive: an action out of place");
                     }
                 }
             }
-            _ => self.up_since = Some((facts.generation, now)),
+            queue = next;
         }
-        let state = self.state_now();
-        let failures = self.failures;
-        self.shared.update(self.slot, |h| {
-            h.state = state;
-            h.generation = Some(facts.generation.0);
-            h.pid = facts.process.as_ref().map(|p| p.pid);
-            h.next_restart_at = None;
-            h.consecutive_failures = failures;
-        });
     }
 
-    /// The journal says the active generation runs, but it does not: journal the crash
-    /// and schedule a restart per the policy. Runs under the slot's lock.
-    async fn crashed(&mut self, restart: Option<&RestartConfig>) {
+    /// The journal says the active generation runs, but it does not: confirm it under the
+    /// slot's lock, then let the policy decide, and journal the crash.
+    async fn crashed(&mut self, restart: Option<&RestartConfig>, stop: &watch::Receiver<bool>) {
         let sup = &self.shared.supervisor;
         let Ok(rt) = sup.runtime(self.slot) else {
             return;
@@ -649,91 +638,56 @@ impl KeepAlive<'_> {
             return;
         }
         let generation = facts.generation;
-        let pid = facts.process.as_ref().map(|p| p.pid);
         let serving = rt
             .active
             .load_full()
             .filter(|s| s.instance.generation == generation);
-        let status = serving
+        let exit = serving
             .as_ref()
             .and_then(|s| ProcessDriver::exit_status(&s.instance));
-        let exit = status.map_or_else(|| "exit status unknown".to_owned(), |s| s.to_string());
-        let failed = status.is_none_or(|s| !s.success());
-        let policy = restart.map(|r| r.policy);
-        let restarts = match policy {
-            None | Some(RestartPolicy::Never) => false,
-            Some(RestartPolicy::Always) => true,
-            Some(RestartPolicy::OnFailure) => failed,
-        };
-        let pid_text = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
-        let reason = if failed {
-            Reason::error(format!(
-                "generation {generation}{pid_text} exited unexpectedly: {exit}"
-            ))
-        } else if restarts {
-            Reason::error(format!(
-                "generation {generation}{pid_text} exited ({exit}); restart policy always"
-            ))
-        } else {
-            Reason::cancelled(format!(
-                "generation {generation}{pid_text} exited ({exit}); restart policy {} does not restart it",
-                policy.unwrap_or(RestartPolicy::Never).name()
-            ))
-        };
-        let message = reason.message.clone();
-        if let Some(serving) = serving {
-            rt.active.store(None);
-            // Reap what the dead leader left behind in its group or tagged with its reload.
-            if let Err(e) = rt.driver.stop(&serving.instance).await {
-                tracing::warn!(slot = %self.slot, error = %e, "cleaning up after a crashed plugin");
-            }
-        }
-        if let Err(e) = sup.record(&Command::Stop {
-            slot: self.slot.clone(),
+        let actions = self.handle(Event::Crashed {
             generation,
-            reason,
-        }) {
-            tracing::error!(slot = %self.slot, error = %e, "journaling a crash");
-        }
-        self.up_since = None;
-        self.shared.emit(
-            self.slot,
-            MonitorEventKind::Crashed {
-                generation: generation.0,
-                pid,
-                exit,
-                restart: restarts,
-            },
-        );
-        self.failed(generation, message);
-        match restart.filter(|_| restarts) {
-            Some(restart) => self.schedule(restart, generation, 1),
-            None => {
-                self.pending = None;
-                self.shared.update(self.slot, |h| {
-                    h.state = KeepAliveState::Stopped;
-                    h.next_restart_at = None;
-                });
+            pid: facts.process.as_ref().map(|p| p.pid),
+            exit,
+            restart,
+            stop_epoch: sup.stop_epoch(self.slot),
+        });
+        let mut rest = Vec::new();
+        for action in actions {
+            let Action::JournalCrash { generation, reason } = action else {
+                rest.push(action);
+                continue;
+            };
+            if let Some(serving) = &serving {
+                rt.active.store(None);
+                // Reap what the dead leader left behind in its group or tagged with its reload.
+                if let Err(e) = rt.driver.stop(&serving.instance).await {
+                    tracing::warn!(slot = %self.slot, error = %e, "cleaning up after a crashed plugin");
+                }
+            }
+            if let Err(e) = sup.record(&Command::Stop {
+                slot: self.slot.clone(),
+                generation,
+                reason,
+            }) {
+                tracing::error!(slot = %self.slot, error = %e, "journaling a crash");
             }
         }
+        self.perform(rest, stop).await;
     }
 
-    /// A scheduled restart is due: relaunch the generation from the store. Runs under the
-    /// slot's lock.
-    async fn restart(&mut self, restart: &RestartConfig, stop: &watch::Receiver<bool>) {
+    /// A scheduled restart is due: relaunch the generation from the store under the slot's
+    /// lock. Returns what the policy makes of the result.
+    async fn restart(&mut self, pending: Pending, stop: &watch::Receiver<bool>) -> Vec<Action> {
         let sup = &self.shared.supervisor;
-        let Some(pending) = self.pending.take() else {
-            return;
-        };
         let Ok(rt) = sup.runtime(self.slot) else {
-            return;
+            return Vec::new();
         };
         let Ok(_busy) = Arc::clone(&rt.busy).try_lock_owned() else {
-            self.pending = Some(pending); // busy: try again next tick
-            return;
+            return self.handle(Event::RestartDeferred(pending)); // busy: next tick
         };
         let Ok(rt) = sup.runtime(self.slot) else {
-            return;
+            return Vec::new();
         };
         let still_down = match sup.journal().slot(self.slot) {
             Ok(view) => view
@@ -741,95 +695,27 @@ impl KeepAlive<'_> {
                 .is_some_and(|f| f.generation == pending.generation && !f.running),
             Err(e) => {
                 tracing::error!(slot = %self.slot, error = %e, "keep-alive: reading the journal");
-                self.pending = Some(pending);
-                return;
+                return self.handle(Event::RestartDeferred(pending));
             }
         };
         if !still_down || sup.stop_epoch(self.slot) != pending.stop_epoch || *stop.borrow() {
-            return;
+            return Vec::new();
         }
+        let restart = rt.config.as_ref().map(|c| c.restart.clone());
         match sup.start_locked(&rt).await {
-            Ok(generation) => {
+            Ok(_) => {
                 let pid = rt.active.load_full().and_then(|s| s.instance.pid());
-                self.shared.restarts_total.fetch_add(1, Ordering::SeqCst);
-                self.up_since = Some((generation, Instant::now()));
-                let state = self.state_now();
-                self.shared.update(self.slot, |h| {
-                    h.restarts += 1;
-                    h.state = state;
-                    h.pid = pid;
-                    h.next_restart_at = None;
-                });
-                self.shared.emit(
-                    self.slot,
-                    MonitorEventKind::Restarted {
-                        generation: generation.0,
-                        pid,
-                        attempt: pending.attempt,
-                    },
-                );
+                self.handle(Event::Restarted { pending, pid })
             }
-            Err(e) => {
-                let error = e.to_string();
-                self.shared.emit(
-                    self.slot,
-                    MonitorEventKind::RestartFailed {
-                        generation: pending.generation.0,
-                        attempt: pending.attempt,
-                        error: error.clone(),
-                    },
-                );
-                self.failed(pending.generation, error);
-                self.schedule(restart, pending.generation, pending.attempt + 1);
-            }
-        }
-    }
-
-    /// The active generation is recorded as not running.
-    async fn down(
-        &mut self,
-        facts: &tryswap_fsm::Instance,
-        restart: Option<&RestartConfig>,
-        stop: &watch::Receiver<bool>,
-    ) {
-        self.up_since = None;
-        let sup = &self.shared.supervisor;
-        let restart = restart.filter(|r| r.policy != RestartPolicy::Never);
-        if self.pending.is_none() {
-            // Crashed before this monitor started (e.g. a relaunch on recovery failed)?
-            let crashed = self.crashed_before.take() == Some(facts.generation);
-            match restart.filter(|_| crashed) {
-                Some(restart) => {
-                    self.failures = self.failures.max(1);
-                    self.schedule(restart, facts.generation, 1);
-                }
-                None => {
-                    self.shared.update(self.slot, |h| {
-                        h.state = KeepAliveState::Stopped;
-                        h.generation = Some(facts.generation.0);
-                        h.next_restart_at = None;
-                    });
-                }
-            }
-            return;
-        }
-        let superseded = self.pending.as_ref().is_some_and(|p| {
-            p.generation != facts.generation || p.stop_epoch != sup.stop_epoch(self.slot)
-        });
-        let Some(restart) = restart.filter(|_| !superseded) else {
-            self.pending = None;
-            self.shared.update(self.slot, |h| {
-                h.state = KeepAliveState::Stopped;
-                h.next_restart_at = None;
-            });
-            return;
-        };
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| Instant::now() >= p.due)
-        {
-            self.restart(restart, stop).await;
+            Err(e) => match &restart {
+                Some(restart) => self.handle(Event::RestartFailed {
+                    pending,
+                    error: e.to_string(),
+                    restart,
+                    stop_epoch: sup.stop_epoch(self.slot),
+                }),
+                None => Vec::new(),
+            },
         }
     }
 }
@@ -843,10 +729,11 @@ async fn keep_alive(
     let mut ka = KeepAlive {
         shared,
         slot,
-        failures: 0,
-        pending: None,
-        up_since: None,
-        crashed_before,
+        policy: Policy::new(
+            shared.options.stable_after,
+            shared.options.failing_after,
+            crashed_before,
+        ),
     };
     loop {
         if stopped_during(&mut stop, shared.options.poll_interval).await {
@@ -869,35 +756,63 @@ async fn keep_alive(
                 continue;
             }
         };
-        let Some(facts) = facts else {
-            ka.pending = None;
-            shared.update(slot, |h| {
-                h.state = KeepAliveState::Idle;
-                h.generation = None;
-                h.pid = None;
-            });
-            continue;
-        };
-        if facts.running {
-            if active_alive(&rt, &facts) {
-                ka.running(&facts);
-            } else {
-                drop(rt);
-                ka.crashed(restart.as_ref()).await;
+        let actions = match facts {
+            None => ka.handle(Event::NoActive),
+            Some(facts) if facts.running => {
+                if active_alive(&rt, &facts) {
+                    ka.handle(Event::Running {
+                        generation: facts.generation,
+                        pid: facts.process.as_ref().map(|p| p.pid),
+                    })
+                } else {
+                    drop(rt);
+                    ka.crashed(restart.as_ref(), &stop).await;
+                    continue;
+                }
             }
-        } else {
-            drop(rt);
-            ka.down(&facts, restart.as_ref(), &stop).await;
-        }
+            Some(facts) => {
+                drop(rt);
+                ka.handle(Event::Down {
+                    generation: facts.generation,
+                    restart: restart.as_ref(),
+                    stop_epoch: shared.supervisor.stop_epoch(slot),
+                })
+            }
+        };
+        ka.perform(actions, &stop).await;
     }
 }
 
 /// Periodic probe of the slot's active generation; reports threshold crossings.
 async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receiver<bool>) {
-    let mut current: Option<Generation> = None;
-    let mut healthy: Option<bool> = None;
-    let mut successes = 0u32;
-    let mut failures = 0u32;
+    let mut health = Health::default();
+    let report = |change: Option<HealthChange>| match change {
+        None => {}
+        Some(HealthChange::Reset) => shared.update(slot, |h| h.healthy = None),
+        Some(HealthChange::Healthy(generation)) => {
+            shared.update(slot, |h| h.healthy = Some(true));
+            shared.emit(
+                slot,
+                MonitorEventKind::Healthy {
+                    generation: generation.0,
+                },
+            );
+        }
+        Some(HealthChange::Unhealthy(generation, error)) => {
+            let last = error.clone();
+            shared.update(slot, |h| {
+                h.healthy = Some(false);
+                h.last_error = Some(last);
+            });
+            shared.emit(
+                slot,
+                MonitorEventKind::Unhealthy {
+                    generation: generation.0,
+                    error,
+                },
+            );
+        }
+    };
     loop {
         let Ok(rt) = shared.supervisor.runtime(slot) else {
             return;
@@ -923,20 +838,10 @@ async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receive
             .filter(|s| rt.driver.is_alive(&s.instance));
         drop(rt);
         let Some(serving) = serving else {
-            if current.take().is_some() {
-                healthy = None;
-                shared.update(slot, |h| h.healthy = None);
-            }
+            report(health.gone());
             continue;
         };
-        let generation = serving.instance.generation;
-        if current != Some(generation) {
-            current = Some(generation);
-            healthy = None;
-            successes = 0;
-            failures = 0;
-            shared.update(slot, |h| h.healthy = None);
-        }
+        report(health.probing(serving.instance.generation));
         let result = match &probe.kind {
             ProbeKind::None => Ok(()),
             kind => {
@@ -952,64 +857,13 @@ async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receive
             }
         };
         drop(serving);
-        match result {
-            Ok(()) => {
-                successes = successes.saturating_add(1);
-                failures = 0;
-                if healthy != Some(true) && successes >= probe.success_threshold {
-                    healthy = Some(true);
-                    shared.update(slot, |h| h.healthy = Some(true));
-                    shared.emit(
-                        slot,
-                        MonitorEventKind::Healthy {
-                            generation: generation.0,
-                        },
-                    );
-                }
-            }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                successes = 0;
-                if healthy != Some(false) && failures >= probe.failure_threshold {
-                    healthy = Some(false);
-                    let last = error.clone();
-                    shared.update(slot, |h| {
-                        h.healthy = Some(false);
-                        h.last_error = Some(last);
-                    });
-                    shared.emit(
-                        slot,
-                        MonitorEventKind::Unhealthy {
-                            generation: generation.0,
-                            error,
-                        },
-                    );
-                }
-            }
-        }
+        report(health.probed(result, probe.success_threshold, probe.failure_threshold));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn restart(initial_ms: u64, max_ms: u64) -> RestartConfig {
-        RestartConfig {
-            policy: RestartPolicy::OnFailure,
-            backoff_initial: Duration::from_millis(initial_ms),
-            backoff_max: Duration::from_millis(max_ms),
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_from_the_initial_delay_and_caps_at_the_maximum() {
-        let r = restart(200, 1500);
-        let delays: Vec<u128> = (1..=7).map(|n| backoff(&r, n).as_millis()).collect();
-        assert_eq!(delays, [200, 400, 800, 1500, 1500, 1500, 1500]);
-        assert_eq!(backoff(&r, 0).as_millis(), 200);
-        assert_eq!(backoff(&r, u32::MAX).as_millis(), 1500);
-    }
 
     #[test]
     fn events_serialize_with_the_slot_time_and_an_inline_kind() {

@@ -128,6 +128,9 @@ pub enum SupervisorError {
     },
 }
 
+/// A slot's runtime with its lock held.
+pub(crate) type LockedSlot = (Arc<SlotRuntime>, tokio::sync::OwnedMutexGuard<()>);
+
 pub(crate) struct SlotRuntime {
     pub(crate) name: SlotName,
     pub(crate) driver: Arc<dyn Driver>,
@@ -327,6 +330,23 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::UnknownSlot(slot.clone()))
     }
 
+    /// Takes the slot's lock without waiting (`None`: it is held) and returns the runtime
+    /// registered *now*: a config reload may have replaced the runtime between the lookup
+    /// and the lock (it hands its lock on to the new runtime).
+    pub(crate) fn lock_slot(&self, slot: &SlotName) -> Result<Option<LockedSlot>, SupervisorError> {
+        let looked_up = self.runtime(slot)?;
+        failpoint!("slot-before-lock");
+        let Ok(guard) = Arc::clone(&looked_up.busy).try_lock_owned() else {
+            return Ok(None);
+        };
+        let rt = self.runtime(slot)?;
+        if !Arc::ptr_eq(&rt.busy, &looked_up.busy) {
+            // The slot was removed and added again meanwhile: its new lock is not ours.
+            return Ok(None);
+        }
+        Ok(Some((rt, guard)))
+    }
+
     pub(crate) fn runtimes(&self) -> Vec<Arc<SlotRuntime>> {
         let slots = self.inner.slots.read().unwrap_or_else(|e| e.into_inner());
         slots.values().cloned().collect()
@@ -492,7 +512,7 @@ impl Supervisor {
             }
         }
         let started = Utc::now();
-        let Ok(_busy) = rt.busy.try_lock() else {
+        let Some((rt, _busy)) = self.lock_slot(slot)? else {
             let in_flight = self
                 .inner
                 .journal
@@ -635,15 +655,10 @@ impl Supervisor {
         }
 
         // Staged: the artifact is in the store and the reload is durable before any spawn.
-        // Copying and hashing run off the async worker threads.
-        let staging = {
-            let (sup, name, needs_executable) = (self.clone(), slot.clone(), rt.needs_executable);
-            tokio::task::spawn_blocking(move || {
-                sup.stage_artifact(&name, needs_executable, mode, candidate.as_ref())
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the staging thread failed: {e}")))
-        };
+        // Copying and hashing block: without stalling the async worker.
+        let staging = crate::blocking::off_worker(|| {
+            self.stage_artifact(slot, rt.needs_executable, mode, candidate.as_ref())
+        });
         let artifact = match staging {
             Ok(artifact) => artifact,
             Err(message) => {
@@ -934,8 +949,7 @@ impl Supervisor {
     /// (Re)launches the slot's active generation from the store if it does not run.
     /// Returns the generation now running.
     pub async fn start(&self, slot: &SlotName) -> Result<Generation, SupervisorError> {
-        let rt = self.runtime(slot)?;
-        let Ok(_busy) = rt.busy.try_lock() else {
+        let Some((rt, _busy)) = self.lock_slot(slot)? else {
             return Err(SupervisorError::Conflict {
                 slot: slot.clone(),
                 in_flight: None,
@@ -993,8 +1007,7 @@ impl Supervisor {
     /// Stops the slot's active generation (after draining its leases). The active marker
     /// stays; `start` brings it back.
     pub async fn stop(&self, slot: &SlotName) -> Result<Option<Generation>, SupervisorError> {
-        let rt = self.runtime(slot)?;
-        let Ok(_busy) = rt.busy.try_lock() else {
+        let Some((rt, _busy)) = self.lock_slot(slot)? else {
             return Err(SupervisorError::Conflict {
                 slot: slot.clone(),
                 in_flight: None,
@@ -1043,7 +1056,7 @@ impl Supervisor {
                 let _ = rt.driver.stop(&serving.instance).await;
             }
         }
-        if let Err(e) = self.inner.journal.flush() {
+        if let Err(e) = self.flush_off_thread().await {
             tracing::error!(error = %e, "flushing the journal at shutdown");
         }
     }

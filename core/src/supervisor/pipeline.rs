@@ -6,6 +6,7 @@
 use tryswap_fsm::{Cause, Command, Effect, Failure, Input, Pipeline, Plan, Reason, Verdict};
 use tryswap_journal::{JournalError, Record};
 
+use crate::blocking::off_worker;
 use crate::driver::{Driver, DriverError, Instance, LaunchRequest};
 use crate::store::StoreError;
 use crate::supervisor::Supervisor;
@@ -52,41 +53,29 @@ impl Down {
 }
 
 impl Supervisor {
-    /// Journals `commands` in one transaction off the async worker threads (a durable
+    /// Journals `commands` in one transaction without stalling the async worker (a durable
     /// record fdatasyncs).
     pub(crate) async fn record_off_thread(
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<Record>, JournalError> {
-        let sup = self.clone();
-        let written = tokio::task::spawn_blocking(move || match commands.as_slice() {
-            [one] => sup.record(one),
-            many => sup.record_all(many),
-        })
-        .await;
-        written.unwrap_or_else(|e| {
-            Err(JournalError::Missing(format!(
-                "the journal writer thread failed: {e}"
-            )))
+        off_worker(|| match commands.as_slice() {
+            [one] => self.record(one),
+            many => self.record_all(many),
         })
     }
 
-    /// Verifies the stored file named by `digest`, off the async worker threads.
+    /// Makes everything journaled so far durable, without stalling the async worker.
+    pub(crate) async fn flush_off_thread(&self) -> Result<(), JournalError> {
+        off_worker(|| self.journal().flush())
+    }
+
+    /// Verifies the stored file named by `digest`, without stalling the async worker.
     pub(crate) async fn verify_off_thread(
         &self,
         digest: tryswap_fsm::Sha256,
     ) -> Result<(), StoreError> {
-        let sup = self.clone();
-        let path = sup.store().path_of(&digest);
-        tokio::task::spawn_blocking(move || sup.store().verify(&digest))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Io {
-                    path,
-                    op: "verify",
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })
+        off_worker(|| self.store().verify(&digest))
     }
 
     /// Brings up one instance with `driver` per `plan`: the whole launch → journal →

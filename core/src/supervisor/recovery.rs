@@ -43,7 +43,8 @@ const REATTACH_PROBE_LIMIT: Duration = Duration::from_secs(30);
 /// `;`, e.g. `TRYSWAP_FAILPOINTS=reload-after-spawn=kill`.
 pub const FAILPOINTS_ENV: &str = "TRYSWAP_FAILPOINTS";
 
-/// Every failpoint of the reload flow and of recovery, in the order a reload meets them.
+/// Every failpoint of the reload flow, of recovery and of a config reload (`config-…`), in
+/// the order a reload meets them.
 /// `before-X` / `after-X` mean before / after the journal record `X` is written; the others
 /// name the side effect they follow or precede.
 pub const FAILPOINTS: &[&str] = &[
@@ -70,6 +71,15 @@ pub const FAILPOINTS: &[&str] = &[
     "recover-after-rolledback",
     "recover-after-relaunch-spawn",
     "recover-after-relaunched",
+    "config-after-staged",
+    "config-after-spawn",
+    "config-after-launched",
+    "config-after-validated",
+    "config-after-probed",
+    "config-before-commit",
+    "config-after-commit",
+    "config-after-swap",
+    "slot-before-lock",
 ];
 
 /// Arms the failpoints named in `TRYSWAP_FAILPOINTS` (crash tests). Each entry is
@@ -357,7 +367,7 @@ impl Supervisor {
         self.retire_former(&mut report).await?;
         self.bring_up_active(&mut report).await?;
         if self.journal().last_seq() != before {
-            self.journal().flush()?;
+            self.flush_off_thread().await?;
         }
         for action in &report.actions {
             tracing::info!(%action, "recovery");

@@ -320,7 +320,8 @@ impl ProcessDriver {
 impl Driver for ProcessDriver {
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError> {
         let (spec, stdout_path) = self.spec(request)?;
-        let spawned = os::spawn(&spec).map_err(|e| {
+        // Opening the logs, fork/exec and the ETXTBSY retries block: off the async workers.
+        let spawned = crate::blocking::off_worker(|| os::spawn(&spec)).map_err(|e| {
             DriverError::error(format!(
                 "slot {}: could not start {}: {e}",
                 request.slot,
