@@ -8,6 +8,8 @@
 //!    answers 503. Then starts the keep-alive [`Monitor`] and tells systemd `READY=1`.
 //! 3. Serves until SIGTERM or SIGINT. SIGHUP re-reads the config file and applies it as
 //!    one transaction (`RELOADING=1` … `READY=1`).
+//!    If the journal fails (a sync error), the daemon stops serving and exits 1 without
+//!    stopping plugins: only a reopen can tell what reached the disk.
 //! 4. Shutdown (`STOPPING=1`): stops accepting, lets requests and reloads in flight finish
 //!    (a reload always ends active or rolled back), stops the keep-alive, stops every
 //!    plugin unless `--keep-plugins` (the journal keeps the active markers either way, so
@@ -41,6 +43,10 @@ use crate::{CliError, Context, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
 
 /// How long shutdown waits for requests and reloads in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
+
+/// How often the daemon checks whether its journal failed (a failed sync): it then exits,
+/// leaving plugins running, so that a restart reopens, verifies and recovers the journal.
+const JOURNAL_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// Removes the admin socket file when the daemon ends.
 struct SocketFile(PathBuf);
@@ -263,6 +269,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let recovered = supervisor.recover().await;
     // Recovery logs its actions itself.
     let outcome = recovered.map(drop).map_err(CliError::from);
+    let mut journal_failed = None;
     if outcome.is_ok() {
         let monitor = Monitor::start(supervisor.clone(), MonitorOptions::default());
         let mut records = supervisor.subscribe();
@@ -292,8 +299,16 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         notify::ready(&format!("serving {slots} slot(s)"));
         tracing::info!(slots, "ready");
 
+        let mut journal_check = tokio::time::interval(JOURNAL_CHECK_PERIOD);
         loop {
             tokio::select! {
+                _ = journal_check.tick() => {
+                    if let Some(cause) = supervisor.journal().failure() {
+                        tracing::error!(%cause, "the journal failed: exiting so that a restart reopens and verifies it (plugins keep running)");
+                        journal_failed = Some(cause);
+                        break;
+                    }
+                }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = sighup.recv() => {
@@ -325,6 +340,18 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     }
     if let Some(monitor) = state.monitor.get() {
         monitor.shutdown().await;
+    }
+    if let Some(cause) = journal_failed {
+        // Stopping plugins now would act on a journal whose disk state is unknown; the
+        // restart's recovery reattaches them or settles their slots from the disk.
+        return Err(CliError::new(
+            EXIT_ERROR,
+            format!(
+                "the journal {} failed ({cause}); exited without stopping plugins: restart \
+                 tryswap serve to reopen, verify and recover it",
+                supervisor.journal().dir().display()
+            ),
+        ));
     }
     if keep_plugins {
         if let Err(e) = supervisor.journal().flush() {

@@ -126,6 +126,26 @@ pub enum SupervisorError {
     /// The journal failed; the reload was stopped and the slot left as it was.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    /// The journal failed after the reload's commit record (`Activated`) was written: the
+    /// swap is committed or not depending on what reached the disk. Nothing was stopped;
+    /// the next open of the journal (a restart) verifies it and recovery settles the slot.
+    #[error(
+        "slot {slot}: reload {reload}: outcome unknown, not rolled back: the commit record \
+         was written but {error}. Generation {generation} (pid {pid}) and the former active \
+         generation both keep running until recovery decides from the journal on disk"
+    )]
+    CommitUnknown {
+        /// The slot.
+        slot: SlotName,
+        /// The reload.
+        reload: ReloadId,
+        /// The candidate's generation.
+        generation: Generation,
+        /// The candidate's pid (`none` for in-process generations).
+        pid: String,
+        /// The journal's failure.
+        error: Box<JournalError>,
+    },
     /// The artifact store failed outside a reload.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -320,8 +340,9 @@ impl Supervisor {
         slots.remove(slot);
     }
 
-    pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
-        // Crash tests: `journal-write-<command>=return` fails this write with ENOSPC.
+    /// Crash tests: `journal-write-<command>=return` fails the write of `command` with ENOSPC.
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+    fn write_failpoint(&self, command: &Command) -> Result<(), JournalError> {
         fail::fail_point!(&format!("journal-write-{}", command.name()), |_| {
             Err(JournalError::Io {
                 op: "writing (failure injected by TRYSWAP_FAILPOINTS)",
@@ -329,7 +350,19 @@ impl Supervisor {
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
             })
         });
+        Ok(())
+    }
+
+    pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
+        self.write_failpoint(command)?;
         let records = self.inner.journal.execute(command, Utc::now())?;
+        // Crash tests: `journal-sync-<command>=return` fails the sync after the write.
+        fail::fail_point!(&format!("journal-sync-{}", command.name()), |_| {
+            Err(self
+                .inner
+                .journal
+                .fail("syncing (EIO injected by TRYSWAP_FAILPOINTS)"))
+        });
         for record in &records {
             // Nobody listening is fine.
             let _ = self.inner.records.send(record.clone());
@@ -721,6 +754,19 @@ impl Supervisor {
         // Active: the commit point. Durable before the old generation is touched.
         failpoint!("reload-before-commit");
         if let Err(e) = self.record(&Command::Commit { reload }) {
+            if let JournalError::Failed { .. } = e {
+                // Written, not known durable: never "rolled back", nothing stopped.
+                tracing::error!(error = %e, "journal failed at the commit point; outcome unknown");
+                return Err(SupervisorError::CommitUnknown {
+                    slot: slot.clone(),
+                    reload,
+                    generation,
+                    pid: instance
+                        .pid()
+                        .map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                    error: Box::new(e),
+                });
+            }
             return self.abandon(rt, &instance, reload, e).await;
         }
         failpoint!("reload-after-commit");
