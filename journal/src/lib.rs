@@ -4,7 +4,7 @@
 //! Every [`Record`] holds one `tryswap_fsm` event with a gap-free sequence number, a time
 //! and a CRC chain link. [`Journal::execute`] decides a command against the stored
 //! projections and appends the resulting events and the updated projections in one sled
-//! transaction; after `Staged` and `Activated` it flushes and syncs before returning (the
+//! transaction; after `Staged`, `Activated` and `Stopped` it flushes and syncs before returning (the
 //! write-ahead points of DESIGN.md). The on-disk format is described in `docs/journal.md`.
 //!
 //! ```

@@ -1098,3 +1098,27 @@ fn a_failed_sync_fails_the_handle_for_every_later_write_and_drop_does_not_sync()
     // Dropping a failed handle neither syncs nor panics (sled panics if its last sync fails).
     drop(journal);
 }
+
+#[test]
+fn a_stop_is_durable_before_execute_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let slot = slot_name(1);
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    let before = journal.flush_count();
+    journal
+        .execute(
+            &Command::Stop {
+                slot: slot.clone(),
+                generation: tryswap_fsm::Generation(1),
+                reason: Reason::cancelled("stopped by operator"),
+            },
+            at(9),
+        )
+        .unwrap();
+    assert_eq!(
+        journal.flush_count(),
+        before + 1,
+        "Stopped is a write-ahead point"
+    );
+}

@@ -120,7 +120,7 @@ impl Metrics {
         );
         registry.register(
             "tryswap_journal_flushes",
-            "Write-ahead journal flushes (after Staged and Activated records)",
+            "Write-ahead journal flushes (after Staged, Activated and Stopped records)",
             flushes.clone(),
         );
         registry.register(
