@@ -304,7 +304,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             } else {
                 render::recovery(&report);
             }
-            Ok(EXIT_OK)
+            // A slot whose recovery failed is reported; the others were recovered.
+            let slot_failed = report.actions.iter().any(|a| {
+                matches!(
+                    a,
+                    tryswap::supervisor::recovery::RecoveryAction::SlotFailed { .. }
+                )
+            });
+            Ok(if slot_failed { EXIT_ERROR } else { EXIT_OK })
         }
         Command::Journal { command } => journal_cmd::run(&ctx, command).await,
         Command::Serve { keep_plugins } => daemon::serve(&ctx, *keep_plugins).await,

@@ -242,6 +242,10 @@ pub struct SlotStatus {
     pub retiring: Vec<u64>,
     /// Whether the slot is in the config (a journal can know slots the config dropped).
     pub configured: bool,
+    /// Why the slot is failed, if it is: its recovery failed when this process started
+    /// (the other slots serve). Cleared by the slot's next successful `start` or reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl SlotStatus {
@@ -275,6 +279,7 @@ impl SlotStatus {
             }),
             retiring: slot.retiring.iter().map(|i| i.generation.0).collect(),
             configured,
+            failed: None,
         }
     }
 }

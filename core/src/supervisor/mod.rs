@@ -181,6 +181,8 @@ struct Inner {
     /// How often `stop` was called per slot: lets the keep-alive monitor drop a restart it
     /// had scheduled before an operator stopped the slot.
     stops: std::sync::Mutex<BTreeMap<SlotName, u64>>,
+    /// Slots whose recovery failed, with why: reported, left alone by the other slots.
+    failed: std::sync::Mutex<BTreeMap<SlotName, String>>,
 }
 
 /// Runs safe reloads for a set of slots over one journal.
@@ -229,6 +231,7 @@ impl Supervisor {
                 slots: RwLock::new(BTreeMap::new()),
                 records,
                 stops: std::sync::Mutex::new(BTreeMap::new()),
+                failed: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -237,6 +240,30 @@ impl Supervisor {
     pub(crate) fn stop_epoch(&self, slot: &SlotName) -> u64 {
         let stops = self.inner.stops.lock().unwrap_or_else(|e| e.into_inner());
         stops.get(slot).copied().unwrap_or(0)
+    }
+
+    /// The slots whose recovery failed in this process, with why (see
+    /// [`Supervisor::recover`]). A slot leaves the list on its next successful `start` or
+    /// reload.
+    pub fn failed_slots(&self) -> BTreeMap<SlotName, String> {
+        self.inner
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks `slot` failed (`Some(why)`) or clears the mark (`None`).
+    pub(crate) fn set_failed(&self, slot: &SlotName, why: Option<String>) {
+        let mut failed = self.inner.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) => {
+                failed.insert(slot.clone(), why);
+            }
+            None => {
+                failed.remove(slot);
+            }
+        }
     }
 
     /// The state directory.
@@ -328,6 +355,9 @@ impl Supervisor {
 
     /// Appends several commands in one journal transaction: all or nothing.
     pub(crate) fn record_all(&self, commands: &[Command]) -> Result<Vec<Record>, JournalError> {
+        for command in commands {
+            self.write_failpoint(command)?;
+        }
         let records = self.inner.journal.execute_all(commands, Utc::now())?;
         for record in &records {
             let _ = self.inner.records.send(record.clone());
@@ -520,9 +550,17 @@ impl Supervisor {
             mode = mode.name(),
             generation = tracing::field::Empty
         );
-        self.run_reload(&rt, reload, mode, candidate, started)
+        let report = self
+            .run_reload(&rt, reload, mode, candidate, started)
             .instrument(span)
-            .await
+            .await;
+        if report
+            .as_ref()
+            .is_ok_and(|r| r.outcome == crate::report::Outcome::Active)
+        {
+            self.set_failed(slot, None);
+        }
+        report
     }
 
     fn previous_info(&self, slot: &SlotName) -> Result<Option<PreviousInfo>, SupervisorError> {
@@ -924,6 +962,7 @@ impl Supervisor {
             }
             views.retain(|k, _| k == only);
         }
+        let failed = self.failed_slots();
         let mut slots = Vec::with_capacity(views.len());
         for (name, view) in views {
             let is_configured = configured.contains(&name);
@@ -937,12 +976,9 @@ impl Supervisor {
                 .active
                 .as_ref()
                 .is_some_and(|a| self.active_alive(&name, a));
-            slots.push(SlotStatus::from_view(
-                &view,
-                in_flight.as_ref(),
-                alive,
-                is_configured,
-            ));
+            let mut status = SlotStatus::from_view(&view, in_flight.as_ref(), alive, is_configured);
+            status.failed = failed.get(&name).cloned();
+            slots.push(status);
         }
         Ok(StatusReport { slots })
     }
@@ -994,6 +1030,15 @@ impl Supervisor {
         &self,
         rt: &SlotRuntime,
     ) -> Result<Generation, SupervisorError> {
+        let started = self.start_unmarked(rt).await;
+        if started.is_ok() {
+            // The slot runs: whatever failed at recovery is over.
+            self.set_failed(&rt.name, None);
+        }
+        started
+    }
+
+    async fn start_unmarked(&self, rt: &SlotRuntime) -> Result<Generation, SupervisorError> {
         let slot = &rt.name;
         let view = self
             .inner
