@@ -37,7 +37,8 @@ pub struct ConfigReloadReport {
     pub dry_run: bool,
     /// How it ended.
     pub outcome: ConfigOutcome,
-    /// Slots the new config adds (registered; started if the journal has a generation).
+    /// Slots the new config adds (registered; their generation started if a config reload
+    /// had stopped it by removing the slot).
     pub added: Vec<String>,
     /// Slots the new config drops (their active generation is stopped; markers stay).
     pub removed: Vec<String>,
@@ -50,7 +51,15 @@ pub struct ConfigReloadReport {
     pub error: Option<String>,
     /// Settings outside `[[slot]]` that changed and need a daemon restart to take effect.
     pub restart_required: Vec<String>,
+    /// Added slots whose active generation was stopped only because an earlier config
+    /// reload removed the slot: started again. A slot an operator stopped stays stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub started: Vec<String>,
 }
+
+/// The reason message of the `Stopped` a config reload journals for a removed slot: a slot
+/// added back is started only if this is why its generation stopped.
+const REMOVED_FROM_CONFIG: &str = "slot removed from the config";
 
 struct Candidate {
     slot: SlotName,
@@ -108,6 +117,7 @@ impl Supervisor {
             reloads: Vec::new(),
             error: None,
             restart_required: Vec::new(),
+            started: Vec::new(),
         };
         if added.is_empty() && removed.is_empty() && changed.is_empty() {
             return Ok(report);
@@ -272,6 +282,15 @@ impl Supervisor {
         // Added slots the journal already knows (removed earlier, now back): bring them up.
         if !added.is_empty() {
             self.recover().await?;
+            for name in self.stopped_by_removal(&added)? {
+                match self.start(&name).await {
+                    Ok(_) => report.started.push(name.to_string()),
+                    Err(e) => {
+                        tracing::error!(slot = %name, error = %e, "starting a slot added back to the config");
+                        report.error = Some(format!("slot {name}: starting it failed: {e}"));
+                    }
+                }
+            }
         }
         report.outcome = ConfigOutcome::Applied;
         report.reloads = self.candidate_reports(&candidates);
@@ -342,6 +361,41 @@ impl Supervisor {
             .collect()
     }
 
+    /// Which of `slots` have an active generation that is stopped only because a config
+    /// reload removed the slot (the reason of their last `Stopped`). Scans the journal's
+    /// records: runs only when a config reload adds slots.
+    fn stopped_by_removal(&self, slots: &[SlotName]) -> Result<Vec<SlotName>, SupervisorError> {
+        let mut stopped: BTreeMap<SlotName, Generation> = BTreeMap::new();
+        let mut last: BTreeMap<SlotName, (Generation, bool)> = BTreeMap::new();
+        for name in slots {
+            if let Some(active) = self
+                .journal()
+                .slot(name)?
+                .and_then(|v| v.slot.active)
+                .filter(|a| !a.running)
+            {
+                stopped.insert(name.clone(), active.generation);
+            }
+        }
+        if stopped.is_empty() {
+            return Ok(Vec::new());
+        }
+        for record in self.journal().events(0) {
+            let record = record?;
+            if let EventKind::Stopped { generation, reason } = &record.event {
+                if stopped.contains_key(&record.slot) {
+                    let removed = reason.message == REMOVED_FROM_CONFIG;
+                    last.insert(record.slot.clone(), (*generation, removed));
+                }
+            }
+        }
+        Ok(stopped
+            .into_iter()
+            .filter(|(name, generation)| last.get(name) == Some(&(*generation, true)))
+            .map(|(name, _)| name)
+            .collect())
+    }
+
     /// Drains and stops a removed slot's active generation; its marker stays in the journal.
     async fn stop_removed(&self, rt: &SlotRuntime) {
         let facts = match self.journal().slot(&rt.name) {
@@ -367,7 +421,7 @@ impl Supervisor {
             let _ = self.record(&Command::Stop {
                 slot: rt.name.clone(),
                 generation: facts.generation,
-                reason: Reason::cancelled("slot removed from the config"),
+                reason: Reason::cancelled(REMOVED_FROM_CONFIG),
             });
         }
     }
