@@ -142,10 +142,12 @@ impl Supervisor {
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut failure: Option<(SlotName, DriverError)> = None;
         for name in &changed {
+            // A stopped slot gets its new config but stays stopped: stop always wins.
             let Some(facts) = self
                 .journal()
                 .slot(name)?
                 .and_then(|v| v.slot.active.clone())
+                .filter(|a| a.running)
             else {
                 continue;
             };
