@@ -61,7 +61,7 @@ impl From<ConfigError> for CliError {
 impl From<SupervisorError> for CliError {
     fn from(e: SupervisorError) -> Self {
         let code = match &e {
-            SupervisorError::Conflict { .. } => EXIT_CONFLICT,
+            SupervisorError::Conflict { .. } | SupervisorError::Busy { .. } => EXIT_CONFLICT,
             SupervisorError::Journal(JournalError::Locked { .. }) => EXIT_CONFLICT,
             SupervisorError::Journal(e) if e.is_corrupt() => EXIT_CORRUPT,
             _ => EXIT_ERROR,

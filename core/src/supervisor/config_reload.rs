@@ -57,6 +57,10 @@ pub struct ConfigReloadReport {
     pub started: Vec<String>,
 }
 
+/// How long a config reload waits for the reloads, starts and stops running on the slots it
+/// changes or removes before it gives up (changing nothing).
+pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The reason message of the `Stopped` a config reload journals for a removed slot: a slot
 /// added back is started only if this is why its generation stopped.
 const REMOVED_FROM_CONFIG: &str = "slot removed from the config";
@@ -123,16 +127,18 @@ impl Supervisor {
             return Ok(report);
         }
 
-        // Hold every touched slot for the whole transaction.
+        // Hold every touched slot for the whole transaction, queued behind the reloads
+        // running on them (bounded). Slots are taken in name order and every other caller
+        // holds one slot at a time, so waiting cannot deadlock.
         let mut guards = Vec::new();
         for name in changed.iter().chain(&removed) {
             let rt = &current[name];
-            match Arc::clone(&rt.busy).try_lock_owned() {
+            match tokio::time::timeout(SLOT_WAIT, Arc::clone(&rt.busy).lock_owned()).await {
                 Ok(guard) => guards.push(guard),
                 Err(_) => {
-                    return Err(SupervisorError::Conflict {
+                    return Err(SupervisorError::Busy {
                         slot: name.clone(),
-                        in_flight: None,
+                        waited: SLOT_WAIT,
                     })
                 }
             }

@@ -85,6 +85,19 @@ pub enum SupervisorError {
         /// The reload in progress, if known.
         in_flight: Option<ReloadId>,
     },
+    /// A config reload waited for the operations running on the slot and gave up; it
+    /// changed nothing.
+    #[error(
+        "slot {slot}: reloads, starts or stops kept the slot busy for {}; the config reload \
+         changed nothing (try again)",
+        humantime::format_duration(*waited)
+    )]
+    Busy {
+        /// The slot.
+        slot: SlotName,
+        /// How long the config reload waited.
+        waited: Duration,
+    },
     /// The slot is neither configured nor registered.
     #[error("unknown slot {0}: it is not in the config")]
     UnknownSlot(SlotName),
