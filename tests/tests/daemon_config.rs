@@ -185,6 +185,36 @@ fn activate_slow(h: &Harness, name: &str, delay_ms: u64) {
 }
 
 #[test]
+fn a_sighup_during_a_config_reload_runs_once_more_with_the_latest_file() {
+    let h = Harness::demo();
+    let (daemon, socket) = notified_daemon(&h);
+    // Every relaunch of this plugin takes 1.5 s: the first config reload is still running
+    // when the second SIGHUP comes.
+    activate_slow(&h, "v1", 1500);
+    edit_slot(
+        &h,
+        "demo",
+        "drain_timeout = \"2s\"",
+        "drain_timeout = \"2s\"\nenv = { FEATURE = \"1\" }",
+    );
+    assert!(daemon.signal(Signal::SIGHUP));
+    let reloading = next_message(&socket);
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    // The first run has read the file; this edit comes after.
+    edit_slot(&h, "demo", "FEATURE = \"1\"", "FEATURE = \"2\"");
+    assert!(daemon.signal(Signal::SIGHUP));
+    let applied = poll(Duration::from_secs(60), || {
+        h.active("demo")
+            .filter(|(_, pid, _)| has_env(*pid, "FEATURE=2"))
+    });
+    assert!(
+        applied.is_some(),
+        "the edit made during the first config reload was dropped; log:\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
 fn a_config_reload_waits_for_a_running_reload_and_systemd_hears_about_failures() {
     let h = Harness::demo();
     let (daemon, socket) = notified_daemon(&h);

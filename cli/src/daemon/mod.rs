@@ -7,7 +7,10 @@
 //! 2. Runs recovery (reattach or relaunch every active generation); meanwhile the API
 //!    answers 503. Then starts the keep-alive [`Monitor`] and tells systemd `READY=1`.
 //! 3. Serves until SIGTERM or SIGINT. SIGHUP re-reads the config file and applies it as
-//!    one transaction (`RELOADING=1` … `READY=1`).
+//!    one transaction (`RELOADING=1` … `READY=1`, with `STATUS`/`ERRNO` when it failed).
+//!    A SIGHUP during a config reload queues one more run with the file as it is then
+//!    (further SIGHUPs meanwhile are coalesced into it); config reloads wait (bounded)
+//!    for the reloads running on the slots they change.
 //!    If the journal fails (a sync error), the daemon stops serving and exits 1 without
 //!    stopping plugins: only a reopen can tell what reached the disk.
 //! 4. Shutdown (`STOPPING=1`): stops accepting, lets requests and reloads in flight finish
@@ -179,6 +182,31 @@ async fn wait_server(name: &str, task: JoinHandle<std::io::Result<()>>) {
     }
 }
 
+/// Runs config reloads for SIGHUP one after another until shutdown. The returned queue
+/// holds at most one pending run: SIGHUPs that arrive while a run is pending are coalesced
+/// into it, and a SIGHUP during a run always gets one more run, with the file as it is then.
+fn spawn_sighup_worker(state: &Arc<AppState>) -> tokio::sync::mpsc::Sender<()> {
+    let (queue, mut due) = tokio::sync::mpsc::channel::<()>(1);
+    let st = Arc::clone(state);
+    state.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = st.shutdown.cancelled() => break,
+                next = due.recv() => {
+                    if next.is_none() {
+                        break;
+                    }
+                    tracing::info!("SIGHUP: reloading the config");
+                    if let Err(e) = st.reload_config(false).await {
+                        tracing::error!(error = e.message(), "SIGHUP config reload failed");
+                    }
+                }
+            }
+        }
+    });
+    queue
+}
+
 /// `tryswap serve [--keep-plugins]`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let state_dir = &ctx.state_dir;
@@ -299,6 +327,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         notify::ready(&format!("serving {slots} slot(s)"));
         tracing::info!(slots, "ready");
 
+        let hup_queue = spawn_sighup_worker(&state);
         let mut journal_check = tokio::time::interval(JOURNAL_CHECK_PERIOD);
         loop {
             tokio::select! {
@@ -312,13 +341,12 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = sighup.recv() => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    let st = Arc::clone(&state);
-                    state.tasks.spawn(async move {
-                        if let Err(e) = st.reload_config(false).await {
-                            tracing::error!(error = e.message(), "SIGHUP config reload failed");
-                        }
-                    });
+                    // A full queue means a run is already due after the current one: it
+                    // reads the file when it starts, so this signal's edits are in it.
+                    match hup_queue.try_send(()) {
+                        Ok(()) => tracing::info!("SIGHUP: config reload queued"),
+                        Err(_) => tracing::info!("SIGHUP: coalesced with the config reload already queued"),
+                    }
                 }
             }
         }
