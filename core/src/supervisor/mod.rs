@@ -1160,10 +1160,23 @@ impl Supervisor {
     /// Stops every generation this process runs (shutdown of an embedding host). The
     /// journal keeps the active markers; the next start relaunches or reattaches them.
     pub async fn shutdown(&self) {
-        for rt in self.runtimes() {
-            if let Some(serving) = rt.active.swap(None) {
-                serving.drain(rt.drain_timeout).await;
-                let _ = rt.driver.stop(&serving.instance).await;
+        // Every slot at once: shutdown costs the slowest slot's drain and stop timeout.
+        let stops: Vec<_> = self
+            .runtimes()
+            .into_iter()
+            .filter_map(|rt| rt.active.swap(None).map(|serving| (rt, serving)))
+            .map(|(rt, serving)| {
+                tokio::spawn(async move {
+                    serving.drain(rt.drain_timeout).await;
+                    if let Err(e) = rt.driver.stop(&serving.instance).await {
+                        tracing::error!(slot = %rt.name, error = %e, "stopping at shutdown");
+                    }
+                })
+            })
+            .collect();
+        for stop in stops {
+            if let Err(e) = stop.await {
+                tracing::error!(error = %e, "a stop task failed at shutdown");
             }
         }
         if let Err(e) = self.inner.journal.flush() {

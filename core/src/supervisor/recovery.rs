@@ -611,10 +611,43 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Brings every slot's active generation up concurrently: recovery costs the slowest
+    /// slot, not the sum. Actions are reported in slot order.
     async fn bring_up_active(&self, report: &mut RecoveryReport) -> Result<(), SupervisorError> {
-        for rt in self.runtimes() {
-            if let Err(e) = self.bring_up_slot(&rt, report).await {
-                self.slot_failed(report, &rt.name, "bringing up the active generation", e);
+        let tasks: Vec<_> = self
+            .runtimes()
+            .into_iter()
+            .map(|rt| {
+                let sup = self.clone();
+                let name = rt.name.clone();
+                let task = tokio::spawn(async move {
+                    let mut own = RecoveryReport::default();
+                    let result = sup.bring_up_slot(&rt, &mut own).await;
+                    (own, result)
+                });
+                (name, task)
+            })
+            .collect();
+        for (name, task) in tasks {
+            let stage = "bringing up the active generation";
+            match task.await {
+                Ok((own, result)) => {
+                    report.actions.extend(own.actions);
+                    if let Err(e) = result {
+                        self.slot_failed(report, &name, stage, e);
+                    }
+                }
+                Err(e) => self.slot_failed(
+                    report,
+                    &name,
+                    stage,
+                    SupervisorError::Driver {
+                        slot: name.clone(),
+                        error: crate::driver::DriverError::error(format!(
+                            "the recovery task failed: {e}"
+                        )),
+                    },
+                ),
             }
         }
         Ok(())
