@@ -1140,6 +1140,7 @@ impl Supervisor {
             }
             None => facts_instance(slot, &facts),
         };
+        failpoint!("stop-before-stop");
         rt.driver
             .stop(&instance)
             .await
@@ -1147,13 +1148,16 @@ impl Supervisor {
                 slot: slot.clone(),
                 error,
             })?;
+        failpoint!("stop-after-stop");
         if facts.running {
+            // Durable before it returns: an acknowledged stop survives a crash.
             self.record(&Command::Stop {
                 slot: slot.clone(),
                 generation: facts.generation,
                 reason: Reason::cancelled("stopped by operator"),
             })?;
         }
+        failpoint!("stop-after-stopped");
         Ok(Some(facts.generation))
     }
 

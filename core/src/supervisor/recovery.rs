@@ -93,6 +93,9 @@ pub const FAILPOINTS: &[&str] = &[
     "recover-after-rolledback",
     "recover-after-relaunch-spawn",
     "recover-after-relaunched",
+    "stop-before-stop",
+    "stop-after-stop",
+    "stop-after-stopped",
 ];
 
 /// Arms the failpoints named in `TRYSWAP_FAILPOINTS` (crash tests). Each entry is
