@@ -286,3 +286,35 @@ fn a_config_reload_waits_for_a_running_reload_and_systemd_hears_about_failures()
         "a failed config reload was reported to systemd as a success: {done}"
     );
 }
+
+#[test]
+fn plugins_left_running_with_an_old_config_are_relaunched_under_the_file() {
+    let h = Harness::demo();
+    let mut daemon = Daemon::start(&h);
+    activate_slow(&h, "v1", 0);
+    let (_, pid1, _) = h.active("demo").expect("active");
+    // A crash during a config reload: the file is new, the plugin still runs the old one.
+    daemon.kill();
+    edit_slot(
+        &h,
+        "demo",
+        "drain_timeout = \"2s\"",
+        "drain_timeout = \"2s\"\nenv = { FEATURE = \"1\" }",
+    );
+    assert!(pid_alive(pid1) && !has_env(pid1, "FEATURE=1"));
+    let daemon = Daemon::start(&h);
+    let (_, pid2, _) = h.active("demo").expect("active");
+    assert!(
+        has_env(pid2, "FEATURE=1"),
+        "the plugin still runs with the old config; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("+FEATURE"),
+        "the drift was not reported: {}",
+        daemon.log()
+    );
+    assert!(poll(Duration::from_secs(10), || (!pid_alive(pid1)).then_some(())).is_some());
+    let run = h.tryswap(&["--json", "reload-config"]);
+    assert_eq!(run.json()["outcome"], "unchanged", "{run:?}");
+}

@@ -4,8 +4,9 @@
 //!    configured slots, and binds the admin socket `<state-dir>/<admin.socket>` (mode
 //!    0600; a stale socket file of a dead daemon is replaced, a live one is refused) and,
 //!    with `admin.listen` and `admin.token_file`, TCP with a bearer token.
-//! 2. Runs recovery (reattach or relaunch every active generation); meanwhile the API
-//!    answers 503. Then starts the keep-alive [`Monitor`] and tells systemd `READY=1`.
+//! 2. Runs recovery (reattach or relaunch every active generation), then relaunches, as
+//!    one config reload, the slots whose plugins run with other args or environment than
+//!    the file says; meanwhile the API answers 503. Then starts the keep-alive [`Monitor`] and tells systemd `READY=1`.
 //! 3. Serves until SIGTERM or SIGINT. SIGHUP re-reads the config file and applies it as
 //!    one transaction (`RELOADING=1` … `READY=1`, with `STATUS`/`ERRNO` when it failed).
 //!    A SIGHUP during a config reload queues one more run with the file as it is then
@@ -207,6 +208,23 @@ fn spawn_sighup_worker(state: &Arc<AppState>) -> tokio::sync::mpsc::Sender<()> {
     queue
 }
 
+/// After recovery: relaunches, as one config reload, every slot whose reattached
+/// generation runs with other args or environment than the config file says (a crash
+/// during a config reload leaves the file new and the plugins old). Failures are logged;
+/// the slots keep serving as they run.
+async fn settle_drift(supervisor: &Supervisor, config: &tryswap::config::Config) {
+    match supervisor.apply_config(config, false).await {
+        Ok(report) if report.drift.is_empty() => {}
+        Ok(report) => tracing::warn!(
+            drift = ?report.drift,
+            outcome = ?report.outcome,
+            error = ?report.error,
+            "plugins ran with another config than the file's; relaunched under the file's"
+        ),
+        Err(e) => tracing::error!(error = %e, "checking the plugins against the config file"),
+    }
+}
+
 /// `tryswap serve [--keep-plugins]`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let state_dir = &ctx.state_dir;
@@ -299,6 +317,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let outcome = recovered.map(drop).map_err(CliError::from);
     let mut journal_failed = None;
     if outcome.is_ok() {
+        settle_drift(&supervisor, &ctx.config).await;
         let monitor = Monitor::start(supervisor.clone(), MonitorOptions::default());
         let mut records = supervisor.subscribe();
         let mut monitored = monitor.subscribe();

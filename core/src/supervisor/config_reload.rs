@@ -55,6 +55,10 @@ pub struct ConfigReloadReport {
     /// reload removed the slot: started again. A slot an operator stopped stays stopped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub started: Vec<String>,
+    /// Slots (also listed in `changed`) whose section did not change but whose running
+    /// generation runs with other args or environment than it says, with the difference.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// How long a config reload waits for the reloads, starts and stops running on the slots it
@@ -103,15 +107,23 @@ impl Supervisor {
             .filter(|n| !wanted.contains_key(*n))
             .cloned()
             .collect();
-        let changed: Vec<SlotName> = current
-            .iter()
-            .filter(|(n, rt)| {
-                wanted
-                    .get(*n)
-                    .is_some_and(|w| rt.config.as_ref() != Some(*w))
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
+        // Changed: the section differs, or the running generation does not run as the
+        // section says (e.g. a crash during a config reload: recovery rolled the candidates
+        // back while the file stayed new).
+        let mut changed: Vec<SlotName> = Vec::new();
+        let mut drift: Vec<String> = Vec::new();
+        for (name, rt) in &current {
+            let Some(w) = wanted.get(name) else {
+                continue;
+            };
+            if rt.config.as_ref() != Some(*w) {
+                changed.push(name.clone());
+            } else if let Some(d) = self.drift_of(rt, w) {
+                tracing::warn!(slot = %name, drift = %d, "the running generation does not run as the config says; relaunching it under the config");
+                drift.push(format!("{name}: {d}"));
+                changed.push(name.clone());
+            }
+        }
         let mut report = ConfigReloadReport {
             dry_run,
             outcome: ConfigOutcome::Unchanged,
@@ -122,6 +134,7 @@ impl Supervisor {
             error: None,
             restart_required: Vec::new(),
             started: Vec::new(),
+            drift,
         };
         if added.is_empty() && removed.is_empty() && changed.is_empty() {
             return Ok(report);
@@ -367,6 +380,16 @@ impl Supervisor {
             .filter_map(|c| self.journal().reload(&c.reload).ok().flatten())
             .map(|view| ReloadReport::from_view(&view, None, None))
             .collect()
+    }
+
+    /// How `rt`'s live active generation differs from what `config` launches, if it does.
+    fn drift_of(&self, rt: &SlotRuntime, config: &SlotConfig) -> Option<String> {
+        let serving = rt.active.load_full()?;
+        let instance = &serving.instance;
+        let pid = instance.pid()?;
+        let request =
+            self.launch_request(rt, instance.reload, instance.generation, &instance.artifact);
+        ProcessDriver::new(config.clone(), self.state_dir()).drift(&request, pid)
     }
 
     /// Which of `slots` have an active generation that is stopped only because a config
