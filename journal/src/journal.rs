@@ -27,8 +27,9 @@ use crate::projection::{fold_record, ReloadView, SlotView};
 use crate::record::{Record, RECORD_FORMAT};
 use crate::witness::{self, sync_dir, Witness, WitnessMark};
 
-/// sled's page cache limit (sled's default is 1 GiB).
-const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+/// sled's page cache limit (sled's default is 1 GiB): the bound of the journal's share of
+/// a long-running daemon's memory (bench section 6, docs/performance.md).
+pub const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<JournalError>>;
 

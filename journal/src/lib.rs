@@ -43,7 +43,7 @@ pub use codec::{decode_record, encode_record, stored_chain, CodecError};
 pub use compact::{CompactReport, DEFAULT_KEEP_PER_SLOT};
 pub use error::JournalError;
 pub use export::ExportReport;
-pub use journal::Journal;
+pub use journal::{Journal, CACHE_CAPACITY};
 pub use layout::JOURNAL_FORMAT;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use record::{Record, RECORD_FORMAT};
