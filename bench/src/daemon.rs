@@ -107,6 +107,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// One reload of `slot` to a new fixture config: wall time and the reload's JSON.
     pub async fn reload(
         &self,

@@ -10,7 +10,10 @@
 //! 2. legacy unload→load vs safe reload under continuous calls: failed calls, gap in service;
 //! 3. journal flushes per reload and appends per second;
 //! 4. recovery time at 10^3 … 10^6 events, with and without compaction;
-//! 5. 100 slots reloaded at once vs one, and memory.
+//! 5. 100 slots reloaded at once vs one, and memory;
+//! 6. memory over time: the journal alone, then a bounded soak of `tryswap serve` (random
+//!    reloads, kills, config reloads and reads; invariants checked every second). Not in
+//!    the default run: ask for it with `--sections 6`.
 //!
 //! Every loop is bounded in count and in time; only loopback TCP and Unix sockets are used.
 
@@ -21,6 +24,7 @@ mod journal;
 mod reload;
 mod report;
 mod setup;
+mod soak;
 mod swaps;
 
 use std::path::{Path, PathBuf};
@@ -74,6 +78,18 @@ struct Args {
     /// Where generated journals are cached (default `<target>/bench-journals`).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Section 6: seconds of random operations in the soak (default 180, quick 30).
+    #[arg(long)]
+    soak_secs: Option<u64>,
+    /// Section 6: slots in the soak.
+    #[arg(long, default_value_t = 10)]
+    soak_slots: usize,
+    /// Section 6: concurrent workers in the soak.
+    #[arg(long, default_value_t = 6)]
+    soak_workers: usize,
+    /// Section 6: seed of the soak's random operations.
+    #[arg(long, default_value_t = 18)]
+    soak_seed: u64,
     /// Do not build the fixture plugin and the tryswap binary first.
     #[arg(long)]
     no_build: bool,
@@ -133,6 +149,7 @@ impl Report {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let wanted = |n: u8| args.sections.is_empty() || args.sections.contains(&n);
+    let asked = |n: u8| args.sections.contains(&n);
     let bins = match setup::Bins::find(args.no_build) {
         Ok(bins) => bins,
         Err(e) => {
@@ -212,6 +229,27 @@ async fn main() -> std::process::ExitCode {
         match journal::append_rate(temp.path(), budget) {
             Ok(tables) => report.add(&tables),
             Err(e) => report.failed(3, &e),
+        }
+    }
+    if asked(6) {
+        let records = if quick { 30_000 } else { 90_000 };
+        match soak::journal_rss(records, Duration::from_secs(300)) {
+            Ok(table) => report.add(&[table]),
+            Err(e) => report.failed(6, &e),
+        }
+        let secs = args.soak_secs.unwrap_or(if quick { 30 } else { 180 });
+        match soak::daemon_soak(
+            &bins,
+            args.soak_slots.max(1),
+            args.soak_workers.max(1),
+            Duration::from_secs(secs),
+            200_000,
+            args.soak_seed,
+        )
+        .await
+        {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(6, &e),
         }
     }
     // Section 5 runs before section 4: verifying 10^6 records leaves this process with a

@@ -76,7 +76,7 @@ impl From<ConfigError> for CliError {
 impl From<SupervisorError> for CliError {
     fn from(e: SupervisorError) -> Self {
         let code = match &e {
-            SupervisorError::Conflict { .. } => EXIT_CONFLICT,
+            SupervisorError::Conflict { .. } | SupervisorError::Busy { .. } => EXIT_CONFLICT,
             SupervisorError::Journal(JournalError::Locked { .. }) => EXIT_CONFLICT,
             SupervisorError::Journal(e) if e.is_corrupt() => EXIT_CORRUPT,
             _ => EXIT_ERROR,
@@ -431,7 +431,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             } else {
                 render::recovery(&report)?;
             }
-            Ok(EXIT_OK)
+            // A slot whose recovery failed is reported; the others were recovered.
+            let slot_failed = report.actions.iter().any(|a| {
+                matches!(
+                    a,
+                    tryswap::supervisor::recovery::RecoveryAction::SlotFailed { .. }
+                )
+            });
+            Ok(if slot_failed { EXIT_ERROR } else { EXIT_OK })
         }
         Command::Journal { command } => journal_cmd::run(&ctx, command).await,
         Command::Serve { keep_plugins } => daemon::serve(&ctx, *keep_plugins).await,

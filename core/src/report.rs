@@ -259,6 +259,10 @@ pub struct SlotStatus {
     pub restarts: u64,
     /// The last time the active generation's process ended, per the journal.
     pub last_exit: Option<ExitInfo>,
+    /// Why the slot is failed, if it is: its recovery failed when this process started
+    /// (the other slots serve). Cleared by the slot's next successful `start` or reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// How a generation's process last ended.
@@ -311,6 +315,7 @@ impl SlotStatus {
                 .map(|_| if alive { "running" } else { "exited" }.to_owned()),
             restarts: 0,
             last_exit: None,
+            failed: None,
         }
     }
 }

@@ -73,6 +73,22 @@ pub enum JournalError {
     /// Something the caller expected to exist is not in the journal.
     #[error("not in the journal: {0}")]
     Missing(String),
+    /// A sync of the journal failed (or failed earlier in this process). Records committed
+    /// since the last durable point may or may not be on disk, and the kernel may have
+    /// dropped the pages it could not write, so a retried sync proves nothing: the handle
+    /// refuses every write and flush until the journal is reopened (which verifies it) and
+    /// recovery decides from what is on disk.
+    #[error(
+        "journal {} failed: {cause}; what is on disk is unknown until the journal is reopened \
+         and verified (restart tryswap: its recovery does that)",
+        dir.display()
+    )]
+    Failed {
+        /// The journal directory.
+        dir: PathBuf,
+        /// The sync that failed, with the OS error.
+        cause: String,
+    },
     /// A file-system operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

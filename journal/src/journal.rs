@@ -31,8 +31,9 @@ use crate::sled_dir::{list_tree, open_db};
 use crate::store::{JournalStore, Records};
 use crate::witness::{self, sync_dir, Witness, WitnessMark};
 
-/// sled's page cache limit (sled's default is 1 GiB).
-const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+/// sled's page cache limit (sled's default is 1 GiB): the bound of the journal's share of
+/// a long-running daemon's memory (bench section 6, docs/performance.md).
+pub const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<JournalError>>;
 
@@ -58,6 +59,9 @@ pub struct Journal {
     /// The witness, also serializing durable flushes (`None` when read-only).
     durable: Mutex<Option<Witness>>,
     flush_count: AtomicU64,
+    /// Why a sync failed, once one did: the handle is failed from then on (see
+    /// [`JournalError::Failed`]).
+    failed: Mutex<Option<String>>,
     read_only: bool,
     _lock: DirLock,
 }
@@ -634,6 +638,7 @@ impl Journal {
             writer: Mutex::new(()),
             durable: Mutex::new(durable),
             flush_count: AtomicU64::new(0),
+            failed: Mutex::new(None),
             read_only,
             _lock: dir_lock,
         };
@@ -655,11 +660,40 @@ impl Journal {
 
     pub(crate) fn writable(&self) -> Result<(), JournalError> {
         if self.read_only {
-            Err(JournalError::ReadOnly {
+            return Err(JournalError::ReadOnly {
                 dir: self.dir.clone(),
-            })
-        } else {
-            Ok(())
+            });
+        }
+        self.healthy()
+    }
+
+    /// `Ok` unless a sync failed on this handle.
+    fn healthy(&self) -> Result<(), JournalError> {
+        match lock(&self.failed).as_ref() {
+            Some(cause) => Err(JournalError::Failed {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this handle failed, if a sync failed on it: from then on every write and flush
+    /// returns [`JournalError::Failed`], and dropping the handle neither flushes nor syncs.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failed).clone()
+    }
+
+    /// Marks the handle failed as a failed sync does, and returns the error every later
+    /// write gets. Failure injection (crash tests) and callers that learn of a failed sync
+    /// of the journal's files by other means use it; the first cause is kept.
+    pub fn fail(&self, cause: impl Into<String>) -> JournalError {
+        let mut failed = lock(&self.failed);
+        let cause = failed.get_or_insert_with(|| cause.into()).clone();
+        tracing::error!(dir = %self.dir.display(), %cause, "journal failed: refusing writes until it is reopened");
+        JournalError::Failed {
+            dir: self.dir.clone(),
+            cause,
         }
     }
 
@@ -735,22 +769,29 @@ impl Journal {
         let Some(witness) = durable.as_mut() else {
             return Ok(());
         };
+        // After a failed sync a retry could "succeed" over pages the kernel dropped.
+        self.healthy()?;
         if counted && witness.current().seq >= tip.seq {
             // A flush that started after this record was committed already covered it.
             return Ok(());
         }
-        self.db.flush().map_err(|e| self.sled_err(e))?;
-        if let Some(file) = &self.data_file {
-            file.sync_data().map_err(|e| {
-                JournalError::io(
-                    "syncing sled data file",
-                    self.dir.join(SLED_DIR).join(SLED_DATA_FILE),
-                    e,
-                )
-            })?;
-        }
-        if tip.seq > witness.current().seq {
-            witness.write(tip)?;
+        let synced = self.db.flush().map_err(|e| self.sled_err(e)).and_then(|_| {
+            if let Some(file) = &self.data_file {
+                file.sync_data().map_err(|e| {
+                    JournalError::io(
+                        "syncing sled data file",
+                        self.dir.join(SLED_DIR).join(SLED_DATA_FILE),
+                        e,
+                    )
+                })?;
+            }
+            if tip.seq > witness.current().seq {
+                witness.write(tip)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = synced {
+            return Err(self.fail(format!("making seq {} durable: {e}", tip.seq)));
         }
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);
@@ -758,7 +799,7 @@ impl Journal {
         Ok(())
     }
 
-    /// How many write-ahead flushes (after `Staged` and `Activated` records) this handle
+    /// How many write-ahead flushes (after `Staged`, `Activated` and `Stopped` records) this handle
     /// made durable. Flushes by [`Journal::flush`], `compact` and drop are not counted.
     pub fn flush_count(&self) -> u64 {
         self.flush_count.load(Ordering::SeqCst)
@@ -890,6 +931,14 @@ impl JournalStore for Journal {
         Journal::execute_all(self, commands, at)
     }
 
+    fn fail(&self, cause: &str) -> JournalError {
+        Journal::fail(self, cause)
+    }
+
+    fn failure(&self) -> Option<String> {
+        Journal::failure(self)
+    }
+
     fn flush(&self) -> Result<(), JournalError> {
         Journal::flush(self)
     }
@@ -937,6 +986,13 @@ impl JournalStore for Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
+        if self.failure().is_some() {
+            // sled syncs its log when its last handle drops and panics if that fails. What
+            // is on disk is for the next open to judge: keep sled's state alive (a leak,
+            // once, on a failed journal) so nothing more is written or synced.
+            std::mem::forget(self.db.clone());
+            return;
+        }
         if !self.read_only {
             if let Err(e) = self.flush() {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "flushing the journal on drop");

@@ -4,7 +4,7 @@
 //! Every [`Record`] holds one `tryswap_fsm` event with a gap-free sequence number, a time
 //! and a CRC chain link. [`JournalStore::execute`] decides a command against the stored
 //! projections and appends the resulting events and the updated projections in one write;
-//! after `Staged` and `Activated` it makes them durable before returning (the write-ahead
+//! after `Staged`, `Activated` and `Stopped` it makes them durable before returning (the write-ahead
 //! points of DESIGN.md).
 //!
 //! Two stores keep the same contract: [`Journal`], crash-safe on disk in sled (one sled
@@ -56,7 +56,7 @@ pub use codec::{decode_record, encode_record, stored_chain, CodecError};
 pub use compact::DEFAULT_KEEP_PER_SLOT;
 pub use error::JournalError;
 pub use export::ExportReport;
-pub use journal::Journal;
+pub use journal::{Journal, CACHE_CAPACITY};
 pub use layout::JOURNAL_FORMAT;
 pub use lock::OWN_RELEASE_WAIT;
 pub use memory::MemoryJournal;

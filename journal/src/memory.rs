@@ -41,6 +41,8 @@ pub struct MemoryJournal {
     label: PathBuf,
     state: Mutex<MemoryState>,
     flush_count: AtomicU64,
+    /// Set by [`JournalStore::fail`]: every later write and flush is refused.
+    failed: Mutex<Option<String>>,
 }
 
 /// Everything a [`MemoryJournal`] holds.
@@ -86,6 +88,7 @@ impl MemoryJournal {
             label: label.into(),
             state: Mutex::new(MemoryState::default()),
             flush_count: AtomicU64::new(0),
+            failed: Mutex::new(None),
         }
     }
 
@@ -158,7 +161,41 @@ impl Staging for Overlay<'_> {
     }
 }
 
+impl MemoryJournal {
+    /// `Ok` unless [`JournalStore::fail`] was called.
+    fn healthy(&self) -> Result<(), JournalError> {
+        match self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(cause) => Err(JournalError::Failed {
+                dir: self.label.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 impl JournalStore for MemoryJournal {
+    fn fail(&self, cause: &str) -> JournalError {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let cause = failed.get_or_insert_with(|| cause.to_owned()).clone();
+        JournalError::Failed {
+            dir: self.label.clone(),
+            cause,
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn dir(&self) -> &Path {
         &self.label
     }
@@ -172,6 +209,7 @@ impl JournalStore for MemoryJournal {
         commands: &[Command],
         at: DateTime<Utc>,
     ) -> Result<Vec<Record>, JournalError> {
+        self.healthy()?;
         if commands.is_empty() {
             return Ok(Vec::new());
         }
@@ -207,7 +245,7 @@ impl JournalStore for MemoryJournal {
     }
 
     fn flush(&self) -> Result<(), JournalError> {
-        Ok(())
+        self.healthy()
     }
 
     fn flush_count(&self) -> u64 {

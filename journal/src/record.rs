@@ -39,8 +39,12 @@ impl Record {
 
     /// Whether appending this record is a write-ahead point that must be durable before
     /// the caller acts on it (`Staged`: before spawning; `Activated`: before stopping the
-    /// old generation).
+    /// old generation; `Stopped`: before a stop is acknowledged, so that recovery never
+    /// relaunches a generation an operator or the keep-alive stopped).
     pub fn needs_durable_flush(&self) -> bool {
-        matches!(self.event, EventKind::Staged { .. } | EventKind::Activated)
+        matches!(
+            self.event,
+            EventKind::Staged { .. } | EventKind::Activated | EventKind::Stopped { .. }
+        )
     }
 }

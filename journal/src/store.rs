@@ -54,6 +54,15 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
         at: DateTime<Utc>,
     ) -> Result<Vec<Record>, JournalError>;
 
+    /// Marks the handle failed, as a failed sync does, and returns the error every later
+    /// write and flush gets ([`JournalError::Failed`]) until the journal is reopened. The
+    /// first cause is kept. Used by failure injection and by callers that learn of a
+    /// failed sync of the journal's files by other means.
+    fn fail(&self, cause: &str) -> JournalError;
+
+    /// Why this handle failed, if it did (see [`JournalStore::fail`]).
+    fn failure(&self) -> Option<String>;
+
     /// Makes every committed record durable. Not counted by
     /// [`JournalStore::flush_count`]; a no-op on a read-only handle.
     fn flush(&self) -> Result<(), JournalError>;

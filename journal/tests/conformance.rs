@@ -78,6 +78,7 @@ macro_rules! suite {
             an_illegal_command_is_rejected_and_writes_nothing,
             events_and_replay_follow_the_sequence,
             compaction_trims_history_and_refuses_a_rollback_to_a_trimmed_generation,
+            a_failed_handle_refuses_every_write_and_keeps_the_first_cause,
         );
     };
 }
@@ -260,6 +261,25 @@ fn a_successful_activate_makes_exactly_two_durable_flushes(journal: &dyn Journal
     // Public flush is not counted.
     journal.flush().unwrap();
     assert_eq!(journal.flush_count(), 4);
+}
+
+/// After a failed sync (here: `fail`) the handle refuses writes and flushes until the
+/// journal is reopened; what was committed before stays readable.
+fn a_failed_handle_refuses_every_write_and_keeps_the_first_cause(journal: &dyn JournalStore) {
+    journal.execute(&stage(1, 0), at(1)).unwrap();
+    assert_eq!(journal.failure(), None);
+    let error = journal.fail("syncing: EIO");
+    assert!(matches!(error, JournalError::Failed { .. }), "{error}");
+    journal.fail("a later cause");
+    assert_eq!(journal.failure().as_deref(), Some("syncing: EIO"));
+    let refused = journal.execute(&stage(2, 1), at(2)).unwrap_err();
+    assert!(
+        matches!(&refused, JournalError::Failed { cause, .. } if cause == "syncing: EIO"),
+        "{refused}"
+    );
+    assert!(matches!(journal.flush(), Err(JournalError::Failed { .. })));
+    assert_eq!(journal.last_seq(), 1);
+    assert!(journal.slot(&slot_name(0)).unwrap().is_some());
 }
 
 fn a_rolled_back_reload_makes_one_durable_flush(journal: &dyn JournalStore) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use proptest::prelude::*;
-use tryswap_fsm::{Command, Mode, ReloadId};
+use tryswap_fsm::{Command, Mode, Reason, ReloadId};
 use tryswap_journal::layout::{self, seq_key};
 use tryswap_journal::{Journal, JournalError, ProblemKind, OWN_RELEASE_WAIT};
 
@@ -794,4 +794,58 @@ fn an_interrupted_rewrite_is_undone_or_finished_on_the_next_open() {
         }
         assert_eq!(tree_contents(dir.path(), "events"), events_before, "{case}");
     }
+}
+
+#[test]
+fn a_failed_sync_fails_the_handle_for_every_later_write_and_drop_does_not_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let slot = slot_name(1);
+    let journal = Journal::open(dir.path()).unwrap();
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    assert!(journal.failure().is_none());
+    let first = journal.fail("fdatasync of the data file: Input/output error (os error 5)");
+    assert!(matches!(first, JournalError::Failed { .. }), "{first}");
+    assert!(journal.failure().is_some_and(|c| c.contains("os error 5")));
+    let stop = Command::Stop {
+        slot: slot.clone(),
+        generation: tryswap_fsm::Generation(1),
+        reason: Reason::cancelled("stopped by operator"),
+    };
+    let last = journal.last_seq();
+    let err = journal.execute(&stop, at(9)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, JournalError::Failed { .. }), "{text}");
+    assert!(
+        text.contains(&dir.path().display().to_string()) && text.contains("reopened"),
+        "{text}"
+    );
+    assert_eq!(journal.last_seq(), last, "a failed journal wrote a record");
+    // A retried sync proves nothing: flush refuses too.
+    assert!(matches!(journal.flush(), Err(JournalError::Failed { .. })));
+    // Dropping a failed handle neither syncs nor panics (sled panics if its last sync fails).
+    drop(journal);
+}
+
+#[test]
+fn a_stop_is_durable_before_execute_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let slot = slot_name(1);
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    let before = journal.flush_count();
+    journal
+        .execute(
+            &Command::Stop {
+                slot: slot.clone(),
+                generation: tryswap_fsm::Generation(1),
+                reason: Reason::cancelled("stopped by operator"),
+            },
+            at(9),
+        )
+        .unwrap();
+    assert_eq!(
+        journal.flush_count(),
+        before + 1,
+        "Stopped is a write-ahead point"
+    );
 }

@@ -154,3 +154,69 @@ async fn removed_slots_stop_and_added_slots_register() {
     assert!(c.configured && c.active.is_none());
     s.sup.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_removed_and_added_back_is_started_again() {
+    let s = Setup::new().await;
+    let (b_gen, b_pid) = s.active("b");
+    let mut without_b = s.config.clone();
+    without_b.slots.remove(1);
+    let report = s.sup.apply_config(&without_b, false).await.unwrap();
+    assert_eq!(report.removed, vec!["b"]);
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(b_pid)));
+
+    let report = s.sup.apply_config(&s.config, false).await.unwrap();
+    assert_eq!(report.outcome, ConfigOutcome::Applied, "{report:?}");
+    assert_eq!(report.added, vec!["b"]);
+    assert_eq!(report.started, vec!["b"], "{report:?}");
+    let status = s.sup.status(Some(&slot("b"))).unwrap();
+    let active = status.slots[0]
+        .active
+        .clone()
+        .expect("b has an active generation");
+    assert_eq!(active.generation, b_gen);
+    assert!(active.alive, "b was not started: {status:?}");
+    assert_ne!(active.pid, Some(b_pid));
+    s.sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_never_starts_a_slot_the_operator_stopped() {
+    let s = Setup::new().await;
+    let (_, a_pid) = s.active("a");
+    let (_, b_pid) = s.active("b");
+    s.sup.stop(&slot("a")).await.unwrap();
+    s.sup.stop(&slot("b")).await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(a_pid)
+        && !pid_alive(b_pid)));
+
+    // a's section changes: it gets the new config but stays stopped.
+    let mut next = s.config.clone();
+    next.slots[0].env.insert("FEATURE".into(), "on".into());
+    // b is removed and added back: the operator's stop still wins.
+    let mut without_b = next.clone();
+    without_b.slots.remove(1);
+    let report = s.sup.apply_config(&without_b, false).await.unwrap();
+    assert_eq!(report.outcome, ConfigOutcome::Applied, "{report:?}");
+    assert_eq!(report.changed, vec!["a"]);
+    assert!(
+        report.reloads.is_empty(),
+        "a candidate was launched: {report:?}"
+    );
+    let report = s.sup.apply_config(&next, false).await.unwrap();
+    assert_eq!(report.added, vec!["b"]);
+    assert!(report.started.is_empty(), "{report:?}");
+
+    let status = s.sup.status(None).unwrap();
+    for name in ["a", "b"] {
+        let slot = status.slots.iter().find(|x| x.slot == name).unwrap();
+        let active = slot.active.as_ref().expect("the marker stays");
+        assert!(!active.alive, "slot {name} was started: {slot:?}");
+    }
+    assert!(
+        s.state.processes().is_empty(),
+        "plugins run: {:?}",
+        s.state.processes()
+    );
+    s.sup.shutdown().await;
+}

@@ -429,9 +429,99 @@ async fn a_crash_during_a_config_reload_commits_every_changed_slot_or_none() {
     }
 }
 
+/// The `stop` family: `tryswap stop demo` killed at each point, then recovered. The point
+/// and whether the stop was durable (journaled `Stopped`, flushed) when the process died.
+const STOP: &[(&str, bool)] = &[
+    ("stop-before-stop", false),
+    ("stop-after-stop", false),
+    ("stop-after-stopped", true),
+];
+
+/// "An acknowledged intent survives a crash": once `Stopped` is durable (it is before
+/// `stop` answers), recovery never relaunches the generation and nothing of the slot
+/// runs. Before that the stop was never acknowledged, so recovery restores the slot as
+/// the journal has it: the same process if it still runs, else a relaunch.
+#[tokio::test]
+async fn a_crash_during_stop_keeps_an_acknowledged_stop() {
+    let mut table = String::from(
+        "| failpoint | scenario | journal at the crash | recovery did | after |\n\
+         |---|---|---|---|---|\n",
+    );
+    for &(point, durable) in STOP {
+        let what = format!("{point} (stop)");
+        let h = Harness::new(&[slot()]);
+        let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+        assert_eq!(h.activate("demo", &v1).code, 0, "{what}: activating v1");
+        let (g1, pid1, _) = h.active("demo").expect("v1 active");
+        let since = last_seq(&h);
+        let exit = tryswap_killed_at(&h, point, &["--json", "stop", "demo"]);
+        assert_eq!(exit.signal(), Some(9), "{what}: not killed: {exit:?}");
+        let after: Vec<String> = journal_records(&h)
+            .into_iter()
+            .filter(|r| r.seq > since)
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(
+            after.iter().any(|e| e == "Stopped"),
+            durable,
+            "{what}: the journal disagrees about the stop: {after:?}"
+        );
+        let actions = recover(&h);
+        let result = if durable {
+            assert!(
+                !actions.iter().any(|a| a["action"] == "relaunched"),
+                "{what}: an acknowledged stop was undone: {actions:?}"
+            );
+            let running = h.state.processes();
+            assert!(running.is_empty(), "{what}: plugins run: {running:?}");
+            let status = h.status();
+            assert_eq!(
+                status["slots"][0]["active"]["alive"], false,
+                "{what}: {status}"
+            );
+            assert!(recover(&h).is_empty(), "{what}: a second recovery acted");
+            let verify = tryswap_tests::crash::tryswap_env(&h, &["journal", "verify"], &[]);
+            assert_eq!(verify.code(), Some(0), "{what}: journal verify: {verify:?}");
+            "stopped, nothing runs".to_owned()
+        } else {
+            let alive = tryswap_tests::pid_alive(pid1);
+            let expect = Expect {
+                slot: "demo".into(),
+                generation: g1,
+                pid: alive.then_some(pid1),
+                message: "v1".into(),
+            };
+            let recovered = assert_recovered(&h, &expect, None, &what).await;
+            format!(
+                "g{} (v1), pid {}",
+                recovered.generation,
+                if recovered.pid == pid1 {
+                    "unchanged"
+                } else {
+                    "new"
+                }
+            )
+        };
+        let journal = if after.is_empty() {
+            "no record of the stop".to_owned()
+        } else {
+            after.join(", ")
+        };
+        let _ = writeln!(
+            table,
+            "| `{point}` | stop | {journal} | {} | {result} |",
+            describe_actions(&actions)
+        );
+    }
+    if let Some(dir) = std::env::var_os("TRYSWAP_CRASH_MATRIX_OUT") {
+        let path = PathBuf::from(dir).join("stop.md");
+        std::fs::write(&path, &table).expect("write the crash matrix table");
+    }
+}
+
 #[test]
 fn the_matrix_covers_every_failpoint() {
-    let covered: Vec<&str> = [
+    let mut covered: Vec<&str> = [
         BEFORE_COMMIT,
         AFTER_COMMIT,
         REJECT_AND_DRY_RUN,
@@ -441,6 +531,7 @@ fn the_matrix_covers_every_failpoint() {
     .flat_map(|cases| cases.iter().map(|c| c.point))
     .chain(RELOAD_CONFIG.iter().map(|(point, _)| *point))
     .collect();
+    covered.extend(STOP.iter().map(|(point, _)| *point));
     for point in tryswap::supervisor::recovery::FAILPOINTS {
         assert!(
             covered.contains(point),

@@ -5,9 +5,9 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tryswap_tests::daemon::{poll, Daemon};
+use tryswap_tests::daemon::{http_unix, poll, Daemon};
 use tryswap_tests::harness::{Harness, SlotSpec};
-use tryswap_tests::{pid_alive, FixtureConfig};
+use tryswap_tests::{fixture_plugin_path, pid_alive, FixtureConfig};
 
 /// Replaces `from` by `to` inside the `[[slot]]` section of `slot` in the config file.
 fn edit_slot(h: &Harness, slot: &str, from: &str, to: &str) {
@@ -144,4 +144,177 @@ fn the_daemon_notifies_systemd_ready_reloading_and_stopping() {
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
     let status = daemon.wait(Duration::from_secs(30));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", daemon.log());
+}
+
+/// Whether process `pid` runs with `KEY=value` in its environment.
+fn has_env(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == entry.as_bytes()))
+}
+
+/// A daemon started with a notify socket, and a reader of its messages.
+fn notified_daemon(h: &Harness) -> (Daemon, UnixDatagram) {
+    let notify = h.state.join("notify.sock");
+    let socket = UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let daemon = Daemon::spawn(h, &[], &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
+    let ready = next_message(&socket);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    (daemon, socket)
+}
+
+fn next_message(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notify message in time");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Activates `demo` with a plugin that takes `delay_ms` before its handshake.
+fn activate_slow(h: &Harness, name: &str, delay_ms: u64) {
+    let cfg = h.fixture_config(
+        name,
+        &FixtureConfig {
+            startup_delay_ms: Some(delay_ms),
+            ..FixtureConfig::with_message(name)
+        },
+    );
+    let run = h.activate("demo", &cfg);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn a_sighup_during_a_config_reload_runs_once_more_with_the_latest_file() {
+    let h = Harness::demo();
+    let (daemon, socket) = notified_daemon(&h);
+    // Every relaunch of this plugin takes 1.5 s: the first config reload is still running
+    // when the second SIGHUP comes.
+    activate_slow(&h, "v1", 1500);
+    edit_slot(
+        &h,
+        "demo",
+        "drain_timeout = \"2s\"",
+        "drain_timeout = \"2s\"\nenv = { FEATURE = \"1\" }",
+    );
+    assert!(daemon.signal(Signal::SIGHUP));
+    let reloading = next_message(&socket);
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    // The first run has read the file; this edit comes after.
+    edit_slot(&h, "demo", "FEATURE = \"1\"", "FEATURE = \"2\"");
+    assert!(daemon.signal(Signal::SIGHUP));
+    let applied = poll(Duration::from_secs(60), || {
+        h.active("demo")
+            .filter(|(_, pid, _)| has_env(*pid, "FEATURE=2"))
+    });
+    assert!(
+        applied.is_some(),
+        "the edit made during the first config reload was dropped; log:\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_config_reload_waits_for_a_running_reload_and_systemd_hears_about_failures() {
+    let h = Harness::demo();
+    let (daemon, socket) = notified_daemon(&h);
+    activate_slow(&h, "v1", 0);
+    // A reload that takes 2 s before its handshake, in flight while the config reloads.
+    let v2 = h.fixture_config(
+        "v2",
+        &FixtureConfig {
+            startup_delay_ms: Some(2000),
+            ..FixtureConfig::with_message("v2")
+        },
+    );
+    let body = serde_json::json!({"artifact": fixture_plugin_path(), "config_file": v2});
+    let socket_path = daemon.socket().to_path_buf();
+    let reload = std::thread::spawn(move || {
+        http_unix(
+            &socket_path,
+            "POST",
+            "/v1/slots/demo/reloads",
+            Some(&body.to_string()),
+            &[],
+        )
+    });
+    let in_flight = poll(Duration::from_secs(10), || {
+        let slot = daemon.get("/v1/slots/demo").ok()?.json();
+        (!slot["in_flight"].is_null()).then_some(())
+    });
+    assert!(
+        in_flight.is_some(),
+        "the slow reload never showed in flight"
+    );
+    edit_slot(
+        &h,
+        "demo",
+        "drain_timeout = \"2s\"",
+        "drain_timeout = \"2s\"\nenv = { FEATURE = \"1\" }",
+    );
+    let run = h.tryswap(&["--json", "reload-config"]);
+    assert_eq!(run.code, 0, "the config reload did not queue: {run:?}");
+    assert_eq!(run.json()["outcome"], "applied", "{run:?}");
+    let reply = reload.join().expect("reload thread").expect("POST reload");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let (generation, pid, _) = h.active("demo").expect("active");
+    assert_eq!(
+        generation, 3,
+        "v2 (g2) relaunched under the new config as g3"
+    );
+    assert!(has_env(pid, "FEATURE=1"), "the new config is not in force");
+    // Drain the notify messages of that reload.
+    assert!(next_message(&socket).contains("RELOADING=1"));
+    assert!(next_message(&socket).contains("READY=1"));
+
+    // A config reload that fails: systemd gets READY=1 with the failure, not "serving".
+    edit_slot(
+        &h,
+        "demo",
+        "\"--cookie-value\", \"demo\"",
+        "\"--cookie-value\", \"wrong\"",
+    );
+    assert!(daemon.signal(Signal::SIGHUP));
+    let reloading = next_message(&socket);
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    let done = next_message(&socket);
+    assert!(done.lines().any(|l| l == "READY=1"), "{done}");
+    assert!(
+        done.lines()
+            .any(|l| l.starts_with("STATUS=config reload failed"))
+            && done.lines().any(|l| l.starts_with("ERRNO=")),
+        "a failed config reload was reported to systemd as a success: {done}"
+    );
+}
+
+#[test]
+fn plugins_left_running_with_an_old_config_are_relaunched_under_the_file() {
+    let h = Harness::demo();
+    let mut daemon = Daemon::start(&h);
+    activate_slow(&h, "v1", 0);
+    let (_, pid1, _) = h.active("demo").expect("active");
+    // A crash during a config reload: the file is new, the plugin still runs the old one.
+    daemon.kill();
+    edit_slot(
+        &h,
+        "demo",
+        "drain_timeout = \"2s\"",
+        "drain_timeout = \"2s\"\nenv = { FEATURE = \"1\" }",
+    );
+    assert!(pid_alive(pid1) && !has_env(pid1, "FEATURE=1"));
+    let daemon = Daemon::start(&h);
+    let (_, pid2, _) = h.active("demo").expect("active");
+    assert!(
+        has_env(pid2, "FEATURE=1"),
+        "the plugin still runs with the old config; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("+FEATURE"),
+        "the drift was not reported: {}",
+        daemon.log()
+    );
+    assert!(poll(Duration::from_secs(10), || (!pid_alive(pid1)).then_some(())).is_some());
+    let run = h.tryswap(&["--json", "reload-config"]);
+    assert_eq!(run.json()["outcome"], "unchanged", "{run:?}");
 }

@@ -10,6 +10,7 @@
 //! | `tryswap_active_generation` | gauge | `slot` |
 //! | `tryswap_plugin_up` | gauge | `slot` (1 when the active generation runs) |
 //! | `tryswap_slot_failing` | gauge | `slot` (1 when it keeps crashing) |
+//! | `tryswap_slot_recovery_failed` | gauge | `slot` (1 when its recovery failed at daemon start) |
 //! | `tryswap_slot_healthy` | gauge | `slot` (1 healthy, 0 unhealthy, absent while unknown) |
 //! | `tryswap_journal_flushes_total` | counter | — (write-ahead flushes) |
 //! | `tryswap_journal_last_seq` | gauge | — |
@@ -160,6 +161,7 @@ pub struct Metrics {
     active_generation: Family<SlotLabels, Gauge>,
     plugin_up: Family<SlotLabels, Gauge>,
     failing: Family<SlotLabels, Gauge>,
+    recovery_failed: Family<SlotLabels, Gauge>,
     healthy: Family<SlotLabels, Gauge>,
     flushes: Counter,
     last_seq: Gauge,
@@ -178,6 +180,7 @@ impl Metrics {
         let active_generation = Family::<SlotLabels, Gauge>::default();
         let plugin_up = Family::<SlotLabels, Gauge>::default();
         let failing = Family::<SlotLabels, Gauge>::default();
+        let recovery_failed = Family::<SlotLabels, Gauge>::default();
         let healthy = Family::<SlotLabels, Gauge>::default();
         let flushes = Counter::default();
         let last_seq = Gauge::default();
@@ -219,13 +222,18 @@ impl Metrics {
             failing.clone(),
         );
         registry.register(
+            "tryswap_slot_recovery_failed",
+            "1 when the slot's recovery failed at daemon start (the other slots serve)",
+            recovery_failed.clone(),
+        );
+        registry.register(
             "tryswap_slot_healthy",
             "Periodic probe result of the active generation (1 healthy, 0 unhealthy)",
             healthy.clone(),
         );
         registry.register(
             "tryswap_journal_flushes",
-            "Write-ahead journal flushes (after Staged and Activated records)",
+            "Write-ahead journal flushes (after Staged, Activated and Stopped records)",
             flushes.clone(),
         );
         registry.register(
@@ -241,6 +249,7 @@ impl Metrics {
             active_generation,
             plugin_up,
             failing,
+            recovery_failed,
             healthy,
             flushes,
             last_seq,
@@ -331,6 +340,7 @@ impl Metrics {
             .set(i64::try_from(journal.last_seq()).unwrap_or(i64::MAX));
         self.active_generation.clear();
         self.plugin_up.clear();
+        self.recovery_failed.clear();
         match supervisor.status(None) {
             Ok(status) => {
                 for slot in status.slots {
@@ -357,6 +367,9 @@ impl Metrics {
                         .get_or_create(&labels)
                         .set(i64::try_from(generation).unwrap_or(i64::MAX));
                     self.plugin_up.get_or_create(&labels).set(i64::from(up));
+                    self.recovery_failed
+                        .get_or_create(&labels)
+                        .set(i64::from(slot.failed.is_some()));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "metrics: reading slot status"),

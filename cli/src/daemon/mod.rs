@@ -4,10 +4,16 @@
 //!    configured slots, and binds the admin socket `<state-dir>/<admin.socket>` (mode
 //!    0600; a stale socket file of a dead daemon is replaced, a live one is refused) and,
 //!    with `admin.listen` and `admin.token_file`, TCP with a bearer token.
-//! 2. Runs recovery (reattach or relaunch every active generation); meanwhile the API
-//!    answers 503. Then starts the keep-alive [`Monitor`] and tells systemd `READY=1`.
+//! 2. Runs recovery (reattach or relaunch every active generation), then relaunches, as
+//!    one config reload, the slots whose plugins run with other args or environment than
+//!    the file says; meanwhile the API answers 503. Then starts the keep-alive [`Monitor`] and tells systemd `READY=1`.
 //! 3. Serves until SIGTERM or SIGINT. SIGHUP re-reads the config file and applies it as
-//!    one transaction (`RELOADING=1` … `READY=1`).
+//!    one transaction (`RELOADING=1` … `READY=1`, with `STATUS`/`ERRNO` when it failed).
+//!    A SIGHUP during a config reload queues one more run with the file as it is then
+//!    (further SIGHUPs meanwhile are coalesced into it); config reloads wait (bounded)
+//!    for the reloads running on the slots they change.
+//!    If the journal fails (a sync error), the daemon stops serving and exits 1 without
+//!    stopping plugins: only a reopen can tell what reached the disk.
 //! 4. Shutdown (`STOPPING=1`): stops accepting, lets requests and reloads in flight finish
 //!    (a reload always ends active or rolled back), stops the keep-alive, stops every
 //!    plugin unless `--keep-plugins` (the journal keeps the active markers either way, so
@@ -41,6 +47,10 @@ use crate::{CliError, Context, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
 
 /// How long shutdown waits for requests and reloads in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
+
+/// How often the daemon checks whether its journal failed (a failed sync): it then exits,
+/// leaving plugins running, so that a restart reopens, verifies and recovers the journal.
+const JOURNAL_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// Removes the admin socket file when the daemon ends.
 struct SocketFile(PathBuf);
@@ -173,6 +183,48 @@ async fn wait_server(name: &str, task: JoinHandle<std::io::Result<()>>) {
     }
 }
 
+/// Runs config reloads for SIGHUP one after another until shutdown. The returned queue
+/// holds at most one pending run: SIGHUPs that arrive while a run is pending are coalesced
+/// into it, and a SIGHUP during a run always gets one more run, with the file as it is then.
+fn spawn_sighup_worker(state: &Arc<AppState>) -> tokio::sync::mpsc::Sender<()> {
+    let (queue, mut due) = tokio::sync::mpsc::channel::<()>(1);
+    let st = Arc::clone(state);
+    state.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = st.shutdown.cancelled() => break,
+                next = due.recv() => {
+                    if next.is_none() {
+                        break;
+                    }
+                    tracing::info!("SIGHUP: reloading the config");
+                    if let Err(e) = st.reload_config(false).await {
+                        tracing::error!(error = e.message(), "SIGHUP config reload failed");
+                    }
+                }
+            }
+        }
+    });
+    queue
+}
+
+/// After recovery: relaunches, as one config reload, every slot whose reattached
+/// generation runs with other args or environment than the config file says (a crash
+/// during a config reload leaves the file new and the plugins old). Failures are logged;
+/// the slots keep serving as they run.
+async fn settle_drift(supervisor: &Supervisor, config: &tryswap::config::Config) {
+    match supervisor.apply_config(config, false).await {
+        Ok(report) if report.drift.is_empty() => {}
+        Ok(report) => tracing::warn!(
+            drift = ?report.drift,
+            outcome = ?report.outcome,
+            error = ?report.error,
+            "plugins ran with another config than the file's; relaunched under the file's"
+        ),
+        Err(e) => tracing::error!(error = %e, "checking the plugins against the config file"),
+    }
+}
+
 /// `tryswap serve [--keep-plugins]`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let state_dir = &ctx.state_dir;
@@ -263,7 +315,9 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let recovered = supervisor.recover().await;
     // Recovery logs its actions itself.
     let outcome = recovered.map(drop).map_err(CliError::from);
+    let mut journal_failed = None;
     if outcome.is_ok() {
+        settle_drift(&supervisor, &ctx.config).await;
         let monitor = Monitor::start(supervisor.clone(), MonitorOptions::default());
         let mut records = supervisor.subscribe();
         let mut monitored = monitor.subscribe();
@@ -293,18 +347,26 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         let _watchdog = notify::spawn_watchdog(state.shutdown.clone());
         tracing::info!(slots, "ready");
 
+        let hup_queue = spawn_sighup_worker(&state);
+        let mut journal_check = tokio::time::interval(JOURNAL_CHECK_PERIOD);
         loop {
             tokio::select! {
+                _ = journal_check.tick() => {
+                    if let Some(cause) = supervisor.journal().failure() {
+                        tracing::error!(%cause, "the journal failed: exiting so that a restart reopens and verifies it (plugins keep running)");
+                        journal_failed = Some(cause);
+                        break;
+                    }
+                }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = sighup.recv() => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    let st = Arc::clone(&state);
-                    state.tasks.spawn(async move {
-                        if let Err(e) = st.reload_config(false).await {
-                            tracing::error!(error = e.message(), "SIGHUP config reload failed");
-                        }
-                    });
+                    // A full queue means a run is already due after the current one: it
+                    // reads the file when it starts, so this signal's edits are in it.
+                    match hup_queue.try_send(()) {
+                        Ok(()) => tracing::info!("SIGHUP: config reload queued"),
+                        Err(_) => tracing::info!("SIGHUP: coalesced with the config reload already queued"),
+                    }
                 }
             }
         }
@@ -326,6 +388,18 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     }
     if let Some(monitor) = state.monitor.get() {
         monitor.shutdown().await;
+    }
+    if let Some(cause) = journal_failed {
+        // Stopping plugins now would act on a journal whose disk state is unknown; the
+        // restart's recovery reattaches them or settles their slots from the disk.
+        return Err(CliError::new(
+            EXIT_ERROR,
+            format!(
+                "the journal {} failed ({cause}); exited without stopping plugins: restart \
+                 tryswap serve to reopen, verify and recover it",
+                supervisor.journal().dir().display()
+            ),
+        ));
     }
     if keep_plugins {
         if let Err(e) = supervisor.journal().flush() {

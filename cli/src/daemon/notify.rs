@@ -27,6 +27,19 @@ pub fn reloading() {
     }
 }
 
+/// A config reload applied nothing (rolled back, refused or failed): `READY=1`, since the
+/// daemon serves with the config it had, with `STATUS=config reload failed: …` and
+/// `ERRNO=` so that `systemctl status` shows the failure instead of a plain success.
+pub fn reload_failed(why: &str) {
+    let status = format!("config reload failed: {why}");
+    send(&[
+        NotifyState::Ready,
+        NotifyState::Status(&status),
+        // ECANCELED: the reload was cancelled, the previous config stays in force.
+        NotifyState::Errno(125),
+    ]);
+}
+
 /// Shutdown begins: `STOPPING=1`.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

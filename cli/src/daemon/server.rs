@@ -47,7 +47,7 @@ use tryswap::admin_body::{
 use tryswap::config::{AdminConfig, Config};
 use tryswap::keepalive::Monitor;
 use tryswap::report::{Outcome, ReloadReport, StatusReport};
-use tryswap::supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
+use tryswap::supervisor::config_reload::{ConfigOutcome, ConfigReloadReport, SLOT_WAIT};
 use tryswap::supervisor::{Supervisor, SupervisorError};
 use tryswap_fsm::{Rejected, ReloadId, SlotName};
 use tryswap_journal::JournalError;
@@ -132,7 +132,7 @@ impl From<BodyError> for ApiError {
 impl From<SupervisorError> for ApiError {
     fn from(e: SupervisorError) -> Self {
         let status = match &e {
-            SupervisorError::Conflict { .. } => StatusCode::CONFLICT,
+            SupervisorError::Conflict { .. } | SupervisorError::Busy { .. } => StatusCode::CONFLICT,
             SupervisorError::UnknownSlot(_) => StatusCode::NOT_FOUND,
             SupervisorError::NoActive(_)
             | SupervisorError::NoPrevious(_)
@@ -209,11 +209,17 @@ impl AppState {
     /// Re-reads the config file and applies it as one transaction (`reload-config`,
     /// SIGHUP). An invalid file changes nothing and names the offending line.
     pub async fn reload_config(&self, dry_run: bool) -> Result<ConfigReloadReport, ApiError> {
-        let Ok(_busy) = self.config_busy.try_lock() else {
+        // Queued behind a config reload under way (bounded): it reads the file when its
+        // turn comes, so the latest edit is what gets applied.
+        let Ok(_busy) = tokio::time::timeout(SLOT_WAIT, self.config_busy.lock()).await else {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 EXIT_CONFLICT,
-                "a config reload is already in progress",
+                format!(
+                    "another config reload kept running for {}s; this one changed nothing \
+                     (try again)",
+                    SLOT_WAIT.as_secs()
+                ),
             ));
         };
         let config = Config::load(&self.config_path)
@@ -223,7 +229,15 @@ impl AppState {
         }
         let result = self.supervisor.apply_config(&config, dry_run).await;
         if !dry_run {
-            notify::ready("serving");
+            // systemd gets the truth: READY=1 (the daemon serves either way) with the
+            // failure in STATUS and ERRNO when nothing was applied.
+            match &result {
+                Ok(report) if report.outcome == ConfigOutcome::RolledBack => {
+                    notify::reload_failed(report.error.as_deref().unwrap_or("a candidate failed"))
+                }
+                Ok(_) => notify::ready("serving"),
+                Err(e) => notify::reload_failed(&e.to_string()),
+            }
         }
         let mut report = result?;
         let (admin, state_dir) = &self.started_with;

@@ -38,7 +38,8 @@ pub struct ConfigReloadReport {
     pub dry_run: bool,
     /// How it ended.
     pub outcome: ConfigOutcome,
-    /// Slots the new config adds (registered; started if the journal has a generation).
+    /// Slots the new config adds (registered; their generation started if a config reload
+    /// had stopped it by removing the slot).
     pub added: Vec<String>,
     /// Slots the new config drops (their active generation is stopped; markers stay).
     pub removed: Vec<String>,
@@ -51,7 +52,23 @@ pub struct ConfigReloadReport {
     pub error: Option<String>,
     /// Settings outside `[[slot]]` that changed and need a daemon restart to take effect.
     pub restart_required: Vec<String>,
+    /// Added slots whose active generation was stopped only because an earlier config
+    /// reload removed the slot: started again. A slot an operator stopped stays stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub started: Vec<String>,
+    /// Slots (also listed in `changed`) whose section did not change but whose running
+    /// generation runs with other args or environment than it says, with the difference.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
+
+/// How long a config reload waits for the reloads, starts and stops running on the slots it
+/// changes or removes before it gives up (changing nothing).
+pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The reason message of the `Stopped` a config reload journals for a removed slot: a slot
+/// added back is started only if this is why its generation stopped.
+const REMOVED_FROM_CONFIG: &str = "slot removed from the config";
 
 struct Candidate {
     slot: SlotName,
@@ -91,15 +108,23 @@ impl Supervisor {
             .filter(|n| !wanted.contains_key(*n))
             .cloned()
             .collect();
-        let changed: Vec<SlotName> = current
-            .iter()
-            .filter(|(n, rt)| {
-                wanted
-                    .get(*n)
-                    .is_some_and(|w| rt.config.as_ref() != Some(*w))
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
+        // Changed: the section differs, or the running generation does not run as the
+        // section says (e.g. a crash during a config reload: recovery rolled the candidates
+        // back while the file stayed new).
+        let mut changed: Vec<SlotName> = Vec::new();
+        let mut drift: Vec<String> = Vec::new();
+        for (name, rt) in &current {
+            let Some(w) = wanted.get(name) else {
+                continue;
+            };
+            if rt.config.as_ref() != Some(*w) {
+                changed.push(name.clone());
+            } else if let Some(d) = self.drift_of(rt, w) {
+                tracing::warn!(slot = %name, drift = %d, "the running generation does not run as the config says; relaunching it under the config");
+                drift.push(format!("{name}: {d}"));
+                changed.push(name.clone());
+            }
+        }
         let mut report = ConfigReloadReport {
             dry_run,
             outcome: ConfigOutcome::Unchanged,
@@ -109,21 +134,25 @@ impl Supervisor {
             reloads: Vec::new(),
             error: None,
             restart_required: Vec::new(),
+            started: Vec::new(),
+            drift,
         };
         if added.is_empty() && removed.is_empty() && changed.is_empty() {
             return Ok(report);
         }
 
-        // Hold every touched slot for the whole transaction.
+        // Hold every touched slot for the whole transaction, queued behind the reloads
+        // running on them (bounded). Slots are taken in name order and every other caller
+        // holds one slot at a time, so waiting cannot deadlock.
         let mut guards = Vec::new();
         for name in changed.iter().chain(&removed) {
             let rt = &current[name];
-            match Arc::clone(&rt.busy).try_lock_owned() {
+            match tokio::time::timeout(SLOT_WAIT, Arc::clone(&rt.busy).lock_owned()).await {
                 Ok(guard) => guards.push(guard),
                 Err(_) => {
-                    return Err(SupervisorError::Conflict {
+                    return Err(SupervisorError::Busy {
                         slot: name.clone(),
-                        in_flight: None,
+                        waited: SLOT_WAIT,
                     })
                 }
             }
@@ -133,10 +162,12 @@ impl Supervisor {
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut failure: Option<(SlotName, DriverError)> = None;
         for name in &changed {
+            // A stopped slot gets its new config but stays stopped: stop always wins.
             let Some(facts) = self
                 .journal()
                 .slot(name)?
                 .and_then(|v| v.slot.active.clone())
+                .filter(|a| a.running)
             else {
                 continue;
             };
@@ -290,6 +321,15 @@ impl Supervisor {
         // Added slots the journal already knows (removed earlier, now back): bring them up.
         if !added.is_empty() {
             self.recover().await?;
+            for name in self.stopped_by_removal(&added)? {
+                match self.start(&name).await {
+                    Ok(_) => report.started.push(name.to_string()),
+                    Err(e) => {
+                        tracing::error!(slot = %name, error = %e, "starting a slot added back to the config");
+                        report.error = Some(format!("slot {name}: starting it failed: {e}"));
+                    }
+                }
+            }
         }
         report.outcome = ConfigOutcome::Applied;
         report.reloads = self.candidate_reports(&candidates);
@@ -325,6 +365,51 @@ impl Supervisor {
             .collect()
     }
 
+    /// How `rt`'s live active generation differs from what `config` launches, if it does.
+    fn drift_of(&self, rt: &SlotRuntime, config: &SlotConfig) -> Option<String> {
+        let serving = rt.active.load_full()?;
+        let instance = &serving.instance;
+        let pid = instance.pid()?;
+        let request =
+            self.launch_request(rt, instance.reload, instance.generation, &instance.artifact);
+        ProcessDriver::new(config.clone(), self.state_dir()).drift(&request, pid)
+    }
+
+    /// Which of `slots` have an active generation that is stopped only because a config
+    /// reload removed the slot (the reason of their last `Stopped`). Scans the journal's
+    /// records: runs only when a config reload adds slots.
+    fn stopped_by_removal(&self, slots: &[SlotName]) -> Result<Vec<SlotName>, SupervisorError> {
+        let mut stopped: BTreeMap<SlotName, Generation> = BTreeMap::new();
+        let mut last: BTreeMap<SlotName, (Generation, bool)> = BTreeMap::new();
+        for name in slots {
+            if let Some(active) = self
+                .journal()
+                .slot(name)?
+                .and_then(|v| v.slot.active)
+                .filter(|a| !a.running)
+            {
+                stopped.insert(name.clone(), active.generation);
+            }
+        }
+        if stopped.is_empty() {
+            return Ok(Vec::new());
+        }
+        for record in self.journal().events(0) {
+            let record = record?;
+            if let EventKind::Stopped { generation, reason } = &record.event {
+                if stopped.contains_key(&record.slot) {
+                    let removed = reason.message == REMOVED_FROM_CONFIG;
+                    last.insert(record.slot.clone(), (*generation, removed));
+                }
+            }
+        }
+        Ok(stopped
+            .into_iter()
+            .filter(|(name, generation)| last.get(name) == Some(&(*generation, true)))
+            .map(|(name, _)| name)
+            .collect())
+    }
+
     /// Drains and stops a removed slot's active generation; its marker stays in the journal.
     async fn stop_removed(&self, rt: &SlotRuntime) {
         let facts = match self.journal().slot(&rt.name) {
@@ -350,7 +435,7 @@ impl Supervisor {
             let _ = self.record(&Command::Stop {
                 slot: rt.name.clone(),
                 generation: facts.generation,
-                reason: Reason::cancelled("slot removed from the config"),
+                reason: Reason::cancelled(REMOVED_FROM_CONFIG),
             });
         }
     }

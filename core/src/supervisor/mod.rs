@@ -75,6 +75,19 @@ pub enum SupervisorError {
         /// The reload in progress, if known.
         in_flight: Option<ReloadId>,
     },
+    /// A config reload waited for the operations running on the slot and gave up; it
+    /// changed nothing.
+    #[error(
+        "slot {slot}: reloads, starts or stops kept the slot busy for {}; the config reload \
+         changed nothing (try again)",
+        humantime::format_duration(*waited)
+    )]
+    Busy {
+        /// The slot.
+        slot: SlotName,
+        /// How long the config reload waited.
+        waited: Duration,
+    },
     /// The slot is neither configured nor registered.
     #[error("unknown slot {0}: it is not in the config")]
     UnknownSlot(SlotName),
@@ -115,6 +128,26 @@ pub enum SupervisorError {
     /// The journal failed; the reload was stopped and the slot left as it was.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    /// The journal failed after the reload's commit record (`Activated`) was written: the
+    /// swap is committed or not depending on what reached the disk. Nothing was stopped;
+    /// the next open of the journal (a restart) verifies it and recovery settles the slot.
+    #[error(
+        "slot {slot}: reload {reload}: outcome unknown, not rolled back: the commit record \
+         was written but {error}. Generation {generation} (pid {pid}) and the former active \
+         generation both keep running until recovery decides from the journal on disk"
+    )]
+    CommitUnknown {
+        /// The slot.
+        slot: SlotName,
+        /// The reload.
+        reload: ReloadId,
+        /// The candidate's generation.
+        generation: Generation,
+        /// The candidate's pid (`none` for in-process generations).
+        pid: String,
+        /// The journal's failure.
+        error: Box<JournalError>,
+    },
     /// The artifact store failed outside a reload.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -155,6 +188,8 @@ struct Inner {
     /// How often `stop` was called per slot: lets the keep-alive monitor drop a restart it
     /// had scheduled before an operator stopped the slot.
     stops: std::sync::Mutex<BTreeMap<SlotName, u64>>,
+    /// Slots whose recovery failed, with why: reported, left alone by the other slots.
+    failed: std::sync::Mutex<BTreeMap<SlotName, String>>,
 }
 
 /// Runs safe reloads for a set of slots over one journal.
@@ -238,6 +273,7 @@ impl Supervisor {
                 slots: RwLock::new(BTreeMap::new()),
                 records,
                 stops: std::sync::Mutex::new(BTreeMap::new()),
+                failed: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -246,6 +282,30 @@ impl Supervisor {
     pub(crate) fn stop_epoch(&self, slot: &SlotName) -> u64 {
         let stops = self.inner.stops.lock().unwrap_or_else(|e| e.into_inner());
         stops.get(slot).copied().unwrap_or(0)
+    }
+
+    /// The slots whose recovery failed in this process, with why (see
+    /// [`Supervisor::recover`]). A slot leaves the list on its next successful `start` or
+    /// reload.
+    pub fn failed_slots(&self) -> BTreeMap<SlotName, String> {
+        self.inner
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks `slot` failed (`Some(why)`) or clears the mark (`None`).
+    pub(crate) fn set_failed(&self, slot: &SlotName, why: Option<String>) {
+        let mut failed = self.inner.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) => {
+                failed.insert(slot.clone(), why);
+            }
+            None => {
+                failed.remove(slot);
+            }
+        }
     }
 
     /// The state directory.
@@ -354,6 +414,9 @@ impl Supervisor {
 
     /// Appends several commands in one journal transaction: all or nothing.
     pub(crate) fn record_all(&self, commands: &[Command]) -> Result<Vec<Record>, JournalError> {
+        for command in commands {
+            self.write_failpoint(command)?;
+        }
         let records = self.inner.journal.execute_all(commands, Utc::now())?;
         for record in &records {
             let _ = self.inner.records.send(record.clone());
@@ -366,8 +429,9 @@ impl Supervisor {
         slots.remove(slot);
     }
 
-    pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
-        // Crash tests: `journal-write-<command>=return` fails this write with ENOSPC.
+    /// Crash tests: `journal-write-<command>=return` fails the write of `command` with ENOSPC.
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+    fn write_failpoint(&self, command: &Command) -> Result<(), JournalError> {
         fail::fail_point!(&format!("journal-write-{}", command.name()), |_| {
             Err(JournalError::Io {
                 op: "writing (failure injected by TRYSWAP_FAILPOINTS)",
@@ -375,7 +439,19 @@ impl Supervisor {
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
             })
         });
+        Ok(())
+    }
+
+    pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
+        self.write_failpoint(command)?;
         let records = self.inner.journal.execute(command, Utc::now())?;
+        // Crash tests: `journal-sync-<command>=return` fails the sync after the write.
+        fail::fail_point!(&format!("journal-sync-{}", command.name()), |_| {
+            Err(self
+                .inner
+                .journal
+                .fail("syncing (EIO injected by TRYSWAP_FAILPOINTS)"))
+        });
         for record in &records {
             // Nobody listening is fine.
             let _ = self.inner.records.send(record.clone());
@@ -533,9 +609,17 @@ impl Supervisor {
             mode = mode.name(),
             generation = tracing::field::Empty
         );
-        self.run_reload(&rt, reload, mode, candidate, started)
+        let report = self
+            .run_reload(&rt, reload, mode, candidate, started)
             .instrument(span)
-            .await
+            .await;
+        if report
+            .as_ref()
+            .is_ok_and(|r| r.outcome == crate::report::Outcome::Active)
+        {
+            self.set_failed(slot, None);
+        }
+        report
     }
 
     fn previous_info(&self, slot: &SlotName) -> Result<Option<PreviousInfo>, SupervisorError> {
@@ -739,6 +823,19 @@ impl Supervisor {
             .record_off_thread(vec![Command::Commit { reload }])
             .await
         {
+            if let JournalError::Failed { .. } = e {
+                // Written, not known durable: never "rolled back", nothing stopped.
+                tracing::error!(error = %e, "journal failed at the commit point; outcome unknown");
+                return Err(SupervisorError::CommitUnknown {
+                    slot: slot.clone(),
+                    reload,
+                    generation,
+                    pid: instance
+                        .pid()
+                        .map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                    error: Box::new(e),
+                });
+            }
             if let Err(e) = rt.driver.stop(&instance).await {
                 tracing::error!(error = %e, "stopping the candidate");
             }
@@ -893,6 +990,7 @@ impl Supervisor {
             }
             views.retain(|k, _| k == only);
         }
+        let failed = self.failed_slots();
         let mut slots = Vec::with_capacity(views.len());
         for (name, view) in views {
             let is_configured = configured.contains(&name);
@@ -906,12 +1004,9 @@ impl Supervisor {
                 .active
                 .as_ref()
                 .is_some_and(|a| self.active_alive(&name, a));
-            slots.push(SlotStatus::from_view(
-                &view,
-                in_flight.as_ref(),
-                alive,
-                is_configured,
-            ));
+            let mut status = SlotStatus::from_view(&view, in_flight.as_ref(), alive, is_configured);
+            status.failed = failed.get(&name).cloned();
+            slots.push(status);
         }
         Ok(StatusReport { slots })
     }
@@ -962,6 +1057,15 @@ impl Supervisor {
         &self,
         rt: &SlotRuntime,
     ) -> Result<Generation, SupervisorError> {
+        let started = self.start_unmarked(rt).await;
+        if started.is_ok() {
+            // The slot runs: whatever failed at recovery is over.
+            self.set_failed(&rt.name, None);
+        }
+        started
+    }
+
+    async fn start_unmarked(&self, rt: &SlotRuntime) -> Result<Generation, SupervisorError> {
         let slot = &rt.name;
         let view = self
             .inner
@@ -1030,6 +1134,7 @@ impl Supervisor {
             }
             None => facts_instance(slot, &facts),
         };
+        failpoint!("stop-before-stop");
         rt.driver
             .stop(&instance)
             .await
@@ -1037,23 +1142,39 @@ impl Supervisor {
                 slot: slot.clone(),
                 error,
             })?;
+        failpoint!("stop-after-stop");
         if facts.running {
+            // Durable before it returns: an acknowledged stop survives a crash.
             self.record(&Command::Stop {
                 slot: slot.clone(),
                 generation: facts.generation,
                 reason: Reason::cancelled("stopped by operator"),
             })?;
         }
+        failpoint!("stop-after-stopped");
         Ok(Some(facts.generation))
     }
 
     /// Stops every generation this process runs (shutdown of an embedding host). The
     /// journal keeps the active markers; the next start relaunches or reattaches them.
     pub async fn shutdown(&self) {
-        for rt in self.runtimes() {
-            if let Some(serving) = rt.active.swap(None) {
-                serving.drain(rt.drain_timeout).await;
-                let _ = rt.driver.stop(&serving.instance).await;
+        // Every slot at once: shutdown costs the slowest slot's drain and stop timeout.
+        let stops: Vec<_> = self
+            .runtimes()
+            .into_iter()
+            .filter_map(|rt| rt.active.swap(None).map(|serving| (rt, serving)))
+            .map(|(rt, serving)| {
+                tokio::spawn(async move {
+                    serving.drain(rt.drain_timeout).await;
+                    if let Err(e) = rt.driver.stop(&serving.instance).await {
+                        tracing::error!(slot = %rt.name, error = %e, "stopping at shutdown");
+                    }
+                })
+            })
+            .collect();
+        for stop in stops {
+            if let Err(e) = stop.await {
+                tracing::error!(error = %e, "a stop task failed at shutdown");
             }
         }
         if let Err(e) = self.flush_off_thread().await {

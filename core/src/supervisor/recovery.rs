@@ -25,10 +25,12 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tryswap_fsm::{Command, Instance as Facts, Plan, Reason, ReloadId};
+use tryswap_fsm::{Command, Instance as Facts, Plan, Reason, ReloadId, SlotName};
+use tryswap_journal::{ReloadView, SlotView};
 
 use crate::driver::Instance;
 use crate::supervisor::lease::Serving;
@@ -80,6 +82,9 @@ pub const FAILPOINTS: &[&str] = &[
     "config-after-commit",
     "config-after-swap",
     "slot-before-lock",
+    "stop-before-stop",
+    "stop-after-stop",
+    "stop-after-stopped",
 ];
 
 /// Arms the failpoints named in `TRYSWAP_FAILPOINTS` (crash tests). Each entry is
@@ -229,6 +234,16 @@ pub enum RecoveryAction {
         /// reload id) that were stopped first.
         orphans_stopped: Vec<u32>,
     },
+    /// Recovering the slot failed (a journal error while settling it): the slot is marked
+    /// failed and left as it is; the other slots were recovered and serve.
+    SlotFailed {
+        /// Slot.
+        slot: String,
+        /// What recovery was doing.
+        stage: String,
+        /// Why it failed.
+        error: String,
+    },
     /// The active generation was not running and could not be relaunched; it is journaled
     /// as stopped (`tryswap start` tries again).
     RelaunchFailed {
@@ -306,6 +321,11 @@ impl fmt::Display for RecoveryAction {
                 }
                 Ok(())
             }
+            RecoveryAction::SlotFailed { slot, stage, error } => write!(
+                f,
+                "{slot}: recovery failed while {stage}; the slot is marked failed, the others \
+                 serve: {error}"
+            ),
             RecoveryAction::RelaunchFailed {
                 slot,
                 generation,
@@ -375,196 +395,287 @@ impl Supervisor {
         Ok(report)
     }
 
+    /// One slot's recovery failed: mark it failed and report it; recovery goes on with the
+    /// other slots.
+    fn slot_failed(
+        &self,
+        report: &mut RecoveryReport,
+        slot: &SlotName,
+        stage: &str,
+        error: SupervisorError,
+    ) {
+        let error = error.to_string();
+        tracing::error!(slot = %slot, stage, %error, "recovering the slot failed; it is marked failed, the other slots go on");
+        self.set_failed(
+            slot,
+            Some(format!("recovery failed while {stage}: {error}")),
+        );
+        report.actions.push(RecoveryAction::SlotFailed {
+            slot: slot.to_string(),
+            stage: stage.to_owned(),
+            error,
+        });
+    }
+
     async fn roll_back_unfinished(
         &self,
         report: &mut RecoveryReport,
     ) -> Result<(), SupervisorError> {
         for view in self.journal().in_flight()? {
-            let id = view.reload.id;
             let slot = view.reload.slot.clone();
-            let rt = self.runtime(&slot).ok();
-            let _busy = match &rt {
-                Some(rt) => match rt.busy.try_lock() {
-                    Ok(guard) => Some(guard),
-                    Err(_) => continue, // a live reload of this very process
+            let what = format!("rolling back reload {}", view.reload.id);
+            if let Err(e) = self.roll_back_one(view, report).await {
+                self.slot_failed(report, &slot, &what, e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn roll_back_one(
+        &self,
+        view: ReloadView,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SupervisorError> {
+        let id = view.reload.id;
+        let slot = view.reload.slot.clone();
+        let rt = self.runtime(&slot).ok();
+        let _busy = match &rt {
+            Some(rt) => match rt.busy.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(_) => return Ok(()), // a live reload of this very process
+            },
+            None => None,
+        };
+        // Under the slot's lock: the reload may have finished meanwhile.
+        let Some(view) = self.journal().reload(&id)? else {
+            return Ok(());
+        };
+        let reload = &view.reload;
+        if reload.state.is_terminal() {
+            return Ok(());
+        }
+        let found = reload.state.name().to_owned();
+        // The configured slot's driver, or (a slot no longer configured) the orphan
+        // driver, which stops without asking the plugin first.
+        let driver = self.driver_of(&slot);
+        let candidate = reload.candidate.as_ref();
+        let instance = Instance {
+            slot: slot.clone(),
+            generation: candidate.map_or_else(Default::default, |c| c.generation),
+            reload: id,
+            artifact: candidate.map_or_else(
+                || tryswap_fsm::ArtifactRef {
+                    sha256: tryswap_fsm::Sha256::default(),
+                    config_sha256: None,
                 },
-                None => None,
+                |c| c.artifact.clone(),
+            ),
+            process: reload.process.clone(),
+            log_path: reload.log_path.as_ref().map(PathBuf::from),
+            endpoint: rt.as_ref().and(reload.endpoint.clone()),
+            handle: None,
+        };
+        let mut seen = driver.survivors(&instance);
+        fail::fail_point!("recover-before-stop-candidate");
+        // Stops the journaled process and everything tagged with the reload.
+        let stop_error = driver.stop(&instance).await.err().map(|e| e.to_string());
+        // Whatever the driver said: nothing of this reload may survive its rollback.
+        let survivors = driver.survivors(&instance);
+        if !survivors.is_empty() {
+            let error = match stop_error {
+                Some(e) => format!("{e}; still running: pids {survivors:?}"),
+                None => format!("still running: pids {survivors:?}"),
             };
-            // Under the slot's lock: the reload may have finished meanwhile.
-            let Some(view) = self.journal().reload(&id)? else {
-                continue;
-            };
-            let reload = &view.reload;
-            if reload.state.is_terminal() {
-                continue;
-            }
-            let found = reload.state.name().to_owned();
-            // The configured slot's driver, or (a slot no longer configured) the orphan
-            // driver, which stops without asking the plugin first.
-            let driver = self.driver_of(&slot);
-            let candidate = reload.candidate.as_ref();
-            let instance = Instance {
-                slot: slot.clone(),
-                generation: candidate.map_or_else(Default::default, |c| c.generation),
-                reload: id,
-                artifact: candidate.map_or_else(
-                    || tryswap_fsm::ArtifactRef {
-                        sha256: tryswap_fsm::Sha256::default(),
-                        config_sha256: None,
-                    },
-                    |c| c.artifact.clone(),
-                ),
-                process: reload.process.clone(),
-                log_path: reload.log_path.as_ref().map(PathBuf::from),
-                endpoint: rt.as_ref().and(reload.endpoint.clone()),
-                handle: None,
-            };
-            let mut seen = driver.survivors(&instance);
-            fail::fail_point!("recover-before-stop-candidate");
-            // Stops the journaled process and everything tagged with the reload.
-            let stop_error = driver.stop(&instance).await.err().map(|e| e.to_string());
-            // Whatever the driver said: nothing of this reload may survive its rollback.
-            let survivors = driver.survivors(&instance);
-            if !survivors.is_empty() {
-                let error = match stop_error {
-                    Some(e) => format!("{e}; still running: pids {survivors:?}"),
-                    None => format!("still running: pids {survivors:?}"),
-                };
-                tracing::error!(slot = %slot, reload_id = %id, %error, "an orphaned candidate survived");
-                report.actions.push(RecoveryAction::CandidateSurvived {
-                    slot: slot.to_string(),
-                    reload_id: id,
-                    found,
-                    error,
-                });
-                continue;
-            }
-            if let Some(e) = stop_error {
-                tracing::warn!(slot = %slot, reload_id = %id, error = %e, "stopping an orphaned candidate reported an error, but nothing of it runs");
-            }
-            fail::fail_point!("recover-before-rolledback");
-            self.record(&Command::Fail {
-                reload: id,
-                reason: Reason::recovered(format!(
-                    "tryswap stopped while the reload was {found}; candidate stopped on recovery"
-                )),
-            })?;
-            fail::fail_point!("recover-after-rolledback");
-            seen.sort_unstable();
-            seen.dedup();
-            report.actions.push(RecoveryAction::RolledBack {
+            tracing::error!(slot = %slot, reload_id = %id, %error, "an orphaned candidate survived");
+            report.actions.push(RecoveryAction::CandidateSurvived {
                 slot: slot.to_string(),
                 reload_id: id,
                 found,
-                stopped_pids: seen,
+                error,
             });
+            return Ok(());
         }
+        if let Some(e) = stop_error {
+            tracing::warn!(slot = %slot, reload_id = %id, error = %e, "stopping an orphaned candidate reported an error, but nothing of it runs");
+        }
+        fail::fail_point!("recover-before-rolledback");
+        self.record(&Command::Fail {
+            reload: id,
+            reason: Reason::recovered(format!(
+                "tryswap stopped while the reload was {found}; candidate stopped on recovery"
+            )),
+        })?;
+        fail::fail_point!("recover-after-rolledback");
+        seen.sort_unstable();
+        seen.dedup();
+        report.actions.push(RecoveryAction::RolledBack {
+            slot: slot.to_string(),
+            reload_id: id,
+            found,
+            stopped_pids: seen,
+        });
         Ok(())
     }
 
     async fn retire_former(&self, report: &mut RecoveryReport) -> Result<(), SupervisorError> {
         for view in self.journal().slots()? {
             let slot = view.slot.name.clone();
-            if view.slot.retiring.is_empty() {
-                continue;
+            if let Err(e) = self.retire_former_of(view, report).await {
+                self.slot_failed(report, &slot, "retiring former generations", e);
             }
-            match self.runtime(&slot) {
-                Ok(rt) => {
-                    let Ok(_busy) = rt.busy.try_lock() else {
-                        continue;
+        }
+        Ok(())
+    }
+
+    async fn retire_former_of(
+        &self,
+        view: SlotView,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SupervisorError> {
+        let slot = view.slot.name.clone();
+        if view.slot.retiring.is_empty() {
+            return Ok(());
+        }
+        match self.runtime(&slot) {
+            Ok(rt) => {
+                let Ok(_busy) = rt.busy.try_lock() else {
+                    return Ok(());
+                };
+                let retired = self.retire_old(&rt, None).await;
+                let still = self
+                    .journal()
+                    .slot(&slot)?
+                    .map(|v| v.slot.retiring)
+                    .unwrap_or_default();
+                for generation in retired {
+                    report.actions.push(RecoveryAction::Retired {
+                        slot: slot.to_string(),
+                        generation,
+                    });
+                }
+                for facts in still {
+                    report.actions.push(RecoveryAction::RetirePending {
+                        slot: slot.to_string(),
+                        generation: facts.generation.0,
+                    });
+                }
+            }
+            Err(_) => {
+                let driver = self.driver_of(&slot);
+                for facts in &view.slot.retiring {
+                    // Orphans are stopped by signal, without asking the plugin first.
+                    let instance = Instance {
+                        endpoint: None,
+                        ..facts_instance(&slot, facts)
                     };
-                    let retired = self.retire_old(&rt, None).await;
-                    let still = self
-                        .journal()
-                        .slot(&slot)?
-                        .map(|v| v.slot.retiring)
-                        .unwrap_or_default();
-                    for generation in retired {
-                        report.actions.push(RecoveryAction::Retired {
-                            slot: slot.to_string(),
-                            generation,
-                        });
-                    }
-                    for facts in still {
+                    if let Err(e) = driver.stop(&instance).await {
+                        tracing::error!(slot = %slot, error = %e, "stopping a former generation");
                         report.actions.push(RecoveryAction::RetirePending {
                             slot: slot.to_string(),
                             generation: facts.generation.0,
                         });
+                        continue;
                     }
-                }
-                Err(_) => {
-                    let driver = self.driver_of(&slot);
-                    for facts in &view.slot.retiring {
-                        // Orphans are stopped by signal, without asking the plugin first.
-                        let instance = Instance {
-                            endpoint: None,
-                            ..facts_instance(&slot, facts)
-                        };
-                        if let Err(e) = driver.stop(&instance).await {
-                            tracing::error!(slot = %slot, error = %e, "stopping a former generation");
-                            report.actions.push(RecoveryAction::RetirePending {
-                                slot: slot.to_string(),
-                                generation: facts.generation.0,
-                            });
-                            continue;
-                        }
-                        self.record(&Command::Retire {
-                            slot: slot.clone(),
-                            generation: facts.generation,
-                        })?;
-                        report.actions.push(RecoveryAction::Retired {
-                            slot: slot.to_string(),
-                            generation: facts.generation.0,
-                        });
-                    }
+                    self.record(&Command::Retire {
+                        slot: slot.clone(),
+                        generation: facts.generation,
+                    })?;
+                    report.actions.push(RecoveryAction::Retired {
+                        slot: slot.to_string(),
+                        generation: facts.generation.0,
+                    });
                 }
             }
         }
         Ok(())
     }
 
+    /// Brings every slot's active generation up concurrently: recovery costs the slowest
+    /// slot, not the sum. Actions are reported in slot order.
     async fn bring_up_active(&self, report: &mut RecoveryReport) -> Result<(), SupervisorError> {
-        for rt in self.runtimes() {
-            let Ok(_busy) = rt.busy.try_lock() else {
-                continue;
-            };
-            let Some(view) = self.journal().slot(&rt.name)? else {
-                continue;
-            };
-            let Some(facts) = view.slot.active.clone().filter(|a| a.running) else {
-                continue;
-            };
-            if let Some(serving) = rt.active.load_full() {
-                if serving.instance.generation == facts.generation {
-                    continue;
+        let tasks: Vec<_> = self
+            .runtimes()
+            .into_iter()
+            .map(|rt| {
+                let sup = self.clone();
+                let name = rt.name.clone();
+                let task = tokio::spawn(async move {
+                    let mut own = RecoveryReport::default();
+                    let result = sup.bring_up_slot(&rt, &mut own).await;
+                    (own, result)
+                });
+                (name, task)
+            })
+            .collect();
+        for (name, task) in tasks {
+            let stage = "bringing up the active generation";
+            match task.await {
+                Ok((own, result)) => {
+                    report.actions.extend(own.actions);
+                    if let Err(e) = result {
+                        self.slot_failed(report, &name, stage, e);
+                    }
                 }
+                Err(e) => self.slot_failed(
+                    report,
+                    &name,
+                    stage,
+                    SupervisorError::Driver {
+                        slot: name.clone(),
+                        error: crate::driver::DriverError::error(format!(
+                            "the recovery task failed: {e}"
+                        )),
+                    },
+                ),
             }
-            let slot = rt.name.to_string();
-            let generation = facts.generation.0;
-            if let Some(instance) = rt.driver.reattach(&facts_instance(&rt.name, &facts)) {
-                let pid = instance.pid();
-                let probe = reattach_probe(rt.as_ref(), &instance).await;
-                rt.active.store(Some(Serving::new(instance)));
-                report.actions.push(match probe {
-                    Ok(()) => RecoveryAction::Reattached {
+        }
+        Ok(())
+    }
+
+    async fn bring_up_slot(
+        &self,
+        rt: &Arc<SlotRuntime>,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SupervisorError> {
+        let Ok(_busy) = rt.busy.try_lock() else {
+            return Ok(());
+        };
+        let Some(view) = self.journal().slot(&rt.name)? else {
+            return Ok(());
+        };
+        let Some(facts) = view.slot.active.clone().filter(|a| a.running) else {
+            return Ok(());
+        };
+        if let Some(serving) = rt.active.load_full() {
+            if serving.instance.generation == facts.generation {
+                return Ok(());
+            }
+        }
+        let slot = rt.name.to_string();
+        let generation = facts.generation.0;
+        if let Some(instance) = rt.driver.reattach(&facts_instance(&rt.name, &facts)) {
+            let pid = instance.pid();
+            let probe = reattach_probe(rt.as_ref(), &instance).await;
+            rt.active.store(Some(Serving::new(instance)));
+            report.actions.push(match probe {
+                Ok(()) => RecoveryAction::Reattached {
+                    slot,
+                    generation,
+                    pid,
+                },
+                Err(error) => {
+                    tracing::warn!(slot = %rt.name, generation, %error, "reattached generation fails its probe; left running");
+                    RecoveryAction::ReattachedUnhealthy {
                         slot,
                         generation,
                         pid,
-                    },
-                    Err(error) => {
-                        tracing::warn!(slot = %rt.name, generation, %error, "reattached generation fails its probe; left running");
-                        RecoveryAction::ReattachedUnhealthy {
-                            slot,
-                            generation,
-                            pid,
-                            error,
-                        }
+                        error,
                     }
-                });
-                continue;
-            }
-            report.actions.push(self.relaunch(&rt, &facts).await?);
+                }
+            });
+            return Ok(());
         }
+        report.actions.push(self.relaunch(rt, &facts).await?);
         Ok(())
     }
 

@@ -202,6 +202,58 @@ impl ProcessDriver {
         ))
     }
 
+    /// How the running process `pid` differs from what this driver would launch for
+    /// `request`: its arguments, and the names (never the values) of environment variables
+    /// added, removed or changed. `None` if it matches, or if its `/proc` entries cannot
+    /// be read. The spawn clears the environment, so the comparison is exact.
+    pub(crate) fn drift(&self, request: &LaunchRequest, pid: u32) -> Option<String> {
+        let (spec, _) = self.spec(request).ok()?;
+        let fields = |name: &str| -> Option<Vec<String>> {
+            let bytes = std::fs::read(format!("/proc/{pid}/{name}")).ok()?;
+            let bytes = bytes.strip_suffix(&[0]).unwrap_or(&bytes);
+            if bytes.is_empty() {
+                return Some(Vec::new());
+            }
+            Some(
+                bytes
+                    .split(|&b| b == 0)
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect(),
+            )
+        };
+        let running_args: Vec<String> = fields("cmdline")?.into_iter().skip(1).collect();
+        let running_env: std::collections::BTreeMap<String, String> = fields("environ")?
+            .into_iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        let wanted_env: std::collections::BTreeMap<String, String> =
+            spec.env.iter().cloned().collect();
+        let mut differences = Vec::new();
+        if running_args != spec.args {
+            differences.push(format!(
+                "args {:?} where the config gives {:?}",
+                running_args, spec.args
+            ));
+        }
+        let mut env_names: Vec<String> = Vec::new();
+        for (key, value) in &wanted_env {
+            // `pass_env` values come from the host's environment, not the file.
+            let passed = self.slot.pass_env.contains(key);
+            match running_env.get(key) {
+                None => env_names.push(format!("+{key}")),
+                Some(v) if v != value && !passed => env_names.push(format!("~{key}")),
+                Some(_) => {}
+            }
+        }
+        for key in running_env.keys().filter(|k| !wanted_env.contains_key(*k)) {
+            env_names.push(format!("-{key}"));
+        }
+        if !env_names.is_empty() {
+            differences.push(format!("env {}", env_names.join(" ")));
+        }
+        (!differences.is_empty()).then(|| differences.join("; "))
+    }
+
     fn excerpt(instance: &Instance) -> String {
         match &instance.log_path {
             Some(path) => {

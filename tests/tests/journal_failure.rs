@@ -1,0 +1,131 @@
+//! A journal whose sync fails: once the commit record (`Activated`) is written the outcome
+//! is "committed" or "unknown, journal failed", never "rolled back"; nothing is stopped on
+//! the basis of a failed sync; the failed handle refuses further writes and the process
+//! exits without panicking; the next open (a restart) settles the slot from the disk.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use tryswap_tests::crash::{
+    assert_recovered, last_seq, reload_args, tryswap_env, CrashFacts, Expect, FAILPOINTS_ENV,
+};
+
+use tryswap_tests::daemon::Daemon;
+use tryswap_tests::harness::Harness;
+use tryswap_tests::{fixture_plugin_path, pid_alive, FixtureConfig};
+
+/// A demo slot with v1 active: the harness, v2's config, v1's pid, the journal's last seq.
+fn v1_active() -> (Harness, PathBuf, u32, u64) {
+    let h = Harness::demo();
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+    let first = h.activate("demo", &v1);
+    assert_eq!(first.code, 0, "activating v1: {first:?}");
+    let (_, pid1, _) = h.active("demo").expect("v1 active");
+    let since = last_seq(&h);
+    (h, v2, pid1, since)
+}
+
+#[tokio::test]
+async fn a_failed_sync_after_the_commit_record_is_never_reported_as_a_rollback() {
+    let (h, v2, pid1, since) = v1_active();
+
+    let args = reload_args("activate", "demo", &v2);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exit = tryswap_env(&h, &args, &[(FAILPOINTS_ENV, "journal-sync-commit=return")]);
+    // Not 101 (a panic in sled's drop), not 2 (rejected): an error with an unknown outcome.
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
+    assert!(
+        exit.stderr.contains("outcome unknown") && exit.stderr.contains("journal"),
+        "the error must say the outcome is unknown because the journal failed: {exit:?}"
+    );
+    assert!(
+        !exit.stderr.contains("keeps serving") && !exit.stdout.contains("rolled_back"),
+        "a written commit was reported as a rollback: {exit:?}"
+    );
+    assert!(!exit.stderr.contains("panicked"), "{exit:?}");
+
+    let facts = CrashFacts::read(&h, since);
+    assert!(facts.committed, "the commit record is on disk: {facts:?}");
+    assert!(
+        !facts.events.iter().any(|e| e == "RolledBack"),
+        "a rollback was journaled after the commit record: {facts:?}"
+    );
+    let pid2 = facts.candidate_pid.expect("the candidate was launched");
+    assert!(
+        pid_alive(pid2),
+        "the candidate (pid {pid2}) was stopped on the basis of a failed sync"
+    );
+
+    // The next command reopens and verifies the journal; recovery keeps the committed swap
+    // with the very process that was probed, and retires v1.
+    assert_recovered(
+        &h,
+        &Expect {
+            slot: "demo".into(),
+            generation: facts.generation.expect("generation"),
+            pid: Some(pid2),
+            message: "v2".into(),
+        },
+        None,
+        "after a failed sync at the commit point",
+    )
+    .await;
+    assert!(
+        !pid_alive(pid1),
+        "the former generation (pid {pid1}) survived"
+    );
+    let outcomes = h.outcomes("demo");
+    assert_eq!(
+        outcomes.last().map(String::as_str),
+        Some("active"),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_exits_without_stopping_plugins_when_its_journal_fails_and_a_restart_settles_it()
+{
+    let (h, v2, pid1, since) = v1_active();
+
+    let mut daemon = Daemon::start_with(&h, &[], &[(FAILPOINTS_ENV, "journal-sync-commit=return")]);
+    let body = serde_json::json!({"artifact": fixture_plugin_path(), "config_file": v2});
+    let reply = daemon
+        .post("/v1/slots/demo/reloads", &body.to_string())
+        .expect("POST reload");
+    assert_eq!(reply.status, 500, "{reply:?}");
+    let error = reply.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("outcome unknown"), "{error}");
+    assert_eq!(reply.json()["exit_code"], 1, "{reply:?}");
+    // The daemon notices the failed journal and exits 1 (no panic) without stopping plugins.
+    let status = daemon.wait(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the daemon did not exit 1 on a failed journal; log:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+    let facts = CrashFacts::read(&h, since);
+    let pid2 = facts.candidate_pid.expect("the candidate was launched");
+    assert!(
+        pid_alive(pid1) && pid_alive(pid2),
+        "a plugin was stopped: {facts:?}"
+    );
+
+    // A restart reopens and verifies the journal; recovery keeps the committed swap.
+    let daemon = Daemon::start(&h);
+    let slot = daemon.get("/v1/slots/demo").expect("GET slot").json();
+    assert_eq!(
+        slot["active"]["pid"].as_u64(),
+        Some(u64::from(pid2)),
+        "{slot}"
+    );
+    assert!(
+        tryswap_tests::daemon::poll(Duration::from_secs(10), || (!pid_alive(pid1)).then_some(()))
+            .is_some(),
+        "the former generation (pid {pid1}) was not retired"
+    );
+}
