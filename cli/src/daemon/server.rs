@@ -136,7 +136,8 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::UnknownSlot(_) => StatusCode::NOT_FOUND,
             SupervisorError::NoActive(_)
             | SupervisorError::NoPrevious(_)
-            | SupervisorError::UnknownGeneration { .. } => StatusCode::BAD_REQUEST,
+            | SupervisorError::UnknownGeneration { .. }
+            | SupervisorError::InvalidCandidate { .. } => StatusCode::BAD_REQUEST,
             SupervisorError::Rejected {
                 rejected: Rejected::Conflict { .. },
                 ..

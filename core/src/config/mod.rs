@@ -322,6 +322,9 @@ pub const DEFAULT_GRPC_SERVICE: &str = "plugin";
 pub const DEFAULT_HTTP_PATH: &str = "/healthz";
 /// Default `log_max_bytes`: 64 MiB.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// The longest duration a config file may give any key: longer timers are mistakes, and
+/// adding them to a clock could overflow it.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -705,7 +708,7 @@ impl<'a> Ctx<'a> {
         label: &SlotLabel,
         key: &str,
     ) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(d.get_ref().trim()).map_err(|e| {
+        let value = humantime::parse_duration(d.get_ref().trim()).map_err(|e| {
             self.invalid(
                 d.span(),
                 format!(
@@ -713,7 +716,18 @@ impl<'a> Ctx<'a> {
                     d.get_ref()
                 ),
             )
-        })
+        })?;
+        if value > MAX_DURATION {
+            return Err(self.invalid(
+                d.span(),
+                format!(
+                    "{label}: `{key}` = {:?} is longer than the maximum of {}",
+                    d.get_ref(),
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
+        }
+        Ok(value)
     }
 
     fn positive_duration(

@@ -49,6 +49,7 @@ use tryswap_fsm::{Command, EventKind, Generation, Reason, ReasonKind, SlotName};
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
 use crate::driver::process::os;
 use crate::driver::process::ProcessDriver;
+use crate::driver::Liveness;
 use crate::supervisor::{SlotRuntime, Supervisor};
 
 /// How many of the journal's last records are read at start to tell a crashed slot from
@@ -494,13 +495,14 @@ async fn run(
     }
 }
 
-/// Whether the generation the journal calls active runs.
-fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> bool {
+/// Whether the generation the journal calls active runs; [`Liveness::Unknown`] (e.g.
+/// `/proc` unreadable for lack of file descriptors) is never acted upon.
+fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> Liveness {
     match rt.active.load_full() {
         Some(serving) if serving.instance.generation == facts.generation => {
-            rt.driver.is_alive(&serving.instance)
+            rt.driver.liveness(&serving.instance)
         }
-        _ => facts.process.as_ref().is_some_and(os::is_alive),
+        _ => facts.process.as_ref().map_or(Liveness::Dead, os::liveness),
     }
 }
 
@@ -644,7 +646,7 @@ impl KeepAlive<'_> {
         let Some(facts) = facts.filter(|f| f.running) else {
             return;
         };
-        if active_alive(&rt, &facts) {
+        if active_alive(&rt, &facts) != Liveness::Dead {
             return;
         }
         let generation = facts.generation;
@@ -878,11 +880,18 @@ async fn keep_alive(
             continue;
         };
         if facts.running {
-            if active_alive(&rt, &facts) {
-                ka.running(&facts);
-            } else {
-                drop(rt);
-                ka.crashed(restart.as_ref()).await;
+            match active_alive(&rt, &facts) {
+                Liveness::Alive => ka.running(&facts),
+                Liveness::Dead => {
+                    drop(rt);
+                    ka.crashed(restart.as_ref()).await;
+                }
+                Liveness::Unknown => tracing::warn!(
+                    slot = %slot,
+                    generation = facts.generation.0,
+                    "cannot tell whether the active generation runs (/proc unreadable); \
+                     not acting on it"
+                ),
             }
         } else {
             drop(rt);

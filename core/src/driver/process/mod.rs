@@ -2,6 +2,7 @@
 
 pub mod handshake;
 pub mod os;
+pub mod sockets;
 pub mod stdio;
 
 use std::path::{Path, PathBuf};
@@ -118,6 +119,44 @@ async fn process_exited(spawned: Option<Spawned>, identity: Option<ProcessIdenti
     };
     while os::is_alive(&identity) {
         tokio::time::sleep(STDIO_ALIVE_POLL).await;
+    }
+}
+
+/// How long a candidate may take, after printing its handshake, to have a socket listening
+/// at the address it announced.
+const LISTENER_GRACE: Duration = Duration::from_secs(1);
+
+/// Accepts the announced address only if the candidate's own process tree listens there
+/// (see [`sockets::check_endpoint_owner`]), waiting up to `wait` for a listener to appear.
+/// Runs off the reactor: it reads `/proc`.
+async fn check_endpoint_owner(
+    endpoint: &tryswap_fsm::Endpoint,
+    identity: &ProcessIdentity,
+    reload_tag: &str,
+    wait: Duration,
+) -> Result<(), sockets::EndpointOwnerError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (network, address) = (endpoint.network, endpoint.address.clone());
+        let (identity, tag) = (identity.clone(), reload_tag.to_owned());
+        let result = tokio::task::spawn_blocking(move || {
+            sockets::check_endpoint_owner(network, &address, &identity, &tag)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(sockets::EndpointOwnerError::Proc {
+                path: PathBuf::from("/proc"),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+        match result {
+            Err(sockets::EndpointOwnerError::NotListening { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -361,6 +400,12 @@ impl Driver for ProcessDriver {
         };
         let endpoint = handshake::parse_line(&line, &slot.handshake)
             .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
+        if let Some(identity) = &instance.process {
+            let wait = slot.start_timeout.min(LISTENER_GRACE);
+            check_endpoint_owner(&endpoint, identity, &instance.reload.to_string(), wait)
+                .await
+                .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
+        }
         instance.endpoint = Some(endpoint);
         // Drain go-plugin's stdio stream from now on (probing included): a plugin that
         // writes to stdout/stderr after its handshake blocks once nobody reads it.
@@ -450,6 +495,13 @@ impl Driver for ProcessDriver {
 
     fn is_alive(&self, instance: &Instance) -> bool {
         instance.process.as_ref().is_some_and(os::is_alive)
+    }
+
+    fn liveness(&self, instance: &Instance) -> crate::driver::Liveness {
+        instance
+            .process
+            .as_ref()
+            .map_or(crate::driver::Liveness::Dead, os::liveness)
     }
 
     fn reattach(&self, facts: &Instance) -> Option<Instance> {

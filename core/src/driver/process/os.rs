@@ -27,6 +27,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tryswap_fsm::{ProcessIdentity, ReloadId};
 
+pub use crate::driver::Liveness;
+
 /// Name of the environment variable that tags every process of a reload.
 pub use crate::driver::process::handshake::RELOAD_ID_ENV;
 
@@ -575,20 +577,27 @@ pub fn boot_id() -> Result<String, ProcessError> {
 
 /// What we read from `/proc/<pid>/stat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
+pub(super) struct Stat {
     state: char,
+    ppid: u32,
     pgrp: i64,
     start_time: u64,
 }
 
 impl Stat {
-    fn is_dead(&self) -> bool {
+    /// The parent's pid (field 4).
+    pub(super) fn ppid(&self) -> u32 {
+        self.ppid
+    }
+
+    /// A zombie or a process being reaped.
+    pub(super) fn is_dead(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
 
 /// Reads `/proc/<pid>/stat`; `Ok(None)` if the process does not exist.
-fn read_stat(pid: u32) -> Result<Option<Stat>, ProcessError> {
+pub(super) fn read_stat(pid: u32) -> Result<Option<Stat>, ProcessError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -623,6 +632,9 @@ fn parse_stat(bytes: &[u8]) -> Result<Stat, String> {
         .chars()
         .next()
         .ok_or_else(|| "empty state field".to_string())?;
+    let ppid = field(4)?
+        .parse::<u32>()
+        .map_err(|e| format!("field 4 (ppid): {e}"))?;
     let pgrp = field(5)?
         .parse::<i64>()
         .map_err(|e| format!("field 5 (pgrp): {e}"))?;
@@ -631,6 +643,7 @@ fn parse_stat(bytes: &[u8]) -> Result<Stat, String> {
         .map_err(|e| format!("field 22 (starttime): {e}"))?;
     Ok(Stat {
         state,
+        ppid,
         pgrp,
         start_time,
     })
@@ -655,6 +668,24 @@ pub fn identity_of(pid: u32) -> Result<Option<ProcessIdentity>, ProcessError> {
 /// alive" (never signal what we cannot recognise).
 pub fn is_alive(identity: &ProcessIdentity) -> bool {
     stat_if_ours(identity).is_some()
+}
+
+/// Whether `identity`'s process runs, telling "dead" (it is gone, a zombie, or its pid now
+/// names another process) from "unknown" (`/proc` could not be read, e.g. `EMFILE`): only
+/// [`Liveness::Dead`] licenses treating a plugin as crashed.
+pub fn liveness(identity: &ProcessIdentity) -> Liveness {
+    match boot_id() {
+        Ok(id) if id == identity.boot_id => {}
+        Ok(_) => return Liveness::Dead,
+        Err(_) => return Liveness::Unknown,
+    }
+    match read_stat(identity.pid) {
+        Ok(Some(stat)) if !stat.is_dead() && stat.start_time == identity.start_time => {
+            Liveness::Alive
+        }
+        Ok(_) => Liveness::Dead,
+        Err(_) => Liveness::Unknown,
+    }
 }
 
 /// The stat of `identity`'s process if it is alive and really that process.
@@ -701,7 +732,7 @@ struct Member {
 }
 
 /// Pids of all processes, from the numeric entries of `/proc`.
-fn all_pids() -> Vec<u32> {
+pub(super) fn all_pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -725,7 +756,7 @@ fn group_members(pgid: u32) -> Vec<Member> {
 }
 
 /// The value of `TRYSWAP_RELOAD_ID` in the environment `pid` was started with.
-fn reload_tag_of(pid: u32) -> Option<String> {
+pub(super) fn reload_tag_of(pid: u32) -> Option<String> {
     let environ = read_environ(pid)?;
     let prefix = format!("{RELOAD_ID_ENV}=");
     environ
@@ -1109,6 +1140,7 @@ mod tests {
             stat,
             Stat {
                 state: 'S',
+                ppid: 1,
                 pgrp: 777,
                 start_time: 987654
             }
