@@ -338,6 +338,8 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // Journal, store and sockets private whatever the umask; plugins get it back.
+    tryswap::driver::process::os::restrict_umask();
     // Crash tests only: inert unless TRYSWAP_FAILPOINTS is set (docs/recovery.md).
     if let Err(e) = tryswap::supervisor::recovery::arm_failpoints_from_env() {
         eprintln!("tryswap: {e}");

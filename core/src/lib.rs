@@ -4,6 +4,7 @@
 pub mod admin_body;
 pub mod config;
 pub mod driver;
+mod file_modes;
 pub mod keepalive;
 pub mod probe;
 pub mod report;

@@ -3,7 +3,8 @@
 //! Staging copies a candidate's executable (or config file) into the store, hashing it on
 //! the way, so a reload — and any later rollback or relaunch — runs bytes tryswap owns and
 //! has fsynced, never a file outside that may have changed since. Stored files are
-//! read-only (0555 executables, 0444 configs) and named by their SHA-256.
+//! read-only and private to the store's user (0500 executables, 0400 configs) and named by
+//! their SHA-256.
 //!
 //! Staging streams the source into a temporary file inside `<state-dir>/store/`, fsyncs
 //! it, makes it read-only, renames it to `sha256/<hex>` and fsyncs the directory. A failed
@@ -43,9 +44,9 @@ use sha2::Digest as _;
 use tryswap_fsm::Sha256;
 
 /// Mode of a stored executable.
-const EXECUTABLE_MODE: u32 = 0o555;
+const EXECUTABLE_MODE: u32 = 0o500;
 /// Mode of a stored config file.
-const CONFIG_MODE: u32 = 0o444;
+const CONFIG_MODE: u32 = 0o400;
 /// Name prefix of temporary files in the store root while a copy is in progress.
 const STAGING_PREFIX: &str = ".staging-";
 /// Copy buffer size.
@@ -213,14 +214,14 @@ impl Store {
 
     /// Copies an executable into the store and returns its digest. The source must be a
     /// regular file (symlinks are followed), readable, with at least one execute bit. The
-    /// stored copy has mode 0555.
+    /// stored copy has mode 0500.
     pub fn stage_executable(&self, src: &Path) -> Result<Sha256, StoreError> {
         self.stage(src, Kind::Executable)
     }
 
     /// Copies a config file into the store and returns its digest. The source must be a
-    /// readable regular file (symlinks are followed). The stored copy has mode 0444 (or
-    /// 0555 if the same bytes were also staged as an executable).
+    /// readable regular file (symlinks are followed). The stored copy has mode 0400 (or
+    /// 0500 if the same bytes were also staged as an executable).
     pub fn stage_config(&self, src: &Path) -> Result<Sha256, StoreError> {
         self.stage(src, Kind::Config)
     }
@@ -342,6 +343,8 @@ impl Store {
                 .write_all(&buf[..n])
                 .map_err(|e| StoreError::io(&staging_path, "write", e))?;
         }
+        // Crash tests: a death here leaves a staging copy for the next open to remove.
+        fail::fail_point!("store-after-copy");
         let digest = Sha256(hasher.finalize().into());
         let mode = match kind {
             Kind::Executable => EXECUTABLE_MODE,
@@ -391,7 +394,7 @@ impl Store {
         if known.stored.get(digest) != Some(&Stamp::of(&stored)) {
             return None;
         }
-        if kind == Kind::Executable && stored.permissions().mode() & 0o111 != 0o111 {
+        if kind == Kind::Executable && stored.permissions().mode() & 0o100 == 0 {
             return None;
         }
         Some(*digest)
@@ -416,7 +419,7 @@ impl Store {
             known.sources.insert(src.to_path_buf(), (stamp, *digest));
         }
         // The stored copy was verified or written just now, and nobody but the store writes
-        // it (0555/0444 in a 0700 directory): its stamp needs no waiting period.
+        // it (0500/0400 in a 0700 directory): its stamp needs no waiting period.
         known.stored.insert(*digest, stored);
     }
 
@@ -444,7 +447,7 @@ impl Store {
         }
         if kind == Kind::Executable {
             let meta = fs::metadata(target).map_err(|e| StoreError::io(target, "stat", e))?;
-            if meta.permissions().mode() & 0o111 != 0o111 {
+            if meta.permissions().mode() & 0o100 == 0 {
                 fs::set_permissions(target, Permissions::from_mode(EXECUTABLE_MODE))
                     .map_err(|e| StoreError::io(target, "chmod", e))?;
                 File::open(target)

@@ -198,8 +198,25 @@ impl Supervisor {
                 state_dir.as_ref().display()
             )))
         })?;
+        crate::file_modes::private_state_dir(&state_dir).map_err(|e| {
+            SupervisorError::Journal(JournalError::Missing(format!(
+                "state directory {}: {e}",
+                state_dir.display()
+            )))
+        })?;
         let journal = Journal::open(&state_dir.join("journal"))?;
+        for private in ["journal", "store"] {
+            if let Err(e) = crate::file_modes::private_tree(&state_dir.join(private)) {
+                tracing::warn!(error = %e, "taking group and other bits off {private}/");
+            }
+        }
         let store = Store::open(&state_dir)?;
+        // The journal's lock is ours: no other process is staging into the store.
+        match store.clean_staging() {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed copies left by interrupted stagings"),
+            Err(e) => tracing::warn!(error = %e, "removing copies left by interrupted stagings"),
+        }
         let (records, _) = broadcast::channel(1024);
         Ok(Supervisor {
             inner: Arc::new(Inner {

@@ -14,9 +14,10 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -245,6 +246,21 @@ impl Spawned {
     }
 }
 
+/// The umask this process had before [`restrict_umask`], given back to plugins;
+/// `u32::MAX` while it was never called.
+static PLUGIN_UMASK: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Sets this process's umask to 077, so that every file and directory it creates (the
+/// journal's sled files included) is private to its user whatever umask it was started
+/// with. Plugins spawned afterwards get the previous umask back. Returns the previous one.
+pub fn restrict_umask() -> u32 {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let old = old.bits() as u32;
+    // Only the first call knows the operator's umask.
+    let _ = PLUGIN_UMASK.compare_exchange(u32::MAX, old, Ordering::SeqCst, Ordering::SeqCst);
+    old
+}
+
 /// Starts a plugin as described by `spec`.
 ///
 /// - The environment is exactly `spec.env` (`env_clear` first); stdin is `/dev/null`; stdout
@@ -305,10 +321,14 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
             .stderr(clone_for_child(&stderr, &spec.stderr_path)?)
             .process_group(0)
             .kill_on_drop(false);
+        let umask = match PLUGIN_UMASK.load(Ordering::SeqCst) {
+            u32::MAX => None,
+            mask => Some(mask as libc::mode_t),
+        };
         // SAFETY: the closure only calls async-signal-safe functions (sigemptyset,
-        // sigprocmask, sigaction, setrlimit) on stack data and allocates nothing.
+        // sigprocmask, sigaction, setrlimit, umask) on stack data and allocates nothing.
         unsafe {
-            cmd.pre_exec(move || child_setup(fsize_limit));
+            cmd.pre_exec(move || child_setup(fsize_limit, umask));
         }
         match cmd.spawn() {
             Ok(child) => break child,
@@ -379,9 +399,12 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
 }
 
 /// Runs in the forked child before `exec`. Async-signal-safe calls only.
-fn child_setup(fsize_limit: Option<libc::rlim_t>) -> io::Result<()> {
+fn child_setup(fsize_limit: Option<libc::rlim_t>, umask: Option<libc::mode_t>) -> io::Result<()> {
     // SAFETY: plain libc calls on zero-initialised stack values; all async-signal-safe.
     unsafe {
+        if let Some(mask) = umask {
+            libc::umask(mask);
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
@@ -425,7 +448,7 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
                 source,
             })?;
     }
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
@@ -433,7 +456,14 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
         .map_err(|source| ProcessError::LogFile {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+    // 0640 whatever the umask (tryswap itself runs with 077, see `restrict_umask`).
+    file.set_permissions(fs::Permissions::from_mode(0o640))
+        .map_err(|source| ProcessError::LogFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(file)
 }
 
 fn clone_for_child(file: &File, path: &Path) -> Result<File, ProcessError> {
