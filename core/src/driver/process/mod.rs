@@ -5,6 +5,7 @@ pub mod os;
 pub mod sockets;
 pub mod stdio;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +50,27 @@ fn generation_log_paths(
         dir.join(format!("{generation}.stdout")),
         dir.join(format!("{generation}.log")),
     )
+}
+
+/// A generation's own temporary directory, `<state-dir>/tmp/<slot>/<generation>` (mode
+/// 0700), given to the plugin as `TMPDIR`: go-plugin creates its unix socket there, so it
+/// is reachable only as intended and goes when the generation stops.
+pub fn tmp_dir(state_dir: &Path, slot: &SlotName, generation: Generation) -> PathBuf {
+    state_dir
+        .join("tmp")
+        .join(slot.as_str())
+        .join(generation.to_string())
+}
+
+/// Removes a stopped generation's temporary directory (and whatever it left there).
+fn remove_tmp_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the generation's TMPDIR")
+        }
+    }
 }
 
 /// The handle of a plugin this process launched.
@@ -166,7 +188,8 @@ async fn check_endpoint_owner(
 ///
 /// The environment is exactly: the slot's `env`, the host variables named in `pass_env`
 /// (PATH included only if listed), the magic cookie, `PLUGIN_PROTOCOL_VERSIONS`,
-/// `PLUGIN_MIN_PORT`, `PLUGIN_MAX_PORT` and `TRYSWAP_RELOAD_ID`.
+/// `PLUGIN_MIN_PORT`, `PLUGIN_MAX_PORT`, `TRYSWAP_RELOAD_ID`, and `TMPDIR` (the
+/// generation's own [`tmp_dir`], unless the slot sets or passes `TMPDIR` itself).
 pub struct ProcessDriver {
     slot: Arc<SlotConfig>,
     state_dir: PathBuf,
@@ -209,6 +232,23 @@ impl ProcessDriver {
             if let Ok(value) = std::env::var(name) {
                 env.push((name.clone(), value));
             }
+        }
+        let own_tmpdir =
+            !slot.env.contains_key("TMPDIR") && !slot.pass_env.iter().any(|n| n == "TMPDIR");
+        if own_tmpdir {
+            let tmp = tmp_dir(&self.state_dir, &request.slot, request.generation);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&tmp)
+                .map_err(|e| {
+                    DriverError::error(format!(
+                        "slot {}: cannot create the generation's TMPDIR {}: {e}",
+                        slot.name,
+                        tmp.display()
+                    ))
+                })?;
+            env.push(("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned()));
         }
         env.extend(slot.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(handshake::plugin_env(&slot.handshake, &request.reload));
@@ -482,6 +522,11 @@ impl Driver for ProcessDriver {
         }
         // Anything that escaped the group (setsid'd grandchildren) still carries the tag.
         let stragglers = os::kill_tagged(&instance.reload, stop_timeout).await;
+        remove_tmp_dir(&tmp_dir(
+            &self.state_dir,
+            &instance.slot,
+            instance.generation,
+        ));
         if !stragglers.is_empty() {
             tracing::warn!(
                 slot = %instance.slot,
