@@ -430,6 +430,15 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
         }
         Command::Events { from, follow } => events_remote(client, ctx, *from, *follow).await,
         Command::Journal { command } => journal(client, ctx, command).await,
+        Command::Store {
+            command: crate::args::StoreCommand::Gc,
+        } => {
+            let reply = ok(client
+                .call(Method::POST, "/v1/store/gc", None, text)
+                .await?)?;
+            print_body(&reply.body);
+            Ok(EXIT_OK)
+        }
         Command::Serve { .. } => Err(CliError::new(
             EXIT_ERROR,
             "internal error: this command does not go through the daemon",

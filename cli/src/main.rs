@@ -307,6 +307,18 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(EXIT_OK)
         }
         Command::Journal { command } => journal_cmd::run(&ctx, command).await,
+        Command::Store {
+            command: args::StoreCommand::Gc,
+        } => {
+            let supervisor = ctx.supervisor().await?;
+            let report = supervisor.store_gc().await?;
+            if ctx.json {
+                render::json(&report)?;
+            } else {
+                print!("{}", render::store_gc_text(&report));
+            }
+            Ok(EXIT_OK)
+        }
         Command::Serve { keep_plugins } => daemon::serve(&ctx, *keep_plugins).await,
         Command::ReloadConfig { .. } => Err(CliError::new(
             EXIT_ERROR,

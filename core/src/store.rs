@@ -55,6 +55,28 @@ const CHUNK: usize = 64 * 1024;
 /// older than the moment it was hashed (see [`Stamp`]).
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How much the store holds (`status --json` `store`, metric `tryswap_store_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreUsage {
+    /// Stored objects (executables and config files).
+    pub objects: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+}
+
+/// What [`Store::gc`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Digests of the objects removed.
+    pub removed: Vec<Sha256>,
+    /// Bytes they held.
+    pub freed_bytes: u64,
+    /// Objects kept.
+    pub kept: u64,
+    /// Bytes the kept objects hold.
+    pub kept_bytes: u64,
+}
+
 /// Why staging or verifying an artifact failed. Every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -107,7 +129,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn io(path: &Path, op: &'static str, source: io::Error) -> StoreError {
+    pub(crate) fn io(path: &Path, op: &'static str, source: io::Error) -> StoreError {
         StoreError::Io {
             path: path.to_path_buf(),
             op,
@@ -276,6 +298,63 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// How many objects the store holds and their total size.
+    pub fn usage(&self) -> Result<StoreUsage, StoreError> {
+        let mut usage = StoreUsage::default();
+        for (_, path) in self.objects()? {
+            if let Ok(meta) = fs::symlink_metadata(&path) {
+                usage.objects += 1;
+                usage.bytes += meta.len();
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Removes every object whose digest is not in `keep` (and nothing else: files whose
+    /// names are not digests are left alone). Only call this while no reload can stage
+    /// (the caller holds every slot's reload lock). Returns what was removed and kept.
+    pub fn gc(&self, keep: &std::collections::HashSet<Sha256>) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        for (digest, path) in self.objects()? {
+            let bytes = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if keep.contains(&digest) {
+                report.kept += 1;
+                report.kept_bytes += bytes;
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    report.removed.push(digest);
+                    report.freed_bytes += bytes;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&path, "remove", e)),
+            }
+        }
+        if !report.removed.is_empty() {
+            self.lock_known().stored.retain(|d, _| keep.contains(d));
+            self.lock_known()
+                .sources
+                .retain(|_, (_, d)| keep.contains(d));
+            sync_dir(&self.objects)?;
+        }
+        Ok(report)
+    }
+
+    /// Every object: its digest (from its name) and path.
+    fn objects(&self) -> Result<Vec<(Sha256, PathBuf)>, StoreError> {
+        let entries =
+            fs::read_dir(&self.objects).map_err(|e| StoreError::io(&self.objects, "list", e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&self.objects, "list", e))?;
+            if let Some(digest) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push((digest, entry.path()));
+            }
+        }
+        Ok(out)
     }
 
     fn stage(&self, src: &Path, kind: Kind) -> Result<Sha256, StoreError> {

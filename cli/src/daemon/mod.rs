@@ -180,6 +180,32 @@ async fn wait_server(name: &str, task: JoinHandle<std::io::Result<()>>) {
     }
 }
 
+/// How often the daemon removes artifacts no kept generation references.
+const STORE_GC_PERIOD: Duration = Duration::from_secs(60 * 60);
+
+/// Runs `store gc` every [`STORE_GC_PERIOD`] until shutdown.
+fn spawn_store_gc(state: &Arc<AppState>) {
+    let supervisor = state.supervisor.clone();
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STORE_GC_PERIOD) => {}
+            }
+            match supervisor.store_gc().await {
+                Ok(report) if report.removed.is_empty() => {}
+                Ok(report) => tracing::info!(
+                    removed = report.removed.len(),
+                    freed_bytes = report.freed_bytes,
+                    "store gc"
+                ),
+                Err(e) => tracing::warn!(error = %e, "store gc"),
+            }
+        }
+    });
+}
+
 /// `tryswap serve [--keep-plugins]`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let state_dir = &ctx.state_dir;
@@ -300,6 +326,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
                 }
             }
         });
+        spawn_store_gc(&state);
         state.ready.store(true, Ordering::SeqCst);
         let slots = ctx.config.slots.len();
         notify::ready(&format!("serving {slots} slot(s)"));

@@ -263,6 +263,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/journal/verify", get(journal_verify))
         .route("/v1/journal/replay", get(journal_replay))
         .route("/v1/journal/compact", post(journal_compact))
+        .route("/v1/store/gc", post(store_gc))
         .fallback(not_found)
         .with_state(state)
 }
@@ -601,6 +602,19 @@ async fn journal_compact(State(st): St, headers: HeaderMap, body: Bytes) -> ApiR
         .map_err(|e| ApiError::internal(format!("the compaction task failed: {e}")))?
         .map_err(SupervisorError::from)?;
     let text = wants_text(&headers).then(|| crate::journal_cmd::compact_text(&report));
+    reply(StatusCode::OK, &report, text)
+}
+
+/// `POST /v1/store/gc`: `tryswap store gc`.
+async fn store_gc(State(st): St, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let supervisor = st.supervisor.clone();
+    let report = st
+        .tasks
+        .spawn(async move { supervisor.store_gc().await })
+        .await
+        .map_err(|e| ApiError::internal(format!("the store gc task failed: {e}")))??;
+    let text = wants_text(&headers).then(|| render::store_gc_text(&report));
     reply(StatusCode::OK, &report, text)
 }
 

@@ -879,6 +879,40 @@ impl Supervisor {
                 .is_some_and(crate::driver::process::os::is_alive)
     }
 
+    /// Removes from the store every artifact no kept generation references: a slot's
+    /// active and retiring generations and every generation in its history (what
+    /// `rollback --to` can bring back). Waits for reloads under way and holds every slot's
+    /// reload lock meanwhile, so nothing is staged while it runs.
+    pub async fn store_gc(&self) -> Result<crate::store::GcReport, SupervisorError> {
+        let runtimes = self.runtimes();
+        let mut guards = Vec::with_capacity(runtimes.len());
+        for rt in &runtimes {
+            guards.push(Arc::clone(&rt.busy).lock_owned().await);
+        }
+        let mut keep = std::collections::HashSet::new();
+        for view in self.inner.journal.slots()? {
+            let slot = &view.slot;
+            let instances = slot.active.iter().chain(slot.retiring.iter());
+            let artifacts = instances.map(|i| &i.artifact).chain(slot.history.values());
+            for artifact in artifacts {
+                keep.insert(artifact.sha256);
+                keep.extend(artifact.config_sha256);
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        let report = tokio::task::spawn_blocking(move || inner.store.gc(&keep))
+            .await
+            .map_err(|e| {
+                SupervisorError::Store(StoreError::io(
+                    &self.inner.state_dir.join("store"),
+                    "collect garbage in",
+                    std::io::Error::other(e.to_string()),
+                ))
+            })??;
+        drop(guards);
+        Ok(report)
+    }
+
     /// Every configured slot and every slot the journal knows, by name.
     pub fn status(&self, only: Option<&SlotName>) -> Result<StatusReport, SupervisorError> {
         let configured: Vec<SlotName> = self.runtimes().iter().map(|r| r.name.clone()).collect();
@@ -915,7 +949,10 @@ impl Supervisor {
                 is_configured,
             ));
         }
-        Ok(StatusReport { slots })
+        Ok(StatusReport {
+            slots,
+            store: self.inner.store.usage().ok(),
+        })
     }
 
     /// Every reload of the slot the journal still holds, oldest first.
