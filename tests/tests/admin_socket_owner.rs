@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use tryswap_tests::fixture_plugin_path;
-use tryswap_tests::harness::Harness;
+use tryswap_tests::harness::{capability, Harness};
 use tryswap_tests::process::send_signal;
 
 /// The uid and gid of `nobody`.
@@ -16,12 +16,12 @@ const NOBODY: u32 = 65534;
 
 #[test]
 fn a_socket_bound_by_another_user_is_refused() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("TRYSWAP_REQUIRE_ALL").as_deref() != Ok("1"),
-            "this test needs root (to bind a socket as another user)"
-        );
-        eprintln!("skipped: needs root to bind a socket as another user");
+    let root = if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err("not running as root".to_owned())
+    };
+    if !capability("root (to bind a socket as another user)", root) {
         return;
     }
     let h = Harness::demo();

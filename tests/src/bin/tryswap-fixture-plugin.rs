@@ -251,9 +251,12 @@ fn grandchild(config: &FixtureConfig) -> ! {
 }
 
 /// Starts the grandchild and waits (bounded) until it is ready; returns its pid.
-async fn spawn_grandchild(config_path: Option<&Path>) -> Result<u32, String> {
+async fn spawn_grandchild(config_path: Option<&Path>, clear_env: bool) -> Result<u32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cmd = tokio::process::Command::new(&exe);
+    if clear_env {
+        cmd.env_clear();
+    }
     cmd.arg("--grandchild");
     if let Some(path) = config_path {
         cmd.arg("--config").arg(path);
@@ -680,7 +683,7 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
     );
 
     if config.fork_grandchild {
-        match spawn_grandchild(args.config.as_deref()).await {
+        match spawn_grandchild(args.config.as_deref(), config.grandchild_clear_env).await {
             Ok(pid) => {
                 log(
                     "info",

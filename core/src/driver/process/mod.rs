@@ -1,5 +1,6 @@
 //! The process driver: plugins as child processes speaking go-plugin's handshake.
 
+pub mod cgroup;
 pub mod handshake;
 pub mod os;
 pub mod sockets;
@@ -144,6 +145,9 @@ async fn process_exited(spawned: Option<Spawned>, identity: Option<ProcessIdenti
     }
 }
 
+/// How long a generation's cgroup may take to empty after `cgroup.kill`.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a candidate may take, after printing its handshake, to have a socket listening
 /// at the address it announced.
 const LISTENER_GRACE: Duration = Duration::from_secs(1);
@@ -262,6 +266,7 @@ impl ProcessDriver {
                 stdout_path: stdout_path.clone(),
                 stderr_path,
                 log_max_bytes: slot.log_max_bytes,
+                cgroup: cgroup::path_for(&self.state_dir, &request.slot, request.generation),
             },
             stdout_path,
         ))
@@ -522,6 +527,18 @@ impl Driver for ProcessDriver {
         }
         // Anything that escaped the group (setsid'd grandchildren) still carries the tag.
         let stragglers = os::kill_tagged(&instance.reload, stop_timeout).await;
+        // And anything that escaped both: its cgroup holds it.
+        if let Some(dir) = cgroup::path_for(&self.state_dir, &instance.slot, instance.generation) {
+            let left = cgroup::kill_and_remove(&dir, KILL_GRACE).await;
+            if left > 0 {
+                tracing::warn!(
+                    slot = %instance.slot,
+                    generation = instance.generation.0,
+                    count = left,
+                    "killed processes left in the generation's cgroup"
+                );
+            }
+        }
         remove_tmp_dir(&tmp_dir(
             &self.state_dir,
             &instance.slot,

@@ -207,6 +207,9 @@ pub struct SpawnSpec {
     pub stderr_path: PathBuf,
     /// How many bytes this run may add to its larger log file; 0 = unlimited. See [`spawn`].
     pub log_max_bytes: u64,
+    /// A cgroup v2 directory the plugin joins before `exec`, if it can be created (see
+    /// [`super::cgroup`]); `None`, or a cgroup that cannot be made, runs it without one.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A plugin we started and (while this process lives) are the parent of.
@@ -309,6 +312,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
         None
     };
 
+    let cgroup_procs = spec.cgroup.as_deref().and_then(super::cgroup::prepare);
+    let cgroup_fd = cgroup_procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+
     let mut attempt = 0;
     let mut child = loop {
         let mut cmd = tokio::process::Command::new(&spec.program);
@@ -328,7 +334,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
         // SAFETY: the closure only calls async-signal-safe functions (sigemptyset,
         // sigprocmask, sigaction, setrlimit, umask) on stack data and allocates nothing.
         unsafe {
-            cmd.pre_exec(move || child_setup(fsize_limit, umask));
+            cmd.pre_exec(move || child_setup(fsize_limit, umask, cgroup_fd));
         }
         match cmd.spawn() {
             Ok(child) => break child,
@@ -399,9 +405,19 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
 }
 
 /// Runs in the forked child before `exec`. Async-signal-safe calls only.
-fn child_setup(fsize_limit: Option<libc::rlim_t>, umask: Option<libc::mode_t>) -> io::Result<()> {
+fn child_setup(
+    fsize_limit: Option<libc::rlim_t>,
+    umask: Option<libc::mode_t>,
+    cgroup_procs: Option<std::os::fd::RawFd>,
+) -> io::Result<()> {
     // SAFETY: plain libc calls on zero-initialised stack values; all async-signal-safe.
     unsafe {
+        // "0" moves the writer itself into the cgroup, before it can fork anything.
+        if let Some(fd) = cgroup_procs {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if let Some(mask) = umask {
             libc::umask(mask);
         }
