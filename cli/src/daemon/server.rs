@@ -16,6 +16,7 @@
 //! | `GET /v1/events` | server-sent events (see [`super::events`]) | 200 |
 //! | `GET /v1/monitor` | keep-alive state of every slot | 200 |
 //! | `GET /v1/journal/verify`, `GET /v1/journal/replay?until=SEQ`, `POST /v1/journal/compact` | `tryswap journal …` (records: `/v1/events?follow=false&from=SEQ`) | 200 |
+//! | `POST /v1/store/gc` | `tryswap store gc` | 200 |
 //!
 //! Every `/v1` route answers 503 until recovery finished and once shutdown began. Errors
 //! are `{"error": message, "exit_code": n}` with the exit code the CLI uses for the same
