@@ -63,3 +63,28 @@ fn an_escaped_grandchild_without_the_tag_does_not_survive_a_rejection() {
     assert!(pid_alive(pid1), "the active generation must keep running");
     assert_eq!(h.active("demo").map(|(_, pid, _)| pid), Some(pid1));
 }
+
+#[test]
+fn an_exec_probe_that_daemonizes_leaks_nothing() {
+    if !capability("a writable cgroup v2 hierarchy", writable_cgroup2()) {
+        return;
+    }
+    let h = Harness::demo();
+    let pid_file = h.state.join("probe-daemon.pid");
+    let probe = format!(
+        "kind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > {}\"]",
+        pid_file.display()
+    );
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, text.replacen("kind = \"grpc\"", &probe, 1)).unwrap();
+    let run = h.activate(
+        "demo",
+        &h.fixture_config("v1", &FixtureConfig::with_message("v1")),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let daemonized = read_pid_file(&pid_file).expect("the probe's daemon pid");
+    assert!(
+        wait_gone(daemonized, Duration::from_secs(10)),
+        "the process the exec probe daemonized ({daemonized}) survived"
+    );
+}

@@ -49,6 +49,29 @@ pub fn path_for(state_dir: &Path, slot: &SlotName, generation: Generation) -> Op
     )
 }
 
+/// A fresh cgroup for one run of an exec probe (`<mount>/tryswap/probes/<pid>-<n>`), so a
+/// probe command that daemonizes leaves nothing behind; `None` without a cgroup2 hierarchy.
+pub fn for_probe() -> Option<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(
+        mount_point()?
+            .join("tryswap")
+            .join("probes")
+            .join(format!("{}-{n}", std::process::id())),
+    )
+}
+
+/// In a forked child before `exec`: moves the child into the cgroup whose `cgroup.procs`
+/// is open as `fd` (writing `0` moves the writer). Async-signal-safe.
+pub fn join_in_child(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: write(2) from a buffer we own; async-signal-safe.
+    if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Creates the cgroup `dir` and opens its `cgroup.procs` for the child to join (by
 /// writing `0` to it before `exec`). `None` (logged) where that is not possible: no
 /// permission, no `cgroup.kill`, not cgroup2.

@@ -412,11 +412,9 @@ fn child_setup(
 ) -> io::Result<()> {
     // SAFETY: plain libc calls on zero-initialised stack values; all async-signal-safe.
     unsafe {
-        // "0" moves the writer itself into the cgroup, before it can fork anything.
+        // Into the generation's cgroup, before it can fork anything.
         if let Some(fd) = cgroup_procs {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
-            }
+            super::cgroup::join_in_child(fd)?;
         }
         if let Some(mask) = umask {
             libc::umask(mask);
