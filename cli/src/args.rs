@@ -201,6 +201,20 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// The artifact store.
+    Store {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+/// `tryswap store …`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Remove every stored artifact no kept generation references (active, retiring, or
+    /// in a slot's history). The daemon also does this every hour.
+    Gc,
 }
 
 /// `tryswap journal …`.

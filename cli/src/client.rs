@@ -78,6 +78,36 @@ fn daemon_error(socket: &Path) -> impl Fn(String) -> CliError + '_ {
     }
 }
 
+/// Refuses a daemon socket that someone else could have bound: before anything is sent,
+/// the socket file's owner and the peer's `SO_PEERCRED` uid must both be the invoking user
+/// or root. Otherwise another user who bound the path first could answer our commands with
+/// forged results.
+fn trusted_peer(socket: &Path, stream: &UnixStream) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::getuid().as_raw();
+    let trusted = |uid: u32| uid == me || uid == 0;
+    let owner = std::fs::metadata(socket)
+        .map_err(|e| format!("cannot check who owns the socket: {e}"))?
+        .uid();
+    if !trusted(owner) {
+        return Err(format!(
+            "refusing to talk to it: the socket belongs to uid {owner}, not to you (uid {me}) \
+             or root"
+        ));
+    }
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the daemon's credentials: {e}"))?
+        .uid();
+    if !trusted(peer) {
+        return Err(format!(
+            "refusing to talk to it: the process serving it runs as uid {peer}, not as you \
+             (uid {me}) or root"
+        ));
+    }
+    Ok(())
+}
+
 /// Server-sent events of `/v1/events`, one at a time.
 pub struct EventStream {
     body: Incoming,
@@ -180,6 +210,7 @@ impl Client {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        trusted_peer(&self.socket, &stream).map_err(&fail)?;
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -424,6 +455,15 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
         }
         Command::Events { from, follow } => events_remote(client, ctx, *from, *follow).await,
         Command::Journal { command } => journal(client, ctx, command).await,
+        Command::Store {
+            command: crate::args::StoreCommand::Gc,
+        } => {
+            let reply = ok(client
+                .call(Method::POST, "/v1/store/gc", None, text)
+                .await?)?;
+            print_body(&reply.body)?;
+            Ok(EXIT_OK)
+        }
         Command::Serve { .. }
         | Command::Logs { .. }
         | Command::Report { .. }

@@ -441,6 +441,18 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(if slot_failed { EXIT_ERROR } else { EXIT_OK })
         }
         Command::Journal { command } => journal_cmd::run(&ctx, command).await,
+        Command::Store {
+            command: args::StoreCommand::Gc,
+        } => {
+            let supervisor = ctx.supervisor().await?;
+            let report = supervisor.store_gc().await?;
+            if ctx.json {
+                render::json(&report)?;
+            } else {
+                print!("{}", render::store_gc_text(&report));
+            }
+            Ok(EXIT_OK)
+        }
         Command::Serve { keep_plugins } => daemon::serve(&ctx, *keep_plugins).await,
         Command::ReloadConfig { .. } => Err(CliError::new(
             EXIT_ERROR,
@@ -519,6 +531,8 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     init_tracing(cli.log_format, matches!(cli.command, Command::Serve { .. }));
+    // Journal, store and sockets private whatever the umask; plugins get it back.
+    tryswap::driver::process::os::restrict_umask();
     // Crash tests only: inert unless TRYSWAP_FAILPOINTS is set (docs/recovery.md).
     if let Err(e) = tryswap::supervisor::recovery::arm_failpoints_from_env() {
         eprintln!("tryswap: {e}");

@@ -630,6 +630,17 @@ pub fn started_text(slot: &str, generation: u64) -> String {
     format!("{slot}: generation {generation} is running\n")
 }
 
+/// `tryswap store gc` as text.
+pub fn store_gc_text(report: &tryswap::store::GcReport) -> String {
+    format!(
+        "store: removed {} artifact(s) no kept generation references ({} bytes freed); kept {} ({} bytes)\n",
+        report.removed.len(),
+        report.freed_bytes,
+        report.kept,
+        report.kept_bytes
+    )
+}
+
 /// `tryswap stop SLOT` as text.
 pub fn stopped_text(slot: &str, stopped: Option<u64>) -> String {
     match stopped {

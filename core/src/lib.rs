@@ -17,6 +17,7 @@ pub mod admin_body;
 mod blocking;
 pub mod config;
 pub mod driver;
+mod file_modes;
 pub mod keepalive;
 pub mod probe;
 pub mod report;

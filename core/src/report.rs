@@ -363,6 +363,9 @@ impl StatusReport {
 pub struct StatusReport {
     /// Every slot, configured or known to the journal, by name.
     pub slots: Vec<SlotStatus>,
+    /// The artifact store's size (absent when it could not be measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::store::StoreUsage>,
 }
 
 /// `history --json`: `{"slot":…, "reloads":[…]}`, oldest first.

@@ -3,7 +3,8 @@
 //! Staging copies a candidate's executable (or config file) into the store, hashing it on
 //! the way, so a reload — and any later rollback or relaunch — runs bytes tryswap owns and
 //! has fsynced, never a file outside that may have changed since. Stored files are
-//! read-only (0555 executables, 0444 configs) and named by their SHA-256.
+//! read-only and private to the store's user (0500 executables, 0400 configs) and named by
+//! their SHA-256.
 //!
 //! Staging streams the source into a temporary file inside `<state-dir>/store/`, fsyncs
 //! it, makes it read-only, renames it to `sha256/<hex>` and fsyncs the directory. A failed
@@ -43,9 +44,9 @@ use sha2::Digest as _;
 use tryswap_fsm::Sha256;
 
 /// Mode of a stored executable.
-const EXECUTABLE_MODE: u32 = 0o555;
+const EXECUTABLE_MODE: u32 = 0o500;
 /// Mode of a stored config file.
-const CONFIG_MODE: u32 = 0o444;
+const CONFIG_MODE: u32 = 0o400;
 /// Name prefix of temporary files in the store root while a copy is in progress.
 const STAGING_PREFIX: &str = ".staging-";
 /// Copy buffer size.
@@ -53,6 +54,28 @@ const CHUNK: usize = 64 * 1024;
 /// A file's stat is trusted to stand for its bytes only if its ctime is at least this much
 /// older than the moment it was hashed (see [`Stamp`]).
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How much the store holds (`status --json` `store`, metric `tryswap_store_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreUsage {
+    /// Stored objects (executables and config files).
+    pub objects: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+}
+
+/// What [`Store::gc`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Digests of the objects removed.
+    pub removed: Vec<Sha256>,
+    /// Bytes they held.
+    pub freed_bytes: u64,
+    /// Objects kept.
+    pub kept: u64,
+    /// Bytes the kept objects hold.
+    pub kept_bytes: u64,
+}
 
 /// Why staging or verifying an artifact failed. Every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +129,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn io(path: &Path, op: &'static str, source: io::Error) -> StoreError {
+    pub(crate) fn io(path: &Path, op: &'static str, source: io::Error) -> StoreError {
         StoreError::Io {
             path: path.to_path_buf(),
             op,
@@ -213,14 +236,14 @@ impl Store {
 
     /// Copies an executable into the store and returns its digest. The source must be a
     /// regular file (symlinks are followed), readable, with at least one execute bit. The
-    /// stored copy has mode 0555.
+    /// stored copy has mode 0500.
     pub fn stage_executable(&self, src: &Path) -> Result<Sha256, StoreError> {
         self.stage(src, Kind::Executable)
     }
 
     /// Copies a config file into the store and returns its digest. The source must be a
-    /// readable regular file (symlinks are followed). The stored copy has mode 0444 (or
-    /// 0555 if the same bytes were also staged as an executable).
+    /// readable regular file (symlinks are followed). The stored copy has mode 0400 (or
+    /// 0500 if the same bytes were also staged as an executable).
     pub fn stage_config(&self, src: &Path) -> Result<Sha256, StoreError> {
         self.stage(src, Kind::Config)
     }
@@ -275,6 +298,63 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// How many objects the store holds and their total size.
+    pub fn usage(&self) -> Result<StoreUsage, StoreError> {
+        let mut usage = StoreUsage::default();
+        for (_, path) in self.objects()? {
+            if let Ok(meta) = fs::symlink_metadata(&path) {
+                usage.objects += 1;
+                usage.bytes += meta.len();
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Removes every object whose digest is not in `keep` (and nothing else: files whose
+    /// names are not digests are left alone). Only call this while no reload can stage
+    /// (the caller holds every slot's reload lock). Returns what was removed and kept.
+    pub fn gc(&self, keep: &std::collections::HashSet<Sha256>) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        for (digest, path) in self.objects()? {
+            let bytes = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if keep.contains(&digest) {
+                report.kept += 1;
+                report.kept_bytes += bytes;
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    report.removed.push(digest);
+                    report.freed_bytes += bytes;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&path, "remove", e)),
+            }
+        }
+        if !report.removed.is_empty() {
+            self.lock_known().stored.retain(|d, _| keep.contains(d));
+            self.lock_known()
+                .sources
+                .retain(|_, (_, d)| keep.contains(d));
+            sync_dir(&self.objects)?;
+        }
+        Ok(report)
+    }
+
+    /// Every object: its digest (from its name) and path.
+    fn objects(&self) -> Result<Vec<(Sha256, PathBuf)>, StoreError> {
+        let entries =
+            fs::read_dir(&self.objects).map_err(|e| StoreError::io(&self.objects, "list", e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&self.objects, "list", e))?;
+            if let Some(digest) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push((digest, entry.path()));
+            }
+        }
+        Ok(out)
     }
 
     fn stage(&self, src: &Path, kind: Kind) -> Result<Sha256, StoreError> {
@@ -342,6 +422,8 @@ impl Store {
                 .write_all(&buf[..n])
                 .map_err(|e| StoreError::io(&staging_path, "write", e))?;
         }
+        // Crash tests: a death here leaves a staging copy for the next open to remove.
+        fail::fail_point!("store-after-copy");
         let digest = Sha256(hasher.finalize().into());
         let mode = match kind {
             Kind::Executable => EXECUTABLE_MODE,
@@ -391,7 +473,7 @@ impl Store {
         if known.stored.get(digest) != Some(&Stamp::of(&stored)) {
             return None;
         }
-        if kind == Kind::Executable && stored.permissions().mode() & 0o111 != 0o111 {
+        if kind == Kind::Executable && stored.permissions().mode() & 0o100 == 0 {
             return None;
         }
         Some(*digest)
@@ -416,7 +498,7 @@ impl Store {
             known.sources.insert(src.to_path_buf(), (stamp, *digest));
         }
         // The stored copy was verified or written just now, and nobody but the store writes
-        // it (0555/0444 in a 0700 directory): its stamp needs no waiting period.
+        // it (0500/0400 in a 0700 directory): its stamp needs no waiting period.
         known.stored.insert(*digest, stored);
     }
 
@@ -444,7 +526,7 @@ impl Store {
         }
         if kind == Kind::Executable {
             let meta = fs::metadata(target).map_err(|e| StoreError::io(target, "stat", e))?;
-            if meta.permissions().mode() & 0o111 != 0o111 {
+            if meta.permissions().mode() & 0o100 == 0 {
                 fs::set_permissions(target, Permissions::from_mode(EXECUTABLE_MODE))
                     .map_err(|e| StoreError::io(target, "chmod", e))?;
                 File::open(target)

@@ -83,6 +83,7 @@ fn design_example_parses_to_expected_values() {
             socket: PathBuf::from("tryswap.sock"),
             listen: None,
             token_file: None,
+            socket_outside_state_dir: false,
         },
         slots: vec![SlotConfig {
             name: demo.clone(),
@@ -169,6 +170,7 @@ fn all_optional_settings_are_read() {
     let text = r#"
 [admin]
 socket = "/run/tryswap/admin.sock"
+socket_outside_state_dir = true
 listen = "127.0.0.1:7391"
 token_file = "/etc/tryswap/token"
 
@@ -219,6 +221,7 @@ service = ""
             socket: "/run/tryswap/admin.sock".into(),
             listen: Some("127.0.0.1:7391".parse().unwrap()),
             token_file: Some("/etc/tryswap/token".into()),
+            socket_outside_state_dir: true,
         }
     );
     let a = config.slot(&name("a")).unwrap();

@@ -69,6 +69,7 @@ impl Fixture {
 
     fn spec(&self, body: &str) -> SpawnSpec {
         SpawnSpec {
+            cgroup: None,
             program: self.script(body),
             args: vec!["arg one".into()],
             env: self.env(),

@@ -100,7 +100,7 @@ fn staged_executable_is_a_read_only_copy_named_by_its_digest() {
             .join(digest.to_string())
     );
     assert_eq!(fs::read(&stored).unwrap(), bytes);
-    assert_eq!(mode_of(&stored), 0o555);
+    assert_eq!(mode_of(&stored), 0o500);
     assert!(
         leftovers(&fx.store).is_empty(),
         "{:?}",
@@ -117,7 +117,7 @@ fn staged_config_is_read_only_and_needs_no_execute_bit() {
     let src = fx.file("plugin.toml", b"level = 3\n", 0o600);
     let digest = fx.store.stage_config(&src).unwrap();
     assert_eq!(digest, sha256_of(b"level = 3\n"));
-    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o444);
+    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o400);
     // An empty config is fine too.
     let empty = fx.file("empty.toml", b"", 0o644);
     let digest = fx.store.stage_config(&empty).unwrap();
@@ -150,12 +150,12 @@ fn executable_staged_over_a_config_copy_gets_its_execute_bits() {
     let fx = Fixture::new();
     let src = fx.file("both", b"#!/bin/sh\n", 0o755);
     let digest = fx.store.stage_config(&src).unwrap();
-    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o444);
+    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o400);
     assert_eq!(fx.store.stage_executable(&src).unwrap(), digest);
-    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o555);
+    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o500);
     // Staging it as a config again does not take the bits away.
     fx.store.stage_config(&src).unwrap();
-    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o555);
+    assert_eq!(mode_of(&fx.store.path_of(&digest)), 0o500);
 }
 
 #[test]
@@ -323,7 +323,7 @@ fn verify_detects_a_tampered_copy() {
     assert_eq!(fx.store.stage_executable(&src).unwrap(), digest);
     fx.store.verify(&digest).unwrap();
     assert_eq!(fs::read(&stored).unwrap(), b"original bytes");
-    assert_eq!(mode_of(&stored), 0o555);
+    assert_eq!(mode_of(&stored), 0o500);
 }
 
 #[test]

@@ -98,6 +98,9 @@ pub struct FixtureConfig {
     /// The grandchild calls `setsid`, escaping the plugin's process group.
     #[serde(default, skip_serializing_if = "is_false")]
     pub grandchild_new_session: bool,
+    /// The grandchild starts with an empty environment (no `TRYSWAP_RELOAD_ID` tag).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub grandchild_clear_env: bool,
     /// After the handshake, write to stdout as fast as possible forever.
     #[serde(default, skip_serializing_if = "is_false")]
     pub flood_stdout: bool,

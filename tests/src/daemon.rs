@@ -44,6 +44,22 @@ impl Daemon {
     /// Starts `tryswap --config <cfg> serve ARGS…` with `env` added, without waiting.
     /// Its stderr (with `TRYSWAP_LOG=info`) goes to `<tmp>/daemon-<n>.log`.
     pub fn spawn(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_limited(h, args, env, None)
+    }
+
+    /// [`Daemon::start`] with `RLIMIT_NOFILE` set to `(soft, hard)` for the daemon.
+    pub fn start_with_nofile(h: &Harness, soft: u64, hard: u64) -> Daemon {
+        let daemon = Self::spawn_limited(h, &[], &[], Some((soft, hard)));
+        daemon.wait_ready()
+    }
+
+    /// [`Daemon::spawn`], optionally with `RLIMIT_NOFILE` set to `(soft, hard)`.
+    fn spawn_limited(
+        h: &Harness,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) -> Daemon {
         let mut n = 0;
         let log = loop {
             let candidate = h.state.join(format!("daemon-{n}.log"));
@@ -68,6 +84,22 @@ impl Daemon {
         for (k, v) in env {
             command.env(k, v);
         }
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and only reads the stack value.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft as libc::rlim_t,
+                        rlim_max: hard as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = command.spawn().expect("spawn tryswap serve");
         Daemon {
             child,
@@ -84,7 +116,12 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra arguments and environment.
     pub fn start_with(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut daemon = Self::spawn(h, args, env);
+        Self::spawn(h, args, env).wait_ready()
+    }
+
+    /// Waits (bounded) until `/healthz` answers 200; panics with the log if it does not.
+    fn wait_ready(self) -> Daemon {
+        let mut daemon = self;
         let ready = wait_until(READY_TIMEOUT, || {
             daemon.has_exited() || daemon.get("/healthz").is_ok_and(|r| r.status == 200)
         });

@@ -265,6 +265,20 @@ pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
     }
 }
 
+/// Whether a test needing `capability` may run: `Ok(())` from `available` runs it; an error
+/// skips it with a message saying why, or fails it when `TRYSWAP_REQUIRE_ALL=1`.
+pub fn capability(capability: &str, available: Result<(), String>) -> bool {
+    let Err(why) = available else {
+        return true;
+    };
+    assert!(
+        std::env::var("TRYSWAP_REQUIRE_ALL").as_deref() != Ok("1"),
+        "this test needs {capability}: {why}"
+    );
+    eprintln!("skipped: needs {capability}: {why}");
+    false
+}
+
 /// Waits (bounded) until `pid` is gone; returns whether it is.
 pub fn wait_gone(pid: u32, limit: Duration) -> bool {
     wait_until(limit, || !pid_alive(pid))

@@ -165,6 +165,7 @@ pub struct Metrics {
     healthy: Family<SlotLabels, Gauge>,
     flushes: Counter,
     last_seq: Gauge,
+    store_bytes: Gauge,
     /// Reloads in progress: mode and time of their last record.
     open: std::sync::Mutex<HashMap<ReloadId, (&'static str, DateTime<Utc>)>>,
 }
@@ -184,6 +185,12 @@ impl Metrics {
         let healthy = Family::<SlotLabels, Gauge>::default();
         let flushes = Counter::default();
         let last_seq = Gauge::default();
+        let store_bytes = Gauge::default();
+        registry.register(
+            "tryswap_store_bytes",
+            "Total size of the artifact store's objects",
+            store_bytes.clone(),
+        );
         registry.register(
             "tryswap_build",
             "The tryswap version serving these metrics",
@@ -252,6 +259,7 @@ impl Metrics {
             recovery_failed,
             healthy,
             flushes,
+            store_bytes,
             last_seq,
             open: std::sync::Mutex::new(HashMap::new()),
         }
@@ -343,6 +351,10 @@ impl Metrics {
         self.recovery_failed.clear();
         match supervisor.status(None) {
             Ok(status) => {
+                if let Some(store) = status.store {
+                    self.store_bytes
+                        .set(i64::try_from(store.bytes).unwrap_or(i64::MAX));
+                }
                 for slot in status.slots {
                     let labels = SlotLabels {
                         slot: slot.slot.clone(),

@@ -20,12 +20,12 @@
 //!    the next start reattaches or relaunches them), flushes the journal, removes the
 //!    socket, exits 0.
 
+pub mod connections;
 pub mod events;
 pub mod metrics;
 pub mod notify;
 pub mod server;
 
-use std::future::IntoFuture;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,19 +156,26 @@ fn spawn_server<L>(
     listener: L,
     state: &Arc<AppState>,
     auth: Auth,
+    max_connections: usize,
 ) -> JoinHandle<std::io::Result<()>>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L::Io: connections::Admit,
 {
     let app = server::router(Arc::clone(state)).layer(axum::middleware::from_fn_with_state(
         auth,
         server::authorize,
     ));
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
-        .into_future();
-    tokio::spawn(serve)
+    let limits = connections::Limits {
+        max_connections,
+        header_read_timeout: connections::HEADER_READ_TIMEOUT,
+    };
+    tokio::spawn(connections::serve(
+        listener,
+        app,
+        limits,
+        state.shutdown.clone(),
+    ))
 }
 
 async fn wait_server(name: &str, task: JoinHandle<std::io::Result<()>>) {
@@ -225,9 +232,39 @@ async fn settle_drift(supervisor: &Supervisor, config: &tryswap::config::Config)
     }
 }
 
+/// How often the daemon removes artifacts no kept generation references.
+const STORE_GC_PERIOD: Duration = Duration::from_secs(60 * 60);
+
+/// Runs `store gc` every [`STORE_GC_PERIOD`] until shutdown.
+fn spawn_store_gc(state: &Arc<AppState>) {
+    let supervisor = state.supervisor.clone();
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STORE_GC_PERIOD) => {}
+            }
+            match supervisor.store_gc().await {
+                Ok(report) if report.removed.is_empty() => {}
+                Ok(report) => tracing::info!(
+                    removed = report.removed.len(),
+                    freed_bytes = report.freed_bytes,
+                    "store gc"
+                ),
+                Err(e) => tracing::warn!(error = %e, "store gc"),
+            }
+        }
+    });
+}
+
 /// `tryswap serve [--keep-plugins]`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let state_dir = &ctx.state_dir;
+    match connections::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE to its hard limit"),
+    }
     std::fs::create_dir_all(state_dir).map_err(io_error(format!(
         "creating the state directory {}",
         state_dir.display()
@@ -296,6 +333,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
             token: token.clone(),
             required: false,
         },
+        connections::MAX_UNIX_CONNECTIONS,
     );
     let tcp_server = tcp.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
@@ -308,6 +346,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
                 token: token.clone(),
                 required: true,
             },
+            connections::MAX_TCP_CONNECTIONS,
         )
     });
     tracing::info!(socket = %socket.display(), "admin API listening; running recovery");
@@ -341,6 +380,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
                 }
             }
         });
+        spawn_store_gc(&state);
         state.ready.store(true, Ordering::SeqCst);
         let slots = ctx.config.slots.len();
         notify::ready(&format!("serving {slots} slot(s)"));

@@ -16,6 +16,7 @@
 //! | `GET /v1/events` | server-sent events (see [`super::events`]) | 200 |
 //! | `GET /v1/monitor` | keep-alive state of every slot | 200 |
 //! | `GET /v1/journal/verify`, `GET /v1/journal/replay?until=SEQ`, `POST /v1/journal/compact` | `tryswap journal …` (records: `/v1/events?follow=false&from=SEQ`) | 200 |
+//! | `POST /v1/store/gc` | `tryswap store gc` | 200 |
 //!
 //! Every `/v1` route answers 503 until recovery finished and once shutdown began. Errors
 //! are `{"error": message, "exit_code": n}` with the exit code the CLI uses for the same
@@ -136,7 +137,8 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::UnknownSlot(_) => StatusCode::NOT_FOUND,
             SupervisorError::NoActive(_)
             | SupervisorError::NoPrevious(_)
-            | SupervisorError::UnknownGeneration { .. } => StatusCode::BAD_REQUEST,
+            | SupervisorError::UnknownGeneration { .. }
+            | SupervisorError::InvalidCandidate { .. } => StatusCode::BAD_REQUEST,
             SupervisorError::Rejected {
                 rejected: Rejected::Conflict { .. },
                 ..
@@ -284,6 +286,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/journal/verify", get(journal_verify))
         .route("/v1/journal/replay", get(journal_replay))
         .route("/v1/journal/compact", post(journal_compact))
+        .route("/v1/store/gc", post(store_gc))
         .fallback(not_found)
         .with_state(state)
 }
@@ -679,6 +682,19 @@ async fn journal_compact(State(st): St, headers: HeaderMap, body: Bytes) -> ApiR
         .map_err(|e| ApiError::internal(format!("the compaction task failed: {e}")))?
         .map_err(SupervisorError::from)?;
     let text = wants_text(&headers).then(|| crate::journal_cmd::compact_text(&report));
+    reply(StatusCode::OK, &report, text)
+}
+
+/// `POST /v1/store/gc`: `tryswap store gc`.
+async fn store_gc(State(st): St, headers: HeaderMap) -> ApiResult {
+    st.ready()?;
+    let supervisor = st.supervisor.clone();
+    let report = st
+        .tasks
+        .spawn(async move { supervisor.store_gc().await })
+        .await
+        .map_err(|e| ApiError::internal(format!("the store gc task failed: {e}")))??;
+    let text = wants_text(&headers).then(|| render::store_gc_text(&report));
     reply(StatusCode::OK, &report, text)
 }
 

@@ -59,6 +59,10 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// File holding the bearer token required on TCP (and accepted on the socket).
     pub token_file: Option<PathBuf>,
+    /// `admin.socket_outside_state_dir = true`: allows a `socket` that is absolute or leaves
+    /// the state directory with `..`. Off by default: a socket elsewhere (e.g. in a
+    /// directory other users can write) could be bound first by someone else.
+    pub socket_outside_state_dir: bool,
 }
 
 impl Default for AdminConfig {
@@ -67,6 +71,7 @@ impl Default for AdminConfig {
             socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             listen: None,
             token_file: None,
+            socket_outside_state_dir: false,
         }
     }
 }
@@ -322,6 +327,9 @@ pub const DEFAULT_GRPC_SERVICE: &str = "plugin";
 pub const DEFAULT_HTTP_PATH: &str = "/healthz";
 /// Default `log_max_bytes`: 64 MiB.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// The longest duration a config file may give any key: longer timers are mistakes, and
+/// adding them to a clock could overflow it.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -377,8 +385,9 @@ struct RawAdmin {
     socket: Option<Sp<String>>,
     listen: Option<Sp<String>>,
     token_file: Option<Sp<String>>,
+    socket_outside_state_dir: Option<bool>,
 }
-const ADMIN_KEYS: &[&str] = &["socket", "listen", "token_file"];
+const ADMIN_KEYS: &[&str] = &["socket", "listen", "token_file", "socket_outside_state_dir"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -587,8 +596,28 @@ impl<'a> Ctx<'a> {
     }
 
     fn admin(&self, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
+        let socket_outside_state_dir = raw.socket_outside_state_dir.unwrap_or(false);
         let socket = match raw.socket {
-            Some(s) => self.path_value(s, "admin.socket")?,
+            Some(s) => {
+                let span = s.span();
+                let path = self.path_value(s, "admin.socket")?;
+                let outside = path.is_absolute()
+                    || path
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir);
+                if outside && !socket_outside_state_dir {
+                    return Err(self.invalid(
+                        span,
+                        format!(
+                            "`admin.socket` = {:?} is outside the state directory; set \
+                             `admin.socket_outside_state_dir = true` if that is meant (the \
+                             directory holding it must be writable only by tryswap's user)",
+                            path.display().to_string()
+                        ),
+                    ));
+                }
+                path
+            }
             None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
         };
         let token_file = raw
@@ -621,6 +650,7 @@ impl<'a> Ctx<'a> {
             socket,
             listen,
             token_file,
+            socket_outside_state_dir,
         })
     }
 
@@ -705,7 +735,7 @@ impl<'a> Ctx<'a> {
         label: &SlotLabel,
         key: &str,
     ) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(d.get_ref().trim()).map_err(|e| {
+        let value = humantime::parse_duration(d.get_ref().trim()).map_err(|e| {
             self.invalid(
                 d.span(),
                 format!(
@@ -713,7 +743,18 @@ impl<'a> Ctx<'a> {
                     d.get_ref()
                 ),
             )
-        })
+        })?;
+        if value > MAX_DURATION {
+            return Err(self.invalid(
+                d.span(),
+                format!(
+                    "{label}: `{key}` = {:?} is longer than the maximum of {}",
+                    d.get_ref(),
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
+        }
+        Ok(value)
     }
 
     fn positive_duration(

@@ -119,6 +119,17 @@ pub enum StopOutcome {
     Killed,
 }
 
+/// Whether an instance runs, as far as its driver can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// It runs (and is the instance that was recorded).
+    Alive,
+    /// It is gone: exited, a zombie, or its pid names another process now.
+    Dead,
+    /// The driver could not look (e.g. out of file descriptors): act as if nothing changed.
+    Unknown,
+}
+
 /// Launches, validates, probes and stops instances of one slot.
 ///
 /// The supervisor calls these in order for a reload (launch → validate → probe) and calls
@@ -141,6 +152,16 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Whether the instance still runs.
     fn is_alive(&self, instance: &Instance) -> bool;
+
+    /// Whether the instance still runs, or [`Liveness::Unknown`] when the driver cannot
+    /// tell (for processes: `/proc` unreadable). The default knows no "unknown".
+    fn liveness(&self, instance: &Instance) -> Liveness {
+        if self.is_alive(instance) {
+            Liveness::Alive
+        } else {
+            Liveness::Dead
+        }
+    }
 
     /// Rebuilds an instance from journal facts after this process (re)started, if it is still
     /// running with the same identity. Drivers whose instances cannot outlive the host return

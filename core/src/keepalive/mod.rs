@@ -54,6 +54,7 @@ use tryswap_fsm::{Command, EventKind, Generation, ReasonKind, SlotName};
 
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
 use crate::driver::process::ProcessDriver;
+use crate::driver::Liveness;
 use crate::supervisor::{SlotRuntime, Supervisor};
 use policy::{Action, Event, Health, HealthChange, Pending, Policy, Report};
 
@@ -502,15 +503,16 @@ async fn run(
     }
 }
 
-/// Whether the generation the journal calls active runs.
-fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> bool {
+/// Whether the generation the journal calls active runs; [`Liveness::Unknown`] (e.g.
+/// `/proc` unreadable for lack of file descriptors) is never acted upon.
+fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> Liveness {
     match rt.active.load_full() {
         Some(serving) if serving.instance.generation == facts.generation => {
-            rt.driver.is_alive(&serving.instance)
+            rt.driver.liveness(&serving.instance)
         }
         _ => rt
             .driver
-            .is_alive(&crate::supervisor::facts_instance(&rt.name, facts)),
+            .liveness(&crate::supervisor::facts_instance(&rt.name, facts)),
     }
 }
 
@@ -634,7 +636,7 @@ impl KeepAlive<'_> {
         let Some(facts) = facts.filter(|f| f.running) else {
             return;
         };
-        if active_alive(&rt, &facts) {
+        if active_alive(&rt, &facts) != Liveness::Dead {
             return;
         }
         let generation = facts.generation;
@@ -758,18 +760,26 @@ async fn keep_alive(
         };
         let actions = match facts {
             None => ka.handle(Event::NoActive),
-            Some(facts) if facts.running => {
-                if active_alive(&rt, &facts) {
-                    ka.handle(Event::Running {
-                        generation: facts.generation,
-                        pid: facts.process.as_ref().map(|p| p.pid),
-                    })
-                } else {
+            Some(facts) if facts.running => match active_alive(&rt, &facts) {
+                Liveness::Alive => ka.handle(Event::Running {
+                    generation: facts.generation,
+                    pid: facts.process.as_ref().map(|p| p.pid),
+                }),
+                Liveness::Dead => {
                     drop(rt);
                     ka.crashed(restart.as_ref(), &stop).await;
                     continue;
                 }
-            }
+                Liveness::Unknown => {
+                    tracing::warn!(
+                        slot = %slot,
+                        generation = facts.generation.0,
+                        "cannot tell whether the active generation runs (/proc unreadable); \
+                         not acting on it"
+                    );
+                    continue;
+                }
+            },
             Some(facts) => {
                 drop(rt);
                 ka.handle(Event::Down {

@@ -528,10 +528,38 @@ impl Drop for GroupKiller {
     }
 }
 
+/// How long an exec probe's cgroup may take to empty after `cgroup.kill`.
+const EXEC_CGROUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs an exec probe in a cgroup of its own where one can be created, and kills whatever
+/// it left running (a command that daemonizes) once it is done.
 async fn exec_check(
     command: &[String],
     endpoint: Option<&Endpoint>,
     timeout: Duration,
+) -> Result<(), ProbeError> {
+    use crate::driver::process::cgroup;
+    let dir = cgroup::for_probe();
+    let procs = dir.as_deref().and_then(cgroup::prepare);
+    let fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    let result = exec_check_in(command, endpoint, timeout, fd).await;
+    drop(procs);
+    if let Some(dir) = dir {
+        if dir.exists() {
+            let left = cgroup::kill_and_remove(&dir, EXEC_CGROUP_GRACE).await;
+            if left > 0 {
+                tracing::debug!(?command, left, "killed what an exec probe left running");
+            }
+        }
+    }
+    result
+}
+
+async fn exec_check_in(
+    command: &[String],
+    endpoint: Option<&Endpoint>,
+    timeout: Duration,
+    cgroup_procs: Option<std::os::fd::RawFd>,
 ) -> Result<(), ProbeError> {
     let spawn_err = |detail: String| ProbeError::ExecSpawn {
         command: command.to_vec(),
@@ -550,6 +578,12 @@ async fn exec_check(
     if let Some(endpoint) = endpoint {
         cmd.env(EXEC_NETWORK_ENV, endpoint.network.to_string())
             .env(EXEC_ADDRESS_ENV, &endpoint.address);
+    }
+    if let Some(fd) = cgroup_procs {
+        // SAFETY: the closure only calls write(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || crate::driver::process::cgroup::join_in_child(fd));
+        }
     }
     let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
     let pgid = child

@@ -237,12 +237,28 @@ fn absolute(state_dir: &Path) -> Result<PathBuf, SupervisorError> {
     })
 }
 
+/// Makes the state directory exist with mode 0700 whatever the umask.
+fn private_state_dir(state_dir: &Path) -> Result<(), SupervisorError> {
+    crate::file_modes::private_state_dir(state_dir).map_err(|e| {
+        SupervisorError::Journal(JournalError::Missing(format!(
+            "state directory {}: {e}",
+            state_dir.display()
+        )))
+    })
+}
+
 impl Supervisor {
     /// Opens (or creates) the state directory: its journal and store. Fails at once if
     /// another process holds the journal. Register slots next, then call [`Supervisor::attach`].
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, SupervisorError> {
         let state_dir = absolute(state_dir.as_ref())?;
+        private_state_dir(&state_dir)?;
         let journal = Journal::open(&state_dir.join("journal"))?;
+        for private in ["journal", "store"] {
+            if let Err(e) = crate::file_modes::private_tree(&state_dir.join(private)) {
+                tracing::warn!(error = %e, "taking group and other bits off {private}/");
+            }
+        }
         Self::with_journal(state_dir, Arc::new(journal))
     }
 
@@ -255,7 +271,9 @@ impl Supervisor {
         state_dir: impl AsRef<Path>,
         journal: Arc<dyn JournalStore>,
     ) -> Result<Self, SupervisorError> {
-        Self::with_journal(absolute(state_dir.as_ref())?, journal)
+        let state_dir = absolute(state_dir.as_ref())?;
+        private_state_dir(&state_dir)?;
+        Self::with_journal(state_dir, journal)
     }
 
     fn with_journal(
@@ -263,6 +281,12 @@ impl Supervisor {
         journal: Arc<dyn JournalStore>,
     ) -> Result<Self, SupervisorError> {
         let store = Store::open(&state_dir)?;
+        // The journal's lock is ours: no other process is staging into the store.
+        match store.clean_staging() {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed copies left by interrupted stagings"),
+            Err(e) => tracing::warn!(error = %e, "removing copies left by interrupted stagings"),
+        }
         let (records, _) = broadcast::channel(1024);
         Ok(Supervisor {
             inner: Arc::new(Inner {
@@ -974,6 +998,40 @@ impl Supervisor {
         facts.running && self.driver_of(slot).is_alive(&facts_instance(slot, facts))
     }
 
+    /// Removes from the store every artifact no kept generation references: a slot's
+    /// active and retiring generations and every generation in its history (what
+    /// `rollback --to` can bring back). Waits for reloads under way and holds every slot's
+    /// reload lock meanwhile, so nothing is staged while it runs.
+    pub async fn store_gc(&self) -> Result<crate::store::GcReport, SupervisorError> {
+        let runtimes = self.runtimes();
+        let mut guards = Vec::with_capacity(runtimes.len());
+        for rt in &runtimes {
+            guards.push(Arc::clone(&rt.busy).lock_owned().await);
+        }
+        let mut keep = std::collections::HashSet::new();
+        for view in self.inner.journal.slots()? {
+            let slot = &view.slot;
+            let instances = slot.active.iter().chain(slot.retiring.iter());
+            let artifacts = instances.map(|i| &i.artifact).chain(slot.history.values());
+            for artifact in artifacts {
+                keep.insert(artifact.sha256);
+                keep.extend(artifact.config_sha256);
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        let report = tokio::task::spawn_blocking(move || inner.store.gc(&keep))
+            .await
+            .map_err(|e| {
+                SupervisorError::Store(StoreError::io(
+                    &self.inner.state_dir.join("store"),
+                    "collect garbage in",
+                    std::io::Error::other(e.to_string()),
+                ))
+            })??;
+        drop(guards);
+        Ok(report)
+    }
+
     /// Every configured slot and every slot the journal knows, by name.
     pub fn status(&self, only: Option<&SlotName>) -> Result<StatusReport, SupervisorError> {
         let configured: Vec<SlotName> = self.runtimes().iter().map(|r| r.name.clone()).collect();
@@ -1008,7 +1066,10 @@ impl Supervisor {
             status.failed = failed.get(&name).cloned();
             slots.push(status);
         }
-        Ok(StatusReport { slots })
+        Ok(StatusReport {
+            slots,
+            store: self.inner.store.usage().ok(),
+        })
     }
 
     /// Every reload of the slot the journal still holds, oldest first.

@@ -68,6 +68,45 @@ struct Args {
     /// Internal: run as the sleeping grandchild.
     #[arg(long, hide = true)]
     grandchild: bool,
+    /// Test helper, not a plugin: bind a Unix socket at this path and answer every HTTP
+    /// request on it with a forged success (a neighbour impersonating tryswap's daemon).
+    #[arg(long, hide = true)]
+    forge_admin_socket: Option<PathBuf>,
+}
+
+/// Answers every request on a Unix socket at `path` with `200 {"slots":[]}`, forever.
+fn forge_admin_socket(path: &Path) -> ExitCode {
+    use std::io::Read;
+    let listener = match std::os::unix::net::UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            log(
+                "error",
+                "cannot bind",
+                json!({ "path": path, "error": e.to_string() }),
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let _ = std::io::stdout().write_all(b"ready\n");
+    let _ = std::io::stdout().flush();
+    let body = r#"{"status":"ready","slots":[]}"#;
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for mut stream in listener.incoming().flatten() {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.write_all(reply.as_bytes());
+    }
+    ExitCode::SUCCESS
 }
 
 /// Writes one hclog-style JSON line to stderr.
@@ -92,6 +131,9 @@ fn log(level: &str, message: &str, fields: Value) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.forge_admin_socket {
+        return forge_admin_socket(path);
+    }
     let config = match &args.config {
         Some(path) => match FixtureConfig::load(path) {
             Ok(config) => config,
@@ -209,9 +251,12 @@ fn grandchild(config: &FixtureConfig) -> ! {
 }
 
 /// Starts the grandchild and waits (bounded) until it is ready; returns its pid.
-async fn spawn_grandchild(config_path: Option<&Path>) -> Result<u32, String> {
+async fn spawn_grandchild(config_path: Option<&Path>, clear_env: bool) -> Result<u32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cmd = tokio::process::Command::new(&exe);
+    if clear_env {
+        cmd.env_clear();
+    }
     cmd.arg("--grandchild");
     if let Some(path) = config_path {
         cmd.arg("--config").arg(path);
@@ -638,7 +683,7 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
     );
 
     if config.fork_grandchild {
-        match spawn_grandchild(args.config.as_deref()).await {
+        match spawn_grandchild(args.config.as_deref(), config.grandchild_clear_env).await {
             Ok(pid) => {
                 log(
                     "info",

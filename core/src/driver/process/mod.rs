@@ -1,9 +1,12 @@
 //! The process driver: plugins as child processes speaking go-plugin's handshake.
 
+pub mod cgroup;
 pub mod handshake;
 pub mod os;
+pub mod sockets;
 pub mod stdio;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +55,27 @@ fn generation_log_paths(
         dir.join(format!("{generation}.stdout")),
         dir.join(format!("{generation}.log")),
     )
+}
+
+/// A generation's own temporary directory, `<state-dir>/tmp/<slot>/<generation>` (mode
+/// 0700), given to the plugin as `TMPDIR`: go-plugin creates its unix socket there, so it
+/// is reachable only as intended and goes when the generation stops.
+pub fn tmp_dir(state_dir: &Path, slot: &SlotName, generation: Generation) -> PathBuf {
+    state_dir
+        .join("tmp")
+        .join(slot.as_str())
+        .join(generation.to_string())
+}
+
+/// Removes a stopped generation's temporary directory (and whatever it left there).
+fn remove_tmp_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the generation's TMPDIR")
+        }
+    }
 }
 
 /// The handle of a plugin this process launched.
@@ -125,13 +149,55 @@ async fn process_exited(spawned: Option<Spawned>, identity: Option<ProcessIdenti
     }
 }
 
+/// How long a generation's cgroup may take to empty after `cgroup.kill`.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a candidate may take, after printing its handshake, to have a socket listening
+/// at the address it announced.
+const LISTENER_GRACE: Duration = Duration::from_secs(1);
+
+/// Accepts the announced address only if the candidate's own process tree listens there
+/// (see [`sockets::check_endpoint_owner`]), waiting up to `wait` for a listener to appear.
+/// Runs off the reactor: it reads `/proc`.
+async fn check_endpoint_owner(
+    endpoint: &tryswap_fsm::Endpoint,
+    identity: &ProcessIdentity,
+    reload_tag: &str,
+    wait: Duration,
+) -> Result<(), sockets::EndpointOwnerError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (network, address) = (endpoint.network, endpoint.address.clone());
+        let (identity, tag) = (identity.clone(), reload_tag.to_owned());
+        let result = tokio::task::spawn_blocking(move || {
+            sockets::check_endpoint_owner(network, &address, &identity, &tag)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(sockets::EndpointOwnerError::Proc {
+                path: PathBuf::from("/proc"),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+        match result {
+            Err(sockets::EndpointOwnerError::NotListening { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Launches plugin processes for one slot: the stored executable, the slot's arguments and
 /// environment plus go-plugin's, its own process group, output to log files that outlive
 /// the host.
 ///
 /// The environment is exactly: the slot's `env`, the host variables named in `pass_env`
 /// (PATH included only if listed), the magic cookie, `PLUGIN_PROTOCOL_VERSIONS`,
-/// `PLUGIN_MIN_PORT`, `PLUGIN_MAX_PORT` and `TRYSWAP_RELOAD_ID`.
+/// `PLUGIN_MIN_PORT`, `PLUGIN_MAX_PORT`, `TRYSWAP_RELOAD_ID`, and `TMPDIR` (the
+/// generation's own [`tmp_dir`], unless the slot sets or passes `TMPDIR` itself).
 pub struct ProcessDriver {
     slot: Arc<SlotConfig>,
     state_dir: PathBuf,
@@ -185,6 +251,23 @@ impl ProcessDriver {
                 env.push((name.clone(), value));
             }
         }
+        let own_tmpdir =
+            !slot.env.contains_key("TMPDIR") && !slot.pass_env.iter().any(|n| n == "TMPDIR");
+        if own_tmpdir {
+            let tmp = tmp_dir(&self.state_dir, &request.slot, request.generation);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&tmp)
+                .map_err(|e| {
+                    DriverError::error(format!(
+                        "slot {}: cannot create the generation's TMPDIR {}: {e}",
+                        slot.name,
+                        tmp.display()
+                    ))
+                })?;
+            env.push(("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned()));
+        }
         env.extend(slot.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(handshake::plugin_env(&slot.handshake, &request.reload));
         let (stdout_path, stderr_path) = log_paths(&self.state_dir, request);
@@ -197,6 +280,7 @@ impl ProcessDriver {
                 stdout_path: stdout_path.clone(),
                 stderr_path,
                 log_max_bytes: slot.log_max_bytes,
+                cgroup: cgroup::path_for(&self.state_dir, &request.slot, request.generation),
             },
             stdout_path,
         ))
@@ -428,6 +512,12 @@ impl Driver for ProcessDriver {
         };
         let endpoint = handshake::parse_line(&line, &slot.handshake)
             .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
+        if let Some(identity) = &instance.process {
+            let wait = slot.start_timeout.min(LISTENER_GRACE);
+            check_endpoint_owner(&endpoint, identity, &instance.reload.to_string(), wait)
+                .await
+                .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
+        }
         instance.endpoint = Some(endpoint);
         // Drain go-plugin's stdio stream from now on (probing included): a plugin that
         // writes to stdout/stderr after its handshake blocks once nobody reads it.
@@ -504,6 +594,23 @@ impl Driver for ProcessDriver {
         }
         // Anything that escaped the group (setsid'd grandchildren) still carries the tag.
         let stragglers = os::kill_tagged(&instance.reload, stop_timeout).await;
+        // And anything that escaped both: its cgroup holds it.
+        if let Some(dir) = cgroup::path_for(&self.state_dir, &instance.slot, instance.generation) {
+            let left = cgroup::kill_and_remove(&dir, KILL_GRACE).await;
+            if left > 0 {
+                tracing::warn!(
+                    slot = %instance.slot,
+                    generation = instance.generation.0,
+                    count = left,
+                    "killed processes left in the generation's cgroup"
+                );
+            }
+        }
+        remove_tmp_dir(&tmp_dir(
+            &self.state_dir,
+            &instance.slot,
+            instance.generation,
+        ));
         if !stragglers.is_empty() {
             tracing::warn!(
                 slot = %instance.slot,
@@ -538,6 +645,13 @@ impl Driver for ProcessDriver {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    fn liveness(&self, instance: &Instance) -> crate::driver::Liveness {
+        instance
+            .process
+            .as_ref()
+            .map_or(crate::driver::Liveness::Dead, os::liveness)
     }
 
     fn reattach(&self, facts: &Instance) -> Option<Instance> {

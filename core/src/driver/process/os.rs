@@ -14,9 +14,10 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tryswap_fsm::{ProcessIdentity, ReloadId};
+
+pub use crate::driver::Liveness;
 
 /// Name of the environment variable that tags every process of a reload.
 pub use crate::driver::process::handshake::RELOAD_ID_ENV;
@@ -204,6 +207,9 @@ pub struct SpawnSpec {
     pub stderr_path: PathBuf,
     /// How many bytes this run may add to its larger log file; 0 = unlimited. See [`spawn`].
     pub log_max_bytes: u64,
+    /// A cgroup v2 directory the plugin joins before `exec`, if it can be created (see
+    /// [`super::cgroup`]); `None`, or a cgroup that cannot be made, runs it without one.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A plugin we started and (while this process lives) are the parent of.
@@ -241,6 +247,21 @@ impl Spawned {
     pub fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
         self.exit.clone()
     }
+}
+
+/// The umask this process had before [`restrict_umask`], given back to plugins;
+/// `u32::MAX` while it was never called.
+static PLUGIN_UMASK: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Sets this process's umask to 077, so that every file and directory it creates (the
+/// journal's sled files included) is private to its user whatever umask it was started
+/// with. Plugins spawned afterwards get the previous umask back. Returns the previous one.
+pub fn restrict_umask() -> u32 {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let old = old.bits() as u32;
+    // Only the first call knows the operator's umask.
+    let _ = PLUGIN_UMASK.compare_exchange(u32::MAX, old, Ordering::SeqCst, Ordering::SeqCst);
+    old
 }
 
 /// Starts a plugin as described by `spec`.
@@ -291,6 +312,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
         None
     };
 
+    let cgroup_procs = spec.cgroup.as_deref().and_then(super::cgroup::prepare);
+    let cgroup_fd = cgroup_procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+
     let mut attempt = 0;
     let mut child = loop {
         let mut cmd = tokio::process::Command::new(&spec.program);
@@ -303,10 +327,14 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
             .stderr(clone_for_child(&stderr, &spec.stderr_path)?)
             .process_group(0)
             .kill_on_drop(false);
+        let umask = match PLUGIN_UMASK.load(Ordering::SeqCst) {
+            u32::MAX => None,
+            mask => Some(mask as libc::mode_t),
+        };
         // SAFETY: the closure only calls async-signal-safe functions (sigemptyset,
-        // sigprocmask, sigaction, setrlimit) on stack data and allocates nothing.
+        // sigprocmask, sigaction, setrlimit, umask) on stack data and allocates nothing.
         unsafe {
-            cmd.pre_exec(move || child_setup(fsize_limit));
+            cmd.pre_exec(move || child_setup(fsize_limit, umask, cgroup_fd));
         }
         match cmd.spawn() {
             Ok(child) => break child,
@@ -377,9 +405,20 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
 }
 
 /// Runs in the forked child before `exec`. Async-signal-safe calls only.
-fn child_setup(fsize_limit: Option<libc::rlim_t>) -> io::Result<()> {
+fn child_setup(
+    fsize_limit: Option<libc::rlim_t>,
+    umask: Option<libc::mode_t>,
+    cgroup_procs: Option<std::os::fd::RawFd>,
+) -> io::Result<()> {
     // SAFETY: plain libc calls on zero-initialised stack values; all async-signal-safe.
     unsafe {
+        // Into the generation's cgroup, before it can fork anything.
+        if let Some(fd) = cgroup_procs {
+            super::cgroup::join_in_child(fd)?;
+        }
+        if let Some(mask) = umask {
+            libc::umask(mask);
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
@@ -423,7 +462,7 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
                 source,
             })?;
     }
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
@@ -431,7 +470,14 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
         .map_err(|source| ProcessError::LogFile {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+    // 0640 whatever the umask (tryswap itself runs with 077, see `restrict_umask`).
+    file.set_permissions(fs::Permissions::from_mode(0o640))
+        .map_err(|source| ProcessError::LogFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(file)
 }
 
 fn clone_for_child(file: &File, path: &Path) -> Result<File, ProcessError> {
@@ -575,20 +621,27 @@ pub fn boot_id() -> Result<String, ProcessError> {
 
 /// What we read from `/proc/<pid>/stat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
+pub(super) struct Stat {
     state: char,
+    ppid: u32,
     pgrp: i64,
     start_time: u64,
 }
 
 impl Stat {
-    fn is_dead(&self) -> bool {
+    /// The parent's pid (field 4).
+    pub(super) fn ppid(&self) -> u32 {
+        self.ppid
+    }
+
+    /// A zombie or a process being reaped.
+    pub(super) fn is_dead(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
 
 /// Reads `/proc/<pid>/stat`; `Ok(None)` if the process does not exist.
-fn read_stat(pid: u32) -> Result<Option<Stat>, ProcessError> {
+pub(super) fn read_stat(pid: u32) -> Result<Option<Stat>, ProcessError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -623,6 +676,9 @@ fn parse_stat(bytes: &[u8]) -> Result<Stat, String> {
         .chars()
         .next()
         .ok_or_else(|| "empty state field".to_string())?;
+    let ppid = field(4)?
+        .parse::<u32>()
+        .map_err(|e| format!("field 4 (ppid): {e}"))?;
     let pgrp = field(5)?
         .parse::<i64>()
         .map_err(|e| format!("field 5 (pgrp): {e}"))?;
@@ -631,6 +687,7 @@ fn parse_stat(bytes: &[u8]) -> Result<Stat, String> {
         .map_err(|e| format!("field 22 (starttime): {e}"))?;
     Ok(Stat {
         state,
+        ppid,
         pgrp,
         start_time,
     })
@@ -655,6 +712,24 @@ pub fn identity_of(pid: u32) -> Result<Option<ProcessIdentity>, ProcessError> {
 /// alive" (never signal what we cannot recognise).
 pub fn is_alive(identity: &ProcessIdentity) -> bool {
     stat_if_ours(identity).is_some()
+}
+
+/// Whether `identity`'s process runs, telling "dead" (it is gone, a zombie, or its pid now
+/// names another process) from "unknown" (`/proc` could not be read, e.g. `EMFILE`): only
+/// [`Liveness::Dead`] licenses treating a plugin as crashed.
+pub fn liveness(identity: &ProcessIdentity) -> Liveness {
+    match boot_id() {
+        Ok(id) if id == identity.boot_id => {}
+        Ok(_) => return Liveness::Dead,
+        Err(_) => return Liveness::Unknown,
+    }
+    match read_stat(identity.pid) {
+        Ok(Some(stat)) if !stat.is_dead() && stat.start_time == identity.start_time => {
+            Liveness::Alive
+        }
+        Ok(_) => Liveness::Dead,
+        Err(_) => Liveness::Unknown,
+    }
 }
 
 /// The stat of `identity`'s process if it is alive and really that process.
@@ -701,7 +776,7 @@ struct Member {
 }
 
 /// Pids of all processes, from the numeric entries of `/proc`.
-fn all_pids() -> Vec<u32> {
+pub(super) fn all_pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -725,7 +800,7 @@ fn group_members(pgid: u32) -> Vec<Member> {
 }
 
 /// The value of `TRYSWAP_RELOAD_ID` in the environment `pid` was started with.
-fn reload_tag_of(pid: u32) -> Option<String> {
+pub(super) fn reload_tag_of(pid: u32) -> Option<String> {
     let environ = read_environ(pid)?;
     let prefix = format!("{RELOAD_ID_ENV}=");
     environ
@@ -1109,6 +1184,7 @@ mod tests {
             stat,
             Stat {
                 state: 'S',
+                ppid: 1,
                 pgrp: 777,
                 start_time: 987654
             }

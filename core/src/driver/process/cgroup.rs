@@ -1,0 +1,132 @@
+//! Containment of a generation in a cgroup v2 of its own, where one can be created.
+//!
+//! A process group and the `TRYSWAP_RELOAD_ID` tag miss a grandchild that calls `setsid`
+//! and drops its environment. A cgroup does not: every process a generation forks stays in
+//! its cgroup, and `cgroup.kill` (Linux 5.14+) kills them all at once. Each generation gets
+//! `<cgroup2 mount>/tryswap/<state-dir id>/<slot>-<generation>`; the child moves itself
+//! there before `exec`. Where no cgroup2 hierarchy is mounted writable (or `cgroup.kill` is
+//! missing), generations run without one and the process group and reload tag are all
+//! there is (docs/operator-guide.md, "Security").
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::Digest as _;
+use tokio::time::Instant;
+use tryswap_fsm::{Generation, SlotName};
+
+/// Where the cgroup2 hierarchy is mounted, if it is (read once from `/proc/self/mountinfo`).
+fn mount_point() -> Option<&'static Path> {
+    static MOUNT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    MOUNT
+        .get_or_init(|| {
+            let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+            text.lines().find_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                if right.split_whitespace().next()? != "cgroup2" {
+                    return None;
+                }
+                Some(PathBuf::from(left.split_whitespace().nth(4)?))
+            })
+        })
+        .as_deref()
+}
+
+/// The cgroup of generation `generation` of `slot` in the state dir `state_dir` (whether it
+/// exists or not); `None` without a cgroup2 hierarchy.
+pub fn path_for(state_dir: &Path, slot: &SlotName, generation: Generation) -> Option<PathBuf> {
+    let mount = mount_point()?;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Some(
+        mount
+            .join("tryswap")
+            .join(id)
+            .join(format!("{}-{generation}", slot.as_str())),
+    )
+}
+
+/// A fresh cgroup for one run of an exec probe (`<mount>/tryswap/probes/<pid>-<n>`), so a
+/// probe command that daemonizes leaves nothing behind; `None` without a cgroup2 hierarchy.
+pub fn for_probe() -> Option<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(
+        mount_point()?
+            .join("tryswap")
+            .join("probes")
+            .join(format!("{}-{n}", std::process::id())),
+    )
+}
+
+/// In a forked child before `exec`: moves the child into the cgroup whose `cgroup.procs`
+/// is open as `fd` (writing `0` moves the writer). Async-signal-safe.
+pub fn join_in_child(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: write(2) from a buffer we own; async-signal-safe.
+    if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates the cgroup `dir` and opens its `cgroup.procs` for the child to join (by
+/// writing `0` to it before `exec`). `None` (logged) where that is not possible: no
+/// permission, no `cgroup.kill`, not cgroup2.
+pub fn prepare(dir: &Path) -> Option<fs::File> {
+    let result = fs::create_dir_all(dir).and_then(|()| {
+        if !dir.join("cgroup.kill").exists() {
+            return Err(io::Error::other("no cgroup.kill (Linux 5.14+)"));
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+    });
+    match result {
+        Ok(procs) => Some(procs),
+        Err(e) => {
+            tracing::debug!(cgroup = %dir.display(), error = %e, "running the plugin without a cgroup of its own");
+            None
+        }
+    }
+}
+
+/// Kills every process left in the cgroup `dir` (`cgroup.kill`), waits up to `timeout`
+/// for it to empty, and removes it. Returns how many processes it still held before the
+/// kill. Nothing to do if `dir` does not exist.
+pub async fn kill_and_remove(dir: &Path, timeout: Duration) -> usize {
+    let left = match fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(procs) => procs.lines().count(),
+        Err(_) => return 0,
+    };
+    if left > 0 {
+        let killed = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.kill"))
+            .and_then(|mut f| f.write_all(b"1"));
+        if let Err(e) = killed {
+            tracing::warn!(cgroup = %dir.display(), error = %e, "cgroup.kill failed");
+        }
+        let deadline = Instant::now() + timeout;
+        while populated(dir) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        tracing::warn!(cgroup = %dir.display(), error = %e, "removing the generation's cgroup");
+    }
+    // The state dir's cgroup goes with its last generation (it stays while others run).
+    if let Some(parent) = dir.parent() {
+        let _ = fs::remove_dir(parent);
+    }
+    left
+}
+
+/// Whether the cgroup still holds a process (`populated 1` in `cgroup.events`).
+fn populated(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.events"))
+        .map(|events| events.lines().any(|l| l == "populated 1"))
+        .unwrap_or(false)
+}

@@ -1,0 +1,90 @@
+//! Where a cgroup v2 hierarchy is writable, each generation runs in a cgroup of its own and
+//! is stopped with `cgroup.kill`: a grandchild that calls `setsid` and drops its
+//! environment (escaping both the process group and the reload tag) does not survive a
+//! rejection.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tryswap_tests::harness::{capability, wait_gone, Harness};
+use tryswap_tests::{pid_alive, read_pid_file, FixtureConfig};
+
+/// Whether a cgroup v2 hierarchy with `cgroup.kill` is mounted and writable here.
+fn writable_cgroup2() -> Result<(), String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let mount = mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .ok_or("no cgroup2 hierarchy is mounted")?;
+    let probe = mount.join(format!("tryswap-test-{}", std::process::id()));
+    std::fs::create_dir(&probe).map_err(|e| format!("{}: {e}", probe.display()))?;
+    let has_kill = probe.join("cgroup.kill").exists();
+    let _ = std::fs::remove_dir(&probe);
+    if has_kill {
+        Ok(())
+    } else {
+        Err("cgroup.kill is missing (Linux 5.14+)".to_owned())
+    }
+}
+
+#[test]
+fn an_escaped_grandchild_without_the_tag_does_not_survive_a_rejection() {
+    if !capability("a writable cgroup v2 hierarchy", writable_cgroup2()) {
+        return;
+    }
+    let h = Harness::demo();
+    let run = h.activate(
+        "demo",
+        &h.fixture_config("v1", &FixtureConfig::with_message("v1")),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, pid1, _) = h.active("demo").expect("active");
+
+    let grandchild_pid_file = h.state.join("grandchild.pid");
+    let escaping = FixtureConfig {
+        fork_grandchild: true,
+        grandchild_new_session: true,
+        grandchild_clear_env: true,
+        grandchild_pid_file: Some(grandchild_pid_file.clone()),
+        never_healthy: true,
+        ..FixtureConfig::with_message("v2")
+    };
+    let run = h.activate("demo", &h.fixture_config("v2", &escaping));
+    assert_eq!(run.code, 2, "{run:?}");
+    let grandchild = read_pid_file(&grandchild_pid_file).expect("the grandchild's pid");
+    assert!(
+        wait_gone(grandchild, Duration::from_secs(10)),
+        "the escaped grandchild {grandchild} survived the rejection"
+    );
+    assert!(pid_alive(pid1), "the active generation must keep running");
+    assert_eq!(h.active("demo").map(|(_, pid, _)| pid), Some(pid1));
+}
+
+#[test]
+fn an_exec_probe_that_daemonizes_leaks_nothing() {
+    if !capability("a writable cgroup v2 hierarchy", writable_cgroup2()) {
+        return;
+    }
+    let h = Harness::demo();
+    let pid_file = h.state.join("probe-daemon.pid");
+    let probe = format!(
+        "kind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > {}\"]",
+        pid_file.display()
+    );
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, text.replacen("kind = \"grpc\"", &probe, 1)).unwrap();
+    let run = h.activate(
+        "demo",
+        &h.fixture_config("v1", &FixtureConfig::with_message("v1")),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let daemonized = read_pid_file(&pid_file).expect("the probe's daemon pid");
+    assert!(
+        wait_gone(daemonized, Duration::from_secs(10)),
+        "the process the exec probe daemonized ({daemonized}) survived"
+    );
+}
