@@ -223,3 +223,51 @@ fn sigterm_stops_the_plugins_and_exits_0_unless_told_to_keep_them() {
     assert_eq!(stop.code, 0, "{stop:?}");
     assert!(wait_gone(pid2, Duration::from_secs(10)));
 }
+
+/// Stop always wins (issue 18 item 9): `tryswap stop` while the keep-alive is relaunching a
+/// crashed plugin cancels the restart instead of failing with "a reload is already in
+/// progress", and the slot stays stopped: the half-started process is gone too.
+#[test]
+fn stop_during_a_keep_alive_restart_cancels_it_and_the_slot_stays_stopped() {
+    use tryswap_tests::harness::SlotSpec;
+    let h = Harness::new(&[SlotSpec {
+        start_timeout: "20s",
+        ..SlotSpec::new("demo")
+    }]);
+    restart_policy(&h, "100ms", "1s");
+    let daemon = Daemon::start(&h);
+    let pid_file = h.state.join("plugin.pid");
+    let slow = FixtureConfig {
+        startup_delay_ms: Some(5_000),
+        pid_file: Some(pid_file.clone()),
+        ..FixtureConfig::with_message("v1")
+    };
+    let pid = activate(&h, "slow", slow);
+    assert!(send_signal(pid, Signal::SIGKILL));
+
+    // The restart has spawned its process, which takes 5 s to print its handshake.
+    let restarting = poll(Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        let new: u32 = text.trim().parse().ok()?;
+        (new != pid && pid_alive(new)).then_some(new)
+    });
+    let restarting =
+        restarting.unwrap_or_else(|| panic!("no restart began; log:\n{}", daemon.log()));
+    let stop = h.tryswap(&["--json", "stop", "demo"]);
+    assert_eq!(stop.code, 0, "stop lost to the restart: {stop:?}");
+    assert!(
+        wait_gone(restarting, Duration::from_secs(10)),
+        "the cancelled restart's process {restarting} survived"
+    );
+    let stopped = poll(Duration::from_secs(10), || {
+        let m = daemon.get("/v1/monitor").ok()?.json();
+        (m["slots"][0]["state"] == "stopped").then_some(m)
+    });
+    assert!(
+        stopped.is_some(),
+        "the keep-alive did not settle on stopped"
+    );
+    let status = h.status();
+    assert_eq!(status["slots"][0]["active"]["alive"], false, "{status}");
+    assert_eq!(h.tryswap(&["journal", "verify"]).code, 0);
+}

@@ -704,7 +704,10 @@ impl KeepAlive<'_> {
             return Vec::new();
         }
         let restart = rt.config.as_ref().map(|c| c.restart.clone());
-        match sup.start_locked(&rt).await {
+        let Some(result) = sup.restart_locked(&rt, pending.stop_epoch).await else {
+            return Vec::new(); // a stop won
+        };
+        match result {
             Ok(_) => {
                 let pid = rt.active.load_full().and_then(|s| s.instance.pid());
                 self.handle(Event::Restarted { pending, pid })

@@ -190,6 +190,12 @@ struct Inner {
     stops: std::sync::Mutex<BTreeMap<SlotName, u64>>,
     /// Slots whose recovery failed, with why: reported, left alone by the other slots.
     failed: std::sync::Mutex<BTreeMap<SlotName, String>>,
+    /// Bumped whenever any slot's stop count moves: a keep-alive restart in progress
+    /// watches it and gives way to `stop`.
+    stops_changed: tokio::sync::watch::Sender<u64>,
+    /// Slots whose lock a keep-alive restart holds (a `stop` waits for those instead of
+    /// failing with a conflict).
+    restarting: std::sync::Mutex<std::collections::BTreeSet<SlotName>>,
 }
 
 /// Runs safe reloads for a set of slots over one journal.
@@ -298,6 +304,8 @@ impl Supervisor {
                 records,
                 stops: std::sync::Mutex::new(BTreeMap::new()),
                 failed: std::sync::Mutex::new(BTreeMap::new()),
+                stops_changed: tokio::sync::watch::channel(0).0,
+                restarting: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         })
     }
@@ -328,6 +336,72 @@ impl Supervisor {
             }
             None => {
                 failed.remove(slot);
+            }
+        }
+    }
+
+    fn count_stop(&self, slot: &SlotName) {
+        {
+            let mut stops = self.inner.stops.lock().unwrap_or_else(|e| e.into_inner());
+            *stops.entry(slot.clone()).or_insert(0) += 1;
+        }
+        self.inner
+            .stops_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn is_restarting(&self, slot: &SlotName) -> bool {
+        let restarting = self
+            .inner
+            .restarting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        restarting.contains(slot)
+    }
+
+    /// A keep-alive restart of the slot (its lock held): [`Supervisor::start_locked`],
+    /// abandoned as soon as `stop` is called for the slot (`None`). Stop always wins.
+    pub(crate) async fn restart_locked(
+        &self,
+        rt: &SlotRuntime,
+        stop_epoch: u64,
+    ) -> Option<Result<Generation, SupervisorError>> {
+        struct Restarting<'a>(&'a Supervisor, &'a SlotName);
+        impl Drop for Restarting<'_> {
+            fn drop(&mut self) {
+                let mut set = self
+                    .0
+                    .inner
+                    .restarting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                set.remove(self.1);
+            }
+        }
+        let mut stops = self.inner.stops_changed.subscribe();
+        {
+            let mut set = self
+                .inner
+                .restarting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            set.insert(rt.name.clone());
+        }
+        let _restarting = Restarting(self, &rt.name);
+        if self.stop_epoch(&rt.name) != stop_epoch {
+            return None;
+        }
+        let start = self.start_locked(rt);
+        tokio::pin!(start);
+        loop {
+            tokio::select! {
+                result = &mut start => return Some(result),
+                changed = stops.changed() => {
+                    if changed.is_err() || self.stop_epoch(&rt.name) != stop_epoch {
+                        tracing::info!(slot = %rt.name, "a stop cancelled the keep-alive restart");
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -1172,16 +1246,26 @@ impl Supervisor {
     /// Stops the slot's active generation (after draining its leases). The active marker
     /// stays; `start` brings it back.
     pub async fn stop(&self, slot: &SlotName) -> Result<Option<Generation>, SupervisorError> {
-        let Some((rt, _busy)) = self.lock_slot(slot)? else {
-            return Err(SupervisorError::Conflict {
-                slot: slot.clone(),
-                in_flight: None,
-            });
+        // Stop always wins over a keep-alive restart: it tells the restart to give up (the
+        // restart's launch is undone below: its process carries the generation's tag) and
+        // waits for the slot. Anything else holding the slot is a conflict.
+        let (rt, _busy) = match self.lock_slot(slot)? {
+            Some(locked) => {
+                self.count_stop(slot);
+                locked
+            }
+            None if self.is_restarting(slot) => {
+                self.count_stop(slot);
+                let busy = Arc::clone(&self.runtime(slot)?.busy).lock_owned().await;
+                (self.runtime(slot)?, busy)
+            }
+            None => {
+                return Err(SupervisorError::Conflict {
+                    slot: slot.clone(),
+                    in_flight: None,
+                })
+            }
         };
-        {
-            let mut stops = self.inner.stops.lock().unwrap_or_else(|e| e.into_inner());
-            *stops.entry(slot.clone()).or_insert(0) += 1;
-        }
         let Some(view) = self.inner.journal.slot(slot)? else {
             return Ok(None);
         };
