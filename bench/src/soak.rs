@@ -108,7 +108,7 @@ pub fn journal_rss(records: u64, budget: Duration) -> Result<Table, String> {
     table.note(format!(
         "{} records in {:.0} s (`Staged`, `Launched`, `RolledBack` over 20 slots). sled's \
          page cache holds recently written pages up to `cache_capacity` ({} MiB, \
-         journal/src/journal.rs); the RSS growth per record falls to about zero once it is \
+         journal/src/journal.rs); the RSS growth per record falls sharply once it is \
          full. A leak would keep the per-record growth constant.",
         journal.last_seq(),
         started.elapsed().as_secs_f64(),
