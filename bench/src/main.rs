@@ -87,6 +87,9 @@ struct Args {
     /// Section 6: concurrent workers in the soak.
     #[arg(long, default_value_t = 6)]
     soak_workers: usize,
+    /// Section 6: 2 % of the soak's operations compact the journal.
+    #[arg(long)]
+    soak_compact: bool,
     /// Section 6: seed of the soak's random operations.
     #[arg(long, default_value_t = 18)]
     soak_seed: u64,
@@ -245,6 +248,7 @@ async fn main() -> std::process::ExitCode {
             Duration::from_secs(secs),
             200_000,
             args.soak_seed,
+            args.soak_compact,
         )
         .await
         {

@@ -108,7 +108,7 @@ pub fn journal_rss(records: u64, budget: Duration) -> Result<Table, String> {
     table.note(format!(
         "{} records in {:.0} s (`Staged`, `Launched`, `RolledBack` over 20 slots). sled's \
          page cache holds recently written pages up to `cache_capacity` ({} MiB, \
-         journal/src/journal.rs); the RSS growth per record falls to about zero once it is \
+         journal/src/journal.rs); the RSS growth per record falls sharply once it is \
          full. A leak would keep the per-record growth constant.",
         journal.last_seq(),
         started.elapsed().as_secs_f64(),
@@ -126,6 +126,7 @@ struct Counts {
     config_reloads: AtomicU64,
     config_refused: AtomicU64,
     reads: AtomicU64,
+    compactions: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -160,6 +161,8 @@ struct World {
     version: AtomicU64,
     counts: Counts,
     ops: AtomicU64,
+    /// Whether 2 % of the operations are `POST /v1/journal/compact`.
+    compact: bool,
 }
 
 /// One random operation of a worker.
@@ -228,6 +231,12 @@ async fn operate(rng: &mut SplitMix64, world: &World) {
                 };
             }
         }
+        65..=66 if world.compact => {
+            match request(socket, "POST", "/v1/journal/compact", Some(json!({}))).await {
+                Ok((200, _)) => counts.compactions.fetch_add(1, Ordering::Relaxed),
+                _ => counts.errors.fetch_add(1, Ordering::Relaxed),
+            };
+        }
         _ => {
             let path = match rng.below(3) {
                 0 => "/v1/slots".to_owned(),
@@ -254,7 +263,8 @@ async fn last_seq(socket: &std::path::Path) -> u64 {
 }
 
 /// 6b: the soak. `slots` slots, `workers` workers, at most `max_ops` operations and
-/// `duration` of operations; then up to 60 s for every slot to settle.
+/// `duration` of operations (2 % of them journal compactions if `compact`); then up to
+/// 60 s for every slot to settle.
 pub async fn daemon_soak(
     bins: &Bins,
     slots: usize,
@@ -262,6 +272,7 @@ pub async fn daemon_soak(
     duration: Duration,
     max_ops: u64,
     seed: u64,
+    compact: bool,
 ) -> Result<Vec<Table>, String> {
     let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
     let dir = temp.join("soak");
@@ -300,6 +311,7 @@ pub async fn daemon_soak(
         version: AtomicU64::new(0),
         counts: Counts::default(),
         ops: AtomicU64::new(0),
+        compact,
     });
     let mut tasks = Vec::new();
     for w in 0..workers {
@@ -414,6 +426,7 @@ pub async fn daemon_soak(
             format!("{} / {}", load(&c.config_reloads), load(&c.config_refused)),
         ),
         ("reads (slots, metrics, history)", load(&c.reads)),
+        ("journal compactions", load(&c.compactions)),
         ("transport errors", load(&c.errors)),
         ("invariant violations", violations.len().to_string()),
     ] {

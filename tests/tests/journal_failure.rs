@@ -129,3 +129,121 @@ async fn the_daemon_exits_without_stopping_plugins_when_its_journal_fails_and_a_
         "the former generation (pid {pid1}) was not retired"
     );
 }
+
+/// A preloaded library that makes `fdatasync` and `fsync` fail with EIO once the file
+/// named by `TRYSWAP_EIO_TRIGGER` exists: a disk that starts failing at a given moment.
+const EIO_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int failing(void) {
+    const char *t = getenv("TRYSWAP_EIO_TRIGGER");
+    return t && access(t, F_OK) == 0;
+}
+int fdatasync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return real(fd);
+}
+int fsync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    return real(fd);
+}
+"#;
+
+/// Builds the shim with `cc`, or says why it cannot (a capability this machine may lack).
+fn build_shim(dir: &std::path::Path) -> Option<PathBuf> {
+    let source = dir.join("eio_shim.c");
+    let lib = dir.join("eio_shim.so");
+    std::fs::write(&source, EIO_SHIM).expect("write the shim source");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|s| s.success());
+    if built {
+        return Some(lib);
+    }
+    let why = "no C compiler (`cc`) to build the fdatasync EIO shim";
+    assert!(
+        std::env::var_os("TRYSWAP_REQUIRE_ALL").is_none_or(|v| v != "1"),
+        "{why} (TRYSWAP_REQUIRE_ALL=1)"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// The real thing: fdatasync starts failing with EIO while the reload waits before its
+/// commit. The commit record is written, its sync fails: the CLI reports an unknown
+/// outcome, exits 1 (sled's own drop used to panic: exit 101) and stops nothing.
+#[tokio::test]
+async fn a_real_fdatasync_eio_at_the_commit_exits_1_without_a_panic() {
+    let (h, v2, pid1, since) = v1_active();
+    let Some(shim) = build_shim(&h.state.join(".")) else {
+        return;
+    };
+    let trigger = h.state.join("disk-fails-now");
+    let out = h.state.join("activate.out");
+    let args = reload_args("activate", "demo", &v2);
+    let mut child = std::process::Command::new(tryswap_tests::harness::tryswap_path())
+        .arg("--config")
+        .arg(&h.config_path)
+        .args(&args)
+        .env_remove("TRYSWAP_STATE_DIR")
+        .env("TRYSWAP_LOG", "info")
+        .env("LD_PRELOAD", &shim)
+        .env("TRYSWAP_EIO_TRIGGER", &trigger)
+        .env(FAILPOINTS_ENV, "reload-before-commit=sleep(5000)")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&out).expect("output file"))
+        .spawn()
+        .expect("spawn tryswap activate");
+    // The candidate passed its probe: the reload now waits 5 s before writing `Activated`.
+    let probed = tryswap_tests::daemon::poll(Duration::from_secs(30), || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.contains("probed"))
+            .map(drop)
+    });
+    assert!(probed.is_some(), "the reload never probed");
+    std::fs::write(&trigger, b"").expect("arm the shim");
+    let status =
+        tryswap_tests::daemon::poll(Duration::from_secs(60), || child.try_wait().ok().flatten())
+            .expect("tryswap activate did not exit");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{status:?}\n{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(text.contains("outcome unknown"), "{text}");
+    let _ = std::fs::remove_file(&trigger);
+
+    // The next command reopens the journal and settles the slot from what is on disk:
+    // whichever side of the commit it is, one generation serves and nothing is left over.
+    let facts = CrashFacts::read(&h, since);
+    let (generation, message, pid) = if facts.committed {
+        (
+            facts.generation.expect("generation"),
+            "v2",
+            facts.candidate_pid,
+        )
+    } else {
+        (1, "v1", Some(pid1))
+    };
+    assert_recovered(
+        &h,
+        &Expect {
+            slot: "demo".into(),
+            generation,
+            pid,
+            message: message.into(),
+        },
+        None,
+        "after a real fdatasync EIO at the commit",
+    )
+    .await;
+}
