@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use tryswap::report::Outcome;
-use tryswap::supervisor::Supervisor;
+use tryswap::Supervisor;
 use tryswap_fsm::SlotName;
 use tryswap_tests::TempState;
 

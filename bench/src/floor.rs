@@ -71,7 +71,7 @@ pub async fn launch(launch: &Launch, timeout: Duration) -> Result<(Bare, Steps),
     command
         .args(&launch.args)
         .env_clear()
-        .envs(tryswap::driver::process::handshake::plugin_env(
+        .envs(tryswap::internals::handshake::plugin_env(
             &launch.handshake,
             &reload,
         ))
@@ -94,9 +94,8 @@ pub async fn launch(launch: &Launch, timeout: Duration) -> Result<(Bare, Steps),
         Ok(Err(e)) => return Err(format!("reading plugin {pid}'s stdout: {e}")),
         Err(_) => return Err(format!("no handshake from plugin {pid} within {timeout:?}")),
     }
-    let endpoint =
-        tryswap::driver::process::handshake::parse_line(line.trim_end(), &launch.handshake)
-            .map_err(|e| format!("plugin {pid}: {e}"))?;
+    let endpoint = tryswap::internals::handshake::parse_line(line.trim_end(), &launch.handshake)
+        .map_err(|e| format!("plugin {pid}: {e}"))?;
     let handshake = started.elapsed() - spawn;
     Ok((
         Bare {
@@ -118,7 +117,7 @@ pub async fn probe_once(endpoint: &Endpoint, timeout: Duration) -> Result<(), St
     let kind = ProbeKind::Grpc {
         service: DEFAULT_GRPC_SERVICE.to_owned(),
     };
-    tryswap::probe::check_once(&kind, Some(endpoint), timeout)
+    tryswap::internals::probe::check_once(&kind, Some(endpoint), timeout)
         .await
         .map_err(|e| e.to_string())
 }

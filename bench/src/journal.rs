@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tryswap::supervisor::Supervisor;
+use tryswap::Supervisor;
 use tryswap_fsm::{
     ArtifactRef, Command, Endpoint, Generation, Mode, Network, ProcessIdentity, Protocol, Reason,
     ReloadId, Sha256, SlotName,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tryswap::report::{Outcome, ReloadReport};
-use tryswap::supervisor::Supervisor;
+use tryswap::Supervisor;
 use tryswap_fsm::SlotName;
 use tryswap_tests::{FixtureConfig, TempState};
 
@@ -352,7 +352,7 @@ async fn run_columns(
         .sup
         .activate(
             &library.slot,
-            tryswap::supervisor::CandidateSpec::executable(&bins.fixture).with_config(bad_config),
+            tryswap::CandidateSpec::executable(&bins.fixture).with_config(bad_config),
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tryswap::config::SlotConfig;
-use tryswap::supervisor::CandidateSpec;
+use tryswap::CandidateSpec;
 use tryswap_tests::harness::{fixture_slot, SlotSpec};
 use tryswap_tests::FixtureConfig;
 

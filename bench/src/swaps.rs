@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tryswap::report::Outcome;
-use tryswap::supervisor::Supervisor;
+use tryswap::Supervisor;
 use tryswap_fsm::{Endpoint, SlotName};
 use tryswap_tests::TempState;
 

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::UnixStream;
-use tryswap::keepalive::MonitorEvent;
+use tryswap::MonitorEvent;
 use tryswap_fsm::SlotName;
 use tryswap_journal::Record;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use tryswap::config::{Config, ConfigError};
 use tryswap::report::{Outcome, ReloadReport};
-use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
+use tryswap::{CandidateSpec, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, SlotName};
 use tryswap_journal::{Journal, JournalError};
 
@@ -432,12 +432,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 render::recovery(&report)?;
             }
             // A slot whose recovery failed is reported; the others were recovered.
-            let slot_failed = report.actions.iter().any(|a| {
-                matches!(
-                    a,
-                    tryswap::supervisor::recovery::RecoveryAction::SlotFailed { .. }
-                )
-            });
+            let slot_failed = report
+                .actions
+                .iter()
+                .any(|a| matches!(a, tryswap::RecoveryAction::SlotFailed { .. }));
             Ok(if slot_failed { EXIT_ERROR } else { EXIT_OK })
         }
         Command::Journal { command } => journal_cmd::run(&ctx, command).await,
@@ -532,9 +530,9 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.log_format, matches!(cli.command, Command::Serve { .. }));
     // Journal, store and sockets private whatever the umask; plugins get it back.
-    tryswap::driver::process::os::restrict_umask();
+    tryswap::internals::os::restrict_umask();
     // Crash tests only: inert unless TRYSWAP_FAILPOINTS is set (docs/recovery.md).
-    if let Err(e) = tryswap::supervisor::recovery::arm_failpoints_from_env() {
+    if let Err(e) = tryswap::internals::arm_failpoints_from_env() {
         eprintln!("tryswap: {e}");
         return ExitCode::from(EXIT_ERROR);
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::CommandFactory;
 use serde::Serialize;
-use tryswap::keepalive::{KeepAliveState, Monitor};
 use tryswap::report::{HistoryReport, StatusReport};
-use tryswap::supervisor::{Supervisor, SupervisorError};
+use tryswap::{KeepAliveState, Monitor};
+use tryswap::{Supervisor, SupervisorError};
 use tryswap_fsm::{EventKind, SlotName};
 use tryswap_journal::{JournalStore, Record};
 

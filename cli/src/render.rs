@@ -11,8 +11,8 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tryswap::config::SlotConfig;
 use tryswap::report::{HistoryReport, Outcome, ReloadReport, StatusReport};
-use tryswap::supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
-use tryswap::supervisor::recovery::RecoveryReport;
+use tryswap::RecoveryReport;
+use tryswap::{ConfigOutcome, ConfigReloadReport};
 use tryswap_fsm::EventKind;
 use tryswap_journal::Record;
 
@@ -631,7 +631,7 @@ pub fn started_text(slot: &str, generation: u64) -> String {
 }
 
 /// `tryswap store gc` as text.
-pub fn store_gc_text(report: &tryswap::store::GcReport) -> String {
+pub fn store_gc_text(report: &tryswap::GcReport) -> String {
     format!(
         "store: removed {} artifact(s) no kept generation references ({} bytes freed); kept {} ({} bytes)\n",
         report.removed.len(),

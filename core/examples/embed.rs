@@ -71,11 +71,9 @@ impl EngineFactory for PricingFactory {
 /// Registers the two slots. Call on every start, before `recover`.
 fn register(sup: &Supervisor) -> Result<(SlotName, SlotName), Box<dyn Error>> {
     let pricing = SlotName::new("pricing")?;
-    let probe = ProbeConfig {
-        kind: ProbeKind::None, // engines are probed through `Engine::check`
-        period: Duration::from_millis(10),
-        ..ProbeConfig::default()
-    };
+    let mut probe = ProbeConfig::default();
+    probe.kind = ProbeKind::None; // engines are probed through `Engine::check`
+    probe.period = Duration::from_millis(10);
     sup.add_engine_slot(
         pricing.clone(),
         probe,

@@ -32,6 +32,7 @@ pub enum ReloadRequest {
 
 /// Why a request body was refused. The message is meant for the client as is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BodyError {
     /// The body as a whole is wrong: empty where fields are needed, not JSON, or a JSON
     /// value other than an object.

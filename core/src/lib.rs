@@ -13,25 +13,32 @@
 //! docs/embedding.md walks through an embedding; `core/examples/embed.rs` is its code.
 #![warn(missing_docs)]
 
+// Unit tests moved in from tests/ keep their `tryswap::…` paths.
+#[cfg(test)]
+extern crate self as tryswap;
+
 pub mod admin_body;
 mod blocking;
 pub mod config;
-pub mod driver;
+mod driver;
 mod file_modes;
-pub mod keepalive;
-pub mod probe;
+mod keepalive;
+mod probe;
 pub mod report;
-pub mod store;
-pub mod supervisor;
+mod store;
+mod supervisor;
 
 pub use config::{
     AdminConfig, Config, ConfigError, HandshakeConfig, ProbeConfig, ProbeKind, RestartConfig,
     RestartPolicy, SlotConfig,
 };
-pub use driver::engine::{Engine, EngineFactory};
-pub use driver::{Driver, DriverError, Instance, LaunchRequest, StopOutcome};
-pub use keepalive::{Monitor, MonitorEvent, MonitorEventKind, MonitorOptions, SlotHealth};
+pub use driver::engine::{engine_of, Engine, EngineDriver, EngineFactory};
+pub use driver::{Driver, DriverError, Instance, LaunchRequest, Liveness, StopOutcome};
+pub use keepalive::{
+    KeepAliveState, Monitor, MonitorEvent, MonitorEventKind, MonitorOptions, SlotHealth,
+};
 pub use report::{HistoryReport, Outcome, ReloadReport, SlotStatus, StatusReport};
+pub use store::{GcReport, Store, StoreError, StoreUsage};
 pub use supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
 pub use supervisor::lease::Lease;
 pub use supervisor::recovery::{RecoveryAction, RecoveryReport};
@@ -39,6 +46,23 @@ pub use supervisor::{CandidateSpec, Supervisor, SupervisorError};
 pub use tryswap_fsm::{
     ArtifactRef, Endpoint, Generation, Mode, Network, Protocol, ReloadId, Sha256, SlotName, Stage,
 };
+
+/// Not part of the API: what tryswap's own command, tests, benchmarks and fuzz targets use
+/// of the runtime's insides (process spawning and `/proc`, the handshake parser, probes,
+/// the stdio drain, crash-test failpoints). It changes without notice; embedders use the
+/// items at the crate's top level.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::driver::process::{cgroup, handshake, os, sockets, stdio, ProcessDriver};
+    /// Probes: one check, thresholds, go-plugin's controller.
+    pub mod probe {
+        pub use crate::probe::*;
+    }
+    pub use crate::supervisor::config_reload::SLOT_WAIT;
+    pub use crate::supervisor::recovery::{
+        arm_failpoints, arm_failpoints_from_env, FAILPOINTS, FAILPOINTS_ENV,
+    };
+}
 
 /// The journal: the audit trail a [`Supervisor`] writes (`Supervisor::journal`), its
 /// records, views and errors.

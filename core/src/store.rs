@@ -28,7 +28,7 @@
 //! std::fs::write(&plugin, b"#!/bin/sh\n")?;
 //! std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))?;
 //!
-//! let store = tryswap::store::Store::open(&dir.path().join("state"))?;
+//! let store = tryswap::Store::open(&dir.path().join("state"))?;
 //! let digest = store.stage_executable(&plugin)?;
 //! assert_eq!(std::fs::read(store.path_of(&digest))?, b"#!/bin/sh\n");
 //! store.verify(&digest)?;
@@ -79,6 +79,7 @@ pub struct GcReport {
 
 /// Why staging or verifying an artifact failed. Every variant names the path involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The source file (or stored copy) does not exist.
     #[error("{} does not exist", path.display())]

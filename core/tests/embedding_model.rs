@@ -111,12 +111,11 @@ fn slot() -> SlotName {
 
 fn open(state: &Path) -> Supervisor {
     let sup = Supervisor::open(state).expect("open the state dir");
-    let probe = ProbeConfig {
-        kind: ProbeKind::None,
-        period: Duration::from_millis(5),
-        failure_threshold: 2,
-        ..ProbeConfig::default()
-    };
+    // Config structs are `#[non_exhaustive]`: start from the defaults, set what matters.
+    let mut probe = ProbeConfig::default();
+    probe.kind = ProbeKind::None;
+    probe.period = Duration::from_millis(5);
+    probe.failure_threshold = 2;
     sup.add_engine_slot(slot(), probe, Duration::from_secs(2), NumberFactory);
     sup
 }

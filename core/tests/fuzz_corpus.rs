@@ -10,7 +10,7 @@ use tryswap::admin_body::{
     parse_compact_body, parse_config_reload_body, parse_reload_body, ReloadRequest,
 };
 use tryswap::config::{Config, HandshakeConfig};
-use tryswap::driver::process::handshake::parse_line;
+use tryswap::internals::handshake::parse_line;
 use tryswap_fsm::{Protocol, SlotName};
 
 fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
@@ -45,11 +45,9 @@ fn handshake_line_corpus() {
     let files = corpus("handshake_line");
     assert!(files.len() >= 10, "corpus too small: {}", files.len());
     // The same rules as fuzz/fuzz_targets/handshake_line.rs.
-    let rules = HandshakeConfig {
-        app_protocol_versions: vec![1, 2],
-        protocols: vec![Protocol::Grpc, Protocol::NetRpc],
-        ..HandshakeConfig::for_slot(&SlotName::new("fuzz").unwrap())
-    };
+    let mut rules = HandshakeConfig::for_slot(&SlotName::new("fuzz").unwrap());
+    rules.app_protocol_versions = vec![1, 2];
+    rules.protocols = vec![Protocol::Grpc, Protocol::NetRpc];
     let mut seen = BTreeSet::new();
     for (name, bytes) in &files {
         let line = String::from_utf8_lossy(bytes);

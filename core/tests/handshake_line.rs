@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use tryswap::config::HandshakeConfig;
-use tryswap::driver::process::handshake::{
+use tryswap::internals::handshake::{
     parse_line, plugin_env, HandshakeError, MAX_LINE_LEN, RELOAD_ID_ENV,
 };
 use tryswap_fsm::{Endpoint, Network, Protocol, ReloadId, SlotName};
@@ -12,11 +12,10 @@ fn rules() -> HandshakeConfig {
 }
 
 fn rules_with(versions: &[u32], protocols: &[Protocol]) -> HandshakeConfig {
-    HandshakeConfig {
-        app_protocol_versions: versions.to_vec(),
-        protocols: protocols.to_vec(),
-        ..rules()
-    }
+    let mut rules = rules();
+    rules.app_protocol_versions = versions.to_vec();
+    rules.protocols = protocols.to_vec();
+    rules
 }
 
 #[track_caller]
@@ -199,7 +198,7 @@ fn field_counts_outside_four_to_six_are_refused() {
         assert_eq!(
             err,
             HandshakeError::FieldCount {
-                line: tryswap::driver::process::handshake::QuotedLine::new(line),
+                line: tryswap::internals::handshake::QuotedLine::new(line),
                 fields: n
             }
         );
@@ -266,14 +265,13 @@ fn long_lines_are_refused_and_quoted_truncated() {
 
 #[test]
 fn plugin_env_has_cookie_versions_ports_and_reload_id() {
-    let rules = HandshakeConfig {
-        magic_cookie_key: "BASIC_PLUGIN".into(),
-        magic_cookie_value: "hello".into(),
-        app_protocol_versions: vec![1, 2],
-        protocols: vec![Protocol::Grpc],
-        min_port: 20000,
-        max_port: 20100,
-    };
+    let mut rules = rules();
+    rules.magic_cookie_key = "BASIC_PLUGIN".into();
+    rules.magic_cookie_value = "hello".into();
+    rules.app_protocol_versions = vec![1, 2];
+    rules.protocols = vec![Protocol::Grpc];
+    rules.min_port = 20000;
+    rules.max_port = 20100;
     let id = ReloadId::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
     let env = plugin_env(&rules, &id);
     let expected: Vec<(String, String)> = [

@@ -14,20 +14,20 @@ use tonic::codegen::tokio_stream::wrappers::{TcpListenerStream, UnixListenerStre
 use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
 use tonic_health::ServingStatus;
 use tryswap::config::{ProbeConfig, ProbeKind};
-use tryswap::probe::{
+use tryswap::internals::probe::{
     check_once, grpc_controller_shutdown, probe, run_probe, ProbeError, ProbeFailure,
 };
 use tryswap_fsm::{Endpoint, Network, Protocol};
 
 fn cfg(kind: ProbeKind, success: u32, failure: u32) -> ProbeConfig {
-    ProbeConfig {
-        kind,
-        initial_delay: Duration::ZERO,
-        period: Duration::from_millis(100),
-        timeout: Duration::from_millis(50),
-        success_threshold: success,
-        failure_threshold: failure,
-    }
+    let mut config = ProbeConfig::default();
+    config.kind = kind;
+    config.initial_delay = Duration::ZERO;
+    config.period = Duration::from_millis(100);
+    config.timeout = Duration::from_millis(50);
+    config.success_threshold = success;
+    config.failure_threshold = failure;
+    config
 }
 
 fn endpoint(network: Network, address: impl Into<String>) -> Endpoint {
@@ -97,10 +97,9 @@ impl Fake {
 const PERIOD: Duration = Duration::from_millis(20);
 
 fn fast(success: u32, failure: u32) -> ProbeConfig {
-    ProbeConfig {
-        period: PERIOD,
-        ..cfg(ProbeKind::None, success, failure)
-    }
+    let mut config = cfg(ProbeKind::None, success, failure);
+    config.period = PERIOD;
+    config
 }
 
 fn assert_spacing(offsets: &[Duration], first_at_least: Duration) {
@@ -753,8 +752,8 @@ async fn a_check_that_keeps_flapping_fails_after_a_bounded_number_of_attempts() 
     })
     .await
     .unwrap_err();
-    let limit =
-        ((2 + 2) * tryswap::probe::MAX_ATTEMPTS_FACTOR).max(tryswap::probe::MIN_MAX_ATTEMPTS);
+    let limit = ((2 + 2) * tryswap::internals::probe::MAX_ATTEMPTS_FACTOR)
+        .max(tryswap::internals::probe::MIN_MAX_ATTEMPTS);
     assert_eq!(failure.attempts, limit);
     assert_eq!(calls.load(Ordering::SeqCst) as u32, limit);
     assert!(failure.last_error.contains("no stable result"), "{failure}");

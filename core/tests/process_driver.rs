@@ -5,7 +5,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tryswap::driver::process::os::{
+use tryswap::internals::os::{
     identity_of, is_alive, kill_tagged, log_excerpt, read_handshake, spawn, stop_group,
     tagged_processes, HandshakeWaitError, ProcessError, SpawnSpec, Spawned, StopOutcome,
     MAX_HANDSHAKE_LINE,

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
-use tryswap::store::{Store, StoreError};
+use tryswap::{Store, StoreError};
 use tryswap_fsm::Sha256;
 
 fn sha256_of(bytes: &[u8]) -> Sha256 {

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tryswap::config::HandshakeConfig;
-use tryswap::driver::process::handshake::{parse_line, MAX_LINE_LEN};
+use tryswap::internals::handshake::{parse_line, MAX_LINE_LEN};
 use tryswap_fsm::{Network, Protocol, SlotName};
 
 fuzz_target!(|data: &[u8]| {
@@ -12,11 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(slot) = SlotName::new("fuzz") else {
         return;
     };
-    let rules = HandshakeConfig {
-        app_protocol_versions: vec![1, 2],
-        protocols: vec![Protocol::Grpc, Protocol::NetRpc],
-        ..HandshakeConfig::for_slot(&slot)
-    };
+    let mut rules = HandshakeConfig::for_slot(&slot);
+    rules.app_protocol_versions = vec![1, 2];
+    rules.protocols = vec![Protocol::Grpc, Protocol::NetRpc];
     match parse_line(&line, &rules) {
         Ok(endpoint) => {
             assert!(line.len() <= MAX_LINE_LEN);

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tryswap::config::{Config, SlotConfig};
 use tryswap::report::Outcome;
-use tryswap::supervisor::config_reload::ConfigOutcome;
-use tryswap::supervisor::{CandidateSpec, Supervisor};
+use tryswap::ConfigOutcome;
+use tryswap::{CandidateSpec, Supervisor};
 use tryswap_fsm::{EventKind, SlotName};
 use tryswap_tests::{call, fixture_plugin_path, pid_alive, wait_until, FixtureConfig, TempState};
 
@@ -23,10 +23,7 @@ impl Setup {
     async fn new() -> Setup {
         let state = TempState::new().unwrap();
         let sup = Supervisor::open(state.join("state")).unwrap();
-        let config = Config {
-            slots: vec![slot_config("a"), slot_config("b")],
-            ..Config::default()
-        };
+        let config = Config::with_slots(vec![slot_config("a"), slot_config("b")]);
         for slot in &config.slots {
             sup.add_process_slot(slot.clone());
         }

@@ -532,7 +532,7 @@ fn the_matrix_covers_every_failpoint() {
     .chain(RELOAD_CONFIG.iter().map(|(point, _)| *point))
     .collect();
     covered.extend(STOP.iter().map(|(point, _)| *point));
-    for point in tryswap::supervisor::recovery::FAILPOINTS {
+    for point in tryswap::internals::FAILPOINTS {
         assert!(
             covered.contains(point),
             "failpoint {point} is not in the crash matrix"
@@ -540,7 +540,7 @@ fn the_matrix_covers_every_failpoint() {
     }
     for point in &covered {
         assert!(
-            tryswap::supervisor::recovery::FAILPOINTS.contains(point),
+            tryswap::internals::FAILPOINTS.contains(point),
             "the matrix names {point}, which tryswap does not list"
         );
     }

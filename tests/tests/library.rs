@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tryswap::config::{ProbeConfig, ProbeKind, SlotConfig};
-use tryswap::driver::engine::{Engine, EngineFactory};
 use tryswap::report::Outcome;
-use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
+use tryswap::{CandidateSpec, Supervisor, SupervisorError};
+use tryswap::{Engine, EngineFactory};
 use tryswap_fsm::{EventKind, Generation, SlotName};
 use tryswap_tests::{call, fixture_plugin_path, FixtureConfig, TempState};
 
@@ -241,12 +241,10 @@ async fn a_failed_engine_build_start_or_probe_keeps_the_prior_engine_active() {
     let sup = Supervisor::open(state.join("state")).unwrap();
     let stopped = Arc::new(AtomicU64::new(0));
     let slot = SlotName::new("engine").unwrap();
-    let probe = ProbeConfig {
-        kind: ProbeKind::None,
-        period: Duration::from_millis(5),
-        failure_threshold: 2,
-        ..ProbeConfig::default()
-    };
+    let mut probe = ProbeConfig::default();
+    probe.kind = ProbeKind::None;
+    probe.period = Duration::from_millis(5);
+    probe.failure_threshold = 2;
     sup.add_engine_slot(
         slot.clone(),
         probe,

@@ -16,10 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use proptest::prelude::*;
 use tryswap::config::{ProbeConfig, ProbeKind};
-use tryswap::driver::engine::{Engine, EngineFactory};
 use tryswap::report::Outcome;
-use tryswap::supervisor::recovery::RecoveryAction;
-use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
+use tryswap::RecoveryAction;
+use tryswap::{CandidateSpec, Supervisor, SupervisorError};
+use tryswap::{Engine, EngineFactory};
 use tryswap_fsm::{Generation, SlotName, World};
 use tryswap_journal::{JournalStore, MemoryJournal};
 
@@ -240,14 +240,13 @@ struct Host {
 }
 
 fn probe() -> ProbeConfig {
-    ProbeConfig {
-        kind: ProbeKind::None,
-        period: Duration::from_millis(1),
-        timeout: Duration::from_secs(5),
-        success_threshold: 1,
-        failure_threshold: 2,
-        ..ProbeConfig::default()
-    }
+    let mut probe = ProbeConfig::default();
+    probe.kind = ProbeKind::None;
+    probe.period = Duration::from_millis(1);
+    probe.timeout = Duration::from_secs(5);
+    probe.success_threshold = 1;
+    probe.failure_threshold = 2;
+    probe
 }
 
 impl Host {

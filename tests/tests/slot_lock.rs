@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tryswap::config::Config;
 use tryswap::report::Outcome;
-use tryswap::supervisor::{CandidateSpec, Supervisor};
+use tryswap::{CandidateSpec, Supervisor};
 use tryswap_fsm::SlotName;
 use tryswap_tests::{fixture_plugin_path, FixtureConfig, TempState};
 
@@ -24,10 +24,7 @@ async fn a_reload_that_waited_for_the_slot_runs_on_the_runtime_a_config_reload_p
     let state = TempState::new().unwrap();
     let sup = Supervisor::open(state.join("state")).unwrap();
     let slot = SlotName::new("a").unwrap();
-    let config = Config {
-        slots: vec![tryswap_tests::harness::fixture_slot("a")],
-        ..Config::default()
-    };
+    let config = Config::with_slots(vec![tryswap_tests::harness::fixture_slot("a")]);
     sup.add_process_slot(config.slots[0].clone());
     let spec = |name: &str| {
         let cfg = FixtureConfig::with_message(name)

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tryswap::driver::process::stdio::{running_drains, LIMIT_MARKER};
+use tryswap::internals::stdio::{running_drains, LIMIT_MARKER};
 use tryswap::report::{Outcome, ReloadReport};
-use tryswap::supervisor::{CandidateSpec, Supervisor};
+use tryswap::{CandidateSpec, Supervisor};
 use tryswap_fsm::SlotName;
 use tryswap_tests::harness::fixture_slot;
 use tryswap_tests::{

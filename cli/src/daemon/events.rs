@@ -20,8 +20,8 @@ use axum::response::sse::Event;
 use futures_util::Stream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tryswap::keepalive::MonitorEvent;
-use tryswap::supervisor::Supervisor;
+use tryswap::MonitorEvent;
+use tryswap::Supervisor;
 use tryswap_fsm::{ReloadId, SlotName};
 use tryswap_journal::Record;
 

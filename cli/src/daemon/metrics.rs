@@ -28,8 +28,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tryswap::keepalive::{KeepAliveState, Monitor, MonitorEvent, MonitorEventKind};
-use tryswap::supervisor::Supervisor;
+use tryswap::Supervisor;
+use tryswap::{KeepAliveState, Monitor, MonitorEvent, MonitorEventKind};
 use tryswap_fsm::{EventKind, ReloadId};
 use tryswap_journal::Record;
 

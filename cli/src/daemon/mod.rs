@@ -37,8 +37,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tryswap::keepalive::{Monitor, MonitorOptions};
-use tryswap::supervisor::{Supervisor, SupervisorError};
+use tryswap::{Monitor, MonitorOptions};
+use tryswap::{Supervisor, SupervisorError};
 use tryswap_journal::JournalError;
 
 use self::metrics::Metrics;

@@ -46,10 +46,10 @@ use tryswap::admin_body::{
     parse_compact_body, parse_config_reload_body, parse_reload_body, BodyError, ReloadRequest,
 };
 use tryswap::config::{AdminConfig, Config};
-use tryswap::keepalive::Monitor;
 use tryswap::report::{Outcome, ReloadReport, StatusReport};
-use tryswap::supervisor::config_reload::{ConfigOutcome, ConfigReloadReport, SLOT_WAIT};
-use tryswap::supervisor::{Supervisor, SupervisorError};
+use tryswap::Monitor;
+use tryswap::{internals::SLOT_WAIT, ConfigOutcome, ConfigReloadReport};
+use tryswap::{Supervisor, SupervisorError};
 use tryswap_fsm::{Rejected, ReloadId, SlotName};
 use tryswap_journal::JournalError;
 

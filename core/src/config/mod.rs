@@ -23,6 +23,11 @@
 //! assert_eq!(slot.probe.kind, ProbeKind::Http { path: "/healthz".into() });
 //! ```
 
+// The config file tests build exhaustive struct literals (a new field must be added to
+// them), which `#[non_exhaustive]` allows only inside this crate.
+#[cfg(test)]
+mod file_tests;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,6 +41,7 @@ use tryswap_fsm::{Protocol, SlotName};
 
 /// A parsed and validated config file.
 #[derive(Clone, Debug, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Config {
     /// `state_dir`: where the journal, store and logs live, exactly as written (a relative
     /// path is not resolved here). `None` when the file does not set it.
@@ -51,6 +57,7 @@ pub struct Config {
 
 /// `[admin]`: where the daemon serves its admin API.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct AdminConfig {
     /// Unix socket path; a relative path is relative to the state directory. Default
     /// `tryswap.sock`.
@@ -78,6 +85,7 @@ impl Default for AdminConfig {
 
 /// One `[[slot]]`: how to launch, validate, probe, stop and restart its plugin.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SlotConfig {
     /// The slot's name.
     pub name: SlotName,
@@ -126,6 +134,7 @@ impl SlotConfig {
 
 /// `[slot.handshake]`: the go-plugin handshake a candidate must complete.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HandshakeConfig {
     /// Name of the magic cookie environment variable. Default `TRYSWAP_PLUGIN`; never empty.
     pub magic_cookie_key: String,
@@ -159,6 +168,7 @@ impl HandshakeConfig {
 
 /// `[slot.probe]`: how a candidate's health is checked (Kubernetes semantics).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ProbeConfig {
     /// What the probe does.
     pub kind: ProbeKind,
@@ -192,6 +202,7 @@ impl Default for ProbeConfig {
 
 /// The kind of a probe, with its kind-specific settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProbeKind {
     /// grpc.health.v1 `Check` against the handshake address.
     Grpc {
@@ -229,6 +240,7 @@ impl ProbeKind {
 
 /// `[slot.restart]`: how the daemon keeps an active generation alive.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct RestartConfig {
     /// When to restart. Default [`RestartPolicy::OnFailure`].
     pub policy: RestartPolicy,
@@ -251,6 +263,7 @@ impl Default for RestartConfig {
 
 /// When the daemon restarts an active generation that exited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RestartPolicy {
     /// Never restart.
     Never,
@@ -273,6 +286,7 @@ impl RestartPolicy {
 
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read (missing, unreadable, not UTF-8 …).
     #[error("cannot read config file {}: {source}", path.display())]
@@ -341,6 +355,15 @@ const DEFAULT_MIN_PORT: u16 = 10000;
 const DEFAULT_MAX_PORT: u16 = 25000;
 
 impl Config {
+    /// A config with these slots and every other setting at its default (the state dir
+    /// and admin socket unset), as a file with only `[[slot]]` tables would give.
+    pub fn with_slots(slots: Vec<SlotConfig>) -> Config {
+        Config {
+            slots,
+            ..Config::default()
+        }
+    }
+
     /// Parses and validates the text of a config file. `origin` is used in error messages
     /// and kept as [`Config::source`]; nothing is read from it.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {

@@ -110,6 +110,7 @@ impl DriverError {
 
 /// How an instance was stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopOutcome {
     /// It was already gone.
     AlreadyGone,
@@ -121,6 +122,7 @@ pub enum StopOutcome {
 
 /// Whether an instance runs, as far as its driver can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Liveness {
     /// It runs (and is the instance that was recorded).
     Alive,

@@ -66,6 +66,7 @@ impl CandidateSpec {
 /// Errors a supervisor call returns. A candidate that fails is not an error: it is a
 /// [`ReloadReport`] with outcome `rolled_back`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SupervisorError {
     /// The slot already has a reload in progress.
     #[error("slot {slot}: a reload is already in progress{}", in_flight.map(|id| format!(" ({id})")).unwrap_or_default())]
