@@ -86,6 +86,11 @@ impl From<SupervisorError> for CliError {
             SupervisorError::UnknownGeneration { slot, .. } => {
                 format!("; `tryswap history {slot}` lists the generations that can be brought back")
             }
+            SupervisorError::Journal(e) if e.is_corrupt() => {
+                "\nhint: `tryswap journal verify` shows what is damaged; `tryswap journal \
+                 export` prints the readable records"
+                    .to_owned()
+            }
             _ => String::new(),
         };
         CliError::new(code, format!("{e}{hint}"))

@@ -92,10 +92,10 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-const SALVAGE_HINT: &str = "tryswap wrote nothing; sled's files as they were before this \
+const SALVAGE_HINT: &str = "nothing was written; sled's files as they were before this \
      open are kept in `sled.preopen` beside `sled` (sled may truncate a damaged log while \
-     opening it). Run `tryswap journal verify` to see what is damaged and `tryswap journal \
-     export` to salvage the readable records";
+     opening it). Verifying the journal shows what is damaged, and exporting it salvages the \
+     readable records";
 
 /// Where sled's files are copied before every open, so that what sled repairs in place while
 /// opening a damaged journal is never lost. Removed again once the open passed every check.

@@ -87,8 +87,8 @@ pub(crate) fn read(path: &Path, dir: &Path) -> Result<Option<(WitnessMark, usize
         None => Err(JournalError::Corrupt {
             dir: dir.to_path_buf(),
             what: format!(
-                "witness file {} is unreadable (no valid slot); nothing was changed. \
-                 Run `tryswap journal verify` to check the events themselves",
+                "witness file {} is unreadable (no valid slot); nothing was changed; \
+                 verifying the journal checks the events themselves",
                 path.display()
             ),
         }),

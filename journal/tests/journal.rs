@@ -303,7 +303,7 @@ fn a_lost_tail_fails_open_and_changes_nothing() {
         text.contains("6..=10") && text.contains("witness"),
         "{text}"
     );
-    assert!(text.contains("tryswap journal verify"), "{text}");
+    assert!(text.contains("Verifying the journal"), "{text}");
     let mut files_after = files_of(dir.path());
     // The lock file's content is our pid either way.
     files_after.remove(&dir.path().join(layout::LOCK_FILE));
