@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use tryswap::config::HandshakeConfig;
-//! use tryswap::handshake::parse_line;
+//! use tryswap::driver::process::handshake::parse_line;
 //! use tryswap_fsm::{Network, Protocol, SlotName};
 //!
 //! let rules = HandshakeConfig::for_slot(&SlotName::new("demo").unwrap());
