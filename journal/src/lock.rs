@@ -28,8 +28,9 @@ pub(crate) struct DirLock {
 
 impl DirLock {
     /// Takes the lock of journal directory `dir`, or fails with [`JournalError::Locked`]:
-    /// at once when another process holds it, after at most [`OWN_RELEASE_WAIT`] when this
-    /// process still holds it through a journal being dropped.
+    /// at once when another live process holds it; after at most [`OWN_RELEASE_WAIT`] when
+    /// this process still holds it through a journal being dropped, or when the process
+    /// that took it is dead (a child forked from it holds the descriptor until its `exec`).
     pub(crate) fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
         let path = dir.join(LOCK_FILE);
         let file = OpenOptions::new()
@@ -46,10 +47,16 @@ impl DirLock {
                 Ok(locked) => break locked,
                 Err((mut held, Errno::EWOULDBLOCK)) => {
                     let pid = read_pid(&mut held);
-                    // This very process holds it: a journal it dropped whose last user (a
-                    // write still finishing on a blocking thread) lets go in a moment.
-                    // Another process is refused at once.
-                    if pid == Some(std::process::id()) && started.elapsed() < OWN_RELEASE_WAIT {
+                    // Held by this very process (a journal it dropped whose last user, a
+                    // write still finishing on a blocking thread, lets go in a moment), or by
+                    // a process other than the one that took it (the holder died and a
+                    // plugin it was forking still has the descriptor until its `exec`
+                    // closes it): wait a moment. A live holder is refused at once.
+                    let transient = match pid {
+                        Some(pid) => pid == std::process::id() || !alive(pid),
+                        None => false,
+                    };
+                    if transient && started.elapsed() < OWN_RELEASE_WAIT {
                         std::thread::sleep(Duration::from_millis(10));
                         file = held;
                         continue;
@@ -70,6 +77,25 @@ impl DirLock {
         };
         write_pid(&mut file, &path)?;
         Ok(DirLock { _file: file })
+    }
+}
+
+/// Whether `pid` names a running process. A zombie counts as dead: it has exited and its
+/// descriptors are closed, so it holds no lock.
+fn alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if let Err(Errno::ESRCH) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        return false;
+    }
+    // The state letter follows the command name, which is in parentheses and may hold ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].trim_start().chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+        Err(_) => true,
     }
 }
 

@@ -446,6 +446,33 @@ fn an_open_waits_for_a_journal_this_process_is_still_dropping() {
     assert!(reopened.is_ok(), "{:?}", reopened.err());
 }
 
+/// The process that took the lock died, but a child it was forking still holds the lock's
+/// descriptor until its `exec` closes it (plugins are forked by the journal's holder): the
+/// next open waits for it instead of failing "locked by <dead pid>". Simulated here by a
+/// holder whose lock file names a process that has exited.
+#[test]
+fn an_open_waits_for_a_lock_whose_taker_is_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let mut exited = Process::new("true").spawn().unwrap();
+    exited.wait().unwrap();
+    fs::write(
+        dir.path().join(layout::LOCK_FILE),
+        format!("{}\n", exited.id()),
+    )
+    .unwrap();
+    let (opening_tx, opening_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        opening_rx.recv().unwrap();
+        std::thread::sleep(OWN_RELEASE_WAIT / 4);
+        drop(journal);
+    });
+    opening_tx.send(()).unwrap();
+    let reopened = Journal::open(dir.path());
+    holder.join().unwrap();
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
 const CHILD_ENV: &str = "TRYSWAP_JOURNAL_TEST_LOCK_DIR";
 
 /// Not a test on its own: the child process of `another_process_holding_the_lock_...`.

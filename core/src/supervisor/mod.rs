@@ -1143,7 +1143,11 @@ impl Supervisor {
         }
         Ok(StatusReport {
             slots,
-            store: self.inner.store.usage().ok(),
+            // The store belongs to no slot: only in the status of every slot.
+            store: only
+                .is_none()
+                .then(|| self.inner.store.usage().ok())
+                .flatten(),
         })
     }
 

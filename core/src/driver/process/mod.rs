@@ -168,9 +168,9 @@ async fn check_endpoint_owner(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let (network, address) = (endpoint.network, endpoint.address.clone());
-        let (identity, tag) = (identity.clone(), reload_tag.to_owned());
+        let (candidate, tag) = (identity.clone(), reload_tag.to_owned());
         let result = tokio::task::spawn_blocking(move || {
-            sockets::check_endpoint_owner(network, &address, &identity, &tag)
+            sockets::check_endpoint_owner(network, &address, &candidate, &tag)
         })
         .await
         .unwrap_or_else(|e| {
@@ -179,6 +179,16 @@ async fn check_endpoint_owner(
                 source: std::io::Error::other(e.to_string()),
             })
         });
+        let nobody_seen = match &result {
+            Err(sockets::EndpointOwnerError::NotListening { .. }) => true,
+            Err(sockets::EndpointOwnerError::HeldByOthers { holders, .. }) => holders.is_empty(),
+            _ => false,
+        };
+        // A candidate that exited meanwhile holds nothing any more: the probe, which watches
+        // its exit, rejects it with its exit status.
+        if nobody_seen && !os::is_alive(identity) {
+            return Ok(());
+        }
         match result {
             Err(sockets::EndpointOwnerError::NotListening { .. })
                 if tokio::time::Instant::now() < deadline =>
