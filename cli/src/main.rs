@@ -195,7 +195,7 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
     }
     Ok(match report.outcome {
         Outcome::Active | Outcome::DryRunPassed => EXIT_OK,
-        Outcome::RolledBack | Outcome::InProgress => EXIT_REJECTED,
+        Outcome::RolledBack | Outcome::Reverted | Outcome::InProgress => EXIT_REJECTED,
     })
 }
 

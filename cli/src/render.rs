@@ -80,6 +80,18 @@ pub(crate) fn detail(kind: &EventKind) -> String {
         EventKind::Retired { generation } => format!("generation {generation} drained and stopped"),
         EventKind::Relaunched { generation, .. } => format!("generation {generation} relaunched"),
         EventKind::Stopped { generation, .. } => format!("generation {generation} stopped"),
+        EventKind::ActivatedBaking { until_ms } => {
+            let until = i64::try_from(*until_ms)
+                .ok()
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339());
+            format!("active marker moved provisionally; baking until {until}")
+        }
+        EventKind::Confirmed => "bake passed; candidate confirmed".to_owned(),
+        EventKind::Reverted { reason } => {
+            let first = reason.message.lines().next().unwrap_or("");
+            format!("reverted to the standby ({}): {first}", reason.kind.name())
+        }
     }
 }
 
@@ -170,6 +182,27 @@ pub fn reload_summary_text(report: &ReloadReport) -> String {
                 "{slot}: dry run passed for generation {} in {:.1} ms; nothing changed ({kept})",
                 gen.unwrap_or_default(),
                 report.duration_ms
+            );
+        }
+        Outcome::Reverted => {
+            let _ = writeln!(
+                out,
+                "{slot}: generation {} reverted during its bake; {kept}",
+                gen.unwrap_or_default()
+            );
+            if let Some(error) = &report.error {
+                for line in error.lines() {
+                    let _ = writeln!(out, "  | {line}");
+                }
+            }
+        }
+        Outcome::InProgress if report.bake.is_some() => {
+            let until = report.bake.as_ref().map(|b| b.until.to_rfc3339());
+            let _ = writeln!(
+                out,
+                "{slot}: generation {} is active, baking until {}",
+                gen.unwrap_or_default(),
+                until.unwrap_or_default()
             );
         }
         Outcome::RolledBack | Outcome::InProgress => {

@@ -15,6 +15,9 @@ pub enum Outcome {
     RolledBack,
     /// A dry run passed; nothing changed.
     DryRunPassed,
+    /// The candidate baked as the active generation and failed (or was reverted by hand):
+    /// the marker is back on the previous generation.
+    Reverted,
     /// The reload has not finished (only seen in `history` or `status` of a live reload).
     InProgress,
 }
@@ -23,11 +26,33 @@ impl Outcome {
     /// The outcome of a reload in `state`.
     pub fn of(state: &ReloadState) -> Outcome {
         match state {
-            ReloadState::Active => Outcome::Active,
+            ReloadState::Active | ReloadState::Confirmed { .. } => Outcome::Active,
             ReloadState::RolledBack { .. } => Outcome::RolledBack,
             ReloadState::DryRunPassed => Outcome::DryRunPassed,
+            ReloadState::Reverted { .. } => Outcome::Reverted,
             _ => Outcome::InProgress,
         }
+    }
+}
+
+/// The bake window of a reload that activated provisionally: DESIGN.md's `bake` object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BakeInfo {
+    /// The bake's deadline.
+    pub until: DateTime<Utc>,
+    /// `baking`, `confirmed` or `reverted`.
+    pub state: &'static str,
+}
+
+impl BakeInfo {
+    /// The bake of a reload in `state`, if it baked.
+    pub fn of(state: &ReloadState) -> Option<BakeInfo> {
+        let until_ms = state.bake_deadline_ms()?;
+        let until = DateTime::<Utc>::from_timestamp_millis(i64::try_from(until_ms).ok()?)?;
+        Some(BakeInfo {
+            until,
+            state: state.name(),
+        })
     }
 }
 
@@ -116,6 +141,8 @@ pub struct ReloadReport {
     pub duration_ms: f64,
     /// Former generations this reload drained and stopped.
     pub retired: Vec<u64>,
+    /// The bake window, for reloads that activated provisionally.
+    pub bake: Option<BakeInfo>,
 }
 
 fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -149,6 +176,11 @@ impl ReloadReport {
         let (failed_stage, error, reason_kind) = match &reload.state {
             ReloadState::RolledBack { stage, reason } => (
                 Some(stage.name()),
+                Some(reason.message.clone()),
+                Some(reason.kind.name()),
+            ),
+            ReloadState::Reverted { reason, .. } => (
+                Some(tryswap_fsm::Stage::Baking.name()),
                 Some(reason.message.clone()),
                 Some(reason.kind.name()),
             ),
@@ -189,6 +221,7 @@ impl ReloadReport {
             stages,
             duration_ms: millis(origin, last),
             retired: Vec::new(),
+            bake: BakeInfo::of(&reload.state),
         }
     }
 }
