@@ -36,6 +36,10 @@ pub enum Command {
         /// A config file for the candidate (substituted for {config} in the slot's args).
         #[arg(long, value_name = "F")]
         config_file: Option<PathBuf>,
+        /// Bake window (overrides the slot's `bake`): the old generation stays up as a warm
+        /// standby and the command waits, reverting if the candidate fails; exit 2 reverted.
+        #[arg(long, value_name = "DUR", value_parser = tryswap::config::parse_bake)]
+        bake: Option<std::time::Duration>,
     },
     /// Dry run through the probe; the active generation is untouched. Exit 0 passed, 2 failed.
     Try {
@@ -54,6 +58,9 @@ pub enum Command {
         /// The generation to bring back (default: the one active before the current one).
         #[arg(long, value_name = "GENERATION")]
         to: Option<u64>,
+        /// Bake window (overrides the slot's `bake`), as for `activate`.
+        #[arg(long, value_name = "DUR", value_parser = tryswap::config::parse_bake)]
+        bake: Option<std::time::Duration>,
     },
     /// Slots, active generation, pid, alive, address, in-flight reload.
     Status {

@@ -302,10 +302,18 @@ fn ok(reply: Reply) -> Result<Reply, CliError> {
 pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8, CliError> {
     let text = !ctx.json;
     match command {
+        Command::Activate { bake: Some(_), .. } | Command::Rollback { bake: Some(_), .. } => {
+            Err(CliError::new(
+                crate::EXIT_ERROR,
+                "--bake is not supported through the daemon yet: set `bake` on the slot, or stop \
+                 the daemon to bake in the foreground",
+            ))
+        }
         Command::Activate {
             slot,
             artifact,
             config_file,
+            ..
         }
         | Command::Try {
             slot,
@@ -320,7 +328,7 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             });
             reload(client, ctx, slot, &body).await
         }
-        Command::Rollback { slot, to } => {
+        Command::Rollback { slot, to, .. } => {
             let body = match to {
                 Some(g) => serde_json::json!({ "rollback_to": g }),
                 None => serde_json::json!({ "rollback": true }),

@@ -16,8 +16,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tryswap::config::{Config, ConfigError};
 use tryswap::report::{Outcome, ReloadReport};
+use tryswap::supervisor::bake::BakeEnd;
 use tryswap::supervisor::{CandidateSpec, Supervisor, SupervisorError};
-use tryswap_fsm::{Generation, SlotName};
+use tryswap_fsm::{Generation, Mode, Reason, SlotName};
 use tryswap_journal::JournalError;
 
 use crate::args::{Cli, Command};
@@ -161,9 +162,13 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
     let progress = (!ctx.json).then(|| render::progress(supervisor.subscribe()));
     let reload = async {
         match what {
-            ReloadKind::Activate(spec) => supervisor.activate(slot, spec).await,
+            ReloadKind::Activate(spec, bake) => {
+                supervisor
+                    .reload_with_bake(slot, Mode::Activate, Some(spec), bake)
+                    .await
+            }
             ReloadKind::Try(spec) => supervisor.try_activate(slot, spec).await,
-            ReloadKind::Rollback(to) => supervisor.rollback(slot, to).await,
+            ReloadKind::Rollback(to, bake) => supervisor.rollback_with_bake(slot, to, bake).await,
         }
     };
     // Ctrl-C or SIGTERM mid-reload: abandon it and let recovery stop the candidate and
@@ -176,6 +181,28 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
         progress.finish().await;
     }
     let Some(result) = result else {
+        // Interrupted during a bake: revert to the standby (journaled before the candidate
+        // is stopped), then let recovery finish anything else.
+        match supervisor
+            .end_bake(
+                slot,
+                BakeEnd::Revert(Reason::cancelled(
+                    "interrupted (SIGINT/SIGTERM) during the bake",
+                )),
+            )
+            .await
+        {
+            Ok(report) => {
+                if ctx.json {
+                    render::json(&report)?;
+                } else {
+                    render::reload_summary(&report, &supervisor);
+                }
+                return Ok(EXIT_REJECTED);
+            }
+            Err(SupervisorError::NoBake(_)) => {}
+            Err(e) => eprintln!("tryswap: interrupted: reverting the bake: {e}"),
+        }
         let recovery = supervisor.recover().await?;
         for action in &recovery.actions {
             eprintln!("tryswap: interrupted: {action}");
@@ -216,9 +243,9 @@ pub(crate) async fn interrupted() {
 }
 
 enum ReloadKind {
-    Activate(CandidateSpec),
+    Activate(CandidateSpec, Option<std::time::Duration>),
     Try(CandidateSpec),
-    Rollback(Option<Generation>),
+    Rollback(Option<Generation>, Option<std::time::Duration>),
 }
 
 fn candidate(artifact: &Path, config_file: Option<&Path>) -> CandidateSpec {
@@ -242,9 +269,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             slot,
             artifact,
             config_file,
+            bake,
         } => {
             let spec = candidate(artifact, config_file.as_deref());
-            reload_command(&ctx, slot, ReloadKind::Activate(spec)).await
+            reload_command(&ctx, slot, ReloadKind::Activate(spec, *bake)).await
         }
         Command::Try {
             slot,
@@ -254,8 +282,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let spec = candidate(artifact, config_file.as_deref());
             reload_command(&ctx, slot, ReloadKind::Try(spec)).await
         }
-        Command::Rollback { slot, to } => {
-            reload_command(&ctx, slot, ReloadKind::Rollback(to.map(Generation))).await
+        Command::Rollback { slot, to, bake } => {
+            reload_command(&ctx, slot, ReloadKind::Rollback(to.map(Generation), *bake)).await
         }
         Command::Status { slot } => {
             let supervisor = ctx.supervisor().await?;
