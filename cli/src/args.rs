@@ -84,6 +84,16 @@ pub enum Command {
     },
     /// Run crash recovery now (it also runs whenever a command opens the journal).
     Recover,
+    /// End the slot's bake now with the candidate active; the standby is stopped.
+    Confirm {
+        /// Slot name.
+        slot: SlotName,
+    },
+    /// End the slot's bake now: the standby serves again, the candidate is stopped. Exit 2.
+    Revert {
+        /// Slot name.
+        slot: SlotName,
+    },
     /// The daemon: recovery, then keeps active generations alive (restarts with backoff),
     /// serves the admin API on <state-dir>/<admin.socket>, streams events. Runs until
     /// SIGTERM or SIGINT (exit 0); SIGHUP re-reads the config.

@@ -383,6 +383,10 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             print_body(&reply.body);
             Ok(EXIT_OK)
         }
+        Command::Confirm { .. } | Command::Revert { .. } => Err(CliError::new(
+            crate::EXIT_ERROR,
+            "confirm and revert are not supported through the daemon yet",
+        )),
         Command::Recover => {
             let reply = ok(client.call(Method::POST, "/v1/recover", None, text).await?)?;
             print_body(&reply.body);

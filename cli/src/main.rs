@@ -328,6 +328,24 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(EXIT_OK)
         }
+        Command::Confirm { slot } | Command::Revert { slot } => {
+            ctx.slot(slot)?;
+            let supervisor = ctx.supervisor().await?;
+            let end = match &cli.command {
+                Command::Confirm { .. } => BakeEnd::Confirm,
+                _ => BakeEnd::Revert(Reason::cancelled("reverted by hand (tryswap revert)")),
+            };
+            let report = supervisor.end_bake(slot, end).await?;
+            if ctx.json {
+                render::json(&report)?;
+            } else {
+                render::reload_summary(&report, &supervisor);
+            }
+            Ok(match report.outcome {
+                Outcome::Reverted => EXIT_REJECTED,
+                _ => EXIT_OK,
+            })
+        }
         Command::Recover => {
             let supervisor = Supervisor::open(&ctx.state_dir)?;
             for slot in &ctx.config.slots {

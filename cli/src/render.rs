@@ -113,16 +113,36 @@ fn progress_line(record: &Record, last: &mut Option<DateTime<Utc>>) {
     print!("{}", progress_text(record, last));
 }
 
-/// Starts printing a progress line for every record the supervisor appends.
+/// The deadline of a bake that `record` starts (`Some`) or ends (`None`); other records
+/// leave `baking` as it is.
+fn bake_deadline(record: &Record, baking: &mut Option<DateTime<Utc>>) {
+    match &record.event {
+        EventKind::ActivatedBaking { until_ms } => {
+            *baking = i64::try_from(*until_ms)
+                .ok()
+                .and_then(DateTime::<Utc>::from_timestamp_millis);
+        }
+        EventKind::Confirmed | EventKind::Reverted { .. } => *baking = None,
+        _ => {}
+    }
+}
+
+/// Starts printing a progress line for every record the supervisor appends, and a line
+/// with the time left every second while a bake runs.
 pub fn progress(mut rx: broadcast::Receiver<Record>) -> Progress {
     let (stop, mut stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
         let mut last = Some(Utc::now());
+        let mut baking: Option<DateTime<Utc>> = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 r = rx.recv() => match r {
-                    Ok(record) => progress_line(&record, &mut last),
+                    Ok(record) => {
+                        progress_line(&record, &mut last);
+                        bake_deadline(&record, &mut baking);
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -131,6 +151,12 @@ pub fn progress(mut rx: broadcast::Receiver<Record>) -> Progress {
                         progress_line(&record, &mut last);
                     }
                     break;
+                }
+                _ = tick.tick(), if baking.is_some() => {
+                    if let Some(until) = baking {
+                        let left = (until - Utc::now()).num_milliseconds().max(0);
+                        println!("  {:<15} {:>9.1} s left", "baking", left as f64 / 1000.0);
+                    }
                 }
             }
         }

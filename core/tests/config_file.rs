@@ -729,7 +729,10 @@ fn bake_is_a_bounded_duration_off_by_default() {
     let config = parse("[[slot]]\nname = \"billing\"\n").unwrap();
     assert_eq!(config.slots[0].bake, Duration::ZERO);
     let err = parse("[[slot]]\nname = \"billing\"\nbake = \"2days\"\n").unwrap_err();
-    assert!(err.to_string().contains("`bake` must be at most 24h"), "{err}");
+    assert!(
+        err.to_string().contains("`bake` must be at most 24h"),
+        "{err}"
+    );
     let err = parse("[[slot]]\nname = \"billing\"\nbake = \"soon\"\n").unwrap_err();
     assert!(err.to_string().contains("bake"), "{err}");
 }

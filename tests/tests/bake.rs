@@ -132,3 +132,109 @@ fn a_bake_longer_than_a_day_is_a_usage_error() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("longer than 24h"), "{run:?}");
 }
+
+#[test]
+fn sigint_during_a_foreground_bake_reverts_to_the_same_old_process() {
+    use tryswap_tests::crash::Background;
+    use tryswap_tests::process::send_signal;
+    let h = Harness::demo();
+    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
+    assert_eq!(code, 0, "{first}");
+    let old_pid = pid_of(&first);
+    let cfg = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+    let plugin = fixture_plugin_path();
+    let run = Background::start(
+        &h,
+        &[
+            "activate",
+            "demo",
+            plugin.to_str().expect("utf-8 path"),
+            "--config-file",
+            cfg.to_str().expect("utf-8 path"),
+            "--bake",
+            "30s",
+        ],
+        "bake",
+    );
+    // The countdown shows the bake runs; then interrupt it.
+    let counting = tryswap_tests::process::wait_until(Duration::from_secs(20), || {
+        run.output().contains("s left")
+    });
+    assert!(counting, "no countdown: {}", run.output());
+    assert!(send_signal(run.pid(), nix::sys::signal::Signal::SIGINT));
+    let pid = run.pid();
+    let exited = tryswap_tests::process::wait_until(Duration::from_secs(20), || !pid_alive(pid));
+    assert!(exited, "still running: {}", run.output());
+    assert!(
+        run.output().contains("reverted during its bake"),
+        "{}",
+        run.output()
+    );
+    let (status, killed) = run.kill();
+    assert!(!killed, "it had to be killed");
+    assert_eq!(status.code(), Some(2));
+
+    let (generation, pid, _) = h.active("demo").expect("an active generation");
+    assert_eq!((generation, pid), (1, old_pid), "never restarted");
+    let last = last_reload(&h);
+    assert_eq!(last["outcome"], "reverted", "{last}");
+    assert_eq!(last["reason_kind"], "cancelled", "{last}");
+}
+
+/// A bake whose foreground command died (SIGKILL at `bake-after-commit`) goes on; a second
+/// reload is a conflict (exit 3); `tryswap revert` and `tryswap confirm` end it by hand.
+#[test]
+fn confirm_and_revert_by_hand_end_a_bake_and_a_second_reload_during_it_is_a_conflict() {
+    use tryswap_tests::crash::{reload_args, tryswap_killed_at};
+    for verb in ["revert", "confirm"] {
+        let h = Harness::demo();
+        let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
+        assert_eq!(code, 0, "{first}");
+        let old_pid = pid_of(&first);
+        let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+        let mut args = reload_args("activate", "demo", &v2);
+        args.extend(["--bake".to_owned(), "60s".to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let exit = tryswap_killed_at(&h, "bake-after-commit", &args);
+        assert_eq!(exit.signal(), Some(9), "{exit:?}");
+
+        let status = h.status();
+        assert_eq!(
+            status["slots"][0]["in_flight"]["state"], "baking",
+            "{status}"
+        );
+        let (generation, candidate_pid, _) = h.active("demo").expect("the candidate is active");
+        assert_eq!(generation, 2);
+        assert!(
+            pid_alive(old_pid),
+            "the standby must keep running during the bake"
+        );
+
+        let (code, report) = activate(&h, "v3", &FixtureConfig::with_message("v3"), None);
+        assert_eq!(code, 3, "a second reload during a bake: {report}");
+
+        let run = h.tryswap(&["--json", verb, "demo"]);
+        let report = run.json();
+        if verb == "revert" {
+            assert_eq!(run.code, 2, "{run:?}");
+            assert_eq!(report["outcome"], "reverted", "{report}");
+            assert_eq!(report["reason_kind"], "cancelled", "{report}");
+            assert!(wait_gone(candidate_pid, Duration::from_secs(5)));
+            assert_eq!(h.active("demo").map(|a| (a.0, a.1)), Some((1, old_pid)));
+        } else {
+            assert_eq!(run.code, 0, "{run:?}");
+            assert_eq!(report["bake"]["state"], "confirmed", "{report}");
+            assert!(wait_gone(old_pid, Duration::from_secs(5)));
+            assert_eq!(
+                h.active("demo").map(|a| (a.0, a.1)),
+                Some((2, candidate_pid))
+            );
+        }
+        // Nothing is baking any more.
+        let again = h.tryswap(&[verb, "demo"]);
+        assert_eq!(again.code, 1, "{again:?}");
+        assert!(again.stderr.contains("no bake in progress"), "{again:?}");
+        let verify = h.tryswap(&["journal", "verify"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+    }
+}

@@ -177,13 +177,21 @@ impl Supervisor {
             .find(|v| &v.reload.slot == slot && v.reload.state.bake_until_ms().is_some())
             .ok_or_else(|| SupervisorError::NoBake(slot.clone()))?;
         let reload = baking.reload.id;
+        // The standby (the generation active before the bake), as the report's `previous`.
+        let previous = self.journal().slot(slot)?.and_then(|v| {
+            v.slot
+                .retiring
+                .iter()
+                .find(|f| Some(f.generation) == baking.reload.previous)
+                .map(PreviousInfo::from_facts)
+        });
         let retired = self.end_bake_locked(&rt, reload, end, None).await?;
         let view = self.journal().reload(&reload)?.ok_or_else(|| {
             SupervisorError::Journal(tryswap_journal::JournalError::Missing(format!(
                 "reload {reload}"
             )))
         })?;
-        let mut report = ReloadReport::from_view(&view, None, None);
+        let mut report = ReloadReport::from_view(&view, None, previous);
         report.retired = retired;
         Ok(report)
     }
