@@ -269,7 +269,19 @@ pub fn status_text(report: &StatusReport) -> String {
         let a = s.active.as_ref();
         let in_flight = s.in_flight.as_ref().map_or_else(
             || "-".to_owned(),
-            |f| format!("{} {} ({})", f.mode, f.state, f.reload_id),
+            |f| match (&f.bake, &f.standby) {
+                (Some(bake), standby) => format!(
+                    "{} baking until {}, standby {} ({})",
+                    f.mode,
+                    bake.until.format("%H:%M:%SZ"),
+                    standby.as_ref().map_or_else(
+                        || "none".to_owned(),
+                        |s| format!("g{} pid {}", s.generation, or_dash(s.pid))
+                    ),
+                    f.reload_id
+                ),
+                (None, _) => format!("{} {} ({})", f.mode, f.state, f.reload_id),
+            },
         );
         let _ = writeln!(
             out,

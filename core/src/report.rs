@@ -260,6 +260,10 @@ pub struct InFlightInfo {
     pub state: &'static str,
     /// Candidate generation.
     pub generation: Option<u64>,
+    /// The bake window, while the reload bakes.
+    pub bake: Option<BakeInfo>,
+    /// The warm standby (the generation active before the bake), while the reload bakes.
+    pub standby: Option<PreviousInfo>,
 }
 
 /// One slot in `status`.
@@ -305,6 +309,17 @@ impl SlotStatus {
                 mode: r.reload.mode.name(),
                 state: r.reload.state.name(),
                 generation: r.reload.candidate.as_ref().map(|c| c.generation.0),
+                bake: BakeInfo::of(&r.reload.state),
+                standby: r
+                    .reload
+                    .state
+                    .bake_until_ms()
+                    .and_then(|_| {
+                        slot.retiring
+                            .iter()
+                            .find(|i| Some(i.generation) == r.reload.previous)
+                    })
+                    .map(PreviousInfo::from_facts),
             }),
             retiring: slot.retiring.iter().map(|i| i.generation.0).collect(),
             configured,

@@ -199,9 +199,17 @@ fn confirm_and_revert_by_hand_end_a_bake_and_a_second_reload_during_it_is_a_conf
         assert_eq!(exit.signal(), Some(9), "{exit:?}");
 
         let status = h.status();
+        let in_flight = &status["slots"][0]["in_flight"];
+        assert_eq!(in_flight["state"], "baking", "{status}");
+        assert_eq!(in_flight["bake"]["state"], "baking", "{status}");
         assert_eq!(
-            status["slots"][0]["in_flight"]["state"], "baking",
-            "{status}"
+            in_flight["standby"]["pid"], old_pid,
+            "status shows the standby: {status}"
+        );
+        let text = h.tryswap(&["status"]).stdout;
+        assert!(
+            text.contains("baking until") && text.contains(&format!("standby g1 pid {old_pid}")),
+            "{text}"
         );
         let (generation, candidate_pid, _) = h.active("demo").expect("the candidate is active");
         assert_eq!(generation, 2);
