@@ -246,3 +246,23 @@ fn confirm_and_revert_by_hand_end_a_bake_and_a_second_reload_during_it_is_a_conf
         assert_eq!(verify.code, 0, "{verify:?}");
     }
 }
+
+#[test]
+fn a_candidate_that_turns_not_serving_during_its_bake_is_reverted() {
+    let h = Harness::demo();
+    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
+    assert_eq!(code, 0, "{first}");
+    let old_pid = pid_of(&first);
+    let sick = FixtureConfig {
+        unhealthy_after_ms: Some(1000),
+        ..FixtureConfig::with_message("v2")
+    };
+    let (code, report) = activate(&h, "v2", &sick, Some("10s"));
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["outcome"], "reverted", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("probe failed 3 times in a row"), "{report}");
+    assert!(wait_gone(pid_of(&report), Duration::from_secs(5)));
+    let (generation, pid, _) = h.active("demo").expect("an active generation");
+    assert_eq!((generation, pid), (1, old_pid), "never restarted");
+}
