@@ -266,3 +266,31 @@ fn a_candidate_that_turns_not_serving_during_its_bake_is_reverted() {
     let (generation, pid, _) = h.active("demo").expect("an active generation");
     assert_eq!((generation, pid), (1, old_pid), "never restarted");
 }
+
+/// A standby that died during the bake is relaunched from the store when the bake reverts.
+#[test]
+fn a_revert_relaunches_a_standby_that_died_during_the_bake() {
+    use tryswap_tests::crash::{kill_and_wait, reload_args, tryswap_killed_at};
+    let h = Harness::demo();
+    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
+    assert_eq!(code, 0, "{first}");
+    let old_pid = pid_of(&first);
+    let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+    let mut args = reload_args("activate", "demo", &v2);
+    args.extend(["--bake".to_owned(), "60s".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exit = tryswap_killed_at(&h, "bake-after-commit", &args);
+    assert_eq!(exit.signal(), Some(9), "{exit:?}");
+    let (_, candidate_pid, _) = h.active("demo").expect("the candidate is active");
+    kill_and_wait(old_pid);
+
+    let run = h.tryswap(&["--json", "revert", "demo"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(wait_gone(candidate_pid, Duration::from_secs(5)));
+    let (generation, pid, _) = h.active("demo").expect("the standby is active again");
+    assert_eq!(generation, 1);
+    assert_ne!(pid, old_pid, "relaunched in a new process");
+    assert!(pid_alive(pid));
+    let verify = h.tryswap(&["journal", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
