@@ -73,6 +73,10 @@ pub enum Command {
         /// Reload even when this artifact and config are already active.
         #[arg(long)]
         force: bool,
+        /// Bake window (overrides the slot's `bake`): the old generation stays up as a warm
+        /// standby and the command waits, reverting if the candidate fails; exit 2 reverted.
+        #[arg(long, value_name = "DUR", value_parser = tryswap::config::parse_bake)]
+        bake: Option<std::time::Duration>,
     },
     /// Dry run through the probe; the active generation is untouched. Exit 0 passed, 2 failed.
     Try {
@@ -91,6 +95,9 @@ pub enum Command {
         /// The generation to bring back (default: the one active before the current one).
         #[arg(long, value_name = "GENERATION")]
         to: Option<u64>,
+        /// Bake window (overrides the slot's `bake`), as for `activate`.
+        #[arg(long, value_name = "DUR", value_parser = tryswap::config::parse_bake)]
+        bake: Option<std::time::Duration>,
     },
     /// Slots, active generation, pid, alive, address, in-flight reload.
     Status {
@@ -164,6 +171,16 @@ pub enum Command {
     },
     /// Run crash recovery now (it also runs whenever a command opens the journal).
     Recover,
+    /// End the slot's bake now with the candidate active; the standby is stopped.
+    Confirm {
+        /// Slot name.
+        slot: SlotName,
+    },
+    /// End the slot's bake now: the standby serves again, the candidate is stopped. Exit 2.
+    Revert {
+        /// Slot name.
+        slot: SlotName,
+    },
     /// The daemon: recovery, then keeps active generations alive (restarts with backoff),
     /// serves the admin API on <state-dir>/<admin.socket>, streams events. Runs until
     /// SIGTERM or SIGINT (exit 0); SIGHUP re-reads the config.

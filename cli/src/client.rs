@@ -328,11 +328,19 @@ fn ok(reply: Reply) -> Result<Reply, CliError> {
 pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8, CliError> {
     let text = !ctx.json;
     match command {
+        Command::Activate { bake: Some(_), .. } | Command::Rollback { bake: Some(_), .. } => {
+            Err(CliError::new(
+                crate::EXIT_ERROR,
+                "--bake is not supported through the daemon yet: set `bake` on the slot, or stop \
+                 the daemon to bake in the foreground",
+            ))
+        }
         Command::Activate {
             slot,
             artifact,
             config_file,
             force,
+            ..
         } => {
             let body = serde_json::json!({
                 "artifact": crate::absolute(artifact),
@@ -353,7 +361,7 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             });
             reload(client, ctx, slot, &body, true).await
         }
-        Command::Rollback { slot, to } => {
+        Command::Rollback { slot, to, .. } => {
             let body = match to {
                 Some(g) => serde_json::json!({ "rollback_to": g }),
                 None => serde_json::json!({ "rollback": true }),
@@ -437,6 +445,10 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
+        Command::Confirm { .. } | Command::Revert { .. } => Err(CliError::new(
+            crate::EXIT_ERROR,
+            "confirm and revert are not supported through the daemon yet",
+        )),
         Command::Recover => {
             let reply = ok(client.call(Method::POST, "/v1/recover", None, text).await?)?;
             print_body(&reply.body)?;

@@ -20,8 +20,8 @@ use std::time::Duration;
 use clap::Parser;
 use tryswap::config::{Config, ConfigError};
 use tryswap::report::{Outcome, ReloadReport};
-use tryswap::{CandidateSpec, Supervisor, SupervisorError};
-use tryswap_fsm::{Generation, SlotName};
+use tryswap::{BakeEnd, CandidateSpec, Supervisor, SupervisorError};
+use tryswap_fsm::{Generation, Mode, Reason, SlotName};
 use tryswap_journal::{Journal, JournalError};
 
 use crate::args::{Cli, Command, LogFormat, Wait, DEFAULT_WAIT};
@@ -253,7 +253,7 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Result<u8, CliError> {
     ctx.slot(slot)?;
     let supervisor = ctx.supervisor().await?;
-    if let ReloadKind::Activate(spec, false) = &what {
+    if let ReloadKind::Activate(spec, false, _) = &what {
         let (check, spec) = (supervisor.clone(), spec.clone());
         let name = slot.clone();
         let same = tokio::task::spawn_blocking(move || check.already_active(&name, &spec))
@@ -269,9 +269,13 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
         (!ctx.json).then(|| render::progress(supervisor.subscribe(), ctx.config.slot(slot)));
     let reload = async {
         match what {
-            ReloadKind::Activate(spec, _) => supervisor.activate(slot, spec).await,
+            ReloadKind::Activate(spec, _, bake) => {
+                supervisor
+                    .reload_with_bake(slot, Mode::Activate, Some(spec), bake)
+                    .await
+            }
             ReloadKind::Try(spec) => supervisor.try_activate(slot, spec).await,
-            ReloadKind::Rollback(to) => supervisor.rollback(slot, to).await,
+            ReloadKind::Rollback(to, bake) => supervisor.rollback_with_bake(slot, to, bake).await,
         }
     };
     // Ctrl-C or SIGTERM mid-reload: abandon it and let recovery stop the candidate and
@@ -284,6 +288,28 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
         progress.finish().await;
     }
     let Some(result) = result else {
+        // Interrupted during a bake: revert to the standby (journaled before the candidate
+        // is stopped), then let recovery finish anything else.
+        match supervisor
+            .end_bake(
+                slot,
+                BakeEnd::Revert(Reason::cancelled(
+                    "interrupted (SIGINT/SIGTERM) during the bake",
+                )),
+            )
+            .await
+        {
+            Ok(report) => {
+                if ctx.json {
+                    render::json(&report)?;
+                } else {
+                    render::reload_summary(&report)?;
+                }
+                return Ok(EXIT_REJECTED);
+            }
+            Err(SupervisorError::NoBake(_)) => {}
+            Err(e) => eprintln!("tryswap: interrupted: reverting the bake: {e}"),
+        }
         let recovery = supervisor.recover().await?;
         for action in &recovery.actions {
             eprintln!("tryswap: interrupted: {action}");
@@ -304,7 +330,7 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
     }
     Ok(match report.outcome {
         Outcome::Active | Outcome::DryRunPassed => EXIT_OK,
-        Outcome::RolledBack | Outcome::InProgress => EXIT_REJECTED,
+        Outcome::RolledBack | Outcome::Reverted | Outcome::InProgress => EXIT_REJECTED,
     })
 }
 
@@ -325,10 +351,10 @@ pub(crate) async fn interrupted() {
 }
 
 enum ReloadKind {
-    /// The candidate, and `--force`.
-    Activate(CandidateSpec, bool),
+    /// The candidate, `--force`, and `--bake`.
+    Activate(CandidateSpec, bool, Option<std::time::Duration>),
     Try(CandidateSpec),
-    Rollback(Option<Generation>),
+    Rollback(Option<Generation>, Option<std::time::Duration>),
 }
 
 fn candidate(artifact: &Path, config_file: Option<&Path>) -> CandidateSpec {
@@ -360,9 +386,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             artifact,
             config_file,
             force,
+            bake,
         } => {
             let spec = candidate(artifact, config_file.as_deref());
-            reload_command(&ctx, slot, ReloadKind::Activate(spec, *force)).await
+            reload_command(&ctx, slot, ReloadKind::Activate(spec, *force, *bake)).await
         }
         Command::Try {
             slot,
@@ -372,8 +399,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let spec = candidate(artifact, config_file.as_deref());
             reload_command(&ctx, slot, ReloadKind::Try(spec)).await
         }
-        Command::Rollback { slot, to } => {
-            reload_command(&ctx, slot, ReloadKind::Rollback(to.map(Generation))).await
+        Command::Rollback { slot, to, bake } => {
+            reload_command(&ctx, slot, ReloadKind::Rollback(to.map(Generation), *bake)).await
         }
         Command::Status { slot } => {
             let supervisor = ctx.supervisor().await?;
@@ -427,6 +454,24 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 render::out(&render::stopped_text(slot.as_str(), stopped))?;
             }
             Ok(EXIT_OK)
+        }
+        Command::Confirm { slot } | Command::Revert { slot } => {
+            ctx.slot(slot)?;
+            let supervisor = ctx.supervisor().await?;
+            let end = match &cli.command {
+                Command::Confirm { .. } => BakeEnd::Confirm,
+                _ => BakeEnd::Revert(Reason::cancelled("reverted by hand (tryswap revert)")),
+            };
+            let report = supervisor.end_bake(slot, end).await?;
+            if ctx.json {
+                render::json(&report)?;
+            } else {
+                render::reload_summary(&report)?;
+            }
+            Ok(match report.outcome {
+                Outcome::Reverted => EXIT_REJECTED,
+                _ => EXIT_OK,
+            })
         }
         Command::Recover => {
             let supervisor = ctx.open_supervisor().await?;

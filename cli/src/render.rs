@@ -153,6 +153,18 @@ fn stage_detail(kind: &EventKind) -> String {
         EventKind::Retired { generation } => format!("generation {generation} drained and stopped"),
         EventKind::Relaunched { generation, .. } => format!("generation {generation} relaunched"),
         EventKind::Stopped { generation, .. } => format!("generation {generation} stopped"),
+        EventKind::ActivatedBaking { until_ms } => {
+            let until = i64::try_from(*until_ms)
+                .ok()
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339());
+            format!("active marker moved provisionally; baking until {until}")
+        }
+        EventKind::Confirmed => "bake passed; candidate confirmed".to_owned(),
+        EventKind::Reverted { reason } => {
+            let first = reason.message.lines().next().unwrap_or("");
+            format!("reverted to the standby ({}): {first}", reason.kind.name())
+        }
     }
 }
 
@@ -262,14 +274,31 @@ pub(crate) fn progress_text(record: &Record, last: &mut Option<DateTime<Utc>>) -
     )
 }
 
+/// The deadline of a bake that `record` starts (`Some`) or ends (`None`); other records
+/// leave `baking` as it is.
+fn bake_deadline(record: &Record, baking: &mut Option<DateTime<Utc>>) {
+    match &record.event {
+        EventKind::ActivatedBaking { until_ms } => {
+            *baking = i64::try_from(*until_ms)
+                .ok()
+                .and_then(DateTime::<Utc>::from_timestamp_millis);
+        }
+        EventKind::Confirmed | EventKind::Reverted { .. } => *baking = None,
+        _ => {}
+    }
+}
+
 /// Starts printing a progress line for every record the supervisor appends, and a
-/// heartbeat inside long stages. Output errors (a closed pipe) stop it quietly; the
+/// heartbeat inside long stages, and
+/// the time left every second while a bake runs. Output errors (a closed pipe) stop it quietly; the
 /// command's own result reports them.
 pub fn progress(mut rx: broadcast::Receiver<Record>, slot: Option<&SlotConfig>) -> Progress {
     let (stop, mut stopped) = oneshot::channel();
     let mut printer = ProgressPrinter::new(slot);
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut baking: Option<DateTime<Utc>> = None;
+        let mut bake_line = std::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -278,6 +307,7 @@ pub fn progress(mut rx: broadcast::Receiver<Record>, slot: Option<&SlotConfig>) 
                         if out(&printer.record(&record)).is_err() {
                             break;
                         }
+                        bake_deadline(&record, &mut baking);
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -289,7 +319,14 @@ pub fn progress(mut rx: broadcast::Receiver<Record>, slot: Option<&SlotConfig>) 
                     break;
                 }
                 _ = tick.tick() => {
-                    if let Some(beat) = printer.heartbeat() {
+                    if let Some(until) = baking.filter(|_| bake_line.elapsed().as_secs() >= 1) {
+                        bake_line = std::time::Instant::now();
+                        let left = (until - Utc::now()).num_milliseconds().max(0);
+                        let line = format!("  {:<15} {:>9.1} s left\n", "baking", left as f64 / 1000.0);
+                        if out(&line).is_err() {
+                            break;
+                        }
+                    } else if let Some(beat) = printer.heartbeat() {
                         if out(&beat).is_err() {
                             break;
                         }
@@ -345,6 +382,27 @@ pub fn reload_summary_text(report: &ReloadReport) -> String {
                 "{slot}: dry run passed for generation {} in {:.1} ms; nothing changed ({kept})",
                 gen.unwrap_or_default(),
                 report.duration_ms
+            );
+        }
+        Outcome::Reverted => {
+            let _ = writeln!(
+                out,
+                "{slot}: generation {} reverted during its bake; {kept}",
+                gen.unwrap_or_default()
+            );
+            if let Some(error) = &report.error {
+                for line in error.lines() {
+                    let _ = writeln!(out, "  | {line}");
+                }
+            }
+        }
+        Outcome::InProgress if report.bake.is_some() => {
+            let until = report.bake.as_ref().map(|b| b.until.to_rfc3339());
+            let _ = writeln!(
+                out,
+                "{slot}: generation {} is active, baking until {}",
+                gen.unwrap_or_default(),
+                until.unwrap_or_default()
             );
         }
         Outcome::RolledBack | Outcome::InProgress => {
@@ -417,7 +475,19 @@ pub fn status_text(report: &StatusReport) -> String {
             let a = s.active.as_ref();
             let in_flight = s.in_flight.as_ref().map_or_else(
                 || "-".to_owned(),
-                |f| format!("{} {} ({})", f.mode, f.state, f.reload_id),
+                |f| match (&f.bake, &f.standby) {
+                    (Some(bake), standby) => format!(
+                        "{} baking until {}, standby {} ({})",
+                        f.mode,
+                        bake.until.format("%H:%M:%SZ"),
+                        standby.as_ref().map_or_else(
+                            || "none".to_owned(),
+                            |s| format!("g{} pid {}", s.generation, or_dash(s.pid))
+                        ),
+                        f.reload_id
+                    ),
+                    (None, _) => format!("{} {} ({})", f.mode, f.state, f.reload_id),
+                },
             );
             let last_exit = s.last_exit.as_ref().map_or_else(
                 || "-".to_owned(),
@@ -579,6 +649,7 @@ pub fn timeline_text(report: &HistoryReport, marks: &[(DateTime<Utc>, char, Stri
         bar[from] = match r.outcome {
             Outcome::Active => '✔',
             Outcome::RolledBack => '✘',
+            Outcome::Reverted => '↶',
             Outcome::DryRunPassed => '○',
             Outcome::InProgress => '…',
         };
@@ -586,6 +657,7 @@ pub fn timeline_text(report: &HistoryReport, marks: &[(DateTime<Utc>, char, Stri
         let label = format!("{} gen {gen}", r.mode);
         let what = match (r.outcome, r.failed_stage) {
             (Outcome::RolledBack, Some(stage)) => format!("rolled back at {stage}"),
+            (Outcome::Reverted, _) => "reverted during the bake".to_owned(),
             _ => outcome_text(r),
         };
         let _ = writeln!(

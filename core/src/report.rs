@@ -16,6 +16,9 @@ pub enum Outcome {
     RolledBack,
     /// A dry run passed; nothing changed.
     DryRunPassed,
+    /// The candidate baked as the active generation and failed (or was reverted by hand):
+    /// the marker is back on the previous generation.
+    Reverted,
     /// The reload has not finished (only seen in `history` or `status` of a live reload).
     InProgress,
 }
@@ -24,11 +27,33 @@ impl Outcome {
     /// The outcome of a reload in `state`.
     pub fn of(state: &ReloadState) -> Outcome {
         match state {
-            ReloadState::Active => Outcome::Active,
+            ReloadState::Active | ReloadState::Confirmed { .. } => Outcome::Active,
             ReloadState::RolledBack { .. } => Outcome::RolledBack,
             ReloadState::DryRunPassed => Outcome::DryRunPassed,
+            ReloadState::Reverted { .. } => Outcome::Reverted,
             _ => Outcome::InProgress,
         }
+    }
+}
+
+/// The bake window of a reload that activated provisionally: DESIGN.md's `bake` object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BakeInfo {
+    /// The bake's deadline.
+    pub until: DateTime<Utc>,
+    /// `baking`, `confirmed` or `reverted`.
+    pub state: &'static str,
+}
+
+impl BakeInfo {
+    /// The bake of a reload in `state`, if it baked.
+    pub fn of(state: &ReloadState) -> Option<BakeInfo> {
+        let until_ms = state.bake_deadline_ms()?;
+        let until = DateTime::<Utc>::from_timestamp_millis(i64::try_from(until_ms).ok()?)?;
+        Some(BakeInfo {
+            until,
+            state: state.name(),
+        })
     }
 }
 
@@ -122,6 +147,8 @@ pub struct ReloadReport {
     pub duration_ms: f64,
     /// Former generations this reload drained and stopped.
     pub retired: Vec<u64>,
+    /// The bake window, for reloads that activated provisionally.
+    pub bake: Option<BakeInfo>,
 }
 
 /// Milliseconds from `from` to `to`, never negative (clocks of two records can step back).
@@ -157,6 +184,11 @@ impl ReloadReport {
         let (failed_stage, error, reason_kind) = match &reload.state {
             ReloadState::RolledBack { stage, reason } => (
                 Some(stage.name()),
+                Some(reason.message.clone()),
+                Some(reason.kind.name()),
+            ),
+            ReloadState::Reverted { reason, .. } => (
+                Some(tryswap_fsm::Stage::Baking.name()),
                 Some(reason.message.clone()),
                 Some(reason.kind.name()),
             ),
@@ -198,6 +230,7 @@ impl ReloadReport {
             started_at: view.created,
             duration_ms: millis(view.created, last),
             retired: Vec::new(),
+            bake: BakeInfo::of(&reload.state),
         }
     }
 }
@@ -236,6 +269,10 @@ pub struct InFlightInfo {
     pub state: &'static str,
     /// Candidate generation.
     pub generation: Option<u64>,
+    /// The bake window, while the reload bakes.
+    pub bake: Option<BakeInfo>,
+    /// The warm standby (the generation active before the bake), while the reload bakes.
+    pub standby: Option<PreviousInfo>,
 }
 
 /// One slot in `status`.
@@ -306,6 +343,17 @@ impl SlotStatus {
                 mode: r.reload.mode.name(),
                 state: r.reload.state.name(),
                 generation: r.reload.candidate.as_ref().map(|c| c.generation.0),
+                bake: BakeInfo::of(&r.reload.state),
+                standby: r
+                    .reload
+                    .state
+                    .bake_until_ms()
+                    .and_then(|_| {
+                        slot.retiring
+                            .iter()
+                            .find(|i| Some(i.generation) == r.reload.previous)
+                    })
+                    .map(PreviousInfo::from_facts),
             }),
             retiring: slot.retiring.iter().map(|i| i.generation.0).collect(),
             configured,

@@ -89,6 +89,20 @@ pub enum EventKind {
         /// Why.
         reason: Reason,
     },
+    /// Provisional commit point: the slot's active marker now names the candidate, until the
+    /// bake ends; the previous active generation stays running as the warm standby.
+    ActivatedBaking {
+        /// The bake's deadline, in milliseconds since the Unix epoch (UTC).
+        until_ms: u64,
+    },
+    /// The bake of the reload passed: the candidate stays active; the standby may retire.
+    Confirmed,
+    /// The bake of the reload failed: the marker is back on the standby, exactly as it was
+    /// before the provisional commit; the candidate waits to be stopped (retired).
+    Reverted {
+        /// Why.
+        reason: Reason,
+    },
 }
 
 impl EventKind {
@@ -106,6 +120,9 @@ impl EventKind {
             EventKind::Retired { .. } => "retired",
             EventKind::Relaunched { .. } => "relaunched",
             EventKind::Stopped { .. } => "stopped",
+            EventKind::ActivatedBaking { .. } => "baking",
+            EventKind::Confirmed => "confirmed",
+            EventKind::Reverted { .. } => "reverted",
         }
     }
 

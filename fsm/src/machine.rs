@@ -100,6 +100,26 @@ pub enum Command {
         /// Why.
         reason: Reason,
     },
+    /// Move the active marker to the candidate provisionally (the bake's commit point); the
+    /// previous active generation becomes the warm standby.
+    CommitBaking {
+        /// The reload (in `Probed`).
+        reload: ReloadId,
+        /// The bake's deadline, in milliseconds since the Unix epoch (UTC).
+        until_ms: u64,
+    },
+    /// End a bake with the candidate active for good.
+    Confirm {
+        /// The baking reload.
+        reload: ReloadId,
+    },
+    /// End a bake by moving the marker back to the standby.
+    Revert {
+        /// The baking reload.
+        reload: ReloadId,
+        /// Why.
+        reason: Reason,
+    },
 }
 
 impl Command {
@@ -117,6 +137,9 @@ impl Command {
             Command::Retire { .. } => "retire",
             Command::Relaunch { .. } => "relaunch",
             Command::Stop { .. } => "stop",
+            Command::CommitBaking { .. } => "commit-baking",
+            Command::Confirm { .. } => "confirm",
+            Command::Revert { .. } => "revert",
         }
     }
 }
@@ -219,6 +242,17 @@ pub enum Rejected {
         /// The generation named.
         generation: Generation,
     },
+    /// The generation is the candidate or the standby of a bake in progress: it can be
+    /// neither relaunched nor retired until the bake is confirmed or reverted.
+    #[error("slot {slot}: generation {generation} belongs to the bake of reload {reload}; confirm or revert it first")]
+    BakeInProgress {
+        /// The slot.
+        slot: SlotName,
+        /// The generation named.
+        generation: Generation,
+        /// The baking reload.
+        reload: ReloadId,
+    },
     /// The event's slot does not match the reload's slot.
     #[error("reload {reload} belongs to slot {expected}, not {found}")]
     WrongSlot {
@@ -276,11 +310,7 @@ fn expect_state(reload: &Reload, want: &ReloadState, command: &Command) -> Resul
     if &reload.state == want {
         Ok(())
     } else {
-        Err(Rejected::IllegalTransition {
-            reload: reload.id,
-            state: reload.state.name(),
-            command: command.name(),
-        })
+        Err(illegal(reload, command))
     }
 }
 
@@ -391,20 +421,30 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
             Ok(event(&r, EventKind::Probed))
         }
         Command::Commit { reload } => {
-            let r = reload_of(view, *reload, command)?;
-            expect_state(&r, &ReloadState::Probed, command)?;
-            if r.mode == Mode::DryRun {
-                return Err(Rejected::DryRunCannotCommit(r.id));
-            }
-            let found = view.slot(&r.slot).and_then(|s| s.active_generation());
-            if found != r.previous {
-                return Err(Rejected::StaleActive {
-                    slot: r.slot.clone(),
-                    expected: r.previous,
-                    found,
-                });
-            }
+            let r = committable(view, *reload, command)?;
             Ok(event(&r, EventKind::Activated))
+        }
+        Command::CommitBaking { reload, until_ms } => {
+            let r = committable(view, *reload, command)?;
+            Ok(event(
+                &r,
+                EventKind::ActivatedBaking {
+                    until_ms: *until_ms,
+                },
+            ))
+        }
+        Command::Confirm { reload } => {
+            let r = baking(view, *reload, command)?;
+            Ok(event(&r, EventKind::Confirmed))
+        }
+        Command::Revert { reload, reason } => {
+            let r = baking(view, *reload, command)?;
+            Ok(event(
+                &r,
+                EventKind::Reverted {
+                    reason: reason.clone(),
+                },
+            ))
         }
         Command::PassDryRun { reload } => {
             let r = reload_of(view, *reload, command)?;
@@ -416,6 +456,10 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
         }
         Command::Fail { reload, reason } => {
             let r = reload_of(view, *reload, command)?;
+            if r.state.bake_until_ms().is_some() {
+                // The candidate holds the marker: only a revert can take it back.
+                return Err(illegal(&r, command));
+            }
             // Non-terminal states always have a next stage.
             let stage = r.state.next_stage().unwrap_or(Stage::Active);
             Ok(event(
@@ -430,6 +474,15 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
             let state = view
                 .slot(slot)
                 .ok_or_else(|| Rejected::UnknownSlot(slot.clone()))?;
+            if let Some(bake) = bake_of(view, &state) {
+                if bake.previous == Some(*generation) {
+                    return Err(Rejected::BakeInProgress {
+                        slot: slot.clone(),
+                        generation: *generation,
+                        reload: bake.id,
+                    });
+                }
+            }
             let old = state
                 .retiring
                 .iter()
@@ -454,6 +507,18 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
             endpoint,
         } => {
             let active = active_instance(view, slot, *generation)?;
+            if let Some(bake) = view
+                .slot(slot)
+                .and_then(|state| bake_of(view, &state))
+                .filter(|bake| bake.id == active.reload)
+            {
+                // A baking candidate that dies is reverted, never restarted.
+                return Err(Rejected::BakeInProgress {
+                    slot: slot.clone(),
+                    generation: *generation,
+                    reload: bake.id,
+                });
+            }
             Ok(vec![Event {
                 reload: active.reload,
                 slot: slot.clone(),
@@ -486,6 +551,49 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
                 },
             }])
         }
+    }
+}
+
+/// The reload of `reload` if it is in `Probed`, not a dry run, and the slot's active
+/// generation is still the one it was staged against.
+fn committable(view: &impl View, reload: ReloadId, command: &Command) -> Result<Reload, Rejected> {
+    let r = reload_of(view, reload, command)?;
+    expect_state(&r, &ReloadState::Probed, command)?;
+    if r.mode == Mode::DryRun {
+        return Err(Rejected::DryRunCannotCommit(r.id));
+    }
+    let found = view.slot(&r.slot).and_then(|s| s.active_generation());
+    if found != r.previous {
+        return Err(Rejected::StaleActive {
+            slot: r.slot.clone(),
+            expected: r.previous,
+            found,
+        });
+    }
+    Ok(r)
+}
+
+/// The reload of `reload` if it is baking.
+fn baking(view: &impl View, reload: ReloadId, command: &Command) -> Result<Reload, Rejected> {
+    let r = reload_of(view, reload, command)?;
+    if r.state.bake_until_ms().is_none() {
+        return Err(illegal(&r, command));
+    }
+    Ok(r)
+}
+
+/// The slot's baking reload, if its in-flight reload is baking.
+fn bake_of(view: &impl View, slot: &Slot) -> Option<Reload> {
+    slot.in_flight
+        .and_then(|id| view.reload(&id))
+        .filter(|r| r.state.bake_until_ms().is_some())
+}
+
+fn illegal(reload: &Reload, command: &Command) -> Rejected {
+    Rejected::IllegalTransition {
+        reload: reload.id,
+        state: reload.state.name(),
+        command: command.name(),
     }
 }
 
@@ -559,6 +667,15 @@ pub fn command_for(event: &Event) -> Command {
         EventKind::Stopped { generation, reason } => Command::Stop {
             slot: event.slot.clone(),
             generation: *generation,
+            reason: reason.clone(),
+        },
+        EventKind::ActivatedBaking { until_ms } => Command::CommitBaking {
+            reload,
+            until_ms: *until_ms,
+        },
+        EventKind::Confirmed => Command::Confirm { reload },
+        EventKind::Reverted { reason } => Command::Revert {
+            reload,
             reason: reason.clone(),
         },
     }
@@ -670,9 +787,14 @@ pub fn evolve(scope: Scope, event: &Event) -> Scope {
                 r.state = ReloadState::Probed;
             }
         }
-        EventKind::Activated => {
+        EventKind::Activated | EventKind::ActivatedBaking { .. } => {
             if let Some(r) = reload.as_mut() {
-                r.state = ReloadState::Active;
+                r.state = match &event.kind {
+                    EventKind::ActivatedBaking { until_ms } => ReloadState::Baking {
+                        until_ms: *until_ms,
+                    },
+                    _ => ReloadState::Active,
+                };
                 if let Some(candidate) = &r.candidate {
                     if let Some(old) = slot.active.take() {
                         slot.retiring.push(old);
@@ -688,6 +810,35 @@ pub fn evolve(scope: Scope, event: &Event) -> Scope {
                         endpoint: r.endpoint.clone(),
                         running: true,
                     });
+                }
+            }
+            if event.kind == EventKind::Activated {
+                clear_in_flight(&mut slot, event.reload);
+            }
+        }
+        EventKind::Confirmed => {
+            if let Some(r) = reload.as_mut() {
+                let until_ms = r.state.bake_until_ms().unwrap_or_default();
+                r.state = ReloadState::Confirmed { until_ms };
+            }
+            clear_in_flight(&mut slot, event.reload);
+        }
+        EventKind::Reverted { reason } => {
+            if let Some(r) = reload.as_mut() {
+                let until_ms = r.state.bake_until_ms().unwrap_or_default();
+                r.state = ReloadState::Reverted {
+                    until_ms,
+                    reason: reason.clone(),
+                };
+                if slot.active.as_ref().is_some_and(|a| a.reload == r.id) {
+                    let standby = r.previous.and_then(|g| {
+                        let at = slot.retiring.iter().position(|i| i.generation == g)?;
+                        Some(slot.retiring.remove(at))
+                    });
+                    if let Some(candidate) = slot.active.take() {
+                        slot.retiring.push(candidate);
+                    }
+                    slot.active = standby;
                 }
             }
             clear_in_flight(&mut slot, event.reload);

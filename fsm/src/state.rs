@@ -31,6 +31,27 @@ pub enum ReloadState {
     },
     /// Dry run passed its probe; candidate discarded. Terminal.
     DryRunPassed,
+    /// Provisionally committed: the candidate holds the active marker until the bake ends;
+    /// the previous generation waits, running, as a warm standby. Not terminal: the slot's
+    /// next reload is a conflict until the bake is confirmed or reverted.
+    Baking {
+        /// The bake's deadline, in milliseconds since the Unix epoch (UTC).
+        until_ms: u64,
+    },
+    /// The bake passed (or was confirmed by hand): the candidate is the slot's active
+    /// generation for good. Terminal.
+    Confirmed {
+        /// The bake's deadline as it was journaled (ms since the Unix epoch).
+        until_ms: u64,
+    },
+    /// The bake failed (or was reverted by hand): the marker is back on the standby and the
+    /// candidate waits to be stopped. Terminal.
+    Reverted {
+        /// The bake's deadline as it was journaled (ms since the Unix epoch).
+        until_ms: u64,
+        /// Why.
+        reason: Reason,
+    },
 }
 
 impl ReloadState {
@@ -38,7 +59,11 @@ impl ReloadState {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            ReloadState::Active | ReloadState::RolledBack { .. } | ReloadState::DryRunPassed
+            ReloadState::Active
+                | ReloadState::RolledBack { .. }
+                | ReloadState::DryRunPassed
+                | ReloadState::Confirmed { .. }
+                | ReloadState::Reverted { .. }
         )
     }
 
@@ -49,8 +74,11 @@ impl ReloadState {
             ReloadState::Launched => Some(Stage::Launched),
             ReloadState::Validated => Some(Stage::Validated),
             ReloadState::Probed => Some(Stage::Probed),
-            ReloadState::Active => Some(Stage::Active),
-            ReloadState::RolledBack { .. } | ReloadState::DryRunPassed => None,
+            ReloadState::Active | ReloadState::Confirmed { .. } => Some(Stage::Active),
+            ReloadState::Baking { .. } => Some(Stage::Baking),
+            ReloadState::RolledBack { .. }
+            | ReloadState::DryRunPassed
+            | ReloadState::Reverted { .. } => None,
         }
     }
 
@@ -61,11 +89,13 @@ impl ReloadState {
             ReloadState::Launched => Some(Stage::Validated),
             ReloadState::Validated => Some(Stage::Probed),
             ReloadState::Probed => Some(Stage::Active),
+            ReloadState::Baking { .. } => Some(Stage::Baking),
             _ => None,
         }
     }
 
-    /// Lowercase name used in reports: `staged` … `active`, `rolled_back`, `dry_run_passed`.
+    /// Lowercase name used in reports: `staged` … `active`, `rolled_back`, `dry_run_passed`,
+    /// `baking`, `confirmed`, `reverted`.
     pub fn name(&self) -> &'static str {
         match self {
             ReloadState::Staged => "staged",
@@ -75,7 +105,37 @@ impl ReloadState {
             ReloadState::Active => "active",
             ReloadState::RolledBack { .. } => "rolled_back",
             ReloadState::DryRunPassed => "dry_run_passed",
+            ReloadState::Baking { .. } => "baking",
+            ReloadState::Confirmed { .. } => "confirmed",
+            ReloadState::Reverted { .. } => "reverted",
         }
+    }
+
+    /// The bake deadline (ms since the Unix epoch) while the reload is baking.
+    pub fn bake_until_ms(&self) -> Option<u64> {
+        match self {
+            ReloadState::Baking { until_ms } => Some(*until_ms),
+            _ => None,
+        }
+    }
+
+    /// The deadline of the reload's bake, whether it is baking or its bake has ended.
+    pub fn bake_deadline_ms(&self) -> Option<u64> {
+        match self {
+            ReloadState::Baking { until_ms }
+            | ReloadState::Confirmed { until_ms }
+            | ReloadState::Reverted { until_ms, .. } => Some(*until_ms),
+            _ => None,
+        }
+    }
+
+    /// Whether the reload's candidate holds, or held, the active marker for good or for now:
+    /// `Active`, `Baking` or `Confirmed`.
+    pub fn is_committed(&self) -> bool {
+        matches!(
+            self,
+            ReloadState::Active | ReloadState::Baking { .. } | ReloadState::Confirmed { .. }
+        )
     }
 }
 

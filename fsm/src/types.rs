@@ -288,6 +288,9 @@ pub enum Stage {
     Probed,
     /// Active marker moved to the candidate.
     Active,
+    /// The bake window after a provisional activation: the candidate holds the marker, the
+    /// previous generation waits as a warm standby.
+    Baking,
 }
 
 impl Stage {
@@ -299,6 +302,7 @@ impl Stage {
             Stage::Validated => "validated",
             Stage::Probed => "probed",
             Stage::Active => "active",
+            Stage::Baking => "baking",
         }
     }
 }

@@ -56,6 +56,14 @@ pub enum Violation {
         /// The slot.
         slot: SlotName,
     },
+    /// A baking reload's candidate is not the active marker, or its standby is not waiting.
+    #[error(
+        "slot {slot}: a bake is in progress but its candidate is not active or its standby is gone"
+    )]
+    BakeMismatch {
+        /// The slot.
+        slot: SlotName,
+    },
     /// A generation number was given out twice in one slot.
     #[error("slot {slot}: generation numbers are not unique")]
     DuplicateGeneration {
@@ -116,13 +124,22 @@ impl World {
             }
             if let Some(active) = &slot.active {
                 let committed = self.reloads.get(&active.reload).is_some_and(|r| {
-                    r.state == crate::state::ReloadState::Active
+                    r.state.is_committed()
                         && r.candidate
                             .as_ref()
                             .is_some_and(|c| c.generation == active.generation)
                 });
                 if !committed {
                     return Err(Violation::ActiveWithoutCommit { slot: name.clone() });
+                }
+            }
+            if let Some(bake) = open.first().filter(|r| r.state.bake_until_ms().is_some()) {
+                let candidate_active = slot.active.as_ref().is_some_and(|a| a.reload == bake.id);
+                let standby_waits = bake
+                    .previous
+                    .is_none_or(|g| slot.retiring.iter().any(|i| i.generation == g));
+                if !candidate_active || !standby_waits {
+                    return Err(Violation::BakeMismatch { slot: name.clone() });
                 }
             }
             let mut generations: Vec<_> = self

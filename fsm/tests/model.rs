@@ -33,6 +33,8 @@ enum Phase {
     Launched,
     Validated,
     Probed,
+    /// Provisionally committed; the standby (the marker before, exactly) waits.
+    Baking,
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +44,8 @@ struct InFlight {
     dry_run: bool,
     generation: u64,
     artifact: u8,
+    bake: bool,
+    standby: Option<(u64, bool)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -75,6 +79,7 @@ enum Step {
         mode: ModeChoice,
         artifact: u8,
         staging_fails: bool,
+        bake: bool,
     },
     Advance {
         slot: usize,
@@ -91,6 +96,10 @@ enum Step {
         slot: usize,
     },
     Relaunch {
+        slot: usize,
+    },
+    /// Revert the slot's baking reload (or try to, when none is baking).
+    Revert {
         slot: usize,
     },
     /// A command that does not fit the state: must be rejected and change nothing.
@@ -128,12 +137,34 @@ impl Model {
                     _ => true,
                 }
             }
-            Step::Advance { slot } | Step::Fail { slot, .. } => {
-                self.slots[*slot].in_flight.is_some()
+            Step::Advance { slot } => self.slots[*slot].in_flight.is_some(),
+            Step::Fail { slot, .. } => self.slots[*slot]
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.phase != Phase::Baking),
+            Step::Revert { slot } => self.slots[*slot]
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.phase == Phase::Baking),
+            Step::Retire { slot, generation } => {
+                let s = &self.slots[*slot];
+                let standby = s
+                    .in_flight
+                    .as_ref()
+                    .filter(|f| f.phase == Phase::Baking)
+                    .and_then(|f| f.standby)
+                    .map(|(g, _)| g);
+                s.retiring.contains(generation) && standby != Some(*generation)
             }
-            Step::Retire { slot, generation } => self.slots[*slot].retiring.contains(generation),
             Step::Stop { slot } => matches!(self.slots[*slot].active, Some((_, true))),
-            Step::Relaunch { slot } => self.slots[*slot].active.is_some(),
+            Step::Relaunch { slot } => {
+                let s = &self.slots[*slot];
+                let baking = s
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.phase == Phase::Baking);
+                s.active.is_some() && !baking
+            }
             Step::Wrong { .. } | Step::PokeFinished { .. } => false,
         }
     }
@@ -153,6 +184,7 @@ impl Model {
                 mode,
                 artifact,
                 staging_fails,
+                bake,
             } => {
                 if *staging_fails {
                     self.finished.push(*id);
@@ -164,6 +196,8 @@ impl Model {
                         dry_run: matches!(mode, ModeChoice::DryRun),
                         generation: s.next_generation,
                         artifact: *artifact,
+                        bake: *bake,
+                        standby: None,
                     });
                     s.next_generation += 1;
                 }
@@ -179,12 +213,24 @@ impl Model {
                     Phase::Validated => f.phase = Phase::Probed,
                     Phase::Probed => {
                         if !f.dry_run {
-                            if let Some((old, _)) = s.active.take() {
+                            let old = s.active.take();
+                            if let Some((old, _)) = old {
                                 s.retiring.push(old);
                             }
                             s.active = Some((f.generation, true));
                             s.history.insert(f.generation, f.artifact);
+                            if f.bake {
+                                f.phase = Phase::Baking;
+                                f.standby = old;
+                                s.in_flight = Some(f);
+                                return self;
+                            }
                         }
+                        self.finished.push(f.id);
+                        return self;
+                    }
+                    Phase::Baking => {
+                        // Confirm: the standby stays waiting to retire.
                         self.finished.push(f.id);
                         return self;
                     }
@@ -193,6 +239,19 @@ impl Model {
             }
             Step::Fail { slot, .. } => {
                 if let Some(f) = self.slots[*slot].in_flight.take() {
+                    self.finished.push(f.id);
+                }
+            }
+            Step::Revert { slot } => {
+                let s = &mut self.slots[*slot];
+                if let Some(f) = s.in_flight.take() {
+                    if let Some((g, _)) = f.standby {
+                        s.retiring.retain(|r| *r != g);
+                    }
+                    if let Some((candidate, _)) = s.active.take() {
+                        s.retiring.push(candidate);
+                    }
+                    s.active = f.standby;
                     self.finished.push(f.id);
                 }
             }
@@ -252,22 +311,24 @@ impl ReferenceStateMachine for Reference {
         ];
         let finished = state.finished.len();
         prop_oneof![
-            3 => (slot.clone(), mode, 0u8..4, proptest::bool::weighted(0.1)).prop_map(
-                move |(slot, mode, artifact, staging_fails)| Step::Begin {
+            3 => (slot.clone(), mode, 0u8..4, proptest::bool::weighted(0.1), proptest::bool::weighted(0.4)).prop_map(
+                move |(slot, mode, artifact, staging_fails, bake)| Step::Begin {
                     slot,
                     id: next_id,
                     mode,
                     artifact,
                     staging_fails,
+                    bake,
                 }
             ),
+            2 => slot.clone().prop_map(|slot| Step::Revert { slot }),
             8 => slot.clone().prop_map(|slot| Step::Advance { slot }),
             2 => (slot.clone(), kinds).prop_map(|(slot, kind)| Step::Fail { slot, kind }),
             2 => (slot.clone(), 1u64..8).prop_map(|(slot, generation)| Step::Retire { slot, generation }),
             1 => slot.clone().prop_map(|slot| Step::Stop { slot }),
             1 => slot.clone().prop_map(|slot| Step::Relaunch { slot }),
             1 => (slot, 0u8..4).prop_map(|(slot, which)| Step::Wrong { slot, which }),
-            1 => (0..finished.max(1), 0u8..4).prop_map(|(pick, which)| Step::PokeFinished { pick, which }),
+            1 => (0..finished.max(1), 0u8..6).prop_map(|(pick, which)| Step::PokeFinished { pick, which }),
         ]
         .boxed()
     }
@@ -288,6 +349,8 @@ impl ReferenceStateMachine for Reference {
 
 struct Sut {
     world: World,
+    /// The active marker (full instance) each bake found when it committed.
+    standbys: BTreeMap<ReloadId, Option<tryswap_fsm::Instance>>,
     events: Vec<Event>,
     model_before: Model,
     terminal: BTreeMap<ReloadId, Reload>,
@@ -318,6 +381,7 @@ impl Sut {
                 mode,
                 artifact: a,
                 staging_fails,
+                ..
             } => {
                 let mode = match mode {
                     ModeChoice::Activate => Mode::Activate,
@@ -356,7 +420,12 @@ impl Sut {
                         },
                         Phase::Validated => Command::RecordProbe { reload },
                         Phase::Probed if f.dry_run => Command::PassDryRun { reload },
+                        Phase::Probed if f.bake => Command::CommitBaking {
+                            reload,
+                            until_ms: 1_000 + f.id,
+                        },
                         Phase::Probed => Command::Commit { reload },
+                        Phase::Baking => Command::Confirm { reload },
                     }
                 }
             },
@@ -369,6 +438,13 @@ impl Sut {
                     reload: id(f.id),
                     reason: reason(*kind),
                 },
+            },
+            Step::Revert { slot } => Command::Revert {
+                reload: model.slots[*slot]
+                    .in_flight
+                    .as_ref()
+                    .map_or(id(9_997), |f| id(f.id)),
+                reason: Reason::error("candidate exited during the bake"),
             },
             Step::Retire { slot, generation } => Command::Retire {
                 slot: slot_name(*slot),
@@ -446,6 +522,18 @@ impl Sut {
                                     finish,
                                 ]
                             }
+                            Phase::Baking => [
+                                Command::Commit { reload },
+                                Command::Fail {
+                                    reload,
+                                    reason: Reason::error("a bake is reverted, not failed"),
+                                },
+                                Command::CommitBaking {
+                                    reload,
+                                    until_ms: 5,
+                                },
+                                Command::RecordProbe { reload },
+                            ],
                         };
                         wrong[usize::from(*which) % 4].clone()
                     }
@@ -468,6 +556,11 @@ impl Sut {
                         process: None,
                         log_path: None,
                     },
+                    3 => Command::Confirm { reload },
+                    4 => Command::Revert {
+                        reload,
+                        reason: Reason::cancelled("late"),
+                    },
                     _ => Command::Stage {
                         reload,
                         slot: slot_name(0),
@@ -487,6 +580,7 @@ impl StateMachineTest for Sut {
     fn init_test(ref_state: &Model) -> Sut {
         Sut {
             world: World::default(),
+            standbys: BTreeMap::new(),
             events: Vec::new(),
             model_before: ref_state.clone(),
             terminal: BTreeMap::new(),
@@ -501,6 +595,22 @@ impl StateMachineTest for Sut {
             Ok(events) => {
                 assert!(expect_ok, "accepted {command:?} which the model refuses");
                 assert_eq!(events.len(), 1, "one event per command");
+                match &command {
+                    Command::CommitBaking { reload, .. } => {
+                        let slot = &before.reloads[reload].slot;
+                        let marker = before.slots.get(slot).and_then(|s| s.active.clone());
+                        sut.standbys.insert(*reload, marker);
+                    }
+                    Command::Revert { reload, .. } => {
+                        // A revert restores exactly the marker the bake found.
+                        let slot = &before.reloads[reload].slot;
+                        assert_eq!(
+                            sut.world.slots[slot].active, sut.standbys[reload],
+                            "revert of {reload} did not restore the previous marker"
+                        );
+                    }
+                    _ => {}
+                }
                 sut.events.extend(events);
             }
             Err(rejected) => {
@@ -555,6 +665,9 @@ impl StateMachineTest for Sut {
                         Phase::Launched => ReloadState::Launched,
                         Phase::Validated => ReloadState::Validated,
                         Phase::Probed => ReloadState::Probed,
+                        Phase::Baking => ReloadState::Baking {
+                            until_ms: 1_000 + want.id,
+                        },
                     };
                     assert_eq!(state, &expected);
                 }

@@ -225,3 +225,121 @@ fn sha256_is_hex_in_json() {
     assert_eq!(serde_json::from_str::<Sha256>(&json).unwrap(), d);
     assert!(serde_json::from_str::<Sha256>("\"nothex\"").is_err());
 }
+
+fn bake(world: &mut World, n: u128, a: u8) {
+    stage(world, n, Mode::Activate, a).unwrap();
+    through_probe(world, n);
+    world
+        .execute(&Command::CommitBaking {
+            reload: ReloadId::from_u128(n),
+            until_ms: 42,
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_bake_keeps_the_slot_busy_and_its_standby_and_candidate_pinned() {
+    let mut world = World::default();
+    activate(&mut world, 1, 1);
+    bake(&mut world, 2, 2);
+    let s = &world.slots[&slot()];
+    assert_eq!(s.active_generation(), Some(Generation(2)));
+    assert_eq!(s.in_flight, Some(ReloadId::from_u128(2)));
+    assert_eq!(
+        world.reloads[&ReloadId::from_u128(2)].state,
+        ReloadState::Baking { until_ms: 42 }
+    );
+    // A second reload during the bake is a conflict.
+    assert!(matches!(
+        stage(&mut world, 3, Mode::Activate, 3),
+        Err(Rejected::Conflict { .. })
+    ));
+    // The standby cannot retire, the candidate cannot be restarted, the bake cannot fail.
+    let pinned = |r: Result<Vec<Event>, Rejected>| {
+        assert!(matches!(r, Err(Rejected::BakeInProgress { .. })), "{r:?}");
+    };
+    pinned(world.execute(&Command::Retire {
+        slot: slot(),
+        generation: Generation(1),
+    }));
+    pinned(world.execute(&Command::Relaunch {
+        slot: slot(),
+        generation: Generation(2),
+        process: None,
+        log_path: None,
+        endpoint: None,
+    }));
+    assert!(world
+        .execute(&Command::Fail {
+            reload: ReloadId::from_u128(2),
+            reason: Reason::error("x"),
+        })
+        .is_err());
+}
+
+#[test]
+fn a_revert_restores_exactly_the_previous_marker_and_retires_the_candidate() {
+    let mut world = World::default();
+    activate(&mut world, 1, 1);
+    world
+        .execute(&Command::Relaunch {
+            slot: slot(),
+            generation: Generation(1),
+            process: Some(ProcessIdentity {
+                pid: 4100,
+                start_time: 9,
+                boot_id: "b".into(),
+            }),
+            log_path: None,
+            endpoint: None,
+        })
+        .unwrap();
+    let before = world.slots[&slot()].active.clone();
+    bake(&mut world, 2, 2);
+    world
+        .execute(&Command::Revert {
+            reload: ReloadId::from_u128(2),
+            reason: Reason::error("candidate exited"),
+        })
+        .unwrap();
+    let s = &world.slots[&slot()];
+    assert_eq!(s.active, before);
+    assert_eq!(s.in_flight, None);
+    assert_eq!(
+        s.retiring.iter().map(|i| i.generation).collect::<Vec<_>>(),
+        vec![Generation(2)]
+    );
+    // Only a baking reload can be confirmed or reverted.
+    assert!(world
+        .execute(&Command::Confirm {
+            reload: ReloadId::from_u128(2)
+        })
+        .is_err());
+    world.check_invariants().unwrap();
+}
+
+#[test]
+fn a_confirm_keeps_the_candidate_and_lets_the_standby_retire() {
+    let mut world = World::default();
+    activate(&mut world, 1, 1);
+    bake(&mut world, 2, 2);
+    world
+        .execute(&Command::Confirm {
+            reload: ReloadId::from_u128(2),
+        })
+        .unwrap();
+    assert_eq!(
+        world.reloads[&ReloadId::from_u128(2)].state,
+        ReloadState::Confirmed { until_ms: 42 }
+    );
+    world
+        .execute(&Command::Retire {
+            slot: slot(),
+            generation: Generation(1),
+        })
+        .unwrap();
+    let s = &world.slots[&slot()];
+    assert_eq!(s.active_generation(), Some(Generation(2)));
+    assert!(s.retiring.is_empty() && s.in_flight.is_none());
+    world.check_invariants().unwrap();
+}

@@ -40,11 +40,18 @@ impl Record {
     /// Whether appending this record is a write-ahead point that must be durable before
     /// the caller acts on it (`Staged`: before spawning; `Activated`: before stopping the
     /// old generation; `Stopped`: before a stop is acknowledged, so that recovery never
-    /// relaunches a generation an operator or the keep-alive stopped).
+    /// relaunches a generation an operator or the keep-alive stopped; `ActivatedBaking`: the bake deadline and the standby are on disk
+    /// before the caller reports the bake; `Confirmed`: before the standby is stopped;
+    /// `Reverted`: before the candidate is stopped).
     pub fn needs_durable_flush(&self) -> bool {
         matches!(
             self.event,
-            EventKind::Staged { .. } | EventKind::Activated | EventKind::Stopped { .. }
+            EventKind::Staged { .. }
+                | EventKind::Activated
+                | EventKind::ActivatedBaking { .. }
+                | EventKind::Confirmed
+                | EventKind::Reverted { .. }
+                | EventKind::Stopped { .. }
         )
     }
 }

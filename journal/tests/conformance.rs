@@ -79,6 +79,7 @@ macro_rules! suite {
             events_and_replay_follow_the_sequence,
             compaction_trims_history_and_refuses_a_rollback_to_a_trimmed_generation,
             a_failed_handle_refuses_every_write_and_keeps_the_first_cause,
+            a_bake_is_journaled_durably_and_a_revert_restores_the_standby,
         );
     };
 }
@@ -122,13 +123,116 @@ fn projections_equal_the_fold(journal: &dyn JournalStore, intents: &[Intent]) {
     for (i, r) in stored.iter().enumerate() {
         assert_eq!(r.seq, i as u64 + 1);
     }
-    // Every prefix replays to the fold of that prefix.
-    let cut = stored.len() / 2;
-    let events: Vec<_> = stored[..cut].iter().map(|r| r.event()).collect();
-    assert_eq!(
-        journal.replay(cut as u64).unwrap().world(),
-        World::fold(&events)
+    // Every prefix replays to the fold of that prefix (bakes, confirms and reverts included).
+    let mut prefix = World::default();
+    for (cut, record) in stored.iter().enumerate() {
+        if cut % 5 == 0 || cut == stored.len() / 2 {
+            assert_eq!(journal.replay(cut as u64).unwrap().world(), prefix);
+        }
+        prefix.apply(&record.event());
+    }
+}
+
+fn a_bake_is_journaled_durably_and_a_revert_restores_the_standby(journal: &dyn JournalStore) {
+    let slot = slot_name(2);
+    full_activate(journal, &slot, ReloadId::from_u128(1), 1);
+    let standby = journal.slot(&slot).unwrap().unwrap().slot.active;
+    let bake = |id: u128, byte: u8, last: Command| {
+        let reload = ReloadId::from_u128(id);
+        let before = journal.flush_count();
+        let commands = [
+            Command::Stage {
+                reload,
+                slot: slot.clone(),
+                mode: Mode::Activate,
+                artifact: artifact(byte),
+            },
+            Command::RecordLaunch {
+                reload,
+                process: None,
+                log_path: None,
+            },
+            Command::RecordHandshake {
+                reload,
+                endpoint: None,
+            },
+            Command::RecordProbe { reload },
+            Command::CommitBaking {
+                reload,
+                until_ms: 1_700_000_000_000,
+            },
+        ];
+        for (step, command) in commands.iter().enumerate() {
+            journal.execute(command, at(step)).unwrap();
+        }
+        let view = journal.slot(&slot).unwrap().unwrap();
+        assert_eq!(
+            view.slot.in_flight,
+            Some(reload),
+            "a bake keeps the slot busy"
+        );
+        let second = Command::Stage {
+            reload: ReloadId::from_u128(id + 100),
+            slot: slot.clone(),
+            mode: Mode::Activate,
+            artifact: artifact(9),
+        };
+        assert!(matches!(
+            journal.execute(&second, at(6)),
+            Err(JournalError::Rejected(Rejected::Conflict { .. }))
+        ));
+        journal.execute(&last, at(7)).unwrap();
+        // Staged, ActivatedBaking and the end of the bake are durable.
+        assert_eq!(journal.flush_count() - before, 3);
+        journal.reload(&reload).unwrap().unwrap()
+    };
+    let reverted = bake(
+        2,
+        2,
+        Command::Revert {
+            reload: ReloadId::from_u128(2),
+            reason: Reason::error("candidate exited with status 1"),
+        },
     );
+    let states: Vec<&str> = reverted.stages.iter().map(|m| m.state.as_str()).collect();
+    assert_eq!(
+        states,
+        [
+            "staged",
+            "launched",
+            "validated",
+            "probed",
+            "baking",
+            "reverted"
+        ]
+    );
+    let after = journal.slot(&slot).unwrap().unwrap().slot;
+    assert_eq!(
+        after.active, standby,
+        "the revert restores the previous marker"
+    );
+    assert_eq!(after.retiring.len(), 1, "the candidate waits to be stopped");
+    journal
+        .execute(
+            &Command::Retire {
+                slot: slot.clone(),
+                generation: Generation(2),
+            },
+            at(8),
+        )
+        .unwrap();
+    let confirmed = bake(
+        3,
+        3,
+        Command::Confirm {
+            reload: ReloadId::from_u128(3),
+        },
+    );
+    assert!(confirmed.finished.is_some());
+    let after = journal.slot(&slot).unwrap().unwrap().slot;
+    assert_eq!(after.active_generation(), Some(Generation(3)));
+    assert_eq!(after.in_flight, None);
+    assert!(journal.verify().unwrap().is_ok());
 }
 
 fn compaction_keeps_projections(

@@ -78,6 +78,10 @@ pub struct FixtureConfig {
     /// Health reports NOT_SERVING until this long after start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_after_ms: Option<u64>,
+    /// Health turns NOT_SERVING this long after start (and stays so); the process keeps
+    /// running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_after_ms: Option<u64>,
     /// Spend this long initialising before listening and printing the handshake (a plugin
     /// that loads data or connects to something first; the benchmark's realistic plugin).
     #[serde(default, skip_serializing_if = "Option::is_none")]

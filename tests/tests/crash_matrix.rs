@@ -519,6 +519,131 @@ async fn a_crash_during_stop_keeps_an_acknowledged_stop() {
     }
 }
 
+/// One crash of the `bake` family: `activate v2 --bake` killed at `point` (a good v2 baking
+/// 1 s, or a v2 that exits 600 ms after its handshake, baking 3 s), then (`recover_point`) a
+/// `recover` killed too, then a plain `recover` once the deadline has passed.
+struct BakeCase {
+    point: &'static str,
+    crashing: bool,
+    /// Kill `activate` here first, then kill `recover` at `point`.
+    first: Option<&'static str>,
+}
+
+const BAKE: &[BakeCase] = &[
+    bake_case("bake-before-commit", false, None),
+    bake_case("bake-after-commit", false, None),
+    bake_case("bake-before-confirmed", false, None),
+    bake_case("bake-after-confirmed", false, None),
+    bake_case("bake-before-reverted", true, None),
+    bake_case("bake-after-reverted", true, None),
+    bake_case("recover-before-bake-end", true, Some("bake-after-commit")),
+];
+
+const fn bake_case(point: &'static str, crashing: bool, first: Option<&'static str>) -> BakeCase {
+    BakeCase {
+        point,
+        crashing,
+        first,
+    }
+}
+
+/// After each crash and recovery: the slot ends with exactly one of {candidate confirmed,
+/// standby restored}, exactly one live active process (the standby's very pid when
+/// restored), no process of the other generation, and `journal verify` passes.
+#[tokio::test]
+async fn a_crash_during_a_bake_ends_confirmed_or_restored() {
+    use tryswap_tests::crash::tagged_pids;
+    for c in BAKE {
+        let what = c.point;
+        let h = Harness::new(&[slot()]);
+        let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+        let v2 = h.fixture_config(
+            "v2",
+            &FixtureConfig {
+                crash_after_ms: c.crashing.then_some(600),
+                ..FixtureConfig::with_message("v2")
+            },
+        );
+        assert_eq!(h.activate("demo", &v1).code, 0, "{what}: v1");
+        let (_, pid1, _) = h.active("demo").expect("v1 active");
+        let mut args = reload_args("activate", "demo", &v2);
+        args.extend([
+            "--bake".to_owned(),
+            if c.crashing { "3s" } else { "1s" }.to_owned(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let exit = tryswap_killed_at(&h, c.first.unwrap_or(c.point), &args);
+        assert_eq!(exit.signal(), Some(9), "{what}: not killed: {exit:?}");
+        if c.first.is_some() {
+            // The candidate exits on its own; recovery then reverts, killed before it ends.
+            let candidate = journal_records(&h)
+                .iter()
+                .rev()
+                .find(|r| r.event == "Launched")
+                .and_then(|r| r.body["process"]["pid"].as_u64())
+                .expect("the candidate's pid");
+            assert!(
+                tryswap_tests::harness::wait_gone(
+                    candidate as u32,
+                    std::time::Duration::from_secs(5)
+                ),
+                "{what}: the crashing candidate did not exit"
+            );
+            let exit = tryswap_killed_at(&h, c.point, &["--json", "recover"]);
+            assert_eq!(
+                exit.signal(),
+                Some(9),
+                "{what}: recover not killed: {exit:?}"
+            );
+        }
+        // Past the deadline, a healthy candidate is confirmed; a dead one is reverted.
+        let deadline = std::time::Duration::from_millis(if c.crashing { 3300 } else { 1300 });
+        if let Some(left) = deadline.checked_sub(started.elapsed()) {
+            tokio::time::sleep(left).await;
+        }
+        let actions = recover(&h);
+        let history = h.tryswap(&["--json", "history", "demo"]).json();
+        let last = history["reloads"]
+            .as_array()
+            .and_then(|r| r.last().cloned())
+            .expect("a reload");
+        let outcome = last["outcome"].as_str().unwrap_or_default().to_owned();
+        let v2_reload = last["reload_id"].as_str().unwrap_or_default().to_owned();
+        let (generation, pid, _) = h.active("demo").expect("an active generation");
+        assert!(
+            tryswap_tests::pid_alive(pid),
+            "{what}: the active process is dead"
+        );
+        match outcome.as_str() {
+            "active" => {
+                assert!(!c.crashing, "{what}: a crashing candidate was confirmed");
+                assert_eq!(generation, 2, "{what}");
+                assert!(
+                    tryswap_tests::harness::wait_gone(pid1, std::time::Duration::from_secs(5)),
+                    "{what}: the standby survived the confirm"
+                );
+                assert_eq!(tagged_pids(&v2_reload), vec![pid], "{what}: orphans");
+            }
+            "reverted" | "rolled_back" => {
+                assert_eq!(
+                    (generation, pid),
+                    (1, pid1),
+                    "{what}: the standby's own pid"
+                );
+                assert!(
+                    tagged_pids(&v2_reload).is_empty(),
+                    "{what}: the candidate survived"
+                );
+            }
+            other => panic!("{what}: the bake did not end ({other}); recovery: {actions:?}"),
+        }
+        let verify = h.tryswap(&["journal", "verify"]);
+        assert_eq!(verify.code, 0, "{what}: {verify:?}");
+        println!("{what}: {outcome} ({})", describe_actions(&actions));
+    }
+}
+
 #[test]
 fn the_matrix_covers_every_failpoint() {
     let mut covered: Vec<&str> = [
@@ -530,6 +655,7 @@ fn the_matrix_covers_every_failpoint() {
     .iter()
     .flat_map(|cases| cases.iter().map(|c| c.point))
     .chain(RELOAD_CONFIG.iter().map(|(point, _)| *point))
+    .chain(BAKE.iter().map(|c| c.point))
     .collect();
     covered.extend(STOP.iter().map(|(point, _)| *point));
     for point in tryswap::internals::FAILPOINTS {

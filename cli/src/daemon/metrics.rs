@@ -287,6 +287,9 @@ impl Metrics {
             | EventKind::Validated { .. }
             | EventKind::Probed
             | EventKind::Activated
+            | EventKind::ActivatedBaking { .. }
+            | EventKind::Confirmed
+            | EventKind::Reverted { .. }
             | EventKind::DryRunPassed
             | EventKind::RolledBack { .. } => {
                 let Some((mode, last)) = open.get(&record.reload).copied() else {
@@ -302,7 +305,8 @@ impl Metrics {
                     })
                     .observe(seconds.max(0.0));
                 match &record.event {
-                    EventKind::Activated => finish(mode, "active", ""),
+                    EventKind::Activated | EventKind::Confirmed => finish(mode, "active", ""),
+                    EventKind::Reverted { .. } => finish(mode, "reverted", "baking"),
                     EventKind::DryRunPassed => finish(mode, "dry_run_passed", ""),
                     EventKind::RolledBack { stage, .. } => {
                         finish(mode, "rolled_back", stage.name())

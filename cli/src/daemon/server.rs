@@ -470,7 +470,9 @@ async fn reload(
         .map_err(|e| ApiError::internal(format!("slot {slot}: the reload task failed: {e}")))??;
     let status = match report.outcome {
         Outcome::Active | Outcome::DryRunPassed => StatusCode::OK,
-        Outcome::RolledBack | Outcome::InProgress => StatusCode::UNPROCESSABLE_ENTITY,
+        Outcome::RolledBack | Outcome::Reverted | Outcome::InProgress => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
     };
     let text = wants_text(&headers).then(|| render::reload_summary_text(&report));
     let mut response = reply(status, &report, text)?;

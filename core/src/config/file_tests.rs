@@ -117,6 +117,7 @@ fn design_example_parses_to_expected_values() {
                 backoff_initial: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(30),
             },
+            bake: Duration::ZERO,
         }],
         source: Some(PathBuf::from("tryswap.toml")),
     };
@@ -722,4 +723,19 @@ mod never_panics {
             }
         }
     }
+}
+
+#[test]
+fn bake_is_a_bounded_duration_off_by_default() {
+    let config = parse("[[slot]]\nname = \"billing\"\nbake = \"30s\"\n").unwrap();
+    assert_eq!(config.slots[0].bake, Duration::from_secs(30));
+    let config = parse("[[slot]]\nname = \"billing\"\n").unwrap();
+    assert_eq!(config.slots[0].bake, Duration::ZERO);
+    let err = parse("[[slot]]\nname = \"billing\"\nbake = \"2days\"\n").unwrap_err();
+    assert!(
+        err.to_string().contains("`bake` must be at most 24h"),
+        "{err}"
+    );
+    let err = parse("[[slot]]\nname = \"billing\"\nbake = \"soon\"\n").unwrap_err();
+    assert!(err.to_string().contains("bake"), "{err}");
 }

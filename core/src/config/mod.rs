@@ -110,6 +110,25 @@ pub struct SlotConfig {
     pub probe: ProbeConfig,
     /// `[slot.restart]`.
     pub restart: RestartConfig,
+    /// The bake window of a reload (DESIGN.md "Provisional activation"): how long a
+    /// committed candidate stays provisional, with the previous generation as a warm
+    /// standby. Default zero: off. At most [`MAX_BAKE`].
+    pub bake: Duration,
+}
+
+/// The longest bake window a slot or a reload may ask for.
+pub const MAX_BAKE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a bake window (`--bake DUR`, the API body's `"bake"`): a duration such as `"30s"`,
+/// at most [`MAX_BAKE`]; `"0s"` means no bake.
+pub fn parse_bake(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("bake {text:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"1m\"")
+    })?;
+    if value > MAX_BAKE {
+        return Err(format!("bake {text:?} is longer than 24h"));
+    }
+    Ok(value)
 }
 
 impl SlotConfig {
@@ -128,6 +147,7 @@ impl SlotConfig {
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             probe: ProbeConfig::default(),
             restart: RestartConfig::default(),
+            bake: Duration::ZERO,
         }
     }
 }
@@ -426,6 +446,7 @@ struct RawSlot {
     handshake: Option<RawHandshake>,
     probe: Option<RawProbe>,
     restart: Option<RawRestart>,
+    bake: Option<Sp<String>>,
 }
 const SLOT_KEYS: &[&str] = &[
     "name",
@@ -439,6 +460,7 @@ const SLOT_KEYS: &[&str] = &[
     "handshake",
     "probe",
     "restart",
+    "bake",
 ];
 
 #[derive(Deserialize)]
@@ -730,6 +752,12 @@ impl<'a> Ctx<'a> {
         }
         if let Some(r) = raw.restart {
             slot.restart = self.restart(r, &label)?;
+        }
+        if let Some(d) = raw.bake {
+            slot.bake = self.duration(&d, &label, "bake")?;
+            if slot.bake > MAX_BAKE {
+                return Err(self.invalid(d.span(), format!("{label}: `bake` must be at most 24h")));
+            }
         }
         Ok(slot)
     }

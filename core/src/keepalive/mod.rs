@@ -446,7 +446,11 @@ fn crashed_in_tail(supervisor: &Supervisor) -> BTreeMap<SlotName, Generation> {
                 let crashed = reason.kind != ReasonKind::Cancelled;
                 last.insert(record.slot.clone(), crashed.then_some(*generation));
             }
-            EventKind::Relaunched { .. } | EventKind::Activated => {
+            // A new or restored active generation: whatever crashed before is past.
+            EventKind::Relaunched { .. }
+            | EventKind::Activated
+            | EventKind::ActivatedBaking { .. }
+            | EventKind::Reverted { .. } => {
                 last.insert(record.slot.clone(), None);
             }
             _ => {}

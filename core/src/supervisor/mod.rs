@@ -2,6 +2,7 @@
 //! arc-swapped active pointer of every slot, hands out leases, retires old generations.
 
 mod already_active;
+pub mod bake;
 pub mod config_reload;
 pub mod lease;
 mod pipeline;
@@ -126,6 +127,9 @@ pub enum SupervisorError {
         /// Why.
         rejected: Rejected,
     },
+    /// `confirm` or `revert` of a slot with no bake in progress.
+    #[error("slot {0} has no bake in progress")]
+    NoBake(SlotName),
     /// The journal failed; the reload was stopped and the slot left as it was.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
@@ -622,6 +626,16 @@ impl Supervisor {
         slot: &SlotName,
         to: Option<Generation>,
     ) -> Result<ReloadReport, SupervisorError> {
+        self.rollback_with_bake(slot, to, None).await
+    }
+
+    /// [`Supervisor::rollback`] with a bake window (see [`Supervisor::reload_with_bake`]).
+    pub async fn rollback_with_bake(
+        &self,
+        slot: &SlotName,
+        to: Option<Generation>,
+        bake: Option<Duration>,
+    ) -> Result<ReloadReport, SupervisorError> {
         let to = match to {
             Some(g) => g,
             None => {
@@ -665,17 +679,34 @@ impl Supervisor {
                 generation: to,
             });
         }
-        self.reload(slot, Mode::Rollback { to }, None).await
+        self.reload_with_bake(slot, Mode::Rollback { to }, None, bake)
+            .await
     }
 
     /// Runs one reload of `slot` in `mode`. `candidate` is required except for rollbacks.
+    /// The bake window is the slot's `bake`.
     pub async fn reload(
         &self,
         slot: &SlotName,
         mode: Mode,
         candidate: Option<CandidateSpec>,
     ) -> Result<ReloadReport, SupervisorError> {
+        self.reload_with_bake(slot, mode, candidate, None).await
+    }
+
+    /// [`Supervisor::reload`] with a bake window: `Some` overrides the slot's `bake`
+    /// (zero: none). A reload with a bake returns when the bake has ended.
+    pub async fn reload_with_bake(
+        &self,
+        slot: &SlotName,
+        mode: Mode,
+        candidate: Option<CandidateSpec>,
+        bake: Option<Duration>,
+    ) -> Result<ReloadReport, SupervisorError> {
         let rt = self.runtime(slot)?;
+        let bake = bake
+            .or_else(|| rt.config.as_ref().map(|c| c.bake))
+            .filter(|d| !d.is_zero() && mode != Mode::DryRun);
         if let (Some(config), Some(spec)) = (&rt.config, &candidate) {
             if spec.config.is_none() && config.args.iter().any(|a| a.contains("{config}")) {
                 return Err(SupervisorError::InvalidCandidate {
@@ -709,7 +740,7 @@ impl Supervisor {
             generation = tracing::field::Empty
         );
         let report = self
-            .run_reload(&rt, reload, mode, candidate, started)
+            .run_reload(&rt, reload, mode, candidate, started, bake)
             .instrument(span)
             .await;
         if report
@@ -823,6 +854,7 @@ impl Supervisor {
         mode: Mode,
         candidate: Option<CandidateSpec>,
         started: DateTime<Utc>,
+        bake: Option<Duration>,
     ) -> Result<ReloadReport, SupervisorError> {
         let slot = &rt.name;
         let previous = self.previous_info(slot)?;
@@ -916,6 +948,12 @@ impl Supervisor {
             return self.report(reload, started, previous);
         }
 
+        if let Some(bake) = bake {
+            return self
+                .run_bake(rt, reload, instance, bake, started, previous)
+                .await;
+        }
+
         // Active: the commit point. Durable before the old generation is touched.
         failpoint!("reload-before-commit");
         if let Err(e) = self
@@ -956,7 +994,18 @@ impl Supervisor {
     pub(crate) async fn retire_old(&self, rt: &SlotRuntime, old: Option<Arc<Serving>>) -> Vec<u64> {
         let mut retired = Vec::new();
         let retiring = match self.inner.journal.slot(&rt.name) {
-            Ok(Some(view)) => view.slot.retiring,
+            Ok(Some(view)) => {
+                // The standby of a bake in progress is not retired before the bake ends.
+                let standby = view
+                    .slot
+                    .in_flight
+                    .and_then(|id| self.inner.journal.reload(&id).ok().flatten())
+                    .filter(|r| r.reload.state.bake_until_ms().is_some())
+                    .and_then(|r| r.reload.previous);
+                let mut retiring = view.slot.retiring;
+                retiring.retain(|f| Some(f.generation) != standby);
+                retiring
+            }
             Ok(None) => Vec::new(),
             Err(e) => {
                 tracing::error!(error = %e, "reading the slot to retire old generations");

@@ -85,6 +85,13 @@ pub const FAILPOINTS: &[&str] = &[
     "stop-before-stop",
     "stop-after-stop",
     "stop-after-stopped",
+    "bake-before-commit",
+    "bake-after-commit",
+    "bake-before-confirmed",
+    "bake-after-confirmed",
+    "bake-before-reverted",
+    "bake-after-reverted",
+    "recover-before-bake-end",
 ];
 
 /// Arms the failpoints named in `TRYSWAP_FAILPOINTS` (crash tests). Each entry is
@@ -254,6 +261,26 @@ pub enum RecoveryAction {
         /// Why.
         error: String,
     },
+    /// A bake found after a restart ended: its deadline had passed and the candidate ran
+    /// healthy (`confirmed`), or the candidate was dead (`reverted` to the standby).
+    BakeEnded {
+        /// Slot.
+        slot: String,
+        /// Reload.
+        reload_id: ReloadId,
+        /// `confirmed` or `reverted`.
+        state: String,
+    },
+    /// A bake found after a restart goes on: the candidate runs and its deadline has not
+    /// passed (or it fails its probe; a daemon watching the bake reverts it).
+    BakeContinues {
+        /// Slot.
+        slot: String,
+        /// Reload.
+        reload_id: ReloadId,
+        /// The deadline.
+        until: String,
+    },
 }
 
 impl fmt::Display for RecoveryAction {
@@ -331,6 +358,16 @@ impl fmt::Display for RecoveryAction {
                 generation,
                 error,
             } => write!(f, "{slot}: generation {generation} is not running and relaunching it failed: {error}"),
+            RecoveryAction::BakeEnded {
+                slot,
+                reload_id,
+                state,
+            } => write!(f, "{slot}: the bake of reload {reload_id} was {state} on recovery"),
+            RecoveryAction::BakeContinues {
+                slot,
+                reload_id,
+                until,
+            } => write!(f, "{slot}: reload {reload_id} is baking until {until}"),
         }
     }
 }
@@ -455,6 +492,12 @@ impl Supervisor {
             return Ok(());
         }
         let found = reload.state.name().to_owned();
+        if let (Some(until_ms), Some(rt)) = (reload.state.bake_until_ms(), &rt) {
+            report
+                .actions
+                .push(self.recover_bake(rt, reload, until_ms).await?);
+            return Ok(());
+        }
         // The configured slot's driver, or (a slot no longer configured) the orphan
         // driver, which stops without asking the plugin first.
         let driver = self.driver_of(&slot);
@@ -515,6 +558,66 @@ impl Supervisor {
             stopped_pids: seen,
         });
         Ok(())
+    }
+
+    /// A bake a crashed process left: candidate dead → revert; deadline passed and the
+    /// candidate alive and healthy → confirm; otherwise the bake goes on.
+    async fn recover_bake(
+        &self,
+        rt: &SlotRuntime,
+        reload: &tryswap_fsm::Reload,
+        until_ms: u64,
+    ) -> Result<RecoveryAction, SupervisorError> {
+        use crate::supervisor::bake::BakeEnd;
+        let slot = rt.name.to_string();
+        let facts = self
+            .journal()
+            .slot(&rt.name)?
+            .and_then(|v| v.slot.active)
+            .filter(|a| a.reload == reload.id);
+        let candidate = facts
+            .as_ref()
+            .filter(|f| f.running)
+            .and_then(|f| rt.driver.reattach(&facts_instance(&rt.name, f)));
+        let until = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(
+            i64::try_from(until_ms).unwrap_or(i64::MAX),
+        )
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let end = match &candidate {
+            None => Some(BakeEnd::Revert(Reason::recovered(
+                "the candidate was found dead after a restart during its bake",
+            ))),
+            Some(instance) if chrono::Utc::now() >= until => {
+                match reattach_probe(rt, instance).await {
+                    Ok(()) => Some(BakeEnd::Confirm),
+                    Err(_) => None,
+                }
+            }
+            Some(_) => None,
+        };
+        let Some(end) = end else {
+            if let Some(instance) = candidate {
+                rt.active.store(Some(Serving::new(instance)));
+            }
+            return Ok(RecoveryAction::BakeContinues {
+                slot,
+                reload_id: reload.id,
+                until: until.to_rfc3339(),
+            });
+        };
+        let serving = candidate.map(Serving::new);
+        rt.active.store(serving);
+        fail::fail_point!("recover-before-bake-end");
+        self.end_bake_locked(rt, reload.id, end.clone(), None)
+            .await?;
+        Ok(RecoveryAction::BakeEnded {
+            slot,
+            reload_id: reload.id,
+            state: match end {
+                BakeEnd::Confirm => "confirmed".to_owned(),
+                BakeEnd::Revert(_) => "reverted".to_owned(),
+            },
+        })
     }
 
     async fn retire_former(&self, report: &mut RecoveryReport) -> Result<(), SupervisorError> {

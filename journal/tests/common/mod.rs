@@ -200,7 +200,20 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
                             endpoint: (n % 3 != 0).then(|| endpoint(40000 + n as u16)),
                         },
                         ReloadState::Validated => Command::RecordProbe { reload: r.id },
+                        // Every second bake passes, the others are reverted.
+                        ReloadState::Baking { .. } if n % 2 == 0 => {
+                            Command::Confirm { reload: r.id }
+                        }
+                        ReloadState::Baking { .. } => Command::Revert {
+                            reload: r.id,
+                            reason: Reason::error("candidate exited during the bake"),
+                        },
                         _ if r.mode == Mode::DryRun => Command::PassDryRun { reload: r.id },
+                        // Every third reload bakes before it is final.
+                        _ if n % 3 == 0 => Command::CommitBaking {
+                            reload: r.id,
+                            until_ms: u64::from(n) * 1_000,
+                        },
                         _ => Command::Commit { reload: r.id },
                     }
                 }
@@ -266,7 +279,7 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
                 .nth(usize::from(*which) % world.reloads.len().max(1))
                 .copied()
                 .unwrap_or(ReloadId::from_u128(0x1));
-            match which % 5 {
+            match which % 7 {
                 0 => Command::Commit {
                     reload: in_flight.unwrap_or(any_reload),
                 },
@@ -282,6 +295,11 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
                     slot: name,
                     mode: Mode::Activate,
                     artifact: artifact(0),
+                },
+                5 => Command::Confirm { reload: any_reload },
+                6 => Command::Revert {
+                    reload: in_flight.unwrap_or(any_reload),
+                    reason: Reason::cancelled("operator revert"),
                 },
                 _ => Command::Fail {
                     reload: any_reload,

@@ -627,6 +627,19 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
         });
     }
 
+    if let Some(ms) = config.unhealthy_after_ms {
+        let reporter = reporter.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+            for service in [HEALTH_SERVICE, ""] {
+                reporter
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+            log("info", "now NOT_SERVING", json!({ "after_ms": ms }));
+        });
+    }
+
     let (requested_tx, mut requested_rx) = watch::channel(false);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let stdio = config.stdio_stream_kib.map(|_| StdioPipe::new());
