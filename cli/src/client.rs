@@ -373,25 +373,19 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
                 .as_ref()
                 .map_or_else(|| "/v1/slots".to_owned(), |s| format!("/v1/slots/{s}"));
             let reply = ok(client.call(Method::GET, &path, None, text).await?)?;
-            if let (Some(slot), false) = (slot, text) {
-                // The same `{"schema":1,"slots":[…],…}` shape as without a daemon: the
-                // whole report (it carries more than the slots, e.g. the store's size),
-                // narrowed to the slot the daemon just said exists.
-                let all = ok(client.call(Method::GET, "/v1/slots", None, false).await?)?;
-                let mut report: serde_json::Value =
-                    serde_json::from_str(&all.body).map_err(|e| {
+            if slot.is_some() && !text {
+                // The same `{"schema":1,"slots":[…]}` shape as without a daemon.
+                let mut one: serde_json::Value =
+                    serde_json::from_str(&reply.body).map_err(|e| {
                         CliError::new(
                             EXIT_ERROR,
                             format!("the daemon's answer is not understood: {e}"),
                         )
                     })?;
-                if let Some(map) = report.as_object_mut() {
+                if let Some(map) = one.as_object_mut() {
                     map.remove("schema");
-                    if let Some(serde_json::Value::Array(slots)) = map.get_mut("slots") {
-                        slots.retain(|s| s["slot"] == slot.as_str());
-                    }
                 }
-                render::json(&report)?;
+                render::json(&serde_json::json!({ "slots": [one] }))?;
             } else {
                 print_body(&reply.body)?;
             }

@@ -1020,7 +1020,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("tryswap journal verify") && text.contains("export"),
+            text.contains("Verifying the journal") && text.contains("exporting"),
             "{text}"
         );
         let err = guard_sled::<()>(dir, &dir.join(SLED_DIR), || {

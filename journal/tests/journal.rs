@@ -433,6 +433,12 @@ fn a_second_open_in_this_process_fails_after_a_bounded_wait_naming_the_dir() {
 fn an_open_waits_for_a_journal_this_process_is_still_dropping() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path()).unwrap();
+    assert_reopens_while_another_thread_drops(dir.path(), journal);
+}
+
+/// Opens the journal in `dir` while another thread still holds `journal` and drops it a
+/// moment after the open began: the open must wait for it, not fail "locked".
+fn assert_reopens_while_another_thread_drops(dir: &Path, journal: Journal) {
     let (opening_tx, opening_rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
         // Let go only once the main thread is about to open, so the open finds it held.
@@ -441,7 +447,7 @@ fn an_open_waits_for_a_journal_this_process_is_still_dropping() {
         drop(journal);
     });
     opening_tx.send(()).unwrap();
-    let reopened = Journal::open(dir.path());
+    let reopened = Journal::open(dir);
     holder.join().unwrap();
     assert!(reopened.is_ok(), "{:?}", reopened.err());
 }
@@ -461,16 +467,7 @@ fn an_open_waits_for_a_lock_whose_taker_is_dead() {
         format!("{}\n", exited.id()),
     )
     .unwrap();
-    let (opening_tx, opening_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        opening_rx.recv().unwrap();
-        std::thread::sleep(OWN_RELEASE_WAIT / 4);
-        drop(journal);
-    });
-    opening_tx.send(()).unwrap();
-    let reopened = Journal::open(dir.path());
-    holder.join().unwrap();
-    assert!(reopened.is_ok(), "{:?}", reopened.err());
+    assert_reopens_while_another_thread_drops(dir.path(), journal);
 }
 
 const CHILD_ENV: &str = "TRYSWAP_JOURNAL_TEST_LOCK_DIR";
