@@ -733,9 +733,10 @@ fn bake_is_a_bounded_duration_off_by_default() {
     assert_eq!(config.slots[0].bake, Duration::ZERO);
     let err = parse("[[slot]]\nname = \"billing\"\nbake = \"2days\"\n").unwrap_err();
     assert!(
-        err.to_string().contains("`bake` must be at most 24h"),
+        err.to_string().contains("`bake`") && err.to_string().contains("maximum of 1day"),
         "{err}"
     );
+    assert_eq!(err.line(), Some(3), "{err}");
     let err = parse("[[slot]]\nname = \"billing\"\nbake = \"soon\"\n").unwrap_err();
     assert!(err.to_string().contains("bake"), "{err}");
 }
