@@ -18,6 +18,7 @@ use tryswap_fsm::{Command, ReloadId, Slot, SlotName};
 use crate::append::{append, Staging};
 use crate::codec;
 use crate::error::JournalError;
+use crate::failure::HandleFailure;
 use crate::layout::{
     decode_value, describe_key, encode_value, reload_key, seq_key, seq_of_key, slot_key, tx_meta,
     tx_reload, tx_slot, Meta, EVENTS, KEY_LAST_CHAIN, KEY_NEXT_SEQ, META, RELOADS, SLED_DATA_FILE,
@@ -61,7 +62,7 @@ pub struct Journal {
     flush_count: AtomicU64,
     /// Why a sync failed, once one did: the handle is failed from then on (see
     /// [`JournalError::Failed`]).
-    failed: Mutex<Option<String>>,
+    failed: HandleFailure,
     read_only: bool,
     _lock: DirLock,
 }
@@ -638,7 +639,7 @@ impl Journal {
             writer: Mutex::new(()),
             durable: Mutex::new(durable),
             flush_count: AtomicU64::new(0),
-            failed: Mutex::new(None),
+            failed: HandleFailure::default(),
             read_only,
             _lock: dir_lock,
         };
@@ -669,32 +670,20 @@ impl Journal {
 
     /// `Ok` unless a sync failed on this handle.
     fn healthy(&self) -> Result<(), JournalError> {
-        match lock(&self.failed).as_ref() {
-            Some(cause) => Err(JournalError::Failed {
-                dir: self.dir.clone(),
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.failed.check(&self.dir)
     }
 
     /// Why this handle failed, if a sync failed on it: from then on every write and flush
     /// returns [`JournalError::Failed`], and dropping the handle neither flushes nor syncs.
     pub fn failure(&self) -> Option<String> {
-        lock(&self.failed).clone()
+        self.failed.cause()
     }
 
     /// Marks the handle failed as a failed sync does, and returns the error every later
     /// write gets. Failure injection (crash tests) and callers that learn of a failed sync
     /// of the journal's files by other means use it; the first cause is kept.
     pub fn fail(&self, cause: impl Into<String>) -> JournalError {
-        let mut failed = lock(&self.failed);
-        let cause = failed.get_or_insert_with(|| cause.into()).clone();
-        tracing::error!(dir = %self.dir.display(), %cause, "journal failed: refusing writes until it is reopened");
-        JournalError::Failed {
-            dir: self.dir.clone(),
-            cause,
-        }
+        self.failed.fail(&self.dir, &cause.into())
     }
 
     pub(crate) fn sled_err(&self, source: sled::Error) -> JournalError {

@@ -38,6 +38,7 @@ pub mod codec;
 mod compact;
 mod error;
 mod export;
+mod failure;
 mod journal;
 pub mod layout;
 mod lock;

@@ -14,6 +14,7 @@ use tryswap_fsm::{Command, ReloadId, Slot, SlotName};
 use crate::append::{append, Staging};
 use crate::compact::{dropped_reloads, trim_history};
 use crate::error::JournalError;
+use crate::failure::HandleFailure;
 use crate::layout::{RELOADS, SLOTS};
 use crate::projection::{ReloadView, ReplayState, SlotView};
 use crate::record::Record;
@@ -42,7 +43,7 @@ pub struct MemoryJournal {
     state: Mutex<MemoryState>,
     flush_count: AtomicU64,
     /// Set by [`JournalStore::fail`]: every later write and flush is refused.
-    failed: Mutex<Option<String>>,
+    failed: HandleFailure,
 }
 
 /// Everything a [`MemoryJournal`] holds.
@@ -88,7 +89,7 @@ impl MemoryJournal {
             label: label.into(),
             state: Mutex::new(MemoryState::default()),
             flush_count: AtomicU64::new(0),
-            failed: Mutex::new(None),
+            failed: HandleFailure::default(),
         }
     }
 
@@ -161,39 +162,13 @@ impl Staging for Overlay<'_> {
     }
 }
 
-impl MemoryJournal {
-    /// `Ok` unless [`JournalStore::fail`] was called.
-    fn healthy(&self) -> Result<(), JournalError> {
-        match self
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            Some(cause) => Err(JournalError::Failed {
-                dir: self.label.clone(),
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
 impl JournalStore for MemoryJournal {
     fn fail(&self, cause: &str) -> JournalError {
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        let cause = failed.get_or_insert_with(|| cause.to_owned()).clone();
-        JournalError::Failed {
-            dir: self.label.clone(),
-            cause,
-        }
+        self.failed.fail(&self.label, cause)
     }
 
     fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failed.cause()
     }
 
     fn dir(&self) -> &Path {
@@ -209,7 +184,7 @@ impl JournalStore for MemoryJournal {
         commands: &[Command],
         at: DateTime<Utc>,
     ) -> Result<Vec<Record>, JournalError> {
-        self.healthy()?;
+        self.failed.check(&self.label)?;
         if commands.is_empty() {
             return Ok(Vec::new());
         }
@@ -245,7 +220,7 @@ impl JournalStore for MemoryJournal {
     }
 
     fn flush(&self) -> Result<(), JournalError> {
-        self.healthy()
+        self.failed.check(&self.label)
     }
 
     fn flush_count(&self) -> u64 {

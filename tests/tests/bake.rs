@@ -35,6 +35,14 @@ fn activate(h: &Harness, name: &str, config: &FixtureConfig, bake: Option<&str>)
     (run.code, report)
 }
 
+/// Activates a healthy v1 (no bake) and returns its pid: the generation a bake keeps as
+/// its standby.
+fn v1_active(h: &Harness) -> u32 {
+    let (code, first) = activate(h, "v1", &FixtureConfig::with_message("v1"), None);
+    assert_eq!(code, 0, "{first}");
+    pid_of(&first)
+}
+
 fn last_reload(h: &Harness) -> Value {
     let history = h.tryswap(&["--json", "history", "demo"]).json();
     history["reloads"]
@@ -46,9 +54,7 @@ fn last_reload(h: &Harness) -> Value {
 #[test]
 fn a_candidate_that_crashes_during_its_bake_is_reverted_to_the_same_old_process() {
     let h = Harness::demo();
-    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
-    assert_eq!(code, 0, "{first}");
-    let old_pid = pid_of(&first);
+    let old_pid = v1_active(&h);
 
     // Passes its probe (every 50 ms), then exits while baking.
     let crashing = FixtureConfig {
@@ -83,9 +89,7 @@ fn a_candidate_that_crashes_during_its_bake_is_reverted_to_the_same_old_process(
 #[test]
 fn a_healthy_candidate_is_confirmed_when_the_bake_ends_then_the_standby_is_stopped() {
     let h = Harness::demo();
-    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
-    assert_eq!(code, 0, "{first}");
-    let old_pid = pid_of(&first);
+    let old_pid = v1_active(&h);
 
     let (code, report) = activate(&h, "v2", &FixtureConfig::with_message("v2"), Some("1s"));
     assert_eq!(code, 0, "{report}");
@@ -138,9 +142,7 @@ fn sigint_during_a_foreground_bake_reverts_to_the_same_old_process() {
     use tryswap_tests::crash::Background;
     use tryswap_tests::process::send_signal;
     let h = Harness::demo();
-    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
-    assert_eq!(code, 0, "{first}");
-    let old_pid = pid_of(&first);
+    let old_pid = v1_active(&h);
     let cfg = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
     let plugin = fixture_plugin_path();
     let run = Background::start(
@@ -188,9 +190,7 @@ fn confirm_and_revert_by_hand_end_a_bake_and_a_second_reload_during_it_is_a_conf
     use tryswap_tests::crash::{reload_args, tryswap_killed_at};
     for verb in ["revert", "confirm"] {
         let h = Harness::demo();
-        let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
-        assert_eq!(code, 0, "{first}");
-        let old_pid = pid_of(&first);
+        let old_pid = v1_active(&h);
         let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
         let mut args = reload_args("activate", "demo", &v2);
         args.extend(["--bake".to_owned(), "60s".to_owned()]);
@@ -250,9 +250,7 @@ fn confirm_and_revert_by_hand_end_a_bake_and_a_second_reload_during_it_is_a_conf
 #[test]
 fn a_candidate_that_turns_not_serving_during_its_bake_is_reverted() {
     let h = Harness::demo();
-    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
-    assert_eq!(code, 0, "{first}");
-    let old_pid = pid_of(&first);
+    let old_pid = v1_active(&h);
     let sick = FixtureConfig {
         unhealthy_after_ms: Some(1000),
         ..FixtureConfig::with_message("v2")
@@ -272,9 +270,7 @@ fn a_candidate_that_turns_not_serving_during_its_bake_is_reverted() {
 fn a_revert_relaunches_a_standby_that_died_during_the_bake() {
     use tryswap_tests::crash::{kill_and_wait, reload_args, tryswap_killed_at};
     let h = Harness::demo();
-    let (code, first) = activate(&h, "v1", &FixtureConfig::with_message("v1"), None);
-    assert_eq!(code, 0, "{first}");
-    let old_pid = pid_of(&first);
+    let old_pid = v1_active(&h);
     let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
     let mut args = reload_args("activate", "demo", &v2);
     args.extend(["--bake".to_owned(), "60s".to_owned()]);
