@@ -66,6 +66,8 @@ pub fn status(
             let Some(slot) = report.slots.iter_mut().find(|s| s.slot == health.slot) else {
                 continue;
             };
+            // The keep-alive's word only for a process known to run: an "unknown" stays
+            // unknown (the keep-alive does not act on it either).
             if slot.active.as_ref().is_some_and(|a| a.alive) {
                 slot.health = Some(health_word(health.state, health.healthy).to_owned());
             }

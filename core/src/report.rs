@@ -6,6 +6,8 @@ use tryswap_fsm::EventKind;
 use tryswap_fsm::{Instance as Facts, Mode, Reload, ReloadId, ReloadState};
 use tryswap_journal::{Record, ReloadView, SlotView};
 
+use crate::driver::Liveness;
+
 /// How a reload ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -246,7 +248,8 @@ pub struct ActiveInfo {
     pub config_sha256: Option<String>,
     /// Process id.
     pub pid: Option<u32>,
-    /// Whether it runs (process alive with the journaled identity).
+    /// Whether it is known to run (process alive with the journaled identity); false both
+    /// when it is gone and when its process could not be looked at (health `unknown`).
     pub alive: bool,
     /// `tcp` or `unix`.
     pub network: Option<String>,
@@ -288,8 +291,9 @@ pub struct SlotStatus {
     pub retiring: Vec<u64>,
     /// Whether the slot is in the config (a journal can know slots the config dropped).
     pub configured: bool,
-    /// `running`, `exited`, or with a daemon its keep-alive's view: `healthy`,
-    /// `unhealthy`, `restarting`, `failing`; `null` without an active generation.
+    /// `running`, `exited`, `unknown` (its process could not be looked at, e.g. `/proc`
+    /// unreadable: not counted as exited), or with a daemon its keep-alive's view:
+    /// `healthy`, `unhealthy`, `restarting`, `failing`; `null` without an active generation.
     pub health: Option<String>,
     /// Times the active generation was relaunched (keep-alive, `start`, recovery) since it
     /// became active, per the journal.
@@ -316,14 +320,15 @@ pub struct ExitInfo {
 }
 
 impl SlotStatus {
-    /// Builds a slot's status from its journal view; `alive` says whether the active
-    /// generation's process runs.
+    /// Builds a slot's status from its journal view; `liveness` says whether the active
+    /// generation's process runs ([`Liveness::Unknown`]: health `unknown`, `alive` false).
     pub fn from_view(
         view: &SlotView,
         in_flight: Option<&ReloadView>,
-        alive: bool,
+        liveness: Liveness,
         configured: bool,
     ) -> Self {
+        let alive = liveness == Liveness::Alive;
         let slot = &view.slot;
         SlotStatus {
             slot: slot.name.to_string(),
@@ -357,14 +362,20 @@ impl SlotStatus {
             }),
             retiring: slot.retiring.iter().map(|i| i.generation.0).collect(),
             configured,
-            health: slot
-                .active
-                .as_ref()
-                .map(|_| if alive { "running" } else { "exited" }.to_owned()),
+            health: slot.active.as_ref().map(|_| health_of(liveness).to_owned()),
             restarts: 0,
             last_exit: None,
             failed: None,
         }
+    }
+}
+
+/// The status word for an active generation's liveness.
+fn health_of(liveness: Liveness) -> &'static str {
+    match liveness {
+        Liveness::Alive => "running",
+        Liveness::Dead => "exited",
+        Liveness::Unknown => "unknown",
     }
 }
 

@@ -25,7 +25,7 @@ use tryswap_journal::{Journal, JournalError, JournalStore, Record};
 use crate::config::{ProbeConfig, SlotConfig};
 use crate::driver::engine::{EngineDriver, EngineFactory};
 use crate::driver::process::ProcessDriver;
-use crate::driver::{Driver, DriverError, Instance, LaunchRequest};
+use crate::driver::{Driver, DriverError, Instance, LaunchRequest, Liveness};
 use crate::report::{HistoryReport, PreviousInfo, ReloadReport, SlotStatus, StatusReport};
 use crate::store::{Store, StoreError};
 use crate::supervisor::lease::{Lease, Serving};
@@ -1107,19 +1107,23 @@ impl Supervisor {
         }
     }
 
-    /// Whether the slot's active generation runs.
-    fn active_alive(&self, slot: &SlotName, facts: &tryswap_fsm::Instance) -> bool {
+    /// Whether the slot's active generation runs; [`Liveness::Unknown`] when its driver
+    /// cannot look (never reported as exited).
+    fn active_alive(&self, slot: &SlotName, facts: &tryswap_fsm::Instance) -> Liveness {
         if let Ok(rt) = self.runtime(slot) {
             if let Some(serving) = rt.active.load_full() {
                 if serving.instance.generation == facts.generation {
-                    return rt.driver.is_alive(&serving.instance);
+                    return rt.driver.liveness(&serving.instance);
                 }
             }
             if !rt.needs_executable {
-                return false;
+                return Liveness::Dead;
             }
         }
-        facts.running && self.driver_of(slot).is_alive(&facts_instance(slot, facts))
+        if !facts.running {
+            return Liveness::Dead;
+        }
+        self.driver_of(slot).liveness(&facts_instance(slot, facts))
     }
 
     /// Removes from the store every artifact no kept generation references: a slot's
@@ -1185,7 +1189,7 @@ impl Supervisor {
                 .slot
                 .active
                 .as_ref()
-                .is_some_and(|a| self.active_alive(&name, a));
+                .map_or(Liveness::Dead, |a| self.active_alive(&name, a));
             let mut status = SlotStatus::from_view(&view, in_flight.as_ref(), alive, is_configured);
             status.failed = failed.get(&name).cloned();
             slots.push(status);

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use tryswap_fsm::{Generation, ProcessIdentity, Protocol, ReloadId, SlotName};
 
 use crate::config::SlotConfig;
-use crate::driver::{Driver, DriverError, Instance, LaunchRequest, StopOutcome};
+use crate::driver::{Driver, DriverError, Instance, LaunchRequest, Liveness, StopOutcome};
 use os::{HandshakeWaitError, SpawnSpec, Spawned};
 use stdio::{DrainEnd, DrainRegistration, StdioSinks};
 
@@ -144,7 +144,8 @@ async fn process_exited(spawned: Option<Spawned>, identity: Option<ProcessIdenti
         // Nothing to watch: the stream's end ends the drain.
         return std::future::pending().await;
     };
-    while os::is_alive(&identity) {
+    // "Unknown" (`/proc` unreadable) is not "exited": keep draining.
+    while os::liveness(&identity) != Liveness::Dead {
         tokio::time::sleep(STDIO_ALIVE_POLL).await;
     }
 }
@@ -645,10 +646,11 @@ impl Driver for ProcessDriver {
     }
 
     fn survivors(&self, facts: &Instance) -> Vec<u32> {
+        // A process whose liveness cannot be read counts as surviving: never "dead" unseen.
         let mut pids: Vec<u32> = facts
             .process
             .iter()
-            .filter(|p| os::is_alive(p))
+            .filter(|p| os::liveness(p) != Liveness::Dead)
             .map(|p| p.pid)
             .collect();
         pids.extend(os::tagged_processes(&facts.reload).iter().map(|p| p.pid));
@@ -657,17 +659,27 @@ impl Driver for ProcessDriver {
         pids
     }
 
-    fn liveness(&self, instance: &Instance) -> crate::driver::Liveness {
+    fn liveness(&self, instance: &Instance) -> Liveness {
         instance
             .process
             .as_ref()
-            .map_or(crate::driver::Liveness::Dead, os::liveness)
+            .map_or(Liveness::Dead, os::liveness)
     }
 
+    /// Reattaches unless the process is provably gone: a process whose liveness cannot be
+    /// read (`/proc` unreadable, e.g. `EMFILE`) is reattached, never relaunched beside
+    /// itself.
     fn reattach(&self, facts: &Instance) -> Option<Instance> {
         let identity = facts.process.as_ref()?;
-        if !os::is_alive(identity) {
-            return None;
+        match os::liveness(identity) {
+            Liveness::Dead => return None,
+            Liveness::Unknown => tracing::warn!(
+                slot = %facts.slot,
+                generation = facts.generation.0,
+                pid = identity.pid,
+                "cannot tell whether the active generation runs; reattached, not relaunched"
+            ),
+            Liveness::Alive => {}
         }
         let mut instance = Instance {
             handle: None,

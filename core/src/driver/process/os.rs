@@ -643,6 +643,11 @@ impl Stat {
 /// Reads `/proc/<pid>/stat`; `Ok(None)` if the process does not exist.
 pub(super) fn read_stat(pid: u32) -> Result<Option<Stat>, ProcessError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    // Tests: `/proc` unreadable, as when the process is out of file descriptors.
+    fail::fail_point!("proc-stat-emfile", |_| Err(ProcessError::Proc {
+        path: path.clone(),
+        source: io::Error::from_raw_os_error(libc::EMFILE),
+    }));
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
