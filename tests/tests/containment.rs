@@ -9,17 +9,22 @@ use std::time::Duration;
 use tryswap_tests::harness::{capability, wait_gone, Harness};
 use tryswap_tests::{pid_alive, read_pid_file, FixtureConfig};
 
-/// Whether a cgroup v2 hierarchy with `cgroup.kill` is mounted and writable here.
-fn writable_cgroup2() -> Result<(), String> {
+/// Where the cgroup v2 hierarchy is mounted.
+fn cgroup2_mount() -> Result<PathBuf, String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mount = mountinfo
+    mountinfo
         .lines()
         .find_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             (right.split_whitespace().next()? == "cgroup2")
                 .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
         })
-        .ok_or("no cgroup2 hierarchy is mounted")?;
+        .ok_or_else(|| "no cgroup2 hierarchy is mounted".to_owned())
+}
+
+/// Whether a cgroup v2 hierarchy with `cgroup.kill` is mounted and writable here.
+fn writable_cgroup2() -> Result<(), String> {
+    let mount = cgroup2_mount()?;
     let probe = mount.join(format!("tryswap-test-{}", std::process::id()));
     std::fs::create_dir(&probe).map_err(|e| format!("{}: {e}", probe.display()))?;
     let has_kill = probe.join("cgroup.kill").exists();
@@ -31,10 +36,11 @@ fn writable_cgroup2() -> Result<(), String> {
     }
 }
 
-#[test]
-fn an_escaped_grandchild_without_the_tag_does_not_survive_a_rejection() {
+/// A state dir whose slot `demo` runs v1 (and its pid), where cgroup v2 is writable;
+/// `None` (the test skips) elsewhere.
+fn v1_active_with_cgroups() -> Option<(Harness, u32)> {
     if !capability("a writable cgroup v2 hierarchy", writable_cgroup2()) {
-        return;
+        return None;
     }
     let h = Harness::demo();
     let run = h.activate(
@@ -43,6 +49,14 @@ fn an_escaped_grandchild_without_the_tag_does_not_survive_a_rejection() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     let (_, pid1, _) = h.active("demo").expect("active");
+    Some((h, pid1))
+}
+
+#[test]
+fn an_escaped_grandchild_without_the_tag_does_not_survive_a_rejection() {
+    let Some((h, pid1)) = v1_active_with_cgroups() else {
+        return;
+    };
 
     let grandchild_pid_file = h.state.join("grandchild.pid");
     let escaping = FixtureConfig {
@@ -86,5 +100,52 @@ fn an_exec_probe_that_daemonizes_leaks_nothing() {
     assert!(
         wait_gone(daemonized, Duration::from_secs(10)),
         "the process the exec probe daemonized ({daemonized}) survived"
+    );
+}
+
+/// The cgroup a process is in, as a path under the cgroup2 mount.
+fn cgroup_of(pid: u32) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read its cgroup");
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::/"))
+        .expect("a cgroup2 entry");
+    cgroup2_mount().expect("a cgroup2 mount").join(relative)
+}
+
+#[test]
+fn empty_cgroups_of_generations_that_are_gone_are_removed_at_open() {
+    let Some((h, pid1)) = v1_active_with_cgroups() else {
+        return;
+    };
+    let live = cgroup_of(pid1);
+    assert!(
+        live.file_name()
+            .is_some_and(|n| n.to_string_lossy() == "demo-1"),
+        "{}",
+        live.display()
+    );
+    // What a generation killed outside tryswap while no tryswap ran leaves: an empty cgroup
+    // beside the live one.
+    let gone = live.with_file_name("demo-7");
+    std::fs::create_dir(&gone).expect("create a stand-in empty cgroup");
+
+    let status = h.tryswap(&["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(
+        !gone.exists(),
+        "the empty cgroup {} was kept",
+        gone.display()
+    );
+    assert!(live.exists(), "the live generation lost its cgroup");
+    assert_eq!(cgroup_of(pid1), live);
+    assert!(pid_alive(pid1));
+
+    // Once the last generation stops, nothing of the state dir is left in the hierarchy.
+    let stop = h.tryswap(&["stop", "demo"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(
+        !live.parent().expect("the state dir's cgroup").exists(),
+        "the state dir's cgroup outlived its last generation"
     );
 }

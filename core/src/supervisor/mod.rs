@@ -298,6 +298,15 @@ impl Supervisor {
             Ok(removed) => tracing::info!(removed, "removed copies left by interrupted stagings"),
             Err(e) => tracing::warn!(error = %e, "removing copies left by interrupted stagings"),
         }
+        // Nor is any generation being launched: cgroups of generations killed outside
+        // tryswap can go.
+        let swept = crate::driver::process::cgroup::sweep_empty(&state_dir);
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed the empty cgroups of generations that are gone"
+            );
+        }
         let (records, _) = broadcast::channel(1024);
         Ok(Supervisor {
             inner: Arc::new(Inner {

@@ -35,18 +35,54 @@ fn mount_point() -> Option<&'static Path> {
         .as_deref()
 }
 
-/// The cgroup of generation `generation` of `slot` in the state dir `state_dir` (whether it
-/// exists or not); `None` without a cgroup2 hierarchy.
-pub fn path_for(state_dir: &Path, slot: &SlotName, generation: Generation) -> Option<PathBuf> {
+/// The cgroup that holds the generations' cgroups of the state dir `state_dir`,
+/// `<mount>/tryswap/<state-dir id>` (whether it exists or not); `None` without a cgroup2
+/// hierarchy.
+fn state_dir_cgroup(state_dir: &Path) -> Option<PathBuf> {
     let mount = mount_point()?;
     let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
     let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    Some(
-        mount
-            .join("tryswap")
-            .join(id)
-            .join(format!("{}-{generation}", slot.as_str())),
-    )
+    Some(mount.join("tryswap").join(id))
+}
+
+/// The cgroup of generation `generation` of `slot` in the state dir `state_dir` (whether it
+/// exists or not); `None` without a cgroup2 hierarchy.
+pub fn path_for(state_dir: &Path, slot: &SlotName, generation: Generation) -> Option<PathBuf> {
+    Some(state_dir_cgroup(state_dir)?.join(format!("{}-{generation}", slot.as_str())))
+}
+
+/// Removes the empty cgroups of the state dir `state_dir`: those of generations whose
+/// processes were all killed outside tryswap (or that tryswap could not remove before it
+/// died), and the state dir's own cgroup once none is left. Returns how many generation
+/// cgroups it removed.
+///
+/// Call it only while no generation of this state dir is being launched (at open, under
+/// the journal's lock): a cgroup is empty between its creation and the moment the new
+/// plugin joins it. A cgroup that still holds a process is never removed (`rmdir` of a
+/// populated cgroup fails with `EBUSY`), so a live generation keeps its own.
+pub fn sweep_empty(state_dir: &Path) -> usize {
+    let Some(dir) = state_dir_cgroup(state_dir) else {
+        return 0;
+    };
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let child = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || populated(&child) {
+            continue;
+        }
+        match fs::remove_dir(&child) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::debug!(cgroup = %child.display(), error = %e, "keeping a generation's cgroup")
+            }
+        }
+    }
+    // Gone with its last generation; stays (EBUSY, ENOTEMPTY) while one still has a cgroup.
+    let _ = fs::remove_dir(&dir);
+    removed
 }
 
 /// A fresh cgroup for one run of an exec probe (`<mount>/tryswap/probes/<pid>-<n>`), so a
