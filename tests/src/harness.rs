@@ -222,6 +222,20 @@ impl Harness {
             .collect()
     }
 
+    /// The store's staging copies (`store/.staging-*`): a crash mid-staging leaves one,
+    /// which the next open must remove.
+    pub fn staging_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_dir.join("store"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .filter(|n| n.starts_with(".staging-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The active generation of `slot` per `status`: (generation, pid, address).
     pub fn active(&self, slot: &str) -> Option<(u64, u32, String)> {
         let status = self.status();

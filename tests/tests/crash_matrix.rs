@@ -180,6 +180,11 @@ async fn run_case(c: &Case) -> Row {
         )
     };
     let recovered = assert_recovered(&h, &expect, crashed.as_deref(), &what).await;
+    let staging = h.staging_files();
+    assert!(
+        staging.is_empty(),
+        "{what}: staging copies left in the store: {staging:?}"
+    );
     if c.commits {
         assert!(
             !tryswap_tests::pid_alive(pid1),
@@ -257,6 +262,7 @@ async fn run_matrix(name: &str, cases: &[Case]) {
 
 const BEFORE_COMMIT: &[Case] = &[
     case("slot-before-lock", Scenario::Activate, false),
+    case("store-after-copy", Scenario::Activate, false),
     case("reload-before-staged", Scenario::Activate, false),
     case("reload-after-staged", Scenario::Activate, false),
     case("reload-after-spawn", Scenario::Activate, false),

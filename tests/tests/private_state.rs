@@ -36,18 +36,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn staging_files(h: &Harness) -> Vec<String> {
-    std::fs::read_dir(h.state_dir.join("store"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                .filter(|n| n.starts_with(".staging-"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn journal_and_store_files_are_private_under_umask_022() {
     let h = Harness::demo();
@@ -107,7 +95,7 @@ fn forty_kills_during_staging_leave_no_staging_file() {
             Some(libc::SIGKILL),
             "round {round}: {exit:?}"
         );
-        let left = staging_files(&h);
+        let left = h.staging_files();
         assert!(
             left.len() <= 1,
             "round {round}: earlier stagings were not cleaned up: {left:?}"
@@ -115,5 +103,5 @@ fn forty_kills_during_staging_leave_no_staging_file() {
     }
     let recover = h.tryswap(&["recover"]);
     assert_eq!(recover.code, 0, "{recover:?}");
-    assert_eq!(staging_files(&h), Vec::<String>::new());
+    assert_eq!(h.staging_files(), Vec::<String>::new());
 }

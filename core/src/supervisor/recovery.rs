@@ -50,6 +50,7 @@ pub const FAILPOINTS_ENV: &str = "TRYSWAP_FAILPOINTS";
 /// `before-X` / `after-X` mean before / after the journal record `X` is written; the others
 /// name the side effect they follow or precede.
 pub const FAILPOINTS: &[&str] = &[
+    "store-after-copy",
     "reload-before-staged",
     "reload-after-staged",
     "reload-after-spawn",
