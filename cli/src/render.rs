@@ -153,6 +153,9 @@ fn stage_detail(kind: &EventKind) -> String {
         EventKind::Retired { generation } => format!("generation {generation} drained and stopped"),
         EventKind::Relaunched { generation, .. } => format!("generation {generation} relaunched"),
         EventKind::Stopped { generation, .. } => format!("generation {generation} stopped"),
+        EventKind::Restarting { generation } => {
+            format!("generation {generation} is being restarted by keep-alive")
+        }
         EventKind::ActivatedBaking { until_ms } => {
             let until = i64::try_from(*until_ms)
                 .ok()

@@ -8,7 +8,7 @@ use crate::types::{
 
 /// One fact about one reload (and the slot it targets).
 ///
-/// Slot-level facts (`Retired`, `Relaunched`, `Stopped`) carry the id of the reload that made
+/// Slot-level facts (`Retired`, `Relaunched`, `Stopped`, `Restarting`) carry the id of the reload that made
 /// the generation in question active.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -103,6 +103,15 @@ pub enum EventKind {
         /// Why.
         reason: Reason,
     },
+    /// The keep-alive is about to relaunch the stopped active generation; written (durably)
+    /// before anything is spawned. Until `Relaunched` or `Stopped` follows, the generation
+    /// counts as running with no known process: recovery after a crash stops any copy the
+    /// interrupted restart spawned (it carries the generation's reload tag) and relaunches
+    /// it, so exactly one process remains.
+    Restarting {
+        /// Which generation (always the active one).
+        generation: Generation,
+    },
 }
 
 impl EventKind {
@@ -123,6 +132,7 @@ impl EventKind {
             EventKind::ActivatedBaking { .. } => "baking",
             EventKind::Confirmed => "confirmed",
             EventKind::Reverted { .. } => "reverted",
+            EventKind::Restarting { .. } => "restarting",
         }
     }
 
@@ -130,7 +140,10 @@ impl EventKind {
     pub fn is_reload_transition(&self) -> bool {
         !matches!(
             self,
-            EventKind::Retired { .. } | EventKind::Relaunched { .. } | EventKind::Stopped { .. }
+            EventKind::Retired { .. }
+                | EventKind::Relaunched { .. }
+                | EventKind::Stopped { .. }
+                | EventKind::Restarting { .. }
         )
     }
 }

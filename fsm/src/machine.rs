@@ -120,6 +120,14 @@ pub enum Command {
         /// Why.
         reason: Reason,
     },
+    /// Record the intent to relaunch the stopped active generation (keep-alive restart),
+    /// before anything is spawned.
+    Restart {
+        /// The slot.
+        slot: SlotName,
+        /// The generation, which must be the active one and recorded stopped.
+        generation: Generation,
+    },
 }
 
 impl Command {
@@ -140,6 +148,7 @@ impl Command {
             Command::CommitBaking { .. } => "commit-baking",
             Command::Confirm { .. } => "confirm",
             Command::Revert { .. } => "revert",
+            Command::Restart { .. } => "restart",
         }
     }
 }
@@ -229,6 +238,14 @@ pub enum Rejected {
     /// The active generation is already recorded as stopped.
     #[error("slot {slot}: generation {generation} is already stopped")]
     AlreadyStopped {
+        /// The slot.
+        slot: SlotName,
+        /// The generation.
+        generation: Generation,
+    },
+    /// The active generation is already recorded as running (or being restarted).
+    #[error("slot {slot}: generation {generation} is already running")]
+    AlreadyRunning {
         /// The slot.
         slot: SlotName,
         /// The generation.
@@ -507,18 +524,7 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
             endpoint,
         } => {
             let active = active_instance(view, slot, *generation)?;
-            if let Some(bake) = view
-                .slot(slot)
-                .and_then(|state| bake_of(view, &state))
-                .filter(|bake| bake.id == active.reload)
-            {
-                // A baking candidate that dies is reverted, never restarted.
-                return Err(Rejected::BakeInProgress {
-                    slot: slot.clone(),
-                    generation: *generation,
-                    reload: bake.id,
-                });
-            }
+            not_baking(view, slot, &active)?;
             Ok(vec![Event {
                 reload: active.reload,
                 slot: slot.clone(),
@@ -527,6 +533,23 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
                     process: process.clone(),
                     log_path: log_path.clone(),
                     endpoint: endpoint.clone(),
+                },
+            }])
+        }
+        Command::Restart { slot, generation } => {
+            let active = active_instance(view, slot, *generation)?;
+            if active.running {
+                return Err(Rejected::AlreadyRunning {
+                    slot: slot.clone(),
+                    generation: *generation,
+                });
+            }
+            not_baking(view, slot, &active)?;
+            Ok(vec![Event {
+                reload: active.reload,
+                slot: slot.clone(),
+                kind: EventKind::Restarting {
+                    generation: *generation,
                 },
             }])
         }
@@ -571,6 +594,23 @@ fn committable(view: &impl View, reload: ReloadId, command: &Command) -> Result<
         });
     }
     Ok(r)
+}
+
+/// Refuses to relaunch or restart the candidate of the slot's bake in progress: a baking
+/// candidate that dies is reverted, never restarted.
+fn not_baking(view: &impl View, slot: &SlotName, active: &Instance) -> Result<(), Rejected> {
+    match view
+        .slot(slot)
+        .and_then(|state| bake_of(view, &state))
+        .filter(|bake| bake.id == active.reload)
+    {
+        Some(bake) => Err(Rejected::BakeInProgress {
+            slot: slot.clone(),
+            generation: active.generation,
+            reload: bake.id,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The reload of `reload` if it is baking.
@@ -677,6 +717,10 @@ pub fn command_for(event: &Event) -> Command {
         EventKind::Reverted { reason } => Command::Revert {
             reload,
             reason: reason.clone(),
+        },
+        EventKind::Restarting { generation } => Command::Restart {
+            slot: event.slot.clone(),
+            generation: *generation,
         },
     }
 }
@@ -880,6 +924,16 @@ pub fn evolve(scope: Scope, event: &Event) -> Scope {
             if let Some(active) = slot.active.as_mut() {
                 if active.generation == *generation {
                     active.running = false;
+                }
+            }
+        }
+        EventKind::Restarting { generation } => {
+            if let Some(active) = slot.active.as_mut() {
+                if active.generation == *generation {
+                    // Running as far as recovery is concerned, in a process not known yet.
+                    active.process = None;
+                    active.endpoint = None;
+                    active.running = true;
                 }
             }
         }

@@ -44,6 +44,14 @@ pub enum Plan {
         /// What the journal knows of the active generation.
         active: Relaunch,
     },
+    /// The keep-alive's restart of the stopped active generation: the intent (`Restarting`)
+    /// is journaled before anything is spawned, so recovery after a crash mid-restart finds
+    /// and stops what the restart spawned; `Relaunched` when it passed its probe, `Stopped`
+    /// when it failed.
+    Restart {
+        /// What the journal knows of the active generation.
+        active: Relaunch,
+    },
     /// Recovery's relaunch of an active generation recorded running but found dead:
     /// `Stopped(recovered)` and `Relaunched` are journaled in one transaction.
     Recovery {
@@ -164,6 +172,7 @@ enum Step {
     RecordHandshake,
     RecordProbe,
     RecordRelaunch,
+    RecordIntent,
     Crashpoint(&'static str),
     StopLaunched,
     StopTagged,
@@ -196,6 +205,7 @@ impl Plan {
                 after_probed: Some("reload-after-probed"),
                 after_relaunched: None,
                 before_rollback_stop: Some("rollback-before-stop"),
+                after_intent: None,
             },
             Plan::ConfigReload { .. } => Crashpoints {
                 after_spawn: Some("config-after-spawn"),
@@ -206,8 +216,15 @@ impl Plan {
                 after_probed: Some("config-after-probed"),
                 after_relaunched: None,
                 before_rollback_stop: None,
+                after_intent: None,
             },
             Plan::Start { .. } => Crashpoints::default(),
+            Plan::Restart { .. } => Crashpoints {
+                after_intent: Some("restart-after-intent"),
+                after_spawn: Some("restart-after-spawn"),
+                after_relaunched: Some("restart-after-relaunched"),
+                ..Crashpoints::default()
+            },
             Plan::Recovery { .. } => Crashpoints {
                 after_spawn: Some("recover-after-relaunch-spawn"),
                 after_relaunched: Some("recover-after-relaunched"),
@@ -218,7 +235,9 @@ impl Plan {
 
     fn relaunch(&self) -> Option<&Relaunch> {
         match self {
-            Plan::Start { active } | Plan::Recovery { active, .. } => Some(active),
+            Plan::Start { active } | Plan::Restart { active } | Plan::Recovery { active, .. } => {
+                Some(active)
+            }
             Plan::Reload { .. } | Plan::ConfigReload { .. } => None,
         }
     }
@@ -230,7 +249,9 @@ impl Plan {
         let artifact = match self {
             Plan::Reload { .. } => return Vec::new(),
             Plan::ConfigReload { artifact, .. } => artifact,
-            Plan::Start { active } | Plan::Recovery { active, .. } => &active.artifact,
+            Plan::Start { active } | Plan::Restart { active } | Plan::Recovery { active, .. } => {
+                &active.artifact
+            }
         };
         let mut digests = vec![artifact.sha256];
         if let Some(config) = artifact.config_sha256.filter(|c| *c != artifact.sha256) {
@@ -243,6 +264,7 @@ impl Plan {
 /// The failpoint names of one plan, where it has them.
 #[derive(Clone, Copy, Default)]
 struct Crashpoints {
+    after_intent: Option<&'static str>,
     after_spawn: Option<&'static str>,
     after_launched: Option<&'static str>,
     before_validated: Option<&'static str>,
@@ -262,6 +284,10 @@ impl Pipeline {
         let crash = |steps: &mut Vec<Step>, point: Option<&'static str>| {
             steps.extend(point.map(Step::Crashpoint));
         };
+        if matches!(plan, Plan::Restart { .. }) {
+            steps.push(Step::RecordIntent);
+            crash(&mut steps, points.after_intent);
+        }
         if plan.relaunch().is_some() {
             steps.push(Step::StopLeftovers);
         }
@@ -323,6 +349,7 @@ impl Pipeline {
                 Effect::Record(vec![self.candidate_record(step)])
             }
             Step::RecordRelaunch => Effect::Record(self.relaunch_records()),
+            Step::RecordIntent => Effect::Record(self.intent_records()),
             Step::RecordStopped => Effect::Record(self.stopped_records()),
             Step::Crashpoint(name) => Effect::Crashpoint(name),
             Step::StopLaunched => Effect::StopLaunched,
@@ -359,9 +386,11 @@ impl Pipeline {
     /// The stage an instance reaches by passing `step`.
     fn stage_of(step: Step) -> Stage {
         match step {
-            Step::StopLeftovers | Step::Verify(_) | Step::Launch | Step::RecordLaunch => {
-                Stage::Launched
-            }
+            Step::RecordIntent
+            | Step::StopLeftovers
+            | Step::Verify(_)
+            | Step::Launch
+            | Step::RecordLaunch => Stage::Launched,
             Step::Validate | Step::RecordHandshake => Stage::Validated,
             Step::Probe | Step::RecordProbe | Step::RecordRelaunch => Stage::Probed,
             Step::Crashpoint(_)
@@ -395,7 +424,10 @@ impl Pipeline {
             rest.push(Step::StopTagged);
         }
         let journal_failed = cause == Cause::Journal;
-        if self.plan.relaunch().is_some_and(|r| r.running) && !journal_failed {
+        // A restart's journaled intent counts as running: its failure is journaled `Stopped`.
+        let running = self.plan.relaunch().is_some_and(|r| r.running)
+            || self.steps[..self.at].contains(&Step::RecordIntent);
+        if running && !journal_failed {
             rest.push(Step::RecordStopped);
         }
         rest.push(Step::Finish);
@@ -411,7 +443,9 @@ impl Pipeline {
     fn candidate_record(&self, step: Step) -> Command {
         let reload = match &self.plan {
             Plan::Reload { reload } | Plan::ConfigReload { reload, .. } => *reload,
-            Plan::Start { active } | Plan::Recovery { active, .. } => active.reload,
+            Plan::Start { active } | Plan::Restart { active } | Plan::Recovery { active, .. } => {
+                active.reload
+            }
         };
         match step {
             Step::RecordLaunch => Command::RecordLaunch {
@@ -447,6 +481,17 @@ impl Pipeline {
             endpoint: self.endpoint.clone(),
         });
         records
+    }
+
+    fn intent_records(&self) -> Vec<Command> {
+        self.plan
+            .relaunch()
+            .map(|active| Command::Restart {
+                slot: active.slot.clone(),
+                generation: active.generation,
+            })
+            .into_iter()
+            .collect()
     }
 
     fn stopped_records(&self) -> Vec<Command> {
@@ -655,6 +700,62 @@ mod tests {
             panic!("expected Stop: {cmds:?}");
         };
         assert_eq!(reason.message, "relaunch failed: config is corrupt");
+    }
+
+    #[test]
+    fn a_restart_journals_its_intent_before_anything_is_spawned() {
+        let effects = run(
+            Pipeline::new(Plan::Restart {
+                active: active(false, None),
+            }),
+            ok,
+        );
+        assert_eq!(
+            names(&effects),
+            [
+                "record restart",
+                "crash restart-after-intent",
+                "stopleftovers",
+                "verify 1",
+                "launch",
+                "crash restart-after-spawn",
+                "validate",
+                "probe",
+                "record relaunch",
+                "crash restart-after-relaunched",
+                "passed"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_restart_journals_the_generation_stopped_again() {
+        let effects = run(
+            Pipeline::new(Plan::Restart {
+                active: active(false, None),
+            }),
+            failing(
+                |e| *e == Effect::Probe,
+                Cause::Driver,
+                Reason::error("probe failed"),
+            ),
+        );
+        assert_eq!(
+            names(&effects)[effects.len() - 3..],
+            ["stoplaunched", "record stop", "failed Driver"]
+        );
+        // A journal that refuses the intent: nothing spawned, nothing more journaled.
+        let effects = run(
+            Pipeline::new(Plan::Restart {
+                active: active(false, None),
+            }),
+            failing(
+                |e| matches!(e, Effect::Record(_)),
+                Cause::Journal,
+                Reason::error("disk full"),
+            ),
+        );
+        assert_eq!(names(&effects), ["record restart", "failed Journal"]);
     }
 
     #[test]

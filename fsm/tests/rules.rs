@@ -343,3 +343,54 @@ fn a_confirm_keeps_the_candidate_and_lets_the_standby_retire() {
     assert!(s.retiring.is_empty() && s.in_flight.is_none());
     world.check_invariants().unwrap();
 }
+
+#[test]
+fn a_restart_intent_needs_a_stopped_active_generation_and_counts_as_running() {
+    let mut world = World::default();
+    activate(&mut world, 1, 1);
+    let g = Generation(1);
+    let restart = Command::Restart {
+        slot: slot(),
+        generation: g,
+    };
+    assert_eq!(
+        world.execute(&restart).unwrap_err(),
+        Rejected::AlreadyRunning {
+            slot: slot(),
+            generation: g,
+        }
+    );
+    world
+        .execute(&Command::Stop {
+            slot: slot(),
+            generation: g,
+            reason: Reason::error("killed"),
+        })
+        .unwrap();
+    world.execute(&restart).unwrap();
+    let active = world.slot(&slot()).unwrap().active.unwrap();
+    assert!(
+        active.running,
+        "recovery must look for the restarted process"
+    );
+    assert_eq!(active.process, None, "its process is not known yet");
+    // The restart ends in `Relaunched`, or in `Stopped` when it failed.
+    world
+        .execute(&Command::Stop {
+            slot: slot(),
+            generation: g,
+            reason: Reason::error("relaunch failed"),
+        })
+        .unwrap();
+    world.execute(&restart).unwrap();
+    world
+        .execute(&Command::Relaunch {
+            slot: slot(),
+            generation: g,
+            process: None,
+            log_path: None,
+            endpoint: None,
+        })
+        .unwrap();
+    assert!(world.slot(&slot()).unwrap().active.unwrap().running);
+}

@@ -42,7 +42,8 @@ impl Record {
     /// old generation; `Stopped`: before a stop is acknowledged, so that recovery never
     /// relaunches a generation an operator or the keep-alive stopped; `ActivatedBaking`: the bake deadline and the standby are on disk
     /// before the caller reports the bake; `Confirmed`: before the standby is stopped;
-    /// `Reverted`: before the candidate is stopped).
+    /// `Reverted`: before the candidate is stopped; `Restarting`: before the keep-alive spawns
+    /// the restarted generation, so that recovery knows to look for it).
     pub fn needs_durable_flush(&self) -> bool {
         matches!(
             self.event,
@@ -52,6 +53,7 @@ impl Record {
                 | EventKind::Confirmed
                 | EventKind::Reverted { .. }
                 | EventKind::Stopped { .. }
+                | EventKind::Restarting { .. }
         )
     }
 }

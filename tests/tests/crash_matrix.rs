@@ -650,6 +650,96 @@ async fn a_crash_during_a_bake_ends_confirmed_or_restored() {
     }
 }
 
+/// The keep-alive restart family: `tryswap serve` with the point armed, v1 killed, the
+/// daemon SIGKILLed at the point while its keep-alive restarts v1. The journal must hold the
+/// restart's intent; a daemon started again leaves exactly one live v1 process (whatever
+/// the interrupted restart spawned is stopped), no orphan, and `journal verify` passes.
+const RESTART: &[&str] = &[
+    "restart-after-intent",
+    "restart-after-spawn",
+    "restart-after-relaunched",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_keep_alive_restart_leaves_exactly_one_process() {
+    use std::time::Duration;
+    use tryswap_tests::crash::{tagged_pids, FAILPOINTS_ENV};
+    use tryswap_tests::daemon::{poll, Daemon};
+
+    for &point in RESTART {
+        let what = format!("{point} (keep-alive restart)");
+        let h = Harness::new(&[slot()]);
+        h.append_config(
+            "\n[slot.restart]\npolicy = \"on-failure\"\nbackoff_initial = \"50ms\"\nbackoff_max = \"1s\"\n",
+        );
+        let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+        let run = h.activate("demo", &v1);
+        assert_eq!(run.code, 0, "{what}: activating v1: {run:?}");
+        let reload = run.json()["reload_id"]
+            .as_str()
+            .expect("reload id")
+            .to_owned();
+        let (g1, pid1, _) = h.active("demo").expect("v1 active");
+        let spec = format!("{point}=kill");
+        let mut daemon = Daemon::start_with(&h, &[], &[(FAILPOINTS_ENV, &spec)]);
+        let since = last_seq(&h);
+        kill_and_wait(pid1);
+        let status = daemon.wait(Duration::from_secs(20));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status.expect("daemon exit")),
+            Some(9),
+            "{what}: the daemon did not die at the failpoint; log:\n{}",
+            daemon.log()
+        );
+        let after: Vec<String> = journal_records(&h)
+            .into_iter()
+            .filter(|r| r.seq > since)
+            .map(|r| r.event)
+            .collect();
+        assert!(
+            after.iter().any(|e| e == "Restarting"),
+            "{what}: no restart intent journaled: {after:?}"
+        );
+
+        let mut again = Daemon::start(&h);
+        let up = poll(Duration::from_secs(15), || {
+            h.active("demo")
+                .filter(|(g, p, _)| *g == g1 && *p != pid1 && tryswap_tests::pid_alive(*p))
+        });
+        let (_, pid, address) =
+            up.unwrap_or_else(|| panic!("{what}: v1 does not run again; log:\n{}", again.log()));
+        let others = |pid: u32| -> Vec<u32> {
+            h.state
+                .processes()
+                .into_iter()
+                .filter(|p| *p != pid && *p != again.pid())
+                .collect()
+        };
+        assert!(
+            tryswap_tests::process::wait_until(Duration::from_secs(3), || others(pid).is_empty()),
+            "{what}: processes besides the active one survive: {:?}",
+            others(pid)
+        );
+        assert_eq!(
+            tagged_pids(&reload),
+            vec![pid],
+            "{what}: orphans of the restart"
+        );
+        let reply = tryswap_tests::call("tcp", &address, "ping", Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: v1 does not answer: {e}"));
+        assert_eq!(reply.message, "v1", "{what}");
+        again.kill();
+        assert!(
+            tryswap_tests::pid_alive(pid),
+            "{what}: the plugin died with the daemon"
+        );
+        let verify = tryswap_tests::crash::tryswap_env(&h, &["journal", "verify"], &[]);
+        assert_eq!(verify.code(), Some(0), "{what}: journal verify: {verify:?}");
+        println!("{what}: ok, journal had {after:?}");
+    }
+}
+
 #[test]
 fn the_matrix_covers_every_failpoint() {
     let mut covered: Vec<&str> = [
@@ -664,6 +754,7 @@ fn the_matrix_covers_every_failpoint() {
     .chain(BAKE.iter().map(|c| c.point))
     .collect();
     covered.extend(STOP.iter().map(|(point, _)| *point));
+    covered.extend(RESTART.iter().copied());
     for point in tryswap::internals::FAILPOINTS {
         assert!(
             covered.contains(point),

@@ -90,7 +90,8 @@ async fn a_killed_plugin_is_restarted_with_the_same_generation_and_journaled() {
         .filter(|r| r["seq"].as_u64().unwrap() > seq)
         .collect();
     let names: Vec<String> = after.iter().map(|r| event_name(r)).collect();
-    assert_eq!(names, ["Stopped", "Relaunched"], "{after:?}");
+    // The restart's intent is journaled before it spawns.
+    assert_eq!(names, ["Stopped", "Restarting", "Relaunched"], "{after:?}");
     let reason = &after[0]["event"]["Stopped"]["reason"];
     assert_eq!(reason["kind"], "Error", "{reason}");
     assert!(
@@ -98,7 +99,7 @@ async fn a_killed_plugin_is_restarted_with_the_same_generation_and_journaled() {
         "{reason}"
     );
     assert_eq!(
-        after[1]["event"]["Relaunched"]["process"]["pid"],
+        after[2]["event"]["Relaunched"]["process"]["pid"],
         u64::from(pid2)
     );
 
@@ -160,6 +161,7 @@ fn a_plugin_that_keeps_crashing_is_restarted_with_growing_backoff_and_reported_f
     for r in &after {
         match event_name(r).as_str() {
             "Stopped" => stopped_at = Some(at(r)),
+            "Restarting" => {}
             "Relaunched" => {
                 gaps.push(at(r) - stopped_at.take().expect("Relaunched without Stopped"))
             }

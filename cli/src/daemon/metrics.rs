@@ -7,6 +7,8 @@
 //! | `tryswap_reloads_total` | counter | `slot`, `mode`, `outcome`, `failed_stage` (empty unless rolled back); every slot's `mode`×`outcome` with `failed_stage=""` exists from 0 |
 //! | `tryswap_reload_stage_duration_seconds` | histogram | `slot`, `stage` (time from the previous stage) |
 //! | `tryswap_restarts_total` | counter | `slot` (keep-alive restarts; from 0) |
+//! | `tryswap_unhealthy_restarts_total` | counter | `slot` (active generations stopped to be restarted after failing their liveness probe; from 0) |
+//! | `tryswap_reverts_total` | counter | `slot` (bakes that ended reverted; from 0) |
 //! | `tryswap_active_generation` | gauge | `slot` |
 //! | `tryswap_plugin_up` | gauge | `slot` (1 when the active generation runs) |
 //! | `tryswap_slot_failing` | gauge | `slot` (1 when it keeps crashing) |
@@ -158,6 +160,8 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     stages: Family<StageLabels, Histogram, fn() -> Histogram>,
     restarts: Family<SlotLabels, Counter>,
+    unhealthy_restarts: Family<SlotLabels, Counter>,
+    reverts: Family<SlotLabels, Counter>,
     active_generation: Family<SlotLabels, Gauge>,
     plugin_up: Family<SlotLabels, Gauge>,
     failing: Family<SlotLabels, Gauge>,
@@ -178,6 +182,8 @@ impl Metrics {
         let stages: Family<StageLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(stage_histogram);
         let restarts = Family::<SlotLabels, Counter>::default();
+        let unhealthy_restarts = Family::<SlotLabels, Counter>::default();
+        let reverts = Family::<SlotLabels, Counter>::default();
         let active_generation = Family::<SlotLabels, Gauge>::default();
         let plugin_up = Family::<SlotLabels, Gauge>::default();
         let failing = Family::<SlotLabels, Gauge>::default();
@@ -212,6 +218,16 @@ impl Metrics {
             "tryswap_restarts",
             "Restarts of crashed active generations by the keep-alive",
             restarts.clone(),
+        );
+        registry.register(
+            "tryswap_unhealthy_restarts",
+            "Active generations stopped to be restarted after failing their liveness probe",
+            unhealthy_restarts.clone(),
+        );
+        registry.register(
+            "tryswap_reverts",
+            "Bakes that ended with the marker moved back to the standby",
+            reverts.clone(),
         );
         registry.register(
             "tryswap_active_generation",
@@ -253,6 +269,8 @@ impl Metrics {
             reloads,
             stages,
             restarts,
+            unhealthy_restarts,
+            reverts,
             active_generation,
             plugin_up,
             failing,
@@ -267,6 +285,13 @@ impl Metrics {
 
     /// Folds one journal record into the reload counters and stage durations.
     pub fn observe_record(&self, record: &Record) {
+        if let EventKind::Reverted { .. } = record.event {
+            self.reverts
+                .get_or_create(&SlotLabels {
+                    slot: record.slot.to_string(),
+                })
+                .inc();
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let finish = |mode: &str, outcome: &str, failed_stage: &str| {
             self.reloads
@@ -320,19 +345,23 @@ impl Metrics {
             }
             EventKind::Retired { .. }
             | EventKind::Relaunched { .. }
-            | EventKind::Stopped { .. } => {}
+            | EventKind::Stopped { .. }
+            | EventKind::Restarting { .. } => {}
         }
     }
 
-    /// Counts keep-alive restarts.
+    /// Counts keep-alive restarts, crash or liveness.
     pub fn observe_monitor(&self, event: &MonitorEvent) {
-        if let MonitorEventKind::Restarted { .. } = event.kind {
-            self.restarts
-                .get_or_create(&SlotLabels {
-                    slot: event.slot.clone(),
-                })
-                .inc();
-        }
+        let family = match event.kind {
+            MonitorEventKind::Restarted { .. } => &self.restarts,
+            MonitorEventKind::UnhealthyRestart { .. } => &self.unhealthy_restarts,
+            _ => return,
+        };
+        family
+            .get_or_create(&SlotLabels {
+                slot: event.slot.clone(),
+            })
+            .inc();
     }
 
     /// Refreshes the gauges and renders every metric in `format`.
@@ -365,6 +394,8 @@ impl Metrics {
                     };
                     // Counters exist from 0, so rate() and alerts see a slot at once.
                     let _ = self.restarts.get_or_create(&labels);
+                    let _ = self.unhealthy_restarts.get_or_create(&labels);
+                    let _ = self.reverts.get_or_create(&labels);
                     for (mode, outcomes) in MODE_OUTCOMES {
                         for outcome in outcomes {
                             let _ = self.reloads.get_or_create(&ReloadLabels {

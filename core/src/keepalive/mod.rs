@@ -21,12 +21,24 @@
 //!   in-process engines) are never restarted.
 //! - **Operator intent wins.** A slot stopped with [`Supervisor::stop`] is never restarted
 //!   (a restart scheduled before the stop is dropped); a reload or `start` in the meantime
-//!   supersedes a scheduled restart. Reloads, starts and stops hold the slot's lock, so the
-//!   monitor never acts on a slot while one runs.
+//!   supersedes a scheduled restart. Reloads, starts and stops hold the slot's lock; the
+//!   monitor restarts only a free slot, but it is never blind to a locked one: a crash of
+//!   the active generation while a reload, config reload or retirement holds the lock is
+//!   journaled within one poll interval (the fsm refuses it if the marker moved meanwhile),
+//!   and the restart follows once the slot is free if the generation is then still active
+//!   and stopped (a reload that rolled back to it). A slot being stopped, and a baking
+//!   candidate (the bake reverts it), are left to their owners.
+//! - **Restart intent.** A restart journals `Restarting` (durably) before it spawns, so a
+//!   crash of this process mid-restart is recovered to exactly one process (see
+//!   `docs/recovery.md`).
 //! - **Health.** The slot's probe runs every `period` (at least
 //!   [`MonitorOptions::min_probe_period`]) against the active generation with
 //!   [`crate::probe::check_once`]; crossing `failure_threshold` / `success_threshold` is a
-//!   health change, reported as a [`MonitorEvent`]. Health does not trigger restarts.
+//!   health change, reported as a [`MonitorEvent`]. Crossing `failure_threshold` is also
+//!   a liveness failure (Kubernetes semantics): under restart policy `on-failure` or
+//!   `always` the process is stopped, journaled `Stopped`, and restarted with the same
+//!   backoff as a crash ([`MonitorEventKind::UnhealthyRestart`]); under `never` it is only
+//!   reported. A baking candidate is never restarted (a failed bake reverts).
 //! - **After a restart of the host.** A slot whose last journaled `Stopped` (within the
 //!   journal's recent tail) was a crash rather than an operator stop is restarted too.
 //!
@@ -52,6 +64,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tryswap_fsm::{Command, EventKind, Generation, ReasonKind, SlotName};
 
+use crate::blocking::off_worker;
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
 use crate::driver::process::ProcessDriver;
 use crate::driver::Liveness;
@@ -219,6 +232,16 @@ pub enum MonitorEventKind {
         /// The last probe error.
         error: String,
     },
+    /// The active generation failed its liveness probe `failure_threshold` times in a row
+    /// and was stopped (journaled as `Stopped`) to be restarted per the restart policy.
+    UnhealthyRestart {
+        /// Generation.
+        generation: u64,
+        /// The process stopped.
+        pid: Option<u32>,
+        /// The last probe error.
+        error: String,
+    },
 }
 
 impl MonitorEventKind {
@@ -233,6 +256,7 @@ impl MonitorEventKind {
             MonitorEventKind::Stable { .. } => "stable",
             MonitorEventKind::Healthy { .. } => "healthy",
             MonitorEventKind::Unhealthy { .. } => "unhealthy",
+            MonitorEventKind::UnhealthyRestart { .. } => "unhealthy_restart",
         }
     }
 }
@@ -304,6 +328,18 @@ impl fmt::Display for MonitorEventKind {
                 let first = error.lines().next().unwrap_or("");
                 write!(f, "generation {generation} is unhealthy: {first}")
             }
+            MonitorEventKind::UnhealthyRestart {
+                generation,
+                pid,
+                error,
+            } => {
+                let pid = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+                let first = error.lines().next().unwrap_or("");
+                write!(
+                    f,
+                    "generation {generation}{pid} failed its liveness probe, stopped to be restarted: {first}"
+                )
+            }
         }
     }
 }
@@ -346,7 +382,8 @@ impl Shared {
             MonitorEventKind::Crashed { .. }
             | MonitorEventKind::RestartFailed { .. }
             | MonitorEventKind::Failing { .. }
-            | MonitorEventKind::Unhealthy { .. } => {
+            | MonitorEventKind::Unhealthy { .. }
+            | MonitorEventKind::UnhealthyRestart { .. } => {
                 tracing::warn!(slot = %slot, event = ?kind, "keep-alive")
             }
             _ => tracing::info!(slot = %slot, event = ?kind, "keep-alive"),
@@ -488,9 +525,10 @@ async fn run(
             let shared = Arc::clone(&shared);
             let stop = stop.clone();
             let task = tokio::spawn(async move {
+                let (sick, sick_seen) = watch::channel(None);
                 tokio::join!(
-                    keep_alive(&shared, &name, stop.clone(), crashed_before),
-                    watch_health(&shared, &name, stop),
+                    keep_alive(&shared, &name, stop.clone(), crashed_before, sick_seen),
+                    watch_health(&shared, &name, stop, sick),
                 );
             });
             tasks.insert(rt.name.clone(), task);
@@ -616,31 +654,46 @@ impl KeepAlive<'_> {
         }
     }
 
-    /// The journal says the active generation runs, but it does not: confirm it under the
-    /// slot's lock, then let the policy decide, and journal the crash.
+    /// The journal says the active generation runs, but it does not: confirm it, let the
+    /// policy decide, and journal the crash.
+    ///
+    /// Whatever the slot is doing: when its lock is held (a reload, config reload, bake or
+    /// retirement in progress) the crash is still journaled at once, through the fsm (which
+    /// refuses it if the marker moved meanwhile); the dead instance is cleaned up, and a
+    /// restart runs, once the slot is free and only if the generation is still active and
+    /// stopped then (a reload that rolled back to it). A slot being stopped, and a baking
+    /// candidate (reverted by the bake watch), are left to their owners.
     async fn crashed(&mut self, restart: Option<&RestartConfig>, stop: &watch::Receiver<bool>) {
         let sup = &self.shared.supervisor;
         let Ok(rt) = sup.runtime(self.slot) else {
             return;
         };
-        let Ok(_busy) = Arc::clone(&rt.busy).try_lock_owned() else {
-            return; // a reload, start or stop is under way: look again next tick
-        };
+        let busy = Arc::clone(&rt.busy).try_lock_owned().ok();
         // The runtime may have been replaced (config reload) while we took the lock.
         let Ok(rt) = sup.runtime(self.slot) else {
             return;
         };
-        let facts = match sup.journal().slot(self.slot) {
-            Ok(view) => view.and_then(|v| v.slot.active),
+        if busy.is_none() && sup.is_stopping(self.slot) {
+            return; // the stop under way ends the process and journals it
+        }
+        let view = match sup.journal().slot(self.slot) {
+            Ok(view) => view,
             Err(e) => {
                 tracing::error!(slot = %self.slot, error = %e, "keep-alive: reading the journal");
                 return;
             }
         };
-        let Some(facts) = facts.filter(|f| f.running) else {
+        let Some(facts) = view
+            .as_ref()
+            .and_then(|v| v.slot.active.clone())
+            .filter(|f| f.running)
+        else {
             return;
         };
         if active_alive(&rt, &facts) != Liveness::Dead {
+            return;
+        }
+        if busy.is_none() && (self.baking(view.as_ref(), &facts) || sup.is_stopping(self.slot)) {
             return;
         }
         let generation = facts.generation;
@@ -658,6 +711,43 @@ impl KeepAlive<'_> {
             restart,
             stop_epoch: sup.stop_epoch(self.slot),
         });
+        // Without the lock the in-flight operation owns the slot's instances: only journal.
+        let serving = if busy.is_some() { serving } else { None };
+        let rest = self.journal_crashes(&rt, serving, actions).await;
+        drop(busy);
+        self.perform(rest, stop).await;
+    }
+
+    /// Whether `facts` is the candidate of the slot's bake in progress.
+    fn baking(
+        &self,
+        view: Option<&tryswap_journal::SlotView>,
+        facts: &tryswap_fsm::Instance,
+    ) -> bool {
+        let Some(in_flight) = view.and_then(|v| v.slot.in_flight) else {
+            return false;
+        };
+        in_flight == facts.reload
+            && self
+                .shared
+                .supervisor
+                .journal()
+                .reload(&in_flight)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.reload.state.bake_until_ms().is_some())
+    }
+
+    /// Performs the policy's [`Action::JournalCrash`]es: stops what is left of `serving`
+    /// (the dead leader's group, processes tagged with its reload, or a live process that
+    /// failed its liveness probe) and journals `Stopped`. Returns the other actions.
+    async fn journal_crashes(
+        &self,
+        rt: &SlotRuntime,
+        serving: Option<Arc<crate::supervisor::lease::Serving>>,
+        actions: Vec<Action>,
+    ) -> Vec<Action> {
+        let sup = &self.shared.supervisor;
         let mut rest = Vec::new();
         for action in actions {
             let Action::JournalCrash { generation, reason } = action else {
@@ -666,20 +756,75 @@ impl KeepAlive<'_> {
             };
             if let Some(serving) = &serving {
                 rt.active.store(None);
-                // Reap what the dead leader left behind in its group or tagged with its reload.
                 if let Err(e) = rt.driver.stop(&serving.instance).await {
-                    tracing::warn!(slot = %self.slot, error = %e, "cleaning up after a crashed plugin");
+                    tracing::warn!(slot = %self.slot, error = %e, "stopping what is left of the active generation");
                 }
             }
-            if let Err(e) = sup.record(&Command::Stop {
-                slot: self.slot.clone(),
-                generation,
-                reason,
+            if let Err(e) = off_worker(|| {
+                sup.record(&Command::Stop {
+                    slot: self.slot.clone(),
+                    generation,
+                    reason,
+                })
             }) {
                 tracing::error!(slot = %self.slot, error = %e, "journaling a crash");
             }
         }
+        rest
+    }
+
+    /// The periodic probe found the active generation `sick` unhealthy: under the slot's
+    /// lock, if it is still the same process and not a baking candidate, let the policy
+    /// decide (stop and restart it, unless the restart policy is `never`). Returns false
+    /// when the slot was busy (try again next tick).
+    async fn unhealthy(
+        &mut self,
+        sick: &Sick,
+        restart: Option<&RestartConfig>,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let sup = &self.shared.supervisor;
+        let Ok(rt) = sup.runtime(self.slot) else {
+            return true;
+        };
+        let Ok(busy) = Arc::clone(&rt.busy).try_lock_owned() else {
+            return false;
+        };
+        let Ok(rt) = sup.runtime(self.slot) else {
+            return true;
+        };
+        let view = match sup.journal().slot(self.slot) {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::error!(slot = %self.slot, error = %e, "keep-alive: reading the journal");
+                return false;
+            }
+        };
+        let Some(facts) = view
+            .as_ref()
+            .and_then(|v| v.slot.active.clone())
+            .filter(|f| f.running && f.generation == sick.generation)
+        else {
+            return true;
+        };
+        let serving = rt
+            .active
+            .load_full()
+            .filter(|s| s.instance.generation == sick.generation && s.instance.pid() == sick.pid);
+        if serving.is_none() || self.baking(view.as_ref(), &facts) {
+            return true; // another process by now, or the bake watch decides
+        }
+        let actions = self.handle(Event::Unhealthy {
+            generation: sick.generation,
+            pid: sick.pid,
+            error: sick.error.clone(),
+            restart,
+            stop_epoch: sup.stop_epoch(self.slot),
+        });
+        let rest = self.journal_crashes(&rt, serving, actions).await;
+        drop(busy);
         self.perform(rest, stop).await;
+        true
     }
 
     /// A scheduled restart is due: relaunch the generation from the store under the slot's
@@ -729,12 +874,22 @@ impl KeepAlive<'_> {
     }
 }
 
+/// The periodic probe's verdict that the active generation is unhealthy (liveness).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sick {
+    generation: Generation,
+    pid: Option<u32>,
+    error: String,
+}
+
 async fn keep_alive(
     shared: &Shared,
     slot: &SlotName,
     mut stop: watch::Receiver<bool>,
     crashed_before: Option<Generation>,
+    sick: watch::Receiver<Option<Sick>>,
 ) {
+    let mut handled: Option<Sick> = None;
     let mut ka = KeepAlive {
         shared,
         slot,
@@ -758,6 +913,17 @@ async fn keep_alive(
             .map_or(RestartPolicy::Never, |r| r.policy)
             .name();
         shared.update(slot, |h| h.policy = policy);
+        let unhealthy = sick
+            .borrow()
+            .clone()
+            .filter(|s| handled.as_ref() != Some(s));
+        if let Some(unhealthy) = unhealthy {
+            drop(rt);
+            if ka.unhealthy(&unhealthy, restart.as_ref(), &stop).await {
+                handled = Some(unhealthy);
+            }
+            continue;
+        }
         let facts = match shared.supervisor.journal().slot(slot) {
             Ok(view) => view.and_then(|v| v.slot.active),
             Err(e) => {
@@ -800,13 +966,24 @@ async fn keep_alive(
     }
 }
 
-/// Periodic probe of the slot's active generation; reports threshold crossings.
-async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receiver<bool>) {
+/// Periodic probe of the slot's active generation; reports threshold crossings, and tells
+/// the keep-alive (`sick`) when the generation's process is unhealthy.
+async fn watch_health(
+    shared: &Shared,
+    slot: &SlotName,
+    mut stop: watch::Receiver<bool>,
+    sick: watch::Sender<Option<Sick>>,
+) {
     let mut health = Health::default();
-    let report = |change: Option<HealthChange>| match change {
+    let mut probed_pid: Option<u32> = None;
+    let report = |change: Option<HealthChange>, pid: Option<u32>| match change {
         None => {}
-        Some(HealthChange::Reset) => shared.update(slot, |h| h.healthy = None),
+        Some(HealthChange::Reset) => {
+            sick.send_replace(None);
+            shared.update(slot, |h| h.healthy = None);
+        }
         Some(HealthChange::Healthy(generation)) => {
+            sick.send_replace(None);
             shared.update(slot, |h| h.healthy = Some(true));
             shared.emit(
                 slot,
@@ -816,6 +993,11 @@ async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receive
             );
         }
         Some(HealthChange::Unhealthy(generation, error)) => {
+            sick.send_replace(Some(Sick {
+                generation,
+                pid,
+                error: error.clone(),
+            }));
             let last = error.clone();
             shared.update(slot, |h| {
                 h.healthy = Some(false);
@@ -855,10 +1037,16 @@ async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receive
             .filter(|s| rt.driver.is_alive(&s.instance));
         drop(rt);
         let Some(serving) = serving else {
-            report(health.gone());
+            report(health.gone(), None);
             continue;
         };
-        report(health.probing(serving.instance.generation));
+        let pid = serving.instance.pid();
+        if pid != probed_pid {
+            // A restarted process of the same generation starts without a verdict.
+            report(health.gone(), pid);
+            probed_pid = pid;
+        }
+        report(health.probing(serving.instance.generation), pid);
         let result = match &probe.kind {
             ProbeKind::None => Ok(()),
             kind => {
@@ -874,7 +1062,10 @@ async fn watch_health(shared: &Shared, slot: &SlotName, mut stop: watch::Receive
             }
         };
         drop(serving);
-        report(health.probed(result, probe.success_threshold, probe.failure_threshold));
+        report(
+            health.probed(result, probe.success_threshold, probe.failure_threshold),
+            pid,
+        );
     }
 }
 

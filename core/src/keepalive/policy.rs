@@ -50,6 +50,20 @@ pub(crate) enum Event<'a> {
         /// The slot's stop count now.
         stop_epoch: u64,
     },
+    /// Under the slot's lock: the active generation (not a baking candidate) still runs
+    /// but its periodic probe reached `failure_threshold` (liveness).
+    Unhealthy {
+        /// Its generation.
+        generation: Generation,
+        /// Its process.
+        pid: Option<u32>,
+        /// The last probe error.
+        error: String,
+        /// The slot's restart settings (`None`: slots registered in code never restart).
+        restart: Option<&'a RestartConfig>,
+        /// The slot's stop count now.
+        stop_epoch: u64,
+    },
     /// The active generation is journaled as not running.
     Down {
         /// Its generation.
@@ -211,6 +225,32 @@ impl Policy {
                 now,
                 &mut actions,
             ),
+            Event::Unhealthy {
+                generation,
+                pid,
+                error,
+                restart,
+                stop_epoch,
+            } => {
+                // Kubernetes liveness: restarted under `on-failure` and `always`.
+                if let Some(restart) = restart.filter(|r| r.policy != RestartPolicy::Never) {
+                    let pid_text = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+                    let reason = Reason::error(format!(
+                        "generation {generation}{pid_text} failed its liveness probe and was \
+                         stopped to be restarted: {error}"
+                    ));
+                    let message = reason.message.clone();
+                    actions.push(Action::JournalCrash { generation, reason });
+                    self.up_since = None;
+                    actions.push(Action::Emit(MonitorEventKind::UnhealthyRestart {
+                        generation: generation.0,
+                        pid,
+                        error,
+                    }));
+                    self.failed(generation, message, &mut actions);
+                    self.schedule(restart, generation, 1, stop_epoch, now, &mut actions);
+                }
+            }
             Event::Down {
                 generation,
                 restart,
@@ -604,6 +644,46 @@ mod tests {
         let due = p.handle(down(&r, 0), t0 + Duration::from_millis(200));
         assert_eq!(restarts(&due).len(), 1, "{due:?}");
         assert_eq!(restarts(&due)[0].attempt, 1);
+    }
+
+    fn unhealthy(restart: &RestartConfig) -> Event<'_> {
+        Event::Unhealthy {
+            generation: G,
+            pid: Some(42),
+            error: "NOT_SERVING".into(),
+            restart: Some(restart),
+            stop_epoch: 0,
+        }
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_stops_and_restarts_with_backoff_unless_the_policy_is_never() {
+        for policy in [RestartPolicy::OnFailure, RestartPolicy::Always] {
+            let r = restart(policy);
+            let mut p = self::policy();
+            let t0 = Instant::now();
+            let actions = p.handle(unhealthy(&r), t0);
+            assert!(
+                matches!(&actions[0], Action::JournalCrash { generation, reason } if *generation == G && reason.message.contains("liveness probe")),
+                "{actions:?}"
+            );
+            assert!(
+                actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Emit(MonitorEventKind::UnhealthyRestart { .. }))),
+                "{actions:?}"
+            );
+            assert_eq!(delays(&actions), [200]);
+            let due = p.handle(down(&r, 0), t0 + Duration::from_millis(200));
+            assert_eq!(restarts(&due).len(), 1, "{due:?}");
+            // A second liveness failure after the restart backs off further.
+            let again = p.handle(unhealthy(&r), t0 + Duration::from_secs(1));
+            assert_eq!(delays(&again), [400]);
+        }
+        let never = restart(RestartPolicy::Never);
+        assert!(policy()
+            .handle(unhealthy(&never), Instant::now())
+            .is_empty());
     }
 
     #[test]

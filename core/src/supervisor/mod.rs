@@ -201,6 +201,36 @@ struct Inner {
     /// Slots whose lock a keep-alive restart holds (a `stop` waits for those instead of
     /// failing with a conflict).
     restarting: std::sync::Mutex<std::collections::BTreeSet<SlotName>>,
+    /// Slots a `stop` is stopping right now: the keep-alive, which journals crashes even
+    /// while a slot is locked, never calls that process's end a crash.
+    stopping: std::sync::Mutex<std::collections::BTreeSet<SlotName>>,
+}
+
+/// A slot's name in one of the supervisor's marker sets, removed when dropped.
+struct Marked<'a>(
+    &'a std::sync::Mutex<std::collections::BTreeSet<SlotName>>,
+    SlotName,
+);
+
+impl<'a> Marked<'a> {
+    fn new(
+        set: &'a std::sync::Mutex<std::collections::BTreeSet<SlotName>>,
+        slot: &SlotName,
+    ) -> Self {
+        set.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot.clone());
+        Marked(set, slot.clone())
+    }
+}
+
+impl Drop for Marked<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// Runs safe reloads for a set of slots over one journal.
@@ -320,6 +350,7 @@ impl Supervisor {
                 failed: std::sync::Mutex::new(BTreeMap::new()),
                 stops_changed: tokio::sync::watch::channel(0).0,
                 restarting: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                stopping: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         })
     }
@@ -364,6 +395,16 @@ impl Supervisor {
             .send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether a `stop` of `slot` is under way.
+    pub(crate) fn is_stopping(&self, slot: &SlotName) -> bool {
+        let stopping = self
+            .inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        stopping.contains(slot)
+    }
+
     fn is_restarting(&self, slot: &SlotName) -> bool {
         let restarting = self
             .inner
@@ -373,39 +414,19 @@ impl Supervisor {
         restarting.contains(slot)
     }
 
-    /// A keep-alive restart of the slot (its lock held): [`Supervisor::start_locked`],
-    /// abandoned as soon as `stop` is called for the slot (`None`). Stop always wins.
+    /// A keep-alive restart of the slot (its lock held): [`Supervisor::start_locked`] with
+    /// the restart's intent journaled before the launch ([`Plan::Restart`]), abandoned as soon as `stop` is called for the slot (`None`). Stop always wins.
     pub(crate) async fn restart_locked(
         &self,
         rt: &SlotRuntime,
         stop_epoch: u64,
     ) -> Option<Result<Generation, SupervisorError>> {
-        struct Restarting<'a>(&'a Supervisor, &'a SlotName);
-        impl Drop for Restarting<'_> {
-            fn drop(&mut self) {
-                let mut set = self
-                    .0
-                    .inner
-                    .restarting
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                set.remove(self.1);
-            }
-        }
         let mut stops = self.inner.stops_changed.subscribe();
-        {
-            let mut set = self
-                .inner
-                .restarting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            set.insert(rt.name.clone());
-        }
-        let _restarting = Restarting(self, &rt.name);
+        let _restarting = Marked::new(&self.inner.restarting, &rt.name);
         if self.stop_epoch(&rt.name) != stop_epoch {
             return None;
         }
-        let start = self.start_locked(rt);
+        let start = self.start_as(rt, true);
         tokio::pin!(start);
         loop {
             tokio::select! {
@@ -1259,7 +1280,17 @@ impl Supervisor {
         &self,
         rt: &SlotRuntime,
     ) -> Result<Generation, SupervisorError> {
-        let started = self.start_unmarked(rt).await;
+        self.start_as(rt, false).await
+    }
+
+    /// `start` (or, with `restart`, the keep-alive's restart, which journals its intent
+    /// first).
+    async fn start_as(
+        &self,
+        rt: &SlotRuntime,
+        restart: bool,
+    ) -> Result<Generation, SupervisorError> {
+        let started = self.start_unmarked(rt, restart).await;
         if started.is_ok() {
             // The slot runs: whatever failed at recovery is over.
             self.set_failed(&rt.name, None);
@@ -1267,7 +1298,11 @@ impl Supervisor {
         started
     }
 
-    async fn start_unmarked(&self, rt: &SlotRuntime) -> Result<Generation, SupervisorError> {
+    async fn start_unmarked(
+        &self,
+        rt: &SlotRuntime,
+        restart: bool,
+    ) -> Result<Generation, SupervisorError> {
         let slot = &rt.name;
         let view = self
             .inner
@@ -1290,8 +1325,11 @@ impl Supervisor {
             rt.active.store(Some(Serving::new(instance)));
             return Ok(facts.generation);
         }
-        let plan = Plan::Start {
-            active: relaunch_of(slot, &facts),
+        let active = relaunch_of(slot, &facts);
+        let plan = if restart && !facts.running {
+            Plan::Restart { active }
+        } else {
+            Plan::Start { active }
         };
         let request = self.launch_request(rt, facts.reload, facts.generation, &facts.artifact);
         match self.bring_up(rt.driver.as_ref(), &request, plan).await {
@@ -1313,6 +1351,7 @@ impl Supervisor {
     /// Stops the slot's active generation (after draining its leases). The active marker
     /// stays; `start` brings it back.
     pub async fn stop(&self, slot: &SlotName) -> Result<Option<Generation>, SupervisorError> {
+        let _stopping = Marked::new(&self.inner.stopping, slot);
         // Stop always wins over a keep-alive restart: it tells the restart to give up (the
         // restart's launch is undone below: its process carries the generation's tag) and
         // waits for the slot. Anything else holding the slot is a conflict.

@@ -21,7 +21,11 @@
 //! - an active generation that does not run (dead, zombie, or its pid now names another
 //!   process) is relaunched from the store, after processes tagged with its reload id that a
 //!   crashed relaunch left behind are stopped. `Stopped(recovered)` and `Relaunched` are
-//!   journaled together; a relaunch that fails journals `Stopped(recovered)` only.
+//!   journaled together; a relaunch that fails journals `Stopped(recovered)` only;
+//! - a keep-alive restart interrupted by the crash (its `Restarting` intent journaled, no
+//!   `Relaunched` or `Stopped` after it) leaves the generation recorded running with no known
+//!   process: the copy the restart spawned carries the generation's reload tag, so it is
+//!   stopped with the leftovers above and the generation relaunched — exactly one process.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -93,6 +97,9 @@ pub const FAILPOINTS: &[&str] = &[
     "bake-before-reverted",
     "bake-after-reverted",
     "recover-before-bake-end",
+    "restart-after-intent",
+    "restart-after-spawn",
+    "restart-after-relaunched",
 ];
 
 /// Arms the failpoints named in `TRYSWAP_FAILPOINTS` (crash tests). Each entry is
