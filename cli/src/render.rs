@@ -481,9 +481,10 @@ pub fn status_text(report: &StatusReport) -> String {
                 || "-".to_owned(),
                 |f| match (&f.bake, &f.standby) {
                     (Some(bake), standby) => format!(
-                        "{} baking until {}, standby {} ({})",
+                        "{} baking until {} ({} s left), standby {} ({})",
                         f.mode,
                         bake.until.format("%H:%M:%SZ"),
+                        (bake.until - now).num_seconds().max(0),
                         standby.as_ref().map_or_else(
                             || "none".to_owned(),
                             |s| format!("g{} pid {}", s.generation, or_dash(s.pid))
