@@ -220,3 +220,98 @@ fn a_bake_survives_a_sigkill_of_the_daemon() {
         }
     }
 }
+
+/// `reload-config` with `bake` on the changed slots bakes them as one unit in the daemon:
+/// b's candidate exits during the bake, so a's (healthy) candidate is reverted too, and
+/// both slots serve again from the processes they ran in before.
+#[test]
+fn a_config_reload_bake_through_the_daemon_reverts_every_slot_when_one_fails() {
+    use tryswap_tests::harness::SlotSpec;
+    let h = Harness::new(&[SlotSpec::new("a"), SlotSpec::new("b")]);
+    let _daemon = Daemon::start(&h);
+    let mut before = Vec::new();
+    for slot in ["a", "b"] {
+        let cfg = h.fixture_config(slot, &FixtureConfig::with_message(slot));
+        let run = h.activate(slot, &cfg);
+        assert_eq!(run.code, 0, "{run:?}");
+        before.push(h.active(slot).expect("active"));
+    }
+    let crashing = h.fixture_config(
+        "b-crashing",
+        &FixtureConfig {
+            crash_after_ms: Some(600),
+            ..FixtureConfig::with_message("b")
+        },
+    );
+    // Both slots get a bake and a change; b's candidate runs the crashing fixture config.
+    let text = std::fs::read_to_string(&h.config_path).expect("config");
+    let mut sections: Vec<String> = text.split("[[slot]]").map(str::to_owned).collect();
+    assert_eq!(sections.len(), 3, "{text}");
+    for section in &mut sections[1..] {
+        *section = section.replacen(
+            "\nargs = ",
+            "\nbake = \"3s\"\nenv = { FEATURE = \"on\" }\nargs = ",
+            1,
+        );
+    }
+    sections[2] = sections[2].replacen("{config}", crashing.to_str().expect("utf-8"), 1);
+    std::fs::write(&h.config_path, sections.join("[[slot]]")).expect("write config");
+
+    let run = h.tryswap(&["--json", "reload-config"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let report = run.json();
+    assert_eq!(report["outcome"], "rolled_back", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("reverted during the bake") && error.contains("slot b"),
+        "{report}"
+    );
+    let reloads = report["reloads"].as_array().expect("reloads");
+    assert_eq!(reloads.len(), 2, "{report}");
+    for reload in reloads {
+        assert_eq!(reload["outcome"], "reverted", "{report}");
+        assert_eq!(reload["failed_stage"], "baking", "{report}");
+        assert!(wait_gone(pid_of(reload), Duration::from_secs(5)));
+    }
+    for (slot, old) in ["a", "b"].into_iter().zip(&before) {
+        let now = h.active(slot).expect("active");
+        assert_eq!((now.0, now.1), (old.0, old.1), "{slot} was restarted");
+        assert!(pid_alive(now.1));
+    }
+    let verify = h.tryswap(&["journal", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+/// SIGTERM to the daemon during a bake: the request that began it answers `in_progress`,
+/// the daemon stops the candidate and the standby (no plugin left running), and the next
+/// start reverts the bake and relaunches the standby from the store.
+#[test]
+fn a_daemon_stopped_during_a_bake_leaves_no_plugin_and_the_next_start_reverts_it() {
+    let h = Harness::demo();
+    let mut daemon = Daemon::start(&h);
+    let old_pid = v1_active(&h);
+    let body = reload_body(&h, "v2", &FixtureConfig::with_message("v2"), "60s");
+    let socket = daemon.socket().to_path_buf();
+    let request = std::thread::spawn(move || {
+        http_unix(&socket, "POST", "/v1/slots/demo/reloads", Some(&body), &[])
+    });
+    wait_baking(&h);
+    let (_, candidate_pid, _) = h.active("demo").expect("the candidate is active");
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", daemon.log());
+    let answer = request.join().expect("thread").expect("answered");
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert_eq!(answer.json()["outcome"], "in_progress", "{}", answer.body);
+    assert!(
+        wait_gone(candidate_pid, Duration::from_secs(5)),
+        "candidate left"
+    );
+    assert!(wait_gone(old_pid, Duration::from_secs(5)), "standby left");
+
+    let _daemon = Daemon::start(&h);
+    wait_settled(&h);
+    assert_eq!(last_reload(&h)["outcome"], "reverted");
+    let (generation, pid) = assert_one_live_active(&h);
+    assert_eq!(generation, 1);
+    assert_ne!(pid, old_pid, "relaunched from the store");
+}
