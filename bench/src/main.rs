@@ -17,6 +17,7 @@
 //!
 //! Every loop is bounded in count and in time; only loopback TCP and Unix sockets are used.
 
+mod bake;
 mod concurrency;
 mod daemon;
 mod floor;

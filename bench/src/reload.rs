@@ -17,6 +17,8 @@ use crate::report::{count, ms, ratio, verdict, Samples, Table};
 use crate::setup::{self, Bins};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Plain and baked reloads each in section 3c.
+const BAKE_ROUNDS: usize = 10;
 const STAGES: [&str; 5] = ["staged", "launched", "validated", "probed", "active"];
 
 /// Per-stage milliseconds of many reloads, plus what came after the last stage.
@@ -358,6 +360,22 @@ async fn run_columns(
         .map_err(|e| e.to_string())?;
     let bad_flushes = library.sup.journal().flush_count() - before;
 
+    // The cost of a bake next to a plain reload (section 3c).
+    let bake_cost = match startup_delay_ms {
+        0 => Some(
+            crate::bake::cost(
+                &library.sup,
+                &library.slot,
+                &library.dir,
+                bins,
+                BAKE_ROUNDS,
+                setup::slot_config("bench").probe.period,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+
     // Tear down.
     if let Some(old) = floor_current.take() {
         let _ = floor::stop(old, STEP_TIMEOUT).await;
@@ -534,6 +552,7 @@ async fn run_columns(
         count(lib_col.wall.len() as f64)
     ));
     tables.push(f);
+    tables.extend(bake_cost);
 
     Ok(Outcomes { tables })
 }

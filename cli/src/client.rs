@@ -310,6 +310,14 @@ impl Client {
     }
 }
 
+/// Adds `--bake` to a reload body: the daemon parses the same duration syntax.
+fn with_bake(body: &mut serde_json::Value, bake: Option<Duration>) {
+    if let (Some(bake), Some(map)) = (bake, body.as_object_mut()) {
+        let text = format!("{}ms", bake.as_millis());
+        map.insert("bake".to_owned(), serde_json::Value::String(text));
+    }
+}
+
 /// Prints a successful answer's body as the command's output.
 fn print_body(body: &str) -> Result<(), CliError> {
     render::out_line(body)
@@ -328,25 +336,19 @@ fn ok(reply: Reply) -> Result<Reply, CliError> {
 pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8, CliError> {
     let text = !ctx.json;
     match command {
-        Command::Activate { bake: Some(_), .. } | Command::Rollback { bake: Some(_), .. } => {
-            Err(CliError::new(
-                crate::EXIT_ERROR,
-                "--bake is not supported through the daemon yet: set `bake` on the slot, or stop \
-                 the daemon to bake in the foreground",
-            ))
-        }
         Command::Activate {
             slot,
             artifact,
             config_file,
             force,
-            ..
+            bake,
         } => {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "artifact": crate::absolute(artifact),
                 "config_file": config_file.as_deref().map(crate::absolute),
                 "dry_run": false,
             });
+            with_bake(&mut body, *bake);
             reload(client, ctx, slot, &body, *force).await
         }
         Command::Try {
@@ -361,11 +363,12 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             });
             reload(client, ctx, slot, &body, true).await
         }
-        Command::Rollback { slot, to, .. } => {
-            let body = match to {
+        Command::Rollback { slot, to, bake } => {
+            let mut body = match to {
                 Some(g) => serde_json::json!({ "rollback_to": g }),
                 None => serde_json::json!({ "rollback": true }),
             };
+            with_bake(&mut body, *bake);
             reload(client, ctx, slot, &body, true).await
         }
         Command::Status { slot } => {
@@ -439,10 +442,15 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
-        Command::Confirm { .. } | Command::Revert { .. } => Err(CliError::new(
-            crate::EXIT_ERROR,
-            "confirm and revert are not supported through the daemon yet",
-        )),
+        Command::Confirm { slot } | Command::Revert { slot } => {
+            ctx.slot(slot)?;
+            let verb = match command {
+                Command::Confirm { .. } => "confirm",
+                _ => "revert",
+            };
+            let path = format!("/v1/slots/{slot}/{verb}");
+            print_report(client.call(Method::POST, &path, None, text).await?)
+        }
         Command::Recover => {
             let reply = ok(client.call(Method::POST, "/v1/recover", None, text).await?)?;
             print_body(&reply.body)?;
@@ -567,6 +575,8 @@ async fn reload(
     let mut reply: Option<Reply> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut baking = None;
+    let mut bake_line = std::time::Instant::now();
     while let Some(stream) = progress.as_mut() {
         tokio::select! {
             answered = &mut post, if reply.is_none() => {
@@ -593,6 +603,7 @@ async fn reload(
                     continue;
                 };
                 render::out(&printer.record(&record))?;
+                render::bake_deadline(&record, &mut baking);
                 if reply
                     .as_ref()
                     .and_then(|r| r.last_seq)
@@ -602,7 +613,10 @@ async fn reload(
                 }
             }
             _ = tick.tick() => {
-                if reply.is_none() {
+                if let Some(until) = baking.filter(|_| reply.is_none() && bake_line.elapsed().as_secs() >= 1) {
+                    bake_line = std::time::Instant::now();
+                    render::out(&render::bake_left_line(until))?;
+                } else if reply.is_none() {
                     if let Some(beat) = printer.heartbeat() {
                         render::out(&beat)?;
                     }
@@ -620,6 +634,12 @@ async fn reload(
         None => post.await?,
     };
     render::out(&printer.done())?;
+    print_report(reply)
+}
+
+/// Prints a reload report answer: exit 0 when 200, 2 when 422 (rolled back or reverted),
+/// else the answer's error.
+fn print_report(reply: Reply) -> Result<u8, CliError> {
     let code = match reply.status {
         StatusCode::OK => EXIT_OK,
         StatusCode::UNPROCESSABLE_ENTITY => EXIT_REJECTED,

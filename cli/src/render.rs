@@ -279,7 +279,7 @@ pub(crate) fn progress_text(record: &Record, last: &mut Option<DateTime<Utc>>) -
 
 /// The deadline of a bake that `record` starts (`Some`) or ends (`None`); other records
 /// leave `baking` as it is.
-fn bake_deadline(record: &Record, baking: &mut Option<DateTime<Utc>>) {
+pub(crate) fn bake_deadline(record: &Record, baking: &mut Option<DateTime<Utc>>) {
     match &record.event {
         EventKind::ActivatedBaking { until_ms } => {
             *baking = i64::try_from(*until_ms)
@@ -289,6 +289,12 @@ fn bake_deadline(record: &Record, baking: &mut Option<DateTime<Utc>>) {
         EventKind::Confirmed | EventKind::Reverted { .. } => *baking = None,
         _ => {}
     }
+}
+
+/// The countdown line of a bake ending at `until` (with its newline).
+pub(crate) fn bake_left_line(until: DateTime<Utc>) -> String {
+    let left = (until - Utc::now()).num_milliseconds().max(0);
+    format!("  {:<15} {:>9.1} s left\n", "baking", left as f64 / 1000.0)
 }
 
 /// Starts printing a progress line for every record the supervisor appends, and a
@@ -324,9 +330,7 @@ pub fn progress(mut rx: broadcast::Receiver<Record>, slot: Option<&SlotConfig>) 
                 _ = tick.tick() => {
                     if let Some(until) = baking.filter(|_| bake_line.elapsed().as_secs() >= 1) {
                         bake_line = std::time::Instant::now();
-                        let left = (until - Utc::now()).num_milliseconds().max(0);
-                        let line = format!("  {:<15} {:>9.1} s left\n", "baking", left as f64 / 1000.0);
-                        if out(&line).is_err() {
+                        if out(&bake_left_line(until)).is_err() {
                             break;
                         }
                     } else if let Some(beat) = printer.heartbeat() {
@@ -480,9 +484,10 @@ pub fn status_text(report: &StatusReport) -> String {
                 || "-".to_owned(),
                 |f| match (&f.bake, &f.standby) {
                     (Some(bake), standby) => format!(
-                        "{} baking until {}, standby {} ({})",
+                        "{} baking until {} ({} s left), standby {} ({})",
                         f.mode,
                         bake.until.format("%H:%M:%SZ"),
+                        (bake.until - now).num_seconds().max(0),
                         standby.as_ref().map_or_else(
                             || "none".to_owned(),
                             |s| format!("g{} pid {}", s.generation, or_dash(s.pid))

@@ -66,7 +66,7 @@ impl BodyError {
     }
 }
 
-const RELOAD_FIELDS: &str = "artifact, config_file, dry_run, rollback, rollback_to";
+const RELOAD_FIELDS: &str = "artifact, bake, config_file, dry_run, rollback, rollback_to";
 
 /// True for a body that counts as empty: nothing but ASCII whitespace.
 fn is_blank(body: &[u8]) -> bool {
@@ -205,7 +205,41 @@ fn only_fields(map: &Map<String, Value>, expected: &str) -> Result<(), BodyError
 /// (`artifact`, optional `config_file` and `dry_run`) or a rollback (`rollback: true` or
 /// `rollback_to: N`). Errors name the offending field.
 pub fn parse_reload_body(body: &[u8]) -> Result<ReloadRequest, BodyError> {
+    parse_reload_with_bake(body).map(|(request, _)| request)
+}
+
+/// [`parse_reload_body`] with the optional `bake` field: the bake window (`"30s"`,
+/// overriding the slot's `bake`; `"0s"`: none). Refused with a dry run.
+pub fn parse_reload_with_bake(
+    body: &[u8],
+) -> Result<(ReloadRequest, Option<std::time::Duration>), BodyError> {
     let map = json_object(body, r#"{"artifact": "/path/to/plugin"}"#)?;
+    let bake = match map.get("bake") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(
+            crate::config::parse_bake(text)
+                .map_err(|e| BodyError::field("bake", format!("field `bake`: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(BodyError::field(
+                "bake",
+                format!(
+                    "field `bake` must be a duration such as \"30s\", not {}",
+                    kind_of(other)
+                ),
+            ))
+        }
+    };
+    if bake.is_some() && bool_field(&map, "dry_run")? == Some(true) {
+        return Err(BodyError::field(
+            "bake",
+            "field `bake` is not allowed with `dry_run`: a dry run activates nothing".to_owned(),
+        ));
+    }
+    parse_reload_map(map).map(|request| (request, bake))
+}
+
+fn parse_reload_map(map: Map<String, Value>) -> Result<ReloadRequest, BodyError> {
     only_fields(&map, RELOAD_FIELDS)?;
     let artifact = path_field(&map, "artifact", "the candidate plugin executable's path")?;
     let config_file = path_field(&map, "config_file", "the candidate's config file path")?;
@@ -333,7 +367,7 @@ mod tests {
     fn reload_body_messages_are_unchanged() {
         assert_eq!(
             bad(r#"{"artefact":"/p"}"#),
-            "unknown field `artefact` (expected one of artifact, config_file, dry_run, rollback, rollback_to)"
+            "unknown field `artefact` (expected one of artifact, bake, config_file, dry_run, rollback, rollback_to)"
         );
         assert_eq!(
             bad(" \n"),
@@ -388,12 +422,33 @@ mod tests {
     /// `fuzz/corpus/admin_body/bad-unknown-field-control-char.json`): an unknown key was
     /// copied into the message as is, control characters included.
     #[test]
+    fn reload_bodies_with_a_bake() {
+        let (request, bake) = parse_reload_with_bake(br#"{"artifact":"/p","bake":"3s"}"#).unwrap();
+        assert_eq!(bake, Some(std::time::Duration::from_secs(3)));
+        assert!(matches!(request, ReloadRequest::Candidate { .. }));
+        let (request, bake) = parse_reload_with_bake(br#"{"rollback":true,"bake":"0s"}"#).unwrap();
+        assert_eq!(bake, Some(std::time::Duration::ZERO));
+        assert_eq!(request, ReloadRequest::Rollback { to: None });
+        let bad = |body: &str| parse_reload_with_bake(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            bad(r#"{"artifact":"/p","bake":3}"#).field_name(),
+            Some("bake")
+        );
+        assert!(bad(r#"{"artifact":"/p","bake":"soon"}"#)
+            .to_string()
+            .contains("not a duration"));
+        assert!(bad(r#"{"artifact":"/p","bake":"3s","dry_run":true}"#)
+            .to_string()
+            .contains("not allowed with `dry_run`"));
+    }
+
+    #[test]
     fn unknown_keys_with_control_characters_are_escaped() {
         let e = parse_reload_body(b"{\"\x7f\":null}").unwrap_err();
         assert_eq!(e.field_name(), Some("\u{7f}"));
         assert_eq!(
             e.to_string(),
-            "unknown field `\\u{7f}` (expected one of artifact, config_file, dry_run, rollback, rollback_to)"
+            "unknown field `\\u{7f}` (expected one of artifact, bake, config_file, dry_run, rollback, rollback_to)"
         );
         let e = parse_config_reload_body(br#"{"a\nb\u001b[31m":1}"#).unwrap_err();
         assert_eq!(

@@ -39,7 +39,7 @@ pub use keepalive::{
 };
 pub use report::{HistoryReport, Outcome, ReloadReport, SlotStatus, StatusReport};
 pub use store::{GcReport, Store, StoreError, StoreUsage};
-pub use supervisor::bake::BakeEnd;
+pub use supervisor::bake::{BakeEnd, BakeWatch};
 pub use supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
 pub use supervisor::lease::Lease;
 pub use supervisor::recovery::{RecoveryAction, RecoveryReport};

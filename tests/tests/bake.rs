@@ -4,129 +4,23 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use tryswap_tests::harness::{wait_gone, Harness};
 use tryswap_tests::process::fixture_plugin_path;
 use tryswap_tests::{pid_alive, FixtureConfig};
 
-fn pid_of(report: &Value) -> u32 {
-    report["candidate"]["pid"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .unwrap_or_else(|| panic!("no candidate pid in {report}"))
-}
-
-fn activate(h: &Harness, name: &str, config: &FixtureConfig, bake: Option<&str>) -> (i32, Value) {
-    let cfg = h.fixture_config(name, config);
-    let plugin = fixture_plugin_path();
-    let mut args = vec![
-        "--json",
-        "activate",
-        "demo",
-        plugin.to_str().expect("utf-8 path"),
-        "--config-file",
-        cfg.to_str().expect("utf-8 path"),
-    ];
-    if let Some(bake) = bake {
-        args.extend(["--bake", bake]);
-    }
-    let run = h.tryswap(&args);
-    let report = run.json();
-    (run.code, report)
-}
-
-/// Activates a healthy v1 (no bake) and returns its pid: the generation a bake keeps as
-/// its standby.
-fn v1_active(h: &Harness) -> u32 {
-    let (code, first) = activate(h, "v1", &FixtureConfig::with_message("v1"), None);
-    assert_eq!(code, 0, "{first}");
-    pid_of(&first)
-}
-
-fn last_reload(h: &Harness) -> Value {
-    let history = h.tryswap(&["--json", "history", "demo"]).json();
-    history["reloads"]
-        .as_array()
-        .and_then(|r| r.last().cloned())
-        .unwrap_or_else(|| panic!("no reloads in {history}"))
-}
+mod bake_support;
+use bake_support::{activate, last_reload, pid_of, v1_active};
 
 #[test]
 fn a_candidate_that_crashes_during_its_bake_is_reverted_to_the_same_old_process() {
     let h = Harness::demo();
-    let old_pid = v1_active(&h);
-
-    // Passes its probe (every 50 ms), then exits while baking.
-    let crashing = FixtureConfig {
-        crash_after_ms: Some(600),
-        ..FixtureConfig::with_message("v2")
-    };
-    let (code, report) = activate(&h, "v2", &crashing, Some("3s"));
-    assert_eq!(code, 2, "a reverted bake exits 2: {report}");
-    assert_eq!(report["outcome"], "reverted", "{report}");
-    assert_eq!(report["failed_stage"], "baking", "{report}");
-    assert_eq!(report["bake"]["state"], "reverted", "{report}");
-    assert!(report["bake"]["until"].is_string(), "{report}");
-    let candidate_pid = pid_of(&report);
-    assert!(
-        wait_gone(candidate_pid, Duration::from_secs(5)),
-        "the candidate survived the revert"
-    );
-
-    // The old generation serves again in the very process it ran in before the reload.
-    let (generation, pid, _) = h.active("demo").expect("an active generation");
-    assert_eq!((generation, pid), (1, old_pid), "never restarted");
-    assert!(pid_alive(old_pid));
-
-    let last = last_reload(&h);
-    assert_eq!(last["outcome"], "reverted", "{last}");
-    let error = last["error"].as_str().unwrap_or_default();
-    assert!(error.contains("exited during the bake"), "{last}");
-    let verify = h.tryswap(&["journal", "verify"]);
-    assert_eq!(verify.code, 0, "{verify:?}");
+    bake_support::assert_crash_during_bake_reverts(&h);
 }
 
 #[test]
 fn a_healthy_candidate_is_confirmed_when_the_bake_ends_then_the_standby_is_stopped() {
     let h = Harness::demo();
-    let old_pid = v1_active(&h);
-
-    let (code, report) = activate(&h, "v2", &FixtureConfig::with_message("v2"), Some("1s"));
-    assert_eq!(code, 0, "{report}");
-    assert_eq!(report["outcome"], "active", "{report}");
-    assert_eq!(report["bake"]["state"], "confirmed", "{report}");
-    assert_eq!(report["retired"], serde_json::json!([1]), "{report}");
-    let states: Vec<&str> = report["stages"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .filter_map(|s| s["state"].as_str())
-        .collect();
-    assert_eq!(
-        states,
-        [
-            "staged",
-            "launched",
-            "validated",
-            "probed",
-            "baking",
-            "confirmed"
-        ]
-    );
-    // The bake lasted: confirmed no earlier than its deadline.
-    let baking_at = report["stages"][4]["at"].as_str().unwrap_or_default();
-    let confirmed_at = report["stages"][5]["at"].as_str().unwrap_or_default();
-    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).expect("rfc 3339");
-    assert!(parse(confirmed_at) - parse(baking_at) >= chrono::Duration::milliseconds(900));
-
-    assert!(
-        wait_gone(old_pid, Duration::from_secs(5)),
-        "the standby survived the confirm"
-    );
-    let (generation, pid, _) = h.active("demo").expect("an active generation");
-    assert_eq!((generation, pid), (2, pid_of(&report)));
-    let verify = h.tryswap(&["journal", "verify"]);
-    assert_eq!(verify.code, 0, "{verify:?}");
+    bake_support::assert_healthy_bake_confirms(&h);
 }
 
 #[test]
@@ -198,25 +92,7 @@ fn confirm_and_revert_by_hand_end_a_bake_and_a_second_reload_during_it_is_a_conf
         let exit = tryswap_killed_at(&h, "bake-after-commit", &args);
         assert_eq!(exit.signal(), Some(9), "{exit:?}");
 
-        let status = h.status();
-        let in_flight = &status["slots"][0]["in_flight"];
-        assert_eq!(in_flight["state"], "baking", "{status}");
-        assert_eq!(in_flight["bake"]["state"], "baking", "{status}");
-        assert_eq!(
-            in_flight["standby"]["pid"], old_pid,
-            "status shows the standby: {status}"
-        );
-        let text = h.tryswap(&["status"]).stdout;
-        assert!(
-            text.contains("baking until") && text.contains(&format!("standby g1 pid {old_pid}")),
-            "{text}"
-        );
-        let (generation, candidate_pid, _) = h.active("demo").expect("the candidate is active");
-        assert_eq!(generation, 2);
-        assert!(
-            pid_alive(old_pid),
-            "the standby must keep running during the bake"
-        );
+        let candidate_pid = bake_support::assert_baking_shown(&h, old_pid);
 
         let (code, report) = activate(&h, "v3", &FixtureConfig::with_message("v3"), None);
         assert_eq!(code, 3, "a second reload during a bake: {report}");
@@ -289,4 +165,61 @@ fn a_revert_relaunches_a_standby_that_died_during_the_bake() {
     assert!(pid_alive(pid));
     let verify = h.tryswap(&["journal", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+/// SIGKILL of a one-shot `activate --bake` at random moments (seeded; rerun with
+/// `TRYSWAP_CRASH_SEED=<seed>`), then `recover` until nothing is in flight (a bake found
+/// under way goes on until its deadline): the slot ends with the candidate confirmed or the
+/// old generation restored, exactly one live plugin process, and a journal that verifies.
+#[test]
+fn sigkill_of_a_one_shot_bake_at_random_moments_is_finished_or_restored() {
+    use tryswap_tests::crash::{Background, SplitMix64};
+    use tryswap_tests::daemon::poll;
+    const ROUNDS: u64 = 4;
+    let seed = match std::env::var("TRYSWAP_CRASH_SEED") {
+        Ok(text) => text.trim().parse().expect("TRYSWAP_CRASH_SEED is a u64"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    };
+    println!("bake random kills: seed {seed} (rerun with TRYSWAP_CRASH_SEED={seed})");
+    let mut rng = SplitMix64::new(seed);
+    let h = Harness::demo();
+    v1_active(&h);
+    let started = std::time::Instant::now();
+    for round in 0..ROUNDS {
+        let (before, _) = bake_support::assert_one_live_active(&h);
+        let name = format!("r{round}");
+        let cfg = h.fixture_config(&name, &FixtureConfig::with_message(&name));
+        let args = bake_support::activate_args(&cfg, Some("700ms"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = Background::start(&h, &args, &name);
+        // From startup through staging, launch, probe and the bake to its end.
+        let delay = Duration::from_millis(50 + rng.below(1200));
+        std::thread::sleep(delay);
+        let (status, killed) = run.kill();
+        let settled = poll(Duration::from_secs(20), || {
+            let recover = h.tryswap(&["--json", "recover"]);
+            assert_eq!(recover.code, 0, "round {round}: {recover:?}");
+            h.status()["slots"][0]["in_flight"].is_null().then_some(())
+        });
+        assert!(
+            settled.is_some(),
+            "round {round} (killed after {delay:?}): still in flight: {}",
+            h.status()
+        );
+        let (after, _) = bake_support::assert_one_live_active(&h);
+        assert!(
+            after >= before,
+            "round {round}: generation {after} after {before}"
+        );
+        let outcome = h.outcomes("demo").last().cloned().unwrap_or_default();
+        if after > before {
+            assert_eq!(outcome, "active", "round {round}");
+        }
+        println!(
+            "round {round}: killed after {delay:?} (killed: {killed}, {status}): {outcome}, generation {before} -> {after}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(120), "too slow");
 }

@@ -217,3 +217,150 @@ async fn a_config_reload_never_starts_a_slot_the_operator_stopped() {
     );
     s.sup.shutdown().await;
 }
+
+/// A config reload's bake is one unit (DESIGN.md "Provisional activation"): the changed
+/// slots' candidates bake together, and if any of them fails (or is reverted by hand)
+/// every slot of the transaction goes back to its standby, in the same process, under its
+/// old config.
+mod bake {
+    use std::time::Instant;
+
+    use tryswap::{BakeEnd, ConfigReloadReport};
+    use tryswap_fsm::Reason;
+
+    use super::*;
+
+    /// The config with `bake` on both slots and a changed environment for both; with
+    /// `b_crashes`, b's candidate runs a fixture config that exits during the bake.
+    fn next_config(s: &Setup, bake: Duration, b_crashes: bool) -> Config {
+        let mut next = s.config.clone();
+        for slot in &mut next.slots {
+            slot.bake = bake;
+            slot.env.insert("FEATURE".into(), "on".into());
+        }
+        if b_crashes {
+            let crashing = FixtureConfig {
+                crash_after_ms: Some(800),
+                ..FixtureConfig::with_message("b")
+            }
+            .write(&s.state.join("b-crashing.toml"))
+            .expect("write fixture config");
+            next.slots[1].args[1] = crashing.to_string_lossy().into_owned();
+        }
+        next
+    }
+
+    /// Every reload of the report was reverted during its bake, and its candidate is gone.
+    fn assert_all_reverted(report: &ConfigReloadReport) {
+        assert_eq!(report.outcome, ConfigOutcome::RolledBack, "{report:?}");
+        assert_eq!(report.reloads.len(), 2, "{report:?}");
+        for reload in &report.reloads {
+            assert_eq!(reload.outcome, Outcome::Reverted, "{report:?}");
+            assert_eq!(reload.bake.as_ref().map(|b| b.state), Some("reverted"));
+            let pid = reload
+                .candidate
+                .as_ref()
+                .and_then(|c| c.pid)
+                .expect("a candidate pid");
+            assert!(
+                wait_until(Duration::from_secs(5), || !pid_alive(pid)),
+                "candidate {pid} survived the revert"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_slot_failing_during_a_config_reload_bake_reverts_every_slot() {
+        let s = Setup::new().await;
+        let (a0, b0) = (s.active("a"), s.active("b"));
+        let next = next_config(&s, Duration::from_secs(5), true);
+
+        let report = s
+            .sup
+            .apply_config(&next, false)
+            .await
+            .expect("config reload");
+        assert_all_reverted(&report);
+        let error = report.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("reverted during the bake") && error.contains("slot b"),
+            "{report:?}"
+        );
+        // a's candidate was healthy: reverted all the same, to the very same process.
+        assert_eq!(s.active("a"), a0, "never restarted");
+        assert_eq!(s.active("b"), b0, "never restarted");
+        assert!(pid_alive(a0.1) && pid_alive(b0.1));
+        // The slots run their old config again: applying it changes nothing.
+        let again = s.sup.apply_config(&s.config, false).await.expect("reload");
+        assert_eq!(again.outcome, ConfigOutcome::Unchanged, "{again:?}");
+        assert!(s
+            .sup
+            .journal()
+            .verify()
+            .expect("verify")
+            .problems
+            .is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_healthy_config_reload_bake_confirms_every_slot_at_its_end() {
+        let s = Setup::new().await;
+        let (a0, b0) = (s.active("a"), s.active("b"));
+        let started = Instant::now();
+        let report = s
+            .sup
+            .apply_config(&next_config(&s, Duration::from_secs(1), false), false)
+            .await
+            .expect("config reload");
+        assert!(started.elapsed() >= Duration::from_millis(900), "no bake");
+        assert_eq!(report.outcome, ConfigOutcome::Applied, "{report:?}");
+        for reload in &report.reloads {
+            assert_eq!(reload.outcome, Outcome::Active, "{report:?}");
+            assert_eq!(reload.bake.as_ref().map(|b| b.state), Some("confirmed"));
+        }
+        for (name, old) in [("a", a0), ("b", b0)] {
+            let now = s.active(name);
+            assert_eq!(now.0, old.0 + 1, "{name}");
+            assert!(pid_alive(now.1));
+            assert!(
+                wait_until(Duration::from_secs(5), || !pid_alive(old.1)),
+                "{name}'s standby survived the confirm"
+            );
+        }
+    }
+
+    /// `revert` of one slot of a config reload's bake reverts the whole unit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reverting_one_slot_of_a_config_reload_bake_reverts_every_slot() {
+        let s = Setup::new().await;
+        let (a0, b0) = (s.active("a"), s.active("b"));
+        let next = next_config(&s, Duration::from_secs(60), false);
+        let sup = s.sup.clone();
+        let reload = tokio::spawn(async move { sup.apply_config(&next, false).await });
+        let baking = tryswap_tests::wait_until_async(Duration::from_secs(20), || async {
+            s.sup.status(None).is_ok_and(|status| {
+                status.slots.iter().all(|slot| {
+                    slot.in_flight
+                        .as_ref()
+                        .is_some_and(|r| r.bake.as_ref().is_some_and(|b| b.state == "baking"))
+                })
+            })
+        })
+        .await;
+        assert!(baking, "the slots never baked");
+        let by_hand = s
+            .sup
+            .end_bake(&slot("a"), BakeEnd::Revert(Reason::cancelled("by hand")))
+            .await
+            .expect("revert");
+        assert_eq!(by_hand.outcome, Outcome::Reverted);
+        let report = tokio::time::timeout(Duration::from_secs(20), reload)
+            .await
+            .expect("the config reload ended")
+            .expect("task")
+            .expect("config reload");
+        assert_all_reverted(&report);
+        assert_eq!(s.active("a"), a0);
+        assert_eq!(s.active("b"), b0);
+    }
+}

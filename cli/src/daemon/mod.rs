@@ -235,6 +235,30 @@ async fn settle_drift(supervisor: &Supervisor, config: &tryswap::config::Config)
 /// How often the daemon removes artifacts no kept generation references.
 const STORE_GC_PERIOD: Duration = Duration::from_secs(60 * 60);
 
+/// Watches every bake recovery left under way (a restart during a bake) to its end, as the
+/// reload that began it would have.
+fn spawn_recovered_bakes(state: &Arc<AppState>) {
+    let watches = match state.supervisor.recovered_bakes() {
+        Ok(watches) => watches,
+        Err(e) => {
+            tracing::error!(error = %e, "finding the bakes under way");
+            return;
+        }
+    };
+    for watch in watches {
+        let slot = watch.slot().clone();
+        state.tasks.spawn(async move {
+            match watch.run().await {
+                Ok(report) => {
+                    let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
+                    tracing::info!(slot = %slot, outcome = outcome.as_str().unwrap_or(""), "bake ended");
+                }
+                Err(e) => tracing::error!(slot = %slot, error = %e, "watching the bake"),
+            }
+        });
+    }
+}
+
 /// Runs `store gc` every [`STORE_GC_PERIOD`] until shutdown.
 fn spawn_store_gc(state: &Arc<AppState>) {
     let supervisor = state.supervisor.clone();
@@ -357,6 +381,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let mut journal_failed = None;
     if outcome.is_ok() {
         settle_drift(&supervisor, &ctx.config).await;
+        spawn_recovered_bakes(&state);
         let monitor = Monitor::start(supervisor.clone(), MonitorOptions::default());
         let mut records = supervisor.subscribe();
         let mut monitored = monitor.subscribe();
@@ -415,6 +440,8 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     // Shutdown.
     notify::stopping();
     state.shutdown.cancel();
+    // Bakes under way stay in the journal: the next start continues or settles them.
+    supervisor.stop_watching_bakes();
     wait_server("unix", unix_server).await;
     if let Some(tcp_server) = tcp_server {
         wait_server("tcp", tcp_server).await;

@@ -10,6 +10,7 @@
 //! | `GET /v1/slots/{slot}/history` | `history` | 200 |
 //! | `POST /v1/slots/{slot}/reloads` | activate / try / rollback, answers when done | 200 active or dry run passed, 422 rejected (the report), 409 in progress, 404, 400 |
 //! | `POST /v1/slots/{slot}/start`, `…/stop` | `start` / `stop` | 200, 404, 409 |
+//! | `POST /v1/slots/{slot}/confirm`, `…/revert` | end the slot's bake (`confirm` / `revert`) | 200 confirmed, 422 reverted (the report), 409 nothing baking, 404 |
 //! | `GET /v1/reloads/{id}` | one reload's report | 200, 404, 400 |
 //! | `POST /v1/recover` | `recover` | 200 |
 //! | `POST /v1/config/reload` | re-read the config file, apply it as one transaction | 200, 422 rolled back, 400 invalid config, 409 |
@@ -43,14 +44,14 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tryswap::admin_body::{
-    parse_compact_body, parse_config_reload_body, parse_reload_body, BodyError, ReloadRequest,
+    parse_compact_body, parse_config_reload_body, parse_reload_with_bake, BodyError, ReloadRequest,
 };
 use tryswap::config::{AdminConfig, Config};
 use tryswap::report::{Outcome, ReloadReport, StatusReport};
 use tryswap::Monitor;
 use tryswap::{internals::SLOT_WAIT, ConfigOutcome, ConfigReloadReport};
-use tryswap::{Supervisor, SupervisorError};
-use tryswap_fsm::{Rejected, ReloadId, SlotName};
+use tryswap::{BakeEnd, Supervisor, SupervisorError};
+use tryswap_fsm::{Reason, Rejected, ReloadId, SlotName};
 use tryswap_journal::JournalError;
 
 use super::events;
@@ -133,7 +134,9 @@ impl From<BodyError> for ApiError {
 impl From<SupervisorError> for ApiError {
     fn from(e: SupervisorError) -> Self {
         let status = match &e {
-            SupervisorError::Conflict { .. } | SupervisorError::Busy { .. } => StatusCode::CONFLICT,
+            SupervisorError::Conflict { .. }
+            | SupervisorError::Busy { .. }
+            | SupervisorError::NoBake(_) => StatusCode::CONFLICT,
             SupervisorError::UnknownSlot(_) => StatusCode::NOT_FOUND,
             SupervisorError::NoActive(_)
             | SupervisorError::NoPrevious(_)
@@ -278,6 +281,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/slots/{slot}/reloads", post(reload))
         .route("/v1/slots/{slot}/start", post(start))
         .route("/v1/slots/{slot}/stop", post(stop))
+        .route("/v1/slots/{slot}/confirm", post(confirm))
+        .route("/v1/slots/{slot}/revert", post(revert))
         .route("/v1/reloads/{id}", get(reload_status))
         .route("/v1/recover", post(recover))
         .route("/v1/config/reload", post(config_reload))
@@ -430,7 +435,7 @@ async fn reload(
 ) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
-    let request = parse_reload_body(&body)?;
+    let (request, bake) = parse_reload_with_bake(&body)?;
     if let (
         ReloadRequest::Candidate {
             spec,
@@ -457,25 +462,35 @@ async fn reload(
             ReloadRequest::Candidate {
                 spec,
                 dry_run: false,
-            } => supervisor.activate(slot, spec).await,
+            } => {
+                supervisor
+                    .reload_with_bake(slot, tryswap::Mode::Activate, Some(spec), bake)
+                    .await
+            }
             ReloadRequest::Candidate {
                 spec,
                 dry_run: true,
             } => supervisor.try_activate(slot, spec).await,
-            ReloadRequest::Rollback { to } => supervisor.rollback(slot, to).await,
+            ReloadRequest::Rollback { to } => supervisor.rollback_with_bake(slot, to, bake).await,
         }
     });
     let report: ReloadReport = task
         .await
         .map_err(|e| ApiError::internal(format!("slot {slot}: the reload task failed: {e}")))??;
+    report_reply(&st, &report, &headers)
+}
+
+/// A reload report as the answer: 200 active, 422 rolled back or reverted (the report),
+/// with the journal's last sequence number in [`LAST_SEQ_HEADER`].
+fn report_reply(st: &AppState, report: &ReloadReport, headers: &HeaderMap) -> ApiResult {
     let status = match report.outcome {
         Outcome::Active | Outcome::DryRunPassed => StatusCode::OK,
         Outcome::RolledBack | Outcome::Reverted | Outcome::InProgress => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
     };
-    let text = wants_text(&headers).then(|| render::reload_summary_text(&report));
-    let mut response = reply(status, &report, text)?;
+    let text = wants_text(headers).then(|| render::reload_summary_text(report));
+    let mut response = reply(status, report, text)?;
     let last = st.supervisor.journal().last_seq();
     response
         .headers_mut()
@@ -547,6 +562,30 @@ async fn stop(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> Ap
         &render::stopped_json(slot.as_str(), stopped),
         text,
     )
+}
+
+/// `POST /v1/slots/{slot}/confirm`: ends the slot's bake with the candidate active.
+async fn confirm(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+    end_bake(st, slot, headers, BakeEnd::Confirm).await
+}
+
+/// `POST /v1/slots/{slot}/revert`: ends the slot's bake with the standby serving again.
+async fn revert(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+    let reason = Reason::cancelled("reverted by hand (revert through the admin API)");
+    end_bake(st, slot, headers, BakeEnd::Revert(reason)).await
+}
+
+async fn end_bake(st: Arc<AppState>, slot: String, headers: HeaderMap, end: BakeEnd) -> ApiResult {
+    st.ready()?;
+    let slot = slot_name(&slot)?;
+    let supervisor = st.supervisor.clone();
+    let task_slot = slot.clone();
+    let report = st
+        .tasks
+        .spawn(async move { supervisor.end_bake(&task_slot, end).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("slot {slot}: the bake task failed: {e}")))??;
+    report_reply(&st, &report, &headers)
 }
 
 async fn recover(State(st): St, headers: HeaderMap) -> ApiResult {

@@ -13,6 +13,7 @@ use crate::config::{Config, SlotConfig};
 use crate::driver::process::ProcessDriver;
 use crate::driver::{Driver, DriverError, Instance};
 use crate::report::ReloadReport;
+use crate::supervisor::bake::{self, BakeEnd, Baking, Watched};
 use crate::supervisor::failpoint;
 use crate::supervisor::lease::Serving;
 use crate::supervisor::{SlotRuntime, Supervisor, SupervisorError};
@@ -69,6 +70,18 @@ pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The reason message of the `Stopped` a config reload journals for a removed slot: a slot
 /// added back is started only if this is why its generation stopped.
 const REMOVED_FROM_CONFIG: &str = "slot removed from the config";
+
+/// A slot of a config reload's bake.
+struct BakedSlot {
+    /// The runtime under the old config (the standby's).
+    old_rt: Arc<SlotRuntime>,
+    /// The runtime under the new config (the candidate's), registered during the bake.
+    new_rt: Arc<SlotRuntime>,
+    /// The old generation, serving again if the bake is reverted.
+    standby: Option<Arc<Serving>>,
+    /// The slot's reload.
+    reload: ReloadId,
+}
 
 struct Candidate {
     slot: SlotName,
@@ -251,10 +264,23 @@ impl Supervisor {
             return Ok(report);
         }
 
-        // The commit point of every changed slot at once.
+        // The commit point of every changed slot at once; with a bake (the longest `bake`
+        // of the changed slots), a provisional one: the bake is one unit.
+        let until = candidates
+            .iter()
+            .map(|c| wanted[&c.slot].bake)
+            .max()
+            .filter(|d| !d.is_zero())
+            .map(bake::bake_deadline);
         let commits: Vec<Command> = candidates
             .iter()
-            .map(|c| Command::Commit { reload: c.reload })
+            .map(|c| match until {
+                Some(until) => Command::CommitBaking {
+                    reload: c.reload,
+                    until_ms: bake::until_ms(until),
+                },
+                None => Command::Commit { reload: c.reload },
+            })
             .collect();
         if !commits.is_empty() {
             failpoint!("config-before-commit");
@@ -272,6 +298,7 @@ impl Supervisor {
 
         // Swap in the new runtimes (same busy lock, new driver and config), then retire.
         let mut retire: Vec<(Arc<SlotRuntime>, Option<Arc<Serving>>)> = Vec::new();
+        let mut baked: Vec<BakedSlot> = Vec::new();
         for name in &changed {
             let old_rt = &current[name];
             let new_config = wanted[name].clone();
@@ -306,6 +333,27 @@ impl Supervisor {
             self.register(new_rt);
         }
         failpoint!("config-after-swap");
+        if let Some(until) = until {
+            // The old generations stay up as warm standbys until the unit's bake ends.
+            for (old_rt, standby) in retire.drain(..) {
+                let Some(candidate) = candidates.iter().find(|c| c.slot == old_rt.name) else {
+                    continue;
+                };
+                baked.push(BakedSlot {
+                    new_rt: self.runtime(&old_rt.name)?,
+                    old_rt,
+                    standby,
+                    reload: candidate.reload,
+                });
+            }
+            if let Some(reason) = self.bake_config(baked, until).await? {
+                drop(guards);
+                report.error = Some(format!("reverted during the bake: {}", reason.message));
+                report.outcome = ConfigOutcome::RolledBack;
+                report.reloads = self.candidate_reports(&candidates);
+                return Ok(report);
+            }
+        }
         for (old_rt, old) in retire {
             self.retire_old(&old_rt, old).await;
         }
@@ -334,6 +382,81 @@ impl Supervisor {
         report.outcome = ConfigOutcome::Applied;
         report.reloads = self.candidate_reports(&candidates);
         Ok(report)
+    }
+
+    /// Watches the bake of a config reload's candidates as one unit and ends it for all of
+    /// them: confirmed together, or (any candidate failed, or a `revert` of any of the
+    /// slots) reverted together, each slot back to its old config and standby. Returns the
+    /// reason of a revert. A shutdown leaves the bake in the journal.
+    async fn bake_config(
+        &self,
+        baked: Vec<BakedSlot>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Reason>, SupervisorError> {
+        let slots: Vec<SlotName> = baked.iter().map(|b| b.new_rt.name.clone()).collect();
+        let (registration, mut signals) = self.inner.bakes.register(&slots);
+        let watched: Vec<Baking> = baked
+            .iter()
+            .filter_map(|b| {
+                let serving = b.new_rt.active.load_full()?;
+                Some(Baking::of(&b.new_rt, serving.instance.clone()))
+            })
+            .collect();
+        tracing::info!(slots = ?slots, until = %until.to_rfc3339(), "config reload baking");
+        let (end, reply) = match self.watch_bake(&watched, until, &mut signals).await {
+            Watched::Detached => return Ok(None),
+            Watched::End(end, reply) => (end, reply),
+        };
+        let mut retired = Vec::new();
+        let reverted = match end {
+            BakeEnd::Confirm => {
+                failpoint!("config-bake-before-confirmed");
+                let confirms = baked
+                    .iter()
+                    .map(|b| Command::Confirm { reload: b.reload })
+                    .collect();
+                self.record_off_thread(confirms).await?;
+                tracing::info!("config reload bake passed: confirmed");
+                for b in baked {
+                    retired.extend(self.retire_old(&b.old_rt, b.standby).await);
+                }
+                None
+            }
+            BakeEnd::Revert(reason) => {
+                tracing::warn!(reason = %reason, "config reload bake failed: reverting every slot");
+                failpoint!("config-bake-before-reverted");
+                let reverts = baked
+                    .iter()
+                    .map(|b| Command::Revert {
+                        reload: b.reload,
+                        reason: reason.clone(),
+                    })
+                    .collect();
+                self.record_off_thread(reverts).await?;
+                failpoint!("config-bake-after-reverted");
+                for b in baked {
+                    // The slot goes back to its old config with its standby.
+                    let restored = SlotRuntime {
+                        name: b.old_rt.name.clone(),
+                        driver: Arc::clone(&b.old_rt.driver),
+                        drain_timeout: b.old_rt.drain_timeout,
+                        needs_executable: b.old_rt.needs_executable,
+                        active: ArcSwapOption::new(b.new_rt.active.load_full()),
+                        busy: Arc::clone(&b.old_rt.busy),
+                        config: b.old_rt.config.clone(),
+                    };
+                    self.register(restored);
+                    let rt = self.runtime(&b.old_rt.name)?;
+                    retired.extend(self.restore_standby(&rt, b.standby).await);
+                }
+                Some(reason)
+            }
+        };
+        drop(registration);
+        if let Some(reply) = reply {
+            let _ = reply.send(retired);
+        }
+        Ok(reverted)
     }
 
     /// Stops every candidate and journals its rollback (best effort: recovery finishes

@@ -198,6 +198,8 @@ struct Inner {
     /// Bumped whenever any slot's stop count moves: a keep-alive restart in progress
     /// watches it and gives way to `stop`.
     stops_changed: tokio::sync::watch::Sender<u64>,
+    /// The bakes this process watches, reachable by `confirm` / `revert`.
+    bakes: bake::BakeWatchers,
     /// Slots whose lock a keep-alive restart holds (a `stop` waits for those instead of
     /// failing with a conflict).
     restarting: std::sync::Mutex<std::collections::BTreeSet<SlotName>>,
@@ -351,6 +353,7 @@ impl Supervisor {
                 stops_changed: tokio::sync::watch::channel(0).0,
                 restarting: std::sync::Mutex::new(std::collections::BTreeSet::new()),
                 stopping: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                bakes: bake::BakeWatchers::default(),
             }),
         })
     }
@@ -1409,6 +1412,8 @@ impl Supervisor {
     /// Stops every generation this process runs (shutdown of an embedding host). The
     /// journal keeps the active markers; the next start relaunches or reattaches them.
     pub async fn shutdown(&self) {
+        self.stop_watching_bakes();
+        self.stop_standbys().await;
         // Every slot at once: shutdown costs the slowest slot's drain and stop timeout.
         let stops: Vec<_> = self
             .runtimes()
