@@ -107,6 +107,16 @@ impl Daemon {
         }
     }
 
+    /// Its admin socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
     /// The daemon's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

@@ -14,6 +14,8 @@
 //! 6. memory over time: the journal alone, then a bounded soak of `tryswap serve` (random
 //!    reloads, kills, config reloads and reads; invariants checked every second). Not in
 //!    the default run: ask for it with `--sections 6`.
+//! 7. outside callers: a plugin followed from another process across swaps (legacy
+//!    unload→load, a daemon whose callers re-read the address, the stable endpoint).
 //!
 //! Every loop is bounded in count and in time; only loopback TCP and Unix sockets are used.
 
@@ -22,6 +24,7 @@ mod concurrency;
 mod daemon;
 mod floor;
 mod journal;
+mod outside;
 mod reload;
 mod report;
 mod setup;
@@ -64,7 +67,7 @@ struct Args {
     /// section 1c).
     #[arg(long, default_value_t = 100)]
     startup_delay_ms: u64,
-    /// Swaps per strategy in section 2 (default 200, quick 30).
+    /// Swaps per strategy in sections 2 and 7 (default 200, quick 30).
     #[arg(long)]
     swaps: Option<usize>,
     /// Largest history in section 4 (default 1000000, quick 100000).
@@ -225,6 +228,14 @@ async fn main() -> std::process::ExitCode {
         match swaps::run(&bins, swaps, budget).await {
             Ok(tables) => report.add(&tables),
             Err(e) => report.failed(2, &e),
+        }
+    }
+    if wanted(7) {
+        let swaps = args.swaps.unwrap_or(if quick { 30 } else { 200 });
+        let budget = Duration::from_secs(if quick { 120 } else { 600 });
+        match outside::run(&bins, swaps, budget).await {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(7, &e),
         }
     }
     if wanted(3) {

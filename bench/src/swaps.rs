@@ -9,6 +9,7 @@
 //! is measured in 50 ms windows without swaps for comparison. After each swap the next one waits until the callers made a few
 //! successful calls, for both strategies.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,10 +44,20 @@ struct Counters {
     window_gap: AtomicU64,
     stop: AtomicBool,
     first_error: Mutex<Option<String>>,
+    /// Latency of every successful call since the last [`Counters::take_latencies`].
+    latencies: Mutex<Samples>,
 }
 
 impl Counters {
-    fn ok(&self, base: Instant) {
+    fn take_latencies(&self) -> Samples {
+        std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn ok(&self, base: Instant, latency: Duration) {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(latency);
         let now = base.elapsed().as_nanos() as u64;
         let prev = self.last_ok.swap(now, Ordering::SeqCst);
         if prev > 0 {
@@ -92,9 +103,36 @@ impl Counters {
 
 /// How a caller finds the plugin to call.
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
+    /// The host's own pointer (legacy unload→load).
     Legacy(Arc<ArcSwapOption<Endpoint>>),
+    /// A lease from an embedded supervisor.
     Safe(Supervisor, SlotName),
+    /// One address that never changes (a stable endpoint).
+    Fixed(Endpoint),
+    /// The address a daemon's status reported, re-read from its admin socket after a
+    /// failed call (a host of a daemon without stable endpoints).
+    Reread(PathBuf, String, Arc<ArcSwapOption<Endpoint>>),
+}
+
+/// The active generation's address per `GET /v1/slots/{slot}` on the admin `socket`.
+pub(crate) async fn status_address(socket: &std::path::Path, slot: &str) -> Option<Endpoint> {
+    let (_, body) = crate::daemon::request(socket, "GET", &format!("/v1/slots/{slot}"), None)
+        .await
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let active = &status["active"];
+    Some(Endpoint {
+        core_version: 1,
+        app_version: 1,
+        network: match active["network"].as_str()? {
+            "unix" => tryswap_fsm::Network::Unix,
+            _ => tryswap_fsm::Network::Tcp,
+        },
+        address: active["address"].as_str()?.to_owned(),
+        protocol: tryswap_fsm::Protocol::Grpc,
+        server_cert: None,
+    })
 }
 
 async fn one_call(endpoint: &Endpoint) -> Result<(), String> {
@@ -110,6 +148,7 @@ async fn caller(target: Target, counters: Arc<Counters>, base: Instant) {
         if counters.stop.load(Ordering::SeqCst) {
             return;
         }
+        let began = Instant::now();
         let result = match &target {
             Target::Legacy(pointer) => match pointer.load_full() {
                 Some(endpoint) => one_call(&endpoint).await,
@@ -122,11 +161,19 @@ async fn caller(target: Target, counters: Arc<Counters>, base: Instant) {
                 },
                 Err(e) => Err(e.to_string()),
             },
+            Target::Fixed(endpoint) => one_call(endpoint).await,
+            Target::Reread(_, _, cached) => match cached.load_full() {
+                Some(endpoint) => one_call(&endpoint).await,
+                None => Err("no address known".to_owned()),
+            },
         };
         match result {
-            Ok(()) => counters.ok(base),
+            Ok(()) => counters.ok(base, began.elapsed()),
             Err(e) => {
                 counters.failed(e);
+                if let Target::Reread(socket, slot, cached) = &target {
+                    cached.store(status_address(socket, slot).await.map(Arc::new));
+                }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -134,22 +181,55 @@ async fn caller(target: Target, counters: Arc<Counters>, base: Instant) {
 }
 
 /// What one strategy did.
-struct Run {
-    swaps: usize,
-    ok: u64,
-    failed: u64,
+pub(crate) struct Run {
+    pub(crate) swaps: usize,
+    /// Latencies of successful calls while swaps happened.
+    pub(crate) latencies: Samples,
+    /// Latencies of successful calls in the quiet second before.
+    pub(crate) quiet_latencies: Samples,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
     gap: Duration,
     baseline_gap: Duration,
     /// The longest gap around each swap (from its start until a few calls after it).
     swap_gaps: Samples,
     /// The longest gap in windows of the same length without swaps.
     quiet_gaps: Samples,
-    elapsed: Duration,
-    first_error: Option<String>,
+    pub(crate) elapsed: Duration,
+    pub(crate) first_error: Option<String>,
     swap_failures: usize,
 }
 
-async fn measure<F, Fut>(target: Target, swaps: usize, budget: Duration, mut swap: F) -> Run
+impl Run {
+    /// The table cells every strategy row starts with: name, swaps, calls ok, failed
+    /// calls, failed per 1,000 swaps.
+    pub(crate) fn count_cells(&self, name: &str) -> Vec<String> {
+        let per_1000 = self.failed as f64 * 1000.0 / self.swaps.max(1) as f64;
+        vec![
+            name.to_owned(),
+            format!("{} in {:.1} s", self.swaps, self.elapsed.as_secs_f64()),
+            count(self.ok as f64),
+            count(self.failed as f64),
+            count(per_1000),
+        ]
+    }
+
+    /// The goal cell: "0 failed: met/missed" for the strategy that promises it.
+    pub(crate) fn goal_cell(&self, promises: bool) -> String {
+        if promises {
+            format!("0 failed: {}", verdict(self.failed == 0))
+        } else {
+            String::new()
+        }
+    }
+}
+
+pub(crate) async fn measure<F, Fut>(
+    target: Target,
+    swaps: usize,
+    budget: Duration,
+    mut swap: F,
+) -> Run
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -173,6 +253,7 @@ where
         quiet_gaps.push(counters.window());
     }
     let (_, _, baseline_gap) = counters.snapshot();
+    let quiet_latencies = counters.take_latencies();
 
     counters.restart(base);
     let started = Instant::now();
@@ -214,6 +295,8 @@ where
     }
     Run {
         swaps: done,
+        latencies: counters.take_latencies(),
+        quiet_latencies,
         ok,
         failed,
         gap,
@@ -226,30 +309,33 @@ where
     }
 }
 
-/// Runs section 2 with `swaps` swaps per strategy.
-pub async fn run(bins: &Bins, swaps: usize, budget: Duration) -> Result<Vec<Table>, String> {
-    let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
+/// The legacy strategy: the host keeps one pointer; a swap unloads (stops) the old plugin,
+/// then loads (spawns, reads the handshake of) the new one, configured by `config(n)`.
+pub(crate) async fn legacy_run(
+    bins: &Bins,
+    dir: &std::path::Path,
+    swaps: usize,
+    budget: Duration,
+    config: impl Fn(usize) -> Result<PathBuf, String>,
+) -> Result<Run, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let slot_cfg = setup::slot_config("bench");
-
-    // Legacy: the host keeps one pointer; a swap unloads (stops) the old plugin, then loads
-    // (spawns, reads the handshake of) the new one.
-    let legacy_dir = temp.join("legacy");
-    std::fs::create_dir_all(&legacy_dir).map_err(|e| e.to_string())?;
-    let launch = |n: usize| {
-        Launch::for_slot(
+    let launch = |n: usize| -> Result<Launch, String> {
+        Ok(Launch::for_slot(
             bins.fixture.clone(),
             &slot_cfg,
-            &setup::fixture_config(&legacy_dir, &format!("legacy{n}")),
-        )
+            &config(n)?,
+        ))
     };
-    let (first, _) = floor::launch(&launch(0), STEP_TIMEOUT).await?;
+    let (first, _) = floor::launch(&launch(0)?, STEP_TIMEOUT).await?;
     let pointer = Arc::new(ArcSwapOption::from_pointee(first.endpoint.clone()));
     let current = Arc::new(tokio::sync::Mutex::new(Some(first)));
-    let legacy = measure(Target::Legacy(Arc::clone(&pointer)), swaps, budget, |n| {
+    let run = measure(Target::Legacy(Arc::clone(&pointer)), swaps, budget, |n| {
         let pointer = Arc::clone(&pointer);
         let current = Arc::clone(&current);
         let how = launch(n);
         async move {
+            let how = how?;
             let mut current = current.lock().await;
             pointer.store(None);
             if let Some(old) = current.take() {
@@ -265,6 +351,20 @@ pub async fn run(bins: &Bins, swaps: usize, budget: Duration) -> Result<Vec<Tabl
     if let Some(old) = current.lock().await.take() {
         let _ = floor::stop(old, STEP_TIMEOUT).await;
     }
+    Ok(run)
+}
+
+/// Runs section 2 with `swaps` swaps per strategy.
+pub async fn run(bins: &Bins, swaps: usize, budget: Duration) -> Result<Vec<Table>, String> {
+    let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
+
+    // Legacy: the host keeps one pointer; a swap unloads (stops) the old plugin, then loads
+    // (spawns, reads the handshake of) the new one.
+    let legacy_dir = temp.join("legacy");
+    let legacy = legacy_run(bins, &legacy_dir, swaps, budget, |n| {
+        Ok(setup::fixture_config(&legacy_dir, &format!("legacy{n}")))
+    })
+    .await?;
 
     // Safe: the supervisor, callers lease.
     let safe_dir = temp.join("safe");
@@ -320,13 +420,8 @@ pub async fn run(bins: &Bins, swaps: usize, budget: Duration) -> Result<Vec<Tabl
         ("legacy unload→load (by hand)", &legacy, false),
         ("safe reload (leases)", &safe, true),
     ] {
-        let per_1000 = run.failed as f64 * 1000.0 / run.swaps.max(1) as f64;
-        t.row([
-            name.to_owned(),
-            format!("{} in {:.1} s", run.swaps, run.elapsed.as_secs_f64()),
-            count(run.ok as f64),
-            count(run.failed as f64),
-            count(per_1000),
+        let mut cells = run.count_cells(name);
+        cells.extend([
             format!(
                 "{} / {}",
                 ms(run.swap_gaps.p50()),
@@ -337,12 +432,9 @@ pub async fn run(bins: &Bins, swaps: usize, budget: Duration) -> Result<Vec<Tabl
                 ms(run.quiet_gaps.p50()),
                 ms(run.baseline_gap.as_secs_f64() * 1000.0)
             ),
-            if safe {
-                format!("0 failed: {}", verdict(run.failed == 0))
-            } else {
-                String::new()
-            },
+            run.goal_cell(safe),
         ]);
+        t.row(cells);
         if let Some(e) = &run.first_error {
             t.note(format!("{name}: first failed call: {e}"));
         }

@@ -534,7 +534,22 @@ pub fn status_text(report: &StatusReport) -> String {
         ],
         rows,
         &[1, 2, 4],
-    )
+    ) + &endpoints_text(report)
+}
+
+/// One line per slot with a stable endpoint: where callers dial, and its leases.
+fn endpoints_text(report: &StatusReport) -> String {
+    let mut text = String::new();
+    for s in &report.slots {
+        if let Some(endpoint) = &s.endpoint {
+            text.push_str(&format!("{} endpoint: {endpoint}", s.slot));
+            if !s.leases.is_empty() {
+                text.push_str(&format!(" ({} lease(s))", s.leases.len()));
+            }
+            text.push('\n');
+        }
+    }
+    text
 }
 
 /// A reload's outcome as history shows it: `rollback → generation N` for rollbacks.

@@ -21,6 +21,7 @@ pub mod admin_body;
 mod blocking;
 pub mod config;
 mod driver;
+pub mod endpoint;
 mod file_modes;
 mod keepalive;
 mod probe;
@@ -37,7 +38,7 @@ pub use driver::{Driver, DriverError, Instance, LaunchRequest, Liveness, StopOut
 pub use keepalive::{
     KeepAliveState, Monitor, MonitorEvent, MonitorEventKind, MonitorOptions, SlotHealth,
 };
-pub use report::{HistoryReport, Outcome, ReloadReport, SlotStatus, StatusReport};
+pub use report::{DrainReport, HistoryReport, Outcome, ReloadReport, SlotStatus, StatusReport};
 pub use store::{GcReport, Store, StoreError, StoreUsage};
 pub use supervisor::bake::{BakeEnd, BakeWatch};
 pub use supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};

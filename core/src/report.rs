@@ -151,6 +151,30 @@ pub struct ReloadReport {
     pub retired: Vec<u64>,
     /// The bake window, for reloads that activated provisionally.
     pub bake: Option<BakeInfo>,
+    /// The slot's stable endpoint after the reload (DESIGN.md "Stable endpoints"): the
+    /// unix link's path or the daemon's tcp listener; absent when the slot has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// How each former generation this reload retired ended (drained, timed out, killed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drain: Vec<DrainReport>,
+}
+
+/// How a retired generation ended after its outside callers were drained.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DrainReport {
+    /// The retired generation.
+    pub generation: u64,
+    /// `drained` (its connections and leases ended, then it stopped gracefully),
+    /// `timed_out` (`drain_timeout` passed first; then stopped gracefully) or `killed`
+    /// (it had to be killed).
+    pub ended: &'static str,
+    /// Milliseconds from the start of the drain to the generation's end.
+    pub waited_ms: f64,
+    /// Established connections left when the drain gave up (0 when drained).
+    pub connections_left: usize,
+    /// Leases still held when the drain gave up (0 when drained).
+    pub leases_left: usize,
 }
 
 /// Milliseconds from `from` to `to`, never negative (clocks of two records can step back).
@@ -233,6 +257,8 @@ impl ReloadReport {
             duration_ms: millis(view.created, last),
             retired: Vec::new(),
             bake: BakeInfo::of(&reload.state),
+            endpoint: None,
+            drain: Vec::new(),
         }
     }
 }
@@ -304,6 +330,13 @@ pub struct SlotStatus {
     /// (the other slots serve). Cleared by the slot's next successful `start` or reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// The slot's stable endpoint (DESIGN.md "Stable endpoints"): the unix link's path
+    /// while it exists, or the daemon's tcp listener; absent when the slot has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Unexpired leases outside hosts hold through the daemon's API.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::endpoint::leases::LeaseGrant>,
 }
 
 /// How a generation's process last ended.
@@ -366,6 +399,8 @@ impl SlotStatus {
             restarts: 0,
             last_exit: None,
             failed: None,
+            endpoint: None,
+            leases: Vec::new(),
         }
     }
 }

@@ -22,6 +22,7 @@
 
 pub mod connections;
 pub mod events;
+pub mod leases;
 pub mod metrics;
 pub mod notify;
 pub mod server;
@@ -349,6 +350,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         config_path: ctx.config_path.clone(),
         started_with: (admin.clone(), ctx.config.state_dir.clone()),
         config_busy: tokio::sync::Mutex::new(()),
+        leases: tryswap::endpoint::leases::LeaseTable::new(supervisor.clone()),
     });
     let unix_server = spawn_server(
         unix,
@@ -373,6 +375,17 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
             connections::MAX_TCP_CONNECTIONS,
         )
     });
+    // The tcp stable endpoints are bound now (a taken port fails the start), and forward
+    // once recovery has settled the active generations.
+    let mut endpoints = Vec::new();
+    for slot in &ctx.config.slots {
+        if let Some(address) = slot.endpoint {
+            let listener = tryswap::endpoint::tcp::bind(&slot.name, address)
+                .await
+                .map_err(|e| CliError::new(EXIT_ERROR, e.to_string()))?;
+            endpoints.push((slot.name.clone(), listener));
+        }
+    }
     tracing::info!(socket = %socket.display(), "admin API listening; running recovery");
 
     let recovered = supervisor.recover().await;
@@ -406,6 +419,16 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
             }
         });
         spawn_store_gc(&state);
+        for (slot, listener) in endpoints.drain(..) {
+            tracing::info!(slot = %slot, address = ?listener.local_addr().ok(), "tcp endpoint forwarding");
+            let cancel = state.shutdown.clone().cancelled_owned();
+            tokio::spawn(tryswap::endpoint::tcp::forward(
+                supervisor.clone(),
+                slot,
+                listener,
+                Box::pin(cancel),
+            ));
+        }
         state.ready.store(true, Ordering::SeqCst);
         let slots = ctx.config.slots.len();
         notify::ready(&format!("serving {slots} slot(s)"));

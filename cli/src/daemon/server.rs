@@ -18,6 +18,7 @@
 //! | `GET /v1/monitor` | keep-alive state of every slot | 200 |
 //! | `GET /v1/journal/verify`, `GET /v1/journal/replay?until=SEQ`, `POST /v1/journal/compact` | `tryswap journal …` (records: `/v1/events?follow=false&from=SEQ`) | 200 |
 //! | `POST /v1/store/gc` | `tryswap store gc` | 200 |
+//! | `POST /v1/slots/{slot}/leases`, `POST /v1/leases/{id}/renew`, `DELETE /v1/leases/{id}` | leases for outside hosts (see [`super::leases`]) | 200, 404, 400 |
 //!
 //! Every `/v1` route answers 503 until recovery finished and once shutdown began. Errors
 //! are `{"error": message, "exit_code": n}` with the exit code the CLI uses for the same
@@ -87,6 +88,8 @@ pub struct AppState {
     pub started_with: (AdminConfig, Option<PathBuf>),
     /// Serializes config reloads.
     pub config_busy: tokio::sync::Mutex<()>,
+    /// Leases held for outside hosts (`/v1/slots/{slot}/leases`).
+    pub leases: tryswap::endpoint::leases::LeaseTable,
 }
 
 /// An error answer: `{"error": message, "exit_code": n}`.
@@ -106,11 +109,11 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, EXIT_ERROR, message)
     }
 
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(super) fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, EXIT_ERROR, message)
     }
 
@@ -166,9 +169,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
-fn wants_text(headers: &HeaderMap) -> bool {
+pub(super) fn wants_text(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -176,7 +179,11 @@ fn wants_text(headers: &HeaderMap) -> bool {
 }
 
 /// The JSON of `value`, or `text` when the client asked for text.
-fn reply<T: Serialize>(status: StatusCode, value: &T, text: Option<String>) -> ApiResult {
+pub(super) fn reply<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+    text: Option<String>,
+) -> ApiResult {
     match text {
         Some(text) => Ok((
             status,
@@ -193,7 +200,7 @@ fn reply<T: Serialize>(status: StatusCode, value: &T, text: Option<String>) -> A
 }
 
 impl AppState {
-    fn ready(&self) -> Result<(), ApiError> {
+    pub(super) fn ready(&self) -> Result<(), ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -268,7 +275,7 @@ impl AppState {
     }
 }
 
-type St = State<Arc<AppState>>;
+pub(super) type St = State<Arc<AppState>>;
 
 /// Every route, sharing `state`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -292,6 +299,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/journal/replay", get(journal_replay))
         .route("/v1/journal/compact", post(journal_compact))
         .route("/v1/store/gc", post(store_gc))
+        .route("/v1/slots/{slot}/leases", post(super::leases::take))
+        .route("/v1/leases/{id}/renew", post(super::leases::renew))
+        .route(
+            "/v1/leases/{id}",
+            axum::routing::delete(super::leases::release),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -368,8 +381,9 @@ async fn metrics(State(st): St, headers: HeaderMap) -> Response {
 
 async fn slots(State(st): St, headers: HeaderMap) -> ApiResult {
     st.ready()?;
-    let report =
+    let mut report =
         crate::operator::status(&st.supervisor, None, st.monitor.get()).map_err(ApiError::from)?;
+    super::leases::add_to_status(&st, &mut report);
     let text = wants_text(&headers).then(|| render::status_text(&report));
     reply(StatusCode::OK, &report, text)
 }
@@ -377,8 +391,9 @@ async fn slots(State(st): St, headers: HeaderMap) -> ApiResult {
 async fn one_slot(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
-    let report = crate::operator::status(&st.supervisor, Some(&slot), st.monitor.get())
+    let mut report = crate::operator::status(&st.supervisor, Some(&slot), st.monitor.get())
         .map_err(ApiError::from)?;
+    super::leases::add_to_status(&st, &mut report);
     if wants_text(&headers) {
         return reply(StatusCode::OK, &(), Some(render::status_text(&report)));
     }

@@ -118,6 +118,7 @@ fn design_example_parses_to_expected_values() {
                 backoff_max: Duration::from_secs(30),
             },
             bake: Duration::ZERO,
+            endpoint: None,
         }],
         source: Some(PathBuf::from("tryswap.toml")),
     };
@@ -739,4 +740,27 @@ fn bake_is_a_bounded_duration_off_by_default() {
     assert_eq!(err.line(), Some(3), "{err}");
     let err = parse("[[slot]]\nname = \"billing\"\nbake = \"soon\"\n").unwrap_err();
     assert!(err.to_string().contains("bake"), "{err}");
+}
+
+#[test]
+fn slot_endpoint_is_an_ip_and_port() {
+    let config = Config::parse(
+        "[[slot]]\nname = \"a\"\nendpoint = \"127.0.0.1:7000\"\n",
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.slots[0].endpoint,
+        Some("127.0.0.1:7000".parse().unwrap())
+    );
+    let err = Config::parse(
+        "[[slot]]\nname = \"a\"\nendpoint = \"/tmp/x.sock\"\n",
+        Path::new("t.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`endpoint`") && err.contains("t.toml:3"),
+        "{err}"
+    );
 }

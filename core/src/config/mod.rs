@@ -114,6 +114,10 @@ pub struct SlotConfig {
     /// committed candidate stays provisional, with the previous generation as a warm
     /// standby. Default zero: off. At most [`MAX_BAKE`].
     pub bake: Duration,
+    /// `endpoint = "127.0.0.1:7000"`: a TCP address `tryswap serve` listens on and forwards
+    /// to the active generation (DESIGN.md "Stable endpoints for outside callers"). Unix
+    /// socket plugins need none: their stable endpoint is `<state_dir>/endpoints/<slot>.sock`.
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// The longest bake window a slot or a reload may ask for.
@@ -148,6 +152,7 @@ impl SlotConfig {
             probe: ProbeConfig::default(),
             restart: RestartConfig::default(),
             bake: Duration::ZERO,
+            endpoint: None,
         }
     }
 }
@@ -447,6 +452,7 @@ struct RawSlot {
     probe: Option<RawProbe>,
     restart: Option<RawRestart>,
     bake: Option<Sp<String>>,
+    endpoint: Option<Sp<String>>,
 }
 const SLOT_KEYS: &[&str] = &[
     "name",
@@ -461,6 +467,7 @@ const SLOT_KEYS: &[&str] = &[
     "probe",
     "restart",
     "bake",
+    "endpoint",
 ];
 
 #[derive(Deserialize)]
@@ -756,6 +763,18 @@ impl<'a> Ctx<'a> {
         if let Some(d) = raw.bake {
             // At most MAX_BAKE, which is MAX_DURATION: `duration` refuses anything longer.
             slot.bake = self.duration(&d, &label, "bake")?;
+        }
+        if let Some(e) = raw.endpoint {
+            let addr: SocketAddr = e.get_ref().parse().map_err(|err| {
+                self.invalid(
+                    e.span(),
+                    format!(
+                        "{label}: `endpoint` = {:?} is not an IP address and port ({err}), e.g. \"127.0.0.1:7000\"",
+                        e.get_ref()
+                    ),
+                )
+            })?;
+            slot.endpoint = Some(addr);
         }
         Ok(slot)
     }

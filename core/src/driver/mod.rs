@@ -188,4 +188,11 @@ pub trait Driver: Send + Sync + 'static {
         let _ = facts;
         Vec::new()
     }
+
+    /// Established connections outside callers hold to the instance's endpoint (what a
+    /// drain waits on), or `None` when the driver cannot tell. The default cannot.
+    fn outside_connections(&self, instance: &Instance) -> Option<usize> {
+        let _ = instance;
+        None
+    }
 }

@@ -543,6 +543,11 @@ impl Supervisor {
         Ok(Some((rt, guard)))
     }
 
+    /// The config of a process slot registered from a config file.
+    pub(crate) fn slot_config(&self, slot: &SlotName) -> Option<SlotConfig> {
+        self.runtime(slot).ok().and_then(|rt| rt.config.clone())
+    }
+
     pub(crate) fn runtimes(&self) -> Vec<Arc<SlotRuntime>> {
         let slots = self.inner.slots.read().unwrap_or_else(|e| e.into_inner());
         slots.values().cloned().collect()
@@ -554,6 +559,7 @@ impl Supervisor {
             self.write_failpoint(command)?;
         }
         let records = self.inner.journal.execute_all(commands, Utc::now())?;
+        self.follow_records(&records);
         for record in &records {
             let _ = self.inner.records.send(record.clone());
         }
@@ -588,6 +594,8 @@ impl Supervisor {
                 .journal
                 .fail("syncing (EIO injected by TRYSWAP_FAILPOINTS)"))
         });
+        // The endpoint link follows the marker just journaled, before anyone hears of it.
+        self.follow_records(&records);
         for record in &records {
             // Nobody listening is fine.
             let _ = self.inner.records.send(record.clone());
@@ -802,7 +810,9 @@ impl Supervisor {
         let view = self.inner.journal.reload(&reload)?.ok_or_else(|| {
             SupervisorError::Journal(JournalError::Missing(format!("reload {reload}")))
         })?;
-        Ok(ReloadReport::from_view(&view, Some(started), previous))
+        let mut report = ReloadReport::from_view(&view, Some(started), previous);
+        report.endpoint = self.endpoint(&view.reload.slot);
+        Ok(report)
     }
 
     /// Copies the candidate into the store, or finds a rollback target there.
@@ -1017,14 +1027,30 @@ impl Supervisor {
         failpoint!("reload-after-swap");
 
         // Drain and stop every former generation still waiting to retire.
-        let retired = self.retire_old(rt, old).await;
+        let drain = self.retire_old_drained(rt, old).await;
         let mut report = self.report(reload, started, previous)?;
-        report.retired = retired;
+        report.retired = drain.iter().map(|d| d.generation).collect();
+        report.drain = drain;
         Ok(report)
     }
 
     /// Drains and stops former generations of the slot, journaling `Retired` for each.
     pub(crate) async fn retire_old(&self, rt: &SlotRuntime, old: Option<Arc<Serving>>) -> Vec<u64> {
+        self.retire_old_drained(rt, old)
+            .await
+            .iter()
+            .map(|d| d.generation)
+            .collect()
+    }
+
+    /// [`Supervisor::retire_old`], saying how each retired generation ended: its leases
+    /// and its outside callers' connections are waited for (up to `drain_timeout`), then
+    /// it is stopped gracefully (go-plugin's controller or SIGTERM, SIGKILL last).
+    pub(crate) async fn retire_old_drained(
+        &self,
+        rt: &SlotRuntime,
+        old: Option<Arc<Serving>>,
+    ) -> Vec<crate::report::DrainReport> {
         let mut retired = Vec::new();
         let retiring = match self.inner.journal.slot(&rt.name) {
             Ok(Some(view)) => {
@@ -1050,7 +1076,8 @@ impl Supervisor {
                 .as_ref()
                 .filter(|s| s.instance.generation == facts.generation)
                 .cloned();
-            let instance = match &serving {
+            let began = tokio::time::Instant::now();
+            let (instance, leases_left) = match &serving {
                 Some(s) => {
                     let held = s.drain(rt.drain_timeout).await;
                     if held > 0 {
@@ -1060,30 +1087,42 @@ impl Supervisor {
                             "drain timeout passed with leases still held; stopping anyway"
                         );
                     }
-                    s.instance.clone()
+                    (s.instance.clone(), held)
                 }
-                None => facts_instance(&rt.name, &facts),
+                None => (facts_instance(&rt.name, &facts), 0),
             };
+            let connections_left =
+                crate::endpoint::drain::wait_unconnected(rt, &instance, began + rt.drain_timeout)
+                    .await;
             failpoint!("retire-before-stop");
-            match rt.driver.stop(&instance).await {
+            let ended = match rt.driver.stop(&instance).await {
                 Ok(outcome) => {
                     tracing::info!(
                         generation = facts.generation.0,
                         ?outcome,
+                        leases_left,
+                        connections_left,
                         "old generation stopped"
-                    )
+                    );
+                    crate::endpoint::drain::ended(outcome, leases_left + connections_left)
                 }
                 Err(e) => {
                     tracing::error!(generation = facts.generation.0, error = %e, "stopping the old generation failed; it stays queued for retirement");
                     continue;
                 }
-            }
+            };
             failpoint!("retire-after-stop");
             match self.record(&Command::Retire {
                 slot: rt.name.clone(),
                 generation: facts.generation,
             }) {
-                Ok(_) => retired.push(facts.generation.0),
+                Ok(_) => retired.push(crate::report::DrainReport {
+                    generation: facts.generation.0,
+                    ended,
+                    waited_ms: began.elapsed().as_secs_f64() * 1000.0,
+                    connections_left,
+                    leases_left,
+                }),
                 Err(e) => tracing::error!(error = %e, "journaling Retired"),
             }
             failpoint!("retire-after-retired");
@@ -1225,6 +1264,7 @@ impl Supervisor {
                 .map_or(Liveness::Dead, |a| self.active_alive(&name, a));
             let mut status = SlotStatus::from_view(&view, in_flight.as_ref(), alive, is_configured);
             status.failed = failed.get(&name).cloned();
+            status.endpoint = self.endpoint(&name);
             slots.push(status);
         }
         Ok(StatusReport {

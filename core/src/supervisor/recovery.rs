@@ -434,6 +434,8 @@ impl Supervisor {
         if self.journal().last_seq() != before {
             self.flush_off_thread().await?;
         }
+        // The endpoint links follow the journal's active markers, whatever a crash left.
+        self.repair_endpoints();
         for action in &report.actions {
             tracing::info!(%action, "recovery");
         }

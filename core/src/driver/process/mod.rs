@@ -1,6 +1,7 @@
 //! The process driver: plugins as child processes speaking go-plugin's handshake.
 
 pub mod cgroup;
+pub mod connections;
 pub mod handshake;
 pub mod os;
 pub mod sockets;
@@ -465,6 +466,10 @@ impl ProcessDriver {
 
 #[async_trait]
 impl Driver for ProcessDriver {
+    fn outside_connections(&self, instance: &Instance) -> Option<usize> {
+        connections::outside_connections(instance.endpoint.as_ref()?)
+    }
+
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError> {
         let (spec, stdout_path) = self.spec(request)?;
         // Opening the logs, fork/exec and the ETXTBSY retries block: off the async workers.

@@ -177,7 +177,7 @@ fn descends_from(pid: u32, root: u32) -> bool {
 
 /// The socket inodes among `pid`'s open fds; `None` if they cannot be read (gone, or
 /// another user's).
-fn socket_inodes_of(pid: u32) -> Option<HashSet<u64>> {
+pub(super) fn socket_inodes_of(pid: u32) -> Option<HashSet<u64>> {
     let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     let inodes = dir
         .filter_map(|entry| entry.ok())
@@ -256,7 +256,7 @@ fn tcp_listeners(table: &str, v6: bool, wanted: SocketAddr) -> Vec<u64> {
 }
 
 /// `/proc/net/tcp*` prints addresses as 32-bit words in host byte order.
-fn parse_proc_ip(hex: &str, v6: bool) -> Option<IpAddr> {
+pub(super) fn parse_proc_ip(hex: &str, v6: bool) -> Option<IpAddr> {
     let word = |i: usize| -> Option<[u8; 4]> {
         let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
         Some(w.to_ne_bytes())

@@ -1,0 +1,304 @@
+//! Established connections to a plugin's endpoint held by outside callers (Linux only):
+//! what a drain waits on before it stops a retiring generation.
+//!
+//! Connections this process holds itself (the stdio stream, probes) are not counted: they
+//! end with the plugin and would keep every drain waiting. TCP: the server ends of
+//! ESTABLISHED sockets in `/proc/net/tcp{,6}` whose local address is the plugin's, minus
+//! those whose peer is one of this process's sockets. Unix: `sock_diag` (`NETLINK_SOCK_DIAG`,
+//! `AF_UNIX`) lists connected sockets with their bound name and peer inode; the server ends
+//! carry the listener's path.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+
+use tryswap_fsm::{Endpoint, Network};
+
+/// Established connections to `endpoint` from outside this process; `None` when they
+/// cannot be counted (no `/proc`, no `sock_diag`, an address that does not parse).
+pub fn outside_connections(endpoint: &Endpoint) -> Option<usize> {
+    let own = own_socket_inodes();
+    match endpoint.network {
+        Network::Tcp => {
+            let wanted: SocketAddr = endpoint.address.parse().ok()?;
+            let mut server_peers = Vec::new();
+            let mut own_locals = HashSet::new();
+            for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                let Ok(table) = std::fs::read_to_string(path) else {
+                    continue;
+                };
+                for row in tcp_rows(&table) {
+                    if own.contains(&row.inode) {
+                        own_locals.insert(row.local);
+                    }
+                    if row.state == TCP_ESTABLISHED && row.local == wanted {
+                        server_peers.push(row.remote);
+                    }
+                }
+            }
+            Some(
+                server_peers
+                    .iter()
+                    .filter(|peer| !own_locals.contains(peer))
+                    .count(),
+            )
+        }
+        Network::Unix => {
+            let sockets = unix_diag().ok()?;
+            Some(
+                sockets
+                    .iter()
+                    .filter(|s| s.name.as_deref() == Some(endpoint.address.as_str()))
+                    .filter(|s| s.peer.is_some_and(|p| !own.contains(&u64::from(p))))
+                    .count(),
+            )
+        }
+    }
+}
+
+/// `TCP_ESTABLISHED` in `/proc/net/tcp*`'s `st` column.
+const TCP_ESTABLISHED: &str = "01";
+
+/// This process's socket inodes (none if `/proc/self/fd` cannot be read).
+fn own_socket_inodes() -> HashSet<u64> {
+    super::sockets::socket_inodes_of(std::process::id()).unwrap_or_default()
+}
+
+struct TcpRow<'a> {
+    local: SocketAddr,
+    remote: SocketAddr,
+    state: &'a str,
+    inode: u64,
+}
+
+fn tcp_rows(table: &str) -> impl Iterator<Item = TcpRow<'_>> {
+    table.lines().skip(1).filter_map(|line| {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        Some(TcpRow {
+            local: proc_addr(fields.get(1)?)?,
+            remote: proc_addr(fields.get(2)?)?,
+            state: fields.get(3)?,
+            inode: fields.get(9)?.parse().ok()?,
+        })
+    })
+}
+
+/// `0100007F:1F40` (v4) or 32 hex digits + port (v6), as `/proc/net/tcp*` prints them;
+/// v4-mapped v6 addresses come back as v4.
+fn proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = super::sockets::parse_proc_ip(ip, ip.len() == 32)?;
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// One connected unix socket as `sock_diag` reports it.
+#[derive(Debug)]
+struct UnixSocket {
+    name: Option<String>,
+    peer: Option<u32>,
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const UDIAG_SHOW_NAME: u32 = 0x1;
+const UDIAG_SHOW_PEER: u32 = 0x4;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_PEER: u16 = 2;
+/// `1 << TCP_ESTABLISHED`: connected stream sockets.
+const STATE_ESTABLISHED: u32 = 1 << 1;
+const NLMSG_HDR: usize = 16;
+const UNIX_DIAG_MSG: usize = 16;
+
+/// Every connected unix stream socket of this network namespace, by `sock_diag`.
+fn unix_diag() -> io::Result<Vec<UnixSocket>> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+
+    let mut request = Vec::with_capacity(NLMSG_HDR + 24);
+    request.extend_from_slice(&((NLMSG_HDR + 24) as u32).to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    request.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    request.push(libc::AF_UNIX as u8);
+    request.push(0); // protocol
+    request.extend_from_slice(&0u16.to_ne_bytes());
+    request.extend_from_slice(&STATE_ESTABLISHED.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes()); // any inode
+    request.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    request.extend_from_slice(&[0xff; 8]); // no cookie
+                                           // SAFETY: `request` is a valid buffer of its length; a zeroed sockaddr_nl is the kernel.
+    let sent = unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            fd,
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+            std::ptr::addr_of!(kernel).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut sockets = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut rest = buf.get(..n as usize).unwrap_or(&[]);
+        while rest.len() >= NLMSG_HDR {
+            let len = u32_at(rest, 0) as usize;
+            let kind = u16_at(rest, 4);
+            if len < NLMSG_HDR || len > rest.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "sock_diag: truncated message",
+                ));
+            }
+            match kind {
+                k if k == libc::NLMSG_DONE as u16 => return Ok(sockets),
+                k if k == libc::NLMSG_ERROR as u16 => {
+                    let errno = rest
+                        .get(NLMSG_HDR..NLMSG_HDR + 4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ => {
+                    if let Some(body) = rest.get(NLMSG_HDR..len) {
+                        if let Some(s) = parse_unix_msg(body) {
+                            sockets.push(s);
+                        }
+                    }
+                }
+            }
+            let advance = (len + 3) & !3;
+            rest = rest.get(advance..).unwrap_or(&[]);
+        }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    b.get(at..at + 2)
+        .map_or(0, |x| u16::from_ne_bytes([x[0], x[1]]))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .map_or(0, |x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+}
+
+/// One `unix_diag_msg` and its attributes.
+fn parse_unix_msg(body: &[u8]) -> Option<UnixSocket> {
+    let mut attrs = body.get(UNIX_DIAG_MSG..)?;
+    let mut socket = UnixSocket {
+        name: None,
+        peer: None,
+    };
+    while attrs.len() >= 4 {
+        let len = u16_at(attrs, 0) as usize;
+        let kind = u16_at(attrs, 2);
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        let data = attrs.get(4..len)?;
+        match kind {
+            UNIX_DIAG_NAME => {
+                // Abstract names start with NUL; paths may carry a trailing NUL.
+                let name = data.split(|b| *b == 0).next().unwrap_or(&[]);
+                if !name.is_empty() {
+                    socket.name = Some(String::from_utf8_lossy(name).into_owned());
+                }
+            }
+            UNIX_DIAG_PEER => socket.peer = Some(u32_at(data, 0)),
+            _ => {}
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    Some(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tryswap_fsm::Protocol;
+
+    fn endpoint(network: Network, address: String) -> Endpoint {
+        Endpoint {
+            core_version: 1,
+            app_version: 1,
+            network,
+            address,
+            protocol: Protocol::Grpc,
+            server_cert: None,
+        }
+    }
+
+    #[test]
+    fn own_unix_connections_are_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugin.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let ep = endpoint(Network::Unix, path.display().to_string());
+        let Some(before) = outside_connections(&ep) else {
+            eprintln!("skipping: sock_diag for AF_UNIX is not available here");
+            return;
+        };
+        assert_eq!(before, 0);
+        // A connection from this process: not an outside caller.
+        let _ours = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (_served, _) = listener.accept().unwrap();
+        assert_eq!(outside_connections(&ep), Some(0));
+    }
+
+    #[test]
+    fn own_tcp_connections_are_not_counted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ep = endpoint(Network::Tcp, addr.to_string());
+        assert_eq!(outside_connections(&ep), Some(0));
+        let _ours = std::net::TcpStream::connect(addr).unwrap();
+        let (_served, _) = listener.accept().unwrap();
+        assert_eq!(outside_connections(&ep), Some(0));
+    }
+
+    #[test]
+    fn proc_addresses_parse() {
+        assert_eq!(
+            proc_addr("0100007F:1F40"),
+            Some("127.0.0.1:8000".parse().unwrap())
+        );
+        assert_eq!(
+            proc_addr("0000000000000000FFFF00000100007F:1F40"),
+            Some("127.0.0.1:8000".parse().unwrap())
+        );
+    }
+}
