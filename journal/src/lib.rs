@@ -48,6 +48,7 @@ mod record;
 mod replay;
 mod report;
 mod rewrite;
+pub mod segment_log;
 mod sled_dir;
 mod store;
 mod verify;
@@ -64,6 +65,7 @@ pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use record::{Record, RECORD_FORMAT};
 pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
+pub use segment_log::{LogBase, LogDamage, LogItem, LogItems, LogPosition, LogReader};
 pub use store::{JournalStore, Records};
 pub use witness::WitnessMark;
 
