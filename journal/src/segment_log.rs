@@ -59,7 +59,6 @@ pub fn segment_path(journal_dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 /// One frame, ready to append: header and body.
-#[cfg_attr(not(test), allow(dead_code))] // the journal's writer uses it next
 pub(crate) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER + 1 + payload.len());
     let len = (payload.len() + 1) as u32;
@@ -83,7 +82,6 @@ pub(crate) struct BaseHead {
 }
 
 /// The frames of a compaction base at `mark` with these projections.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn base_frames(
     mark: WitnessMark,
     slots: &[SlotView],
@@ -503,14 +501,12 @@ impl Iterator for LogItems {
 
 /// The open segment the journal appends to.
 #[derive(Debug)]
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) struct LogWriter {
     path: PathBuf,
     file: File,
     len: u64,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 impl LogWriter {
     /// Opens segment `first` for appending after byte `end`, cutting anything after it (an
     /// unflushed tail a crash left).
@@ -600,6 +596,7 @@ impl LogWriter {
     }
 
     /// The segment's length so far.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> u64 {
         self.len
     }

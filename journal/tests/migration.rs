@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tryswap_journal::{Journal, Record};
+use tryswap_journal::{Journal, LogReader, Record, MIGRATION_BACKUP_DIR};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -60,5 +60,15 @@ fn a_journal_written_by_main_e196fe3_opens_verifies_and_keeps_every_record() {
             slot.slot.active_generation(),
             Some(tryswap_fsm::Generation(5))
         );
+        drop(journal);
+        // Converted once: the log holds every record, the old files are kept.
+        let (logged, damage) = LogReader::open(&dir).unwrap().records();
+        assert_eq!((logged, damage), (expected.clone(), None), "round {round}");
+        assert!(dir
+            .join(MIGRATION_BACKUP_DIR)
+            .join("sled")
+            .join("db")
+            .is_file());
+        assert!(dir.join(MIGRATION_BACKUP_DIR).join("witness").is_file());
     }
 }
