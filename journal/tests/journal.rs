@@ -260,19 +260,6 @@ fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 /// Every record as the journal reads it back.
 fn all_records(journal: &Journal) -> Vec<tryswap_journal::Record> {
     journal.events(0).map(|r| r.unwrap()).collect()
