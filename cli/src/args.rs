@@ -253,13 +253,23 @@ pub enum JournalCommand {
         until: u64,
     },
     /// Every record as JSON lines on stdout.
-    Export,
+    Export {
+        /// Read the segment log directly (no lock, no sled): every record before the first
+        /// damage, then exit 4 naming it if there is one.
+        #[arg(long)]
+        salvage: bool,
+    },
     /// Keep the last N terminal reloads per slot (and every unfinished one).
     Compact {
         /// How many finished reloads to keep per slot.
         #[arg(long, default_value_t = 100)]
         keep: usize,
+        /// Drop the trimmed records instead of appending them to `journal/archive/`.
+        #[arg(long)]
+        no_archive: bool,
     },
+    /// Derive sled's files (projections and indexes) again from the segment log.
+    Rebuild,
 }
 
 /// How long to wait for a state directory another process holds.

@@ -500,7 +500,13 @@ async fn journal(client: &Client, ctx: &Context, command: &JournalCommand) -> Re
     let text = !ctx.json;
     match command {
         JournalCommand::Show { from } => journal_records(client, *from, text).await,
-        JournalCommand::Export => journal_records(client, 0, false).await,
+        JournalCommand::Export { salvage: true } => crate::journal_cmd::salvage(ctx),
+        JournalCommand::Export { salvage: false } => journal_records(client, 0, false).await,
+        JournalCommand::Rebuild => Err(CliError::new(
+            crate::EXIT_CONFLICT,
+            "the daemon holds the journal: stop `tryswap serve`, then run `tryswap journal \
+             rebuild` (the daemon's next open rebuilds a damaged index by itself)",
+        )),
         JournalCommand::Verify => {
             let reply = ok(client
                 .call(Method::GET, "/v1/journal/verify", None, text)
@@ -514,7 +520,7 @@ async fn journal(client: &Client, ctx: &Context, command: &JournalCommand) -> Re
             print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
-        JournalCommand::Compact { keep } => {
+        JournalCommand::Compact { keep, .. } => {
             let body = serde_json::json!({ "keep": keep }).to_string();
             let reply = ok(client
                 .call(Method::POST, "/v1/journal/compact", Some(&body), text)

@@ -1,4 +1,4 @@
-//! `tryswap journal show | verify | replay | export | compact`.
+//! `tryswap journal show | verify | replay | export [--salvage] | compact | rebuild`.
 
 use tryswap_journal::{CompactReport, Journal, JournalError, Record, VerifyReport};
 
@@ -17,6 +17,29 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
                 dir.display()
             ),
         ));
+    }
+    match command {
+        JournalCommand::Export { salvage: true } => return salvage(ctx),
+        JournalCommand::Rebuild => {
+            let journal = ctx
+                .wait_for_lock(
+                    || Journal::rebuild(&dir),
+                    |e| matches!(e, JournalError::Locked { .. }),
+                )
+                .await?;
+            let records = journal.rebuilt().map_or(0, |note| note.records);
+            if ctx.json {
+                render::json(
+                    &serde_json::json!({"schema": 1, "rebuilt": true, "records": records}),
+                )?;
+            } else {
+                render::out(&format!(
+                    "rebuilt sled's files from the log: {records} records\n"
+                ))?;
+            }
+            return Ok(EXIT_OK);
+        }
+        _ => {}
     }
     let write = matches!(command, JournalCommand::Compact { .. });
     let opened = ctx.open_journal(&dir, write).await;
@@ -40,7 +63,10 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             render::json(&state)?;
             Ok(EXIT_OK)
         }
-        JournalCommand::Export => {
+        JournalCommand::Export { salvage: true } | JournalCommand::Rebuild => {
+            unreachable!("answered above without opening the journal")
+        }
+        JournalCommand::Export { salvage: false } => {
             // Every record as a JSON line with `"schema": 1` (what `journal export` of the
             // journal crate writes, versioned); unreadable records are skipped with a
             // warning, as there.
@@ -54,9 +80,9 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             }
             Ok(EXIT_OK)
         }
-        JournalCommand::Compact { keep } => {
+        JournalCommand::Compact { keep, no_archive } => {
             let journal = opened?;
-            let report = journal.compact(*keep)?;
+            let report = journal.compact_with(*keep, !no_archive)?;
             if report.events_dropped > 0 {
                 // Reopening rewrites sled's store without the dropped records' bytes, so
                 // the file shrinks now rather than at the next command.
@@ -135,4 +161,35 @@ pub(crate) fn compact_text(report: &CompactReport) -> String {
         "compacted: dropped {} reloads ({} records), kept {}; base now seq {}\n",
         report.reloads_dropped, report.events_dropped, report.reloads_kept, report.base_seq
     )
+}
+
+/// `journal export --salvage`: every record of the segment log before its first damage, as
+/// `journal export` prints them, with neither the lock nor sled; exit 4 (after the records)
+/// if the log is damaged, naming where.
+pub(crate) fn salvage(ctx: &Context) -> Result<u8, CliError> {
+    let dir = ctx.state_dir.join("journal");
+    let mut failed: Option<CliError> = None;
+    let report = tryswap_journal::salvage_with(&dir, |record| {
+        let printed = render::record_json(record).and_then(|line| render::out_line(&line));
+        printed.map_err(|e| {
+            let text = e.to_string();
+            failed = Some(e);
+            std::io::Error::other(text)
+        })
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let report = report?;
+    if report.unreadable.is_empty() {
+        return Ok(EXIT_OK);
+    }
+    for damage in &report.unreadable {
+        tracing::error!(%damage, records = report.records, "the log is damaged; the records before the damage were printed");
+        eprintln!(
+            "tryswap: {damage}; the {} record(s) before it were printed",
+            report.records
+        );
+    }
+    Ok(EXIT_CORRUPT)
 }

@@ -88,7 +88,7 @@ impl From<SupervisorError> for CliError {
             }
             SupervisorError::Journal(e) if e.is_corrupt() => {
                 "\nhint: `tryswap journal verify` shows what is damaged; `tryswap journal \
-                 export` prints the readable records"
+                 export --salvage` prints the readable records"
                     .to_owned()
             }
             _ => String::new(),

@@ -114,21 +114,28 @@ pub(crate) fn append<S: Staging>(
                 event: event.kind,
                 prev_chain: tip.chain,
             };
-            let stored = codec::encode_record(&record).map_err(|e| S::abort(e.into()))?;
-            let chain = codec::stored_chain(&stored).unwrap_or_default();
-            let (slot_view, reload_view) = fold_record(
-                staging.take_slot(&record.slot)?,
-                staging.reload(&record.reload)?,
-                &record,
-            );
-            staging.put_slot(slot_view)?;
-            if let Some(reload_view) = reload_view {
-                staging.put_reload(reload_view)?;
-            }
-            staging.put_record(&record, stored, chain)?;
+            let chain = stage_record(staging, &record)?;
             tip = WitnessMark { seq, chain };
             records.push(record);
         }
     }
     Ok((records, tip))
+}
+
+/// Folds one record into the staged projections and stages it; returns its chain value.
+/// Used by [`append`] and by the catch-up from the log, which folds records decided before.
+pub(crate) fn stage_record<S: Staging>(staging: &S, record: &Record) -> Result<u32, S::Error> {
+    let stored = codec::encode_record(record).map_err(|e| S::abort(e.into()))?;
+    let chain = codec::stored_chain(&stored).unwrap_or_default();
+    let (slot_view, reload_view) = fold_record(
+        staging.take_slot(&record.slot)?,
+        staging.reload(&record.reload)?,
+        record,
+    );
+    staging.put_slot(slot_view)?;
+    if let Some(reload_view) = reload_view {
+        staging.put_reload(reload_view)?;
+    }
+    staging.put_record(record, stored, chain)?;
+    Ok(chain)
 }

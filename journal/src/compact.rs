@@ -18,6 +18,9 @@ use crate::layout::{
 };
 use crate::projection::{ReloadView, SlotView};
 use crate::report::CompactReport;
+use crate::segment_log::{
+    base_frames, frame, list_segments, segment_path, LogWriter, KIND_RECORD, LOG_DIR,
+};
 use crate::witness::WitnessMark;
 use crate::Journal;
 
@@ -83,7 +86,20 @@ impl Journal {
     /// it; records up to the base that belong to kept reloads stay for audit. One sled
     /// transaction, then a flush and sync. Blocks writers while it runs. Refuses (with the
     /// error) if a record up to the base does not decode: run `verify` first.
+    ///
+    /// The log gets a new segment starting with the base; the dropped records are appended
+    /// to `archive/<base-seq>.jsonl` (one JSON object a line, synced) before the old
+    /// segments are removed.
     pub fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError> {
+        self.compact_with(keep_per_slot, true)
+    }
+
+    /// [`Journal::compact`], with the dropped records archived or not (`--no-archive`).
+    pub fn compact_with(
+        &self,
+        keep_per_slot: usize,
+        archive: bool,
+    ) -> Result<CompactReport, JournalError> {
         self.writable()?;
         let (report, tip) = {
             let _writer = lock(&self.writer);
@@ -111,6 +127,8 @@ impl Journal {
                 });
             }
             let mut event_keys = Vec::new();
+            let mut archived = Vec::new();
+            let mut kept_frames = Vec::new();
             for item in self.events.iter() {
                 let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
                 let record =
@@ -119,10 +137,13 @@ impl Journal {
                         key: describe_key(EVENTS, &key),
                         source,
                     })?;
-                if seq_of_key(&key).is_some_and(|seq| seq <= tip.seq)
-                    && dropped.contains(&record.reload)
-                {
-                    event_keys.push(key);
+                if seq_of_key(&key).is_some_and(|seq| seq <= tip.seq) {
+                    if dropped.contains(&record.reload) {
+                        event_keys.push(key);
+                        archived.push(record);
+                    } else {
+                        kept_frames.extend(frame(KIND_RECORD, &bytes));
+                    }
                 }
             }
             let old_base: Vec<sled::IVec> = self
@@ -155,6 +176,28 @@ impl Journal {
                     encode_value("base reload view", *view)?,
                 ));
             }
+            // The log first: a segment starting with the new base and the kept records
+            // supersedes the old ones (a crash before sled's transaction below leaves sled
+            // disagreeing with the log's base, and the next open derives it again).
+            let base_slots: Vec<SlotView> = slots
+                .iter()
+                .map(|view| {
+                    let mut view = view.clone();
+                    trim_history(&mut view.slot, keep_per_slot);
+                    view
+                })
+                .collect();
+            let mut initial = base_frames(tip, &base_slots, &kept)?;
+            initial.extend(kept_frames);
+            let segment = LogWriter::create(&self.dir, tip.seq + 1, &initial)?;
+            let old_segments = {
+                let mut log = lock(&self.log);
+                *log = Some(segment);
+                list_segments(&self.dir.join(LOG_DIR))?
+                    .into_iter()
+                    .filter(|first| *first < tip.seq + 1)
+                    .collect::<Vec<_>>()
+            };
             let base_seq = encode_value("meta base_seq", &tip.seq)?;
             let base_chain = encode_value("meta base_chain", &tip.chain)?;
             let dir = self.dir.clone();
@@ -191,6 +234,14 @@ impl Journal {
                 },
             );
             self.finish_tx(outcome)?;
+            if archive {
+                crate::archive::write(&self.dir, tip.seq, &archived)?;
+            }
+            for first in old_segments {
+                let path = segment_path(&self.dir, first);
+                std::fs::remove_file(&path)
+                    .map_err(|e| JournalError::io("removing a superseded log segment", &path, e))?;
+            }
             tracing::info!(
                 dir = %self.dir.display(),
                 base_seq = tip.seq,

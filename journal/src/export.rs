@@ -1,11 +1,12 @@
 //! Export: every record as one JSON line.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::JournalError;
+use crate::segment_log::{LogItem, LogReader};
 use crate::Journal;
 
 /// What an export wrote and skipped.
@@ -45,4 +46,45 @@ impl Journal {
         out.flush().map_err(write_err)?;
         Ok(report)
     }
+}
+
+/// Writes every record the segment log of the journal in `dir` holds before its first
+/// damage, in order, as one JSON object per line (as [`Journal::export`] does), and
+/// reports the damage that ended it in [`ExportReport::unreadable`]. Needs neither sled
+/// nor the lock, and writes nothing to the journal: the salvage path when the journal
+/// does not open.
+pub fn salvage(dir: &Path, out: &mut impl Write) -> Result<ExportReport, JournalError> {
+    salvage_with(dir, |record| {
+        serde_json::to_writer(&mut *out, record).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")
+    })
+    .and_then(|report| {
+        out.flush()
+            .map_err(|e| JournalError::io("writing export", PathBuf::from("<export output>"), e))?;
+        Ok(report)
+    })
+}
+
+/// [`salvage`] with the caller writing each record.
+pub fn salvage_with(
+    dir: &Path,
+    mut write: impl FnMut(&crate::Record) -> std::io::Result<()>,
+) -> Result<ExportReport, JournalError> {
+    let mut report = ExportReport::default();
+    for item in LogReader::open(dir)?.items() {
+        match item {
+            Ok(LogItem::Base(_)) => {}
+            Ok(LogItem::Kept(record)) | Ok(LogItem::Record { record, .. }) => {
+                write(&record).map_err(|e| {
+                    JournalError::io("writing export", PathBuf::from("<export output>"), e)
+                })?;
+                report.records += 1;
+            }
+            Err(damage) => {
+                tracing::warn!(%damage, "salvage stops at the log's damage");
+                report.unreadable.push(damage.to_string());
+            }
+        }
+    }
+    Ok(report)
 }

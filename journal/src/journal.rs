@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,22 +14,24 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 use tryswap_fsm::{Command, ReloadId, Slot, SlotName};
 
-use crate::append::{append, Staging};
+use crate::append::{append, stage_record, Staging};
 use crate::codec;
 use crate::error::JournalError;
 use crate::failure::HandleFailure;
 use crate::layout::{
     decode_value, describe_key, encode_value, reload_key, seq_key, seq_of_key, slot_key, tx_meta,
-    tx_reload, tx_slot, Meta, EVENTS, KEY_LAST_CHAIN, KEY_NEXT_SEQ, META, RELOADS, SLED_DATA_FILE,
+    tx_reload, tx_slot, Meta, EVENTS, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ, META, RELOADS,
     SLED_DIR, SLOTS, WITNESS_FILE,
 };
 use crate::lock::DirLock;
 use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::rebuild::{self, check_log, RebuildNote};
 use crate::record::Record;
 use crate::report::{CompactReport, VerifyReport};
-use crate::sled_dir::{list_tree, open_db};
+use crate::segment_log::{frame, LogReader, LogWriter, KIND_RECORD};
+use crate::sled_dir::open_db;
 use crate::store::{JournalStore, Records};
-use crate::witness::{self, sync_dir, Witness, WitnessMark};
+use crate::witness::{self, Witness, WitnessMark};
 
 /// sled's page cache limit (sled's default is 1 GiB): the bound of the journal's share of
 /// a long-running daemon's memory (bench section 6, docs/performance.md).
@@ -51,8 +52,9 @@ pub struct Journal {
     pub(crate) slots: sled::Tree,
     pub(crate) reloads: sled::Tree,
     pub(crate) meta: sled::Tree,
-    /// sled's data file, for `sync_data` at durable points (`None` when read-only).
-    data_file: Option<File>,
+    /// The log segment appended to (`None` when read-only). Locked after `writer` and
+    /// `durable`, never before.
+    pub(crate) log: Mutex<Option<LogWriter>>,
     /// Last committed sequence number and its chain value.
     pub(crate) tip: Mutex<WitnessMark>,
     /// Serializes writers (execute, compact) and gives verify a stable view.
@@ -64,6 +66,8 @@ pub struct Journal {
     /// [`JournalError::Failed`]).
     failed: HandleFailure,
     read_only: bool,
+    /// Why sled was derived again from the log at open, if it was.
+    rebuilt: Option<RebuildNote>,
     _lock: DirLock,
 }
 
@@ -93,51 +97,9 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-const SALVAGE_HINT: &str = "nothing was written; sled's files as they were before this \
-     open are kept in `sled.preopen` beside `sled` (sled may truncate a damaged log while \
-     opening it). Verifying the journal shows what is damaged, and exporting it salvages the \
-     readable records";
-
-/// Where sled's files are copied before every open, so that what sled repairs in place while
-/// opening a damaged journal is never lost. Removed again once the open passed every check.
-const PREOPEN_DIR: &str = "sled.preopen";
-
-/// Journals larger than this are not copied before opening (the copy would cost more than
-/// the open); a warning says so.
-const PREOPEN_MAX_BYTES: u64 = 64 << 20;
-
-/// Copies sled's directory to [`PREOPEN_DIR`] unless a copy from an earlier failed open is
-/// still there (that one is the older, undamaged state and is kept). Returns the copy's path
-/// if this call made it.
-fn preserve_before_open(dir: &Path, sled_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
-    let target = dir.join(PREOPEN_DIR);
-    if !sled_dir.is_dir() || target.exists() {
-        return Ok(None);
-    }
-    let listed = list_tree(sled_dir, "listing sled's files")?;
-    let total: u64 = listed.files.iter().map(|(_, len)| len).sum();
-    let files: Vec<PathBuf> = listed.files.into_iter().map(|(path, _)| path).collect();
-    if total > PREOPEN_MAX_BYTES {
-        tracing::warn!(dir = %dir.display(), bytes = total, "journal too large to copy before opening; a damaged log would be repaired by sled without a copy");
-        return Ok(None);
-    }
-    let staging = dir.join(format!("{PREOPEN_DIR}.tmp"));
-    let _ = std::fs::remove_dir_all(&staging);
-    for file in &files {
-        let relative = file.strip_prefix(sled_dir).unwrap_or(file);
-        let to = staging.join(relative);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| JournalError::io("copying sled's files", parent, e))?;
-        }
-        std::fs::copy(file, &to).map_err(|e| JournalError::io("copying sled's files", file, e))?;
-    }
-    std::fs::create_dir_all(&staging)
-        .map_err(|e| JournalError::io("copying sled's files", &staging, e))?;
-    std::fs::rename(&staging, &target)
-        .map_err(|e| JournalError::io("copying sled's files", &target, e))?;
-    Ok(Some(target))
-}
+const SALVAGE_HINT: &str = "Nothing was written. `tryswap journal export --salvage` prints \
+     every record the log holds before the damage; `tryswap journal rebuild` derives sled's \
+     files again from the log";
 
 type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
 
@@ -469,16 +431,68 @@ fn write_tx(
     Ok((records, tip))
 }
 
+/// Folds `records` (read from the log, decided before) into sled in one transaction:
+/// records, projections and the new tip in `meta`.
+fn apply_records(
+    trees: (&sled::Tree, &sled::Tree, &sled::Tree, &sled::Tree),
+    records: &[Record],
+    dir: &Path,
+) -> Result<(), JournalError> {
+    let outcome = trees.transaction(|(events, slots, reloads, meta)| {
+        let write = SledWrite {
+            events,
+            reloads,
+            slots: SlotCache::new(slots),
+        };
+        let mut tip = None;
+        for record in records {
+            let chain = stage_record(&write, record)?;
+            tip = Some((record.seq, chain));
+        }
+        write.slots.write_back()?;
+        if let Some((seq, chain)) = tip {
+            meta.insert(
+                KEY_NEXT_SEQ,
+                encode_value("meta next_seq", &(seq + 1)).map_err(abort)?,
+            )?;
+            meta.insert(
+                KEY_LAST_CHAIN,
+                encode_value("meta last_chain", &chain).map_err(abort)?,
+            )?;
+        }
+        Ok(())
+    });
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(source)) => Err(JournalError::Sled {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 impl Journal {
     /// Opens (creating if needed) the journal in directory `dir` for reading and writing.
     ///
-    /// Takes the directory lock (`<dir>/journal.lock`), opens sled in `<dir>/sled` (a
-    /// panic inside sled becomes [`JournalError::Corrupt`]), checks the journal format, and
-    /// checks that sled's last record agrees with `meta` and with the witness file
-    /// (`<dir>/witness`). A missing or altered tail is [`JournalError::Corrupt`] and
-    /// nothing is written. Reads a constant number of values: never the history.
+    /// Takes the directory lock and reads the segment log (`<dir>/log`, the source of
+    /// truth) once: an unflushed tail after the last durable point (the witness) is cut,
+    /// as a crash leaves one; damage before it, or a log shorter than the witness, is
+    /// [`JournalError::Corrupt`] naming the seq and byte offset, and nothing is written.
+    /// Then sled is opened (a panic inside sled is caught): a sled that does not open or
+    /// whose end disagrees with the log is derived again from the log, with a warning
+    /// ([`Journal::rebuilt`] says why); a sled that is only behind the log catches up. A
+    /// journal written before the log existed gets its log once, after a backup copy of
+    /// its files (see `docs/journal.md`).
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        Self::open_mode(dir, false)
+        Self::open_mode(dir, false, None)
+    }
+
+    /// Opens the journal in `dir` for writing after deriving sled's files from the log
+    /// again, whatever state they are in (`tryswap journal rebuild`). The log must be
+    /// sound up to its last durable point, as for [`Journal::open`].
+    pub fn rebuild(dir: &Path) -> Result<Journal, JournalError> {
+        Self::open_mode(dir, false, Some("asked for (`tryswap journal rebuild`)"))
     }
 
     /// Opens an existing journal read-only for `verify`, `replay`, `export` and reads,
@@ -486,10 +500,14 @@ impl Journal {
     /// them). Still takes the lock. Writes nothing of its own (sled itself may repair its
     /// log on open); `execute` and `compact` return [`JournalError::ReadOnly`].
     pub fn open_for_inspection(dir: &Path) -> Result<Journal, JournalError> {
-        Self::open_mode(dir, true)
+        Self::open_mode(dir, true, None)
     }
 
-    fn open_mode(dir: &Path, read_only: bool) -> Result<Journal, JournalError> {
+    fn open_mode(
+        dir: &Path,
+        read_only: bool,
+        rebuild: Option<&str>,
+    ) -> Result<Journal, JournalError> {
         let sled_dir = dir.join(SLED_DIR);
         if read_only {
             if !sled_dir.is_dir() {
@@ -513,140 +531,260 @@ impl Journal {
             }
             Err(e) => return Err(e),
         };
-        if !read_only {
-            crate::rewrite::settle(dir, &sled_dir)?;
-            crate::rewrite::run_if_wanted(dir, &sled_dir)?;
+        if read_only {
+            return Self::open_inspection(dir, sled_dir, dir_lock, witness_found);
         }
-        let creating = !sled_dir.exists();
-        let preserved = preserve_before_open(dir, &sled_dir)?;
-        let journal =
-            Self::open_preserved(dir, read_only, sled_dir, dir_lock, witness_found, creating)?;
-        // Every check passed: the copy is not needed.
-        if let Some(copy) = preserved {
-            if let Err(e) = std::fs::remove_dir_all(&copy) {
-                tracing::warn!(path = %copy.display(), error = %e, "removing the pre-open copy");
-            }
-        }
-        Ok(journal)
+        crate::rewrite::settle(dir, &sled_dir)?;
+        crate::rewrite::run_if_wanted(dir, &sled_dir)?;
+        Self::open_writable(dir, sled_dir, dir_lock, witness_found, rebuild)
     }
 
-    fn open_preserved(
+    fn open_inspection(
         dir: &Path,
-        read_only: bool,
         sled_dir: PathBuf,
         dir_lock: DirLock,
         witness_found: Option<(WitnessMark, usize)>,
-        creating: bool,
     ) -> Result<Journal, JournalError> {
         let witness_path = dir.join(WITNESS_FILE);
         let (db, events, slots, reloads, meta) = open_sled(dir, &sled_dir)?;
-        let sled_err = |source| JournalError::Sled {
-            dir: dir.to_path_buf(),
-            source,
-        };
-        let stored = Meta::read(&meta, dir)?;
-        let meta_values = match stored {
+        let meta_values = match Meta::read(&meta, dir)? {
             Some(values) => {
                 let mut findings = tail_findings(&events, &values);
-                match witness_found {
-                    Some((mark, _)) => {
-                        findings.extend(witness_findings(&events, &values, mark, &witness_path))
-                    }
-                    None if !read_only => tracing::warn!(
-                        dir = %dir.display(),
-                        "witness file missing; recreating it from the journal's current end"
-                    ),
-                    None => {}
+                if let Some((mark, _)) = witness_found {
+                    findings.extend(witness_findings(&events, &values, mark, &witness_path));
                 }
                 if !findings.is_empty() {
                     let what = format!("{}. {SALVAGE_HINT}", findings.join("; "));
-                    if read_only {
-                        tracing::warn!(dir = %dir.display(), problem = %what, "opening for inspection anyway");
-                    } else {
-                        return Err(JournalError::Corrupt {
-                            dir: dir.to_path_buf(),
-                            what,
-                        });
-                    }
+                    tracing::warn!(dir = %dir.display(), problem = %what, "opening for inspection anyway");
                 }
                 values
             }
-            None => {
-                let empty =
-                    events.is_empty() && slots.is_empty() && reloads.is_empty() && meta.is_empty();
-                if !empty {
-                    return Err(JournalError::Corrupt {
-                        dir: dir.to_path_buf(),
-                        what: format!(
-                            "tree `meta` has no format version but other trees hold data. \
-                             {SALVAGE_HINT}"
-                        ),
-                    });
-                }
-                if let Some((mark, _)) = witness_found.filter(|(m, _)| m.seq > 0) {
-                    return Err(JournalError::Corrupt {
-                        dir: dir.to_path_buf(),
-                        what: format!(
-                            "witness {} records seq {} as durably committed but {} holds no \
-                             journal: the data was lost or replaced. {SALVAGE_HINT}",
-                            witness_path.display(),
-                            mark.seq,
-                            sled_dir.display()
-                        ),
-                    });
-                }
-                Meta::fresh()
-            }
+            None => Meta::fresh(),
         };
+        Ok(Journal::assemble(
+            dir,
+            (db, events, slots, reloads, meta),
+            &meta_values,
+            None,
+            None,
+            dir_lock,
+        ))
+    }
+
+    /// The handle over opened trees; `log` and `witness` are `None` for a read-only one.
+    fn assemble(
+        dir: &Path,
+        (db, events, slots, reloads, meta): Trees,
+        meta_values: &Meta,
+        log: Option<LogWriter>,
+        witness: Option<Witness>,
+        dir_lock: DirLock,
+    ) -> Journal {
         let tip = WitnessMark {
             seq: meta_values.last_seq(),
             chain: meta_values.last_chain,
         };
-        let (data_file, durable) = if read_only {
-            (None, None)
-        } else {
-            let fresh = stored.is_none();
-            let witness = Witness::open(&witness_path, witness_found, WitnessMark::default())?;
-            if fresh {
-                let mut batch = sled::Batch::default();
-                for (key, value) in meta_values.entries()? {
-                    batch.insert(key, value);
-                }
-                meta.apply_batch(batch).map_err(sled_err)?;
-                db.flush().map_err(sled_err)?;
-            }
-            let data_path = sled_dir.join(SLED_DATA_FILE);
-            let data_file = File::open(&data_path)
-                .map_err(|e| JournalError::io("opening sled data file", &data_path, e))?;
-            if fresh || creating {
-                data_file
-                    .sync_data()
-                    .map_err(|e| JournalError::io("syncing", &data_path, e))?;
-                sync_dir(&sled_dir)?;
-                sync_dir(dir)?;
-            }
-            (Some(data_file), Some(witness))
-        };
-        let journal = Journal {
+        Journal {
             dir: dir.to_path_buf(),
             db,
             events,
             slots,
             reloads,
             meta,
-            data_file,
+            read_only: log.is_none(),
+            log: Mutex::new(log),
             tip: Mutex::new(tip),
             writer: Mutex::new(()),
-            durable: Mutex::new(durable),
+            durable: Mutex::new(witness),
             flush_count: AtomicU64::new(0),
             failed: HandleFailure::default(),
-            read_only,
+            rebuilt: None,
             _lock: dir_lock,
+        }
+    }
+
+    fn open_writable(
+        dir: &Path,
+        sled_dir: PathBuf,
+        dir_lock: DirLock,
+        witness_found: Option<(WitnessMark, usize)>,
+        forced: Option<&str>,
+    ) -> Result<Journal, JournalError> {
+        let mark = witness_found.map(|(m, _)| m).unwrap_or_default();
+        let mut sled = if sled_dir.exists() {
+            remove_unfinished_snapshots(&sled_dir)?;
+            Some(open_sled(dir, &sled_dir))
+        } else {
+            None
         };
-        if !read_only && witness_found.is_none() && tip.seq > 0 {
+        if !LogReader::open(dir)?.exists() {
+            match &sled {
+                Some(Ok(trees)) if trees.4.contains_key(KEY_FORMAT).unwrap_or(false) => {
+                    rebuild::migrate(dir, &trees.0)?;
+                }
+                Some(Err(_)) => {
+                    // A journal from before the log whose sled does not open: nothing to
+                    // derive it from.
+                    if let Some(Err(e)) = sled.take() {
+                        return Err(e);
+                    }
+                }
+                _ => {
+                    if mark.seq > 0 {
+                        return Err(JournalError::Corrupt {
+                            dir: dir.to_path_buf(),
+                            what: format!(
+                                "witness {} records seq {} as durably committed but the \
+                                 journal has neither a log nor sled's data. {SALVAGE_HINT}",
+                                dir.join(WITNESS_FILE).display(),
+                                mark.seq
+                            ),
+                        });
+                    }
+                    LogWriter::create(dir, 1, &[])?;
+                }
+            }
+        }
+        let reader = LogReader::open(dir)?;
+        let sled_meta = match &sled {
+            Some(Ok(trees)) => match Meta::read(&trees.4, dir) {
+                Err(e @ JournalError::Format { .. }) => return Err(e),
+                other => Some(other),
+            },
+            _ => None,
+        };
+        let sled_tip = match &sled_meta {
+            Some(Ok(Some(meta))) => Some(meta.last_seq()),
+            _ => None,
+        };
+        let scan = rebuild::scan(&reader, mark.seq, sled_tip)?;
+        check_log(dir, &reader, &scan, mark)?;
+        let writer = LogWriter::append_to(dir, scan.end.segment, scan.end.offset)?;
+        let log_empty = scan.records == 0 && scan.base.seq == 0;
+        let reason: Option<String> = match (&sled, &sled_meta) {
+            _ if forced.is_some() => forced.map(str::to_owned),
+            (None, _) if log_empty => None,
+            (None, _) => Some("sled's files are missing".to_owned()),
+            (Some(Err(e)), _) => Some(format!("sled does not open: {e}")),
+            (Some(Ok(_)), Some(Err(e))) => Some(format!("sled's meta values are unreadable: {e}")),
+            (Some(Ok(trees)), Some(Ok(None))) => {
+                let empty = trees.1.is_empty()
+                    && trees.2.is_empty()
+                    && trees.3.is_empty()
+                    && trees.4.is_empty();
+                (!empty || !log_empty).then(|| "sled holds no journal".to_owned())
+            }
+            (Some(Ok(trees)), Some(Ok(Some(meta)))) => {
+                let findings = tail_findings(&trees.1, meta);
+                if !findings.is_empty() {
+                    Some(findings.join("; "))
+                } else if meta.base_seq != scan.base.seq {
+                    Some(format!(
+                        "sled's compaction base is seq {} but the log's is seq {}",
+                        meta.base_seq, scan.base.seq
+                    ))
+                } else if meta.last_seq() > scan.tip.seq {
+                    Some(format!(
+                        "sled ends at seq {} but the log at seq {}",
+                        meta.last_seq(),
+                        scan.tip.seq
+                    ))
+                } else if scan.chain_at_sled != Some(meta.last_chain) {
+                    Some(format!(
+                        "sled's last record, seq {}, differs from the log's",
+                        meta.last_seq()
+                    ))
+                } else if scan.after_sled.is_none() {
+                    Some(format!(
+                        "sled is far behind the log (seq {} of {})",
+                        meta.last_seq(),
+                        scan.tip.seq
+                    ))
+                } else {
+                    None
+                }
+            }
+            (Some(Ok(_)), None) => None,
+        };
+        let mut rebuilt = None;
+        let (db, events, slots, reloads, meta) = match (reason, sled) {
+            (Some(reason), sled) => {
+                if forced.is_none() {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        %reason,
+                        "JOURNAL INDEX REBUILT: sled's files cannot be trusted; deriving them again from the log (no durable record is lost)"
+                    );
+                }
+                drop(sled);
+                rebuild::discard_sled(dir)?;
+                let trees = open_sled(dir, &sled_dir)?;
+                let records = {
+                    let (db, events, slots, reloads, meta) = &trees;
+                    let mut apply = |records: &[Record]| {
+                        apply_records((events, slots, reloads, meta), records, dir)
+                    };
+                    rebuild::fill(&reader, db, (meta, events, slots, reloads), &mut apply, dir)?
+                };
+                rebuilt = Some(rebuild::note(dir, reason, records)?);
+                trees
+            }
+            (None, Some(Ok(trees))) => {
+                if let Some(after) = scan.after_sled.as_ref().filter(|a| !a.is_empty()) {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        records = after.len(),
+                        "sled is behind the log (a crash before its flush): catching up"
+                    );
+                    let (_, events, slots, reloads, meta) = &trees;
+                    for chunk in after.chunks(rebuild::APPLY_BATCH) {
+                        apply_records((events, slots, reloads, meta), chunk, dir)?;
+                    }
+                }
+                trees
+            }
+            (None, _) => {
+                let trees = open_sled(dir, &sled_dir)?;
+                let mut batch = sled::Batch::default();
+                for (key, value) in Meta::fresh().entries()? {
+                    batch.insert(key, value);
+                }
+                trees
+                    .4
+                    .apply_batch(batch)
+                    .map_err(|source| JournalError::Sled {
+                        dir: dir.to_path_buf(),
+                        source,
+                    })?;
+                trees
+            }
+        };
+        let meta_values = Meta::read(&meta, dir)?.unwrap_or_else(Meta::fresh);
+        let witness = Witness::open(
+            &dir.join(WITNESS_FILE),
+            witness_found,
+            WitnessMark::default(),
+        )?;
+        let mut journal = Journal::assemble(
+            dir,
+            (db, events, slots, reloads, meta),
+            &meta_values,
+            Some(writer),
+            Some(witness),
+            dir_lock,
+        );
+        journal.rebuilt = rebuilt;
+        let tip = journal.tip();
+        if tip.seq > mark.seq || journal.rebuilt.is_some() {
             journal.durable_flush(tip, false)?;
         }
         Ok(journal)
+    }
+
+    /// Why sled's files were derived again from the log when this handle opened, if they
+    /// were (also logged as a warning and kept in `rebuilds.jsonl`).
+    pub fn rebuilt(&self) -> Option<&RebuildNote> {
+        self.rebuilt.as_ref()
     }
 
     /// The journal directory.
@@ -726,6 +864,7 @@ impl Journal {
             let outcome = (&self.events, &self.slots, &self.reloads, &self.meta)
                 .transaction(|trees| write_tx(trees, commands, at, &self.dir));
             let (records, tip) = self.finish_tx(outcome)?;
+            self.append_to_log(&records)?;
             *lock(&self.tip) = tip;
             (records, tip)
         };
@@ -733,6 +872,25 @@ impl Journal {
             self.durable_flush(tip, true)?;
         }
         Ok(records)
+    }
+
+    /// Appends the frames of `records` (just committed to sled) to the log; a failure fails
+    /// the handle (sled is then ahead of the log, and the next open derives it again).
+    pub(crate) fn append_to_log(&self, records: &[Record]) -> Result<(), JournalError> {
+        let mut frames = Vec::new();
+        for record in records {
+            frames.extend(frame(KIND_RECORD, &codec::encode_record(record)?));
+        }
+        let mut log = lock(&self.log);
+        let Some(writer) = log.as_mut() else {
+            return Ok(());
+        };
+        writer.append(&frames).map_err(|e| {
+            self.fail(format!(
+                "appending seq {:?} to the log: {e}",
+                records.first().map(|r| r.seq)
+            ))
+        })
     }
 
     pub(crate) fn finish_tx<T>(
@@ -746,8 +904,9 @@ impl Journal {
         }
     }
 
-    /// Makes everything up to `tip` power-safe: `Db::flush` (which on Linux only issues
-    /// `sync_file_range`), `sync_data` of sled's data file, then the witness. `counted`
+    /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness
+    /// (`Db::flush` first, which on Linux only issues `sync_file_range`: it keeps sled
+    /// current across a process crash; after a power loss sled is derived from the log). `counted`
     /// flushes are the write-ahead ones behind [`Journal::flush_count`].
     pub(crate) fn durable_flush(
         &self,
@@ -765,14 +924,8 @@ impl Journal {
             return Ok(());
         }
         let synced = self.db.flush().map_err(|e| self.sled_err(e)).and_then(|_| {
-            if let Some(file) = &self.data_file {
-                file.sync_data().map_err(|e| {
-                    JournalError::io(
-                        "syncing sled data file",
-                        self.dir.join(SLED_DIR).join(SLED_DATA_FILE),
-                        e,
-                    )
-                })?;
+            if let Some(log) = lock(&self.log).as_ref() {
+                log.sync()?;
             }
             if tip.seq > witness.current().seq {
                 witness.write(tip)?;
@@ -804,6 +957,10 @@ impl Journal {
     /// The last sequence number committed (0 for an empty journal).
     pub fn last_seq(&self) -> u64 {
         lock(&self.tip).seq
+    }
+
+    fn tip(&self) -> WitnessMark {
+        *lock(&self.tip)
     }
 
     fn get<T: DeserializeOwned>(
@@ -1009,7 +1166,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Verifying the journal") && text.contains("exporting"),
+            text.contains("export --salvage") && text.contains("journal rebuild"),
             "{text}"
         );
         let err = guard_sled::<()>(dir, &dir.join(SLED_DIR), || {

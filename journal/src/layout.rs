@@ -18,8 +18,6 @@ pub const LOCK_FILE: &str = "journal.lock";
 pub const WITNESS_FILE: &str = "witness";
 /// The sled directory inside the journal directory.
 pub const SLED_DIR: &str = "sled";
-/// sled's data file inside [`SLED_DIR`] (synced at durable flush points).
-pub(crate) const SLED_DATA_FILE: &str = "db";
 
 /// Tree of records: key = sequence number as u64 big-endian.
 pub const EVENTS: &str = "events";

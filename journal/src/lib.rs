@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod append;
+pub mod archive;
 pub mod codec;
 mod compact;
 mod error;
@@ -44,10 +45,12 @@ pub mod layout;
 mod lock;
 mod memory;
 mod projection;
+mod rebuild;
 mod record;
 mod replay;
 mod report;
 mod rewrite;
+pub mod segment_log;
 mod sled_dir;
 mod store;
 mod verify;
@@ -56,14 +59,16 @@ mod witness;
 pub use codec::{decode_record, encode_record, stored_chain, CodecError};
 pub use compact::DEFAULT_KEEP_PER_SLOT;
 pub use error::JournalError;
-pub use export::ExportReport;
+pub use export::{salvage, salvage_with, ExportReport};
 pub use journal::{Journal, CACHE_CAPACITY};
 pub use layout::JOURNAL_FORMAT;
 pub use lock::OWN_RELEASE_WAIT;
 pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
+pub use rebuild::{RebuildNote, MIGRATION_BACKUP_DIR, REBUILDS_FILE};
 pub use record::{Record, RECORD_FORMAT};
 pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
+pub use segment_log::{LogBase, LogDamage, LogItem, LogItems, LogPosition, LogReader};
 pub use store::{JournalStore, Records};
 pub use witness::WitnessMark;
 

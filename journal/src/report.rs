@@ -45,6 +45,8 @@ pub enum ProblemKind {
     Base,
     /// The witness file is unreadable or disagrees with the events.
     Witness,
+    /// The segment log is damaged, or sled holds records the log does not.
+    Log,
 }
 
 /// One thing `verify` found wrong, with where.

@@ -15,6 +15,7 @@ use crate::projection::{ReloadView, ReplayState, SlotView};
 use crate::record::Record;
 use crate::replay::slot_name_of;
 use crate::report::{Problem, ProblemKind, VerifyReport};
+use crate::segment_log::{LogReader, LOG_DIR};
 use crate::witness;
 use crate::Journal;
 
@@ -237,12 +238,67 @@ impl Journal {
                 e.to_string(),
             ),
         }
+        self.verify_log(&meta, &mut found);
         Ok(VerifyReport {
             events_checked,
             base_seq: meta.base_seq,
             last_seq: meta.last_seq(),
             problems: found.0,
         })
+    }
+
+    /// Reads the segment log through: damage is a problem, and so is a sled holding
+    /// records the log does not (a sled behind the log is caught up by the next open for
+    /// writing, not a problem).
+    fn verify_log(&self, meta: &Meta, found: &mut Findings) {
+        let reader = match LogReader::open(&self.dir) {
+            Ok(reader) => reader,
+            Err(e) => {
+                found.push(ProblemKind::Log, LOG_DIR, None, None, None, e.to_string());
+                return;
+            }
+        };
+        if !reader.exists() {
+            found.push(
+                ProblemKind::Log,
+                LOG_DIR,
+                None,
+                None,
+                None,
+                "the journal has no log",
+            );
+            return;
+        }
+        let mut items = reader.items();
+        if let Some(damage) = items.by_ref().find_map(Result::err) {
+            found.push(
+                ProblemKind::Log,
+                LOG_DIR,
+                Some(damage.seq),
+                None,
+                None,
+                damage.to_string(),
+            );
+            return;
+        }
+        let (end, tip) = items.position();
+        if tip.seq < meta.last_seq() {
+            found.push(
+                ProblemKind::Log,
+                LOG_DIR,
+                Some(tip.seq + 1),
+                None,
+                None,
+                format!(
+                    "the log ends at seq {} (segment {}, byte {}) but sled holds records up to \
+                     seq {}",
+                    tip.seq,
+                    end.segment,
+                    end.offset,
+                    meta.last_seq()
+                ),
+            );
+        }
     }
 
     /// Loads the base snapshot, reporting damaged entries instead of failing.

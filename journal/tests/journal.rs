@@ -251,10 +251,7 @@ fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         for entry in fs::read_dir(&d).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                // The journal's own copy of sled's files from before a refused open.
-                if path.file_name() != Some("sled.preopen".as_ref()) {
-                    stack.push(path);
-                }
+                stack.push(path);
             } else {
                 out.insert(path.clone(), fs::read(&path).unwrap());
             }
@@ -263,21 +260,28 @@ fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            fs::copy(&path, &target).unwrap();
-        }
-    }
+/// Every record as the journal reads it back.
+fn all_records(journal: &Journal) -> Vec<tryswap_journal::Record> {
+    journal.events(0).map(|r| r.unwrap()).collect()
+}
+
+/// The journal's records, and that it verifies, after `damage` was done to a copy of a
+/// populated journal: the open heals sled from the log.
+fn assert_healed(dir: &Path, expected: &[tryswap_journal::Record], rebuilt: bool, name: &str) {
+    let journal = Journal::open(dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        journal.rebuilt().is_some(),
+        rebuilt,
+        "{name}: {:?}",
+        journal.rebuilt()
+    );
+    assert_eq!(all_records(&journal), expected, "{name}");
+    let report = journal.verify().unwrap();
+    assert!(report.is_ok(), "{name}: {:#?}", report.problems);
 }
 
 #[test]
-fn a_lost_tail_fails_open_and_changes_nothing() {
+fn an_older_copy_of_sleds_files_catches_up_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let old = tempfile::tempdir().unwrap();
     {
@@ -286,61 +290,125 @@ fn a_lost_tail_fails_open_and_changes_nothing() {
     }
     // An older copy of sled's data, as a damaged file system might hand back.
     copy_dir(&dir.path().join(layout::SLED_DIR), old.path());
-    let last = {
+    let expected = {
         let journal = Journal::open(dir.path()).unwrap();
         full_activate(&journal, &slot_name(1), ReloadId::from_u128(2), 2);
-        journal.last_seq()
+        all_records(&journal)
     };
-    assert_eq!(last, 10);
+    assert_eq!(expected.len(), 10);
     fs::remove_dir_all(dir.path().join(layout::SLED_DIR)).unwrap();
     copy_dir(old.path(), &dir.path().join(layout::SLED_DIR));
-    let events_before = tree_contents(dir.path(), layout::EVENTS);
-    let files_before = files_of(dir.path());
+    assert_healed(dir.path(), &expected, false, "older sled");
+}
+
+/// Where each record's frame starts in the log.
+fn record_offsets(dir: &Path) -> Vec<u64> {
+    tryswap_journal::LogReader::open(dir)
+        .unwrap()
+        .items()
+        .filter_map(|item| match item.unwrap() {
+            tryswap_journal::LogItem::Record { at, .. } => Some(at.offset),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lost_tail_of_the_log_fails_open_naming_seq_and_offset_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = populated(dir.path());
+    let segment = tryswap_journal::segment_log::segment_path(dir.path(), 1);
+    let offsets = record_offsets(dir.path());
+    assert_eq!(offsets.len() as u64, last);
+    // The log loses its last two records, which the witness knows were durable.
+    let cut = offsets[last as usize - 2];
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    // The log and the witness are the truth; sled's files (derived) are not compared.
+    let truth = |dir: &Path| {
+        let mut files = files_of(dir);
+        files.retain(|path, _| {
+            !path.starts_with(dir.join(layout::SLED_DIR)) && !path.ends_with(layout::LOCK_FILE)
+        });
+        files
+    };
+    let files_before = truth(dir.path());
     let err = Journal::open(dir.path()).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, JournalError::Corrupt { .. }), "{text}");
     assert!(
-        text.contains("6..=10") && text.contains("witness"),
+        text.contains(&format!("ends at seq {}", last - 2))
+            && text.contains(&format!("byte {cut}"))
+            && text.contains(&format!("seq {last} was"))
+            && text.contains("--salvage"),
         "{text}"
     );
-    assert!(text.contains("Verifying the journal"), "{text}");
-    let mut files_after = files_of(dir.path());
-    // The lock file's content is our pid either way.
-    files_after.remove(&dir.path().join(layout::LOCK_FILE));
-    let mut files_before = files_before;
-    files_before.remove(&dir.path().join(layout::LOCK_FILE));
-    assert_eq!(files_before, files_after, "a failed open wrote nothing");
-    // What sled saw before the refused open is kept beside it.
-    assert!(dir.path().join("sled.preopen").join("db").exists());
-    assert_eq!(tree_contents(dir.path(), layout::EVENTS), events_before);
-    // Inspection still opens it, and verify names the missing records.
-    let journal = Journal::open_for_inspection(dir.path()).unwrap();
-    let report = journal.verify().unwrap();
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.kind == ProblemKind::Witness && p.detail.contains("6..=10")),
-        "{:#?}",
-        report.problems
+        files_before == truth(dir.path()),
+        "a failed open changed the log or the witness"
     );
-    assert!(matches!(
-        journal.execute(
-            &Command::RecordProbe {
-                reload: ReloadId::from_u128(1)
-            },
-            at(0)
-        ),
-        Err(JournalError::ReadOnly { .. })
-    ));
+    // Salvage prints every record the log still holds.
     let mut out = Vec::new();
-    assert_eq!(journal.export(&mut out).unwrap().records, 5);
+    let report = tryswap_journal::salvage(dir.path(), &mut out).unwrap();
+    assert_eq!(report.records, last - 2);
+    assert_eq!(out.iter().filter(|b| **b == b'\n').count() as u64, last - 2);
 }
 
 #[test]
-fn deleting_the_last_events_behind_the_journals_back_fails_open() {
+fn a_flipped_byte_in_the_log_before_the_durable_point_is_named_and_salvage_stops_there() {
     let dir = tempfile::tempdir().unwrap();
     let last = populated(dir.path());
+    let expected = all_records(&Journal::open(dir.path()).unwrap());
+    let segment = tryswap_journal::segment_log::segment_path(dir.path(), 1);
+    let offsets = record_offsets(dir.path());
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[offsets[4] as usize + 20] ^= 0x08;
+    fs::write(&segment, &bytes).unwrap();
+    let err = Journal::open(dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{text}");
+    assert!(
+        text.contains("seq 5") && text.contains(&format!("byte {}", offsets[4])),
+        "{text}"
+    );
+    let mut salvaged = Vec::new();
+    let report = tryswap_journal::salvage_with(dir.path(), |r| {
+        salvaged.push(r.clone());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(salvaged, expected[..4]);
+    assert!(report.unreadable[0].contains("seq 5"), "{report:?}");
+    assert!(last > 5);
+}
+
+#[test]
+fn an_unflushed_tail_of_the_log_is_cut_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let journal = Journal::open(dir.path()).unwrap();
+        full_activate(&journal, &slot_name(0), ReloadId::from_u128(1), 1);
+        all_records(&journal)
+    };
+    let segment = tryswap_journal::segment_log::segment_path(dir.path(), 1);
+    // Half a frame after the last durable point, as a crash in the middle of a write leaves.
+    let mut f = fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    std::io::Write::write_all(&mut f, &[0x40, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(f);
+    let len = fs::metadata(&segment).unwrap().len();
+    assert_healed(dir.path(), &expected, false, "torn tail");
+    assert_eq!(fs::metadata(&segment).unwrap().len(), len - 7);
+}
+
+#[test]
+fn deleting_the_last_events_behind_the_journals_back_is_healed_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = populated(dir.path());
+    let expected = all_records(&Journal::open(dir.path()).unwrap());
     {
         let db = sled_of(dir.path());
         let events = db.open_tree(layout::EVENTS).unwrap();
@@ -348,19 +416,18 @@ fn deleting_the_last_events_behind_the_journals_back_fails_open() {
         events.remove(seq_key(last - 1)).unwrap();
         db.flush().unwrap();
     }
-    let before = tree_contents(dir.path(), layout::EVENTS);
-    let err = Journal::open(dir.path()).unwrap_err();
-    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("seq {last}")), "{err}");
-    assert_eq!(tree_contents(dir.path(), layout::EVENTS), before);
+    assert_healed(dir.path(), &expected, true, "deleted events");
+    let notes = fs::read_to_string(dir.path().join(tryswap_journal::REBUILDS_FILE)).unwrap();
+    assert!(notes.contains(&format!("seq {last}")), "{notes}");
 }
 
 #[test]
-fn a_replaced_record_at_the_witness_fails_open() {
+fn a_replaced_record_in_sled_is_healed_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let last = populated(dir.path());
+    let expected = all_records(&Journal::open(dir.path()).unwrap());
     {
-        // Same seq, different content, valid CRC: the chain value differs from the witness.
+        // Same seq, different content, valid CRC: the chain value differs from the log's.
         let db = sled_of(dir.path());
         let events = db.open_tree(layout::EVENTS).unwrap();
         let mut r =
@@ -377,8 +444,7 @@ fn a_replaced_record_at_the_witness_fails_open() {
         .unwrap();
         db.flush().unwrap();
     }
-    let err = Journal::open(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("altered or replaced"), "{err}");
+    assert_healed(dir.path(), &expected, true, "replaced record");
 }
 
 #[test]
@@ -552,9 +618,10 @@ fn another_process_holding_the_lock_is_named() {
 type Damage = Box<dyn Fn(&Path)>;
 
 #[test]
-fn damaged_sled_files_give_an_error_never_a_panic() {
+fn damaged_sled_files_are_rebuilt_from_the_log_never_a_panic() {
     let template = tempfile::tempdir().unwrap();
     populated(template.path());
+    let expected = all_records(&Journal::open(template.path()).unwrap());
     let data = template.path().join(layout::SLED_DIR).join("db");
     let len = fs::metadata(&data).unwrap().len() as usize;
     let damages: Vec<(&str, Damage)> = vec![
@@ -593,10 +660,10 @@ fn damaged_sled_files_give_an_error_never_a_panic() {
         damage(&dir.path().join(layout::SLED_DIR));
         let outcome = std::panic::catch_unwind(|| Journal::open(dir.path()).map(|_| ()));
         let result = outcome.unwrap_or_else(|_| panic!("{name}: a panic escaped Journal::open"));
-        // A damaged journal is never silently accepted: every case here loses records
-        // the witness knows about, or sled refuses it.
-        let err = result.expect_err(name);
-        eprintln!("{name}: {err}");
+        // Every damage here loses records or makes sled refuse its files: the open derives
+        // sled again from the log, and nothing durable is lost.
+        result.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_healed(dir.path(), &expected, false, name);
     }
 }
 

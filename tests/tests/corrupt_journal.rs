@@ -1,9 +1,10 @@
-//! A damaged journal: truncated or flipped bytes in sled's files, a damaged witness, a lost
-//! tail. Every command that opens the journal refuses with exit 4 and a message that points
-//! to `tryswap journal verify` / `export`; nothing panics; no plugin is started; and
-//! tryswap never rewrites the damaged files (sled repairs its log in place while opening, so
-//! tryswap keeps a copy from before the open: see
-//! `the_files_as_they_were_before_a_refused_open_are_kept`).
+//! A damaged journal. sled's files are derived from the segment log: whatever happens to
+//! them (flipped or truncated bytes, a lost tail, a damaged config or snapshot), the next
+//! command heals them from the log with a loud warning and no durable record is lost. A
+//! damaged witness, or a log damaged before its last durable point, is refused by every
+//! command that opens the journal with exit 4 and a message naming what and where; nothing
+//! panics; no plugin is started; `journal export --salvage` prints every record before the
+//! damage.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,10 +49,7 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let entry = entry.unwrap();
             let path = entry.path();
             if entry.file_type().unwrap().is_dir() {
-                // tryswap's own copy of sled's files from before a refused open.
-                if entry.file_name() != "sled.preopen" {
-                    walk(&path, root, out);
-                }
+                walk(&path, root, out);
             } else if entry.file_name() != "journal.lock" {
                 let rel = path.strip_prefix(root).unwrap().to_path_buf();
                 out.insert(rel, std::fs::read(&path).unwrap());
@@ -173,14 +171,6 @@ fn truncate(path: &Path, len: u64) {
         .unwrap();
 }
 
-fn is_sled_snapshot(path: &Path) -> bool {
-    path.parent() == Some(Path::new("sled"))
-        && path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("snap."))
-}
-
 /// sled's snapshot file (`snap.<lsn>`).
 fn snapshot(journal: &Path) -> PathBuf {
     std::fs::read_dir(journal.join("sled"))
@@ -194,8 +184,8 @@ fn snapshot(journal: &Path) -> PathBuf {
         .expect("sled writes a snapshot file")
 }
 
-/// Offset of the middle of sled's log in its data file (the log starts at 0; the rest of
-/// the 512 KiB segment is zeros).
+/// Offset of the middle of sled's own log in its data file (the log starts at 0; the rest
+/// of the 512 KiB segment is zeros).
 fn log_middle(journal: &Path) -> usize {
     let db = std::fs::read(journal.join("sled/db")).unwrap();
     let end = db.iter().rposition(|&b| b != 0).expect("a non-empty log");
@@ -203,8 +193,83 @@ fn log_middle(journal: &Path) -> usize {
     end / 2
 }
 
+/// The segment log's only segment.
+fn segment(journal: &Path) -> PathBuf {
+    journal.join("log").join(format!("{:020}.seg", 1))
+}
+
+/// Whether `path` (relative to the journal) is one of sled's files (derived data).
+fn is_sled(path: &Path) -> bool {
+    path.starts_with("sled")
+}
+
 #[test]
-fn damaged_witness_snapshot_or_lost_tail_is_refused_and_nothing_is_rewritten() {
+fn damage_to_sleds_files_is_healed_from_the_log_with_every_record() {
+    let f = fixture();
+    let middle = log_middle(&f.pristine);
+    type Damage = Box<dyn Fn(&Fixture)>;
+    let cases: Vec<(String, Damage)> = vec![
+        (
+            "sled snapshot byte flipped".into(),
+            Box::new(|f: &Fixture| flip(&snapshot(&f.journal), 20)),
+        ),
+        (
+            "sled snapshot truncated".into(),
+            Box::new(|f: &Fixture| truncate(&snapshot(&f.journal), 10)),
+        ),
+        (
+            format!("sled log byte {middle} flipped"),
+            Box::new(move |f: &Fixture| flip(&f.journal.join("sled/db"), middle)),
+        ),
+        (
+            format!("sled log truncated to {middle} bytes"),
+            Box::new(move |f: &Fixture| truncate(&f.journal.join("sled/db"), middle as u64)),
+        ),
+        (
+            "sled config byte flipped".into(),
+            Box::new(|f: &Fixture| flip(&f.journal.join("sled/conf"), 5)),
+        ),
+        (
+            "sled's files from before the last reload".into(),
+            Box::new(|f: &Fixture| {
+                std::fs::remove_dir_all(f.journal.join("sled")).unwrap();
+                copy_dir(&f.older.join("sled"), &f.journal.join("sled"));
+            }),
+        ),
+        (
+            "sled's files deleted".into(),
+            Box::new(|f: &Fixture| std::fs::remove_dir_all(f.journal.join("sled")).unwrap()),
+        ),
+    ];
+    let log = std::fs::read(segment(&f.pristine)).unwrap();
+    for (what, damage) in &cases {
+        restore(&f.pristine, &f.journal);
+        damage(&f);
+        let recover = tryswap_env(&f.h, &["recover"], &[]);
+        assert_no_panic(what, &recover);
+        assert_eq!(recover.code(), Some(0), "{what}: {recover:?}");
+        let verify = tryswap_env(&f.h, &["journal", "verify"], &[]);
+        assert_eq!(verify.code(), Some(0), "{what}: {verify:?}");
+        let history = tryswap_env(&f.h, &["--json", "history", "demo"], &[]);
+        assert_eq!(
+            history.json()["reloads"].as_array().map(Vec::len),
+            Some(2),
+            "{what}: the history lost reloads: {history:?}"
+        );
+        assert_eq!(
+            std::fs::read(segment(&f.journal)).unwrap(),
+            log,
+            "{what}: the log was rewritten"
+        );
+        assert!(
+            f.h.state.processes().is_empty(),
+            "{what}: a stopped plugin was started"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_witness_is_refused_and_nothing_is_rewritten() {
     let f = fixture();
     type Damage = Box<dyn Fn(&Fixture)>;
     let cases: Vec<(&str, Damage)> = vec![
@@ -219,160 +284,62 @@ fn damaged_witness_snapshot_or_lost_tail_is_refused_and_nothing_is_rewritten() {
             "witness truncated to 10 bytes",
             Box::new(|f: &Fixture| truncate(&f.journal.join("witness"), 10)),
         ),
-        (
-            "sled snapshot byte flipped",
-            Box::new(|f: &Fixture| flip(&snapshot(&f.journal), 20)),
-        ),
-        (
-            "sled snapshot truncated",
-            Box::new(|f: &Fixture| truncate(&snapshot(&f.journal), 10)),
-        ),
-        (
-            "lost tail (sled's files from before the last reload, witness from after)",
-            Box::new(|f: &Fixture| {
-                std::fs::remove_dir_all(f.journal.join("sled")).unwrap();
-                copy_dir(&f.older.join("sled"), &f.journal.join("sled"));
-            }),
-        ),
     ];
     for (what, damage) in &cases {
         restore(&f.pristine, &f.journal);
         damage(&f);
         let before = files(&f.journal);
-        let outputs = assert_refused(&f, what);
-        // Neither tryswap nor sled rewrites the log, the witness or the config. Where the
-        // damage is found only after sled opened (a lost tail; `journal verify` reading
-        // what it can), sled may have written a fresh snapshot of its own index: derived
-        // data, rebuilt from the log.
-        let after = files(&f.journal);
-        for path in changed(&before, &after) {
+        for refusal in assert_refused(&f, what) {
             assert!(
-                is_sled_snapshot(&path),
-                "{what}: {} was rewritten",
-                path.display()
+                refusal.changed.iter().all(|p| is_sled(p)),
+                "{what}: {:?} rewrote {:?}",
+                refusal.run,
+                refusal.changed
             );
         }
-        if !what.starts_with("lost tail") {
-            for refusal in &outputs[..outputs.len() - 1] {
-                assert!(
-                    refusal.changed.is_empty(),
-                    "{what}: files were rewritten: {:?}",
-                    refusal.changed
-                );
-            }
-        }
-        if what.starts_with("lost tail") {
-            let status = &outputs[0].run;
-            assert!(
-                status.stderr.contains("missing") || status.stderr.contains("lost"),
-                "{what}: the message does not name the lost tail: {status:?}"
-            );
-        }
-        // The salvage path: export reads what it can, like verify.
-        let export = tryswap_env(&f.h, &["journal", "export"], &[]);
-        assert_no_panic(what, &export);
-        for path in changed(&after, &files(&f.journal)) {
-            assert!(
-                is_sled_snapshot(&path),
-                "{what}: journal export rewrote {}",
-                path.display()
-            );
+        for path in changed(&before, &files(&f.journal)) {
+            assert!(is_sled(&path), "{what}: {} was rewritten", path.display());
         }
     }
 }
 
 #[test]
-fn a_damaged_sled_log_is_refused_and_never_silently_accepted() {
-    let f = fixture();
-    let middle = log_middle(&f.journal);
-    type Damage = Box<dyn Fn(&Path)>;
-    let cases: Vec<(String, Damage)> = vec![
-        (
-            format!("sled log byte {middle} flipped"),
-            Box::new(move |j: &Path| flip(&j.join("sled/db"), middle)),
-        ),
-        (
-            format!("sled log truncated to {middle} bytes"),
-            Box::new(move |j: &Path| truncate(&j.join("sled/db"), middle as u64)),
-        ),
-    ];
-    for (what, damage) in &cases {
-        restore(&f.pristine, &f.journal);
-        damage(&f.journal);
-        let before = files(&f.journal);
-        // Twice: whatever sled does to its log while opening, the damage is never accepted.
-        assert_refused(&f, what);
-        assert_refused(&f, what);
-        let after = files(&f.journal);
-        for path in changed(&before, &after) {
-            // sled may zero its own log from the damaged message on (see the ignored test
-            // below); tryswap's files and sled's snapshot and config stay as they were.
-            assert_eq!(
-                path,
-                Path::new("sled/db"),
-                "{what}: {} was rewritten",
-                path.display()
-            );
-            let (old, new) = (&before[&path], &after[&path]);
-            let rewritten = old
-                .iter()
-                .zip(new.iter())
-                .filter(|(o, n)| o != n)
-                .all(|(_, n)| *n == 0);
-            assert!(
-                rewritten,
-                "{what}: sled/db bytes were replaced by something else than zeros"
-            );
-        }
-    }
-}
-
-/// sled zeroes its log after a damaged message while opening, before tryswap can check
-/// anything. tryswap therefore copies sled's files to `sled.preopen` before every open and
-/// keeps the copy when the open is refused: the damaged bytes, and the records after the
-/// damage, are never lost.
-#[test]
-fn the_files_as_they_were_before_a_refused_open_are_kept() {
+fn a_log_damaged_before_its_durable_point_is_refused_naming_seq_and_offset_and_salvaged() {
     let f = fixture();
     restore(&f.pristine, &f.journal);
-    let middle = log_middle(&f.journal);
-    flip(&f.journal.join("sled/db"), middle);
-    let damaged = std::fs::read(f.journal.join("sled/db")).unwrap();
-    let refusals = assert_refused(&f, "sled log byte flipped");
-    assert!(
-        refusals.iter().all(|r| r.run.stderr.contains("sled.preopen")
-            || r.run.stdout.contains("sled.preopen")),
-        "the refusal does not point to the preserved copy"
-    );
-    // The first refused open made the copy; later ones kept it.
-    let kept = std::fs::read(f.journal.join("sled.preopen/db")).unwrap();
-    assert_eq!(
-        kept, damaged,
-        "the pre-open copy is not the damaged original"
-    );
-}
-
-#[test]
-fn a_damaged_sled_config_file_is_refused_without_a_panic() {
-    let f = fixture();
-    restore(&f.pristine, &f.journal);
-    flip(&f.journal.join("sled/conf"), 5);
+    let export = tryswap_env(&f.h, &["journal", "export"], &[]);
+    assert_eq!(export.code(), Some(0), "{export:?}");
+    let all: Vec<&str> = export.stdout.lines().collect();
+    assert!(all.len() > 8, "{export:?}");
+    let len = std::fs::metadata(segment(&f.journal)).unwrap().len() as usize;
+    let middle = len / 2;
+    flip(&segment(&f.journal), middle);
     let before = files(&f.journal);
-    for args in [&["status"][..], &["recover"], &["journal", "verify"]] {
-        let run = tryswap_env(&f.h, args, &[]);
-        assert_no_panic("sled/conf flipped", &run);
-        assert_ne!(
-            run.code(),
-            Some(0),
-            "sled/conf flipped: {args:?} succeeded: {run:?}"
-        );
-        assert!(
-            run.stderr.contains("journal"),
-            "sled/conf flipped: the error does not name the journal: {run:?}"
-        );
+    let refusals = assert_refused(&f, "log byte flipped");
+    let status = &refusals[0].run.stderr;
+    assert!(
+        status.contains("seq ") && status.contains("byte ") && status.contains("--salvage"),
+        "the refusal does not name the seq and offset: {status}"
+    );
+    for path in changed(&before, &files(&f.journal)) {
+        assert!(is_sled(&path), "{} was rewritten", path.display());
     }
-    assert!(changed(&before, &files(&f.journal)).is_empty());
-    assert!(f.h.state.processes().is_empty());
+    // Salvage: every record before the damage, exactly as export printed them, then exit 4.
+    let salvage = tryswap_env(&f.h, &["journal", "export", "--salvage"], &[]);
+    assert_no_panic("salvage", &salvage);
+    assert_eq!(salvage.code(), Some(4), "{salvage:?}");
+    let salvaged: Vec<&str> = salvage.stdout.lines().collect();
+    assert!(
+        !salvaged.is_empty() && salvaged.len() < all.len(),
+        "{salvage:?}"
+    );
+    assert_eq!(salvaged, all[..salvaged.len()]);
+    assert!(
+        salvage
+            .stderr
+            .contains(&format!("seq {}", salvaged.len() + 1)),
+        "{salvage:?}"
+    );
 }
 
 /// sled writes a snapshot as `snap.<lsn>.generating` and renames it when complete, but reads
@@ -385,19 +352,14 @@ fn an_unfinished_sled_snapshot_does_not_make_the_journal_unopenable() {
     restore(&f.pristine, &f.journal);
     let unfinished = f.journal.join("sled/snap.FFFFFFFFFFFFFFFF.generating");
     std::fs::write(&unfinished, b"").unwrap();
-    let before = files(&f.journal);
-    let verify = tryswap_env(&f.h, &["journal", "verify"], &[]);
-    assert_eq!(verify.code(), Some(0), "{verify:?}");
+    let recover = tryswap_env(&f.h, &["recover"], &[]);
+    assert_eq!(recover.code(), Some(0), "{recover:?}");
     assert!(
         !unfinished.exists(),
         "the unfinished snapshot is still there"
     );
-    let mut expected = before.clone();
-    expected.remove(Path::new("sled/snap.FFFFFFFFFFFFFFFF.generating"));
-    let after = files(&f.journal);
-    for path in changed(&expected, &after) {
-        assert!(is_sled_snapshot(&path), "{} was rewritten", path.display());
-    }
+    let verify = tryswap_env(&f.h, &["journal", "verify"], &[]);
+    assert_eq!(verify.code(), Some(0), "{verify:?}");
     let history = tryswap_env(&f.h, &["--json", "history", "demo"], &[]);
     assert_eq!(history.code(), Some(0), "{history:?}");
     assert_eq!(

@@ -476,3 +476,18 @@ pub fn trimmed(slot: &Slot, keep: usize) -> Slot {
     }
     slot
 }
+
+/// Copies the directory tree `from` to `to`.
+#[allow(dead_code)] // not every test file copies journals
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
