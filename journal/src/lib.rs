@@ -49,6 +49,7 @@ mod replay;
 mod report;
 mod rewrite;
 mod sled_dir;
+mod snapshot;
 mod store;
 mod verify;
 mod witness;
@@ -64,6 +65,7 @@ pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use record::{Record, RECORD_FORMAT};
 pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
+pub use snapshot::{open_for_reading, Snapshot, SnapshotStore, SNAPSHOT_FILE};
 pub use store::{JournalStore, Records};
 pub use witness::WitnessMark;
 
