@@ -155,6 +155,25 @@ impl Context {
         Ok(supervisor)
     }
 
+    /// The state directory for a read command (`status`, `history`): every configured slot
+    /// registered, nothing recovered, relaunched or written. While another process holds
+    /// the journal, its projection snapshot answers at once; without one, waits as
+    /// `--wait` says.
+    pub async fn reader(&self) -> Result<Supervisor, CliError> {
+        let dir = self.state_dir.join("journal");
+        let journal = self
+            .wait_for_lock(
+                || tryswap_journal::open_for_reading(&dir),
+                |e| matches!(e, JournalError::Locked { .. }),
+            )
+            .await?;
+        let supervisor = Supervisor::for_reading(&self.state_dir, journal)?;
+        for slot in &self.config.slots {
+            supervisor.add_process_slot(slot.clone());
+        }
+        Ok(supervisor)
+    }
+
     /// Opens the state directory with every configured slot registered. When another
     /// process holds it, waits as `--wait` says (telling so once on stderr).
     pub async fn open_supervisor(&self) -> Result<Supervisor, CliError> {
@@ -403,7 +422,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             reload_command(&ctx, slot, ReloadKind::Rollback(to.map(Generation), *bake)).await
         }
         Command::Status { slot } => {
-            let supervisor = ctx.supervisor().await?;
+            let supervisor = ctx.reader().await?;
             let report = operator::status(&supervisor, slot.as_ref(), None)?;
             if ctx.json {
                 render::json(&report)?;
@@ -418,7 +437,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             since,
             timeline,
         } => {
-            let supervisor = ctx.supervisor().await?;
+            let supervisor = ctx.reader().await?;
             let query = crate::operator::HistoryQuery::new(*limit, *since, *timeline);
             let text = operator::history(&supervisor, slot, &query, ctx.json)?;
             render::out(&text)?;

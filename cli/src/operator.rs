@@ -61,6 +61,7 @@ pub fn status(
     let mut report = supervisor.status(only)?;
     let from = active_since(supervisor.journal(), &report)?;
     report.add_record_facts(&records_from(supervisor.journal(), from));
+    report.note_exits(Utc::now());
     if let Some(monitor) = monitor {
         for health in monitor.health() {
             let Some(slot) = report.slots.iter_mut().find(|s| s.slot == health.slot) else {

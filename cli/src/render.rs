@@ -500,11 +500,15 @@ pub fn status_text(report: &StatusReport) -> String {
             let last_exit = s.last_exit.as_ref().map_or_else(
                 || "-".to_owned(),
                 |e| {
-                    format!(
-                        "{} ago: {}",
-                        age((now - e.at).num_seconds()),
-                        e.message.chars().take(60).collect::<String>()
-                    )
+                    if e.kind == "not_running" {
+                        "not running (exit not journaled)".to_owned()
+                    } else {
+                        format!(
+                            "{} ago: {}",
+                            age((now - e.at).num_seconds()),
+                            e.message.chars().take(60).collect::<String>()
+                        )
+                    }
                 },
             );
             vec![
@@ -520,7 +524,7 @@ pub fn status_text(report: &StatusReport) -> String {
             ]
         })
         .collect();
-    table(
+    let mut text = table(
         &[
             "SLOT",
             "GEN",
@@ -534,7 +538,17 @@ pub fn status_text(report: &StatusReport) -> String {
         ],
         rows,
         &[1, 2, 4],
-    ) + &endpoints_text(report)
+    );
+    for s in &report.slots {
+        if let (Some(active), Some(_)) = (&s.active, &s.exited) {
+            text.push_str(&format!(
+                "{}: generation {} exited; `tryswap start {}` (or `recover`, `serve`) brings it \
+                 back\n",
+                s.slot, active.generation, s.slot
+            ));
+        }
+    }
+    text + &endpoints_text(report)
 }
 
 /// One line per slot with a stable endpoint: where callers dial, and its leases.

@@ -285,6 +285,9 @@ pub struct ActiveInfo {
     pub since: Option<DateTime<Utc>>,
     /// Its log file.
     pub log_path: Option<String>,
+    /// Whether the journal records it running (no exit journaled since it last started).
+    #[serde(skip)]
+    pub recorded_running: bool,
 }
 
 /// A reload in progress, as `status` shows it.
@@ -337,6 +340,12 @@ pub struct SlotStatus {
     /// Unexpired leases outside hosts hold through the daemon's API.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub leases: Vec<crate::endpoint::leases::LeaseGrant>,
+    /// Set when the active generation does not run (`health` is `exited`): how and when it
+    /// ended, as journaled, or kind `not_running` (`at`: when this status found it so) when
+    /// it died unseen. Reading never relaunches it; `tryswap start`, `recover` or `serve`
+    /// do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exited: Option<ExitInfo>,
 }
 
 /// How a generation's process last ended.
@@ -346,7 +355,8 @@ pub struct ExitInfo {
     pub generation: u64,
     /// When it was recorded.
     pub at: DateTime<Utc>,
-    /// `error`, `timeout`, `cancelled` or `recovered`.
+    /// `error`, `timeout`, `cancelled` or `recovered`; `not_running` for a process found
+    /// dead whose exit nobody journaled.
     pub kind: &'static str,
     /// What happened (first line).
     pub message: String,
@@ -375,6 +385,7 @@ impl SlotStatus {
                 address: a.endpoint.as_ref().map(|e| e.address.clone()),
                 since: view.active_since,
                 log_path: a.log_path.clone(),
+                recorded_running: a.running,
             }),
             in_flight: in_flight.map(|r| InFlightInfo {
                 reload_id: r.reload.id,
@@ -401,6 +412,7 @@ impl SlotStatus {
             failed: None,
             endpoint: None,
             leases: Vec::new(),
+            exited: None,
         }
     }
 }
@@ -415,6 +427,31 @@ fn health_of(liveness: Liveness) -> &'static str {
 }
 
 impl StatusReport {
+    /// Says how every active generation that does not run ended ([`SlotStatus::exited`]):
+    /// the journaled exit, or, when the journal still records it running, `not_running`
+    /// found at `now` (which also becomes its last exit). Call after
+    /// [`StatusReport::add_record_facts`].
+    pub fn note_exits(&mut self, now: DateTime<Utc>) {
+        for slot in &mut self.slots {
+            let Some(active) = slot.active.as_ref().filter(|a| !a.alive) else {
+                continue;
+            };
+            slot.exited = if active.recorded_running {
+                let unseen = ExitInfo {
+                    generation: active.generation,
+                    at: now,
+                    kind: "not_running",
+                    message: "not running; its exit was not journaled (no daemon watched it)"
+                        .to_owned(),
+                };
+                slot.last_exit = Some(unseen.clone());
+                Some(unseen)
+            } else {
+                slot.last_exit.clone()
+            };
+        }
+    }
+
     /// Adds what only the journal's records tell: restarts and the last exit of every
     /// slot's active generation. `records` are the journal's records, oldest first.
     pub fn add_record_facts<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) {

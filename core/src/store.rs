@@ -225,6 +225,18 @@ impl Store {
         })
     }
 
+    /// The store of `state_dir` as it is, creating nothing: for read-only commands (a
+    /// missing store is empty).
+    pub fn existing(state_dir: &Path) -> Store {
+        let root = state_dir.join("store");
+        Store {
+            objects: root.join("sha256"),
+            root,
+            known: Default::default(),
+            racy_window: RACY_WINDOW,
+        }
+    }
+
     /// The store's root directory, `<state_dir>/store`.
     pub fn root(&self) -> &Path {
         &self.root

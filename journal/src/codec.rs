@@ -130,6 +130,20 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     Ok(value)
 }
 
+/// Decodes a `T` from the start of `bytes`, ignoring what follows (a format number read
+/// before the whole value); `what` names it in errors.
+pub fn decode_prefix<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    bincode::serde::decode_from_slice::<T, _>(bytes, config())
+        .map(|(value, _)| value)
+        .map_err(|e| CodecError::Decode {
+            what,
+            message: e.to_string(),
+        })
+}
+
 /// Encodes a record as it is stored: the bincode body followed by its CRC32 (big-endian).
 ///
 /// The CRC is the record's chain value (see [`stored_chain`]).

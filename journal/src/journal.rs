@@ -938,6 +938,8 @@ impl Journal {
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);
         }
+        // Readers without the lock answer from the projections as of this durable point.
+        self.refresh_snapshot();
         Ok(())
     }
 

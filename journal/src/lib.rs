@@ -52,6 +52,7 @@ mod report;
 mod rewrite;
 pub mod segment_log;
 mod sled_dir;
+mod snapshot;
 mod store;
 mod verify;
 mod witness;
@@ -69,6 +70,7 @@ pub use rebuild::{RebuildNote, MIGRATION_BACKUP_DIR, REBUILDS_FILE};
 pub use record::{Record, RECORD_FORMAT};
 pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
 pub use segment_log::{LogBase, LogDamage, LogItem, LogItems, LogPosition, LogReader};
+pub use snapshot::{open_for_reading, Snapshot, SnapshotStore, SNAPSHOT_FILE};
 pub use store::{JournalStore, Records};
 pub use witness::WitnessMark;
 

@@ -411,8 +411,14 @@ pub async fn assert_all_recovered(
     crashed: &[&str],
     what: &str,
 ) -> Vec<Recovered> {
+    // Reads never recover: `recover` does (as `start` and `serve` would).
+    let recovered_by = tryswap_env(h, &["recover"], &[]);
     let status = tryswap_env(h, &["--json", "status"], &[]);
-    assert_eq!(status.code(), Some(0), "{what}: status failed: {status:?}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{what}: status failed: {status:?} (after recover: {recovered_by:?})"
+    );
     let status = status.json();
     let mut recovered = Vec::with_capacity(expects.len());
     for expect in expects {

@@ -199,6 +199,22 @@ impl Harness {
         ])
     }
 
+    /// `tryswap --config <cfg> activate SLOT <fixture> --config-file <config>`, to spawn
+    /// (stdin null; output as the caller sets it).
+    pub fn activate_command(&self, slot: &str, config: &Path) -> Command {
+        let mut command = Command::new(tryswap_path());
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["activate", slot])
+            .arg(fixture_plugin_path())
+            .arg("--config-file")
+            .arg(config)
+            .env_remove("TRYSWAP_STATE_DIR")
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
     /// `tryswap --json status` as JSON.
     pub fn status(&self) -> Value {
         let run = self.tryswap(&["--json", "status"]);

@@ -388,15 +388,16 @@ fn a_held_state_dir_is_waited_for_and_the_message_suggests_serve() {
     // The holder has the lock once it prints its first stage.
     rx.recv_timeout(Duration::from_secs(30))
         .expect("a stage line");
+    // (`status` and `history` need no lock: journal_reads.rs.)
     for args in [
-        &["status", "--wait=0"][..],
+        &["start", "demo", "--wait=0"][..],
         &["journal", "show", "--wait=0"],
     ] {
         let refused = h.tryswap(args);
         assert_eq!(refused.code, 3, "{args:?}: {refused:?}");
         assert!(refused.stderr.contains("tryswap serve"), "{refused:?}");
     }
-    let waited = h.tryswap(&["status", "--wait=30s"]);
+    let waited = h.tryswap(&["start", "demo", "--wait=30s"]);
     assert_eq!(waited.code, 0, "{waited:?}");
     assert!(waited.stderr.contains("waiting"), "{waited:?}");
     assert!(holder.wait().unwrap().success());

@@ -49,9 +49,9 @@ async fn stop_keeps_the_marker_and_start_relaunches_the_same_generation_from_the
 
 #[test]
 fn an_interrupted_activate_stops_its_candidate_and_keeps_the_old_generation() {
-    use std::process::{Command, Stdio};
-    use tryswap_tests::harness::{tryswap_path, SlotSpec};
-    use tryswap_tests::{fixture_plugin_path, wait_until};
+    use std::process::Stdio;
+    use tryswap_tests::harness::SlotSpec;
+    use tryswap_tests::wait_until;
 
     let h = Harness::new(&[SlotSpec {
         start_timeout: "30s",
@@ -68,13 +68,8 @@ fn an_interrupted_activate_stops_its_candidate_and_keeps_the_old_generation() {
             ..FixtureConfig::default()
         },
     );
-    let mut child = Command::new(tryswap_path())
-        .arg("--config")
-        .arg(&h.config_path)
-        .args(["activate", "demo"])
-        .arg(fixture_plugin_path())
-        .arg("--config-file")
-        .arg(&hang)
+    let mut child = h
+        .activate_command("demo", &hang)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

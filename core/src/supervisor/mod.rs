@@ -319,6 +319,19 @@ impl Supervisor {
         Self::with_journal(state_dir, journal)
     }
 
+    /// A supervisor over `journal` (typically [`tryswap_journal::open_for_reading`]) for
+    /// read commands: it creates, cleans, recovers and relaunches nothing, so reading
+    /// never changes the evidence. Its `status` and `history` answer as usual; writes fail
+    /// when the journal is read-only.
+    pub fn for_reading(
+        state_dir: impl AsRef<Path>,
+        journal: Arc<dyn JournalStore>,
+    ) -> Result<Self, SupervisorError> {
+        let state_dir = absolute(state_dir.as_ref())?;
+        let store = Store::existing(&state_dir);
+        Ok(Self::assemble(state_dir, journal, store))
+    }
+
     fn with_journal(
         state_dir: PathBuf,
         journal: Arc<dyn JournalStore>,
@@ -339,8 +352,12 @@ impl Supervisor {
                 "removed the empty cgroups of generations that are gone"
             );
         }
+        Ok(Self::assemble(state_dir, journal, store))
+    }
+
+    fn assemble(state_dir: PathBuf, journal: Arc<dyn JournalStore>, store: Store) -> Self {
         let (records, _) = broadcast::channel(1024);
-        Ok(Supervisor {
+        Supervisor {
             inner: Arc::new(Inner {
                 journal,
                 store,
@@ -355,7 +372,7 @@ impl Supervisor {
                 stopping: std::sync::Mutex::new(std::collections::BTreeSet::new()),
                 bakes: bake::BakeWatchers::default(),
             }),
-        })
+        }
     }
 
     /// How many times [`Supervisor::stop`] was called for `slot` by this process.

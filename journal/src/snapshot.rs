@@ -1,0 +1,355 @@
+//! The projection snapshot: what read commands answer from while another process holds the
+//! journal (DESIGN.md "Journal, second form": reads need no exclusive lock).
+//!
+//! At every durable point the writer captures the slot projections, the newest reloads of
+//! every slot and the last records into `<journal dir>/projection.snapshot`, written to a
+//! temporary file and renamed over the old one, so a reader sees the old snapshot or the
+//! new one, never a mix. The snapshot is a cache: it is never synced (a lost one is
+//! rewritten at the next durable point), never read by a writer, and a reader that can
+//! take the lock reads the journal itself.
+//!
+//! [`open_for_reading`] is the read commands' way in: the journal opened for inspection
+//! when nobody holds it, else the snapshot as a read-only [`JournalStore`].
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tryswap_fsm::{Command, ReloadId, SlotName};
+
+use crate::codec::{self, LIMIT};
+use crate::error::JournalError;
+use crate::journal::{lock, tail_findings, witness_findings, Journal};
+use crate::layout::{Meta, RELOADS, WITNESS_FILE};
+use crate::memory::MemoryJournal;
+use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::record::Record;
+use crate::report::{CompactReport, VerifyReport};
+use crate::store::{JournalStore, Records};
+use crate::witness::{self, WitnessMark};
+
+/// The snapshot's file name in the journal directory.
+pub const SNAPSHOT_FILE: &str = "projection.snapshot";
+
+/// The snapshot format this build writes and reads (a snapshot of another format is
+/// ignored: readers fall back to waiting for the lock).
+pub const SNAPSHOT_FORMAT: u16 = 1;
+
+/// At most this many reloads of one slot are kept in the snapshot (the newest).
+const RELOADS_PER_SLOT: usize = 100;
+
+/// At most this many reload projections are read (newest first) to build a snapshot, so
+/// writing one costs the same however long the journal's history.
+const RELOADS_SCANNED: usize = 400;
+
+/// The snapshot carries the last this many records (for `status`'s restarts and last exit).
+const RECORDS_KEPT: u64 = 128;
+
+/// The projections as of one point of the journal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_FORMAT`]; always the first encoded field.
+    pub format: u16,
+    /// The last sequence number the snapshot includes.
+    pub seq: u64,
+    /// When it was written.
+    pub written_at: DateTime<Utc>,
+    /// The process that wrote it (the journal's holder at that time).
+    pub writer_pid: u32,
+    /// Every slot projection, by name.
+    pub slots: Vec<SlotView>,
+    /// The newest reloads of every slot (at most 100 per slot), oldest first, plus every
+    /// reload in flight.
+    pub reloads: Vec<ReloadView>,
+    /// The last records as stored (body and CRC trailer), oldest first.
+    pub records: Vec<Vec<u8>>,
+}
+
+impl Snapshot {
+    /// Where the snapshot of the journal in `dir` lives.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(SNAPSHOT_FILE)
+    }
+
+    /// Reads the snapshot of the journal in `dir`: `None` if there is none, or if it was
+    /// written in another snapshot format.
+    pub fn load(dir: &Path) -> Result<Option<Snapshot>, JournalError> {
+        let path = Self::path(dir);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(JournalError::io("opening the projection snapshot", path, e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(LIMIT as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| JournalError::io("reading the projection snapshot", &path, e))?;
+        let format = codec::decode_prefix::<u16>("snapshot format", &bytes)?;
+        if format != SNAPSHOT_FORMAT {
+            tracing::warn!(path = %path.display(), format, "ignoring a projection snapshot of another format");
+            return Ok(None);
+        }
+        Ok(Some(codec::decode("projection snapshot", &bytes)?))
+    }
+
+    /// Writes the snapshot into `dir` atomically (temporary file, then rename).
+    fn store(&self, dir: &Path) -> Result<(), JournalError> {
+        let bytes = codec::encode("projection snapshot", self)?;
+        let path = Self::path(dir);
+        let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp-{}", std::process::id()));
+        let written = std::fs::File::create(&temporary)
+            .and_then(|mut file| file.write_all(&bytes))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(JournalError::io("writing the projection snapshot", path, e));
+        }
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// Captures the projections as they are now (writers held off meanwhile, so slots,
+    /// reloads and records agree) into the snapshot file. Called at every durable point; a
+    /// failure is logged, never the caller's: the snapshot only serves readers.
+    pub(crate) fn refresh_snapshot(&self) {
+        if let Err(e) = self.write_snapshot() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "writing the projection snapshot");
+            // Never leave an older snapshot behind for readers to trust.
+            let _ = std::fs::remove_file(Snapshot::path(&self.dir));
+        }
+    }
+
+    fn write_snapshot(&self) -> Result<(), JournalError> {
+        let mut snapshot = {
+            let _writer = lock(&self.writer);
+            let seq = self.last_seq();
+            let slots = self.slots()?;
+            let mut per_slot: BTreeMap<SlotName, Vec<ReloadView>> = BTreeMap::new();
+            // Reload ids are UUIDv7 (time-ordered): the tree's end holds the newest.
+            for item in self.reloads.iter().rev().take(RELOADS_SCANNED) {
+                let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+                let view: ReloadView = crate::layout::decode_value(RELOADS, &key, &bytes)?;
+                let kept = per_slot.entry(view.reload.slot.clone()).or_default();
+                if kept.len() < RELOADS_PER_SLOT {
+                    kept.push(view);
+                }
+            }
+            for slot in &slots {
+                if let Some(id) = slot.slot.in_flight {
+                    let kept = per_slot.entry(slot.slot.name.clone()).or_default();
+                    if !kept.iter().any(|v| v.reload.id == id) {
+                        kept.extend(self.reload(&id)?);
+                    }
+                }
+            }
+            let mut reloads: Vec<ReloadView> = per_slot.into_values().flatten().collect();
+            reloads.sort_by_key(ReloadView::created_seq);
+            let from = seq.saturating_sub(RECORDS_KEPT - 1).max(1);
+            let records = self
+                .events(from)
+                .filter_map(Result::ok)
+                .map(|r| codec::encode_record(&r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Snapshot {
+                format: SNAPSHOT_FORMAT,
+                seq,
+                written_at: Utc::now(),
+                writer_pid: std::process::id(),
+                slots,
+                reloads,
+                records,
+            }
+        };
+        // Too large for the codec's limit: keep the newest half of what is optional until
+        // it fits.
+        loop {
+            match snapshot.store(&self.dir) {
+                Err(JournalError::Codec(codec::CodecError::TooLarge { .. }))
+                    if !snapshot.records.is_empty() || snapshot.reloads.len() > 1 =>
+                {
+                    let records = snapshot.records.len() / 2;
+                    snapshot.records.drain(..records);
+                    let reloads = snapshot.reloads.len() / 2;
+                    snapshot.reloads.drain(..reloads);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Journal {
+    /// The checks [`Journal::open`] makes of the journal's end (sled's last record against
+    /// `meta` and the witness), for a handle opened for inspection: a read must not show a
+    /// silently shorter history. [`JournalError::Corrupt`] names what disagrees.
+    fn check_tail(&self, witness: Option<(WitnessMark, usize)>) -> Result<(), JournalError> {
+        let Some(meta) = Meta::read(&self.meta, &self.dir)? else {
+            return Ok(());
+        };
+        let mut findings = tail_findings(&self.events, &meta);
+        if let Some((mark, _)) = witness {
+            let path = self.dir.join(WITNESS_FILE);
+            findings.extend(witness_findings(&self.events, &meta, mark, &path));
+        }
+        if findings.is_empty() {
+            return Ok(());
+        }
+        Err(JournalError::Corrupt {
+            dir: self.dir.clone(),
+            what: format!(
+                "{}. Nothing was changed; `tryswap journal export` prints the readable records",
+                findings.join("; ")
+            ),
+        })
+    }
+}
+
+/// A [`Snapshot`] as a read-only [`JournalStore`]: every read answers from the snapshot;
+/// writes, `verify`, `replay` and `compact` return [`JournalError::ReadOnly`].
+#[derive(Debug)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+    snapshot: Snapshot,
+}
+
+impl SnapshotStore {
+    /// The snapshot of the journal in `dir`.
+    pub fn new(dir: &Path, snapshot: Snapshot) -> Self {
+        SnapshotStore {
+            dir: dir.to_path_buf(),
+            snapshot,
+        }
+    }
+
+    /// The snapshot.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    fn read_only(&self) -> JournalError {
+        JournalError::ReadOnly {
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+impl JournalStore for SnapshotStore {
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn is_read_only(&self) -> bool {
+        true
+    }
+
+    fn execute_all(
+        &self,
+        _commands: &[Command],
+        _at: DateTime<Utc>,
+    ) -> Result<Vec<Record>, JournalError> {
+        Err(self.read_only())
+    }
+
+    fn fail(&self, _cause: &str) -> JournalError {
+        self.read_only()
+    }
+
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
+
+    fn flush_count(&self) -> u64 {
+        0
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.snapshot.seq
+    }
+
+    fn slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
+        Ok(self
+            .snapshot
+            .slots
+            .iter()
+            .find(|v| &v.slot.name == name)
+            .cloned())
+    }
+
+    fn slots(&self) -> Result<Vec<SlotView>, JournalError> {
+        Ok(self.snapshot.slots.clone())
+    }
+
+    fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
+        Ok(self
+            .snapshot
+            .reloads
+            .iter()
+            .find(|v| &v.reload.id == id)
+            .cloned())
+    }
+
+    fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError> {
+        Ok(self
+            .snapshot
+            .reloads
+            .iter()
+            .filter(|v| &v.reload.slot == slot)
+            .cloned()
+            .collect())
+    }
+
+    fn events(&self, from_seq: u64) -> Records {
+        let records: Vec<Result<Record, JournalError>> = self
+            .snapshot
+            .records
+            .iter()
+            .map(|stored| codec::decode_record(stored).map_err(JournalError::from))
+            .filter(|r| r.as_ref().map_or(true, |r| r.seq >= from_seq))
+            .collect();
+        Box::new(records.into_iter())
+    }
+
+    fn replay(&self, _until_seq: u64) -> Result<ReplayState, JournalError> {
+        Err(self.read_only())
+    }
+
+    fn verify(&self) -> Result<VerifyReport, JournalError> {
+        Err(self.read_only())
+    }
+
+    fn compact(&self, _keep_per_slot: usize) -> Result<CompactReport, JournalError> {
+        Err(self.read_only())
+    }
+}
+
+/// The journal in `dir` for a read command, without waiting and without writing: opened
+/// for inspection when no other process holds it; when one does, its projection snapshot
+/// (as of its last durable point); an empty journal when `dir` holds none.
+/// [`JournalError::Locked`] when the journal is held and has no snapshot.
+pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn JournalStore>, JournalError> {
+    if !dir.exists() {
+        return Ok(Arc::new(MemoryJournal::new()));
+    }
+    // A damaged witness is refused before sled opens (sled rewrites its own files then).
+    let witness = witness::read(&dir.join(WITNESS_FILE), dir)?;
+    match Journal::open_for_inspection(dir) {
+        Ok(journal) => {
+            journal.check_tail(witness)?;
+            Ok(Arc::new(journal))
+        }
+        Err(locked @ JournalError::Locked { .. }) => match Snapshot::load(dir)? {
+            Some(snapshot) => Ok(Arc::new(SnapshotStore::new(dir, snapshot))),
+            None => Err(locked),
+        },
+        Err(JournalError::Missing(_)) => Ok(Arc::new(MemoryJournal::new())),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,166 @@
+//! Reads change nothing and need no lock (DESIGN.md "Journal, second form"): `status` and
+//! `history` never recover or relaunch, report a dead active generation as `exited`, and
+//! answer from the projection snapshot while a one-shot `activate` holds the journal.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tryswap_tests::harness::{wait_gone, Harness, SlotSpec};
+use tryswap_tests::process::send_signal;
+use tryswap_tests::{pid_alive, wait_until, FixtureConfig};
+
+/// Processes whose working directory is `state_dir`: the plugins tryswap started there.
+fn plugins_in(state_dir: &Path) -> Vec<u32> {
+    let Ok(state_dir) = state_dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == state_dir)
+        })
+        .collect()
+}
+
+/// How many records `journal export` prints.
+fn record_count(h: &Harness) -> usize {
+    let run = h.tryswap(&["journal", "export"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.stdout.lines().count()
+}
+
+#[test]
+fn status_after_kill_9_reports_exited_and_relaunches_nothing() {
+    let h = Harness::demo();
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    let run = h.activate("demo", &v1);
+    assert_eq!(run.code, 0, "{run:?}");
+    let (generation, pid, _) = h.active("demo").expect("an active generation");
+    let records = record_count(&h);
+
+    assert!(send_signal(pid, Signal::SIGKILL));
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "pid {pid} survived SIGKILL"
+    );
+
+    let status = h.status();
+    let slot = &status["slots"][0];
+    assert_eq!(slot["health"], "exited", "{status}");
+    assert_eq!(slot["active"]["generation"], generation);
+    assert_eq!(slot["active"]["pid"], pid, "status relaunched it: {status}");
+    assert_eq!(slot["active"]["alive"], false);
+    assert_eq!(slot["exited"]["kind"], "not_running", "{status}");
+    assert!(slot["exited"]["at"].is_string(), "{status}");
+    let text = h.tryswap(&["status"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(text.stdout.contains("exited"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("tryswap start demo"),
+        "{}",
+        text.stdout
+    );
+    let history = h.tryswap(&["--json", "history", "demo"]);
+    assert_eq!(history.code, 0, "{history:?}");
+
+    // Nothing was relaunched and nothing was written.
+    assert_eq!(plugins_in(&h.state_dir), Vec::<u32>::new());
+    assert_eq!(record_count(&h), records, "a read wrote to the journal");
+
+    // `start` brings it back.
+    let run = h.tryswap(&["start", "demo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let status = h.status();
+    assert_eq!(status["slots"][0]["health"], "running", "{status}");
+    assert!(status["slots"][0].get("exited").is_none(), "{status}");
+    let (_, new_pid, _) = h.active("demo").expect("active");
+    assert!(pid_alive(new_pid));
+}
+
+/// The pid written in the journal's lock file.
+fn lock_holder(state_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(state_dir.join("journal").join("journal.lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn status_and_history_answer_while_a_one_shot_activate_holds_the_journal() {
+    let mut spec = SlotSpec::new("demo");
+    spec.start_timeout = "30s";
+    let h = Harness::new(&[spec]);
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    assert_eq!(h.activate("demo", &v1).code, 0);
+
+    // A candidate that takes long to start keeps `activate` (and its lock) busy.
+    let slow = FixtureConfig {
+        startup_delay_ms: Some(20_000),
+        ..FixtureConfig::with_message("v2")
+    };
+    let slow = h.fixture_config("v2", &slow);
+    let mut child = h
+        .activate_command("demo", &slow)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn activate");
+    let holder = child.id();
+    // Held, and the reload staged (a durable point: the snapshot has it).
+    let staged = wait_until(Duration::from_secs(20), || {
+        lock_holder(&h.state_dir) == Some(holder)
+            && snapshot_mentions_in_flight(&h.state_dir.join("journal"))
+    });
+    assert!(
+        staged,
+        "the activate never took the journal and staged its reload"
+    );
+
+    // `--wait=0`: any need for the lock would fail at once with exit 3.
+    let status = h.tryswap(&["--json", "--wait=0", "status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let status = status.json();
+    let slot = &status["slots"][0];
+    assert_eq!(slot["active"]["generation"], 1, "{status}");
+    assert_eq!(slot["health"], "running", "{status}");
+    assert_eq!(slot["in_flight"]["mode"], "activate", "{status}");
+    let history = h.tryswap(&["--json", "--wait=0", "history", "demo"]);
+    assert_eq!(history.code, 0, "{history:?}");
+    assert_eq!(history.json()["reloads"][0]["outcome"], "active");
+    assert_eq!(
+        lock_holder(&h.state_dir),
+        Some(holder),
+        "the activate lost its lock"
+    );
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the activate ended early"
+    );
+
+    // A writer still needs the lock.
+    let start = h.tryswap(&["--wait=0", "start", "demo"]);
+    assert_eq!(start.code, 3, "{start:?}");
+
+    let _ = send_signal(holder, Signal::SIGINT);
+    let done = wait_until(Duration::from_secs(30), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    assert!(done, "the activate did not end on SIGINT");
+}
+
+fn snapshot_mentions_in_flight(dir: &Path) -> bool {
+    tryswap_journal::Snapshot::load(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.slots.iter().any(|v| v.slot.in_flight.is_some()))
+}
