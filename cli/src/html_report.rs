@@ -124,7 +124,13 @@ impl Fold {
                 row.failed_stage = Some(stage.name());
                 row.reason = Some(reason.message.clone());
             }
-            EventKind::Activated => row.outcome = "active",
+            EventKind::Activated | EventKind::Confirmed => row.outcome = "active",
+            EventKind::ActivatedBaking { .. } => row.outcome = "baking",
+            EventKind::Reverted { reason } => {
+                row.outcome = "reverted";
+                row.failed_stage = Some("baking");
+                row.reason = Some(reason.message.clone());
+            }
             EventKind::DryRunPassed => row.outcome = "dry_run_passed",
             _ => {}
         }
@@ -237,7 +243,7 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}\
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}h3{font-size:1em;color:#555}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;\
 text-align:left;vertical-align:top}th{background:#f3f3f3}code{font-size:12px}\
-.active{color:#1a7f37}.rolled_back{color:#cf222e}.dry_run_passed{color:#6e7781}\
+.active{color:#1a7f37}.rolled_back,.reverted{color:#cf222e}.dry_run_passed{color:#6e7781}\
 .timeline svg{border:1px solid #ddd;background:#fafafa}.legend span{margin-right:1em}\
 pre{white-space:pre-wrap;word-break:break-all;max-width:70em;margin:0;font-size:12px}";
 
@@ -246,7 +252,8 @@ const SCRIPT: &str = r#"
   var data = JSON.parse(document.getElementById('tryswap-data').textContent);
   var colours = {staged:'#8c959f', launched:'#54aeff', validated:'#2da44e', probed:'#bf8700',
                  active:'#1a7f37', rolled_back:'#cf222e', staging_failed:'#cf222e',
-                 dry_run_passed:'#6e7781'};
+                 dry_run_passed:'#6e7781', baking:'#8250df', confirmed:'#1a7f37',
+                 reverted:'#cf222e'};
   document.querySelectorAll('.timeline').forEach(function (div) {
     var rows = data.reloads.filter(function (r) {
       return r.source === div.dataset.source && r.slot === div.dataset.slot; });
@@ -294,7 +301,7 @@ const SCRIPT: &str = r#"
         prev = t;
       });
       el('text', {x: x(prev) + 6, y: y + 14, 'font-size': 12, 'class': 'outcome ' + r.outcome},
-         (r.outcome === 'rolled_back' ? '✘ ' + (r.failed_stage || '') :
+         (r.outcome === 'rolled_back' || r.outcome === 'reverted' ? '✘ ' + (r.failed_stage || '') :
           r.outcome === 'active' ? '✔' : r.outcome) + ' ' + (prev - start) + ' ms');
     });
     // Crashes, stops and restarts on the wall clock, from the first reload on.
@@ -362,7 +369,8 @@ fn page(sources: &[(String, Vec<Record>)]) -> Result<String, CliError> {
             html,
             "<section class=\"slot\" id=\"slot-{id}\" data-host=\"{source}\"><h2>{source} · slot {slot}</h2>\n\
              <div class=\"timeline\" data-source=\"{source}\" data-slot=\"{slot}\"></div>\n\
-             <p class=\"legend\"><span>■ stages: staged, launched, validated, probed, active</span>\
+             <p class=\"legend\"><span>■ stages: staged, launched, validated, probed, active \
+             (or baking, confirmed / reverted)</span>\
              <span>✔ active</span><span>✘ rolled back</span><span>✝ crash or stop</span>\
              <span>↻ restart</span></p>\n<h3>Generation lineage</h3>\n<table class=\"lineage\">\
              <tr><th>when (UTC)</th><th>generation</th><th>from</th><th>mode</th>\

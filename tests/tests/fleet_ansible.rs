@@ -7,10 +7,10 @@
 //! seconds; a clean clone builds it once). Without python3, its venv module or PyPI the
 //! test says so and skips (a failure under `TRYSWAP_REQUIRE_ALL=1`).
 //!
-//! Every host's slot bakes for 300 ms, so a wave ends only when its hosts have passed
-//! their bake. The bad version starts slowly (healthy 600 ms after start); host3's probe
-//! allows 150 ms, the other hosts' 5 s: it fails its probe on the third host only, as a
-//! version that breaks on one kind of machine does.
+//! Every host's slot bakes for 300 ms (host6's for 2 s), so a wave ends only when its hosts
+//! have passed their bake. The bad version starts slowly (healthy 600 ms after start);
+//! host3's probe allows 150 ms, the other hosts' 5 s: it fails its probe on the third host
+//! only, as a version that breaks on one kind of machine does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -188,7 +188,12 @@ impl Fleet {
                 spec.failure_threshold = if name == "host3" { 3 } else { 100 };
                 let h = Harness::new(&[spec.clone()]);
                 let toml = std::fs::read_to_string(&h.config_path).expect("read config");
-                let toml = toml.replacen("start_timeout", "bake = \"300ms\"\nstart_timeout", 1);
+                let bake = if name == "host6" { "2s" } else { "300ms" };
+                let toml = toml.replacen(
+                    "start_timeout",
+                    &format!("bake = \"{bake}\"\nstart_timeout"),
+                    1,
+                );
                 std::fs::write(&h.config_path, toml).expect("write config");
                 let daemon = Daemon::start(&h);
                 Host { name, h, daemon }
@@ -302,6 +307,31 @@ impl Fleet {
             recap: parse_recap(&output_text),
             output: output_text,
         }
+    }
+
+    /// `ansible HOST -m tryswap.tryswap.reload -a ARGS [--check]` on `host` (with its
+    /// config and the binary): whether it succeeded, and its output.
+    fn reload_task(&self, host: &Host, args: Value, check: bool) -> (bool, String) {
+        let mut args = args;
+        if let Some(map) = args.as_object_mut() {
+            map.insert("slot".into(), json!("demo"));
+            map.insert("config".into(), json!(host.h.config_path));
+            map.insert("tryswap".into(), json!(tryswap_path()));
+        }
+        let mut command = self.tool("ansible");
+        command
+            .args([host.name, "-m", "tryswap.tryswap.reload", "-i"])
+            .arg(self.inventory())
+            .arg("-a")
+            .arg(args.to_string());
+        if check {
+            command.arg("--check");
+        }
+        let output = run_bounded(command, PLAYBOOK_LIMIT);
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
     }
 
     fn host(&self, name: &str) -> &Host {
@@ -465,24 +495,9 @@ fn ansible_rolls_out_in_halting_waves_rolls_back_and_audits_six_hosts() {
     }
 
     // Check mode is the dry run: host3 would reject v3 again, and nothing changes.
-    let mut adhoc = fleet.tool("ansible");
-    adhoc
-        .args(["host3", "--check", "-m", "tryswap.tryswap.reload", "-i"])
-        .arg(fleet.inventory())
-        .arg("-a")
-        .arg(
-            json!({
-                "slot": "demo",
-                "artifact": plugin,
-                "config_file": v3,
-                "config": host3.h.config_path,
-                "tryswap": tryswap_path(),
-            })
-            .to_string(),
-        );
-    let dry = run_bounded(adhoc, PLAYBOOK_LIMIT);
-    let dry_text = String::from_utf8_lossy(&dry.stdout);
-    assert!(!dry.status.success(), "{dry_text}");
+    let (passed, dry_text) =
+        fleet.reload_task(host3, json!({"artifact": plugin, "config_file": v3}), true);
+    assert!(!passed, "{dry_text}");
     assert!(
         dry_text.contains("would be rejected (dry run) at stage probed"),
         "{dry_text}"
@@ -541,6 +556,27 @@ fn ansible_rolls_out_in_halting_waves_rolls_back_and_audits_six_hosts() {
             host.name
         );
     }
+
+    // A version that crashes during the bake is reverted: the task fails with stage
+    // baking, and the standby serves again.
+    let v4 = version(
+        "v4",
+        FixtureConfig {
+            crash_after_ms: Some(700),
+            ..FixtureConfig::with_message("v4")
+        },
+    );
+    let host6 = fleet.host("host6");
+    let standby = host6.status()["active"]["pid"].clone();
+    let (passed, reverted) =
+        fleet.reload_task(host6, json!({"artifact": plugin, "config_file": v4}), false);
+    assert!(!passed, "{reverted}");
+    assert!(
+        reverted.contains("reverted during the bake (stage baking)"),
+        "{reverted}"
+    );
+    assert_eq!(host6.status()["active"]["pid"], standby);
+    assert_eq!(host6.active_config_sha(), v2_sha);
 
     // Fleet status: every host's status document in one file on the controller.
     let fleet_dir = fleet.work.join("fleet");
@@ -609,6 +645,28 @@ fn the_fleet_report_labels_hosts_and_reads_a_state_dir_its_daemon_serves() {
     let h = Harness::demo();
     let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
     assert_eq!(h.activate("demo", &v1).code, 0);
+    // A baked reload that is confirmed, then one that crashes in its bake and is reverted.
+    let plugin = fixture_plugin_path();
+    let baked = |name: &str, config: FixtureConfig| {
+        let config = h.fixture_config(name, &config);
+        let plugin = plugin.to_str().expect("utf-8");
+        let config = config.to_str().expect("utf-8");
+        let args = [
+            "--json",
+            "activate",
+            "demo",
+            plugin,
+            "--config-file",
+            config,
+        ];
+        h.tryswap(&[&args[..], &["--bake", "3s"]].concat()).code
+    };
+    let crashing = FixtureConfig {
+        crash_after_ms: Some(500),
+        ..FixtureConfig::with_message("v3")
+    };
+    assert_eq!(baked("v2", FixtureConfig::with_message("v2")), 0);
+    assert_eq!(baked("v3", crashing), 2);
     let export = h.state.join("web2.jsonl");
     std::fs::write(&export, h.tryswap(&["journal", "export"]).stdout).expect("export");
     let _daemon = Daemon::start(&h);
@@ -634,6 +692,17 @@ fn the_fleet_report_labels_hosts_and_reads_a_state_dir_its_daemon_serves() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["sources"][1]["host"], "web2", "{run:?}");
     let html = std::fs::read_to_string(&page).expect("the page");
+    // Bake outcomes: confirmed counts as active, a revert as a failure at `baking`.
+    assert!(
+        !html.contains("in_progress"),
+        "a finished bake shown as in progress"
+    );
+    assert!(
+        html.contains("<td class=\"reverted\">reverted</td>"),
+        "no revert"
+    );
+    assert!(html.contains("<td>baking</td>"), "no failure at the bake");
+    assert!(html.contains("<td class=\"active\">active</td>"));
     for host in ["web1", "web2"] {
         assert!(html.contains(&format!("<tr class=\"host\" data-host=\"{host}\">")));
         assert!(html.contains(&format!("class=\"timeline\" data-source=\"{host}\"")));
