@@ -67,7 +67,9 @@ fn run(command: &mut Command) -> Result<String, String> {
 fn ansible_venv() -> Result<PathBuf, String> {
     let venv = target_dir().join("fleet-ansible").join("venv");
     let ready = venv.join("ready");
-    if std::fs::read_to_string(&ready).is_ok_and(|r| r.trim() == ANSIBLE_CORE) {
+    let installed = std::fs::read_to_string(&ready).is_ok_and(|r| r.trim() == ANSIBLE_CORE);
+    // A venv whose Python went away (an upgrade) is made again.
+    if installed && run(Command::new(venv.join("bin/ansible-playbook")).arg("--version")).is_ok() {
         return Ok(venv);
     }
     run(Command::new("python3").arg("--version")).map_err(|e| format!("no python3: {e}"))?;
