@@ -138,14 +138,15 @@ pub enum Command {
     /// A static, self-contained HTML page of journals: a timeline per slot, the generation
     /// lineage with digests, and the failures with their reasons.
     #[command(after_help = "Examples:\n  tryswap report --html reloads.html\n  \
-                            tryswap report --html fleet.html host1/state host2-export.jsonl")]
+                            tryswap report --html fleet.html web1=web1/state web2=web2-export.jsonl")]
     Report {
         /// Where to write the page.
         #[arg(long, value_name = "FILE")]
         html: PathBuf,
         /// State directories or `tryswap journal export` files (default: this state
-        /// directory).
-        #[arg(value_name = "SOURCE")]
+        /// directory), each optionally labelled with its host as `HOST=PATH` (else the
+        /// page labels it with the path as given).
+        #[arg(value_name = "[HOST=]SOURCE")]
         sources: Vec<PathBuf>,
     },
     /// Shell completions on stdout.

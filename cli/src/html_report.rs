@@ -1,7 +1,9 @@
-//! `tryswap report --html FILE [SOURCE…]`: one static, self-contained HTML page (no server,
-//! no network) of one or more journals — state directories or `journal export` files, so a
-//! fleet's journals can share a page: a timeline per slot, the generation lineage with
-//! artifact and config digests, and a table of failures with their reasons.
+//! `tryswap report --html FILE [[HOST=]SOURCE…]`: one static, self-contained HTML page (no
+//! server, no network) of one or more journals — state directories or `journal export` files,
+//! so a fleet's journals can share a page: a fleet table (one row per host and slot), a
+//! timeline per host and slot, the generation lineage with artifact and config digests, and a
+//! table of failures with their reasons. A source is labelled `HOST` when given as
+//! `HOST=PATH`, else by its path as given.
 //!
 //! The tables are rendered here; the timelines are drawn as SVG by an inline script from
 //! the page's embedded JSON data.
@@ -122,7 +124,13 @@ impl Fold {
                 row.failed_stage = Some(stage.name());
                 row.reason = Some(reason.message.clone());
             }
-            EventKind::Activated => row.outcome = "active",
+            EventKind::Activated | EventKind::Confirmed => row.outcome = "active",
+            EventKind::ActivatedBaking { .. } => row.outcome = "baking",
+            EventKind::Reverted { reason } => {
+                row.outcome = "reverted";
+                row.failed_stage = Some("baking");
+                row.reason = Some(reason.message.clone());
+            }
             EventKind::DryRunPassed => row.outcome = "dry_run_passed",
             _ => {}
         }
@@ -180,6 +188,38 @@ async fn records_of(ctx: &Context, source: &Path) -> Result<Vec<Record>, CliErro
     Ok(crate::operator::records(&journal))
 }
 
+/// One source of the page: its label (the host) and where its records are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Source {
+    label: String,
+    path: PathBuf,
+}
+
+impl Source {
+    /// `HOST=PATH` (a label without `/` before the first `=`, when the whole argument is not
+    /// itself an existing path), else `PATH` labelled by itself.
+    fn parse(arg: &Path) -> Source {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = arg.as_os_str().as_bytes();
+        let split = bytes.iter().position(|&b| b == b'=').and_then(|i| {
+            let (host, rest) = (&bytes[..i], &bytes[i + 1..]);
+            let host = std::str::from_utf8(host).ok()?;
+            let plausible = !host.is_empty() && !host.contains('/') && !rest.is_empty();
+            (plausible && !arg.exists()).then(|| {
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(rest));
+                (host.to_owned(), path)
+            })
+        });
+        match split {
+            Some((label, path)) => Source { label, path },
+            None => Source {
+                label: arg.display().to_string(),
+                path: arg.to_path_buf(),
+            },
+        }
+    }
+}
+
 fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -203,7 +243,7 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}\
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em}h3{font-size:1em;color:#555}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;\
 text-align:left;vertical-align:top}th{background:#f3f3f3}code{font-size:12px}\
-.active{color:#1a7f37}.rolled_back{color:#cf222e}.dry_run_passed{color:#6e7781}\
+.active{color:#1a7f37}.rolled_back,.reverted{color:#cf222e}.dry_run_passed{color:#6e7781}\
 .timeline svg{border:1px solid #ddd;background:#fafafa}.legend span{margin-right:1em}\
 pre{white-space:pre-wrap;word-break:break-all;max-width:70em;margin:0;font-size:12px}";
 
@@ -212,7 +252,8 @@ const SCRIPT: &str = r#"
   var data = JSON.parse(document.getElementById('tryswap-data').textContent);
   var colours = {staged:'#8c959f', launched:'#54aeff', validated:'#2da44e', probed:'#bf8700',
                  active:'#1a7f37', rolled_back:'#cf222e', staging_failed:'#cf222e',
-                 dry_run_passed:'#6e7781'};
+                 dry_run_passed:'#6e7781', baking:'#8250df', confirmed:'#1a7f37',
+                 reverted:'#cf222e'};
   document.querySelectorAll('.timeline').forEach(function (div) {
     var rows = data.reloads.filter(function (r) {
       return r.source === div.dataset.source && r.slot === div.dataset.slot; });
@@ -260,7 +301,7 @@ const SCRIPT: &str = r#"
         prev = t;
       });
       el('text', {x: x(prev) + 6, y: y + 14, 'font-size': 12, 'class': 'outcome ' + r.outcome},
-         (r.outcome === 'rolled_back' ? '✘ ' + (r.failed_stage || '') :
+         (r.outcome === 'rolled_back' || r.outcome === 'reverted' ? '✘ ' + (r.failed_stage || '') :
           r.outcome === 'active' ? '✔' : r.outcome) + ' ' + (prev - start) + ' ms');
     });
     // Crashes, stops and restarts on the wall clock, from the first reload on.
@@ -322,12 +363,14 @@ fn page(sources: &[(String, Vec<Record>)]) -> Result<String, CliError> {
             .or_default()
             .push(r);
     }
+    fleet_table(&mut html, sources, &slots);
     for ((source, slot), rows) in &slots {
         let _ = write!(
             html,
-            "<section class=\"slot\" id=\"slot-{id}\"><h2>slot {slot}</h2><h3>{source}</h3>\n\
+            "<section class=\"slot\" id=\"slot-{id}\" data-host=\"{source}\"><h2>{source} · slot {slot}</h2>\n\
              <div class=\"timeline\" data-source=\"{source}\" data-slot=\"{slot}\"></div>\n\
-             <p class=\"legend\"><span>■ stages: staged, launched, validated, probed, active</span>\
+             <p class=\"legend\"><span>■ stages: staged, launched, validated, probed, active \
+             (or baking, confirmed / reverted)</span>\
              <span>✔ active</span><span>✘ rolled back</span><span>✝ crash or stop</span>\
              <span>↻ restart</span></p>\n<h3>Generation lineage</h3>\n<table class=\"lineage\">\
              <tr><th>when (UTC)</th><th>generation</th><th>from</th><th>mode</th>\
@@ -390,17 +433,76 @@ fn page(sources: &[(String, Vec<Record>)]) -> Result<String, CliError> {
     Ok(html)
 }
 
-/// `tryswap report --html FILE [SOURCE…]` (default source: the state directory).
+/// The fleet table: a row per host and slot (a host whose journal holds no reload still
+/// gets one), with its reload count, the generation its last committed reload made active,
+/// and the last reload's outcome.
+fn fleet_table(
+    html: &mut String,
+    sources: &[(String, Vec<Record>)],
+    slots: &BTreeMap<(String, String), Vec<&ReloadRow>>,
+) {
+    html.push_str(
+        "<h2>Fleet</h2>\n<table class=\"fleet\"><tr><th>host</th><th>slot</th><th>reloads</th>\
+         <th>active generation</th><th>artifact sha256</th><th>last reload</th>\
+         <th>failures</th></tr>\n",
+    );
+    for (source, _) in sources {
+        let mut rows = slots.range((source.clone(), String::new())..).peekable();
+        if rows.peek().is_none_or(|((s, _), _)| s != source) {
+            let _ = writeln!(
+                html,
+                "<tr class=\"host\" data-host=\"{host}\"><td>{host}</td><td>—</td><td>0</td>\
+                 <td>—</td><td>—</td><td>—</td><td>0</td></tr>",
+                host = esc(source)
+            );
+            continue;
+        }
+        for ((_, slot), reloads) in rows.take_while(|((s, _), _)| s == source) {
+            let active = reloads.iter().rev().find(|r| r.outcome == "active");
+            let last = reloads.last().map_or("—", |r| r.outcome);
+            let failures = reloads.iter().filter(|r| r.reason.is_some()).count();
+            let _ = writeln!(
+                html,
+                "<tr class=\"host\" data-host=\"{host}\"><td><a href=\"#slot-{id}\">{host}</a></td>\
+                 <td>{slot}</td><td>{count}</td><td>{generation}</td>\
+                 <td><code title=\"{sha}\">{short}</code></td><td class=\"{last}\">{last}</td>\
+                 <td>{failures}</td></tr>",
+                host = esc(source),
+                id = esc(&format!("{source}-{slot}")),
+                slot = esc(slot),
+                count = reloads.len(),
+                generation = active
+                    .and_then(|r| r.generation)
+                    .map_or_else(|| "—".to_owned(), |g| g.to_string()),
+                sha = esc(active.and_then(|r| r.sha256.as_deref()).unwrap_or("")),
+                short = esc(&short(active.and_then(|r| r.sha256.as_ref()))),
+            );
+        }
+    }
+    html.push_str("</table>\n");
+}
+
+/// `tryswap report --html FILE [[HOST=]SOURCE…]` (default source: the state directory).
 pub async fn run(ctx: &Context, html: &Path, sources: &[PathBuf]) -> Result<u8, CliError> {
     let sources = if sources.is_empty() {
         vec![ctx.state_dir.clone()]
     } else {
         sources.to_vec()
     };
-    let mut loaded = Vec::with_capacity(sources.len());
+    let sources: Vec<Source> = sources.iter().map(|s| Source::parse(s)).collect();
+    let mut loaded: Vec<(String, Vec<Record>)> = Vec::with_capacity(sources.len());
     for source in &sources {
-        let records = records_of(ctx, source).await?;
-        loaded.push((source.display().to_string(), records));
+        if loaded.iter().any(|(label, _)| *label == source.label) {
+            return Err(CliError::new(
+                EXIT_ERROR,
+                format!(
+                    "two sources are labelled {:?}: give each its own HOST=PATH",
+                    source.label
+                ),
+            ));
+        }
+        let records = records_of(ctx, &source.path).await?;
+        loaded.push((source.label.clone(), records));
     }
     let text = page(&loaded)?;
     let tmp = html.with_extension("html.tmp");
@@ -409,9 +511,13 @@ pub async fn run(ctx: &Context, html: &Path, sources: &[PathBuf]) -> Result<u8, 
         .map_err(|e| CliError::new(EXIT_ERROR, format!("writing {}: {e}", html.display())))?;
     let reloads: usize = loaded.iter().map(|(_, r)| r.len()).sum();
     if ctx.json {
+        let hosts: Vec<_> = sources
+            .iter()
+            .map(|s| serde_json::json!({"host": s.label, "path": s.path}))
+            .collect();
         render::json(&serde_json::json!({
             "html": crate::absolute(html),
-            "sources": sources,
+            "sources": hosts,
             "records": reloads,
         }))?;
     } else {

@@ -392,7 +392,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     let ctx = Context::load(&cli)?;
     // A daemon serving the state dir runs the command (same output); else do it here.
     // Logs are files; a report reads its sources itself.
-    let local = matches!(cli.command, Command::Serve { .. } | Command::Logs { .. });
+    let local = matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Logs { .. } | Command::Report { .. }
+    );
     if !local {
         let socket = daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin);
         if let Some(client) = client::Client::detect(&socket).await {
