@@ -790,9 +790,23 @@ pub(super) fn all_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Live (non-zombie) processes whose process group is `pgid`.
-fn group_members(pgid: u32) -> Vec<Member> {
-    all_pids()
+/// Live (non-zombie) processes whose process group is `pgid`, at a cost of O(the
+/// generation's processes) where possible: nothing is read when `kill(-pgid, 0)` finds the
+/// group empty, and with the generation's `cgroup` only the processes it holds are looked
+/// at (every process a generation forks stays in its cgroup). Without a cgroup, every
+/// process in `/proc` is (the fallback: a group can only be listed that way).
+fn group_members(pgid: u32, cgroup: Option<&Path>) -> Vec<Member> {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return Vec::new();
+    };
+    if raw <= 1 || kill(Pid::from_raw(-raw), None) == Err(Errno::ESRCH) {
+        return Vec::new();
+    }
+    let candidates = match cgroup.and_then(super::cgroup::procs) {
+        Some(pids) => pids,
+        None => all_pids(),
+    };
+    candidates
         .into_iter()
         .filter_map(|pid| match read_stat(pid) {
             Ok(Some(stat)) if stat.pgrp == i64::from(pgid) && !stat.is_dead() => Some(Member {
@@ -836,6 +850,8 @@ enum Targets {
 /// Decides what [`stop_group`] may signal. See its documentation for the rule.
 struct GroupGuard<'a> {
     identity: &'a ProcessIdentity,
+    /// The generation's cgroup, if it runs in one: where its processes are listed.
+    cgroup: Option<&'a Path>,
     /// Members seen while the leader was verified alive (so certainly in our group).
     known: HashSet<Member>,
     /// Accepted values of `TRYSWAP_RELOAD_ID`.
@@ -852,7 +868,7 @@ impl GroupGuard<'_> {
             return Targets::Nothing;
         }
         let mut verified = Vec::new();
-        for member in group_members(self.identity.pid) {
+        for member in group_members(self.identity.pid, self.cgroup) {
             let ours = member.start_time >= self.identity.start_time
                 && (self.known.contains(&member)
                     || reload_tag_of(member.pid).is_some_and(|t| self.tags.contains(&t)));
@@ -941,6 +957,19 @@ pub async fn stop_group(
     reload_id: Option<&ReloadId>,
     stop_timeout: Duration,
 ) -> Result<StopOutcome, ProcessError> {
+    stop_group_in(identity, reload_id, None, stop_timeout).await
+}
+
+/// [`stop_group`] for a generation that runs in the cgroup `cgroup` (every process it
+/// forked is there): the group's members are listed from the cgroup's `cgroup.procs`
+/// instead of a scan of all of `/proc`, so stopping costs O(the generation's processes)
+/// whatever else runs on the host. The rule of what may be signalled is unchanged.
+pub async fn stop_group_in(
+    identity: &ProcessIdentity,
+    reload_id: Option<&ReloadId>,
+    cgroup: Option<&Path>,
+    stop_timeout: Duration,
+) -> Result<StopOutcome, ProcessError> {
     check_pid(identity.pid)?;
     let mut tags: Vec<String> = reload_id.map(|id| id.to_string()).into_iter().collect();
     let mut known = HashSet::new();
@@ -948,7 +977,7 @@ pub async fn stop_group(
         if let Some(tag) = reload_tag_of(identity.pid) {
             tags.push(tag);
         }
-        known.extend(group_members(identity.pid));
+        known.extend(group_members(identity.pid, cgroup));
         // The snapshot may have raced with the leader's exit; it only counts if the leader
         // was still the same process after it.
         if !is_alive(identity) {
@@ -957,6 +986,7 @@ pub async fn stop_group(
     }
     let mut guard = GroupGuard {
         identity,
+        cgroup,
         known,
         tags,
         warned: HashSet::new(),
