@@ -510,8 +510,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// (read from [`Spawned::stdout_start`], so output of earlier runs appended to the same
 /// file is skipped). Returns the line without its `\n` (and without a trailing `\r`).
 ///
-/// The file is polled every 10 ms and at most 4 KiB + 1 byte of it is ever read, so a
-/// plugin flooding stdout without a newline costs nothing. Errors: the plugin exited first
+/// The file is read again each time it is written (an inotify watch; every 250 ms as a
+/// safety net), or, where inotify is unavailable, polled every 1–10 ms. At most 4 KiB + 1
+/// byte of it is ever read, so a plugin flooding stdout without a newline costs nothing. Errors: the plugin exited first
 /// ([`HandshakeWaitError::Exited`], with whatever partial line it printed), `timeout`
 /// passed ([`HandshakeWaitError::Timeout`]), or the line is longer than
 /// [`MAX_HANDSHAKE_LINE`] ([`HandshakeWaitError::LineTooLong`], truncated).
@@ -525,6 +526,15 @@ pub async fn read_handshake(
     let deadline = started + timeout;
     let mut exit = spawned.exit_watch();
     let mut waiter_gone = false;
+    // Event-driven: woken when the plugin writes its stdout file, not by a poll. Set up
+    // before the first read, so no write can fall between the read and the wait.
+    let mut watch = match StdoutWatch::new(stdout_path) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::debug!(path = %stdout_path.display(), error = %e, "no inotify watch on the plugin's stdout; polling it");
+            None
+        }
+    };
     loop {
         // Look at the exit status BEFORE reading, so a line written just before exiting
         // is never mistaken for "exited without a line".
@@ -563,17 +573,104 @@ pub async fn read_handshake(
                 partial: partial(),
             });
         }
-        let nap = poll_after(now - started).min(deadline - now);
-        if waiter_gone {
-            tokio::time::sleep(nap).await;
-        } else {
-            tokio::select! {
-                changed = exit.changed() => {
-                    if changed.is_err() {
-                        waiter_gone = true;
-                    }
+        let nap = match &watch {
+            Some(_) => WATCHED_POLL,
+            None => poll_after(now - started),
+        }
+        .min(deadline - now);
+        let woke = tokio::select! {
+            changed = exit.changed(), if !waiter_gone => match changed {
+                Ok(()) => Woke::Exit,
+                Err(_) => Woke::WaiterGone,
+            },
+            written = async {
+                match &watch {
+                    Some(w) => w.written().await,
+                    None => std::future::pending().await,
                 }
-                _ = tokio::time::sleep(nap) => {}
+            } => match written {
+                Ok(()) => Woke::Written,
+                Err(_) => Woke::WatchFailed,
+            },
+            _ = tokio::time::sleep(nap) => Woke::Timer,
+        };
+        match woke {
+            Woke::WaiterGone => waiter_gone = true,
+            Woke::WatchFailed => watch = None,
+            Woke::Exit | Woke::Written | Woke::Timer => {}
+        }
+    }
+}
+
+/// What ended one wait of [`read_handshake`].
+enum Woke {
+    /// The plugin exited (its status is published).
+    Exit,
+    /// The background waiter is gone: the exit must be polled.
+    WaiterGone,
+    /// The stdout file was written.
+    Written,
+    /// The inotify watch failed: poll from now on.
+    WatchFailed,
+    /// The poll interval passed.
+    Timer,
+}
+
+/// With an inotify watch on the stdout file, the file is still read this often (a safety
+/// net for file systems whose writes raise no inotify event).
+const WATCHED_POLL: Duration = Duration::from_millis(250);
+
+/// An inotify watch on a plugin's stdout file: [`StdoutWatch::written`] completes once
+/// the file was written (or closed after writing) since the last call.
+struct StdoutWatch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl StdoutWatch {
+    /// Watches `path` (which must exist). Fails where inotify is unavailable or its watch
+    /// limit is reached: the caller polls instead.
+    fn new(path: &Path) -> io::Result<StdoutWatch> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just opened and nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mask = libc::IN_MODIFY | libc::IN_CLOSE_WRITE;
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
+        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), name.as_ptr(), mask) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the OwnedFd stays open, and the same descriptor, until the AsyncFd that
+        // owns it is dropped.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }?;
+        Ok(StdoutWatch { fd })
+    }
+
+    /// Completes once the file was written since the last call (events are drained).
+    async fn written(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let drained = ready.try_io(|fd| {
+                let mut events = [0u8; 4096];
+                // SAFETY: reads into a buffer we own, at most its length.
+                let n =
+                    unsafe { libc::read(fd.as_raw_fd(), events.as_mut_ptr().cast(), events.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
+            match drained {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
             }
         }
     }
