@@ -5,6 +5,7 @@ pub mod handshake;
 pub mod os;
 pub mod sockets;
 pub mod stdio;
+pub mod vfork;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};

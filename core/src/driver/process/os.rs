@@ -14,9 +14,10 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -272,8 +273,11 @@ pub fn restrict_umask() -> u32 {
 /// - The plugin leads its own process group (pgid == pid), so [`stop_group`] can signal it
 ///   and everything it forks, and terminal signals aimed at the host's group miss it.
 /// - It is not killed when the returned value (or the host) goes away.
-/// - In the child, before `exec`: the signal mask is emptied and every signal disposition
-///   is reset to the default (the host may ignore some, and ignored signals survive `exec`).
+/// - It is started with `clone(CLONE_VM | CLONE_VFORK)` (see [`super::vfork`]): no copy of
+///   the host's address space, so a launch costs the same whatever the host's heap. In the
+///   child, before `exec` (no window in which the plugin runs without them): it joins
+///   `spec.cgroup`, the signal mask is emptied and every signal disposition is reset to
+///   the default (the host may ignore some, and ignored signals survive `exec`).
 /// - If `log_max_bytes > 0`, `RLIMIT_FSIZE` is set to `log_max_bytes` plus the current
 ///   length of the larger log file, and `SIGXFSZ` is ignored: a plugin flooding its output
 ///   gets `EFBIG` from `write` instead of filling the disk or being killed. Trade-off: the
@@ -313,31 +317,30 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
     };
 
     let cgroup_procs = spec.cgroup.as_deref().and_then(super::cgroup::prepare);
-    let cgroup_fd = cgroup_procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    let cgroup_fd = cgroup_procs.as_ref().map(AsRawFd::as_raw_fd);
 
+    let stdin = File::open("/dev/null").map_err(|source| ProcessError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    let umask = match PLUGIN_UMASK.load(Ordering::SeqCst) {
+        u32::MAX => None,
+        mask => Some(mask as libc::mode_t),
+    };
+    let exec = super::vfork::Exec {
+        program: &spec.program,
+        args: &spec.args,
+        env: &spec.env,
+        cwd: &spec.cwd,
+        stdio: [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+        umask,
+        fsize_limit,
+        cgroup_procs: cgroup_fd,
+    };
     let mut attempt = 0;
-    let mut child = loop {
-        let mut cmd = tokio::process::Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spec.cwd)
-            .stdin(Stdio::null())
-            .stdout(clone_for_child(&stdout, &spec.stdout_path)?)
-            .stderr(clone_for_child(&stderr, &spec.stderr_path)?)
-            .process_group(0)
-            .kill_on_drop(false);
-        let umask = match PLUGIN_UMASK.load(Ordering::SeqCst) {
-            u32::MAX => None,
-            mask => Some(mask as libc::mode_t),
-        };
-        // SAFETY: the closure only calls async-signal-safe functions (sigemptyset,
-        // sigprocmask, sigaction, setrlimit, umask) on stack data and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || child_setup(fsize_limit, umask, cgroup_fd));
-        }
-        match cmd.spawn() {
-            Ok(child) => break child,
+    let pid = loop {
+        match super::vfork::spawn(&exec) {
+            Ok(pid) => break pid,
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < TXTBSY_RETRIES => {
                 let backoff = TXTBSY_BACKOFF * 2u32.pow(attempt);
                 tracing::debug!(program = %spec.program.display(), ?backoff, "spawn: ETXTBSY, retrying");
@@ -352,18 +355,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
             }
         }
     };
-
-    let pid = match child.id() {
-        Some(pid) => pid,
-        None => {
-            // Only possible once the child has been reaped, which nobody did yet.
-            return Err(ProcessError::Spawn {
-                program: spec.program.clone(),
-                source: io::Error::other("spawned child has no pid"),
-            });
-        }
-    };
-    // The child is not reaped until the waiter below polls it, so /proc/<pid> is ours.
+    // The child is not reaped until the waiter below sees it exit, so /proc/<pid> is ours.
     let identity = match identity_of(pid) {
         Ok(Some(identity)) => identity,
         other => {
@@ -371,10 +363,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
                 Err(e) => e.to_string(),
                 _ => format!("/proc/{pid}/stat vanished"),
             };
-            let _ = child.start_kill();
-            tokio::spawn(async move {
-                let _ = child.wait().await;
-            });
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+            }
+            tokio::spawn(super::vfork::wait(pid));
             return Err(ProcessError::Spawn {
                 program: spec.program.clone(),
                 source: io::Error::other(format!("cannot record identity of pid {pid}: {detail}")),
@@ -386,13 +378,13 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
     let (tx, rx) = watch::channel(None);
     let program = spec.program.clone();
     tokio::spawn(async move {
-        match child.wait().await {
-            Ok(status) => {
+        match super::vfork::wait(pid).await {
+            Some(status) => {
                 tracing::debug!(pid, %status, program = %program.display(), "plugin exited");
                 let _ = tx.send(Some(status));
             }
-            Err(e) => {
-                tracing::warn!(pid, error = %e, program = %program.display(), "cannot wait for plugin");
+            None => {
+                tracing::warn!(pid, program = %program.display(), "cannot wait for plugin");
             }
         }
     });
@@ -402,53 +394,6 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
         stdout_start,
         exit: rx,
     })
-}
-
-/// Runs in the forked child before `exec`. Async-signal-safe calls only.
-fn child_setup(
-    fsize_limit: Option<libc::rlim_t>,
-    umask: Option<libc::mode_t>,
-    cgroup_procs: Option<std::os::fd::RawFd>,
-) -> io::Result<()> {
-    // SAFETY: plain libc calls on zero-initialised stack values; all async-signal-safe.
-    unsafe {
-        // Into the generation's cgroup, before it can fork anything.
-        if let Some(fd) = cgroup_procs {
-            super::cgroup::join_in_child(fd)?;
-        }
-        if let Some(mask) = umask {
-            libc::umask(mask);
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut action.sa_mask);
-        for sig in 1..libc::SIGRTMIN() {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            // Errors (signals the kernel reserves) are harmless: leave those as they are.
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-        if let Some(limit) = fsize_limit {
-            action.sa_sigaction = libc::SIG_IGN;
-            if libc::sigaction(libc::SIGXFSZ, &action, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let rlim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &rlim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
 }
 
 fn open_log(path: &Path) -> Result<File, ProcessError> {
@@ -478,13 +423,6 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
             source,
         })?;
     Ok(file)
-}
-
-fn clone_for_child(file: &File, path: &Path) -> Result<File, ProcessError> {
-    file.try_clone().map_err(|source| ProcessError::LogFile {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64, ProcessError> {
@@ -630,7 +568,7 @@ impl StdoutWatch {
     /// Watches `path` (which must exist). Fails where inotify is unavailable or its watch
     /// limit is reached: the caller polls instead.
     fn new(path: &Path) -> io::Result<StdoutWatch> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::fd::{FromRawFd, OwnedFd};
         use std::os::unix::ffi::OsStrExt;
         let name = std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
@@ -654,7 +592,6 @@ impl StdoutWatch {
 
     /// Completes once the file was written since the last call (events are drained).
     async fn written(&self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         loop {
             let mut ready = self.fd.readable().await?;
             let drained = ready.try_io(|fd| {
