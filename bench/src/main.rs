@@ -6,7 +6,7 @@
 //!
 //! Sections (docs/performance.md explains each):
 //! 1. one safe reload (library, CLI, daemon) vs the floor done by hand, with a per-stage
-//!    breakdown;
+//!    breakdown; the same with 2,000 extra idle processes on the host (1d);
 //! 2. legacy unload→load vs safe reload under continuous calls: failed calls, gap in service;
 //! 3. journal flushes per reload and appends per second;
 //! 4. recovery time at 10^3 … 10^6 events, with and without compaction;
@@ -23,6 +23,7 @@ mod bake;
 mod concurrency;
 mod daemon;
 mod floor;
+mod host_processes;
 mod journal;
 mod outside;
 mod reload;
@@ -220,6 +221,13 @@ async fn main() -> std::process::ExitCode {
                 Ok(outcomes) => report.add(&outcomes.tables),
                 Err(e) => report.failed(1, &e),
             }
+        }
+    }
+    if wanted(1) {
+        let reloads = args.reloads.unwrap_or(if quick { 15 } else { 50 }).min(40);
+        match host_processes::run(&bins, reloads, Duration::from_secs(180)).await {
+            Ok(table) => report.add(&[table]),
+            Err(e) => report.failed(1, &e),
         }
     }
     if wanted(2) {

@@ -111,6 +111,9 @@ pub fn join_in_child(fd: std::os::fd::RawFd) -> io::Result<()> {
 /// Creates the cgroup `dir` and opens its `cgroup.procs` for the child to join (by
 /// writing `0` to it before `exec`). `None` (logged) where that is not possible: no
 /// permission, no `cgroup.kill`, not cgroup2.
+///
+/// A cgroup that cannot be used is removed again, so an existing generation cgroup (see
+/// [`holds_generation`]) always means its generation was placed in it.
 pub fn prepare(dir: &Path) -> Option<fs::File> {
     let result = fs::create_dir_all(dir).and_then(|()| {
         if !dir.join("cgroup.kill").exists() {
@@ -123,10 +126,24 @@ pub fn prepare(dir: &Path) -> Option<fs::File> {
     match result {
         Ok(procs) => Some(procs),
         Err(e) => {
+            let _ = fs::remove_dir(dir);
             tracing::debug!(cgroup = %dir.display(), error = %e, "running the plugin without a cgroup of its own");
             None
         }
     }
+}
+
+/// Whether `dir` is a generation's cgroup that its processes were placed in: it exists
+/// with `cgroup.kill` ([`prepare`] removes one it could not use). Every process the
+/// generation forked is then in it, unless a privileged process moved itself out.
+pub fn holds_generation(dir: &Path) -> bool {
+    dir.join("cgroup.kill").exists()
+}
+
+/// The pids in the cgroup `dir` (its `cgroup.procs`); `None` if it cannot be read.
+pub fn procs(dir: &Path) -> Option<Vec<u32>> {
+    let text = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 /// Kills every process left in the cgroup `dir` (`cgroup.kill`), waits up to `timeout`

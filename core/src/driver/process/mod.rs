@@ -6,6 +6,7 @@ pub mod handshake;
 pub mod os;
 pub mod sockets;
 pub mod stdio;
+pub mod vfork;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -570,6 +571,12 @@ impl Driver for ProcessDriver {
     async fn stop(&self, instance: &Instance) -> Result<StopOutcome, DriverError> {
         let stop_timeout = self.slot.stop_timeout;
         let mut outcome = StopOutcome::AlreadyGone;
+        // Where the generation was placed in a cgroup of its own, that cgroup lists all of
+        // its processes: no scan of all of /proc is needed to find them.
+        let cgroup_dir = cgroup::path_for(&self.state_dir, &instance.slot, instance.generation);
+        let contained = cgroup_dir
+            .as_deref()
+            .filter(|dir| cgroup::holds_generation(dir));
         if let Some(identity) = &instance.process {
             // go-plugin plugins exit cleanly when their controller asks.
             if os::is_alive(identity) {
@@ -588,14 +595,15 @@ impl Driver for ProcessDriver {
             }
             // Signals to the whole group, even if the leader already exited: members it
             // left behind are signalled when they carry the instance's reload tag.
-            let signalled = os::stop_group(identity, Some(&instance.reload), stop_timeout)
-                .await
-                .map_err(|e| {
-                    DriverError::error(format!(
-                        "stopping generation {} (pid {}): {e}",
-                        instance.generation, identity.pid
-                    ))
-                })?;
+            let signalled =
+                os::stop_group_in(identity, Some(&instance.reload), contained, stop_timeout)
+                    .await
+                    .map_err(|e| {
+                        DriverError::error(format!(
+                            "stopping generation {} (pid {}): {e}",
+                            instance.generation, identity.pid
+                        ))
+                    })?;
             if outcome == StopOutcome::AlreadyGone {
                 outcome = match signalled {
                     os::StopOutcome::AlreadyGone => StopOutcome::AlreadyGone,
@@ -608,10 +616,15 @@ impl Driver for ProcessDriver {
         if let Some(task) = Self::stdio_task(instance) {
             task.finish(STDIO_FINISH_GRACE).await;
         }
-        // Anything that escaped the group (setsid'd grandchildren) still carries the tag.
-        let stragglers = os::kill_tagged(&instance.reload, stop_timeout).await;
-        // And anything that escaped both: its cgroup holds it.
-        if let Some(dir) = cgroup::path_for(&self.state_dir, &instance.slot, instance.generation) {
+        // Anything that escaped the group (setsid'd grandchildren) is still in the cgroup,
+        // which `cgroup.kill` empties below; without one, it still carries the tag, found
+        // by a scan of /proc (the one O(host processes) step left, only where no cgroup v2
+        // is writable).
+        let stragglers = match contained {
+            Some(_) => Vec::new(),
+            None => os::kill_tagged(&instance.reload, stop_timeout).await,
+        };
+        if let Some(dir) = cgroup_dir {
             let left = cgroup::kill_and_remove(&dir, KILL_GRACE).await;
             if left > 0 {
                 tracing::warn!(

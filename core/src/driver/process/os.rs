@@ -14,9 +14,10 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -272,8 +273,11 @@ pub fn restrict_umask() -> u32 {
 /// - The plugin leads its own process group (pgid == pid), so [`stop_group`] can signal it
 ///   and everything it forks, and terminal signals aimed at the host's group miss it.
 /// - It is not killed when the returned value (or the host) goes away.
-/// - In the child, before `exec`: the signal mask is emptied and every signal disposition
-///   is reset to the default (the host may ignore some, and ignored signals survive `exec`).
+/// - It is started with `clone(CLONE_VM | CLONE_VFORK)` (see [`super::vfork`]): no copy of
+///   the host's address space, so a launch costs the same whatever the host's heap. In the
+///   child, before `exec` (no window in which the plugin runs without them): it joins
+///   `spec.cgroup`, the signal mask is emptied and every signal disposition is reset to
+///   the default (the host may ignore some, and ignored signals survive `exec`).
 /// - If `log_max_bytes > 0`, `RLIMIT_FSIZE` is set to `log_max_bytes` plus the current
 ///   length of the larger log file, and `SIGXFSZ` is ignored: a plugin flooding its output
 ///   gets `EFBIG` from `write` instead of filling the disk or being killed. Trade-off: the
@@ -313,31 +317,30 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
     };
 
     let cgroup_procs = spec.cgroup.as_deref().and_then(super::cgroup::prepare);
-    let cgroup_fd = cgroup_procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    let cgroup_fd = cgroup_procs.as_ref().map(AsRawFd::as_raw_fd);
 
+    let stdin = File::open("/dev/null").map_err(|source| ProcessError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    let umask = match PLUGIN_UMASK.load(Ordering::SeqCst) {
+        u32::MAX => None,
+        mask => Some(mask as libc::mode_t),
+    };
+    let exec = super::vfork::Exec {
+        program: &spec.program,
+        args: &spec.args,
+        env: &spec.env,
+        cwd: &spec.cwd,
+        stdio: [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+        umask,
+        fsize_limit,
+        cgroup_procs: cgroup_fd,
+    };
     let mut attempt = 0;
-    let mut child = loop {
-        let mut cmd = tokio::process::Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spec.cwd)
-            .stdin(Stdio::null())
-            .stdout(clone_for_child(&stdout, &spec.stdout_path)?)
-            .stderr(clone_for_child(&stderr, &spec.stderr_path)?)
-            .process_group(0)
-            .kill_on_drop(false);
-        let umask = match PLUGIN_UMASK.load(Ordering::SeqCst) {
-            u32::MAX => None,
-            mask => Some(mask as libc::mode_t),
-        };
-        // SAFETY: the closure only calls async-signal-safe functions (sigemptyset,
-        // sigprocmask, sigaction, setrlimit, umask) on stack data and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || child_setup(fsize_limit, umask, cgroup_fd));
-        }
-        match cmd.spawn() {
-            Ok(child) => break child,
+    let pid = loop {
+        match super::vfork::spawn(&exec) {
+            Ok(pid) => break pid,
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < TXTBSY_RETRIES => {
                 let backoff = TXTBSY_BACKOFF * 2u32.pow(attempt);
                 tracing::debug!(program = %spec.program.display(), ?backoff, "spawn: ETXTBSY, retrying");
@@ -352,18 +355,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
             }
         }
     };
-
-    let pid = match child.id() {
-        Some(pid) => pid,
-        None => {
-            // Only possible once the child has been reaped, which nobody did yet.
-            return Err(ProcessError::Spawn {
-                program: spec.program.clone(),
-                source: io::Error::other("spawned child has no pid"),
-            });
-        }
-    };
-    // The child is not reaped until the waiter below polls it, so /proc/<pid> is ours.
+    // The child is not reaped until the waiter below sees it exit, so /proc/<pid> is ours.
     let identity = match identity_of(pid) {
         Ok(Some(identity)) => identity,
         other => {
@@ -371,10 +363,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
                 Err(e) => e.to_string(),
                 _ => format!("/proc/{pid}/stat vanished"),
             };
-            let _ = child.start_kill();
-            tokio::spawn(async move {
-                let _ = child.wait().await;
-            });
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+            }
+            tokio::spawn(super::vfork::wait(pid));
             return Err(ProcessError::Spawn {
                 program: spec.program.clone(),
                 source: io::Error::other(format!("cannot record identity of pid {pid}: {detail}")),
@@ -386,13 +378,13 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
     let (tx, rx) = watch::channel(None);
     let program = spec.program.clone();
     tokio::spawn(async move {
-        match child.wait().await {
-            Ok(status) => {
+        match super::vfork::wait(pid).await {
+            Some(status) => {
                 tracing::debug!(pid, %status, program = %program.display(), "plugin exited");
                 let _ = tx.send(Some(status));
             }
-            Err(e) => {
-                tracing::warn!(pid, error = %e, program = %program.display(), "cannot wait for plugin");
+            None => {
+                tracing::warn!(pid, program = %program.display(), "cannot wait for plugin");
             }
         }
     });
@@ -402,53 +394,6 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
         stdout_start,
         exit: rx,
     })
-}
-
-/// Runs in the forked child before `exec`. Async-signal-safe calls only.
-fn child_setup(
-    fsize_limit: Option<libc::rlim_t>,
-    umask: Option<libc::mode_t>,
-    cgroup_procs: Option<std::os::fd::RawFd>,
-) -> io::Result<()> {
-    // SAFETY: plain libc calls on zero-initialised stack values; all async-signal-safe.
-    unsafe {
-        // Into the generation's cgroup, before it can fork anything.
-        if let Some(fd) = cgroup_procs {
-            super::cgroup::join_in_child(fd)?;
-        }
-        if let Some(mask) = umask {
-            libc::umask(mask);
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut action.sa_mask);
-        for sig in 1..libc::SIGRTMIN() {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            // Errors (signals the kernel reserves) are harmless: leave those as they are.
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-        if let Some(limit) = fsize_limit {
-            action.sa_sigaction = libc::SIG_IGN;
-            if libc::sigaction(libc::SIGXFSZ, &action, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let rlim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &rlim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
 }
 
 fn open_log(path: &Path) -> Result<File, ProcessError> {
@@ -480,13 +425,6 @@ fn open_log(path: &Path) -> Result<File, ProcessError> {
     Ok(file)
 }
 
-fn clone_for_child(file: &File, path: &Path) -> Result<File, ProcessError> {
-    file.try_clone().map_err(|source| ProcessError::LogFile {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 fn file_len(file: &File, path: &Path) -> Result<u64, ProcessError> {
     file.metadata()
         .map(|m| m.len())
@@ -510,8 +448,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// (read from [`Spawned::stdout_start`], so output of earlier runs appended to the same
 /// file is skipped). Returns the line without its `\n` (and without a trailing `\r`).
 ///
-/// The file is polled every 10 ms and at most 4 KiB + 1 byte of it is ever read, so a
-/// plugin flooding stdout without a newline costs nothing. Errors: the plugin exited first
+/// The file is read again each time it is written (an inotify watch; every 250 ms as a
+/// safety net), or, where inotify is unavailable, polled every 1–10 ms. At most 4 KiB + 1
+/// byte of it is ever read, so a plugin flooding stdout without a newline costs nothing. Errors: the plugin exited first
 /// ([`HandshakeWaitError::Exited`], with whatever partial line it printed), `timeout`
 /// passed ([`HandshakeWaitError::Timeout`]), or the line is longer than
 /// [`MAX_HANDSHAKE_LINE`] ([`HandshakeWaitError::LineTooLong`], truncated).
@@ -525,6 +464,15 @@ pub async fn read_handshake(
     let deadline = started + timeout;
     let mut exit = spawned.exit_watch();
     let mut waiter_gone = false;
+    // Event-driven: woken when the plugin writes its stdout file, not by a poll. Set up
+    // before the first read, so no write can fall between the read and the wait.
+    let mut watch = match StdoutWatch::new(stdout_path) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::debug!(path = %stdout_path.display(), error = %e, "no inotify watch on the plugin's stdout; polling it");
+            None
+        }
+    };
     loop {
         // Look at the exit status BEFORE reading, so a line written just before exiting
         // is never mistaken for "exited without a line".
@@ -563,17 +511,103 @@ pub async fn read_handshake(
                 partial: partial(),
             });
         }
-        let nap = poll_after(now - started).min(deadline - now);
-        if waiter_gone {
-            tokio::time::sleep(nap).await;
-        } else {
-            tokio::select! {
-                changed = exit.changed() => {
-                    if changed.is_err() {
-                        waiter_gone = true;
-                    }
+        let nap = match &watch {
+            Some(_) => WATCHED_POLL,
+            None => poll_after(now - started),
+        }
+        .min(deadline - now);
+        let woke = tokio::select! {
+            changed = exit.changed(), if !waiter_gone => match changed {
+                Ok(()) => Woke::Exit,
+                Err(_) => Woke::WaiterGone,
+            },
+            written = async {
+                match &watch {
+                    Some(w) => w.written().await,
+                    None => std::future::pending().await,
                 }
-                _ = tokio::time::sleep(nap) => {}
+            } => match written {
+                Ok(()) => Woke::Written,
+                Err(_) => Woke::WatchFailed,
+            },
+            _ = tokio::time::sleep(nap) => Woke::Timer,
+        };
+        match woke {
+            Woke::WaiterGone => waiter_gone = true,
+            Woke::WatchFailed => watch = None,
+            Woke::Exit | Woke::Written | Woke::Timer => {}
+        }
+    }
+}
+
+/// What ended one wait of [`read_handshake`].
+enum Woke {
+    /// The plugin exited (its status is published).
+    Exit,
+    /// The background waiter is gone: the exit must be polled.
+    WaiterGone,
+    /// The stdout file was written.
+    Written,
+    /// The inotify watch failed: poll from now on.
+    WatchFailed,
+    /// The poll interval passed.
+    Timer,
+}
+
+/// With an inotify watch on the stdout file, the file is still read this often (a safety
+/// net for file systems whose writes raise no inotify event).
+const WATCHED_POLL: Duration = Duration::from_millis(250);
+
+/// An inotify watch on a plugin's stdout file: [`StdoutWatch::written`] completes once
+/// the file was written (or closed after writing) since the last call.
+struct StdoutWatch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl StdoutWatch {
+    /// Watches `path` (which must exist). Fails where inotify is unavailable or its watch
+    /// limit is reached: the caller polls instead.
+    fn new(path: &Path) -> io::Result<StdoutWatch> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just opened and nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mask = libc::IN_MODIFY | libc::IN_CLOSE_WRITE;
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
+        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), name.as_ptr(), mask) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the OwnedFd stays open, and the same descriptor, until the AsyncFd that
+        // owns it is dropped.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }?;
+        Ok(StdoutWatch { fd })
+    }
+
+    /// Completes once the file was written since the last call (events are drained).
+    async fn written(&self) -> io::Result<()> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let drained = ready.try_io(|fd| {
+                let mut events = [0u8; 4096];
+                // SAFETY: reads into a buffer we own, at most its length.
+                let n =
+                    unsafe { libc::read(fd.as_raw_fd(), events.as_mut_ptr().cast(), events.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
+            match drained {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
             }
         }
     }
@@ -790,9 +824,23 @@ pub(super) fn all_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Live (non-zombie) processes whose process group is `pgid`.
-fn group_members(pgid: u32) -> Vec<Member> {
-    all_pids()
+/// Live (non-zombie) processes whose process group is `pgid`, at a cost of O(the
+/// generation's processes) where possible: nothing is read when `kill(-pgid, 0)` finds the
+/// group empty, and with the generation's `cgroup` only the processes it holds are looked
+/// at (every process a generation forks stays in its cgroup). Without a cgroup, every
+/// process in `/proc` is (the fallback: a group can only be listed that way).
+fn group_members(pgid: u32, cgroup: Option<&Path>) -> Vec<Member> {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return Vec::new();
+    };
+    if raw <= 1 || kill(Pid::from_raw(-raw), None) == Err(Errno::ESRCH) {
+        return Vec::new();
+    }
+    let candidates = match cgroup.and_then(super::cgroup::procs) {
+        Some(pids) => pids,
+        None => all_pids(),
+    };
+    candidates
         .into_iter()
         .filter_map(|pid| match read_stat(pid) {
             Ok(Some(stat)) if stat.pgrp == i64::from(pgid) && !stat.is_dead() => Some(Member {
@@ -836,6 +884,8 @@ enum Targets {
 /// Decides what [`stop_group`] may signal. See its documentation for the rule.
 struct GroupGuard<'a> {
     identity: &'a ProcessIdentity,
+    /// The generation's cgroup, if it runs in one: where its processes are listed.
+    cgroup: Option<&'a Path>,
     /// Members seen while the leader was verified alive (so certainly in our group).
     known: HashSet<Member>,
     /// Accepted values of `TRYSWAP_RELOAD_ID`.
@@ -852,7 +902,7 @@ impl GroupGuard<'_> {
             return Targets::Nothing;
         }
         let mut verified = Vec::new();
-        for member in group_members(self.identity.pid) {
+        for member in group_members(self.identity.pid, self.cgroup) {
             let ours = member.start_time >= self.identity.start_time
                 && (self.known.contains(&member)
                     || reload_tag_of(member.pid).is_some_and(|t| self.tags.contains(&t)));
@@ -941,6 +991,19 @@ pub async fn stop_group(
     reload_id: Option<&ReloadId>,
     stop_timeout: Duration,
 ) -> Result<StopOutcome, ProcessError> {
+    stop_group_in(identity, reload_id, None, stop_timeout).await
+}
+
+/// [`stop_group`] for a generation that runs in the cgroup `cgroup` (every process it
+/// forked is there): the group's members are listed from the cgroup's `cgroup.procs`
+/// instead of a scan of all of `/proc`, so stopping costs O(the generation's processes)
+/// whatever else runs on the host. The rule of what may be signalled is unchanged.
+pub async fn stop_group_in(
+    identity: &ProcessIdentity,
+    reload_id: Option<&ReloadId>,
+    cgroup: Option<&Path>,
+    stop_timeout: Duration,
+) -> Result<StopOutcome, ProcessError> {
     check_pid(identity.pid)?;
     let mut tags: Vec<String> = reload_id.map(|id| id.to_string()).into_iter().collect();
     let mut known = HashSet::new();
@@ -948,7 +1011,7 @@ pub async fn stop_group(
         if let Some(tag) = reload_tag_of(identity.pid) {
             tags.push(tag);
         }
-        known.extend(group_members(identity.pid));
+        known.extend(group_members(identity.pid, cgroup));
         // The snapshot may have raced with the leader's exit; it only counts if the leader
         // was still the same process after it.
         if !is_alive(identity) {
@@ -957,6 +1020,7 @@ pub async fn stop_group(
     }
     let mut guard = GroupGuard {
         identity,
+        cgroup,
         known,
         tags,
         warned: HashSet::new(),

@@ -1,0 +1,142 @@
+//! Section 1d: reload time with many unrelated processes on the host. A reload must cost
+//! O(its own processes): no scan of all of `/proc` when it retires the old generation.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tryswap::report::Outcome;
+use tryswap::Supervisor;
+use tryswap_fsm::SlotName;
+use tryswap_tests::TempState;
+
+use crate::report::{ms, ratio, verdict, Samples, Table};
+use crate::setup::{self, Bins};
+
+/// How many idle processes the second half of the run adds to the host.
+pub const EXTRA_PROCESSES: usize = 2000;
+/// The goal: reloads with the extra processes at most this many times slower.
+const GOAL: f64 = 1.1;
+
+/// Idle `sleep` processes, killed and reaped when dropped.
+struct Idle(Vec<Child>);
+
+impl Idle {
+    fn spawn(count: usize, budget: Duration) -> Result<Idle, String> {
+        let deadline = Instant::now() + budget;
+        let mut idle = Idle(Vec::with_capacity(count));
+        while idle.0.len() < count {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "only {} of {count} idle processes started within {budget:?}",
+                    idle.0.len()
+                ));
+            }
+            let child = Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("spawning idle process {}: {e}", idle.0.len() + 1))?;
+            idle.0.push(child);
+        }
+        Ok(idle)
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `reloads` library reloads with the host as it is, then `reloads` more with
+/// [`EXTRA_PROCESSES`] idle processes added, alternating in rounds so drift hits both.
+pub async fn run(bins: &Bins, reloads: usize, budget: Duration) -> Result<Table, String> {
+    let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = temp.join("host-processes");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let sup = Supervisor::open(dir.join("state")).map_err(|e| e.to_string())?;
+    sup.add_process_slot(setup::slot_config("bench"));
+    let slot = SlotName::new("bench").map_err(|e| e.to_string())?;
+    let mut n = 0;
+    let mut reload = |sup: &Supervisor| {
+        n += 1;
+        let candidate = setup::candidate(bins, &dir, &format!("host{n}"));
+        let sup = sup.clone();
+        let slot = slot.clone();
+        async move {
+            let t = Instant::now();
+            let report = sup
+                .activate(&slot, candidate)
+                .await
+                .map_err(|e| e.to_string())?;
+            if report.outcome != Outcome::Active {
+                return Err(format!("reload rolled back: {:?}", report.error));
+            }
+            Ok::<Duration, String>(t.elapsed())
+        }
+    };
+    reload(&sup).await?;
+    let deadline = Instant::now() + budget;
+    let (mut quiet, mut busy) = (Samples::new(), Samples::new());
+    let rounds = 2;
+    let per_round = reloads.div_ceil(rounds).max(1);
+    let mut host_processes = 0;
+    for _ in 0..rounds {
+        for _ in 0..per_round {
+            if Instant::now() >= deadline {
+                break;
+            }
+            quiet.push(reload(&sup).await?);
+        }
+        let idle = Idle::spawn(EXTRA_PROCESSES, Duration::from_secs(60))?;
+        host_processes = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                    .count()
+            })
+            .unwrap_or(0);
+        for _ in 0..per_round {
+            if Instant::now() >= deadline {
+                break;
+            }
+            busy.push(reload(&sup).await?);
+        }
+        drop(idle);
+    }
+    sup.shutdown().await;
+    drop(temp);
+
+    let mut t = Table::new(
+        format!(
+            "1d. One reload with {EXTRA_PROCESSES} extra idle processes on the host ({} + {} library reloads, alternating)",
+            quiet.len(),
+            busy.len()
+        ),
+        &["host", "p50", "p99", "ratio of medians", "goal"],
+    );
+    t.row([
+        "as it is".to_owned(),
+        ms(quiet.p50()),
+        ms(quiet.p99()),
+        String::new(),
+        String::new(),
+    ]);
+    let r = busy.p50() / quiet.p50();
+    t.row([
+        format!("{EXTRA_PROCESSES} idle `sleep` processes more ({host_processes} in all)"),
+        ms(busy.p50()),
+        ms(busy.p99()),
+        ratio(r),
+        format!("≤ {GOAL}×: {}", verdict(r <= GOAL)),
+    ]);
+    t.note("Supervisor::activate of the fixture, the old generation retired each time. The idle processes belong to nobody tryswap knows; a reload looks only at its own processes (the generation's cgroup, its process group), never at all of /proc.");
+    Ok(t)
+}
