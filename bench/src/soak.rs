@@ -471,5 +471,17 @@ pub async fn daemon_soak(
             (end.2 as f64 - mid.2 as f64) / records as f64
         ));
     }
+    // The flatness check: RSS at the first sample past 1,000 and past 10,000 records.
+    let at = |records: u64| series.iter().find(|s| s.1 >= records);
+    if let (Some(early), Some(late)) = (at(1_000), at(10_000)) {
+        memory.note(format!(
+            "RSS at {} records: {}; at {} records: {} ({:+.2} KiB per record in between).",
+            early.1,
+            mib(early.2),
+            late.1,
+            mib(late.2),
+            (late.2 as f64 - early.2 as f64) / late.1.saturating_sub(early.1).max(1) as f64
+        ));
+    }
     Ok(vec![summary, memory])
 }
