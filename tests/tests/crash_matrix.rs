@@ -608,7 +608,21 @@ async fn a_crash_during_a_bake_ends_confirmed_or_restored() {
         if let Some(left) = deadline.checked_sub(started.elapsed()) {
             tokio::time::sleep(left).await;
         }
-        let actions = recover(&h);
+        let mut actions = recover(&h);
+        // A slow start (a loaded machine) may commit the bake later than `started`
+        // suggests: wait for the journaled deadline itself, then recover once more.
+        let until = actions
+            .iter()
+            .find(|a| a["action"] == "bake_continues")
+            .and_then(|a| a["until"].as_str())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if let Some(until) = until {
+            let left = (until.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            tokio::time::sleep(left + std::time::Duration::from_millis(300)).await;
+            actions = recover(&h);
+        }
         let history = h.tryswap(&["--json", "history", "demo"]).json();
         let last = history["reloads"]
             .as_array()

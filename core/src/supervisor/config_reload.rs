@@ -71,6 +71,16 @@ pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// added back is started only if this is why its generation stopped.
 const REMOVED_FROM_CONFIG: &str = "slot removed from the config";
 
+/// How a config reload's bake ended.
+enum UnitEnd {
+    /// Every slot confirmed.
+    Confirmed,
+    /// Every slot reverted, for this reason.
+    Reverted(Reason),
+    /// Shutdown: still baking in the journal.
+    Detached,
+}
+
 /// A slot of a config reload's bake.
 struct BakedSlot {
     /// The runtime under the old config (the standby's).
@@ -346,12 +356,29 @@ impl Supervisor {
                     reload: candidate.reload,
                 });
             }
-            if let Some(reason) = self.bake_config(baked, until).await? {
-                drop(guards);
-                report.error = Some(format!("reverted during the bake: {}", reason.message));
-                report.outcome = ConfigOutcome::RolledBack;
-                report.reloads = self.candidate_reports(&candidates);
-                return Ok(report);
+            match self.bake_config(baked, until).await? {
+                UnitEnd::Confirmed => {}
+                UnitEnd::Reverted(reason) => {
+                    drop(guards);
+                    report.error = Some(format!("reverted during the bake: {}", reason.message));
+                    report.outcome = ConfigOutcome::RolledBack;
+                    report.reloads = self.candidate_reports(&candidates);
+                    return Ok(report);
+                }
+                UnitEnd::Detached => {
+                    // Shutdown: the candidates stay active and baking in the journal; the
+                    // next start settles each slot's bake. Removed and added slots wait
+                    // for the next config reload.
+                    drop(guards);
+                    report.error = Some(
+                        "shutdown began during the bake: it stays in the journal, the next \
+                         start settles it"
+                            .to_owned(),
+                    );
+                    report.outcome = ConfigOutcome::Applied;
+                    report.reloads = self.candidate_reports(&candidates);
+                    return Ok(report);
+                }
             }
         }
         for (old_rt, old) in retire {
@@ -386,13 +413,13 @@ impl Supervisor {
 
     /// Watches the bake of a config reload's candidates as one unit and ends it for all of
     /// them: confirmed together, or (any candidate failed, or a `revert` of any of the
-    /// slots) reverted together, each slot back to its old config and standby. Returns the
-    /// reason of a revert. A shutdown leaves the bake in the journal.
+    /// slots) reverted together, each slot back to its old config and standby. A shutdown
+    /// leaves the bake in the journal.
     async fn bake_config(
         &self,
         baked: Vec<BakedSlot>,
         until: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<Reason>, SupervisorError> {
+    ) -> Result<UnitEnd, SupervisorError> {
         let slots: Vec<SlotName> = baked.iter().map(|b| b.new_rt.name.clone()).collect();
         let (registration, mut signals) = self.inner.bakes.register(&slots);
         let watched: Vec<Baking> = baked
@@ -404,13 +431,12 @@ impl Supervisor {
             .collect();
         tracing::info!(slots = ?slots, until = %until.to_rfc3339(), "config reload baking");
         let (end, reply) = match self.watch_bake(&watched, until, &mut signals).await {
-            Watched::Detached => return Ok(None),
+            Watched::Detached => return Ok(UnitEnd::Detached),
             Watched::End(end, reply) => (end, reply),
         };
         let mut retired = Vec::new();
-        let reverted = match end {
+        let unit_end = match end {
             BakeEnd::Confirm => {
-                failpoint!("config-bake-before-confirmed");
                 let confirms = baked
                     .iter()
                     .map(|b| Command::Confirm { reload: b.reload })
@@ -420,11 +446,10 @@ impl Supervisor {
                 for b in baked {
                     retired.extend(self.retire_old(&b.old_rt, b.standby).await);
                 }
-                None
+                UnitEnd::Confirmed
             }
             BakeEnd::Revert(reason) => {
                 tracing::warn!(reason = %reason, "config reload bake failed: reverting every slot");
-                failpoint!("config-bake-before-reverted");
                 let reverts = baked
                     .iter()
                     .map(|b| Command::Revert {
@@ -433,7 +458,6 @@ impl Supervisor {
                     })
                     .collect();
                 self.record_off_thread(reverts).await?;
-                failpoint!("config-bake-after-reverted");
                 for b in baked {
                     // The slot goes back to its old config with its standby.
                     let restored = SlotRuntime {
@@ -449,14 +473,14 @@ impl Supervisor {
                     let rt = self.runtime(&b.old_rt.name)?;
                     retired.extend(self.restore_standby(&rt, b.standby).await);
                 }
-                Some(reason)
+                UnitEnd::Reverted(reason)
             }
         };
         drop(registration);
         if let Some(reply) = reply {
             let _ = reply.send(retired);
         }
-        Ok(reverted)
+        Ok(unit_end)
     }
 
     /// Stops every candidate and journals its rollback (best effort: recovery finishes
