@@ -1,5 +1,5 @@
 //! The tcp stable endpoint: a listener (owned by `tryswap serve`) that forwards each
-//! accepted connection to the slot's active generation.
+//! accepted connection to the slot's active generation (over tcp, or to its unix socket).
 //!
 //! Every forwarded connection holds a [`crate::Lease`] on the generation it was forwarded
 //! to, for as long as it stays open: after a swap, new connections go to the new
@@ -41,7 +41,7 @@ pub async fn bind(slot: &SlotName, address: SocketAddr) -> Result<TcpListener, B
 }
 
 /// Accepts connections on `listener` and forwards each to the slot's active generation
-/// until `cancel` resolves. A connection that arrives while the slot has no active tcp
+/// until `cancel` resolves. A connection that arrives while the slot has no active
 /// generation is closed at once (the caller fails fast and retries).
 pub async fn forward(
     supervisor: Supervisor,
@@ -83,18 +83,30 @@ async fn forward_one(
     let lease = supervisor.lease(slot).map_err(|e| e.to_string())?;
     let endpoint = lease
         .endpoint()
-        .filter(|e| e.network == Network::Tcp)
-        .ok_or_else(|| format!("generation {} serves no tcp address", lease.generation()))?;
-    let mut backend = TcpStream::connect(&endpoint.address).await.map_err(|e| {
+        .ok_or_else(|| format!("generation {} serves no address", lease.generation()))?;
+    let failed = |e: std::io::Error| {
         format!(
             "connecting to generation {} at {}: {e}",
             lease.generation(),
             endpoint.address
         )
-    })?;
-    let _ = backend.set_nodelay(true);
+    };
     // The lease lives as long as the connection: the generation drains it.
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    match endpoint.network {
+        Network::Tcp => {
+            let mut backend = TcpStream::connect(&endpoint.address)
+                .await
+                .map_err(failed)?;
+            let _ = backend.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        }
+        Network::Unix => {
+            let mut backend = tokio::net::UnixStream::connect(&endpoint.address)
+                .await
+                .map_err(failed)?;
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        }
+    }
     drop(lease);
     Ok(())
 }
