@@ -954,6 +954,17 @@ impl Journal {
         self.durable_flush(tip, false)
     }
 
+    /// Bytes of the log and of sled's files (the archive and backups not counted): what
+    /// compaction bounds. Unreadable entries count as 0.
+    pub fn size_bytes(&self) -> u64 {
+        [crate::segment_log::LOG_DIR, SLED_DIR]
+            .iter()
+            .filter_map(|sub| crate::sled_dir::list_tree(&self.dir.join(sub), "sizing").ok())
+            .flat_map(|listing| listing.files)
+            .map(|(_, len)| len)
+            .sum()
+    }
+
     /// The last sequence number committed (0 for an empty journal).
     pub fn last_seq(&self) -> u64 {
         lock(&self.tip).seq
@@ -1127,6 +1138,10 @@ impl JournalStore for Journal {
 
     fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError> {
         Journal::compact(self, keep_per_slot)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        Journal::size_bytes(self)
     }
 }
 

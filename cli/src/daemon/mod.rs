@@ -258,6 +258,44 @@ fn spawn_store_gc(state: &Arc<AppState>) {
     });
 }
 
+/// How often the daemon checks the journal's size against `journal_compact_bytes`.
+const JOURNAL_SIZE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Compacts the journal (archiving what it trims) whenever it grew past `limit` bytes,
+/// checked every [`JOURNAL_SIZE_PERIOD`] until shutdown; `limit` 0 never compacts.
+fn spawn_journal_compaction(state: &Arc<AppState>, limit: u64) {
+    if limit == 0 {
+        return;
+    }
+    let supervisor = state.supervisor.clone();
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(JOURNAL_SIZE_PERIOD) => {}
+            }
+            let size = supervisor.journal().size_bytes();
+            if size <= limit {
+                continue;
+            }
+            let compacting = supervisor.clone();
+            let keep = tryswap_journal::DEFAULT_KEEP_PER_SLOT;
+            match tokio::task::spawn_blocking(move || compacting.journal().compact(keep)).await {
+                Ok(Ok(report)) => tracing::info!(
+                    bytes = size,
+                    limit,
+                    reloads_dropped = report.reloads_dropped,
+                    events_dropped = report.events_dropped,
+                    "journal compacted past its size limit"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "compacting the journal"),
+                Err(e) => tracing::warn!(error = %e, "the compaction task failed"),
+            }
+        }
+    });
+}
+
 /// `tryswap serve [--keep-plugins]`: runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     let state_dir = &ctx.state_dir;
@@ -381,6 +419,12 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
             }
         });
         spawn_store_gc(&state);
+        spawn_journal_compaction(
+            &state,
+            ctx.config
+                .journal_compact_bytes
+                .unwrap_or(tryswap::config::DEFAULT_JOURNAL_COMPACT_BYTES),
+        );
         state.ready.store(true, Ordering::SeqCst);
         let slots = ctx.config.slots.len();
         notify::ready(&format!("serving {slots} slot(s)"));
