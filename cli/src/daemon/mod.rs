@@ -235,16 +235,30 @@ async fn settle_drift(supervisor: &Supervisor, config: &tryswap::config::Config)
 /// How often the daemon removes artifacts no kept generation references.
 const STORE_GC_PERIOD: Duration = Duration::from_secs(60 * 60);
 
-/// Runs `store gc` every [`STORE_GC_PERIOD`] until shutdown.
-fn spawn_store_gc(state: &Arc<AppState>) {
-    let supervisor = state.supervisor.clone();
+/// Runs `job` every `period` until shutdown.
+fn spawn_every<F, Fut>(state: &Arc<AppState>, period: Duration, mut job: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let shutdown = state.shutdown.clone();
     state.tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(STORE_GC_PERIOD) => {}
+                () = tokio::time::sleep(period) => {}
             }
+            job().await;
+        }
+    });
+}
+
+/// Runs `store gc` every [`STORE_GC_PERIOD`] until shutdown.
+fn spawn_store_gc(state: &Arc<AppState>) {
+    let supervisor = state.supervisor.clone();
+    spawn_every(state, STORE_GC_PERIOD, move || {
+        let supervisor = supervisor.clone();
+        async move {
             match supervisor.store_gc().await {
                 Ok(report) if report.removed.is_empty() => {}
                 Ok(report) => tracing::info!(
@@ -268,20 +282,19 @@ fn spawn_journal_compaction(state: &Arc<AppState>, limit: u64) {
         return;
     }
     let supervisor = state.supervisor.clone();
-    let shutdown = state.shutdown.clone();
-    state.tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(JOURNAL_SIZE_PERIOD) => {}
-            }
+    spawn_every(state, JOURNAL_SIZE_PERIOD, move || {
+        let supervisor = supervisor.clone();
+        async move {
             let size = supervisor.journal().size_bytes();
             if size <= limit {
-                continue;
+                return;
             }
             let compacting = supervisor.clone();
             let keep = tryswap_journal::DEFAULT_KEEP_PER_SLOT;
             match tokio::task::spawn_blocking(move || compacting.journal().compact(keep)).await {
+                // sled's file shrinks only at the next open (journal.md, "Rewriting the
+                // store"): until then a compaction may find nothing more to drop.
+                Ok(Ok(report)) if report.events_dropped == 0 => {}
                 Ok(Ok(report)) => tracing::info!(
                     bytes = size,
                     limit,
