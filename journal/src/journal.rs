@@ -431,6 +431,23 @@ fn write_tx(
     Ok((records, tip))
 }
 
+/// Folds the records the log holds after sled's end into sled, in batches.
+fn catch_up(
+    trees: (&sled::Tree, &sled::Tree, &sled::Tree, &sled::Tree),
+    after: &[Record],
+    dir: &Path,
+) -> Result<(), JournalError> {
+    tracing::info!(
+        dir = %dir.display(),
+        records = after.len(),
+        "sled is behind the log (a crash before its flush): catching up"
+    );
+    for chunk in after.chunks(rebuild::APPLY_BATCH) {
+        apply_records(trees, chunk, dir)?;
+    }
+    Ok(())
+}
+
 /// Folds `records` (read from the log, decided before) into sled in one transaction:
 /// records, projections and the new tip in `meta`.
 fn apply_records(
@@ -497,8 +514,10 @@ impl Journal {
 
     /// Opens an existing journal read-only for `verify`, `replay`, `export` and reads,
     /// even if the checks of [`Journal::open`] fail (they are logged; `verify` reports
-    /// them). Still takes the lock. Writes nothing of its own (sled itself may repair its
-    /// log on open); `execute` and `compact` return [`JournalError::ReadOnly`].
+    /// them). Still takes the lock. Writes nothing to the log or the witness; a sled that
+    /// is only behind a sound log catches up (derived data, as at [`Journal::open`]), and
+    /// sled itself may repair its log on open. `execute` and `compact` return
+    /// [`JournalError::ReadOnly`].
     pub fn open_for_inspection(dir: &Path) -> Result<Journal, JournalError> {
         Self::open_mode(dir, true, None)
     }
@@ -547,6 +566,24 @@ impl Journal {
     ) -> Result<Journal, JournalError> {
         let witness_path = dir.join(WITNESS_FILE);
         let (db, events, slots, reloads, meta) = open_sled(dir, &sled_dir)?;
+        if let Some(values) = Meta::read(&meta, dir)? {
+            // Records a killed process appended to the log after sled's last flush: sled
+            // (derived data) catches up, so that inspection shows what the log holds.
+            let mark = witness_found.map(|(m, _)| m).unwrap_or_default();
+            let reader = LogReader::open(dir)?;
+            let scan = rebuild::scan(&reader, mark.seq, Some(values.last_seq()))?;
+            let follows = scan.damage.is_none()
+                && scan.base.seq == values.base_seq
+                && scan.chain_at_sled == Some(values.last_chain)
+                && tail_findings(&events, &values).is_empty();
+            if let Some(after) = scan
+                .after_sled
+                .as_ref()
+                .filter(|a| follows && !a.is_empty())
+            {
+                catch_up((&events, &slots, &reloads, &meta), after, dir)?;
+            }
+        }
         let meta_values = match Meta::read(&meta, dir)? {
             Some(values) => {
                 let mut findings = tail_findings(&events, &values);
@@ -731,15 +768,8 @@ impl Journal {
             }
             (None, Some(Ok(trees))) => {
                 if let Some(after) = scan.after_sled.as_ref().filter(|a| !a.is_empty()) {
-                    tracing::info!(
-                        dir = %dir.display(),
-                        records = after.len(),
-                        "sled is behind the log (a crash before its flush): catching up"
-                    );
                     let (_, events, slots, reloads, meta) = &trees;
-                    for chunk in after.chunks(rebuild::APPLY_BATCH) {
-                        apply_records((events, slots, reloads, meta), chunk, dir)?;
-                    }
+                    catch_up((events, slots, reloads, meta), after, dir)?;
                 }
                 trees
             }
@@ -956,6 +986,17 @@ impl Journal {
         self.durable_flush(tip, false)
     }
 
+    /// Bytes of the log and of sled's files (the archive and backups not counted): what
+    /// compaction bounds. Unreadable entries count as 0.
+    pub fn size_bytes(&self) -> u64 {
+        [crate::segment_log::LOG_DIR, SLED_DIR]
+            .iter()
+            .filter_map(|sub| crate::sled_dir::list_tree(&self.dir.join(sub), "sizing").ok())
+            .flat_map(|listing| listing.files)
+            .map(|(_, len)| len)
+            .sum()
+    }
+
     /// The last sequence number committed (0 for an empty journal).
     pub fn last_seq(&self) -> u64 {
         lock(&self.tip).seq
@@ -1129,6 +1170,10 @@ impl JournalStore for Journal {
 
     fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError> {
         Journal::compact(self, keep_per_slot)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        Journal::size_bytes(self)
     }
 }
 

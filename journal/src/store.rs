@@ -121,6 +121,11 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
     /// legal transition in the state before it. Damage is reported as problems, not errors.
     fn verify(&self) -> Result<VerifyReport, JournalError>;
 
+    /// Bytes the journal takes on disk (what compaction bounds; 0 for a store in memory).
+    fn size_bytes(&self) -> u64 {
+        0
+    }
+
     /// Keeps the newest `keep_per_slot` terminal reloads of every slot (plus every
     /// non-terminal one, and those behind the active and retiring generations), drops the
     /// others' projections and records, and trims slot histories to what a rollback may

@@ -260,16 +260,30 @@ fn spawn_recovered_bakes(state: &Arc<AppState>) {
     }
 }
 
-/// Runs `store gc` every [`STORE_GC_PERIOD`] until shutdown.
-fn spawn_store_gc(state: &Arc<AppState>) {
-    let supervisor = state.supervisor.clone();
+/// Runs `job` every `period` until shutdown.
+fn spawn_every<F, Fut>(state: &Arc<AppState>, period: Duration, mut job: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let shutdown = state.shutdown.clone();
     state.tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(STORE_GC_PERIOD) => {}
+                () = tokio::time::sleep(period) => {}
             }
+            job().await;
+        }
+    });
+}
+
+/// Runs `store gc` every [`STORE_GC_PERIOD`] until shutdown.
+fn spawn_store_gc(state: &Arc<AppState>) {
+    let supervisor = state.supervisor.clone();
+    spawn_every(state, STORE_GC_PERIOD, move || {
+        let supervisor = supervisor.clone();
+        async move {
             match supervisor.store_gc().await {
                 Ok(report) if report.removed.is_empty() => {}
                 Ok(report) => tracing::info!(
@@ -278,6 +292,43 @@ fn spawn_store_gc(state: &Arc<AppState>) {
                     "store gc"
                 ),
                 Err(e) => tracing::warn!(error = %e, "store gc"),
+            }
+        }
+    });
+}
+
+/// How often the daemon checks the journal's size against `journal_compact_bytes`.
+const JOURNAL_SIZE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Compacts the journal (archiving what it trims) whenever it grew past `limit` bytes,
+/// checked every [`JOURNAL_SIZE_PERIOD`] until shutdown; `limit` 0 never compacts.
+fn spawn_journal_compaction(state: &Arc<AppState>, limit: u64) {
+    if limit == 0 {
+        return;
+    }
+    let supervisor = state.supervisor.clone();
+    spawn_every(state, JOURNAL_SIZE_PERIOD, move || {
+        let supervisor = supervisor.clone();
+        async move {
+            let size = supervisor.journal().size_bytes();
+            if size <= limit {
+                return;
+            }
+            let compacting = supervisor.clone();
+            let keep = tryswap_journal::DEFAULT_KEEP_PER_SLOT;
+            match tokio::task::spawn_blocking(move || compacting.journal().compact(keep)).await {
+                // sled's file shrinks only at the next open (journal.md, "Rewriting the
+                // store"): until then a compaction may find nothing more to drop.
+                Ok(Ok(report)) if report.events_dropped == 0 => {}
+                Ok(Ok(report)) => tracing::info!(
+                    bytes = size,
+                    limit,
+                    reloads_dropped = report.reloads_dropped,
+                    events_dropped = report.events_dropped,
+                    "journal compacted past its size limit"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "compacting the journal"),
+                Err(e) => tracing::warn!(error = %e, "the compaction task failed"),
             }
         }
     });
@@ -429,6 +480,12 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
                 Box::pin(cancel),
             ));
         }
+        spawn_journal_compaction(
+            &state,
+            ctx.config
+                .journal_compact_bytes
+                .unwrap_or(tryswap::config::DEFAULT_JOURNAL_COMPACT_BYTES),
+        );
         state.ready.store(true, Ordering::SeqCst);
         let slots = ctx.config.slots.len();
         notify::ready(&format!("serving {slots} slot(s)"));

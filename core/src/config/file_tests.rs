@@ -78,6 +78,7 @@ fn design_example_parses_to_expected_values() {
     let config = parse(DESIGN_EXAMPLE).unwrap();
     let demo = name("demo");
     let expected = Config {
+        journal_compact_bytes: None,
         state_dir: Some(PathBuf::from(".tryswap")),
         admin: AdminConfig {
             socket: PathBuf::from("tryswap.sock"),
@@ -762,5 +763,18 @@ fn slot_endpoint_is_an_ip_and_port() {
     assert!(
         err.contains("`endpoint`") && err.contains("t.toml:3"),
         "{err}"
+    );
+}
+
+#[test]
+fn journal_compact_bytes_is_read_and_defaults_to_none() {
+    assert_eq!(parse("").unwrap().journal_compact_bytes, None);
+    let config = parse("journal_compact_bytes = 1000\n").unwrap();
+    assert_eq!(config.journal_compact_bytes, Some(1000));
+    assert_eq!(
+        parse("journal_compact_bytes = 0\n")
+            .unwrap()
+            .journal_compact_bytes,
+        Some(0)
     );
 }

@@ -50,6 +50,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[[slot]]` tables, in file order. Names are unique.
     pub slots: Vec<SlotConfig>,
+    /// `journal_compact_bytes`: the daemon compacts the journal (keeping
+    /// `tryswap_journal::DEFAULT_KEEP_PER_SLOT` finished reloads per slot) once its log and
+    /// sled's files take more than this; `None`: [`DEFAULT_JOURNAL_COMPACT_BYTES`]; 0: never.
+    pub journal_compact_bytes: Option<u64>,
     /// The file this config was read from (the `origin` given to [`Config::parse`]), or
     /// `None` for a config built in code.
     pub source: Option<PathBuf>,
@@ -364,6 +368,9 @@ pub const DEFAULT_MAGIC_COOKIE_KEY: &str = "TRYSWAP_PLUGIN";
 pub const DEFAULT_GRPC_SERVICE: &str = "plugin";
 /// Default HTTP probe path.
 pub const DEFAULT_HTTP_PATH: &str = "/healthz";
+/// Default `journal_compact_bytes`: 64 MiB.
+pub const DEFAULT_JOURNAL_COMPACT_BYTES: u64 = 64 << 20;
+
 /// Default `log_max_bytes`: 64 MiB.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// The longest duration a config file may give any key: longer timers are mistakes, and
@@ -424,8 +431,9 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     slot: Vec<RawSlot>,
+    journal_compact_bytes: Option<u64>,
 }
-const TOP_KEYS: &[&str] = &["state_dir", "admin", "slot"];
+const TOP_KEYS: &[&str] = &["state_dir", "admin", "slot", "journal_compact_bytes"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -630,6 +638,7 @@ impl<'a> Ctx<'a> {
             state_dir,
             admin,
             slots,
+            journal_compact_bytes: raw.journal_compact_bytes,
             source: Some(self.path.to_path_buf()),
         })
     }
