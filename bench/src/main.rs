@@ -8,14 +8,17 @@
 //! 1. one safe reload (library, CLI, daemon) vs the floor done by hand, with a per-stage
 //!    breakdown; the same with 2,000 extra idle processes on the host (1d);
 //! 2. legacy unload→load vs safe reload under continuous calls: failed calls, gap in service;
-//! 3. journal flushes per reload and appends per second;
+//! 3. journal flushes per reload, appends per second, and the sync syscalls the kernel
+//!    sees per one-shot reload (`strace -f -c`);
 //! 4. recovery time at 10^3 … 10^6 events, with and without compaction;
 //! 5. 100 slots reloaded at once vs one, and memory;
 //! 6. memory over time: the journal alone, then a bounded soak of `tryswap serve` (random
 //!    reloads, kills, config reloads and reads; invariants checked every second). Not in
-//!    the default run: ask for it with `--sections 6`.
+//!    the default run: ask for it with `--sections 6`;
 //! 7. outside callers: a plugin followed from another process across swaps (legacy
-//!    unload→load, a daemon whose callers re-read the address, the stable endpoint).
+//!    unload→load, a daemon whose callers re-read the address, the stable endpoint);
+//! 8. staging a new 12 MiB executable against one read + hash + write pass, and an
+//!    unchanged one in a later command against one hash.
 //!
 //! Every loop is bounded in count and in time; only loopback TCP and Unix sockets are used.
 
@@ -30,7 +33,9 @@ mod reload;
 mod report;
 mod setup;
 mod soak;
+mod staging;
 mod swaps;
+mod syscalls;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -252,6 +257,16 @@ async fn main() -> std::process::ExitCode {
         match journal::append_rate(temp.path(), budget) {
             Ok(tables) => report.add(&tables),
             Err(e) => report.failed(3, &e),
+        }
+        match syscalls::run(&bins, if quick { 3 } else { 10 }) {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(3, &e),
+        }
+    }
+    if wanted(8) {
+        match staging::run(if quick { 5 } else { 15 }) {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(8, &e),
         }
     }
     if asked(6) {

@@ -32,9 +32,24 @@ pub(crate) fn private_state_dir(state_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Takes group and other bits off every file and directory under `dir` (`dir` included);
-/// symlinks are left alone. A missing `dir` is fine.
+/// Takes group and other bits off every file and directory under `dir` (`dir` included)
+/// if `dir` itself has any; symlinks are left alone. A missing `dir` is fine.
+///
+/// A `dir` without group or other bits is not walked: nothing below it is reachable by
+/// anyone else, and it is private only because this function (or tryswap's umask 077)
+/// made it so. That keeps the cost of opening a state dir independent of how many files
+/// the store and the journal hold; a state dir made by an older tryswap or under a loose
+/// umask is walked once, the first time.
 pub(crate) fn private_tree(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o077 == 0 => Ok(()),
+        Ok(_) => private_tree_walk(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn private_tree_walk(dir: &Path) -> io::Result<()> {
     let meta = match fs::symlink_metadata(dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -46,7 +61,7 @@ pub(crate) fn private_tree(dir: &Path) -> io::Result<()> {
     strip_group_and_other(dir)?;
     if meta.is_dir() {
         for entry in fs::read_dir(dir)? {
-            private_tree(&entry?.path())?;
+            private_tree_walk(&entry?.path())?;
         }
     }
     Ok(())
@@ -58,4 +73,32 @@ fn strip_group_and_other(path: &Path) -> io::Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7700))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_loose_tree_is_tightened_and_a_private_one_is_not_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        let loose = dir.path().join("journal");
+        fs::create_dir(&loose).unwrap();
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(loose.join("db"), b"x").unwrap();
+        fs::set_permissions(loose.join("db"), fs::Permissions::from_mode(0o644)).unwrap();
+        private_tree(&loose).unwrap();
+        assert_eq!(mode(&loose), 0o700);
+        assert_eq!(mode(&loose.join("db")), 0o600);
+
+        // Already private: its entries are not visited (they are unreachable to others).
+        fs::set_permissions(loose.join("db"), fs::Permissions::from_mode(0o644)).unwrap();
+        private_tree(&loose).unwrap();
+        assert_eq!(mode(&loose.join("db")), 0o644, "a private tree was walked");
+        private_tree(&dir.path().join("missing")).unwrap();
+    }
 }

@@ -12,13 +12,18 @@
 //! returns the same digest (and repairs a stored copy that no longer matches its name);
 //! the temporary copy is then dropped without an fsync.
 //!
-//! A `Store` also remembers, for as long as it lives, the digests of the sources it staged
-//! and of the stored copies it verified, each with the file's stat (device, inode, length,
-//! mtime, ctime). Staging a source whose stat is unchanged, while its stored copy's stat is
-//! unchanged too, returns the digest without reading either file: a config-only reload
-//! does not re-hash a large executable. A source's stat is only trusted if the file had
-//! not changed for two seconds when it was hashed, so a write within the same timestamp
-//! tick cannot go unnoticed.
+//! A `Store` also remembers the digests of the sources it staged and of the stored copies
+//! it wrote or verified, each with the file's stat (device, inode, length, mtime, ctime),
+//! in memory and in `<state-dir>/store/known.json` for the next process. Staging a source
+//! whose stat is unchanged, while its stored copy's stat is unchanged too, returns the
+//! digest without reading either file, and verifying a stored copy whose stat is unchanged
+//! reads nothing: a config-only reload, a relaunch or a one-shot command does not re-hash
+//! a large executable, and a new executable is read once (hashed while it is copied). A
+//! source's stat is only trusted if the file had not changed for two seconds when it was
+//! hashed, so a write within the same timestamp tick cannot go unnoticed. Any change to a
+//! stored copy (a write, a chmod, a replacement) changes its ctime or inode, so it is hashed
+//! again and a tampered copy is refused; what a stat cannot see (bits rotting on the disk
+//! under an unchanged inode) is the file system's job, as it is for git's index.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +59,10 @@ const CHUNK: usize = 64 * 1024;
 /// A file's stat is trusted to stand for its bytes only if its ctime is at least this much
 /// older than the moment it was hashed (see [`Stamp`]).
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+/// Name of the file, in the store root, that carries [`Known`] from one process to the next.
+const KNOWN_FILE: &str = "known.json";
+/// At most this many remembered sources (a deployment stages each version from a new path).
+const KNOWN_SOURCES_CAP: usize = 256;
 
 /// How much the store holds (`status --json` `store`, metric `tryswap_store_bytes`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -151,7 +160,7 @@ enum Kind {
 /// an unchanged stamp means unchanged bytes — provided the file was not written within the
 /// same timestamp tick as the one it was hashed in. Stamps taken less than [`RACY_WINDOW`]
 /// after the file's ctime are therefore never remembered ("racy", as git calls them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Stamp {
     dev: u64,
     ino: u64,
@@ -186,15 +195,98 @@ impl Stamp {
     }
 }
 
-/// Digests this process already knows: of source files (by path) and of stored copies it
+/// Digests already known: of source files (by path) and of stored copies written or
 /// verified, each valid while the file's [`Stamp`] is unchanged. Saves reading and hashing
-/// an unchanged executable on every reload (a config-only reload, a retry).
+/// an unchanged executable on every reload (a config-only reload, a retry, a relaunch).
 #[derive(Debug, Default)]
 struct Known {
     sources: std::collections::HashMap<PathBuf, (Stamp, Sha256)>,
     stored: std::collections::HashMap<Sha256, Stamp>,
-    /// Stagings that had to read their source (the others were known unchanged).
+    /// Files read and hashed in full (sources staged and stored copies verified); the
+    /// others were known unchanged.
     reads: u64,
+}
+
+/// [`Known`] as kept in `known.json`: digests in hex, so the file reads like the rest of
+/// tryswap's output.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KnownFile {
+    version: u32,
+    sources: Vec<KnownSource>,
+    stored: Vec<KnownStored>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KnownSource {
+    path: PathBuf,
+    stamp: Stamp,
+    sha256: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KnownStored {
+    sha256: String,
+    stamp: Stamp,
+}
+
+impl Known {
+    /// Reads `known.json`; a missing, unreadable or malformed file is an empty memory (the
+    /// files are hashed again), never an error.
+    fn load(path: &Path) -> Known {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Known::default(),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "not reading the known stamps");
+                return Known::default();
+            }
+        };
+        let file: KnownFile = match serde_json::from_slice(&bytes) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring a malformed known-stamps file; artifacts are hashed again");
+                return Known::default();
+            }
+        };
+        if file.version != 1 {
+            return Known::default();
+        }
+        let mut known = Known::default();
+        for source in file.sources {
+            if let Ok(digest) = source.sha256.parse() {
+                known.sources.insert(source.path, (source.stamp, digest));
+            }
+        }
+        for stored in file.stored {
+            if let Ok(digest) = stored.sha256.parse() {
+                known.stored.insert(digest, stored.stamp);
+            }
+        }
+        known
+    }
+
+    fn to_file(&self) -> KnownFile {
+        KnownFile {
+            version: 1,
+            sources: self
+                .sources
+                .iter()
+                .map(|(path, (stamp, digest))| KnownSource {
+                    path: path.clone(),
+                    stamp: *stamp,
+                    sha256: digest.to_string(),
+                })
+                .collect(),
+            stored: self
+                .stored
+                .iter()
+                .map(|(digest, stamp)| KnownStored {
+                    sha256: digest.to_string(),
+                    stamp: *stamp,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A content-addressed store rooted at `<state_dir>/store`.
@@ -217,10 +309,11 @@ impl Store {
             .mode(0o700)
             .create(&objects)
             .map_err(|e| StoreError::io(&objects, "create directory", e))?;
+        let known = Known::load(&root.join(KNOWN_FILE));
         Ok(Store {
             root,
             objects,
-            known: Default::default(),
+            known: std::sync::Arc::new(std::sync::Mutex::new(known)),
             racy_window: RACY_WINDOW,
         })
     }
@@ -262,9 +355,15 @@ impl Store {
     }
 
     /// Checks that the file for `digest` is present, is a regular file, and that its bytes
-    /// still hash to `digest`. Run before relaunching from the store.
+    /// still hash to `digest` — read in full unless its stat is the one it had when the
+    /// store wrote or last verified it. Run before relaunching from the store.
     pub fn verify(&self, digest: &Sha256) -> Result<(), StoreError> {
         let path = self.path_of(digest);
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.is_file() && self.lock_known().stored.get(digest) == Some(&Stamp::of(&meta)) {
+                return Ok(());
+            }
+        }
         let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::Missing { path }),
@@ -276,6 +375,7 @@ impl Store {
         if !meta.is_file() {
             return Err(StoreError::NotAFile { path });
         }
+        self.lock_known().reads += 1;
         let found = hash_all(&mut file).map_err(|e| StoreError::io(&path, "read", e))?;
         if &found != digest {
             return Err(StoreError::DigestMismatch {
@@ -284,6 +384,8 @@ impl Store {
                 found,
             });
         }
+        self.lock_known().stored.insert(*digest, Stamp::of(&meta));
+        self.save_known();
         Ok(())
     }
 
@@ -347,10 +449,12 @@ impl Store {
             }
         }
         if !report.removed.is_empty() {
-            self.lock_known().stored.retain(|d, _| keep.contains(d));
-            self.lock_known()
-                .sources
-                .retain(|_, (_, d)| keep.contains(d));
+            {
+                let mut known = self.lock_known();
+                known.stored.retain(|d, _| keep.contains(d));
+                known.sources.retain(|_, (_, d)| keep.contains(d));
+            }
+            self.save_known();
             sync_dir(&self.objects)?;
         }
         Ok(report)
@@ -506,13 +610,42 @@ impl Store {
             return;
         };
         let stored = Stamp::of(&stored);
-        let mut known = self.lock_known();
-        if stamp.settled(hashed_at, self.racy_window) {
-            known.sources.insert(src.to_path_buf(), (stamp, *digest));
+        {
+            let mut known = self.lock_known();
+            if stamp.settled(hashed_at, self.racy_window) {
+                if known.sources.len() >= KNOWN_SOURCES_CAP && !known.sources.contains_key(src) {
+                    // A cache: forgetting costs one hash the next time a source is staged.
+                    known.sources.clear();
+                }
+                known.sources.insert(src.to_path_buf(), (stamp, *digest));
+            }
+            // The stored copy was verified or written just now, and nobody but the store
+            // writes it (0500/0400 in a 0700 directory): its stamp needs no waiting period.
+            known.stored.insert(*digest, stored);
         }
-        // The stored copy was verified or written just now, and nobody but the store writes
-        // it (0500/0400 in a 0700 directory): its stamp needs no waiting period.
-        known.stored.insert(*digest, stored);
+        self.save_known();
+    }
+
+    /// Replaces `known.json` with what is known now (write a temporary file, rename). Not
+    /// fsynced: it is a cache, and a lost or stale file only costs a hash (a stale stamp
+    /// never matches a changed file). Failures are logged, not returned.
+    fn save_known(&self) {
+        let file = self.lock_known().to_file();
+        let result = serde_json::to_vec(&file)
+            .map_err(io::Error::other)
+            .and_then(|bytes| {
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(STAGING_PREFIX)
+                    .permissions(Permissions::from_mode(0o600))
+                    .tempfile_in(&self.root)?;
+                tmp.write_all(&bytes)?;
+                tmp.persist(self.root.join(KNOWN_FILE))
+                    .map(drop)
+                    .map_err(|e| e.error)
+            });
+        if let Err(e) = result {
+            tracing::debug!(root = %self.root.display(), error = %e, "not saving the known stamps");
+        }
     }
 
     /// Whether `target` already holds the right bytes (fixing its mode if an executable is
@@ -652,5 +785,75 @@ mod tests {
             fs::read(store.path_of(&v2)).unwrap(),
             b"#!/bin/sh\necho v2\n"
         );
+    }
+
+    #[test]
+    fn a_new_executable_is_read_once_and_then_verified_by_its_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        let digest = store.stage_executable(&src).unwrap();
+        assert_eq!(reads(&store), 1);
+        store.verify(&digest).unwrap();
+        assert_eq!(reads(&store), 1, "the copy just written was hashed again");
+    }
+
+    #[test]
+    fn the_next_process_neither_hashes_an_unchanged_executable_nor_trusts_a_changed_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        let digest = store(&state, Duration::ZERO)
+            .stage_executable(&src)
+            .unwrap();
+
+        // A new Store stands for the next one-shot command.
+        let next = store(&state, Duration::ZERO);
+        assert_eq!(next.stage_executable(&src).unwrap(), digest);
+        next.verify(&digest).unwrap();
+        assert_eq!(reads(&next), 0, "an unchanged executable was hashed again");
+
+        // The stored copy damaged between two commands: its stamp changed, so it is hashed
+        // and refused.
+        let stored = next.path_of(&digest);
+        fs::set_permissions(&stored, Permissions::from_mode(0o700)).unwrap();
+        fs::write(&stored, b"#!/bin/sh\necho XX\n").unwrap();
+        fs::set_permissions(&stored, Permissions::from_mode(0o500)).unwrap();
+        let after = store(&state, Duration::ZERO);
+        assert!(matches!(
+            after.verify(&digest),
+            Err(StoreError::DigestMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_malformed_known_file_only_costs_a_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        let digest = store(&state, Duration::ZERO)
+            .stage_executable(&src)
+            .unwrap();
+        fs::write(
+            state.join("store").join(KNOWN_FILE),
+            b"{\"version\":1,\"sour",
+        )
+        .unwrap();
+        let next = store(&state, Duration::ZERO);
+        assert_eq!(next.stage_executable(&src).unwrap(), digest);
+        next.verify(&digest).unwrap();
+        assert_eq!(
+            reads(&next),
+            2,
+            "source and stored copy are hashed once each"
+        );
+        // …and the file is rewritten whole.
+        assert_eq!(reads(&store(&state, Duration::ZERO)), 0);
+        let again = store(&state, Duration::ZERO);
+        again.verify(&digest).unwrap();
+        assert_eq!(reads(&again), 0);
     }
 }
