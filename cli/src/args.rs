@@ -45,6 +45,11 @@ pub struct Cli {
         value_parser = parse_wait
     )]
     pub wait: Option<Wait>,
+    /// Why (commands that change something: activate, try, rollback, start, stop, confirm,
+    /// revert, recover, reload-config): kept on every journal record the command writes and
+    /// shown by `history`, `status` and `journal export`.
+    #[arg(long, global = true, value_name = "TEXT")]
+    pub reason: Option<String>,
     /// Log format on stderr (logs are filtered by TRYSWAP_LOG, else RUST_LOG).
     #[arg(long, global = true, value_enum, env = "TRYSWAP_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -224,6 +229,24 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+}
+
+impl Command {
+    /// Whether the command may change the state directory (and so takes `--reason`).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Command::Activate { .. }
+                | Command::Try { .. }
+                | Command::Rollback { .. }
+                | Command::Start { .. }
+                | Command::Stop { .. }
+                | Command::Recover
+                | Command::Confirm { .. }
+                | Command::Revert { .. }
+                | Command::ReloadConfig { .. }
+        )
+    }
 }
 
 /// `tryswap store …`.

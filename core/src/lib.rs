@@ -23,6 +23,7 @@ pub mod config;
 mod driver;
 mod file_modes;
 mod keepalive;
+mod origin;
 mod probe;
 pub mod report;
 mod store;
@@ -37,6 +38,7 @@ pub use driver::{Driver, DriverError, Instance, LaunchRequest, Liveness, StopOut
 pub use keepalive::{
     KeepAliveState, Monitor, MonitorEvent, MonitorEventKind, MonitorOptions, SlotHealth,
 };
+pub use origin::{acting, Origin};
 pub use report::{HistoryReport, Outcome, ReloadReport, SlotStatus, StatusReport};
 pub use store::{GcReport, Store, StoreError, StoreUsage};
 pub use supervisor::bake::BakeEnd;

@@ -63,7 +63,7 @@ pub use layout::JOURNAL_FORMAT;
 pub use lock::OWN_RELEASE_WAIT;
 pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
-pub use record::{Record, RECORD_FORMAT};
+pub use record::{with_origin, Actor, ActorKind, Record, LEGACY_RECORD_FORMAT, RECORD_FORMAT};
 pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
 pub use snapshot::{open_for_reading, Snapshot, SnapshotStore, SNAPSHOT_FILE};
 pub use store::{JournalStore, Records};

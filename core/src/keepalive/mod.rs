@@ -55,6 +55,7 @@ use tryswap_fsm::{Command, EventKind, Generation, ReasonKind, SlotName};
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
 use crate::driver::process::ProcessDriver;
 use crate::driver::Liveness;
+use crate::origin::Origin;
 use crate::supervisor::{SlotRuntime, Supervisor};
 use policy::{Action, Event, Health, HealthChange, Pending, Policy, Report};
 
@@ -384,7 +385,9 @@ impl Monitor {
             restarts_total: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(Arc::clone(&shared), stopped, crashed));
+        let keepalive = Origin::of(tryswap_journal::ActorKind::Keepalive);
+        let run = run(Arc::clone(&shared), stopped, crashed);
+        let task = tokio::spawn(crate::origin::acting(keepalive, run));
         Monitor {
             shared,
             stop,
@@ -487,7 +490,7 @@ async fn run(
             let crashed_before = crashed.remove(&name);
             let shared = Arc::clone(&shared);
             let stop = stop.clone();
-            let task = tokio::spawn(async move {
+            let task = crate::origin::spawn(async move {
                 tokio::join!(
                     keep_alive(&shared, &name, stop.clone(), crashed_before),
                     watch_health(&shared, &name, stop),

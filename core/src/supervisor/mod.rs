@@ -537,7 +537,8 @@ impl Supervisor {
         for command in commands {
             self.write_failpoint(command)?;
         }
-        let records = self.inner.journal.execute_all(commands, Utc::now())?;
+        let records =
+            crate::origin::write(|| self.inner.journal.execute_all(commands, Utc::now()))?;
         for record in &records {
             let _ = self.inner.records.send(record.clone());
         }
@@ -564,7 +565,7 @@ impl Supervisor {
 
     pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
         self.write_failpoint(command)?;
-        let records = self.inner.journal.execute(command, Utc::now())?;
+        let records = crate::origin::write(|| self.inner.journal.execute(command, Utc::now()))?;
         // Crash tests: `journal-sync-<command>=return` fails the sync after the write.
         fail::fail_point!(&format!("journal-sync-{}", command.name()), |_| {
             Err(self
@@ -786,7 +787,21 @@ impl Supervisor {
         let view = self.inner.journal.reload(&reload)?.ok_or_else(|| {
             SupervisorError::Journal(JournalError::Missing(format!("reload {reload}")))
         })?;
-        Ok(ReloadReport::from_view(&view, Some(started), previous))
+        let mut report = ReloadReport::from_view(&view, Some(started), previous);
+        self.set_origin(&mut report, &view);
+        Ok(report)
+    }
+
+    /// Fills in who started the reload of `view` and why, from its first record (if the
+    /// journal still holds it).
+    fn set_origin(&self, report: &mut ReloadReport, view: &tryswap_journal::ReloadView) {
+        let first = self.inner.journal.events(view.created_seq()).next();
+        if let Some(Ok(record)) = first.filter(|r| {
+            r.as_ref()
+                .is_ok_and(|r| r.reload == view.reload.id && r.seq == view.created_seq())
+        }) {
+            report.set_origin(&record);
+        }
     }
 
     /// Copies the candidate into the store, or finds a rollback target there.
@@ -1238,12 +1253,15 @@ impl Supervisor {
                         .unwrap_or_default(),
                     pid: None,
                 });
-                ReloadReport::from_view(v, None, previous)
+                let mut report = ReloadReport::from_view(v, None, previous);
+                self.set_origin(&mut report, v);
+                report
             })
             .collect();
         Ok(HistoryReport {
             slot: slot.to_string(),
             reloads,
+            events: Vec::new(),
         })
     }
 
