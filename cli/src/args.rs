@@ -174,8 +174,14 @@ pub enum Command {
         /// Slot name.
         slot: SlotName,
     },
-    /// Run crash recovery now (it also runs whenever a command opens the journal).
-    Recover,
+    /// Run crash recovery now (it also runs whenever a command opens the journal for
+    /// writing). Refused while processes of this state directory run reloads the journal
+    /// does not know (a journal restored from an older backup).
+    Recover {
+        /// First stop the processes of this state directory that the journal does not know.
+        #[arg(long)]
+        stop_unknown: bool,
+    },
     /// End the slot's bake now with the candidate active; the standby is stopped.
     Confirm {
         /// Slot name.
@@ -241,7 +247,7 @@ impl Command {
                 | Command::Rollback { .. }
                 | Command::Start { .. }
                 | Command::Stop { .. }
-                | Command::Recover
+                | Command::Recover { .. }
                 | Command::Confirm { .. }
                 | Command::Revert { .. }
                 | Command::ReloadConfig { .. }

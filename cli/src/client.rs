@@ -464,7 +464,12 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
             crate::EXIT_ERROR,
             "confirm and revert are not supported through the daemon yet",
         )),
-        Command::Recover => {
+        Command::Recover { stop_unknown: true } => Err(CliError::new(
+            crate::EXIT_ERROR,
+            "recover --stop-unknown is not supported through the daemon (a daemon never starts \
+             on a journal older than its processes)",
+        )),
+        Command::Recover { .. } => {
             let body = reason_body(ctx);
             let reply = ok(client
                 .call(Method::POST, "/v1/recover", body.as_deref(), text)

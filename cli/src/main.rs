@@ -86,6 +86,11 @@ impl From<SupervisorError> for CliError {
             SupervisorError::UnknownGeneration { slot, .. } => {
                 format!("; `tryswap history {slot}` lists the generations that can be brought back")
             }
+            SupervisorError::UnknownProcesses { .. } => {
+                "\nhint: `tryswap recover --stop-unknown` stops them (then the journal's active \
+                 generations start); or restore the journal that knows them"
+                    .to_owned()
+            }
             SupervisorError::Journal(e) if e.is_corrupt() => {
                 "\nhint: `tryswap journal verify` shows what is damaged; `tryswap journal \
                  export` prints the readable records"
@@ -512,8 +517,13 @@ async fn run_here(ctx: &Context, cli: &Cli) -> Result<u8, CliError> {
                 _ => EXIT_OK,
             })
         }
-        Command::Recover => {
+        Command::Recover { stop_unknown } => {
             let supervisor = ctx.open_supervisor().await?;
+            if *stop_unknown {
+                for pid in supervisor.stop_unknown().await? {
+                    eprintln!("tryswap: stopped pid {pid}, unknown to the journal");
+                }
+            }
             let report = supervisor.recover().await?;
             if ctx.json {
                 render::json(&report)?;

@@ -127,6 +127,18 @@ pub enum SupervisorError {
         /// Why.
         rejected: Rejected,
     },
+    /// The journal is older than the processes of its state directory (restored from a
+    /// backup?): they run reloads it does not know. Nothing was started or stopped.
+    #[error(
+        "the journal does not know processes running from this state directory: {}. It is \
+         older than they are (restored from a backup?); starting the slots would run a second \
+         copy beside them",
+        unknown.iter().map(|(reload, pid)| format!("pid {pid} (reload {reload})")).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownProcesses {
+        /// Each process's reload tag and pid.
+        unknown: Vec<(ReloadId, u32)>,
+    },
     /// `confirm` or `revert` of a slot with no bake in progress.
     #[error("slot {0} has no bake in progress")]
     NoBake(SlotName),
@@ -1137,6 +1149,40 @@ impl Supervisor {
             Ok(rt) => Arc::clone(&rt.driver),
             Err(_) => Arc::clone(&self.inner.orphans),
         }
+    }
+
+    /// The processes of this state directory whose reload the journal does not know (a
+    /// journal older than they are), with their reload tags.
+    pub fn unknown_processes(&self) -> Result<Vec<(ReloadId, u32)>, SupervisorError> {
+        let mut known = std::collections::HashSet::new();
+        for view in self.inner.journal.slots()? {
+            let instances = view.slot.active.iter().chain(view.slot.retiring.iter());
+            known.extend(instances.map(|i| i.reload));
+        }
+        let mut unknown = Vec::new();
+        for (reload, pid) in self.inner.orphans.tagged_processes() {
+            if !known.contains(&reload) && self.inner.journal.reload(&reload)?.is_none() {
+                unknown.push((reload, pid));
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Stops every process [`Supervisor::unknown_processes`] finds (each by its reload tag);
+    /// returns their pids.
+    pub async fn stop_unknown(&self) -> Result<Vec<u32>, SupervisorError> {
+        let mut reloads: Vec<ReloadId> = self
+            .unknown_processes()?
+            .into_iter()
+            .map(|(reload, _)| reload)
+            .collect();
+        reloads.sort_unstable();
+        reloads.dedup();
+        let mut stopped = Vec::new();
+        for reload in reloads {
+            stopped.extend(self.inner.orphans.stop_leftovers(&reload).await);
+        }
+        Ok(stopped)
     }
 
     /// Whether the slot's active generation runs.

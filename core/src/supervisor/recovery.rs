@@ -426,6 +426,11 @@ impl Supervisor {
     }
 
     async fn recover_as_recovery(&self) -> Result<RecoveryReport, SupervisorError> {
+        // A journal older than the processes it finds must not start a second copy.
+        let unknown = self.unknown_processes()?;
+        if !unknown.is_empty() {
+            return Err(SupervisorError::UnknownProcesses { unknown });
+        }
         let mut report = RecoveryReport::default();
         let before = self.journal().last_seq();
         self.roll_back_unfinished(&mut report).await?;

@@ -644,6 +644,10 @@ impl Driver for ProcessDriver {
             .collect()
     }
 
+    fn tagged_processes(&self) -> Vec<(ReloadId, u32)> {
+        os::tagged_in(&self.state_dir)
+    }
+
     fn survivors(&self, facts: &Instance) -> Vec<u32> {
         let mut pids: Vec<u32> = facts
             .process
