@@ -602,7 +602,16 @@ async fn a_crash_during_a_bake_ends_confirmed_or_restored() {
         if let Some(left) = deadline.checked_sub(started.elapsed()) {
             tokio::time::sleep(left).await;
         }
-        let actions = recover(&h);
+        // Reads do not recover: ask recovery again (bounded) while it finds the bake still
+        // running (a loaded machine starts the bake later than `started`).
+        let mut actions = recover(&h);
+        let limit = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while actions.iter().any(|a| a["action"] == "bake_continues")
+            && std::time::Instant::now() < limit
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            actions = recover(&h);
+        }
         let history = h.tryswap(&["--json", "history", "demo"]).json();
         let last = history["reloads"]
             .as_array()
