@@ -45,6 +45,11 @@ pub struct Cli {
         value_parser = parse_wait
     )]
     pub wait: Option<Wait>,
+    /// Why (commands that change something: activate, try, rollback, start, stop, confirm,
+    /// revert, recover, reload-config): kept on every journal record the command writes and
+    /// shown by `history`, `status` and `journal export`.
+    #[arg(long, global = true, value_name = "TEXT")]
+    pub reason: Option<String>,
     /// Log format on stderr (logs are filtered by TRYSWAP_LOG, else RUST_LOG).
     #[arg(long, global = true, value_enum, env = "TRYSWAP_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -170,8 +175,14 @@ pub enum Command {
         /// Slot name.
         slot: SlotName,
     },
-    /// Run crash recovery now (it also runs whenever a command opens the journal).
-    Recover,
+    /// Run crash recovery now (it also runs whenever a command opens the journal for
+    /// writing). Refused while processes of this state directory run reloads the journal
+    /// does not know (a journal restored from an older backup).
+    Recover {
+        /// First stop the processes of this state directory that the journal does not know.
+        #[arg(long)]
+        stop_unknown: bool,
+    },
     /// End the slot's bake now with the candidate active; the standby is stopped.
     Confirm {
         /// Slot name.
@@ -225,6 +236,24 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+}
+
+impl Command {
+    /// Whether the command may change the state directory (and so takes `--reason`).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Command::Activate { .. }
+                | Command::Try { .. }
+                | Command::Rollback { .. }
+                | Command::Start { .. }
+                | Command::Stop { .. }
+                | Command::Recover { .. }
+                | Command::Confirm { .. }
+                | Command::Revert { .. }
+                | Command::ReloadConfig { .. }
+        )
+    }
 }
 
 /// `tryswap store …`.

@@ -332,6 +332,21 @@ fn ok(reply: Reply) -> Result<Reply, CliError> {
     }
 }
 
+/// `body` with the command's `--reason` as its `"reason"` field.
+fn with_reason(mut body: serde_json::Value, ctx: &Context) -> serde_json::Value {
+    if let (Some(reason), Some(map)) = (&ctx.reason, body.as_object_mut()) {
+        map.insert("reason".to_owned(), reason.clone().into());
+    }
+    body
+}
+
+/// `{"reason": …}` for a request that has no other body, when `--reason` was given.
+fn reason_body(ctx: &Context) -> Option<String> {
+    ctx.reason
+        .as_ref()
+        .map(|_| with_reason(serde_json::json!({}), ctx).to_string())
+}
+
 /// Runs `command` through the daemon. Same output and exit codes as without it.
 pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8, CliError> {
     let text = !ctx.json;
@@ -409,7 +424,10 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
         Command::Start { slot } => {
             ctx.slot(slot)?;
             let path = format!("/v1/slots/{slot}/start");
-            let reply = ok(client.call(Method::POST, &path, None, text).await?)?;
+            let body = reason_body(ctx);
+            let reply = ok(client
+                .call(Method::POST, &path, body.as_deref(), text)
+                .await?)?;
             if text {
                 print_body(&reply.body)?;
             } else {
@@ -438,7 +456,10 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
         Command::Stop { slot } => {
             ctx.slot(slot)?;
             let path = format!("/v1/slots/{slot}/stop");
-            let reply = ok(client.call(Method::POST, &path, None, text).await?)?;
+            let body = reason_body(ctx);
+            let reply = ok(client
+                .call(Method::POST, &path, body.as_deref(), text)
+                .await?)?;
             print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
@@ -449,15 +470,28 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
                 _ => "revert",
             };
             let path = format!("/v1/slots/{slot}/{verb}");
-            print_report(client.call(Method::POST, &path, None, text).await?)
+            let body = reason_body(ctx);
+            print_report(
+                client
+                    .call(Method::POST, &path, body.as_deref(), text)
+                    .await?,
+            )
         }
-        Command::Recover => {
-            let reply = ok(client.call(Method::POST, "/v1/recover", None, text).await?)?;
+        Command::Recover { stop_unknown: true } => Err(CliError::new(
+            crate::EXIT_ERROR,
+            "recover --stop-unknown is not supported through the daemon (a daemon never starts \
+             on a journal older than its processes)",
+        )),
+        Command::Recover { .. } => {
+            let body = reason_body(ctx);
+            let reply = ok(client
+                .call(Method::POST, "/v1/recover", body.as_deref(), text)
+                .await?)?;
             print_body(&reply.body)?;
             Ok(EXIT_OK)
         }
         Command::ReloadConfig { dry_run } => {
-            let body = serde_json::json!({ "dry_run": dry_run }).to_string();
+            let body = with_reason(serde_json::json!({ "dry_run": dry_run }), ctx).to_string();
             let reply = client
                 .call(Method::POST, "/v1/config/reload", Some(&body), text)
                 .await?;
@@ -575,7 +609,7 @@ async fn reload(
     } else {
         format!("/v1/slots/{slot}/reloads")
     };
-    let body = body.to_string();
+    let body = with_reason(body.clone(), ctx).to_string();
     let post = client.call(Method::POST, &path, Some(&body), text);
     tokio::pin!(post);
     let mut reply: Option<Reply> = None;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use tryswap::config::{Config, ConfigError};
 use tryswap::report::{Outcome, ReloadReport};
-use tryswap::{BakeEnd, CandidateSpec, Supervisor, SupervisorError};
+use tryswap::{BakeEnd, CandidateSpec, Origin, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, Mode, Reason, SlotName};
 use tryswap_journal::{Journal, JournalError};
 
@@ -86,6 +86,11 @@ impl From<SupervisorError> for CliError {
             SupervisorError::UnknownGeneration { slot, .. } => {
                 format!("; `tryswap history {slot}` lists the generations that can be brought back")
             }
+            SupervisorError::UnknownProcesses { .. } => {
+                "\nhint: `tryswap recover --stop-unknown` stops them (then the journal's active \
+                 generations start); or restore the journal that knows them"
+                    .to_owned()
+            }
             SupervisorError::Journal(e) if e.is_corrupt() => {
                 "\nhint: `tryswap journal verify` shows what is damaged; `tryswap journal \
                  export --salvage` prints the readable records"
@@ -116,6 +121,8 @@ pub struct Context {
     pub config_path: PathBuf,
     /// `--wait`: how long to wait for a state directory another process holds.
     pub wait: Wait,
+    /// `--reason`: why (mutating commands only).
+    pub reason: Option<String>,
 }
 
 impl Context {
@@ -144,6 +151,7 @@ impl Context {
             json: cli.json,
             config_path: absolute(&path),
             wait: cli.wait.unwrap_or(DEFAULT_WAIT),
+            reason: cli.reason.clone(),
         })
     }
 
@@ -389,6 +397,17 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Man => return operator::man(),
         _ => {}
     }
+    if let Some(reason) = &cli.reason {
+        if !cli.command.mutates() {
+            return Err(CliError::new(
+                EXIT_USAGE,
+                "--reason is for commands that change something (activate, try, rollback, \
+                 start, stop, confirm, revert, recover, reload-config)",
+            ));
+        }
+        tryswap::admin_body::check_reason(reason)
+            .map_err(|why| CliError::new(EXIT_USAGE, format!("--reason: {why}")))?;
+    }
     let ctx = Context::load(&cli)?;
     // A daemon serving the state dir runs the command (same output); else do it here.
     // Logs are files; a report reads its sources itself.
@@ -402,6 +421,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             return client::run(&client, &ctx, &cli.command).await;
         }
     }
+    // Every record this command writes says who (this process) and why.
+    tryswap::acting(Origin::cli(cli.reason.clone()), run_here(&ctx, &cli)).await
+}
+
+/// Runs the command in this process (no daemon serves the state directory).
+async fn run_here(ctx: &Context, cli: &Cli) -> Result<u8, CliError> {
     match &cli.command {
         Command::Activate {
             slot,
@@ -411,7 +436,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             bake,
         } => {
             let spec = candidate(artifact, config_file.as_deref());
-            reload_command(&ctx, slot, ReloadKind::Activate(spec, *force, *bake)).await
+            reload_command(ctx, slot, ReloadKind::Activate(spec, *force, *bake)).await
         }
         Command::Try {
             slot,
@@ -419,10 +444,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             config_file,
         } => {
             let spec = candidate(artifact, config_file.as_deref());
-            reload_command(&ctx, slot, ReloadKind::Try(spec)).await
+            reload_command(ctx, slot, ReloadKind::Try(spec)).await
         }
         Command::Rollback { slot, to, bake } => {
-            reload_command(&ctx, slot, ReloadKind::Rollback(to.map(Generation), *bake)).await
+            reload_command(ctx, slot, ReloadKind::Rollback(to.map(Generation), *bake)).await
         }
         Command::Status { slot } => {
             let supervisor = ctx.reader().await?;
@@ -450,8 +475,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             slot,
             follow,
             generation,
-        } => operator::logs(&ctx, slot, *generation, *follow).await,
-        Command::Report { html, sources } => html_report::run(&ctx, html, sources).await,
+        } => operator::logs(ctx, slot, *generation, *follow).await,
+        Command::Report { html, sources } => html_report::run(ctx, html, sources).await,
         Command::Completions { shell } => operator::completions(*shell),
         Command::Man => operator::man(),
         Command::Start { slot } => {
@@ -495,8 +520,13 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 _ => EXIT_OK,
             })
         }
-        Command::Recover => {
+        Command::Recover { stop_unknown } => {
             let supervisor = ctx.open_supervisor().await?;
+            if *stop_unknown {
+                for pid in supervisor.stop_unknown().await? {
+                    eprintln!("tryswap: stopped pid {pid}, unknown to the journal");
+                }
+            }
             let report = supervisor.recover().await?;
             if ctx.json {
                 render::json(&report)?;
@@ -510,7 +540,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 .any(|a| matches!(a, tryswap::RecoveryAction::SlotFailed { .. }));
             Ok(if slot_failed { EXIT_ERROR } else { EXIT_OK })
         }
-        Command::Journal { command } => journal_cmd::run(&ctx, command).await,
+        Command::Journal { command } => journal_cmd::run(ctx, command).await,
         Command::Store {
             command: args::StoreCommand::Gc,
         } => {
@@ -523,7 +553,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(EXIT_OK)
         }
-        Command::Serve { keep_plugins } => daemon::serve(&ctx, *keep_plugins).await,
+        Command::Serve { keep_plugins } => daemon::serve(ctx, *keep_plugins).await,
         Command::ReloadConfig { .. } => Err(CliError::new(
             EXIT_ERROR,
             format!(
@@ -534,7 +564,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 daemon::server::socket_path(&ctx.state_dir, &ctx.config.admin).display()
             ),
         )),
-        Command::Events { from, follow } => client::events_direct(&ctx, *from, *follow).await,
+        Command::Events { from, follow } => client::events_direct(ctx, *from, *follow).await,
     }
 }
 

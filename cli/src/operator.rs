@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::CommandFactory;
 use serde::Serialize;
-use tryswap::report::{HistoryReport, StatusReport};
+use tryswap::report::{HistoryReport, SlotEvent, StatusReport};
 use tryswap::{KeepAliveState, Monitor};
 use tryswap::{Supervisor, SupervisorError};
 use tryswap_fsm::{EventKind, SlotName};
@@ -150,6 +150,13 @@ pub fn history_report(
 ) -> Result<HistoryReport, SupervisorError> {
     let mut report = supervisor.history(slot)?;
     report.keep(query.limit, query.since);
+    if let Some(since) = report.reloads.first().map(|r| r.started_at) {
+        report.events = records(supervisor.journal())
+            .iter()
+            .filter(|r| &r.slot == slot && r.at >= since)
+            .filter_map(SlotEvent::of)
+            .collect();
+    }
     Ok(report)
 }
 

@@ -540,6 +540,9 @@ pub fn status_text(report: &StatusReport) -> String {
         &[1, 2, 4],
     );
     for s in &report.slots {
+        if let Some(reason) = &s.last_reason {
+            text.push_str(&format!("{}: last reason: {reason}\n", s.slot));
+        }
         if let (Some(active), Some(_)) = (&s.active, &s.exited) {
             text.push_str(&format!(
                 "{}: generation {} exited; `tryswap start {}` (or `recover`, `serve`) brings it \
@@ -600,11 +603,13 @@ pub fn history_text(report: &HistoryReport) -> String {
                 or_dash(r.candidate.as_ref().map(|c| c.generation)),
                 r.failed_stage.unwrap_or("-").to_owned(),
                 format!("{:.1} ms", r.duration_ms),
+                r.actor.as_ref().map_or_else(|| "-".to_owned(), actor_text),
+                or_dash(r.reason.clone()),
                 error.to_owned(),
             ]
         })
         .collect();
-    table(
+    let mut text = table(
         &[
             "WHEN (UTC)",
             "RELOAD",
@@ -613,11 +618,51 @@ pub fn history_text(report: &HistoryReport) -> String {
             "GEN",
             "FAILED AT",
             "DURATION",
+            "BY",
+            "REASON",
             "ERROR",
         ],
         rows,
         &[4, 6],
-    )
+    );
+    if !report.events.is_empty() {
+        text.push_str("\nstops and restarts:\n");
+        for e in &report.events {
+            text.push_str(&format!(
+                "  {}  {} generation {} by {}{}{}\n",
+                e.at.format("%Y-%m-%d %H:%M:%S"),
+                e.event,
+                e.generation,
+                actor_text(&e.actor),
+                e.detail
+                    .as_deref()
+                    .and_then(|d| d.lines().next())
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default(),
+                e.reason
+                    .as_deref()
+                    .map(|r| format!(" (reason: {r})"))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    text
+}
+
+/// Who wrote a record, in a few words: `cli uid 1000 pid 42`, `api uid 0`, `keepalive`.
+pub fn actor_text(actor: &tryswap_journal::Actor) -> String {
+    let kind = serde_json::to_value(actor.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut text = kind;
+    if let Some(uid) = actor.uid {
+        text.push_str(&format!(" uid {uid}"));
+    }
+    if let Some(pid) = actor.pid {
+        text.push_str(&format!(" pid {pid}"));
+    }
+    text
 }
 
 /// Width of the time axis of `history --timeline`.

@@ -66,7 +66,7 @@ impl BodyError {
     }
 }
 
-const RELOAD_FIELDS: &str = "artifact, bake, config_file, dry_run, rollback, rollback_to";
+const RELOAD_FIELDS: &str = "artifact, bake, config_file, dry_run, rollback, rollback_to, reason";
 
 /// True for a body that counts as empty: nothing but ASCII whitespace.
 fn is_blank(body: &[u8]) -> bool {
@@ -291,7 +291,7 @@ pub fn parse_config_reload_body(body: &[u8]) -> Result<bool, BodyError> {
         return Ok(false);
     }
     let map = json_object(body, r#"{"dry_run": false}"#)?;
-    only_fields(&map, "dry_run")?;
+    only_fields(&map, "dry_run, reason")?;
     Ok(bool_field(&map, "dry_run")?.unwrap_or(false))
 }
 
@@ -321,6 +321,46 @@ pub fn parse_compact_body(body: &[u8]) -> Result<usize, BodyError> {
                 "field `keep` must be a non-negative integer, not {}",
                 kind_of(other)
             ),
+        )),
+    }
+}
+
+/// The longest operator reason accepted (`--reason`, API `"reason"`), in bytes.
+pub const REASON_MAX: usize = 1024;
+
+/// Checks an operator reason: 1 to [`REASON_MAX`] bytes without control characters
+/// (it is shown in tables and logs). Returns why not.
+pub fn check_reason(reason: &str) -> Result<(), String> {
+    if reason.trim().is_empty() {
+        return Err("the reason is empty".to_owned());
+    }
+    if reason.len() > REASON_MAX {
+        return Err(format!(
+            "the reason is {} bytes, over the {REASON_MAX}-byte limit",
+            reason.len()
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err("the reason holds a control character (a newline, a tab, …)".to_owned());
+    }
+    Ok(())
+}
+
+/// The optional `"reason"` field of a mutating request's body (reload, start, stop,
+/// recover, config reload): `None` for an empty body or no field.
+pub fn parse_reason(body: &[u8]) -> Result<Option<String>, BodyError> {
+    if is_blank(body) {
+        return Ok(None);
+    }
+    let map = json_object(body, r#"{"reason": "ticket 42"}"#)?;
+    match map.get("reason") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(reason)) => check_reason(reason)
+            .map(|()| Some(reason.clone()))
+            .map_err(|why| BodyError::field("reason", format!("field `reason`: {why}"))),
+        Some(other) => Err(BodyError::field(
+            "reason",
+            format!("field `reason` must be a string, not {}", kind_of(other)),
         )),
     }
 }
@@ -367,7 +407,7 @@ mod tests {
     fn reload_body_messages_are_unchanged() {
         assert_eq!(
             bad(r#"{"artefact":"/p"}"#),
-            "unknown field `artefact` (expected one of artifact, bake, config_file, dry_run, rollback, rollback_to)"
+            "unknown field `artefact` (expected one of artifact, bake, config_file, dry_run, rollback, rollback_to, reason)"
         );
         assert_eq!(
             bad(" \n"),
@@ -448,12 +488,12 @@ mod tests {
         assert_eq!(e.field_name(), Some("\u{7f}"));
         assert_eq!(
             e.to_string(),
-            "unknown field `\\u{7f}` (expected one of artifact, bake, config_file, dry_run, rollback, rollback_to)"
+            "unknown field `\\u{7f}` (expected one of artifact, bake, config_file, dry_run, rollback, rollback_to, reason)"
         );
         let e = parse_config_reload_body(br#"{"a\nb\u001b[31m":1}"#).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown field `a\\nb\\u{1b}[31m` (expected dry_run)"
+            "unknown field `a\\nb\\u{1b}[31m` (expected one of dry_run, reason)"
         );
         let e = parse_compact_body(br#"{"k\teep\u0085":1}"#).unwrap_err();
         assert_eq!(
@@ -481,7 +521,7 @@ mod tests {
             parse_config_reload_body(br#"{"dry":true}"#)
                 .unwrap_err()
                 .to_string(),
-            "unknown field `dry` (expected dry_run)"
+            "unknown field `dry` (expected one of dry_run, reason)"
         );
         assert_eq!(
             parse_config_reload_body(b"true").unwrap_err().to_string(),

@@ -24,6 +24,7 @@ mod driver;
 pub mod endpoint;
 mod file_modes;
 mod keepalive;
+mod origin;
 mod probe;
 pub mod report;
 mod store;
@@ -38,6 +39,7 @@ pub use driver::{Driver, DriverError, Instance, LaunchRequest, Liveness, StopOut
 pub use keepalive::{
     KeepAliveState, Monitor, MonitorEvent, MonitorEventKind, MonitorOptions, SlotHealth,
 };
+pub use origin::{acting, Origin};
 pub use report::{DrainReport, HistoryReport, Outcome, ReloadReport, SlotStatus, StatusReport};
 pub use store::{GcReport, Store, StoreError, StoreUsage};
 pub use supervisor::bake::{BakeEnd, BakeWatch};

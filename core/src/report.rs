@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tryswap_fsm::EventKind;
 use tryswap_fsm::{Instance as Facts, Mode, Reload, ReloadId, ReloadState};
-use tryswap_journal::{Record, ReloadView, SlotView};
+use tryswap_journal::{Actor, ActorKind, Record, ReloadView, SlotView};
 
 use crate::driver::Liveness;
 
@@ -158,6 +158,22 @@ pub struct ReloadReport {
     /// How each former generation this reload retired ended (drained, timed out, killed).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub drain: Vec<DrainReport>,
+    /// Who started the reload (its first record's actor), when the journal knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// The operator's reason given with it (`--reason`, API `"reason"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ReloadReport {
+    /// Takes who started the reload and why from its first record (`record` must be it).
+    pub fn set_origin(&mut self, record: &Record) {
+        if record.actor.kind != ActorKind::Unknown {
+            self.actor = Some(record.actor);
+        }
+        self.reason.clone_from(&record.reason);
+    }
 }
 
 /// How a retired generation ended after its outside callers were drained.
@@ -259,6 +275,8 @@ impl ReloadReport {
             bake: BakeInfo::of(&reload.state),
             endpoint: None,
             drain: Vec::new(),
+            actor: None,
+            reason: None,
         }
     }
 }
@@ -346,6 +364,10 @@ pub struct SlotStatus {
     /// do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exited: Option<ExitInfo>,
+    /// The operator's reason on the slot's latest record that carries one (since the
+    /// active generation's commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
 }
 
 /// How a generation's process last ended.
@@ -413,6 +435,7 @@ impl SlotStatus {
             endpoint: None,
             leases: Vec::new(),
             exited: None,
+            last_reason: None,
         }
     }
 }
@@ -485,6 +508,9 @@ impl StatusReport {
                 }
                 _ => {}
             }
+            if record.reason.is_some() {
+                slot.last_reason.clone_from(&record.reason);
+            }
         }
     }
 }
@@ -506,6 +532,51 @@ pub struct HistoryReport {
     pub slot: String,
     /// Reloads, oldest first.
     pub reloads: Vec<ReloadReport>,
+    /// Stops, crashes and restarts of the slot's generations since the first reload shown,
+    /// oldest first, with who did them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<SlotEvent>,
+}
+
+/// A slot-level record in `history`: a generation stopped (or crashed) or relaunched.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SlotEvent {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `stopped` or `relaunched`.
+    pub event: &'static str,
+    /// The generation.
+    pub generation: u64,
+    /// What happened (a stop's or crash's reason).
+    pub detail: Option<String>,
+    /// Who.
+    pub actor: Actor,
+    /// The operator's reason, if one was given.
+    pub reason: Option<String>,
+}
+
+impl SlotEvent {
+    /// The slot-level event `record` holds, if it is one.
+    pub fn of(record: &Record) -> Option<SlotEvent> {
+        let (event, generation, detail) = match &record.event {
+            EventKind::Stopped { generation, reason } => {
+                ("stopped", generation.0, Some(reason.message.clone()))
+            }
+            EventKind::Relaunched { generation, .. } => ("relaunched", generation.0, None),
+            _ => return None,
+        };
+        Some(SlotEvent {
+            seq: record.seq,
+            at: record.at,
+            event,
+            generation,
+            detail,
+            actor: record.actor,
+            reason: record.reason.clone(),
+        })
+    }
 }
 
 impl HistoryReport {

@@ -89,6 +89,7 @@ pub(crate) fn append<S: Staging>(
 ) -> Result<(Vec<Record>, WitnessMark), S::Error> {
     let mut tip = tip;
     let mut records = Vec::new();
+    let (actor, reason) = crate::record::current_origin();
     for command in commands {
         let decider = Decider {
             staging,
@@ -113,6 +114,8 @@ pub(crate) fn append<S: Staging>(
                 slot: event.slot,
                 event: event.kind,
                 prev_chain: tip.chain,
+                actor,
+                reason: reason.clone(),
             };
             let chain = stage_record(staging, &record)?;
             tip = WitnessMark { seq, chain };

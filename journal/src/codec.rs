@@ -13,7 +13,7 @@ use chrono::Datelike;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::record::{Record, RECORD_FORMAT};
+use crate::record::{LegacyRecord, Record, LEGACY_RECORD_FORMAT, RECORD_FORMAT};
 
 /// The largest encoded value (record, projection or meta value) the journal writes or reads.
 pub const LIMIT: usize = 1 << 20;
@@ -84,7 +84,7 @@ pub enum CodecError {
     },
     /// The record was written in a record format this build does not know.
     #[error(
-        "record format {found} is not supported: this build reads format {supported}; \
+        "record format {found} is not supported: this build reads formats 1 to {supported}; \
          the journal was written by a newer tryswap"
     )]
     UnknownFormat {
@@ -157,7 +157,12 @@ pub fn encode_record(record: &Record) -> Result<Vec<u8>, CodecError> {
             message: format!("time {} is outside the years 0000..=9999", record.at),
         });
     }
-    let mut bytes = encode("record", record)?;
+    let mut bytes = if record.format == LEGACY_RECORD_FORMAT {
+        // A format-1 record read back from an old journal: its original bytes.
+        encode("record", &LegacyRecord::from(record))?
+    } else {
+        encode("record", record)?
+    };
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_be_bytes());
     Ok(bytes)
@@ -195,13 +200,16 @@ pub(crate) fn decode_stored(stored: &[u8]) -> Result<(Record, u32), CodecError> 
             message: e.to_string(),
         }
     })?;
-    if format != RECORD_FORMAT {
-        return Err(CodecError::UnknownFormat {
-            found: format,
-            supported: RECORD_FORMAT,
-        });
-    }
-    let record: Record = decode("record", body)?;
+    let record: Record = match format {
+        RECORD_FORMAT => decode("record", body)?,
+        LEGACY_RECORD_FORMAT => decode::<LegacyRecord>("record", body)?.into(),
+        found => {
+            return Err(CodecError::UnknownFormat {
+                found,
+                supported: RECORD_FORMAT,
+            })
+        }
+    };
     Ok((record, chain))
 }
 

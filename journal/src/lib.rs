@@ -67,7 +67,7 @@ pub use lock::OWN_RELEASE_WAIT;
 pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use rebuild::{RebuildNote, MIGRATION_BACKUP_DIR, REBUILDS_FILE};
-pub use record::{Record, RECORD_FORMAT};
+pub use record::{with_origin, Actor, ActorKind, Record, LEGACY_RECORD_FORMAT, RECORD_FORMAT};
 pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
 pub use segment_log::{LogBase, LogDamage, LogItem, LogItems, LogPosition, LogReader};
 pub use snapshot::{open_for_reading, Snapshot, SnapshotStore, SNAPSHOT_FILE};

@@ -1,11 +1,91 @@
-//! One journal record: an fsm event with its sequence number, time and chain link.
+//! One journal record: an fsm event with its sequence number, time, chain link, and who
+//! wrote it why.
+
+use std::cell::RefCell;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tryswap_fsm::{Event, EventKind, ReloadId, SlotName};
 
-/// The record format this build writes and reads. Stored in every record.
-pub const RECORD_FORMAT: u16 = 1;
+/// The record format this build writes. Stored in every record. Format 1 (no `actor`, no
+/// `reason`) is still read: see [`LEGACY_RECORD_FORMAT`].
+pub const RECORD_FORMAT: u16 = 2;
+
+/// The record format of journals written before records carried an actor and a reason.
+/// Such records decode with [`Actor::default`] (`unknown`) and no reason, keep their format
+/// number and re-encode to their original bytes.
+pub const LEGACY_RECORD_FORMAT: u16 = 1;
+
+/// What kind of caller wrote a record. The variant order is part of the record format:
+/// append new kinds at the end only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// Not known: a record of format 1, or a write whose caller named no actor (an
+    /// embedding host).
+    #[default]
+    Unknown,
+    /// A `tryswap` command run without a daemon (`uid` and `pid` of that process).
+    Cli,
+    /// A call to the daemon's admin API (`uid`: the peer's, when the socket tells it).
+    Api,
+    /// The daemon's keep-alive (crashes, restarts).
+    Keepalive,
+    /// Crash recovery (whatever command or daemon start ran it).
+    Recovery,
+    /// A config reload (`reload-config`, SIGHUP, `POST /v1/config/reload`).
+    ConfigReload,
+}
+
+/// Who wrote a record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// What kind of caller.
+    pub kind: ActorKind,
+    /// The caller's uid, when known.
+    pub uid: Option<u32>,
+    /// The caller's pid, when known.
+    pub pid: Option<u32>,
+}
+
+impl Actor {
+    /// An actor of `kind` with no uid or pid.
+    pub fn of(kind: ActorKind) -> Self {
+        Actor {
+            kind,
+            uid: None,
+            pid: None,
+        }
+    }
+}
+
+thread_local! {
+    static ORIGIN: RefCell<(Actor, Option<String>)> = const {
+        RefCell::new((Actor { kind: ActorKind::Unknown, uid: None, pid: None }, None))
+    };
+}
+
+/// Runs `write` with every record appended by it on this thread carrying `actor` and
+/// `reason`. Journal writes are synchronous on the calling thread, so the caller of
+/// `execute`/`execute_all` wraps that call; the previous origin is restored afterwards.
+pub fn with_origin<T>(actor: Actor, reason: Option<&str>, write: impl FnOnce() -> T) -> T {
+    let previous = ORIGIN.with(|o| o.replace((actor, reason.map(str::to_owned))));
+    struct Restore(Option<(Actor, Option<String>)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                ORIGIN.with(|o| *o.borrow_mut() = previous);
+            }
+        }
+    }
+    let _restore = Restore(Some(previous));
+    write()
+}
+
+/// The actor and reason records appended now on this thread carry (see [`with_origin`]).
+pub(crate) fn current_origin() -> (Actor, Option<String>) {
+    ORIGIN.with(|o| o.borrow().clone())
+}
 
 /// One appended event. Field order is part of the on-disk format: see `docs/journal.md`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +105,52 @@ pub struct Record {
     pub event: EventKind,
     /// Chain value (stored CRC) of the record with sequence `seq - 1`; 0 for the first.
     pub prev_chain: u32,
+    /// Who wrote it (format 2 on; `unknown` for older records).
+    pub actor: Actor,
+    /// The operator's reason (`--reason`, API `"reason"`), if one was given.
+    pub reason: Option<String>,
+}
+
+/// A record of format 1, as stored: [`Record`] without `actor` and `reason`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LegacyRecord {
+    format: u16,
+    seq: u64,
+    at: DateTime<Utc>,
+    reload: ReloadId,
+    slot: SlotName,
+    event: EventKind,
+    prev_chain: u32,
+}
+
+impl From<LegacyRecord> for Record {
+    fn from(r: LegacyRecord) -> Self {
+        Record {
+            format: r.format,
+            seq: r.seq,
+            at: r.at,
+            reload: r.reload,
+            slot: r.slot,
+            event: r.event,
+            prev_chain: r.prev_chain,
+            actor: Actor::default(),
+            reason: None,
+        }
+    }
+}
+
+impl From<&Record> for LegacyRecord {
+    fn from(r: &Record) -> Self {
+        LegacyRecord {
+            format: r.format,
+            seq: r.seq,
+            at: r.at,
+            reload: r.reload,
+            slot: r.slot.clone(),
+            event: r.event.clone(),
+            prev_chain: r.prev_chain,
+        }
+    }
 }
 
 impl Record {

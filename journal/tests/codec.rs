@@ -9,7 +9,10 @@ use tryswap_fsm::{
     ReloadId, Sha256, SlotName, Stage,
 };
 use tryswap_journal::codec::{self, CodecError, LIMIT};
-use tryswap_journal::{decode_record, encode_record, stored_chain, Record, RECORD_FORMAT};
+use tryswap_journal::{
+    decode_record, encode_record, stored_chain, Actor, ActorKind, Record, LEGACY_RECORD_FORMAT,
+    RECORD_FORMAT,
+};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -36,6 +39,33 @@ fn record(seq: u64, event: EventKind, prev_chain: u32) -> Record {
         slot: SlotName::new("demo").unwrap(),
         event,
         prev_chain,
+        actor: Actor::default(),
+        reason: None,
+    }
+}
+
+/// [`samples`] as format 1 wrote them: no actor, no reason.
+fn legacy_samples() -> Vec<Record> {
+    samples()
+        .into_iter()
+        .map(|mut r| {
+            r.format = LEGACY_RECORD_FORMAT;
+            r.actor = Actor::default();
+            r.reason = None;
+            r
+        })
+        .collect()
+}
+
+trait By {
+    fn by(self, actor: Actor, reason: Option<&str>) -> Self;
+}
+
+impl By for Record {
+    fn by(mut self, actor: Actor, reason: Option<&str>) -> Self {
+        self.actor = actor;
+        self.reason = reason.map(str::to_owned);
+        self
     }
 }
 
@@ -54,6 +84,14 @@ pub fn samples() -> Vec<Record> {
                 previous: None,
             },
             0,
+        )
+        .by(
+            Actor {
+                kind: ActorKind::Cli,
+                uid: Some(1000),
+                pid: Some(4242),
+            },
+            Some("ticket 42"),
         ),
         record(
             2,
@@ -67,7 +105,7 @@ pub fn samples() -> Vec<Record> {
             },
             0x1234_5678,
         ),
-        record(300, EventKind::Activated, 0xdead_beef),
+        record(300, EventKind::Activated, 0xdead_beef).by(Actor::of(ActorKind::Recovery), None),
         record(
             301,
             EventKind::RolledBack {
@@ -96,7 +134,9 @@ pub fn samples() -> Vec<Record> {
     ]
 }
 
-const GOLDEN: [&str; 5] = [
+/// The samples as format 1 (before `actor` and `reason`) stored them: still decoded, and
+/// re-encoded to the same bytes (their CRCs are chain values later records carry).
+const LEGACY_GOLDEN: [&str; 5] = [
     concat!(
         "010114323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464656d",
         "6f0100011111111111111111111111111111111111111111111111111111111111111111000000e229e3e5"
@@ -119,6 +159,49 @@ const GOLDEN: [&str; 5] = [
     ),
 ];
 
+/// Format 2: format 1's fields, then `actor` (kind index, uid and pid as options) and
+/// `reason` (an optional string). Appended at the end, so a record's first fields are laid
+/// out as before.
+const GOLDEN: [&str; 5] = [
+    concat!(
+        "020114323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464656d",
+        "6f01000111111111111111111111111111111111111111111111111111111111111111110000000101fbe803",
+        "01fb921001097469636b6574203432232908ef"
+    ),
+    concat!(
+        "020214323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464656d",
+        "6f0201fb9210fc06120f00026230010f6c6f67732f64656d6f2f312e6c6f67fc78563412000000009297d178"
+    ),
+    concat!(
+        "02fb2c0114323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464",
+        "656d6f05fcefbeadde04000000ddf0b187"
+    ),
+    concat!(
+        "02fb2d0114323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464",
+        "656d6f0602010c6e6f2068616e647368616b65070000000010c62b90"
+    ),
+    concat!(
+        "02fc7011010014323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f7",
+        "0464656d6f0903000001010201062f746d702f700100fcffffffff00000000a840b602"
+    ),
+];
+
+#[test]
+fn format_1_records_still_decode_and_keep_their_bytes() {
+    for (i, (record, golden)) in legacy_samples().iter().zip(LEGACY_GOLDEN).enumerate() {
+        assert_eq!(
+            &decode_record(&unhex(golden)).unwrap(),
+            record,
+            "legacy sample {i}"
+        );
+        assert_eq!(
+            hex(&encode_record(record).unwrap()),
+            golden,
+            "legacy sample {i}"
+        );
+    }
+}
+
 #[test]
 fn golden_vectors_pin_the_encoding() {
     for (i, (record, golden)) in samples().iter().zip(GOLDEN).enumerate() {
@@ -132,7 +215,7 @@ fn golden_vectors_pin_the_encoding() {
     }
     // Spot-check the layout of the first: format, seq, RFC 3339 time, uuid, slot, event.
     let first = unhex(GOLDEN[0]);
-    assert_eq!(&first[..3], &[0x01, 0x01, 20]);
+    assert_eq!(&first[..3], &[0x02, 0x01, 20]);
     assert_eq!(&first[3..23], b"2025-06-01T12:30:45Z");
     assert_eq!(first[23], 16);
     // The trailer is the CRC32 of the body, and it is the chain value.
@@ -293,9 +376,14 @@ fn write_fuzz_seeds() {
 }
 
 /// The bake events came last in the event enum: old records keep their encoding (the
-/// vectors above) and these pin the new ones.
+/// vectors above) and these pin the new ones. Pinned as format 1 records (as journals of
+/// that format hold them); the event's bytes are the same inside a format 2 record.
 fn bake_samples() -> Vec<Record> {
-    vec![
+    let legacy = |mut r: Record| {
+        r.format = LEGACY_RECORD_FORMAT;
+        r
+    };
+    let samples = vec![
         record(
             46,
             EventKind::ActivatedBaking {
@@ -311,7 +399,8 @@ fn bake_samples() -> Vec<Record> {
             },
             0x090a_0b0c,
         ),
-    ]
+    ];
+    samples.into_iter().map(legacy).collect()
 }
 
 const BAKE_GOLDEN: [&str; 3] = [

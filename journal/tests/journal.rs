@@ -760,7 +760,10 @@ fn export_writes_one_json_object_per_record() {
     assert_eq!(lines.len(), 15);
     assert_eq!(lines[0]["seq"], 1);
     assert_eq!(lines[0]["slot"], "slot-0");
-    assert_eq!(lines[0]["format"], 1);
+    assert_eq!(lines[0]["format"], tryswap_journal::RECORD_FORMAT);
+    // Written without an origin: actor unknown, no reason.
+    assert_eq!(lines[0]["actor"]["kind"], "unknown", "{}", lines[0]);
+    assert!(lines[0]["reason"].is_null(), "{}", lines[0]);
     assert!(lines[0]["event"]["Staged"].is_object(), "{}", lines[0]);
     assert_eq!(lines[4]["event"], "Activated");
     // Each line is the record itself.

@@ -309,6 +309,20 @@ pub fn capability(capability: &str, available: Result<(), String>) -> bool {
     false
 }
 
+/// Copies directory `from` (recursively) to `to`; panics on any error.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy's directory");
+    for entry in std::fs::read_dir(from).expect("list the directory") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
 /// Waits (bounded) until `pid` is gone; returns whether it is.
 pub fn wait_gone(pid: u32, limit: Duration) -> bool {
     wait_until(limit, || !pid_alive(pid))

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tryswap_tests::crash::{reload_args, tryswap_env, Exit};
-use tryswap_tests::harness::Harness;
+use tryswap_tests::harness::{copy_dir, Harness};
 use tryswap_tests::FixtureConfig;
 
 /// A state dir with two reloads in its journal and no plugin running, plus a pristine copy
@@ -20,19 +20,6 @@ struct Fixture {
     journal: PathBuf,
     pristine: PathBuf,
     older: PathBuf,
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn restore(from: &Path, to: &Path) {

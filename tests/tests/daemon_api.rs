@@ -246,7 +246,13 @@ fn normalize(h: &Harness, text: &str) -> String {
                 collapsed
             })
             .collect();
-        out.push(words.join(" "));
+        // Who acted differs by design: this process (`cli uid N pid N`) or the daemon's
+        // caller (`api uid N`).
+        let line = words
+            .join(" ")
+            .replace("cli uid # pid #", "<ACTOR>")
+            .replace("api uid #", "<ACTOR>");
+        out.push(line);
     }
     out.join("\n")
 }

@@ -71,6 +71,9 @@ async fn assert_untouched(h: &Harness, generation: u64, pid: u32, message: &str,
         .await
         .unwrap_or_else(|e| panic!("{what}: the active generation does not answer: {e}"));
     assert_eq!(reply.message, message, "{what}");
+    // Reads do not recover: `recover` finishes what the refused reload left in flight.
+    let recovered = h.tryswap(&["recover"]);
+    assert_eq!(recovered.code, 0, "{what}: {recovered:?}");
     let status = h.status();
     assert!(
         status["slots"][0]["in_flight"].is_null(),

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tryswap_tests::harness::{wait_gone, Harness, SlotSpec};
+use tryswap_tests::harness::{copy_dir, wait_gone, Harness, SlotSpec};
 use tryswap_tests::process::send_signal;
 use tryswap_tests::{pid_alive, wait_until, FixtureConfig};
 
@@ -163,4 +163,48 @@ fn snapshot_mentions_in_flight(dir: &Path) -> bool {
         .ok()
         .flatten()
         .is_some_and(|s| s.slots.iter().any(|v| v.slot.in_flight.is_some()))
+}
+
+#[test]
+fn a_journal_older_than_its_processes_starts_no_second_copy() {
+    let h = Harness::demo();
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    assert_eq!(h.activate("demo", &v1).code, 0);
+    let journal = h.state_dir.join("journal");
+    let backup = h.state.join("journal-backup");
+    copy_dir(&journal, &backup);
+    let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+    assert_eq!(h.activate("demo", &v2).code, 0);
+    let (generation, pid2, _) = h.active("demo").expect("active");
+    assert_eq!(generation, 2);
+
+    // The journal from before generation 2 comes back.
+    std::fs::remove_dir_all(&journal).unwrap();
+    copy_dir(&backup, &journal);
+    for args in [&["start", "demo"][..], &["recover"]] {
+        let refused = h.tryswap(args);
+        assert_eq!(refused.code, 1, "{args:?}: {refused:?}");
+        assert!(
+            refused.stderr.contains(&format!("pid {pid2}"))
+                && refused.stderr.contains("recover --stop-unknown"),
+            "{args:?}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        plugins_in(&h.state_dir),
+        vec![pid2],
+        "a second copy started"
+    );
+
+    let run = h.tryswap(&["recover", "--stop-unknown"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        wait_gone(pid2, Duration::from_secs(10)),
+        "pid {pid2} still runs"
+    );
+    let run = h.tryswap(&["start", "demo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let (generation, pid, _) = h.active("demo").expect("active");
+    assert_eq!(generation, 1);
+    assert_eq!(plugins_in(&h.state_dir), vec![pid]);
 }

@@ -40,24 +40,29 @@ pub struct Limits {
 
 /// Decides, before any byte is read, whether a peer may talk to the API.
 pub trait Admit {
-    /// `Err(why)` closes the connection.
-    fn admit(&self) -> Result<(), String>;
+    /// `Err(why)` closes the connection; `Ok` gives the peer's uid when the transport
+    /// tells it.
+    fn admit(&self) -> Result<Option<u32>, String>;
 }
 
+/// The uid of the peer that sent a request (a request extension; absent over TCP).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerUid(pub u32);
+
 impl Admit for tokio::net::TcpStream {
-    fn admit(&self) -> Result<(), String> {
-        Ok(())
+    fn admit(&self) -> Result<Option<u32>, String> {
+        Ok(None)
     }
 }
 
 impl Admit for tokio::net::UnixStream {
-    fn admit(&self) -> Result<(), String> {
+    fn admit(&self) -> Result<Option<u32>, String> {
         let cred = self
             .peer_cred()
             .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
         let me = nix::unistd::geteuid().as_raw();
         if cred.uid() == 0 || cred.uid() == me {
-            Ok(())
+            Ok(Some(cred.uid()))
         } else {
             Err(format!(
                 "peer uid {} is neither root nor the daemon's uid {me}",
@@ -93,15 +98,23 @@ where
             );
             continue;
         };
-        if let Err(why) = io.admit() {
-            tracing::warn!(reason = %why, "admin API: connection refused");
-            continue;
-        }
+        let peer = match io.admit() {
+            Ok(peer) => peer,
+            Err(why) => {
+                tracing::warn!(reason = %why, "admin API: connection refused");
+                continue;
+            }
+        };
         let app = app.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |request| app.clone().oneshot(request));
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                if let Some(uid) = peer {
+                    request.extensions_mut().insert(PeerUid(uid));
+                }
+                app.clone().oneshot(request)
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -39,7 +39,7 @@ use axum::middleware::Next;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
@@ -51,13 +51,14 @@ use tryswap::config::{AdminConfig, Config};
 use tryswap::report::{Outcome, ReloadReport, StatusReport};
 use tryswap::Monitor;
 use tryswap::{internals::SLOT_WAIT, ConfigOutcome, ConfigReloadReport};
-use tryswap::{BakeEnd, Supervisor, SupervisorError};
+use tryswap::{BakeEnd, Origin, Supervisor, SupervisorError};
 use tryswap_fsm::{Reason, Rejected, ReloadId, SlotName};
 use tryswap_journal::JournalError;
 
 use super::events;
 use super::metrics::Metrics;
 use super::notify;
+use crate::daemon::connections::PeerUid;
 use crate::{render, CliError, EXIT_CONFLICT, EXIT_ERROR};
 
 /// Response header with the journal's last sequence number when a reload answered: a
@@ -441,16 +442,24 @@ pub struct ReloadParams {
     pub force: Option<bool>,
 }
 
+/// Who calls (the peer's uid, when the socket tells it) and why (the body's `"reason"`).
+fn api_origin(peer: Option<Extension<PeerUid>>, body: &[u8]) -> Result<Origin, ApiError> {
+    let reason = tryswap::admin_body::parse_reason(body)?;
+    Ok(Origin::api(peer.map(|Extension(PeerUid(uid))| uid), reason))
+}
+
 async fn reload(
     State(st): St,
     Path(slot): Path<String>,
     Query(params): Query<ReloadParams>,
+    peer: Option<Extension<PeerUid>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
     let (request, bake) = parse_reload_with_bake(&body)?;
+    let origin = api_origin(peer, &body)?;
     if let (
         ReloadRequest::Candidate {
             spec,
@@ -471,7 +480,7 @@ async fn reload(
     }
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
-    let task = st.tasks.spawn(async move {
+    let task = st.tasks.spawn(tryswap::acting(origin, async move {
         let slot = &task_slot;
         match request {
             ReloadRequest::Candidate {
@@ -488,7 +497,7 @@ async fn reload(
             } => supervisor.try_activate(slot, spec).await,
             ReloadRequest::Rollback { to } => supervisor.rollback_with_bake(slot, to, bake).await,
         }
-    });
+    }));
     let report: ReloadReport = task
         .await
         .map_err(|e| ApiError::internal(format!("slot {slot}: the reload task failed: {e}")))??;
@@ -540,14 +549,23 @@ struct Started<'a> {
     status: &'a StatusReport,
 }
 
-async fn start(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+async fn start(
+    State(st): St,
+    Path(slot): Path<String>,
+    peer: Option<Extension<PeerUid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
+    let origin = api_origin(peer, &body)?;
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
     let generation = st
         .tasks
-        .spawn(async move { supervisor.start(&task_slot).await })
+        .spawn(tryswap::acting(origin, async move {
+            supervisor.start(&task_slot).await
+        }))
         .await
         .map_err(|e| ApiError::internal(format!("slot {slot}: the start task failed: {e}")))??;
     let status = st.supervisor.status(Some(&slot))?;
@@ -560,14 +578,23 @@ async fn start(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> A
     reply(StatusCode::OK, &started, text)
 }
 
-async fn stop(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+async fn stop(
+    State(st): St,
+    Path(slot): Path<String>,
+    peer: Option<Extension<PeerUid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
+    let origin = api_origin(peer, &body)?;
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
     let stopped = st
         .tasks
-        .spawn(async move { supervisor.stop(&task_slot).await })
+        .spawn(tryswap::acting(origin, async move {
+            supervisor.stop(&task_slot).await
+        }))
         .await
         .map_err(|e| ApiError::internal(format!("slot {slot}: the stop task failed: {e}")))??
         .map(|g| g.0);
@@ -580,48 +607,86 @@ async fn stop(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> Ap
 }
 
 /// `POST /v1/slots/{slot}/confirm`: ends the slot's bake with the candidate active.
-async fn confirm(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
-    end_bake(st, slot, headers, BakeEnd::Confirm).await
+async fn confirm(
+    State(st): St,
+    Path(slot): Path<String>,
+    peer: Option<Extension<PeerUid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let origin = api_origin(peer, &body)?;
+    end_bake(st, slot, headers, origin, BakeEnd::Confirm).await
 }
 
 /// `POST /v1/slots/{slot}/revert`: ends the slot's bake with the standby serving again.
-async fn revert(State(st): St, Path(slot): Path<String>, headers: HeaderMap) -> ApiResult {
+async fn revert(
+    State(st): St,
+    Path(slot): Path<String>,
+    peer: Option<Extension<PeerUid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let origin = api_origin(peer, &body)?;
     let reason = Reason::cancelled("reverted by hand (revert through the admin API)");
-    end_bake(st, slot, headers, BakeEnd::Revert(reason)).await
+    end_bake(st, slot, headers, origin, BakeEnd::Revert(reason)).await
 }
 
-async fn end_bake(st: Arc<AppState>, slot: String, headers: HeaderMap, end: BakeEnd) -> ApiResult {
+async fn end_bake(
+    st: Arc<AppState>,
+    slot: String,
+    headers: HeaderMap,
+    origin: Origin,
+    end: BakeEnd,
+) -> ApiResult {
     st.ready()?;
     let slot = slot_name(&slot)?;
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
     let report = st
         .tasks
-        .spawn(async move { supervisor.end_bake(&task_slot, end).await })
+        .spawn(tryswap::acting(origin, async move {
+            supervisor.end_bake(&task_slot, end).await
+        }))
         .await
         .map_err(|e| ApiError::internal(format!("slot {slot}: the bake task failed: {e}")))??;
     report_reply(&st, &report, &headers)
 }
 
-async fn recover(State(st): St, headers: HeaderMap) -> ApiResult {
+async fn recover(
+    State(st): St,
+    peer: Option<Extension<PeerUid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     st.ready()?;
+    let origin = api_origin(peer, &body)?;
     let supervisor = st.supervisor.clone();
     let report = st
         .tasks
-        .spawn(async move { supervisor.recover().await })
+        .spawn(tryswap::acting(origin, async move {
+            supervisor.recover().await
+        }))
         .await
         .map_err(|e| ApiError::internal(format!("the recovery task failed: {e}")))??;
     let text = wants_text(&headers).then(|| render::recovery_text(&report));
     reply(StatusCode::OK, &report, text)
 }
 
-async fn config_reload(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn config_reload(
+    State(st): St,
+    peer: Option<Extension<PeerUid>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     st.ready()?;
     let dry_run = parse_config_reload_body(&body)?;
+    let origin = api_origin(peer, &body)?;
     let state = Arc::clone(&st);
     let report = st
         .tasks
-        .spawn(async move { state.reload_config(dry_run).await })
+        .spawn(tryswap::acting(origin, async move {
+            state.reload_config(dry_run).await
+        }))
         .await
         .map_err(|e| ApiError::internal(format!("the config reload task failed: {e}")))??;
     let status = match report.outcome {

@@ -181,6 +181,12 @@ pub trait Driver: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Every process this driver's state directory runs, tagged with its reload id (what a
+    /// journal must know). Drivers whose instances are not processes report none.
+    fn tagged_processes(&self) -> Vec<(ReloadId, u32)> {
+        Vec::new()
+    }
+
     /// The pids of `facts`' reload that still run: the journaled process if it still runs
     /// with its journaled identity, and every process tagged with the reload. Drivers whose
     /// instances are not processes report none.

@@ -68,6 +68,7 @@ use crate::blocking::off_worker;
 use crate::config::{ProbeKind, RestartConfig, RestartPolicy};
 use crate::driver::process::ProcessDriver;
 use crate::driver::Liveness;
+use crate::origin::Origin;
 use crate::supervisor::{SlotRuntime, Supervisor};
 use policy::{Action, Event, Health, HealthChange, Pending, Policy, Report};
 
@@ -421,7 +422,9 @@ impl Monitor {
             restarts_total: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(Arc::clone(&shared), stopped, crashed));
+        let keepalive = Origin::of(tryswap_journal::ActorKind::Keepalive);
+        let run = run(Arc::clone(&shared), stopped, crashed);
+        let task = tokio::spawn(crate::origin::acting(keepalive, run));
         Monitor {
             shared,
             stop,
@@ -524,7 +527,7 @@ async fn run(
             let crashed_before = crashed.remove(&name);
             let shared = Arc::clone(&shared);
             let stop = stop.clone();
-            let task = tokio::spawn(async move {
+            let task = crate::origin::spawn(async move {
                 let (sick, sick_seen) = watch::channel(None);
                 tokio::join!(
                     keep_alive(&shared, &name, stop.clone(), crashed_before, sick_seen),

@@ -108,7 +108,21 @@ impl Supervisor {
     /// back and nothing else changes. With `dry_run`, candidates are probed and discarded.
     ///
     /// Slots registered in code (not from a config) are never touched.
+    ///
+    /// Its records carry actor `config_reload` and the reason of the caller's origin.
     pub async fn apply_config(
+        &self,
+        config: &Config,
+        dry_run: bool,
+    ) -> Result<ConfigReloadReport, SupervisorError> {
+        let origin = crate::origin::Origin {
+            actor: tryswap_journal::Actor::of(tryswap_journal::ActorKind::ConfigReload),
+            reason: crate::origin::current().reason,
+        };
+        crate::origin::acting(origin, self.apply_config_as_reload(config, dry_run)).await
+    }
+
+    async fn apply_config_as_reload(
         &self,
         config: &Config,
         dry_run: bool,

@@ -127,6 +127,18 @@ pub enum SupervisorError {
         /// Why.
         rejected: Rejected,
     },
+    /// The journal is older than the processes of its state directory (restored from a
+    /// backup?): they run reloads it does not know. Nothing was started or stopped.
+    #[error(
+        "the journal does not know processes running from this state directory: {}. It is \
+         older than they are (restored from a backup?); starting the slots would run a second \
+         copy beside them",
+        unknown.iter().map(|(reload, pid)| format!("pid {pid} (reload {reload})")).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownProcesses {
+        /// Each process's reload tag and pid.
+        unknown: Vec<(ReloadId, u32)>,
+    },
     /// `confirm` or `revert` of a slot with no bake in progress.
     #[error("slot {0} has no bake in progress")]
     NoBake(SlotName),
@@ -575,7 +587,8 @@ impl Supervisor {
         for command in commands {
             self.write_failpoint(command)?;
         }
-        let records = self.inner.journal.execute_all(commands, Utc::now())?;
+        let records =
+            crate::origin::write(|| self.inner.journal.execute_all(commands, Utc::now()))?;
         self.follow_records(&records);
         for record in &records {
             let _ = self.inner.records.send(record.clone());
@@ -603,7 +616,7 @@ impl Supervisor {
 
     pub(crate) fn record(&self, command: &Command) -> Result<Vec<Record>, JournalError> {
         self.write_failpoint(command)?;
-        let records = self.inner.journal.execute(command, Utc::now())?;
+        let records = crate::origin::write(|| self.inner.journal.execute(command, Utc::now()))?;
         // Crash tests: `journal-sync-<command>=return` fails the sync after the write.
         fail::fail_point!(&format!("journal-sync-{}", command.name()), |_| {
             Err(self
@@ -829,7 +842,20 @@ impl Supervisor {
         })?;
         let mut report = ReloadReport::from_view(&view, Some(started), previous);
         report.endpoint = self.endpoint(&view.reload.slot);
+        self.set_origin(&mut report, &view);
         Ok(report)
+    }
+
+    /// Fills in who started the reload of `view` and why, from its first record (if the
+    /// journal still holds it).
+    fn set_origin(&self, report: &mut ReloadReport, view: &tryswap_journal::ReloadView) {
+        let first = self.inner.journal.events(view.created_seq()).next();
+        if let Some(Ok(record)) = first.filter(|r| {
+            r.as_ref()
+                .is_ok_and(|r| r.reload == view.reload.id && r.seq == view.created_seq())
+        }) {
+            report.set_origin(&record);
+        }
     }
 
     /// Copies the candidate into the store, or finds a rollback target there.
@@ -1196,6 +1222,40 @@ impl Supervisor {
         }
     }
 
+    /// The processes of this state directory whose reload the journal does not know (a
+    /// journal older than they are), with their reload tags.
+    pub fn unknown_processes(&self) -> Result<Vec<(ReloadId, u32)>, SupervisorError> {
+        let mut known = std::collections::HashSet::new();
+        for view in self.inner.journal.slots()? {
+            let instances = view.slot.active.iter().chain(view.slot.retiring.iter());
+            known.extend(instances.map(|i| i.reload));
+        }
+        let mut unknown = Vec::new();
+        for (reload, pid) in self.inner.orphans.tagged_processes() {
+            if !known.contains(&reload) && self.inner.journal.reload(&reload)?.is_none() {
+                unknown.push((reload, pid));
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Stops every process [`Supervisor::unknown_processes`] finds (each by its reload tag);
+    /// returns their pids.
+    pub async fn stop_unknown(&self) -> Result<Vec<u32>, SupervisorError> {
+        let mut reloads: Vec<ReloadId> = self
+            .unknown_processes()?
+            .into_iter()
+            .map(|(reload, _)| reload)
+            .collect();
+        reloads.sort_unstable();
+        reloads.dedup();
+        let mut stopped = Vec::new();
+        for reload in reloads {
+            stopped.extend(self.inner.orphans.stop_leftovers(&reload).await);
+        }
+        Ok(stopped)
+    }
+
     /// Whether the slot's active generation runs; [`Liveness::Unknown`] when its driver
     /// cannot look (never reported as exited).
     fn active_alive(&self, slot: &SlotName, facts: &tryswap_fsm::Instance) -> Liveness {
@@ -1315,12 +1375,15 @@ impl Supervisor {
                         .unwrap_or_default(),
                     pid: None,
                 });
-                ReloadReport::from_view(v, None, previous)
+                let mut report = ReloadReport::from_view(v, None, previous);
+                self.set_origin(&mut report, v);
+                report
             })
             .collect();
         Ok(HistoryReport {
             slot: slot.to_string(),
             reloads,
+            events: Vec::new(),
         })
     }
 

@@ -37,6 +37,7 @@ use tryswap_fsm::{Command, Instance as Facts, Plan, Reason, ReloadId, SlotName};
 use tryswap_journal::{ReloadView, SlotView};
 
 use crate::driver::Instance;
+use crate::origin::Origin;
 use crate::supervisor::lease::Serving;
 use crate::supervisor::pipeline::DownError;
 use crate::supervisor::{facts_instance, relaunch_of, SlotRuntime, Supervisor, SupervisorError};
@@ -425,7 +426,19 @@ impl Supervisor {
     /// A pid is never signalled unless its identity (or its reload tag) matches the journal.
     /// Slots with a reload in progress in this process are left alone. What recovery
     /// journaled is made durable before it returns.
+    ///
+    /// Its records carry actor `recovery`, whatever command or daemon start runs it.
     pub async fn recover(&self) -> Result<RecoveryReport, SupervisorError> {
+        let recovery = Origin::of(tryswap_journal::ActorKind::Recovery);
+        crate::origin::acting(recovery, self.recover_as_recovery()).await
+    }
+
+    async fn recover_as_recovery(&self) -> Result<RecoveryReport, SupervisorError> {
+        // A journal older than the processes it finds must not start a second copy.
+        let unknown = self.unknown_processes()?;
+        if !unknown.is_empty() {
+            return Err(SupervisorError::UnknownProcesses { unknown });
+        }
         let mut report = RecoveryReport::default();
         let before = self.journal().last_seq();
         self.roll_back_unfinished(&mut report).await?;
@@ -712,7 +725,7 @@ impl Supervisor {
             .map(|rt| {
                 let sup = self.clone();
                 let name = rt.name.clone();
-                let task = tokio::spawn(async move {
+                let task = crate::origin::spawn(async move {
                     let mut own = RecoveryReport::default();
                     let result = sup.bring_up_slot(&rt, &mut own).await;
                     (own, result)

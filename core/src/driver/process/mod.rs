@@ -663,6 +663,10 @@ impl Driver for ProcessDriver {
             .collect()
     }
 
+    fn tagged_processes(&self) -> Vec<(ReloadId, u32)> {
+        os::tagged_in(&self.state_dir)
+    }
+
     fn survivors(&self, facts: &Instance) -> Vec<u32> {
         // A process whose liveness cannot be read counts as surviving: never "dead" unseen.
         let mut pids: Vec<u32> = facts

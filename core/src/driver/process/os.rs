@@ -862,6 +862,23 @@ pub(super) fn reload_tag_of(pid: u32) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Every live process, other than this one, that runs in `dir` (its working directory:
+/// plugins run in their state directory) and carries a `TRYSWAP_RELOAD_ID` tag, with the
+/// tag's reload id.
+pub fn tagged_in(dir: &Path) -> Vec<(ReloadId, u32)> {
+    let me = std::process::id();
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter(|&pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|&pid| read_stat(pid).ok().flatten().is_some_and(|s| !s.is_dead()))
+        .filter_map(|pid| {
+            let reload = reload_tag_of(pid)?.parse::<ReloadId>().ok()?;
+            Some((reload, pid))
+        })
+        .collect()
+}
+
 /// Reads `/proc/<pid>/environ` (at most 4 MiB); `None` if unreadable.
 fn read_environ(pid: u32) -> Option<Vec<u8>> {
     let file = File::open(format!("/proc/{pid}/environ")).ok()?;
