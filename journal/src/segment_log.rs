@@ -615,6 +615,8 @@ mod tests {
             at: Utc.timestamp_opt(1_700_000_000 + seq as i64, 0).unwrap(),
             reload: ReloadId::from_u128(seq as u128),
             slot: SlotName::new("demo").unwrap(),
+            actor: crate::record::Actor::default(),
+            reason: None,
             event: EventKind::Staged {
                 mode: Mode::Activate,
                 generation: tryswap_fsm::Generation(seq),
