@@ -105,9 +105,12 @@ pub struct Record {
     pub event: EventKind,
     /// Chain value (stored CRC) of the record with sequence `seq - 1`; 0 for the first.
     pub prev_chain: u32,
-    /// Who wrote it (format 2 on; `unknown` for older records).
+    /// Who wrote it (format 2 on; `unknown` for older records, and in JSON exports of
+    /// them, which have no `actor`).
+    #[serde(default)]
     pub actor: Actor,
     /// The operator's reason (`--reason`, API `"reason"`), if one was given.
+    #[serde(default)]
     pub reason: Option<String>,
 }
 
