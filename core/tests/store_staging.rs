@@ -30,7 +30,7 @@ fn leftovers(store: &Store) -> Vec<String> {
     fs::read_dir(store.root())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "sha256")
+        .filter(|n| n != "sha256" && n != "known.json")
         .collect()
 }
 

@@ -330,6 +330,22 @@ impl JournalStore for SnapshotStore {
     }
 }
 
+/// Refuses, as an open for writing would, a log that lost or damaged what the witness says
+/// was durable: a read must not show a silently shorter history (exit 4, naming the seq and
+/// byte offset; `journal export --salvage` prints what precedes it).
+fn check_log_for_reading(
+    dir: &Path,
+    witness: Option<(WitnessMark, usize)>,
+) -> Result<(), JournalError> {
+    if !dir.join(crate::segment_log::LOG_DIR).is_dir() {
+        return Ok(());
+    }
+    let mark = witness.map(|(m, _)| m).unwrap_or_default();
+    let reader = crate::segment_log::LogReader::open(dir)?;
+    let scan = crate::rebuild::scan(&reader, mark.seq, None)?;
+    crate::rebuild::check_log(dir, &reader, &scan, mark)
+}
+
 /// The journal in `dir` for a read command, without waiting and without writing: opened
 /// for inspection when no other process holds it; when one does, its projection snapshot
 /// (as of its last durable point); an empty journal when `dir` holds none.
@@ -343,6 +359,7 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn JournalStore>, JournalErro
     match Journal::open_for_inspection(dir) {
         Ok(journal) => {
             journal.check_tail(witness)?;
+            check_log_for_reading(dir, witness)?;
             Ok(Arc::new(journal))
         }
         Err(locked @ JournalError::Locked { .. }) => match Snapshot::load(dir)? {

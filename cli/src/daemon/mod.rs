@@ -237,7 +237,7 @@ async fn settle_drift(supervisor: &Supervisor, config: &tryswap::config::Config)
 const STORE_GC_PERIOD: Duration = Duration::from_secs(60 * 60);
 
 /// Watches every bake recovery left under way (a restart during a bake) to its end, as the
-/// reload that began it would have.
+/// reload that began it would have; its records are filed under actor `recovery`.
 fn spawn_recovered_bakes(state: &Arc<AppState>) {
     let watches = match state.supervisor.recovered_bakes() {
         Ok(watches) => watches,
@@ -248,8 +248,11 @@ fn spawn_recovered_bakes(state: &Arc<AppState>) {
     };
     for watch in watches {
         let slot = watch.slot().clone();
+        // The bake's end (confirmed or reverted) is recovery's doing: the reload that
+        // began it died with the previous daemon.
+        let recovery = tryswap::Origin::of(tryswap_journal::ActorKind::Recovery);
         state.tasks.spawn(async move {
-            match watch.run().await {
+            match tryswap::acting(recovery, watch.run()).await {
                 Ok(report) => {
                     let outcome = serde_json::to_value(report.outcome).unwrap_or_default();
                     tracing::info!(slot = %slot, outcome = outcome.as_str().unwrap_or(""), "bake ended");
