@@ -631,6 +631,10 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     init_tracing(cli.log_format, matches!(cli.command, Command::Serve { .. }));
+    if matches!(cli.command, Command::Serve { .. }) {
+        // Before the runtime's threads exist: the daemon's RSS stays flat (issue 18).
+        daemon::allocator::tune();
+    }
     // Journal, store and sockets private whatever the umask; plugins get it back.
     tryswap::internals::os::restrict_umask();
     // Crash tests only: inert unless TRYSWAP_FAILPOINTS is set (docs/recovery.md).

@@ -456,6 +456,11 @@ impl StatusReport {
     /// [`StatusReport::add_record_facts`].
     pub fn note_exits(&mut self, now: DateTime<Utc>) {
         for slot in &mut self.slots {
+            // Only a process known to be gone: `unknown` (it could not be looked at) is
+            // never reported as exited.
+            if slot.health.as_deref() != Some("exited") {
+                continue;
+            }
             let Some(active) = slot.active.as_ref().filter(|a| !a.alive) else {
                 continue;
             };

@@ -22,8 +22,10 @@ pub struct Event {
 
 /// What happened. The variant order is part of the journal format: append, never reorder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The artifact could not be staged; the reload is recorded as rolled back at `Staged`.
+    #[serde(alias = "StagingFailed")]
     StagingFailed {
         /// What the reload was for.
         mode: Mode,
@@ -31,6 +33,7 @@ pub enum EventKind {
         reason: Reason,
     },
     /// The candidate is in the store and the reload exists.
+    #[serde(alias = "Staged")]
     Staged {
         /// What the reload is for.
         mode: Mode,
@@ -42,6 +45,7 @@ pub enum EventKind {
         previous: Option<Generation>,
     },
     /// The candidate was spawned.
+    #[serde(alias = "Launched")]
     Launched {
         /// Its process, if it is one.
         process: Option<ProcessIdentity>,
@@ -49,15 +53,19 @@ pub enum EventKind {
         log_path: Option<String>,
     },
     /// The candidate's handshake was accepted.
+    #[serde(alias = "Validated")]
     Validated {
         /// What it said (none for in-process engines).
         endpoint: Option<Endpoint>,
     },
     /// The candidate passed its probe.
+    #[serde(alias = "Probed")]
     Probed,
     /// Commit point: the slot's active marker now names the candidate.
+    #[serde(alias = "Activated")]
     Activated,
     /// The candidate was stopped; the slot is as it was.
+    #[serde(alias = "RolledBack")]
     RolledBack {
         /// The stage that failed.
         stage: Stage,
@@ -65,13 +73,16 @@ pub enum EventKind {
         reason: Reason,
     },
     /// A dry run passed its probe and its candidate was discarded.
+    #[serde(alias = "DryRunPassed")]
     DryRunPassed,
     /// A former active generation was drained and stopped.
+    #[serde(alias = "Retired")]
     Retired {
         /// Which generation.
         generation: Generation,
     },
     /// The active generation runs in a new process (restart, recovery relaunch, `start`).
+    #[serde(alias = "Relaunched")]
     Relaunched {
         /// Which generation (always the active one).
         generation: Generation,
@@ -83,6 +94,7 @@ pub enum EventKind {
         endpoint: Option<Endpoint>,
     },
     /// The active generation's process was stopped or found dead; the marker stays.
+    #[serde(alias = "Stopped")]
     Stopped {
         /// Which generation (always the active one).
         generation: Generation,
@@ -91,14 +103,17 @@ pub enum EventKind {
     },
     /// Provisional commit point: the slot's active marker now names the candidate, until the
     /// bake ends; the previous active generation stays running as the warm standby.
+    #[serde(alias = "ActivatedBaking")]
     ActivatedBaking {
         /// The bake's deadline, in milliseconds since the Unix epoch (UTC).
         until_ms: u64,
     },
     /// The bake of the reload passed: the candidate stays active; the standby may retire.
+    #[serde(alias = "Confirmed")]
     Confirmed,
     /// The bake of the reload failed: the marker is back on the standby, exactly as it was
     /// before the provisional commit; the candidate waits to be stopped (retired).
+    #[serde(alias = "Reverted")]
     Reverted {
         /// Why.
         reason: Reason,
@@ -108,6 +123,7 @@ pub enum EventKind {
     /// counts as running with no known process: recovery after a crash stops any copy the
     /// interrupted restart spawned (it carries the generation's reload tag) and relaunches
     /// it, so exactly one process remains.
+    #[serde(alias = "Restarting")]
     Restarting {
         /// Which generation (always the active one).
         generation: Generation,

@@ -11,18 +11,25 @@ use crate::types::{
 
 /// Where one reload stands.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReloadState {
     /// Artifact in the store, reload recorded; nothing spawned yet (or not yet recorded).
+    #[serde(alias = "Staged")]
     Staged,
     /// Candidate spawned.
+    #[serde(alias = "Launched")]
     Launched,
     /// Candidate's handshake accepted.
+    #[serde(alias = "Validated")]
     Validated,
     /// Candidate passed its probe.
+    #[serde(alias = "Probed")]
     Probed,
     /// Committed: the candidate is (or was) the slot's active generation. Terminal.
+    #[serde(alias = "Active")]
     Active,
     /// Candidate stopped, active marker untouched. Terminal.
+    #[serde(alias = "RolledBack")]
     RolledBack {
         /// The stage that was being attempted when the reload failed.
         stage: Stage,
@@ -30,22 +37,26 @@ pub enum ReloadState {
         reason: Reason,
     },
     /// Dry run passed its probe; candidate discarded. Terminal.
+    #[serde(alias = "DryRunPassed")]
     DryRunPassed,
     /// Provisionally committed: the candidate holds the active marker until the bake ends;
     /// the previous generation waits, running, as a warm standby. Not terminal: the slot's
     /// next reload is a conflict until the bake is confirmed or reverted.
+    #[serde(alias = "Baking")]
     Baking {
         /// The bake's deadline, in milliseconds since the Unix epoch (UTC).
         until_ms: u64,
     },
     /// The bake passed (or was confirmed by hand): the candidate is the slot's active
     /// generation for good. Terminal.
+    #[serde(alias = "Confirmed")]
     Confirmed {
         /// The bake's deadline as it was journaled (ms since the Unix epoch).
         until_ms: u64,
     },
     /// The bake failed (or was reverted by hand): the marker is back on the standby and the
     /// candidate waits to be stopped. Terminal.
+    #[serde(alias = "Reverted")]
     Reverted {
         /// The bake's deadline as it was journaled (ms since the Unix epoch).
         until_ms: u64,

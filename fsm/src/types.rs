@@ -199,10 +199,13 @@ pub struct ProcessIdentity {
 
 /// Transport a plugin listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Network {
     /// A TCP `host:port`.
+    #[serde(alias = "Tcp")]
     Tcp,
     /// A Unix domain socket path.
+    #[serde(alias = "Unix")]
     Unix,
 }
 
@@ -217,10 +220,13 @@ impl fmt::Display for Network {
 
 /// RPC protocol a plugin speaks, as named in its handshake line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// gRPC.
+    #[serde(alias = "Grpc")]
     Grpc,
     /// Go's net/rpc.
+    #[serde(rename = "netrpc", alias = "NetRpc")]
     NetRpc,
 }
 
@@ -252,12 +258,16 @@ pub struct Endpoint {
 
 /// What a reload is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Make the candidate the slot's active generation.
+    #[serde(alias = "Activate")]
     Activate,
     /// Go through the probe, then discard the candidate; the slot is untouched.
+    #[serde(alias = "DryRun")]
     DryRun,
     /// Make an earlier generation's stored artifact active again as a new generation.
+    #[serde(alias = "Rollback")]
     Rollback {
         /// The generation whose artifact is reactivated.
         to: Generation,
@@ -277,19 +287,26 @@ impl Mode {
 
 /// The stages of a reload, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Artifact copied into the store and the reload recorded.
+    #[serde(alias = "Staged")]
     Staged,
     /// Candidate spawned.
+    #[serde(alias = "Launched")]
     Launched,
     /// Handshake accepted.
+    #[serde(alias = "Validated")]
     Validated,
     /// Health probe passed.
+    #[serde(alias = "Probed")]
     Probed,
     /// Active marker moved to the candidate.
+    #[serde(alias = "Active")]
     Active,
     /// The bake window after a provisional activation: the candidate holds the marker, the
     /// previous generation waits as a warm standby.
+    #[serde(alias = "Baking")]
     Baking,
 }
 
@@ -315,14 +332,19 @@ impl fmt::Display for Stage {
 
 /// The broad kind of a rollback reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReasonKind {
     /// The stage failed with an error (bad handshake, probe failure, exit, I/O error …).
+    #[serde(alias = "Error")]
     Error,
     /// The stage did not finish in time.
+    #[serde(alias = "Timeout")]
     Timeout,
     /// An operator or shutdown cancelled the reload.
+    #[serde(alias = "Cancelled")]
     Cancelled,
     /// Crash recovery found the reload unfinished after a restart.
+    #[serde(alias = "Recovered")]
     Recovered,
 }
 

@@ -764,8 +764,8 @@ fn export_writes_one_json_object_per_record() {
     // Written without an origin: actor unknown, no reason.
     assert_eq!(lines[0]["actor"]["kind"], "unknown", "{}", lines[0]);
     assert!(lines[0]["reason"].is_null(), "{}", lines[0]);
-    assert!(lines[0]["event"]["Staged"].is_object(), "{}", lines[0]);
-    assert_eq!(lines[4]["event"], "Activated");
+    assert!(lines[0]["event"]["staged"].is_object(), "{}", lines[0]);
+    assert_eq!(lines[4]["event"], "activated");
     // Each line is the record itself.
     let back: tryswap_journal::Record = serde_json::from_value(lines[4].clone()).unwrap();
     assert_eq!(back, journal.events(5).next().unwrap().unwrap());

@@ -263,7 +263,7 @@ impl CrashFacts {
         let Some(staged) = records
             .iter()
             .rev()
-            .find(|r| r.seq > since && (r.event == "Staged" || r.event == "StagingFailed"))
+            .find(|r| r.seq > since && (r.event == "staged" || r.event == "staging_failed"))
         else {
             let after = records
                 .iter()
@@ -284,10 +284,10 @@ impl CrashFacts {
             events: mine.iter().map(|r| r.event.clone()).collect(),
             candidate_pid: mine
                 .iter()
-                .find(|r| r.event == "Launched")
+                .find(|r| r.event == "launched")
                 .and_then(|r| r.body["process"]["pid"].as_u64())
                 .map(|p| p as u32),
-            committed: mine.iter().any(|r| r.event == "Activated"),
+            committed: mine.iter().any(|r| r.event == "activated"),
             after: records
                 .iter()
                 .filter(|r| r.seq > last_seq && r.reload != id)

@@ -131,7 +131,7 @@ async fn run_case(c: &Case) -> Row {
         && !facts
             .events
             .iter()
-            .any(|e| matches!(e.as_str(), "Activated" | "RolledBack" | "DryRunPassed"));
+            .any(|e| matches!(e.as_str(), "activated" | "rolled_back" | "dry_run_passed"));
     if unfinished {
         let id = facts.reload_id.as_deref().unwrap_or_default();
         assert!(
@@ -387,14 +387,14 @@ async fn run_config_case(point: &str, commits: bool) {
     let records = journal_records(&h);
     let staged: Vec<_> = records
         .iter()
-        .filter(|r| r.seq > since && r.event == "Staged")
+        .filter(|r| r.seq > since && r.event == "staged")
         .collect();
     let committed = staged
         .iter()
         .filter(|s| {
             records
                 .iter()
-                .any(|r| r.reload == s.reload && r.event == "Activated")
+                .any(|r| r.reload == s.reload && r.event == "activated")
         })
         .count();
     let expected_commits = if commits { 2 } else { 0 };
@@ -468,7 +468,7 @@ async fn a_crash_during_stop_keeps_an_acknowledged_stop() {
             .map(|r| r.event)
             .collect();
         assert_eq!(
-            after.iter().any(|e| e == "Stopped"),
+            after.iter().any(|e| e == "stopped"),
             durable,
             "{what}: the journal disagrees about the stop: {after:?}"
         );
@@ -586,7 +586,7 @@ async fn a_crash_during_a_bake_ends_confirmed_or_restored() {
             let candidate = journal_records(&h)
                 .iter()
                 .rev()
-                .find(|r| r.event == "Launched")
+                .find(|r| r.event == "launched")
                 .and_then(|r| r.body["process"]["pid"].as_u64())
                 .expect("the candidate's pid");
             assert!(
@@ -711,7 +711,7 @@ async fn a_crash_during_a_keep_alive_restart_leaves_exactly_one_process() {
             .map(|r| r.event)
             .collect();
         assert!(
-            after.iter().any(|e| e == "Restarting"),
+            after.iter().any(|e| e == "restarting"),
             "{what}: no restart intent journaled: {after:?}"
         );
 

@@ -391,7 +391,7 @@ fn the_cli_through_the_daemon_prints_what_it_prints_without_one() {
     assert_eq!(recover.stdout, "recovery: nothing to do\n");
     // The daemon did the work: its journal has every reload.
     let journal = records(daemon.socket(), 1);
-    assert!(journal.iter().filter(|r| event_name(r) == "Staged").count() >= 7);
+    assert!(journal.iter().filter(|r| event_name(r) == "staged").count() >= 7);
 }
 
 /// Kills the `tryswap events --follow` child however the test ends.
@@ -443,7 +443,7 @@ fn events_deliver_the_records_of_a_reload_in_order() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen: Vec<Value> = Vec::new();
-    while !seen.iter().any(|r| event_name(r) == "Retired") {
+    while !seen.iter().any(|r| event_name(r) == "retired") {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
@@ -457,12 +457,12 @@ fn events_deliver_the_records_of_a_reload_in_order() {
     assert_eq!(
         names,
         [
-            "Staged",
-            "Launched",
-            "Validated",
-            "Probed",
-            "Activated",
-            "Retired"
+            "staged",
+            "launched",
+            "validated",
+            "probed",
+            "activated",
+            "retired"
         ]
     );
     for (i, record) in seen.iter().enumerate() {

@@ -93,7 +93,7 @@ fn a_keepalive_stop_under_policy_never_survives_a_daemon_sigkill() {
     assert!(
         records(daemon.socket(), 1)
             .iter()
-            .any(|r| event_name(r) == "Stopped"),
+            .any(|r| event_name(r) == "stopped"),
         "no Stopped record"
     );
     assert_eq!(

@@ -91,15 +91,15 @@ async fn a_killed_plugin_is_restarted_with_the_same_generation_and_journaled() {
         .collect();
     let names: Vec<String> = after.iter().map(|r| event_name(r)).collect();
     // The restart's intent is journaled before it spawns.
-    assert_eq!(names, ["Stopped", "Restarting", "Relaunched"], "{after:?}");
-    let reason = &after[0]["event"]["Stopped"]["reason"];
-    assert_eq!(reason["kind"], "Error", "{reason}");
+    assert_eq!(names, ["stopped", "restarting", "relaunched"], "{after:?}");
+    let reason = &after[0]["event"]["stopped"]["reason"];
+    assert_eq!(reason["kind"], "error", "{reason}");
     assert!(
         reason["message"].as_str().unwrap().contains("SIGKILL"),
         "{reason}"
     );
     assert_eq!(
-        after[2]["event"]["Relaunched"]["process"]["pid"],
+        after[2]["event"]["relaunched"]["process"]["pid"],
         u64::from(pid2)
     );
 
@@ -160,9 +160,9 @@ fn a_plugin_that_keeps_crashing_is_restarted_with_growing_backoff_and_reported_f
     let mut stopped_at = None;
     for r in &after {
         match event_name(r).as_str() {
-            "Stopped" => stopped_at = Some(at(r)),
-            "Restarting" => {}
-            "Relaunched" => {
+            "stopped" => stopped_at = Some(at(r)),
+            "restarting" => {}
+            "relaunched" => {
                 gaps.push(at(r) - stopped_at.take().expect("Relaunched without Stopped"))
             }
             other => panic!("unexpected {other} record: {r}"),

@@ -67,7 +67,7 @@ fn kill_active_during_a_slow_reload(h: &Harness, daemon: &Daemon, v2: FixtureCon
         let launched = poll(Duration::from_secs(10), || {
             after(&records(daemon.socket(), 1), seq)
                 .iter()
-                .any(|r| event_name(r) == "Launched")
+                .any(|r| event_name(r) == "launched")
                 .then_some(())
         });
         assert!(launched.is_some(), "the reload never launched v2");
@@ -76,7 +76,7 @@ fn kill_active_during_a_slow_reload(h: &Harness, daemon: &Daemon, v2: FixtureCon
         let noticed = poll(CRASH_NOTICED_WITHIN, || {
             let journaled = after(&records(daemon.socket(), 1), seq)
                 .iter()
-                .any(|r| event_name(r) == "Stopped");
+                .any(|r| event_name(r) == "stopped");
             let status = h.status();
             let dead = status["slots"][0]["active"]["alive"] == false;
             let in_flight = !status["slots"][0]["in_flight"].is_null();
@@ -209,14 +209,14 @@ fn an_active_generation_that_fails_its_liveness_probe_is_restarted_and_counted()
     let names: Vec<String> = journal.iter().map(event_name).collect();
     assert_eq!(
         names[..3],
-        ["Stopped", "Restarting", "Relaunched"],
+        ["stopped", "restarting", "relaunched"],
         "{journal:?}"
     );
     assert_eq!(
-        journal[2]["event"]["Relaunched"]["process"]["pid"],
+        journal[2]["event"]["relaunched"]["process"]["pid"],
         u64::from(pid2)
     );
-    let reason = journal[0]["event"]["Stopped"]["reason"]["message"]
+    let reason = journal[0]["event"]["stopped"]["reason"]["message"]
         .as_str()
         .unwrap_or("");
     assert!(reason.contains("liveness probe"), "{reason}");

@@ -278,6 +278,36 @@ fn a_lease_holds_the_old_generation_until_released_and_an_expired_one_does_not()
     let first = unix_demo(&daemon, &h, "v1");
     assert_eq!(first["outcome"], "active", "{first}");
     let v1_pid = u32::try_from(first["candidate"]["pid"].as_u64().expect("pid")).expect("pid");
+    assert_eq!(first["endpoint"], link(&h, "demo").display().to_string());
+
+    // The event stream names the endpoint on the record that moved the marker.
+    let events = daemon
+        .get("/v1/events?from=1&follow=false")
+        .expect("events");
+    assert_eq!(events.status, 200, "{events:?}");
+    let records: Vec<Value> = events
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let activated = records
+        .iter()
+        .find(|r| r["event"] == "activated")
+        .unwrap_or_else(|| panic!("no activated record in {}", events.body));
+    assert_eq!(
+        activated["endpoint"],
+        link(&h, "demo").display().to_string(),
+        "{activated}"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["event"] != "activated")
+            .all(|r| r.get("endpoint").is_none()),
+        "only marker moves carry the endpoint: {}",
+        events.body
+    );
 
     let taken = daemon
         .post("/v1/slots/demo/leases", r#"{"ttl":"30s"}"#)

@@ -422,10 +422,25 @@ fn ansible_rolls_out_in_halting_waves_rolls_back_and_audits_six_hosts() {
     };
 
     // A good version reaches all six hosts, wave by wave: 1, 25 % (1), the rest (4).
-    let good = fleet.playbook("rollout", &rollout(&v2, json!({})));
+    let good = fleet.playbook(
+        "rollout",
+        &rollout(&v2, json!({"tryswap_reason": "roll out v2 (CHG-1)"})),
+    );
     assert_eq!(good.code, 0, "{}", good.output);
     for name in HOSTS {
         assert_eq!(good.count(name, "changed"), 1, "{name}: {}", good.output);
+    }
+    // Each host's journal says who did it and why: the API of its daemon, with the
+    // rollout's reason.
+    for host in &fleet.hosts {
+        let history = host.history();
+        let last = history.last().expect("a reload");
+        assert_eq!(
+            last["reason"], "roll out v2 (CHG-1)",
+            "{}: {last}",
+            host.name
+        );
+        assert_eq!(last["actor"]["kind"], "api", "{}: {last}", host.name);
     }
     let v2_sha = fleet.host("host1").active_config_sha();
     assert_ne!(v1_sha, v2_sha);

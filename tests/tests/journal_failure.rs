@@ -47,7 +47,7 @@ async fn a_failed_sync_after_the_commit_record_is_never_reported_as_a_rollback()
     let facts = CrashFacts::read(&h, since);
     assert!(facts.committed, "the commit record is on disk: {facts:?}");
     assert!(
-        !facts.events.iter().any(|e| e == "RolledBack"),
+        !facts.events.iter().any(|e| e == "rolled_back"),
         "a rollback was journaled after the commit record: {facts:?}"
     );
     let pid2 = facts.candidate_pid.expect("the candidate was launched");

@@ -136,7 +136,7 @@ fn json_documents_and_exported_records_carry_schema_1_and_hex_digests() {
         assert_eq!(record["schema"], 1, "{line}");
     }
     let first: Value = serde_json::from_str(export.stdout.lines().next().unwrap()).unwrap();
-    let sha = first["event"]["Staged"]["artifact"]["sha256"]
+    let sha = first["event"]["staged"]["artifact"]["sha256"]
         .as_str()
         .unwrap();
     assert!(

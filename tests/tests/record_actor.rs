@@ -73,7 +73,7 @@ fn the_cli_records_who_and_why_and_recovery_labels_its_own_records() {
     assert_eq!(run.code, 0, "{run:?}");
     let relaunched: Vec<Value> = exported(&h)
         .into_iter()
-        .filter(|r| r["event"].get("Relaunched").is_some())
+        .filter(|r| r["event"].get("relaunched").is_some())
         .collect();
     assert_eq!(relaunched.len(), 1, "{relaunched:?}");
     assert_eq!(relaunched[0]["actor"]["kind"], "recovery", "{relaunched:?}");
@@ -106,13 +106,13 @@ fn the_api_and_the_keep_alive_record_who_they_are() {
     let restart = poll(Duration::from_secs(20), || {
         records(&socket, from)
             .into_iter()
-            .find(|r| event_name(r) == "Relaunched")
+            .find(|r| event_name(r) == "relaunched")
     })
     .expect("the keep-alive relaunched the generation");
     assert_eq!(restart["actor"]["kind"], "keepalive", "{restart}");
     let crash = records(&socket, from)
         .into_iter()
-        .find(|r| event_name(r) == "Stopped")
+        .find(|r| event_name(r) == "stopped")
         .expect("the crash is journaled");
     assert_eq!(crash["actor"]["kind"], "keepalive", "{crash}");
 
@@ -122,7 +122,7 @@ fn the_api_and_the_keep_alive_record_who_they_are() {
     let stopped = records(&socket, from)
         .into_iter()
         .rev()
-        .find(|r| event_name(r) == "Stopped")
+        .find(|r| event_name(r) == "stopped")
         .expect("the stop is journaled");
     assert_eq!(stopped["actor"]["kind"], "api", "{stopped}");
     assert_eq!(stopped["actor"]["uid"], uid(), "{stopped}");

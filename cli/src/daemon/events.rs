@@ -1,7 +1,8 @@
 //! `GET /v1/events`: server-sent events of every journal record and keep-alive event.
 //!
 //! - `event: record`, `id: <seq>`, `data: <the record as JSON>` (exactly a line of
-//!   `tryswap journal export`). Records come strictly in sequence order with no gap: a
+//!   `tryswap journal export`, plus the slot's stable `endpoint` on the records that move
+//!   the active marker: `activated`, `activated_baking`, `reverted`, `relaunched`). Records come strictly in sequence order with no gap: a
 //!   record that overtakes another on the live channel, or a lagging subscriber, is
 //!   completed from the journal.
 //! - `event: monitor`, `data: <MonitorEvent as JSON>` (crashes, restarts, health changes;
@@ -22,7 +23,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tryswap::MonitorEvent;
 use tryswap::Supervisor;
-use tryswap_fsm::{ReloadId, SlotName};
+use tryswap_fsm::{EventKind, ReloadId, SlotName};
 use tryswap_journal::Record;
 
 /// Which events a subscriber wants.
@@ -58,8 +59,27 @@ struct Feed {
     cancel: CancellationToken,
 }
 
-fn record_event(record: &Record) -> Option<Event> {
-    match crate::render::record_json(record) {
+/// A record as an event: its `journal export` line, plus the slot's stable `endpoint` on
+/// the records that move the active marker (a commit, a bake's start or revert, a
+/// relaunch), so a caller following events knows where to dial without asking `status`.
+fn record_event(supervisor: &Supervisor, record: &Record) -> Option<Event> {
+    let moves_marker = matches!(
+        record.event,
+        EventKind::Activated
+            | EventKind::ActivatedBaking { .. }
+            | EventKind::Reverted { .. }
+            | EventKind::Relaunched { .. }
+    );
+    let json = crate::render::record_json(record).map(|data| {
+        match moves_marker
+            .then(|| supervisor.endpoint(&record.slot))
+            .flatten()
+        {
+            Some(endpoint) => with_endpoint(data, endpoint),
+            None => data,
+        }
+    });
+    match json {
         Ok(data) => Some(
             Event::default()
                 .event("record")
@@ -70,6 +90,17 @@ fn record_event(record: &Record) -> Option<Event> {
             tracing::error!(seq = record.seq, error = %e.message, "encoding a record for the event stream");
             None
         }
+    }
+}
+
+/// `data` (a record's JSON object) with `"endpoint": endpoint` added.
+fn with_endpoint(data: String, endpoint: String) -> String {
+    match serde_json::from_str::<serde_json::Value>(&data) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("endpoint".to_owned(), serde_json::Value::String(endpoint));
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => data,
     }
 }
 
@@ -119,7 +150,7 @@ impl Feed {
                 }
                 self.next_seq = record.seq + 1;
                 if self.filter.record(&record) {
-                    if let Some(event) = record_event(&record) {
+                    if let Some(event) = record_event(&self.supervisor, &record) {
                         return Some(event);
                     }
                 }

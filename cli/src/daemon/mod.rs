@@ -20,6 +20,7 @@
 //!    the next start reattaches or relaunches them), flushes the journal, removes the
 //!    socket, exits 0.
 
+pub mod allocator;
 pub mod connections;
 pub mod events;
 pub mod leases;
