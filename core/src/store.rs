@@ -799,15 +799,22 @@ mod tests {
         assert_eq!(reads(&store), 1, "the copy just written was hashed again");
     }
 
-    #[test]
-    fn the_next_process_neither_hashes_an_unchanged_executable_nor_trusts_a_changed_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let src = dir.path().join("plugin");
+    /// A state dir under `dir` whose store staged one executable (and remembered it in
+    /// `known.json`): the state dir, the source and its digest.
+    fn staged_once(dir: &Path) -> (PathBuf, PathBuf, Sha256) {
+        let state = dir.join("state");
+        let src = dir.join("plugin");
         executable(&src, b"#!/bin/sh\necho v1\n");
         let digest = store(&state, Duration::ZERO)
             .stage_executable(&src)
             .unwrap();
+        (state, src, digest)
+    }
+
+    #[test]
+    fn the_next_process_neither_hashes_an_unchanged_executable_nor_trusts_a_changed_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, src, digest) = staged_once(dir.path());
 
         // A new Store stands for the next one-shot command.
         let next = store(&state, Duration::ZERO);
@@ -831,12 +838,7 @@ mod tests {
     #[test]
     fn a_malformed_known_file_only_costs_a_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let src = dir.path().join("plugin");
-        executable(&src, b"#!/bin/sh\necho v1\n");
-        let digest = store(&state, Duration::ZERO)
-            .stage_executable(&src)
-            .unwrap();
+        let (state, src, digest) = staged_once(dir.path());
         fs::write(
             state.join("store").join(KNOWN_FILE),
             b"{\"version\":1,\"sour",
