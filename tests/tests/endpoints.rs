@@ -2,7 +2,7 @@
 //! issue 13), through the real daemon: callers in other processes call the fixture through
 //! the slot's unix endpoint (`<state_dir>/endpoints/<slot>.sock`) and the daemon's tcp
 //! endpoint, on a fresh connection per call and on one long-lived connection, while
-//! reloads (good and rejected) happen: no call fails and every old generation exits. And
+//! reloads (good, baked and rejected) happen: no call fails and every old generation exits. And
 //! the endpoint follows the journal across a SIGKILL of the daemon during a reload.
 
 use std::io::Write;
@@ -55,8 +55,23 @@ fn fixture(message: &str, network: FixtureNetwork) -> FixtureConfig {
 }
 
 fn reload(daemon: &Daemon, h: &Harness, slot: &str, name: &str, config: &FixtureConfig) -> Value {
+    reload_with(daemon, h, slot, name, config, None)
+}
+
+/// [`reload`] with a bake window (`"bake"` in the body) when `bake` is given.
+fn reload_with(
+    daemon: &Daemon,
+    h: &Harness,
+    slot: &str,
+    name: &str,
+    config: &FixtureConfig,
+    bake: Option<&str>,
+) -> Value {
     let cfg = h.fixture_config(name, config);
-    let body = serde_json::json!({ "artifact": fixture_plugin_path(), "config_file": cfg });
+    let mut body = serde_json::json!({ "artifact": fixture_plugin_path(), "config_file": cfg });
+    if let Some(bake) = bake {
+        body["bake"] = Value::String(bake.to_owned());
+    }
     let reply = daemon
         .post(&format!("/v1/slots/{slot}/reloads"), &body.to_string())
         .expect("reload request");
@@ -201,7 +216,7 @@ fn outside_callers_follow_every_swap_with_zero_failed_calls() {
         first["candidate"]["pid"].as_u64().expect("pid"),
         first_tcp["candidate"]["pid"].as_u64().expect("pid"),
     ];
-    let (mut good, mut rejected) = (0, 0);
+    let (mut good, mut rejected, mut baked) = (0, 0, 0);
     let mut ends = std::collections::BTreeMap::<String, usize>::new();
     for i in 1..=reloads {
         let (slot, network) = if i % 2 == 0 {
@@ -218,10 +233,17 @@ fn outside_callers_follow_every_swap_with_zero_failed_calls() {
         } else {
             fixture(&format!("g{i}"), network)
         };
-        let report = reload(&daemon, &h, slot, &format!("c{i}"), &config);
+        // Every seventh good reload bakes first: the endpoint moves at the provisional
+        // commit, the standby keeps running, and it is retired (drained) at the confirm.
+        let bake = (i % 7 == 0 && i % 5 != 0).then_some("200ms");
+        let report = reload_with(&daemon, &h, slot, &format!("c{i}"), &config, bake);
         match report["outcome"].as_str() {
             Some("active") => {
                 good += 1;
+                if bake.is_some() {
+                    baked += 1;
+                    assert_eq!(report["bake"]["state"], "confirmed", "{report}");
+                }
                 old_pids.push(report["candidate"]["pid"].as_u64().expect("pid"));
                 for d in report["drain"].as_array().into_iter().flatten() {
                     *ends
@@ -233,7 +255,10 @@ fn outside_callers_follow_every_swap_with_zero_failed_calls() {
             other => panic!("reload {i}: outcome {other:?}: {report}"),
         }
     }
-    assert!(good > 0 && rejected > 0, "good {good}, rejected {rejected}");
+    assert!(
+        good > 0 && rejected > 0 && baked > 0,
+        "good {good}, rejected {rejected}, baked {baked}"
+    );
 
     let mut failures = Vec::new();
     for caller in callers {
@@ -250,7 +275,7 @@ fn outside_callers_follow_every_swap_with_zero_failed_calls() {
         failures.join("\n")
     );
     eprintln!(
-        "{reloads} reloads: {good} good, {rejected} rejected; old generations ended: {ends:?}"
+        "{reloads} reloads: {good} good ({baked} baked), {rejected} rejected; old generations ended: {ends:?}"
     );
     assert!(!ends.contains_key("killed"), "{ends:?}");
 
