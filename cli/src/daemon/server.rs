@@ -201,6 +201,27 @@ pub(super) fn reply<T: Serialize>(
 }
 
 impl AppState {
+    /// Runs `operation` to its end on a task of its own (a client that hangs up does not
+    /// cancel it; shutdown waits for it), its journal records attributed to `origin`.
+    /// `task` names it in the error when the task itself dies ("slot demo: the stop task").
+    async fn run_acting<T, E>(
+        &self,
+        origin: Origin,
+        task: impl std::fmt::Display,
+        operation: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+        ApiError: From<E>,
+    {
+        self.tasks
+            .spawn(tryswap::acting(origin, operation))
+            .await
+            .map_err(|e| ApiError::internal(format!("{task} failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+
     pub(super) fn ready(&self) -> Result<(), ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::new(
@@ -480,7 +501,7 @@ async fn reload(
     }
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
-    let task = st.tasks.spawn(tryswap::acting(origin, async move {
+    let operation = async move {
         let slot = &task_slot;
         match request {
             ReloadRequest::Candidate {
@@ -497,10 +518,10 @@ async fn reload(
             } => supervisor.try_activate(slot, spec).await,
             ReloadRequest::Rollback { to } => supervisor.rollback_with_bake(slot, to, bake).await,
         }
-    }));
-    let report: ReloadReport = task
-        .await
-        .map_err(|e| ApiError::internal(format!("slot {slot}: the reload task failed: {e}")))??;
+    };
+    let report: ReloadReport = st
+        .run_acting(origin, format!("slot {slot}: the reload task"), operation)
+        .await?;
     report_reply(&st, &report, &headers)
 }
 
@@ -562,12 +583,10 @@ async fn start(
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
     let generation = st
-        .tasks
-        .spawn(tryswap::acting(origin, async move {
+        .run_acting(origin, format!("slot {slot}: the start task"), async move {
             supervisor.start(&task_slot).await
-        }))
-        .await
-        .map_err(|e| ApiError::internal(format!("slot {slot}: the start task failed: {e}")))??;
+        })
+        .await?;
     let status = st.supervisor.status(Some(&slot))?;
     let text = wants_text(&headers).then(|| render::started_text(slot.as_str(), generation.0));
     let started = Started {
@@ -591,12 +610,10 @@ async fn stop(
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
     let stopped = st
-        .tasks
-        .spawn(tryswap::acting(origin, async move {
+        .run_acting(origin, format!("slot {slot}: the stop task"), async move {
             supervisor.stop(&task_slot).await
-        }))
-        .await
-        .map_err(|e| ApiError::internal(format!("slot {slot}: the stop task failed: {e}")))??
+        })
+        .await?
         .map(|g| g.0);
     let text = wants_text(&headers).then(|| render::stopped_text(slot.as_str(), stopped));
     reply(
@@ -643,12 +660,10 @@ async fn end_bake(
     let supervisor = st.supervisor.clone();
     let task_slot = slot.clone();
     let report = st
-        .tasks
-        .spawn(tryswap::acting(origin, async move {
+        .run_acting(origin, format!("slot {slot}: the bake task"), async move {
             supervisor.end_bake(&task_slot, end).await
-        }))
-        .await
-        .map_err(|e| ApiError::internal(format!("slot {slot}: the bake task failed: {e}")))??;
+        })
+        .await?;
     report_reply(&st, &report, &headers)
 }
 
@@ -662,12 +677,10 @@ async fn recover(
     let origin = api_origin(peer, &body)?;
     let supervisor = st.supervisor.clone();
     let report = st
-        .tasks
-        .spawn(tryswap::acting(origin, async move {
+        .run_acting(origin, "the recovery task", async move {
             supervisor.recover().await
-        }))
-        .await
-        .map_err(|e| ApiError::internal(format!("the recovery task failed: {e}")))??;
+        })
+        .await?;
     let text = wants_text(&headers).then(|| render::recovery_text(&report));
     reply(StatusCode::OK, &report, text)
 }
@@ -683,12 +696,10 @@ async fn config_reload(
     let origin = api_origin(peer, &body)?;
     let state = Arc::clone(&st);
     let report = st
-        .tasks
-        .spawn(tryswap::acting(origin, async move {
+        .run_acting(origin, "the config reload task", async move {
             state.reload_config(dry_run).await
-        }))
-        .await
-        .map_err(|e| ApiError::internal(format!("the config reload task failed: {e}")))??;
+        })
+        .await?;
     let status = match report.outcome {
         ConfigOutcome::RolledBack => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::OK,
