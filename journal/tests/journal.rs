@@ -404,6 +404,33 @@ fn an_unflushed_tail_of_the_log_is_cut_at_open() {
     assert_eq!(fs::metadata(&segment).unwrap().len(), len - 7);
 }
 
+/// What a power loss on ext4 leaves when a record was appended after the last durable point:
+/// the segment's new size reached the disk, its bytes did not (zeros). Read-only commands
+/// (`journal verify` opens for inspection, which cuts nothing) must not call that corrupt:
+/// the next open for writing cuts it, as above (tests/tests/power_loss.rs found this).
+#[test]
+fn verify_without_a_writer_accepts_an_unflushed_tail_and_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        full_activate(&journal, &slot_name(0), ReloadId::from_u128(1), 1);
+    }
+    let segment = tryswap_journal::segment_log::segment_path(dir.path(), 1);
+    let mut f = fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    std::io::Write::write_all(&mut f, &[0; 24]).unwrap();
+    drop(f);
+    let len = fs::metadata(&segment).unwrap().len();
+    let journal = Journal::open_for_inspection(dir.path()).unwrap();
+    let report = journal.verify().unwrap();
+    assert!(report.is_ok(), "{:#?}", report.problems);
+    drop(journal);
+    assert_eq!(
+        fs::metadata(&segment).unwrap().len(),
+        len,
+        "inspection cut the log"
+    );
+}
+
 #[test]
 fn deleting_the_last_events_behind_the_journals_back_is_healed_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
