@@ -44,6 +44,9 @@
 //!   is copied. Every copy opens, verifies and replays; every reload acknowledged before the
 //!   copy began is in the copy's history or, when a compaction trimmed it, in its archive.
 //!
+//! What it cannot show: ext4 commits all pending metadata at any `fsync`, so a missing
+//! directory sync after creating or renaming a file would go unnoticed here.
+//!
 //! Needs root, a loop device and `mkfs.ext4`; skipped otherwise (failing under
 //! `TRYSWAP_REQUIRE_ALL=1`).
 
