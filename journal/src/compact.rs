@@ -87,9 +87,9 @@ impl Journal {
     /// transaction, then a flush and sync. Blocks writers while it runs. Refuses (with the
     /// error) if a record up to the base does not decode: run `verify` first.
     ///
-    /// The log gets a new segment starting with the base; the dropped records are appended
-    /// to `archive/<base-seq>.jsonl` (one JSON object a line, synced) before the old
-    /// segments are removed.
+    /// The dropped records are written to `archive/<base-seq>.jsonl` (one JSON object a
+    /// line, synced) first; then the log gets a new segment starting with the base, which
+    /// supersedes the old segments, and those are removed.
     pub fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError> {
         self.compact_with(keep_per_slot, true)
     }
@@ -176,7 +176,14 @@ impl Journal {
                     encode_value("base reload view", *view)?,
                 ));
             }
-            // The log first: a segment starting with the new base and the kept records
+            // The archive first: the dropped records leave the log (the new segment below
+            // supersedes the old ones, which no read shows) only once they are durable in
+            // the archive. A crash (or a failed write) before the new segment leaves them in
+            // both: the next compaction archives them again, never none.
+            if archive {
+                crate::archive::write(&self.dir, tip.seq, &archived)?;
+            }
+            // Then the log: a segment starting with the new base and the kept records
             // supersedes the old ones (a crash before sled's transaction below leaves sled
             // disagreeing with the log's base, and the next open derives it again).
             let base_slots: Vec<SlotView> = slots
@@ -234,9 +241,6 @@ impl Journal {
                 },
             );
             self.finish_tx(outcome)?;
-            if archive {
-                crate::archive::write(&self.dir, tip.seq, &archived)?;
-            }
             for first in old_segments {
                 let path = segment_path(&self.dir, first);
                 std::fs::remove_file(&path)

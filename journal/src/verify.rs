@@ -208,8 +208,10 @@ impl Journal {
         self.verify_projections(state, &mut found)?;
 
         let witness_path = self.dir.join(WITNESS_FILE);
+        let mut durable = None;
         match witness::read(&witness_path, &self.dir) {
             Ok(Some((mark, _))) => {
+                durable = Some(mark.seq);
                 for finding in witness_findings(&self.events, &meta, mark, &witness_path) {
                     found.push(
                         ProblemKind::Witness,
@@ -238,7 +240,7 @@ impl Journal {
                 e.to_string(),
             ),
         }
-        self.verify_log(&meta, &mut found);
+        self.verify_log(&meta, durable, &mut found);
         Ok(VerifyReport {
             events_checked,
             base_seq: meta.base_seq,
@@ -250,7 +252,13 @@ impl Journal {
     /// Reads the segment log through: damage is a problem, and so is a sled holding
     /// records the log does not (a sled behind the log is caught up by the next open for
     /// writing, not a problem).
-    fn verify_log(&self, meta: &Meta, found: &mut Findings) {
+    ///
+    /// Not problems either, because a crash or a power loss leaves them and the next open
+    /// for writing repairs them without losing anything durable: damage at the end of the
+    /// last segment after `durable` (the witness's seq: an unflushed tail, which that open
+    /// cuts), and a sled holding records after both `durable` and the log's end (sled's
+    /// own flush got further than the log's unsynced tail; that open derives sled again).
+    fn verify_log(&self, meta: &Meta, durable: Option<u64>, found: &mut Findings) {
         let reader = match LogReader::open(&self.dir) {
             Ok(reader) => reader,
             Err(e) => {
@@ -271,18 +279,30 @@ impl Journal {
         }
         let mut items = reader.items();
         if let Some(damage) = items.by_ref().find_map(Result::err) {
-            found.push(
-                ProblemKind::Log,
-                LOG_DIR,
-                Some(damage.seq),
-                None,
-                None,
-                damage.to_string(),
-            );
-            return;
+            let unflushed_tail = durable.is_some_and(|d| damage.seq > d)
+                && reader.segments().last() == Some(&damage.at.segment);
+            if unflushed_tail {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    %damage,
+                    "the log ends with an unflushed tail after its last durable point; the \
+                     next open for writing cuts it"
+                );
+            } else {
+                found.push(
+                    ProblemKind::Log,
+                    LOG_DIR,
+                    Some(damage.seq),
+                    None,
+                    None,
+                    damage.to_string(),
+                );
+                return;
+            }
         }
         let (end, tip) = items.position();
-        if tip.seq < meta.last_seq() {
+        let sled_ahead_of_a_crash = durable.is_some_and(|d| tip.seq >= d);
+        if tip.seq < meta.last_seq() && !sled_ahead_of_a_crash {
             found.push(
                 ProblemKind::Log,
                 LOG_DIR,

@@ -404,6 +404,33 @@ fn an_unflushed_tail_of_the_log_is_cut_at_open() {
     assert_eq!(fs::metadata(&segment).unwrap().len(), len - 7);
 }
 
+/// What a power loss on ext4 leaves when a record was appended after the last durable point:
+/// the segment's new size reached the disk, its bytes did not (zeros). Read-only commands
+/// (`journal verify` opens for inspection, which cuts nothing) must not call that corrupt:
+/// the next open for writing cuts it, as above (tests/tests/power_loss.rs found this).
+#[test]
+fn verify_without_a_writer_accepts_an_unflushed_tail_and_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        full_activate(&journal, &slot_name(0), ReloadId::from_u128(1), 1);
+    }
+    let segment = tryswap_journal::segment_log::segment_path(dir.path(), 1);
+    let mut f = fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    std::io::Write::write_all(&mut f, &[0; 24]).unwrap();
+    drop(f);
+    let len = fs::metadata(&segment).unwrap().len();
+    let journal = Journal::open_for_inspection(dir.path()).unwrap();
+    let report = journal.verify().unwrap();
+    assert!(report.is_ok(), "{:#?}", report.problems);
+    drop(journal);
+    assert_eq!(
+        fs::metadata(&segment).unwrap().len(),
+        len,
+        "inspection cut the log"
+    );
+}
+
 #[test]
 fn deleting_the_last_events_behind_the_journals_back_is_healed_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -667,32 +694,55 @@ fn damaged_sled_files_are_rebuilt_from_the_log_never_a_panic() {
     }
 }
 
+/// The records a compaction drops leave the log only once they are in the archive: a
+/// compaction that cannot write its archive (here `archive` is a file; a full disk does the
+/// same) changes nothing, and a later one archives them. Before, the new segment came first:
+/// the failed archive left the dropped records only in superseded segments, which no read
+/// shows and the next compaction removed. A crash or a power loss between the two did the
+/// same (found while writing tests/tests/power_loss.rs).
+#[test]
+fn a_compaction_whose_archive_fails_loses_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let slot = slot_name(0);
+    let journal = Journal::open(dir.path()).unwrap();
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    // Three dry runs: terminal, so a compaction keeping none drops them.
+    for n in 2..=4u8 {
+        for command in dry_run(&slot, ReloadId::from_u128(n.into()), n) {
+            journal.execute(&command, at(n.into())).unwrap();
+        }
+    }
+    let everything: Vec<u64> = all_records(&journal).iter().map(|r| r.seq).collect();
+    let archive = dir.path().join(tryswap_journal::archive::ARCHIVE_DIR);
+    fs::write(&archive, b"not a directory").unwrap();
+    let failed = journal.compact(0);
+    assert!(failed.is_err(), "the archive cannot be written: {failed:?}");
+    drop(journal);
+    fs::remove_file(&archive).unwrap();
+
+    let journal = Journal::open(dir.path()).unwrap();
+    journal.compact(0).unwrap();
+    let mut kept: Vec<u64> = all_records(&journal).iter().map(|r| r.seq).collect();
+    for entry in fs::read_dir(&archive).into_iter().flatten() {
+        let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let record: tryswap_journal::Record = serde_json::from_str(line).unwrap();
+            kept.push(record.seq);
+        }
+    }
+    kept.sort_unstable();
+    kept.dedup();
+    assert_eq!(
+        kept, everything,
+        "records lost between the log and the archive"
+    );
+}
+
 #[test]
 fn compaction_can_drop_the_last_record_and_the_journal_reopens_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let slot = slot_name(2);
-    let dry_run = |n: u128| {
-        let id = ReloadId::from_u128(100 + n);
-        vec![
-            Command::Stage {
-                reload: id,
-                slot: slot.clone(),
-                mode: Mode::DryRun,
-                artifact: artifact(n as u8),
-            },
-            Command::RecordLaunch {
-                reload: id,
-                process: None,
-                log_path: None,
-            },
-            Command::RecordHandshake {
-                reload: id,
-                endpoint: None,
-            },
-            Command::RecordProbe { reload: id },
-            Command::PassDryRun { reload: id },
-        ]
-    };
+    let dry_run = |n: u128| dry_run(&slot, ReloadId::from_u128(100 + n), n as u8);
     {
         let journal = Journal::open(dir.path()).unwrap();
         full_activate(&journal, &slot, ReloadId::from_u128(1), 1);

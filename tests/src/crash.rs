@@ -509,6 +509,20 @@ pub fn kill_and_wait(pid: u32) {
     );
 }
 
+/// The seed of a seeded test schedule: environment variable `var` when set (to rerun a
+/// failure), else the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={text:?} is not a u64")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
+
 /// A small deterministic random number generator (SplitMix64) for seeded test schedules.
 #[derive(Clone, Debug)]
 pub struct SplitMix64(u64);

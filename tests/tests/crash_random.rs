@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use tryswap_tests::crash::{
-    assert_recovered, describe_actions, last_seq, recover, reload_args, Background, CrashFacts,
-    Expect, SplitMix64,
+    assert_recovered, describe_actions, last_seq, recover, reload_args, seed_from_env, Background,
+    CrashFacts, Expect, SplitMix64,
 };
 use tryswap_tests::harness::{Harness, SlotSpec};
 use tryswap_tests::FixtureConfig;
@@ -21,21 +21,9 @@ const ROUNDS: u64 = 15;
 /// Longest random delay before the kill.
 const MAX_DELAY_MS: u64 = 300;
 
-fn seed() -> u64 {
-    match std::env::var("TRYSWAP_CRASH_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("TRYSWAP_CRASH_SEED={text:?} is not a u64")),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    }
-}
-
 #[tokio::test]
 async fn sigkill_at_random_moments_during_reloads_is_always_recovered() {
-    let seed = seed();
+    let seed = seed_from_env("TRYSWAP_CRASH_SEED");
     println!("crash_random: seed {seed} (rerun with TRYSWAP_CRASH_SEED={seed})");
     let mut rng = SplitMix64::new(seed);
     let h = Harness::new(&[SlotSpec {

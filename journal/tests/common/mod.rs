@@ -463,6 +463,30 @@ pub fn full_activate(journal: &dyn JournalStore, slot: &SlotName, id: ReloadId, 
     journal.flush_count() - before
 }
 
+/// The commands of one dry run of `slot` (`try`: staged, launched, validated, probed,
+/// passed): a terminal reload that a compaction may drop.
+pub fn dry_run(slot: &SlotName, reload: ReloadId, byte: u8) -> Vec<Command> {
+    vec![
+        Command::Stage {
+            reload,
+            slot: slot.clone(),
+            mode: Mode::DryRun,
+            artifact: artifact(byte),
+        },
+        Command::RecordLaunch {
+            reload,
+            process: None,
+            log_path: None,
+        },
+        Command::RecordHandshake {
+            reload,
+            endpoint: None,
+        },
+        Command::RecordProbe { reload },
+        Command::PassDryRun { reload },
+    ]
+}
+
 /// What a compaction keeping `keep` leaves of a slot's history: the newest `max(keep, 2)`
 /// generations and the active and retiring ones (docs/journal.md, "Compaction").
 pub fn trimmed(slot: &Slot, keep: usize) -> Slot {
