@@ -166,12 +166,13 @@ fn print_verify(ctx: &Context, report: &VerifyReport, log_only: bool) -> Result<
     Ok(verify_code(report))
 }
 
-/// `journal verify --json`: the report and whether sled's index was compared with the log.
+/// `journal verify --json` (and the daemon's `GET /v1/journal/verify`): the report and
+/// whether sled's index was compared with the log.
 #[derive(serde::Serialize)]
-struct VerifyOutput<'a> {
+pub(crate) struct VerifyOutput<'a> {
     #[serde(flatten)]
-    report: &'a VerifyReport,
-    index_checked: bool,
+    pub(crate) report: &'a VerifyReport,
+    pub(crate) index_checked: bool,
 }
 
 /// Prints the journal's records from `from` as `line` makes them, read from the log with
