@@ -792,18 +792,27 @@ pub async fn events_direct(ctx: &Context, from: Option<u64>, follow: bool) -> Re
     if !dir.exists() {
         return Ok(EXIT_OK);
     }
-    let journal = ctx.open_journal(&dir, false).await?;
-    for record in journal.events(from.unwrap_or(1)) {
-        let record = record?;
-        if ctx.json {
-            let data = render::record_json(&record)?;
-            render::out_line(&format!(
+    let json = ctx.json;
+    let line = |record: &Record| -> Result<String, CliError> {
+        if json {
+            let data = render::record_json(record, None)?;
+            Ok(format!(
                 "{{\"schema\":{},\"event\":\"record\",\"data\":{data}}}",
                 render::SCHEMA
-            ))?;
+            ))
         } else {
-            render::out_line(&record_line(&record))?;
+            Ok(record_line(record))
         }
+    };
+    // From the log, with no lock and nothing written; a journal from before the log (it
+    // has none) through sled.
+    let from = from.unwrap_or(1);
+    if crate::journal_cmd::print_log_records(&dir, from, line)?.is_some() {
+        return Ok(EXIT_OK);
+    }
+    let journal = ctx.open_journal(&dir, false).await?;
+    for record in journal.events(from) {
+        render::out_line(&line(&record?)?)?;
     }
     Ok(EXIT_OK)
 }

@@ -41,19 +41,48 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
         }
         _ => {}
     }
+    // The reads: straight from the log, with no lock and nothing written (a journal from
+    // before the log, which has none, is read through sled below).
+    let printed = match command {
+        JournalCommand::Show { from } => print_log_records(&dir, *from, record_text(ctx.json))?,
+        JournalCommand::Export { salvage: false } => print_log_records(&dir, 0, record_text(true))?,
+        _ => None,
+    };
+    if printed.is_some() {
+        return Ok(EXIT_OK);
+    }
+    match command {
+        JournalCommand::Replay { until } => match tryswap_journal::replay_log(&dir, *until) {
+            Ok(state) => {
+                render::json(&state)?;
+                return Ok(EXIT_OK);
+            }
+            Err(JournalError::Missing(_)) => {}
+            Err(e) => return Err(e.into()),
+        },
+        JournalCommand::Verify => {
+            // sled's index is compared too when nobody holds the journal; while another
+            // process does, the log alone is verified, at once.
+            match Journal::open_for_inspection(&dir) {
+                Err(JournalError::Locked { .. }) => match tryswap_journal::verify_log(&dir) {
+                    Ok(report) => return print_verify(ctx, &report, true),
+                    Err(JournalError::Missing(_)) => {}
+                    Err(e) => return Err(e.into()),
+                },
+                opened => return verify(ctx, opened),
+            }
+        }
+        _ => {}
+    }
     let write = matches!(command, JournalCommand::Compact { .. });
     let opened = ctx.open_journal(&dir, write).await;
     match command {
         JournalCommand::Verify => verify(ctx, opened),
         JournalCommand::Show { from } => {
             let journal = opened?;
+            let text = record_text(ctx.json);
             for record in journal.events(*from) {
-                let record = record?;
-                if ctx.json {
-                    render::out_line(&render::record_json(&record)?)?;
-                } else {
-                    render::out_line(&show_line(&record))?;
-                }
+                render::out_line(&text(&record?)?)?;
             }
             Ok(EXIT_OK)
         }
@@ -73,7 +102,7 @@ pub async fn run(ctx: &Context, command: &JournalCommand) -> Result<u8, CliError
             let journal = opened?;
             for record in journal.events(0) {
                 match record {
-                    Ok(record) => render::out_line(&render::record_json(&record)?)?,
+                    Ok(record) => render::out_line(&render::record_json(&record, None)?)?,
                     Err(e @ JournalError::Sled { .. }) => return Err(e.into()),
                     Err(e) => tracing::warn!(error = %e, "export skips an unreadable record"),
                 }
@@ -113,12 +142,75 @@ fn verify(ctx: &Context, opened: Result<Journal, JournalError>) -> Result<u8, Cl
         Err(e) => return Err(e.into()),
     };
     let report = journal.verify()?;
+    print_verify(ctx, &report, false)
+}
+
+/// Prints a verify report (`log_only`: sled's index was not compared, another process
+/// holding the journal) and returns its exit code.
+fn print_verify(ctx: &Context, report: &VerifyReport, log_only: bool) -> Result<u8, CliError> {
     if ctx.json {
-        render::json(&report)?;
+        render::json(&VerifyOutput {
+            report,
+            index_checked: !log_only,
+        })?;
     } else {
-        render::out(&verify_text(&report))?;
+        let mut text = verify_text(report);
+        if log_only {
+            text.push_str(
+                "  (the log only: another process holds the journal, so sled's index was not \
+                 compared)\n",
+            );
+        }
+        render::out(&text)?;
     }
-    Ok(verify_code(&report))
+    Ok(verify_code(report))
+}
+
+/// `journal verify --json` (and the daemon's `GET /v1/journal/verify`): the report and
+/// whether sled's index was compared with the log.
+#[derive(serde::Serialize)]
+pub(crate) struct VerifyOutput<'a> {
+    #[serde(flatten)]
+    pub(crate) report: &'a VerifyReport,
+    pub(crate) index_checked: bool,
+}
+
+/// Prints the journal's records from `from` as `line` makes them, read from the log with
+/// neither the lock nor sled (`tryswap_journal::read_records`). `None` when the journal
+/// has no log (one from before the log: the caller reads it through sled).
+pub(crate) fn print_log_records(
+    dir: &std::path::Path,
+    from: u64,
+    line: impl Fn(&Record) -> Result<String, CliError>,
+) -> Result<Option<tryswap_journal::LogRead>, CliError> {
+    let mut failed: Option<CliError> = None;
+    let read = tryswap_journal::read_records(dir, from, |record| {
+        let printed = line(record).and_then(|text| render::out_line(&text));
+        printed.map_err(|e| {
+            let text = e.message.clone();
+            failed = Some(e);
+            std::io::Error::other(text)
+        })
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match read {
+        Ok(read) => Ok(Some(read)),
+        Err(JournalError::Missing(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One record of `journal show`: its text line, or with `json` its `journal export` line.
+fn record_text(json: bool) -> impl Fn(&Record) -> Result<String, CliError> {
+    move |record| {
+        if json {
+            render::record_json(record, None)
+        } else {
+            Ok(show_line(record))
+        }
+    }
 }
 
 /// One record of `journal show` (without newline).
@@ -170,7 +262,7 @@ pub(crate) fn salvage(ctx: &Context) -> Result<u8, CliError> {
     let dir = ctx.state_dir.join("journal");
     let mut failed: Option<CliError> = None;
     let report = tryswap_journal::salvage_with(&dir, |record| {
-        let printed = render::record_json(record).and_then(|line| render::out_line(&line));
+        let printed = render::record_json(record, None).and_then(|line| render::out_line(&line));
         printed.map_err(|e| {
             let text = e.to_string();
             failed = Some(e);

@@ -45,10 +45,20 @@ pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
 }
 
 /// A journal record as one line of JSON: an exported record, the `data` of a `record`
-/// event.
-pub fn record_json(record: &Record) -> Result<String, CliError> {
-    json_text(record)
+/// event (which adds the slot's stable `endpoint` on the records that move the active
+/// marker). Encoded once, the endpoint with it.
+pub fn record_json(record: &Record, endpoint: Option<&str>) -> Result<String, CliError> {
+    json_text(&RecordLine { record, endpoint })
         .map_err(|e| CliError::new(EXIT_ERROR, format!("encoding record {}: {e}", record.seq)))
+}
+
+/// A record's JSON keys, then `endpoint` when there is one.
+#[derive(Serialize)]
+struct RecordLine<'a> {
+    #[serde(flatten)]
+    record: &'a Record,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<&'a str>,
 }
 
 /// The error of a failed write to stdout: a closed pipe (`| head`) ends the command quietly
@@ -868,4 +878,36 @@ pub fn config_reload_text(report: &ConfigReloadReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tryswap_fsm::{ReloadId, SlotName};
+    use tryswap_journal::{Actor, ActorKind, RECORD_FORMAT};
+
+    #[test]
+    fn a_record_line_is_the_record_with_schema_and_the_endpoint_when_given() {
+        let record = Record {
+            format: RECORD_FORMAT,
+            seq: 7,
+            at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("a time"),
+            reload: ReloadId::from_u128(9),
+            slot: SlotName::new("demo").expect("a slot name"),
+            event: EventKind::Activated,
+            prev_chain: 3,
+            actor: Actor::of(ActorKind::Recovery),
+            reason: None,
+        };
+        let plain: serde_json::Value =
+            serde_json::from_str(&record_json(&record, None).expect("encoded")).expect("JSON");
+        let mut expected = serde_json::to_value(&record).expect("a value");
+        expected["schema"] = SCHEMA.into();
+        assert_eq!(plain, expected);
+        let with: serde_json::Value =
+            serde_json::from_str(&record_json(&record, Some("/run/demo.sock")).expect("encoded"))
+                .expect("JSON");
+        expected["endpoint"] = "/run/demo.sock".into();
+        assert_eq!(with, expected);
+    }
 }

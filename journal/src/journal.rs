@@ -103,6 +103,15 @@ const SALVAGE_HINT: &str = "Nothing was written. `tryswap journal export --salva
 
 type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
 
+/// How an open for inspection treats a journal whose checks fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Inspection {
+    /// Logged, and opened anyway (`verify` reports what it finds).
+    Lenient,
+    /// Refused with [`JournalError::Corrupt`], as an open for writing refuses it.
+    Strict,
+}
+
 /// Removes `snap.<lsn>.generating` files from `sled_dir`.
 ///
 /// sled 0.34.7 writes a snapshot to `snap.<lsn>.generating`, syncs it and renames it to
@@ -502,14 +511,14 @@ impl Journal {
     /// journal written before the log existed gets its log once, after a backup copy of
     /// its files (see `docs/journal.md`).
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        Self::open_mode(dir, false, None)
+        Self::open_mode(dir, None, None)
     }
 
     /// Opens the journal in `dir` for writing after deriving sled's files from the log
     /// again, whatever state they are in (`tryswap journal rebuild`). The log must be
     /// sound up to its last durable point, as for [`Journal::open`].
     pub fn rebuild(dir: &Path) -> Result<Journal, JournalError> {
-        Self::open_mode(dir, false, Some("asked for (`tryswap journal rebuild`)"))
+        Self::open_mode(dir, None, Some("asked for (`tryswap journal rebuild`)"))
     }
 
     /// Opens an existing journal read-only for `verify`, `replay`, `export` and reads,
@@ -519,14 +528,24 @@ impl Journal {
     /// sled itself may repair its log on open. `execute` and `compact` return
     /// [`JournalError::ReadOnly`].
     pub fn open_for_inspection(dir: &Path) -> Result<Journal, JournalError> {
-        Self::open_mode(dir, true, None)
+        Self::open_mode(dir, Some(Inspection::Lenient), None)
+    }
+
+    /// [`Journal::open_for_inspection`] for the read commands: refuses, as
+    /// [`Journal::open`] would, a damaged witness, a log that lost or damaged what the
+    /// witness says was durable ([`JournalError::Corrupt`] naming the seq and byte offset)
+    /// and a sled whose end disagrees with `meta` or the witness: a read must not show a
+    /// silently shorter history. The log is read once.
+    pub(crate) fn open_strict(dir: &Path) -> Result<Journal, JournalError> {
+        Self::open_mode(dir, Some(Inspection::Strict), None)
     }
 
     fn open_mode(
         dir: &Path,
-        read_only: bool,
+        inspection: Option<Inspection>,
         rebuild: Option<&str>,
     ) -> Result<Journal, JournalError> {
+        let read_only = inspection.is_some();
         let sled_dir = dir.join(SLED_DIR);
         if read_only {
             if !sled_dir.is_dir() {
@@ -544,14 +563,14 @@ impl Journal {
         let witness_path = dir.join(WITNESS_FILE);
         let witness_found = match witness::read(&witness_path, dir) {
             Ok(found) => found,
-            Err(e) if read_only => {
+            Err(e) if inspection == Some(Inspection::Lenient) => {
                 tracing::warn!(error = %e, "ignoring the witness for inspection");
                 None
             }
             Err(e) => return Err(e),
         };
-        if read_only {
-            return Self::open_inspection(dir, sled_dir, dir_lock, witness_found);
+        if let Some(inspection) = inspection {
+            return Self::open_inspection(dir, sled_dir, dir_lock, witness_found, inspection);
         }
         crate::rewrite::settle(dir, &sled_dir)?;
         crate::rewrite::run_if_wanted(dir, &sled_dir)?;
@@ -563,25 +582,36 @@ impl Journal {
         sled_dir: PathBuf,
         dir_lock: DirLock,
         witness_found: Option<(WitnessMark, usize)>,
+        inspection: Inspection,
     ) -> Result<Journal, JournalError> {
         let witness_path = dir.join(WITNESS_FILE);
+        let strict = inspection == Inspection::Strict;
+        let mark = witness_found.map(|(m, _)| m).unwrap_or_default();
         let (db, events, slots, reloads, meta) = open_sled(dir, &sled_dir)?;
-        if let Some(values) = Meta::read(&meta, dir)? {
-            // Records a killed process appended to the log after sled's last flush: sled
-            // (derived data) catches up, so that inspection shows what the log holds.
-            let mark = witness_found.map(|(m, _)| m).unwrap_or_default();
-            let reader = LogReader::open(dir)?;
-            let scan = rebuild::scan(&reader, mark.seq, Some(values.last_seq()))?;
-            let follows = scan.damage.is_none()
-                && scan.base.seq == values.base_seq
-                && scan.chain_at_sled == Some(values.last_chain)
-                && tail_findings(&events, &values).is_empty();
-            if let Some(after) = scan
-                .after_sled
-                .as_ref()
-                .filter(|a| follows && !a.is_empty())
-            {
-                catch_up((&events, &slots, &reloads, &meta), after, dir)?;
+        let stored = Meta::read(&meta, dir)?;
+        // One pass over the log: what sled lacks of it, and (strict) whether it holds
+        // everything the witness says was durable.
+        let reader = LogReader::open(dir)?;
+        if stored.is_some() || (strict && reader.exists()) {
+            let scan = rebuild::scan(&reader, mark.seq, stored.as_ref().map(Meta::last_seq))?;
+            if strict && reader.exists() {
+                check_log(dir, &reader, &scan, mark)?;
+            }
+            if let Some(values) = &stored {
+                // Records a killed process appended to the log after sled's last flush:
+                // sled (derived data) catches up, so that inspection shows what the log
+                // holds.
+                let follows = scan.damage.is_none()
+                    && scan.base.seq == values.base_seq
+                    && scan.chain_at_sled == Some(values.last_chain)
+                    && tail_findings(&events, values).is_empty();
+                if let Some(after) = scan
+                    .after_sled
+                    .as_ref()
+                    .filter(|a| follows && !a.is_empty())
+                {
+                    catch_up((&events, &slots, &reloads, &meta), after, dir)?;
+                }
             }
         }
         let meta_values = match Meta::read(&meta, dir)? {
@@ -591,6 +621,16 @@ impl Journal {
                     findings.extend(witness_findings(&events, &values, mark, &witness_path));
                 }
                 if !findings.is_empty() {
+                    if strict {
+                        return Err(JournalError::Corrupt {
+                            dir: dir.to_path_buf(),
+                            what: format!(
+                                "{}. Nothing was changed; `tryswap journal export` prints the \
+                                 readable records",
+                                findings.join("; ")
+                            ),
+                        });
+                    }
                     let what = format!("{}. {SALVAGE_HINT}", findings.join("; "));
                     tracing::warn!(dir = %dir.display(), problem = %what, "opening for inspection anyway");
                 }
@@ -696,6 +736,14 @@ impl Journal {
         };
         let scan = rebuild::scan(&reader, mark.seq, sled_tip)?;
         check_log(dir, &reader, &scan, mark)?;
+        if let Some(damage) = &scan.damage {
+            tracing::warn!(
+                dir = %dir.display(),
+                %damage,
+                "the log ends with an unflushed tail after its last durable point (seq {}): cutting it",
+                mark.seq
+            );
+        }
         let writer = LogWriter::append_to(dir, scan.end.segment, scan.end.offset)?;
         let log_empty = scan.records == 0 && scan.base.seq == 0;
         let reason: Option<String> = match (&sled, &sled_meta) {

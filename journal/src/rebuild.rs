@@ -61,6 +61,17 @@ pub(crate) fn scan(
     witness: u64,
     sled_tip: Option<u64>,
 ) -> Result<LogScan, JournalError> {
+    scan_with(reader, witness, sled_tip, |_| Ok(()))
+}
+
+/// [`scan`], handing every good item to `each` as it is read (a lock-free read prints or
+/// folds them in the same pass); an error from `each` ends the scan with that error.
+pub(crate) fn scan_with(
+    reader: &LogReader,
+    witness: u64,
+    sled_tip: Option<u64>,
+    mut each: impl FnMut(&LogItem) -> Result<(), JournalError>,
+) -> Result<LogScan, JournalError> {
     let mut out = LogScan {
         base: WitnessMark::default(),
         tip: WitnessMark::default(),
@@ -76,6 +87,9 @@ pub(crate) fn scan(
     };
     let mut items = reader.items();
     for item in items.by_ref() {
+        if let Ok(item) = &item {
+            each(item)?;
+        }
         match item {
             Ok(LogItem::Base(base)) => {
                 out.base = WitnessMark {
@@ -356,7 +370,8 @@ pub(crate) fn note(dir: &Path, reason: String, records: u64) -> Result<RebuildNo
 
 /// Refuses a log that lost or damaged what the witness says was durable: damage at or before
 /// the witness's seq, a log that ends before it, or a different record there. Damage after
-/// it is an unflushed tail (cut by the caller).
+/// it is an unflushed tail (cut by a writer; a reader stops before it), which the caller
+/// reports as it sees fit.
 pub(crate) fn check_log(
     dir: &Path,
     reader: &LogReader,
@@ -381,12 +396,6 @@ pub(crate) fn check_log(
         if reader.segments().last() != Some(&damage.at.segment) {
             return Err(corrupt(format!("{damage}; later segments follow it")));
         }
-        tracing::warn!(
-            dir = %dir.display(),
-            %damage,
-            "the log ends with an unflushed tail after its last durable point (seq {}): cutting it",
-            mark.seq
-        );
     }
     if scan.tip.seq < mark.seq {
         return Err(corrupt(format!(

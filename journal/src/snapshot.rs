@@ -22,14 +22,13 @@ use tryswap_fsm::{Command, ReloadId, SlotName};
 
 use crate::codec::{self, LIMIT};
 use crate::error::JournalError;
-use crate::journal::{lock, tail_findings, witness_findings, Journal};
-use crate::layout::{Meta, RELOADS, WITNESS_FILE};
+use crate::journal::{lock, Journal};
+use crate::layout::RELOADS;
 use crate::memory::MemoryJournal;
 use crate::projection::{ReloadView, ReplayState, SlotView};
 use crate::record::Record;
 use crate::report::{CompactReport, VerifyReport};
 use crate::store::{JournalStore, Records};
-use crate::witness::{self, WitnessMark};
 
 /// The snapshot's file name in the journal directory.
 pub const SNAPSHOT_FILE: &str = "projection.snapshot";
@@ -182,32 +181,6 @@ impl Journal {
     }
 }
 
-impl Journal {
-    /// The checks [`Journal::open`] makes of the journal's end (sled's last record against
-    /// `meta` and the witness), for a handle opened for inspection: a read must not show a
-    /// silently shorter history. [`JournalError::Corrupt`] names what disagrees.
-    fn check_tail(&self, witness: Option<(WitnessMark, usize)>) -> Result<(), JournalError> {
-        let Some(meta) = Meta::read(&self.meta, &self.dir)? else {
-            return Ok(());
-        };
-        let mut findings = tail_findings(&self.events, &meta);
-        if let Some((mark, _)) = witness {
-            let path = self.dir.join(WITNESS_FILE);
-            findings.extend(witness_findings(&self.events, &meta, mark, &path));
-        }
-        if findings.is_empty() {
-            return Ok(());
-        }
-        Err(JournalError::Corrupt {
-            dir: self.dir.clone(),
-            what: format!(
-                "{}. Nothing was changed; `tryswap journal export` prints the readable records",
-                findings.join("; ")
-            ),
-        })
-    }
-}
-
 /// A [`Snapshot`] as a read-only [`JournalStore`]: every read answers from the snapshot;
 /// writes, `verify`, `replay` and `compact` return [`JournalError::ReadOnly`].
 #[derive(Debug)]
@@ -330,22 +303,6 @@ impl JournalStore for SnapshotStore {
     }
 }
 
-/// Refuses, as an open for writing would, a log that lost or damaged what the witness says
-/// was durable: a read must not show a silently shorter history (exit 4, naming the seq and
-/// byte offset; `journal export --salvage` prints what precedes it).
-fn check_log_for_reading(
-    dir: &Path,
-    witness: Option<(WitnessMark, usize)>,
-) -> Result<(), JournalError> {
-    if !dir.join(crate::segment_log::LOG_DIR).is_dir() {
-        return Ok(());
-    }
-    let mark = witness.map(|(m, _)| m).unwrap_or_default();
-    let reader = crate::segment_log::LogReader::open(dir)?;
-    let scan = crate::rebuild::scan(&reader, mark.seq, None)?;
-    crate::rebuild::check_log(dir, &reader, &scan, mark)
-}
-
 /// The journal in `dir` for a read command, without waiting and without writing: opened
 /// for inspection when no other process holds it; when one does, its projection snapshot
 /// (as of its last durable point); an empty journal when `dir` holds none.
@@ -354,14 +311,10 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn JournalStore>, JournalErro
     if !dir.exists() {
         return Ok(Arc::new(MemoryJournal::new()));
     }
-    // A damaged witness is refused before sled opens (sled rewrites its own files then).
-    let witness = witness::read(&dir.join(WITNESS_FILE), dir)?;
-    match Journal::open_for_inspection(dir) {
-        Ok(journal) => {
-            journal.check_tail(witness)?;
-            check_log_for_reading(dir, witness)?;
-            Ok(Arc::new(journal))
-        }
+    // Strict: a damaged witness is refused before sled opens (sled rewrites its own files
+    // then), a damaged log or a sled that lost what was durable after one pass over the log.
+    match Journal::open_strict(dir) {
+        Ok(journal) => Ok(Arc::new(journal)),
         Err(locked @ JournalError::Locked { .. }) => match Snapshot::load(dir)? {
             Some(snapshot) => Ok(Arc::new(SnapshotStore::new(dir, snapshot))),
             None => Err(locked),

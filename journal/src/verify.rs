@@ -22,6 +22,18 @@ use crate::Journal;
 pub(crate) struct Findings(pub(crate) Vec<Problem>);
 
 impl Findings {
+    /// A problem of a file (or tree) as a whole, or of the record `seq` in it, with no slot
+    /// or reload named.
+    pub(crate) fn of_file(
+        &mut self,
+        kind: ProblemKind,
+        file: &str,
+        seq: Option<u64>,
+        detail: impl Into<String>,
+    ) {
+        self.push(kind, file, seq, None, None, detail);
+    }
+
     pub(crate) fn push(
         &mut self,
         kind: ProblemKind,

@@ -350,3 +350,23 @@ pub fn fixture_slot(name: &str) -> tryswap::config::SlotConfig {
     config.probe.failure_threshold = 200;
     config
 }
+
+/// Every file under `dir` (recursively) with its bytes, by path relative to `dir`: to show
+/// that a command changed nothing there.
+pub fn dir_bytes(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, root: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).expect("list the directory") {
+            let entry = entry.expect("a directory entry");
+            let path = entry.path();
+            if entry.file_type().expect("a file type").is_dir() {
+                walk(&path, root, out);
+            } else {
+                let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+                out.insert(relative, std::fs::read(&path).expect("read a file"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}

@@ -101,8 +101,9 @@ struct Refusal {
     changed: Vec<PathBuf>,
 }
 
-/// Runs every command that opens the journal for writing, then `journal verify`, and checks
-/// each refuses with exit 4 and a pointer to `journal verify`.
+/// Runs `status`, every command that opens the journal for writing, `journal verify` and
+/// the reads of the log, and checks each refuses with exit 4 and a pointer to `journal
+/// verify`.
 fn assert_refused(f: &Fixture, what: &str) -> Vec<Refusal> {
     let v3 = f.h.fixture_config("v3", &FixtureConfig::with_message("v3"));
     let activate = reload_args("activate", "demo", &v3);
@@ -112,6 +113,15 @@ fn assert_refused(f: &Fixture, what: &str) -> Vec<Refusal> {
         vec!["recover".into()],
         vec!["start".into(), "demo".into()],
         vec!["journal".into(), "verify".into()],
+        // The lock-free reads of the log are as strict as an open.
+        vec!["events".into()],
+        vec!["journal".into(), "show".into()],
+        vec![
+            "journal".into(),
+            "replay".into(),
+            "--until".into(),
+            "1".into(),
+        ],
     ];
     let mut outputs = Vec::new();
     for args in commands {

@@ -1,13 +1,16 @@
 //! Reads change nothing and need no lock (DESIGN.md "Journal, second form"): `status` and
 //! `history` never recover or relaunch, report a dead active generation as `exited`, and
-//! answer from the projection snapshot while a one-shot `activate` holds the journal.
+//! answer from the projection snapshot while a one-shot `activate` holds the journal;
+//! `events`, `journal show`, `journal export` and `journal replay` read the segment log
+//! with no lock and change no byte of the journal, and `journal verify` verifies the log
+//! while another process holds the journal.
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tryswap_tests::harness::{copy_dir, wait_gone, Harness, SlotSpec};
+use tryswap_tests::harness::{copy_dir, dir_bytes, wait_gone, Harness, SlotSpec};
 use tryswap_tests::process::send_signal;
 use tryswap_tests::{pid_alive, wait_until, FixtureConfig};
 
@@ -92,28 +95,27 @@ fn lock_holder(state_dir: &Path) -> Option<u32> {
         .ok()
 }
 
-#[test]
-fn status_and_history_answer_while_a_one_shot_activate_holds_the_journal() {
+/// A state dir whose slot `demo` runs generation 1, and a one-shot `activate` of a
+/// candidate that takes 20 s to start: it holds the journal, its reload staged (a durable
+/// point: the snapshot has it).
+fn held_by_a_slow_activate() -> (Harness, Child) {
     let mut spec = SlotSpec::new("demo");
     spec.start_timeout = "30s";
     let h = Harness::new(&[spec]);
     let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
     assert_eq!(h.activate("demo", &v1).code, 0);
-
-    // A candidate that takes long to start keeps `activate` (and its lock) busy.
     let slow = FixtureConfig {
         startup_delay_ms: Some(20_000),
         ..FixtureConfig::with_message("v2")
     };
     let slow = h.fixture_config("v2", &slow);
-    let mut child = h
+    let child = h
         .activate_command("demo", &slow)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn activate");
     let holder = child.id();
-    // Held, and the reload staged (a durable point: the snapshot has it).
     let staged = wait_until(Duration::from_secs(20), || {
         lock_holder(&h.state_dir) == Some(holder)
             && snapshot_mentions_in_flight(&h.state_dir.join("journal"))
@@ -122,6 +124,25 @@ fn status_and_history_answer_while_a_one_shot_activate_holds_the_journal() {
         staged,
         "the activate never took the journal and staged its reload"
     );
+    (h, child)
+}
+
+/// Interrupts the `activate` and waits (bounded) for it to end.
+fn end(mut child: Child) {
+    let _ = send_signal(child.id(), Signal::SIGINT);
+    let done = wait_until(Duration::from_secs(30), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    assert!(done, "the activate did not end on SIGINT");
+}
+
+#[test]
+fn status_and_history_answer_while_a_one_shot_activate_holds_the_journal() {
+    let (h, mut child) = held_by_a_slow_activate();
+    let holder = child.id();
 
     // `--wait=0`: any need for the lock would fail at once with exit 3.
     let status = h.tryswap(&["--json", "--wait=0", "status"]);
@@ -148,14 +169,162 @@ fn status_and_history_answer_while_a_one_shot_activate_holds_the_journal() {
     let start = h.tryswap(&["--wait=0", "start", "demo"]);
     assert_eq!(start.code, 3, "{start:?}");
 
-    let _ = send_signal(holder, Signal::SIGINT);
-    let done = wait_until(Duration::from_secs(30), || {
-        child.try_wait().ok().flatten().is_some()
-    });
-    if !done {
-        let _ = child.kill();
+    end(child);
+}
+
+/// The lock-free reads, each with `--wait=0` (any need for the lock fails at once with
+/// exit 3).
+const READS: &[&[&str]] = &[
+    &["--wait=0", "--json", "events"],
+    &["--wait=0", "events"],
+    &["--wait=0", "journal", "show"],
+    &["--wait=0", "--json", "journal", "show"],
+    &["--wait=0", "journal", "export"],
+    &["--wait=0", "journal", "replay", "--until", "1000000"],
+];
+
+/// Checks what the reads printed against the journal: every record from seq 1 through at
+/// least `durable` with no gap, the in-flight reload `in_flight` staged in it, and the same
+/// records whichever read printed them. Returns the last seq.
+fn assert_reads_agree(
+    runs: &[(Vec<&str>, tryswap_tests::harness::Run)],
+    durable: u64,
+    in_flight: &str,
+) -> u64 {
+    for (args, run) in runs {
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
     }
-    assert!(done, "the activate did not end on SIGINT");
+    let export: Vec<serde_json::Value> = runs
+        .iter()
+        .find(|(args, _)| args.ends_with(&["export"]))
+        .expect("an export")
+        .1
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    let seqs: Vec<u64> = export.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let last = *seqs.last().expect("records");
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "a gap in the export");
+    assert!(
+        last >= durable,
+        "the export ends at seq {last}, before the durable seq {durable}"
+    );
+    assert!(
+        export
+            .iter()
+            .any(|r| r["reload"] == in_flight && r["event"].get("staged").is_some()),
+        "the in-flight reload's staged record is not exported: {export:?}"
+    );
+    for (args, run) in runs {
+        let lines = run.stdout.lines().count() as u64;
+        match args.last().copied() {
+            Some("events") | Some("show") => assert_eq!(lines, last, "{args:?}: {run:?}"),
+            _ => {}
+        }
+        if args.contains(&"replay") {
+            let state = run.json();
+            assert_eq!(state["seq"], last, "{state}");
+            assert_eq!(
+                state["slots"]["demo"]["slot"]["in_flight"], in_flight,
+                "{state}"
+            );
+        }
+        if args.ends_with(&["--json", "events"]) {
+            let first: serde_json::Value =
+                serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+            assert_eq!(
+                (first["event"].as_str(), first["data"]["seq"].as_u64()),
+                (Some("record"), Some(1))
+            );
+        }
+    }
+    last
+}
+
+#[test]
+fn events_journal_show_export_replay_and_verify_read_the_log_while_an_activate_holds_it() {
+    let (h, mut child) = held_by_a_slow_activate();
+    let holder = child.id();
+    let journal = h.state_dir.join("journal");
+    let snapshot = tryswap_journal::Snapshot::load(&journal).unwrap().unwrap();
+    let in_flight = snapshot.slots[0].slot.in_flight.unwrap().to_string();
+
+    // Stopped, the holder writes nothing: every byte the reads could change stays put.
+    assert!(send_signal(holder, Signal::SIGSTOP));
+    let before = dir_bytes(&journal);
+    let mut runs = Vec::new();
+    for args in READS {
+        runs.push((args.to_vec(), h.tryswap(args)));
+    }
+    let verify = h.tryswap(&["--wait=0", "--json", "journal", "verify"]);
+    let after = dir_bytes(&journal);
+    assert!(send_signal(holder, Signal::SIGCONT));
+
+    assert_reads_agree(&runs, snapshot.seq, &in_flight);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    let report = verify.json();
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(report["index_checked"], false, "{report}");
+    let changed: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "the reads changed {changed:?}");
+
+    // And with the holder running (it still waits for its candidate).
+    let text = h.tryswap(&["--wait=0", "journal", "verify"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(text.stdout.contains("the log only"), "{text:?}");
+    let export = h.tryswap(&["--wait=0", "journal", "export"]);
+    assert_eq!(export.code, 0, "{export:?}");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the activate ended early"
+    );
+    assert_eq!(
+        lock_holder(&h.state_dir),
+        Some(holder),
+        "the activate lost its lock"
+    );
+
+    end(child);
+}
+
+#[test]
+fn reads_of_a_journal_nobody_holds_change_no_byte_of_it() {
+    let h = Harness::demo();
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    assert_eq!(h.activate("demo", &v1).code, 0);
+    let stop = h.tryswap(&["stop", "demo"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    let journal = h.state_dir.join("journal");
+    let before = dir_bytes(&journal);
+    let mut runs = Vec::new();
+    for args in READS {
+        runs.push((args.to_vec(), h.tryswap(args)));
+    }
+    let after = dir_bytes(&journal);
+    for (args, run) in &runs {
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    }
+    let changed: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "the reads changed {changed:?} (the lock file names the last opener)"
+    );
+    let export = &runs
+        .iter()
+        .find(|(a, _)| a.ends_with(&["export"]))
+        .unwrap()
+        .1;
+    let last = export.stdout.lines().last().unwrap_or_default();
+    assert!(last.contains("\"stopped\""), "{export:?}");
 }
 
 fn snapshot_mentions_in_flight(dir: &Path) -> bool {

@@ -388,10 +388,10 @@ fn a_held_state_dir_is_waited_for_and_the_message_suggests_serve() {
     // The holder has the lock once it prints its first stage.
     rx.recv_timeout(Duration::from_secs(30))
         .expect("a stage line");
-    // (`status` and `history` need no lock: journal_reads.rs.)
+    // (The reads need no lock: journal_reads.rs.)
     for args in [
         &["start", "demo", "--wait=0"][..],
-        &["journal", "show", "--wait=0"],
+        &["journal", "compact", "--wait=0"],
     ] {
         let refused = h.tryswap(args);
         assert_eq!(refused.code, 3, "{args:?}: {refused:?}");

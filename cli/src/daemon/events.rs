@@ -70,16 +70,10 @@ fn record_event(supervisor: &Supervisor, record: &Record) -> Option<Event> {
             | EventKind::Reverted { .. }
             | EventKind::Relaunched { .. }
     );
-    let json = crate::render::record_json(record).map(|data| {
-        match moves_marker
-            .then(|| supervisor.endpoint(&record.slot))
-            .flatten()
-        {
-            Some(endpoint) => with_endpoint(data, endpoint),
-            None => data,
-        }
-    });
-    match json {
+    let endpoint = moves_marker
+        .then(|| supervisor.endpoint(&record.slot))
+        .flatten();
+    match crate::render::record_json(record, endpoint.as_deref()) {
         Ok(data) => Some(
             Event::default()
                 .event("record")
@@ -90,17 +84,6 @@ fn record_event(supervisor: &Supervisor, record: &Record) -> Option<Event> {
             tracing::error!(seq = record.seq, error = %e.message, "encoding a record for the event stream");
             None
         }
-    }
-}
-
-/// `data` (a record's JSON object) with `"endpoint": endpoint` added.
-fn with_endpoint(data: String, endpoint: String) -> String {
-    match serde_json::from_str::<serde_json::Value>(&data) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            map.insert("endpoint".to_owned(), serde_json::Value::String(endpoint));
-            serde_json::Value::Object(map).to_string()
-        }
-        _ => data,
     }
 }
 

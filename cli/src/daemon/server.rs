@@ -776,7 +776,11 @@ async fn journal_verify(State(st): St, headers: HeaderMap) -> ApiResult {
         .verify()
         .map_err(SupervisorError::from)?;
     let text = wants_text(&headers).then(|| crate::journal_cmd::verify_text(&report));
-    let mut response = reply(StatusCode::OK, &report, text)?;
+    let output = crate::journal_cmd::VerifyOutput {
+        report: &report,
+        index_checked: true,
+    };
+    let mut response = reply(StatusCode::OK, &output, text)?;
     response.headers_mut().insert(
         EXIT_CODE_HEADER,
         HeaderValue::from(u16::from(crate::journal_cmd::verify_code(&report))),
