@@ -470,12 +470,9 @@ pub fn append_rate(dir: &Path, budget: Duration) -> Result<Vec<Table>, String> {
             Ok(())
         },
     )?;
-    let history = journal
-        .slot(&slot)
-        .map_err(|e| e.to_string())?
-        .map_or(0, |v| v.slot.history.len());
+    let history = journal.history(&slot).map_err(|e| e.to_string())?.len();
     t.note(format!(
-        "All rows append to one slot, whose projection ends with {} generations in its history (it is decoded and encoded once per transaction: once per event with `execute`, once per 200 cycles with `execute_all`).",
+        "All rows append to one slot, which ends with {} generations in its history (one key per generation beside the slot's projection: an activation writes one key, whatever the history's length).",
         count(history as f64)
     ));
     Ok(vec![t])
