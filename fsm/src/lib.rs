@@ -29,7 +29,9 @@ mod types;
 mod world;
 
 pub use event::{Event, EventKind};
-pub use machine::{check, command_for, decide, evolve, Command, Illegal, Rejected, Scope, View};
+pub use machine::{
+    check, command_for, decide, evolve, history_entry, Command, Illegal, Rejected, Scope, View,
+};
 pub use pipeline::{Cause, Effect, Failure, Input, Pipeline, Plan, Relaunch, Verdict};
 pub use state::{Candidate, Instance, Reload, ReloadState, Slot};
 pub use types::{

@@ -288,6 +288,10 @@ pub trait View {
     fn slot(&self, name: &SlotName) -> Option<Slot>;
     /// The reload's state, if it exists.
     fn reload(&self, id: &ReloadId) -> Option<Reload>;
+    /// The artifact of generation `generation` of slot `name`, if that generation was ever
+    /// active there (and is still in the slot's history): one entry of the history
+    /// [`history_entry`] builds. Only a rollback's `Stage` reads it, for its one target.
+    fn history(&self, name: &SlotName, generation: Generation) -> Option<ArtifactRef>;
 }
 
 /// The part of the world one event touches: its slot and its reload.
@@ -362,7 +366,7 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
                 });
             }
             if let Mode::Rollback { to } = mode {
-                match state.history.get(to) {
+                match view.history(slot, *to).as_ref() {
                     None => {
                         return Err(Rejected::UnknownGeneration {
                             slot: slot.clone(),
@@ -843,8 +847,6 @@ pub fn evolve(scope: Scope, event: &Event) -> Scope {
                     if let Some(old) = slot.active.take() {
                         slot.retiring.push(old);
                     }
-                    std::sync::Arc::make_mut(&mut slot.history)
-                        .insert(candidate.generation, candidate.artifact.clone());
                     slot.active = Some(Instance {
                         generation: candidate.generation,
                         artifact: candidate.artifact.clone(),
@@ -939,6 +941,23 @@ pub fn evolve(scope: Scope, event: &Event) -> Scope {
         }
     }
     Scope { slot, reload }
+}
+
+/// The history entry `event` adds to its slot: the generation and artifact of the candidate
+/// an `Activated` or `ActivatedBaking` event makes active, given the event's reload as it
+/// was before the event (`None` for every other event).
+///
+/// A slot's history (every generation that was ever active, for `rollback --to`) is not part
+/// of [`Slot`]: it grows with every activation, so the journal keeps it as one entry per
+/// generation beside the slot and [`View::history`] reads one entry back.
+pub fn history_entry(reload: Option<&Reload>, event: &Event) -> Option<(Generation, ArtifactRef)> {
+    match event.kind {
+        EventKind::Activated | EventKind::ActivatedBaking { .. } => reload
+            .filter(|r| r.id == event.reload)
+            .and_then(|r| r.candidate.as_ref())
+            .map(|c| (c.generation, c.artifact.clone())),
+        _ => None,
+    }
 }
 
 fn clear_in_flight(slot: &mut Slot, reload: ReloadId) {

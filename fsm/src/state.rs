@@ -1,8 +1,5 @@
 //! The states a reload and a slot can be in.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
@@ -214,10 +211,6 @@ pub struct Slot {
     pub next_generation: Generation,
     /// Former active generations that have not been retired (stopped) yet.
     pub retiring: Vec<Instance>,
-    /// Artifacts of the generations that were active, for `rollback --to` (all of them,
-    /// until a journal compaction trims the oldest). Shared, so that cloning a slot does not
-    /// copy it; `Arc::make_mut` copies it on write only while another clone holds it.
-    pub history: Arc<BTreeMap<Generation, ArtifactRef>>,
 }
 
 impl Slot {
@@ -229,7 +222,6 @@ impl Slot {
             in_flight: None,
             next_generation: Generation(1),
             retiring: Vec::new(),
-            history: Arc::new(BTreeMap::new()),
         }
     }
 

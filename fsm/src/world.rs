@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use crate::event::Event;
-use crate::machine::{decide, evolve, Command, Rejected, Scope, View};
+use crate::machine::{decide, evolve, history_entry, Command, Rejected, Scope, View};
 use crate::state::{Reload, Slot};
-use crate::types::{ReloadId, SlotName};
+use crate::types::{ArtifactRef, Generation, ReloadId, SlotName};
 
 /// Every slot and every reload, as folded from events.
 ///
@@ -17,6 +17,9 @@ pub struct World {
     pub slots: BTreeMap<SlotName, Slot>,
     /// Reloads by id.
     pub reloads: BTreeMap<ReloadId, Reload>,
+    /// Every slot's history: the artifact of each generation that was ever active (see
+    /// [`history_entry`]), by slot and generation.
+    pub history: BTreeMap<SlotName, BTreeMap<Generation, ArtifactRef>>,
 }
 
 impl View for World {
@@ -26,6 +29,10 @@ impl View for World {
 
     fn reload(&self, id: &ReloadId) -> Option<Reload> {
         self.reloads.get(id).cloned()
+    }
+
+    fn history(&self, name: &SlotName, generation: Generation) -> Option<ArtifactRef> {
+        self.history.get(name)?.get(&generation).cloned()
     }
 }
 
@@ -75,7 +82,14 @@ pub enum Violation {
 impl World {
     /// Folds one event in.
     pub fn apply(&mut self, event: &Event) {
-        let scope = evolve(Scope::load(self, event), event);
+        let scope = Scope::load(self, event);
+        if let Some((generation, artifact)) = history_entry(scope.reload.as_ref(), event) {
+            self.history
+                .entry(event.slot.clone())
+                .or_default()
+                .insert(generation, artifact);
+        }
+        let scope = evolve(scope, event);
         self.slots.insert(event.slot.clone(), scope.slot);
         if let Some(reload) = scope.reload {
             self.reloads.insert(reload.id, reload);

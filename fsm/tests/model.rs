@@ -649,9 +649,12 @@ impl StateMachineTest for Sut {
             assert_eq!(s.next_generation.0, m.next_generation);
             let retiring: BTreeSet<u64> = s.retiring.iter().map(|r| r.generation.0).collect();
             assert_eq!(retiring, m.retiring.iter().copied().collect());
-            let history: BTreeMap<u64, u8> = s
+            let history: BTreeMap<u64, u8> = sut
+                .world
                 .history
-                .iter()
+                .get(&name)
+                .into_iter()
+                .flatten()
                 .map(|(g, a)| (g.0, a.sha256.0[0]))
                 .collect();
             assert_eq!(history, m.history);

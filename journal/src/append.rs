@@ -7,7 +7,9 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use tryswap_fsm::{decide, Command, Reload, ReloadId, Slot, SlotName, View};
+use tryswap_fsm::{
+    decide, ArtifactRef, Command, Generation, Reload, ReloadId, Slot, SlotName, View,
+};
 
 use crate::codec;
 use crate::error::JournalError;
@@ -43,6 +45,22 @@ pub(crate) trait Staging {
     /// Stages the new projection of a reload.
     fn put_reload(&self, view: ReloadView) -> Result<(), Self::Error>;
 
+    /// One entry of slot `name`'s history as the write left it so far: the artifact of
+    /// `generation`, if it was ever active (a rollback's `decide` reads its target).
+    fn history(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, Self::Error>;
+
+    /// Stages a new history entry (an activation): one key, whatever the history's length.
+    fn put_history(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+        artifact: &ArtifactRef,
+    ) -> Result<(), Self::Error>;
+
     /// Stages a record, with its encoded form and chain value.
     fn put_record(&self, record: &Record, stored: Vec<u8>, chain: u32) -> Result<(), Self::Error>;
 }
@@ -73,6 +91,10 @@ impl<S: Staging> View for Decider<'_, S> {
 
     fn reload(&self, id: &ReloadId) -> Option<Reload> {
         self.note(self.staging.reload(id)).map(|v| v.reload)
+    }
+
+    fn history(&self, name: &SlotName, generation: Generation) -> Option<ArtifactRef> {
+        self.note(self.staging.history(name, generation))
     }
 }
 
@@ -130,14 +152,17 @@ pub(crate) fn append<S: Staging>(
 pub(crate) fn stage_record<S: Staging>(staging: &S, record: &Record) -> Result<u32, S::Error> {
     let stored = codec::encode_record(record).map_err(|e| S::abort(e.into()))?;
     let chain = codec::stored_chain(&stored).unwrap_or_default();
-    let (slot_view, reload_view) = fold_record(
+    let folded = fold_record(
         staging.take_slot(&record.slot)?,
         staging.reload(&record.reload)?,
         record,
     );
-    staging.put_slot(slot_view)?;
-    if let Some(reload_view) = reload_view {
+    staging.put_slot(folded.slot)?;
+    if let Some(reload_view) = folded.reload {
         staging.put_reload(reload_view)?;
+    }
+    if let Some((generation, artifact)) = &folded.history {
+        staging.put_history(&record.slot, *generation, artifact)?;
     }
     staging.put_record(record, stored, chain)?;
     Ok(chain)

@@ -10,13 +10,12 @@ use tryswap_fsm::{Generation, ReloadId, Slot, SlotName};
 use crate::codec;
 use crate::error::JournalError;
 use crate::journal::lock;
-use crate::layout::slot_key;
 use crate::layout::{
-    base_reload_key, base_slot_key, decode_value, describe_key, encode_value, reload_key,
-    seq_of_key, tx_meta, EVENTS, KEY_BASE_CHAIN, KEY_BASE_SEQ, KEY_NEXT_SEQ, PREFIX_BASE_RELOAD,
-    PREFIX_BASE_SLOT, RELOADS,
+    base_reload_key, base_slot_key, decode_value, describe_key, encode_value, history_key,
+    reload_key, seq_of_key, tx_meta, EVENTS, KEY_BASE_CHAIN, KEY_BASE_SEQ, KEY_NEXT_SEQ,
+    PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT, RELOADS,
 };
-use crate::projection::{ReloadView, SlotView};
+use crate::projection::{BaseSlot, History, ReloadView, SlotView};
 use crate::report::CompactReport;
 use crate::segment_log::{
     base_frames, frame, list_segments, segment_path, LogWriter, KIND_RECORD, LOG_DIR,
@@ -58,22 +57,24 @@ pub(crate) fn dropped_reloads(
 /// generation and the one before it, so `rollback` (to the previous generation) still works.
 const MIN_HISTORY: usize = 2;
 
-/// Shrinks `slot.history` to the newest `max(keep, MIN_HISTORY)` generations plus the active
-/// and retiring ones; returns whether anything was removed. Without this the history — and
-/// with it every read and write of the slot's projection — grows with every activation
-/// forever. A `rollback --to` an older generation is then refused (its artifact is no longer
-/// recorded).
-pub(crate) fn trim_history(slot: &mut Slot, keep: usize) -> bool {
+/// The generations of `history` a compaction removes: all but the newest
+/// `max(keep, MIN_HISTORY)` and the active and retiring ones. This is a retention policy
+/// (what `rollback --to` can still bring back, and so what `store gc` keeps), no longer a
+/// cost: a history is one key per generation, and a reload writes one key whatever its
+/// length. A `rollback --to` a removed generation is refused afterwards.
+pub(crate) fn trimmed_generations(slot: &Slot, history: &History, keep: usize) -> Vec<Generation> {
     let keep = keep.max(MIN_HISTORY);
-    if slot.history.len() <= keep {
-        return false;
+    if history.len() <= keep {
+        return Vec::new();
     }
     let mut pinned: BTreeSet<Generation> = slot.retiring.iter().map(|i| i.generation).collect();
     pinned.extend(slot.active_generation());
-    pinned.extend(slot.history.keys().rev().take(keep).copied());
-    let before = slot.history.len();
-    std::sync::Arc::make_mut(&mut slot.history).retain(|generation, _| pinned.contains(generation));
-    slot.history.len() != before
+    pinned.extend(history.keys().rev().take(keep).copied());
+    history
+        .keys()
+        .filter(|g| !pinned.contains(g))
+        .copied()
+        .collect()
 }
 
 impl Journal {
@@ -152,19 +153,25 @@ impl Journal {
                 .chain(self.meta.scan_prefix(PREFIX_BASE_RELOAD))
                 .map(|item| item.map(|(key, _)| key).map_err(|e| self.sled_err(e)))
                 .collect::<Result<_, _>>()?;
-            // Histories shrink to what a rollback may still want (see `trim_history`); the
-            // slot projections and the base snapshot get the same trimmed views, so the
-            // fold from the base still equals the projections.
+            // Histories shrink to what a rollback may still want (see
+            // `trimmed_generations`); the base snapshot gets the same trimmed histories, so
+            // the fold from the base still equals the projections and the history keys.
             let mut base: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-            let mut trimmed_slots: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut trimmed_keys: Vec<Vec<u8>> = Vec::new();
+            let mut base_slots: Vec<BaseSlot> = Vec::with_capacity(slots.len());
             for view in &slots {
-                let mut view = view.clone();
-                let trimmed = trim_history(&mut view.slot, keep_per_slot);
-                let encoded = encode_value("slot view", &view)?;
-                if trimmed {
-                    trimmed_slots.push((slot_key(&view.slot.name).to_vec(), encoded.clone()));
+                let name = &view.slot.name;
+                let mut history: History = self.history(name)?;
+                for generation in trimmed_generations(&view.slot, &history, keep_per_slot) {
+                    history.remove(&generation);
+                    trimmed_keys.push(history_key(name, generation));
                 }
-                base.push((base_slot_key(&view.slot.name), encoded));
+                let with_history = BaseSlot::new(view, history);
+                base.push((
+                    base_slot_key(name),
+                    encode_value("base slot view", &with_history)?,
+                ));
+                base_slots.push(with_history);
             }
             let kept: Vec<&ReloadView> = reloads
                 .iter()
@@ -186,14 +193,6 @@ impl Journal {
             // Then the log: a segment starting with the new base and the kept records
             // supersedes the old ones (a crash before sled's transaction below leaves sled
             // disagreeing with the log's base, and the next open derives it again).
-            let base_slots: Vec<SlotView> = slots
-                .iter()
-                .map(|view| {
-                    let mut view = view.clone();
-                    trim_history(&mut view.slot, keep_per_slot);
-                    view
-                })
-                .collect();
             let mut initial = base_frames(tip, &base_slots, &kept)?;
             initial.extend(kept_frames);
             let segment = LogWriter::create(&self.dir, tip.seq + 1, &initial)?;
@@ -208,8 +207,8 @@ impl Journal {
             let base_seq = encode_value("meta base_seq", &tip.seq)?;
             let base_chain = encode_value("meta base_chain", &tip.chain)?;
             let dir = self.dir.clone();
-            let outcome = (&self.events, &self.reloads, &self.meta, &self.slots).transaction(
-                |(events, reloads, meta, slots_tree)| {
+            let outcome = (&self.events, &self.reloads, &self.meta, &self.history).transaction(
+                |(events, reloads, meta, history)| {
                     let next: u64 = tx_meta(meta, KEY_NEXT_SEQ, &dir)?;
                     if next != tip.seq + 1 {
                         return Err(ConflictableTransactionError::Abort(JournalError::Corrupt {
@@ -232,8 +231,8 @@ impl Journal {
                     for (key, value) in &base {
                         meta.insert(key.as_slice(), value.as_slice())?;
                     }
-                    for (key, value) in &trimmed_slots {
-                        slots_tree.insert(key.as_slice(), value.as_slice())?;
+                    for key in &trimmed_keys {
+                        history.remove(key.as_slice())?;
                     }
                     meta.insert(KEY_BASE_SEQ, base_seq.as_slice())?;
                     meta.insert(KEY_BASE_CHAIN, base_chain.as_slice())?;

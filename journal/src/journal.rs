@@ -12,19 +12,20 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
-use tryswap_fsm::{Command, ReloadId, Slot, SlotName};
+use tryswap_fsm::{ArtifactRef, Command, Generation, ReloadId, Slot, SlotName};
 
 use crate::append::{append, stage_record, Staging};
 use crate::codec;
 use crate::error::JournalError;
 use crate::failure::HandleFailure;
 use crate::layout::{
-    decode_value, describe_key, encode_value, reload_key, seq_key, seq_of_key, slot_key, tx_meta,
-    tx_reload, tx_slot, Meta, EVENTS, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ, META, RELOADS,
-    SLED_DIR, SLOTS, WITNESS_FILE,
+    decode_value, describe_key, encode_history, encode_value, generation_of_key, history_key,
+    history_prefix, reload_key, seq_key, seq_of_key, slot_key, tx_history, tx_meta, tx_reload,
+    tx_slot, Meta, EVENTS, HISTORY, JOURNAL_FORMAT, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ, META,
+    RELOADS, SLED_DIR, SLOTS, WITNESS_FILE,
 };
 use crate::lock::DirLock;
-use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::projection::{History, ReloadView, ReplayState, SlotView};
 use crate::rebuild::{self, check_log, RebuildNote};
 use crate::record::Record;
 use crate::report::{CompactReport, VerifyReport};
@@ -52,6 +53,8 @@ pub struct Journal {
     pub(crate) slots: sled::Tree,
     pub(crate) reloads: sled::Tree,
     pub(crate) meta: sled::Tree,
+    /// One key per (slot, generation): every slot's history.
+    pub(crate) history: sled::Tree,
     /// The log segment appended to (`None` when read-only). Locked after `writer` and
     /// `durable`, never before.
     pub(crate) log: Mutex<Option<LogWriter>>,
@@ -101,7 +104,24 @@ const SALVAGE_HINT: &str = "Nothing was written. `tryswap journal export --salva
      every record the log holds before the damage; `tryswap journal rebuild` derives sled's \
      files again from the log";
 
-type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree, sled::Tree);
+/// sled's database and its trees: `events`, `slots`, `reloads`, `meta`, `history`.
+type Trees = (
+    sled::Db,
+    sled::Tree,
+    sled::Tree,
+    sled::Tree,
+    sled::Tree,
+    sled::Tree,
+);
+
+/// The trees a write touches: `events`, `slots`, `reloads`, `meta`, `history`.
+pub(crate) type WriteTrees<'a> = (
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+    &'a sled::Tree,
+);
 
 /// How an open for inspection treats a journal whose checks fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +178,8 @@ fn open_sled(dir: &Path, sled_dir: &Path) -> Result<Trees, JournalError> {
         let slots = db.open_tree(SLOTS)?;
         let reloads = db.open_tree(RELOADS)?;
         let meta = db.open_tree(META)?;
-        Ok((db, events, slots, reloads, meta))
+        let history = db.open_tree(HISTORY)?;
+        Ok((db, events, slots, reloads, meta, history))
     })
 }
 
@@ -290,11 +311,8 @@ pub(crate) fn witness_findings(
     }
 }
 
-/// The slot projections one write transaction touches, decoded once and encoded once.
-///
-/// A slot projection holds the slot's whole history (every generation's artifact), so it
-/// grows with every activation; decoding it for every `decide` and every fold, and encoding
-/// it after every event, made appends cost O(history) several times per event.
+/// The slot projections one write transaction touches, decoded once and encoded once (a
+/// write of several events of one slot encodes its projection once).
 struct SlotCache<'a> {
     tree: &'a TransactionalTree,
     views: RefCell<HashMap<SlotName, Option<SlotView>>>,
@@ -364,6 +382,7 @@ fn abort(error: impl Into<JournalError>) -> ConflictableTransactionError<Journal
 struct SledWrite<'a> {
     events: &'a TransactionalTree,
     reloads: &'a TransactionalTree,
+    history: &'a TransactionalTree,
     slots: SlotCache<'a>,
 }
 
@@ -397,6 +416,22 @@ impl Staging for SledWrite<'_> {
         Ok(())
     }
 
+    fn history(&self, name: &SlotName, generation: Generation) -> TxResult<Option<ArtifactRef>> {
+        tx_history(self.history, name, generation)
+    }
+
+    fn put_history(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+        artifact: &ArtifactRef,
+    ) -> TxResult<()> {
+        let encoded = encode_history(artifact).map_err(abort)?;
+        self.history
+            .insert(history_key(name, generation), encoded)?;
+        Ok(())
+    }
+
     fn put_record(&self, record: &Record, stored: Vec<u8>, _chain: u32) -> TxResult<()> {
         self.events.insert(&seq_key(record.seq), stored)?;
         Ok(())
@@ -411,12 +446,13 @@ fn write_tx(
         TransactionalTree,
         TransactionalTree,
         TransactionalTree,
+        TransactionalTree,
     ),
     commands: &[Command],
     at: DateTime<Utc>,
     dir: &Path,
 ) -> TxResult<(Vec<Record>, WitnessMark)> {
-    let (events, slots, reloads, meta) = trees;
+    let (events, slots, reloads, meta, history) = trees;
     let next_seq: u64 = tx_meta(meta, KEY_NEXT_SEQ, dir)?;
     let tip = WitnessMark {
         seq: next_seq.saturating_sub(1),
@@ -425,6 +461,7 @@ fn write_tx(
     let write = SledWrite {
         events,
         reloads,
+        history,
         slots: SlotCache::new(slots),
     };
     let (records, tip) = append(&write, commands, at, tip, dir)?;
@@ -441,11 +478,7 @@ fn write_tx(
 }
 
 /// Folds the records the log holds after sled's end into sled, in batches.
-fn catch_up(
-    trees: (&sled::Tree, &sled::Tree, &sled::Tree, &sled::Tree),
-    after: &[Record],
-    dir: &Path,
-) -> Result<(), JournalError> {
+fn catch_up(trees: WriteTrees<'_>, after: &[Record], dir: &Path) -> Result<(), JournalError> {
     tracing::info!(
         dir = %dir.display(),
         records = after.len(),
@@ -460,14 +493,15 @@ fn catch_up(
 /// Folds `records` (read from the log, decided before) into sled in one transaction:
 /// records, projections and the new tip in `meta`.
 fn apply_records(
-    trees: (&sled::Tree, &sled::Tree, &sled::Tree, &sled::Tree),
+    trees: WriteTrees<'_>,
     records: &[Record],
     dir: &Path,
 ) -> Result<(), JournalError> {
-    let outcome = trees.transaction(|(events, slots, reloads, meta)| {
+    let outcome = trees.transaction(|(events, slots, reloads, meta, history)| {
         let write = SledWrite {
             events,
             reloads,
+            history,
             slots: SlotCache::new(slots),
         };
         let mut tip = None;
@@ -496,6 +530,24 @@ fn apply_records(
             source,
         }),
     }
+}
+
+/// Removes sled's files and derives them again from the log; returns the trees and the
+/// number of records folded in.
+fn derive_sled(
+    dir: &Path,
+    sled_dir: &Path,
+    reader: &LogReader,
+) -> Result<(Trees, u64), JournalError> {
+    rebuild::discard_sled(dir)?;
+    let trees = open_sled(dir, sled_dir)?;
+    let records = {
+        let (db, events, slots, reloads, meta, history) = &trees;
+        let write = (events, slots, reloads, meta, history);
+        let mut apply = |records: &[Record]| apply_records(write, records, dir);
+        rebuild::fill(reader, db, write, &mut apply, dir)?
+    };
+    Ok((trees, records))
 }
 
 impl Journal {
@@ -587,7 +639,38 @@ impl Journal {
         let witness_path = dir.join(WITNESS_FILE);
         let strict = inspection == Inspection::Strict;
         let mark = witness_found.map(|(m, _)| m).unwrap_or_default();
-        let (db, events, slots, reloads, meta) = open_sled(dir, &sled_dir)?;
+        let mut trees = open_sled(dir, &sled_dir)?;
+        if let Some(format) = Meta::read(&trees.4, dir)?
+            .map(|m| m.format)
+            .filter(|f| *f < JOURNAL_FORMAT)
+        {
+            // sled's files are derived data: an older layout is converted here too (after a
+            // backup), from the log only, which stays untouched.
+            let reader = LogReader::open(dir)?;
+            if !reader.exists() {
+                return Err(JournalError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    what: format!(
+                        "journal format {format} without a segment log: open it for writing \
+                         once (any command that changes something, or `tryswap journal \
+                         rebuild`) to convert it"
+                    ),
+                });
+            }
+            rebuild::backup_into(dir, rebuild::FORMAT_BACKUP_DIR)?;
+            drop(trees);
+            let (derived, records) = derive_sled(dir, &sled_dir, &reader)?;
+            rebuild::note(
+                dir,
+                format!(
+                    "converting sled's files from journal format {format} to format \
+                     {JOURNAL_FORMAT} (one history key per generation), for inspection"
+                ),
+                records,
+            )?;
+            trees = derived;
+        }
+        let (db, events, slots, reloads, meta, history) = trees;
         let stored = Meta::read(&meta, dir)?;
         // One pass over the log: what sled lacks of it, and (strict) whether it holds
         // everything the witness says was durable.
@@ -610,7 +693,7 @@ impl Journal {
                     .as_ref()
                     .filter(|a| follows && !a.is_empty())
                 {
-                    catch_up((&events, &slots, &reloads, &meta), after, dir)?;
+                    catch_up((&events, &slots, &reloads, &meta, &history), after, dir)?;
                 }
             }
         }
@@ -640,7 +723,7 @@ impl Journal {
         };
         Ok(Journal::assemble(
             dir,
-            (db, events, slots, reloads, meta),
+            (db, events, slots, reloads, meta, history),
             &meta_values,
             None,
             None,
@@ -651,7 +734,7 @@ impl Journal {
     /// The handle over opened trees; `log` and `witness` are `None` for a read-only one.
     fn assemble(
         dir: &Path,
-        (db, events, slots, reloads, meta): Trees,
+        (db, events, slots, reloads, meta, history): Trees,
         meta_values: &Meta,
         log: Option<LogWriter>,
         witness: Option<Witness>,
@@ -668,6 +751,7 @@ impl Journal {
             slots,
             reloads,
             meta,
+            history,
             read_only: log.is_none(),
             log: Mutex::new(log),
             tip: Mutex::new(tip),
@@ -694,10 +778,12 @@ impl Journal {
         } else {
             None
         };
+        let mut migrated = false;
         if !LogReader::open(dir)?.exists() {
             match &sled {
                 Some(Ok(trees)) if trees.4.contains_key(KEY_FORMAT).unwrap_or(false) => {
                     rebuild::migrate(dir, &trees.0)?;
+                    migrated = true;
                 }
                 Some(Err(_)) => {
                     // A journal from before the log whose sled does not open: nothing to
@@ -746,6 +832,19 @@ impl Journal {
         }
         let writer = LogWriter::append_to(dir, scan.end.segment, scan.end.offset)?;
         let log_empty = scan.records == 0 && scan.base.seq == 0;
+        let old_format = match &sled_meta {
+            Some(Ok(Some(meta))) if meta.format < JOURNAL_FORMAT => Some(meta.format),
+            _ => None,
+        };
+        let converting = old_format.map(|format| {
+            format!(
+                "converting sled's files from journal format {format} (each slot's history                  inside its projection) to format {JOURNAL_FORMAT} (one history key per                  generation): derived again from the log"
+            )
+        });
+        if converting.is_some() && !migrated {
+            rebuild::backup_into(dir, rebuild::FORMAT_BACKUP_DIR)?;
+        }
+        let forced = forced.or(converting.as_deref());
         let reason: Option<String> = match (&sled, &sled_meta) {
             _ if forced.is_some() => forced.map(str::to_owned),
             (None, _) if log_empty => None,
@@ -756,7 +855,8 @@ impl Journal {
                 let empty = trees.1.is_empty()
                     && trees.2.is_empty()
                     && trees.3.is_empty()
-                    && trees.4.is_empty();
+                    && trees.4.is_empty()
+                    && trees.5.is_empty();
                 (!empty || !log_empty).then(|| "sled holds no journal".to_owned())
             }
             (Some(Ok(trees)), Some(Ok(Some(meta)))) => {
@@ -792,9 +892,16 @@ impl Journal {
             (Some(Ok(_)), None) => None,
         };
         let mut rebuilt = None;
-        let (db, events, slots, reloads, meta) = match (reason, sled) {
+        let (db, events, slots, reloads, meta, history) = match (reason, sled) {
             (Some(reason), sled) => {
-                if forced.is_none() {
+                if converting.is_some() {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        %reason,
+                        backup = %dir.join(rebuild::FORMAT_BACKUP_DIR).display(),
+                        "converting the journal's index once"
+                    );
+                } else if forced.is_none() {
                     tracing::warn!(
                         dir = %dir.display(),
                         %reason,
@@ -802,22 +909,14 @@ impl Journal {
                     );
                 }
                 drop(sled);
-                rebuild::discard_sled(dir)?;
-                let trees = open_sled(dir, &sled_dir)?;
-                let records = {
-                    let (db, events, slots, reloads, meta) = &trees;
-                    let mut apply = |records: &[Record]| {
-                        apply_records((events, slots, reloads, meta), records, dir)
-                    };
-                    rebuild::fill(&reader, db, (meta, events, slots, reloads), &mut apply, dir)?
-                };
+                let (trees, records) = derive_sled(dir, &sled_dir, &reader)?;
                 rebuilt = Some(rebuild::note(dir, reason, records)?);
                 trees
             }
             (None, Some(Ok(trees))) => {
                 if let Some(after) = scan.after_sled.as_ref().filter(|a| !a.is_empty()) {
-                    let (_, events, slots, reloads, meta) = &trees;
-                    catch_up((events, slots, reloads, meta), after, dir)?;
+                    let (_, events, slots, reloads, meta, history) = &trees;
+                    catch_up((events, slots, reloads, meta, history), after, dir)?;
                 }
                 trees
             }
@@ -845,7 +944,7 @@ impl Journal {
         )?;
         let mut journal = Journal::assemble(
             dir,
-            (db, events, slots, reloads, meta),
+            (db, events, slots, reloads, meta, history),
             &meta_values,
             Some(writer),
             Some(witness),
@@ -939,7 +1038,13 @@ impl Journal {
         }
         let (records, tip) = {
             let _writer = lock(&self.writer);
-            let outcome = (&self.events, &self.slots, &self.reloads, &self.meta)
+            let outcome = (
+                &self.events,
+                &self.slots,
+                &self.reloads,
+                &self.meta,
+                &self.history,
+            )
                 .transaction(|trees| write_tx(trees, commands, at, &self.dir));
             let (records, tip) = self.finish_tx(outcome)?;
             self.append_to_log(&records)?;
@@ -1094,6 +1199,31 @@ impl Journal {
         self.get(&self.reloads, RELOADS, &reload_key(id))
     }
 
+    /// Slot `name`'s history: every generation that was ever active there (and not
+    /// trimmed by a compaction) with its artifact. One range scan of the `history` tree.
+    pub fn history(&self, name: &SlotName) -> Result<History, JournalError> {
+        let mut out = History::new();
+        for item in self.history.scan_prefix(history_prefix(name)) {
+            let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+            let generation = generation_of_key(&key).ok_or_else(|| JournalError::Corrupt {
+                dir: self.dir.clone(),
+                what: format!("tree `history` holds key {}", describe_key(HISTORY, &key)),
+            })?;
+            out.insert(generation, decode_value(HISTORY, &key, &bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// The artifact of generation `generation` of slot `name`, if it is in the slot's
+    /// history. One key read.
+    pub fn history_entry(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, JournalError> {
+        self.get(&self.history, HISTORY, &history_key(name, generation))
+    }
+
     /// Every reload of `slot` the journal holds, oldest first (by first record).
     ///
     /// Scans the reload projections, which compaction keeps bounded.
@@ -1202,6 +1332,18 @@ impl JournalStore for Journal {
 
     fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError> {
         Journal::reloads_of(self, slot)
+    }
+
+    fn history(&self, name: &SlotName) -> Result<History, JournalError> {
+        Journal::history(self, name)
+    }
+
+    fn history_entry(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, JournalError> {
+        Journal::history_entry(self, name, generation)
     }
 
     fn events(&self, from_seq: u64) -> Records {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use tryswap_fsm::{ReloadId, SlotName};
+use tryswap_fsm::{ArtifactRef, Generation, ReloadId, SlotName};
 
 use crate::codec;
 use crate::error::JournalError;
@@ -27,9 +27,14 @@ pub const SLOTS: &str = "slots";
 pub const RELOADS: &str = "reloads";
 /// Tree of journal-wide values; see `docs/journal.md`.
 pub const META: &str = "meta";
+/// Tree of slot histories: key = slot name, a 0 byte, generation as u64 big-endian (so a
+/// slot's entries are together, in generation order); value = the generation's artifact.
+pub const HISTORY: &str = "history";
 
-/// The journal format this build writes and reads (meta key `format`).
-pub const JOURNAL_FORMAT: u16 = 1;
+/// The journal format this build writes and reads (meta key `format`). Format 1 kept each
+/// slot's history inside its projection; a format 1 sled is converted once at open (its
+/// files backed up, then derived again from the log).
+pub const JOURNAL_FORMAT: u16 = 2;
 
 pub(crate) const KEY_FORMAT: &[u8] = b"format";
 pub(crate) const KEY_NEXT_SEQ: &[u8] = b"next_seq";
@@ -60,6 +65,33 @@ pub fn reload_key(id: &ReloadId) -> [u8; 16] {
     *id.as_bytes()
 }
 
+/// The key of generation `generation` in slot `name`'s history.
+pub fn history_key(name: &SlotName, generation: Generation) -> Vec<u8> {
+    let mut key = history_prefix(name);
+    key.extend_from_slice(&generation.0.to_be_bytes());
+    key
+}
+
+/// The prefix every history key of slot `name` starts with (slot names hold no 0 byte).
+pub(crate) fn history_prefix(name: &SlotName) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.as_str().len() + 9);
+    key.extend_from_slice(slot_key(name));
+    key.push(0);
+    key
+}
+
+/// The generation a history key names, if it has the shape [`history_key`] gives.
+pub(crate) fn generation_of_key(key: &[u8]) -> Option<Generation> {
+    let at = key.iter().position(|b| *b == 0)?;
+    let bytes: [u8; 8] = key.get(at + 1..)?.try_into().ok()?;
+    Some(Generation(u64::from_be_bytes(bytes)))
+}
+
+/// Encodes a history entry's value.
+pub(crate) fn encode_history(artifact: &ArtifactRef) -> Result<Vec<u8>, JournalError> {
+    encode_value("history entry", artifact)
+}
+
 pub(crate) fn base_slot_key(name: &SlotName) -> Vec<u8> {
     [PREFIX_BASE_SLOT, slot_key(name)].concat()
 }
@@ -78,6 +110,13 @@ pub(crate) fn describe_key(tree: &str, key: &[u8]) -> String {
         RELOADS => match ReloadId::from_slice(key) {
             Ok(id) => format!("reload {id}"),
             Err(_) => format!("{key:02x?} (not a 16-byte reload id)"),
+        },
+        HISTORY => match (key.iter().position(|b| *b == 0), generation_of_key(key)) {
+            (Some(at), Some(generation)) => format!(
+                "{} generation {generation}",
+                String::from_utf8_lossy(&key[..at])
+            ),
+            _ => format!("{key:02x?} (not a slot name, 0 and a generation)"),
         },
         _ => {
             if let Some(rest) = key.strip_prefix(PREFIX_BASE_RELOAD) {
@@ -111,6 +150,7 @@ fn tree_value_name(tree: &str, key: &[u8]) -> &'static str {
         SLOTS => "slot view",
         RELOADS => "reload view",
         EVENTS => "record",
+        HISTORY => "history entry",
         _ if key.starts_with(PREFIX_BASE_SLOT) => "base slot view",
         _ if key.starts_with(PREFIX_BASE_RELOAD) => "base reload view",
         _ => "meta value",
@@ -164,7 +204,8 @@ impl Meta {
             return Ok(None);
         };
         let format: u16 = decode_value(META, KEY_FORMAT, &format)?;
-        if format != JOURNAL_FORMAT {
+        // An older format is read (the caller converts it); a newer one is refused.
+        if format == 0 || format > JOURNAL_FORMAT {
             return Err(JournalError::Format {
                 dir: dir.to_path_buf(),
                 found: format,
@@ -242,6 +283,15 @@ pub(crate) fn tx_meta<T: DeserializeOwned>(
 /// Reads a slot view inside a transaction.
 pub(crate) fn tx_slot(slots: &TransactionalTree, name: &SlotName) -> TxResult<Option<SlotView>> {
     tx_get(slots, SLOTS, slot_key(name))
+}
+
+/// Reads one history entry inside a transaction.
+pub(crate) fn tx_history(
+    history: &TransactionalTree,
+    name: &SlotName,
+    generation: Generation,
+) -> TxResult<Option<ArtifactRef>> {
+    tx_get(history, HISTORY, &history_key(name, generation))
 }
 
 /// Reads a reload view inside a transaction.

@@ -9,19 +9,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tryswap_fsm::{Command, ReloadId, Slot, SlotName};
+use tryswap_fsm::{ArtifactRef, Command, Generation, ReloadId, Slot, SlotName};
 
 use crate::append::{append, Staging};
-use crate::compact::{dropped_reloads, trim_history};
+use crate::compact::{dropped_reloads, trimmed_generations};
 use crate::error::JournalError;
 use crate::failure::HandleFailure;
 use crate::layout::{RELOADS, SLOTS};
-use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::projection::{History, ReloadView, ReplayState, SlotView};
 use crate::record::Record;
 use crate::report::{CompactReport, ProblemKind, VerifyReport};
 use crate::store::{JournalStore, Records};
 use crate::verify::{
-    check_and_fold, missing_reloads, missing_slots, reload_differences, slot_differences, Findings,
+    check_and_fold, history_differences, missing_reloads, missing_slots, reload_differences,
+    slot_differences, Findings,
 };
 use crate::witness::WitnessMark;
 
@@ -103,6 +104,7 @@ struct Overlay<'a> {
     committed: &'a ReplayState,
     slots: RefCell<HashMap<SlotName, Option<SlotView>>>,
     reloads: RefCell<HashMap<ReloadId, ReloadView>>,
+    history: RefCell<HashMap<(SlotName, Generation), ArtifactRef>>,
     records: RefCell<Vec<(Record, u32)>>,
 }
 
@@ -126,7 +128,6 @@ impl Staging for Overlay<'_> {
         let mut staged = self.slots.borrow_mut();
         Ok(match staged.get_mut(name) {
             Some(view) => view.take(),
-            // Cheap: the generation history is shared (`Arc`) until the fold changes it.
             None => self.committed.slots.get(name).cloned(),
         })
     }
@@ -148,6 +149,34 @@ impl Staging for Overlay<'_> {
 
     fn put_reload(&self, view: ReloadView) -> Result<(), JournalError> {
         self.reloads.borrow_mut().insert(view.reload.id, view);
+        Ok(())
+    }
+
+    fn history(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, JournalError> {
+        if let Some(staged) = self.history.borrow().get(&(name.clone(), generation)) {
+            return Ok(Some(staged.clone()));
+        }
+        Ok(self
+            .committed
+            .history
+            .get(name)
+            .and_then(|h| h.get(&generation))
+            .cloned())
+    }
+
+    fn put_history(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+        artifact: &ArtifactRef,
+    ) -> Result<(), JournalError> {
+        self.history
+            .borrow_mut()
+            .insert((name.clone(), generation), artifact.clone());
         Ok(())
     }
 
@@ -193,15 +222,25 @@ impl JournalStore for MemoryJournal {
             committed: &state.current,
             slots: RefCell::new(HashMap::new()),
             reloads: RefCell::new(HashMap::new()),
+            history: RefCell::new(HashMap::new()),
             records: RefCell::new(Vec::new()),
         };
         let (records, tip) = append(&overlay, commands, at, state.tip(), &self.label)?;
         let Overlay {
             slots,
             reloads,
+            history,
             records: staged,
             ..
         } = overlay;
+        for ((name, generation), artifact) in history.into_inner() {
+            state
+                .current
+                .history
+                .entry(name)
+                .or_default()
+                .insert(generation, artifact);
+        }
         for (name, view) in slots.into_inner() {
             if let Some(view) = view {
                 state.current.slots.insert(name, view);
@@ -241,6 +280,30 @@ impl JournalStore for MemoryJournal {
 
     fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
         Ok(self.state().current.reloads.get(id).cloned())
+    }
+
+    fn history(&self, name: &SlotName) -> Result<History, JournalError> {
+        Ok(self
+            .state()
+            .current
+            .history
+            .get(name)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn history_entry(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, JournalError> {
+        Ok(self
+            .state()
+            .current
+            .history
+            .get(name)
+            .and_then(|h| h.get(&generation))
+            .cloned())
     }
 
     fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError> {
@@ -320,8 +383,13 @@ impl JournalStore for MemoryJournal {
             .retain(|_, (record, _)| !dropped.contains(&record.reload));
         let events_dropped = (before - state.records.len()) as u64;
         state.current.reloads.retain(|id, _| !dropped.contains(id));
-        for view in state.current.slots.values_mut() {
-            trim_history(&mut view.slot, keep_per_slot);
+        let current = &mut state.current;
+        for view in current.slots.values() {
+            if let Some(history) = current.history.get_mut(&view.slot.name) {
+                for generation in trimmed_generations(&view.slot, history, keep_per_slot) {
+                    history.remove(&generation);
+                }
+            }
         }
         state.base = state.current.clone();
         state.base_chain = state.last_chain;
@@ -401,4 +469,5 @@ fn compare(projections: &ReplayState, mut folded: ReplayState, found: &mut Findi
         }
     }
     missing_reloads(folded.reloads, found);
+    history_differences(&projections.history, &folded.history, found);
 }

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tryswap_fsm::{evolve, Reload, ReloadId, Scope, Slot, SlotName, View, World};
+use tryswap_fsm::{
+    evolve, history_entry, ArtifactRef, Generation, Instance, Reload, ReloadId, Scope, Slot,
+    SlotName, View, World,
+};
 
 use crate::record::Record;
 
@@ -33,6 +36,82 @@ impl SlotView {
             active_since: None,
             updated: DateTime::<Utc>::UNIX_EPOCH,
         }
+    }
+}
+
+/// A slot's history: the artifact of every generation that was ever active in it (and not
+/// trimmed by a compaction), by generation. Stored as one key per generation, never inside
+/// the slot's projection.
+pub type History = BTreeMap<Generation, ArtifactRef>;
+
+/// A slot projection together with the slot's whole history, laid out as journal format 1
+/// stored a slot projection (the history was then the last field of the slot). The
+/// compaction base keeps slots in this form (log frames of kind 3 and `meta`'s
+/// `base/slot/<name>` values), so a base written before the history had its own keys reads
+/// unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BaseSlot {
+    slot: BaseSlotState,
+    active_since: Option<DateTime<Utc>>,
+    updated: DateTime<Utc>,
+}
+
+/// [`Slot`] with its history, field for field as format 1 encoded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct BaseSlotState {
+    name: SlotName,
+    active: Option<Instance>,
+    in_flight: Option<ReloadId>,
+    next_generation: Generation,
+    retiring: Vec<Instance>,
+    history: History,
+}
+
+impl BaseSlot {
+    /// The base form of `view` with `history`.
+    pub(crate) fn new(view: &SlotView, history: History) -> BaseSlot {
+        let slot = &view.slot;
+        BaseSlot {
+            slot: BaseSlotState {
+                name: slot.name.clone(),
+                active: slot.active.clone(),
+                in_flight: slot.in_flight,
+                next_generation: slot.next_generation,
+                retiring: slot.retiring.clone(),
+                history,
+            },
+            active_since: view.active_since,
+            updated: view.updated,
+        }
+    }
+
+    /// The slot's name.
+    pub(crate) fn name(&self) -> &SlotName {
+        &self.slot.name
+    }
+
+    /// The projection and the history apart.
+    pub(crate) fn split(self) -> (SlotView, History) {
+        let BaseSlotState {
+            name,
+            active,
+            in_flight,
+            next_generation,
+            retiring,
+            history,
+        } = self.slot;
+        let view = SlotView {
+            slot: Slot {
+                name,
+                active,
+                in_flight,
+                next_generation,
+                retiring,
+            },
+            active_since: self.active_since,
+            updated: self.updated,
+        };
+        (view, history)
     }
 }
 
@@ -73,17 +152,25 @@ impl ReloadView {
     }
 }
 
+/// What one record changes: the slot's new view, the reload's new view (`None` if the record
+/// names a reload that does not exist and does not create one, e.g. a `Retired` of a
+/// compacted-away reload) and the history entry it adds (an activation's generation).
+pub(crate) struct Folded {
+    pub slot: SlotView,
+    pub reload: Option<ReloadView>,
+    pub history: Option<(Generation, ArtifactRef)>,
+}
+
 /// Folds one record into the slot and reload views it touches.
 ///
-/// `slot` and `reload` are the views before the record (`None`: never seen). Returns the
-/// slot's new view and the reload's new view (`None` if the record names a reload that
-/// does not exist and does not create one, e.g. a `Retired` of a compacted-away reload).
+/// `slot` and `reload` are the views before the record (`None`: never seen).
 pub(crate) fn fold_record(
     slot: Option<SlotView>,
     reload: Option<ReloadView>,
     record: &Record,
-) -> (SlotView, Option<ReloadView>) {
+) -> Folded {
     let event = record.event();
+    let history = history_entry(reload.as_ref().map(|v| &v.reload), &event);
     let (slot_before, since_before) = match slot {
         Some(view) => (view.slot, view.active_since),
         None => (Slot::new(record.slot.clone()), None),
@@ -137,7 +224,11 @@ pub(crate) fn fold_record(
             },
         }
     });
-    (slot_view, reload_view)
+    Folded {
+        slot: slot_view,
+        reload: reload_view,
+        history,
+    }
 }
 
 /// Every slot and reload view as of one sequence number: what `replay` returns and what
@@ -150,19 +241,26 @@ pub struct ReplayState {
     pub slots: BTreeMap<SlotName, SlotView>,
     /// Reload views by id (compacted-away reloads are absent).
     pub reloads: BTreeMap<ReloadId, ReloadView>,
+    /// Every slot's history (generations a compaction trimmed are absent).
+    #[serde(default)]
+    pub history: BTreeMap<SlotName, History>,
 }
 
 impl ReplayState {
     /// Folds `record` in and advances [`ReplayState::seq`] to its sequence number.
     pub fn apply(&mut self, record: &Record) {
-        // Taken, not cloned: the slot view (with its whole generation history) is put back
-        // below, and cloning it made every replayed record cost O(history).
         let slot = self.slots.remove(&record.slot);
         let reload = self.reloads.get(&record.reload).cloned();
-        let (slot, reload) = fold_record(slot, reload, record);
-        self.slots.insert(record.slot.clone(), slot);
-        if let Some(reload) = reload {
+        let folded = fold_record(slot, reload, record);
+        self.slots.insert(record.slot.clone(), folded.slot);
+        if let Some(reload) = folded.reload {
             self.reloads.insert(record.reload, reload);
+        }
+        if let Some((generation, artifact)) = folded.history {
+            self.history
+                .entry(record.slot.clone())
+                .or_default()
+                .insert(generation, artifact);
         }
         self.seq = record.seq;
     }
@@ -180,6 +278,7 @@ impl ReplayState {
                 .iter()
                 .map(|(id, view)| (*id, view.reload.clone()))
                 .collect(),
+            history: self.history.clone(),
         }
     }
 }
@@ -191,5 +290,9 @@ impl View for ReplayState {
 
     fn reload(&self, id: &ReloadId) -> Option<Reload> {
         self.reloads.get(id).map(|v| v.reload.clone())
+    }
+
+    fn history(&self, name: &SlotName, generation: Generation) -> Option<ArtifactRef> {
+        self.history.get(name)?.get(&generation).cloned()
     }
 }

@@ -11,11 +11,13 @@ use std::path::Path;
 
 use crate::codec;
 use crate::error::JournalError;
+use crate::journal::WriteTrees;
 use crate::layout::{
-    base_reload_key, base_slot_key, decode_value, encode_value, reload_key, seq_key, seq_of_key,
-    slot_key, Meta, EVENTS, PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT, SLED_DIR, WITNESS_FILE,
+    base_reload_key, base_slot_key, decode_value, encode_history, encode_value, history_key,
+    reload_key, seq_key, seq_of_key, slot_key, Meta, EVENTS, PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT,
+    SLED_DIR, WITNESS_FILE,
 };
-use crate::projection::{ReloadView, SlotView};
+use crate::projection::{BaseSlot, ReloadView};
 use crate::record::Record;
 use crate::segment_log::{
     base_frames, frame, segment_path, LogDamage, LogItem, LogPosition, LogReader, LogWriter,
@@ -26,6 +28,11 @@ use crate::witness::{sync_dir, WitnessMark};
 
 /// Where [`migrate`] keeps the journal's files as they were before it added the log.
 pub const MIGRATION_BACKUP_DIR: &str = "backup-before-log";
+
+/// Where the conversion of a format 1 sled (each slot's history inside its projection) to
+/// format 2 (one history key per generation) keeps sled's files and the witness as they
+/// were, before it derives sled again from the log.
+pub const FORMAT_BACKUP_DIR: &str = "backup-before-format-2";
 
 /// Records folded into sled per transaction by [`rebuild`] and the catch-up.
 pub(crate) const APPLY_BATCH: usize = 2048;
@@ -138,13 +145,12 @@ pub(crate) fn scan_with(
 pub(crate) type Apply<'a> = dyn FnMut(&[Record]) -> Result<(), JournalError> + 'a;
 
 /// Writes the log's contents into an empty, just opened sled: the base (meta values,
-/// projections and base snapshot), the kept records, and every record after it through
-/// `apply` (which folds them, in batches). `trees` are `meta`, `events`, `slots` and
-/// `reloads`. Returns the number of records written.
+/// projections, histories and base snapshot), the kept records, and every record after it
+/// through `apply` (which folds them, in batches). Returns the number of records written.
 pub(crate) fn fill(
     reader: &LogReader,
     db: &sled::Db,
-    (meta, events, slots, reloads): (&sled::Tree, &sled::Tree, &sled::Tree, &sled::Tree),
+    (events, slots, reloads, meta, history): WriteTrees<'_>,
     apply: &mut Apply<'_>,
     dir: &Path,
 ) -> Result<u64, JournalError> {
@@ -174,11 +180,22 @@ pub(crate) fn fill(
                     entries.insert(key, value);
                 }
                 let mut slot_batch = sled::Batch::default();
+                let mut history_batch = sled::Batch::default();
                 for view in &base.slots {
-                    let encoded = encode_value("slot view", view)?;
-                    entries.insert(base_slot_key(&view.slot.name), encoded.clone());
-                    slot_batch.insert(slot_key(&view.slot.name), encoded);
+                    let name = &view.slot.name;
+                    let entries_of = base.history.get(name).cloned().unwrap_or_default();
+                    for (generation, artifact) in &entries_of {
+                        history_batch
+                            .insert(history_key(name, *generation), encode_history(artifact)?);
+                    }
+                    let with_history = BaseSlot::new(view, entries_of);
+                    entries.insert(
+                        base_slot_key(name),
+                        encode_value("base slot view", &with_history)?,
+                    );
+                    slot_batch.insert(slot_key(name), encode_value("slot view", view)?);
                 }
+                history.apply_batch(history_batch).map_err(sled_err)?;
                 let mut reload_batch = sled::Batch::default();
                 for view in &base.reloads {
                     let encoded = encode_value("reload view", view)?;
@@ -245,7 +262,7 @@ pub(crate) fn discard_sled(dir: &Path) -> Result<(), JournalError> {
 /// [`MIGRATION_BACKUP_DIR`] (synced), then writes one segment holding the compaction base
 /// (if any) and every record sled holds, byte for byte. Returns the records written.
 pub(crate) fn migrate(dir: &Path, db: &sled::Db) -> Result<u64, JournalError> {
-    backup(dir)?;
+    backup_into(dir, MIGRATION_BACKUP_DIR)?;
     let sled_err = |source| JournalError::Sled {
         dir: dir.to_path_buf(),
         source,
@@ -255,7 +272,8 @@ pub(crate) fn migrate(dir: &Path, db: &sled::Db) -> Result<u64, JournalError> {
     let meta = Meta::read(&meta_tree, dir)?.unwrap_or_else(Meta::fresh);
     let mut initial = Vec::new();
     if meta.base_seq > 0 {
-        let mut slots: Vec<SlotView> = Vec::new();
+        // Format 1 stored base slots with their history, as base frames still do.
+        let mut slots: Vec<BaseSlot> = Vec::new();
         for item in meta_tree.scan_prefix(PREFIX_BASE_SLOT) {
             let (key, bytes) = item.map_err(sled_err)?;
             slots.push(decode_value(crate::layout::META, &key, &bytes)?);
@@ -296,14 +314,14 @@ pub(crate) fn migrate(dir: &Path, db: &sled::Db) -> Result<u64, JournalError> {
     Ok(count)
 }
 
-/// Copies `sled/` and the witness into [`MIGRATION_BACKUP_DIR`] (under a temporary name,
-/// synced, then renamed), unless a backup is already there.
-fn backup(dir: &Path) -> Result<(), JournalError> {
-    let target = dir.join(MIGRATION_BACKUP_DIR);
+/// Copies `sled/` and the witness into `dir/<name>` (under a temporary name, synced, then
+/// renamed), unless a backup is already there.
+pub(crate) fn backup_into(dir: &Path, name: &str) -> Result<(), JournalError> {
+    let target = dir.join(name);
     if target.exists() {
         return Ok(());
     }
-    let staging = dir.join(format!("{MIGRATION_BACKUP_DIR}.tmp"));
+    let staging = dir.join(format!("{name}.tmp"));
     let _ = std::fs::remove_dir_all(&staging);
     let sled_dir = dir.join(SLED_DIR);
     let listing = list_tree(&sled_dir, "listing sled's files for the backup")?;

@@ -4,7 +4,7 @@ use tryswap_fsm::SlotName;
 
 use crate::error::JournalError;
 use crate::layout::{decode_value, Meta, META, PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT};
-use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::projection::{BaseSlot, ReloadView, ReplayState};
 use crate::Journal;
 
 impl Journal {
@@ -40,7 +40,11 @@ impl Journal {
         };
         for item in self.meta.scan_prefix(PREFIX_BASE_SLOT) {
             let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
-            let view: SlotView = decode_value(META, &key, &bytes)?;
+            let base: BaseSlot = decode_value(META, &key, &bytes)?;
+            let (view, history) = base.split();
+            if !history.is_empty() {
+                state.history.insert(view.slot.name.clone(), history);
+            }
             state.slots.insert(view.slot.name.clone(), view);
         }
         for item in self.meta.scan_prefix(PREFIX_BASE_RELOAD) {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::JournalError;
-use crate::projection::{ReloadView, SlotView};
+use crate::projection::{BaseSlot, History, ReloadView, SlotView};
 use crate::record::Record;
 use crate::witness::{sync_dir, WitnessMark};
 
@@ -81,10 +81,11 @@ pub(crate) struct BaseHead {
     pub reloads: u64,
 }
 
-/// The frames of a compaction base at `mark` with these projections.
+/// The frames of a compaction base at `mark` with these projections (each slot with its
+/// history, in the layout of [`BaseSlot`]).
 pub(crate) fn base_frames(
     mark: WitnessMark,
-    slots: &[SlotView],
+    slots: &[BaseSlot],
     reloads: &[&ReloadView],
 ) -> Result<Vec<u8>, JournalError> {
     let head = BaseHead {
@@ -127,6 +128,8 @@ pub struct LogBase {
     pub chain: u32,
     /// The slot projections at the base.
     pub slots: Vec<SlotView>,
+    /// Every slot's history at the base (a base slot frame carries its slot's history).
+    pub history: std::collections::BTreeMap<tryswap_fsm::SlotName, History>,
     /// The kept reload projections at the base.
     pub reloads: Vec<ReloadView>,
 }
@@ -430,8 +433,11 @@ impl LogItems {
                 if kind != KIND_BASE_SLOT {
                     return Err(format!("expected a base slot frame, found kind {kind}"));
                 }
-                base.slots
-                    .push(codec::decode("log base slot", payload).map_err(|e| e.to_string())?);
+                let slot: BaseSlot =
+                    codec::decode("log base slot", payload).map_err(|e| e.to_string())?;
+                let (view, history) = slot.split();
+                base.history.insert(view.slot.name.clone(), history);
+                base.slots.push(view);
                 *slots -= 1;
             } else if *reloads > 0 {
                 if kind != KIND_BASE_RELOAD {
@@ -460,6 +466,7 @@ impl LogItems {
                     seq: head.seq,
                     chain: head.chain,
                     slots: Vec::new(),
+                    history: std::collections::BTreeMap::new(),
                     reloads: Vec::new(),
                 };
                 if head.slots == 0 && head.reloads == 0 {

@@ -20,6 +20,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tryswap_fsm::{Command, ReloadId, SlotName};
 
+use crate::projection::History;
+
 use crate::codec::{self, LIMIT};
 use crate::error::JournalError;
 use crate::journal::{lock, Journal};
@@ -34,8 +36,9 @@ use crate::store::{JournalStore, Records};
 pub const SNAPSHOT_FILE: &str = "projection.snapshot";
 
 /// The snapshot format this build writes and reads (a snapshot of another format is
-/// ignored: readers fall back to waiting for the lock).
-pub const SNAPSHOT_FORMAT: u16 = 1;
+/// ignored: readers fall back to waiting for the lock). Format 2: slot projections without
+/// their history (a reader reads a history from the log, see `JournalStore::history`).
+pub const SNAPSHOT_FORMAT: u16 = 2;
 
 /// At most this many reloads of one slot are kept in the snapshot (the newest).
 const RELOADS_PER_SLOT: usize = 100;
@@ -277,6 +280,11 @@ impl JournalStore for SnapshotStore {
             .filter(|v| &v.reload.slot == slot)
             .cloned()
             .collect())
+    }
+
+    /// Read from the segment log up to the snapshot's seq: the snapshot carries no history.
+    fn history(&self, name: &SlotName) -> Result<History, JournalError> {
+        crate::history::history_from_log(&self.dir, name, self.snapshot.seq)
     }
 
     fn events(&self, from_seq: u64) -> Records {

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use tryswap_fsm::{Command, ReloadId, SlotName};
+use tryswap_fsm::{ArtifactRef, Command, Generation, ReloadId, SlotName};
 
 use crate::error::JournalError;
-use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::projection::{History, ReloadView, ReplayState, SlotView};
 use crate::record::Record;
 use crate::report::{CompactReport, VerifyReport};
 
@@ -86,6 +86,22 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
     /// Every reload of `slot` the journal holds, oldest first (by first record).
     fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError>;
 
+    /// Slot `name`'s history: the artifact of every generation that was ever active there
+    /// (and not trimmed by a compaction), oldest first; empty for a slot never used. What
+    /// `rollback --to` can bring back and what `store gc` keeps. Kept apart from the slot's
+    /// projection, one entry per generation, so a write costs the same however long it is.
+    fn history(&self, name: &SlotName) -> Result<History, JournalError>;
+
+    /// The artifact of generation `generation` of slot `name`, if it is in the slot's
+    /// history. Stores override it to read the one entry.
+    fn history_entry(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, JournalError> {
+        Ok(self.history(name)?.remove(&generation))
+    }
+
     /// Every reload that is not terminal, found through the slots' in-flight pointers, in
     /// slot order.
     fn in_flight(&self) -> Result<Vec<ReloadView>, JournalError> {
@@ -128,7 +144,8 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
 
     /// Keeps the newest `keep_per_slot` terminal reloads of every slot (plus every
     /// non-terminal one, and those behind the active and retiring generations), drops the
-    /// others' projections and records, and trims slot histories to what a rollback may
-    /// still want; the current state becomes the compaction base.
+    /// others' projections and records, and trims slot histories to the generations
+    /// `rollback --to` keeps (see `docs/journal.md`); the current state becomes the
+    /// compaction base.
     fn compact(&self, keep_per_slot: usize) -> Result<CompactReport, JournalError>;
 }

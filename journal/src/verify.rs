@@ -8,10 +8,10 @@ use crate::codec;
 use crate::error::JournalError;
 use crate::journal::{lock, tail_findings, witness_findings};
 use crate::layout::{
-    decode_value, describe_key, seq_of_key, Meta, EVENTS, META, PREFIX_BASE_RELOAD,
-    PREFIX_BASE_SLOT, RELOADS, SLOTS, WITNESS_FILE,
+    decode_value, describe_key, generation_of_key, seq_of_key, Meta, EVENTS, HISTORY, META,
+    PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT, RELOADS, SLOTS, WITNESS_FILE,
 };
-use crate::projection::{ReloadView, ReplayState, SlotView};
+use crate::projection::{BaseSlot, History, ReloadView, ReplayState, SlotView};
 use crate::record::Record;
 use crate::replay::slot_name_of;
 use crate::report::{Problem, ProblemKind, VerifyReport};
@@ -67,9 +67,6 @@ pub(crate) fn slot_differences(stored: &SlotView, folded: &SlotView) -> String {
     }
     if stored.slot.retiring != folded.slot.retiring {
         parts.push("retiring generations");
-    }
-    if stored.slot.history != folded.slot.history {
-        parts.push("generation history");
     }
     if stored.slot.name != folded.slot.name {
         parts.push("name");
@@ -168,6 +165,43 @@ pub(crate) fn missing_slots(folded: BTreeMap<SlotName, SlotView>, found: &mut Fi
 }
 
 /// Reports every reload of the fold that has no projection.
+/// Compares every slot's stored history with the fold's, entry by entry.
+pub(crate) fn history_differences(
+    stored: &BTreeMap<SlotName, History>,
+    folded: &BTreeMap<SlotName, History>,
+    found: &mut Findings,
+) {
+    let empty = History::new();
+    let names: std::collections::BTreeSet<&SlotName> = stored.keys().chain(folded.keys()).collect();
+    for name in names {
+        let stored = stored.get(name).unwrap_or(&empty);
+        let folded = folded.get(name).unwrap_or(&empty);
+        if stored == folded {
+            continue;
+        }
+        let generations: std::collections::BTreeSet<_> =
+            stored.keys().chain(folded.keys()).collect();
+        for generation in generations {
+            let (kind, detail) = match (stored.get(generation), folded.get(generation)) {
+                (Some(a), Some(b)) if a == b => continue,
+                (Some(_), Some(_)) => (
+                    ProblemKind::ProjectionMismatch,
+                    format!("generation {generation}: stored artifact differs from the fold's"),
+                ),
+                (Some(_), None) => (
+                    ProblemKind::ProjectionExtra,
+                    format!("generation {generation}: no event activated it"),
+                ),
+                (None, _) => (
+                    ProblemKind::ProjectionMissing,
+                    format!("generation {generation} was activated but has no history entry"),
+                ),
+            };
+            found.push(kind, HISTORY, None, Some(name.clone()), None, detail);
+        }
+    }
+}
+
 pub(crate) fn missing_reloads(folded: BTreeMap<ReloadId, ReloadView>, found: &mut Findings) {
     for (id, view) in folded {
         let detail = "events create this reload but it has no projection";
@@ -346,20 +380,24 @@ impl Journal {
         for item in self.meta.scan_prefix(PREFIX_BASE_SLOT) {
             let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
             let name = slot_name_of(&key[PREFIX_BASE_SLOT.len()..]);
-            match decode_value::<SlotView>(META, &key, &bytes) {
-                Ok(view) if Some(&view.slot.name) == name.as_ref() => {
+            match decode_value::<BaseSlot>(META, &key, &bytes) {
+                Ok(base) if Some(base.name()) == name.as_ref() => {
+                    let (view, history) = base.split();
+                    if !history.is_empty() {
+                        state.history.insert(view.slot.name.clone(), history);
+                    }
                     state.slots.insert(view.slot.name.clone(), view);
                 }
-                Ok(view) => found.push(
+                Ok(base) => found.push(
                     ProblemKind::Base,
                     META,
                     None,
-                    Some(view.slot.name.clone()),
+                    Some(base.name().clone()),
                     None,
                     format!(
                         "key {} holds the view of slot {}",
                         describe_key(META, &key),
-                        view.slot.name
+                        base.name()
                     ),
                 ),
                 Err(e) => found.push(ProblemKind::Base, META, None, name, None, e.to_string()),
@@ -652,6 +690,37 @@ impl Journal {
             }
         }
         missing_reloads(state.reloads, found);
+        let mut stored: BTreeMap<SlotName, History> = BTreeMap::new();
+        for item in self.history.iter() {
+            let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
+            let name = key
+                .iter()
+                .position(|b| *b == 0)
+                .and_then(|at| slot_name_of(&key[..at]));
+            let entry = decode_value(HISTORY, &key, &bytes);
+            match (name, generation_of_key(&key), entry) {
+                (Some(name), Some(generation), Ok(artifact)) => {
+                    stored.entry(name).or_default().insert(generation, artifact);
+                }
+                (name, _, Err(e)) => found.push(
+                    ProblemKind::Undecodable,
+                    HISTORY,
+                    None,
+                    name,
+                    None,
+                    e.to_string(),
+                ),
+                (name, _, Ok(_)) => found.push(
+                    ProblemKind::Undecodable,
+                    HISTORY,
+                    None,
+                    name,
+                    None,
+                    format!("malformed key {}", describe_key(HISTORY, &key)),
+                ),
+            }
+        }
+        history_differences(&stored, &state.history, found);
         Ok(())
     }
 }

@@ -251,18 +251,23 @@ fn compaction_keeps_projections(
         .map(|id| (*id, journal.reload(id).unwrap().unwrap()))
         .collect();
     let report = journal.compact(keep).unwrap();
-    // Unchanged, but for histories trimmed to what a rollback may still want (only when
-    // the compaction dropped something).
-    let mut slots_expected = slots_before.clone();
+    // Unchanged; histories are trimmed to what a rollback may still want (only when the
+    // compaction dropped something).
     if report.reloads_dropped > 0 {
-        for view in &mut slots_expected {
-            view.slot = trimmed(&view.slot, keep);
-        }
-        for slot in driver.world.slots.values_mut() {
-            *slot = trimmed(slot, keep);
+        let world = &mut driver.world;
+        for (name, history) in world.history.iter_mut() {
+            *history = trimmed(&world.slots[name], history, keep);
         }
     }
-    assert_eq!(journal.slots().unwrap(), slots_expected);
+    assert_eq!(journal.slots().unwrap(), slots_before);
+    for name in driver.world.slots.keys() {
+        let expected = driver.world.history.get(name).cloned().unwrap_or_default();
+        assert_eq!(
+            journal.history(name).unwrap(),
+            expected,
+            "history of {name}"
+        );
+    }
     let mut kept_terminal: BTreeMap<SlotName, usize> = BTreeMap::new();
     let mut dropped = 0u64;
     let mut dropped_ids = Vec::new();
@@ -332,19 +337,22 @@ fn compaction_trims_history_and_refuses_a_rollback_to_a_trimmed_generation(
         }
     }
     let before = journal.slot(&slot).unwrap().unwrap().slot;
-    assert_eq!(before.history.len(), 6);
+    let history = journal.history(&slot).unwrap();
+    assert_eq!(history.len(), 6);
     journal.compact(1).unwrap();
-    let after = journal.slot(&slot).unwrap().unwrap().slot;
-    let kept: Vec<u64> = after.history.keys().map(|g| g.0).collect();
+    let after = journal.history(&slot).unwrap();
+    let kept: Vec<u64> = after.keys().map(|g| g.0).collect();
     assert_eq!(kept, [5, 6], "the newest max(keep, 2) generations stay");
-    assert_eq!(after, trimmed(&before, 1));
+    assert_eq!(after, trimmed(&before, &history, 1));
+    assert_eq!(journal.slot(&slot).unwrap().unwrap().slot, before);
+    assert_eq!(journal.history_entry(&slot, Generation(2)).unwrap(), None);
     assert!(journal.verify().unwrap().is_ok());
     // A rollback to a trimmed generation is refused; to a kept one it is staged.
     let rollback = |to: u64, id: u128| Command::Stage {
         reload: ReloadId::from_u128(id),
         slot: slot.clone(),
         mode: Mode::Rollback { to: Generation(to) },
-        artifact: before.history[&Generation(to)].clone(),
+        artifact: history[&Generation(to)].clone(),
     };
     assert!(journal.execute(&rollback(2, 100), at(1)).is_err());
     journal.execute(&rollback(5, 101), at(1)).unwrap();

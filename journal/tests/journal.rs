@@ -993,3 +993,50 @@ fn a_stop_is_durable_before_execute_returns() {
         "Stopped is a write-ahead point"
     );
 }
+
+#[test]
+fn a_reader_of_the_snapshot_reads_the_history_from_the_log_up_to_the_snapshot() {
+    use tryswap_journal::{JournalStore, Snapshot, SnapshotStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    let journal = Journal::open(&dir).unwrap();
+    let slot = slot_name(0);
+    for n in 1..=6u8 {
+        full_activate(&journal, &slot, ReloadId::from_u128(u128::from(n)), n);
+        if n > 1 {
+            let retire = Command::Retire {
+                slot: slot.clone(),
+                generation: tryswap_fsm::Generation(u64::from(n - 1)),
+            };
+            journal.execute(&retire, at(0)).unwrap();
+        }
+        if n == 4 {
+            // The base carries the (trimmed) history; the log's records add to it.
+            journal.compact(1).unwrap();
+        }
+    }
+    journal.flush().unwrap();
+    let snapshot = Snapshot::load(&dir).unwrap().unwrap();
+    assert_eq!(snapshot.seq, journal.last_seq());
+    let store = SnapshotStore::new(&dir, snapshot);
+    let history = journal.history(&slot).unwrap();
+    let generations: Vec<u64> = history.keys().map(|g| g.0).collect();
+    assert_eq!(generations, [3, 4, 5, 6]);
+    assert_eq!(store.history(&slot).unwrap(), history);
+    assert_eq!(
+        store
+            .history_entry(&slot, tryswap_fsm::Generation(5))
+            .unwrap(),
+        history.get(&tryswap_fsm::Generation(5)).cloned()
+    );
+    // A reload staged after the snapshot's durable point is not in the snapshot's answer.
+    let stage = Command::Stage {
+        reload: ReloadId::from_u128(99),
+        slot: slot.clone(),
+        mode: Mode::Activate,
+        artifact: artifact(9),
+    };
+    journal.execute(&stage, at(1)).unwrap();
+    assert_eq!(store.history(&slot).unwrap(), history);
+    assert!(store.history(&slot_name(7)).unwrap().is_empty());
+}

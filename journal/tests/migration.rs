@@ -2,11 +2,17 @@
 //! `tests/fixtures/journal-format1-main-e196fe3.tar.gz` was made by main at e196fe3 (four
 //! activations, a rollback and a stop of the fixture plugin; sled only, with the witness
 //! file), and its `journal export` is kept beside it.
+//! `tests/fixtures/journal-format1-log-main-0dbcd8e.tar.gz` was made by main at 0dbcd8e
+//! (segment log, sled in journal format 1 with every slot's history inside its projection,
+//! a compaction base): three activations, `journal compact --keep 1`, `rollback --to 2`, an
+//! activation and a stop.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use tryswap_journal::{Journal, LogReader, Record, MIGRATION_BACKUP_DIR};
+use tryswap_fsm::{Command, Generation, Mode, ReloadId, SlotName};
+use tryswap_journal::{
+    Journal, LogReader, Record, FORMAT_BACKUP_DIR, MIGRATION_BACKUP_DIR, REBUILDS_FILE,
+};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -14,12 +20,13 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Unpacks the fixture journal into a fresh directory; returns it and the journal's path.
-fn unpack() -> (tempfile::TempDir, PathBuf) {
+/// Unpacks the fixture journal `name` into a fresh directory; returns it and the journal's
+/// path.
+fn unpack(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("tar")
+    let status = std::process::Command::new("tar")
         .arg("-xzf")
-        .arg(fixture("journal-format1-main-e196fe3.tar.gz"))
+        .arg(fixture(&format!("{name}.tar.gz")))
         .arg("-C")
         .arg(dir.path())
         .status()
@@ -29,8 +36,8 @@ fn unpack() -> (tempfile::TempDir, PathBuf) {
     (dir, journal)
 }
 
-fn expected_records() -> Vec<Record> {
-    let text = std::fs::read_to_string(fixture("journal-format1-main-e196fe3.jsonl")).unwrap();
+fn expected_records(name: &str) -> Vec<Record> {
+    let text = std::fs::read_to_string(fixture(&format!("{name}.jsonl"))).unwrap();
     text.lines()
         .map(|line| {
             let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -42,8 +49,9 @@ fn expected_records() -> Vec<Record> {
 
 #[test]
 fn a_journal_written_by_main_e196fe3_opens_verifies_and_keeps_every_record() {
-    let (_tmp, dir) = unpack();
-    let expected = expected_records();
+    let name = "journal-format1-main-e196fe3";
+    let (_tmp, dir) = unpack(name);
+    let expected = expected_records(name);
     assert_eq!(expected.len(), 30);
     for round in 0..2 {
         let journal = Journal::open(&dir).unwrap();
@@ -71,4 +79,88 @@ fn a_journal_written_by_main_e196fe3_opens_verifies_and_keeps_every_record() {
             .is_file());
         assert!(dir.join(MIGRATION_BACKUP_DIR).join("witness").is_file());
     }
+}
+
+#[test]
+fn a_journal_written_by_main_0dbcd8e_is_converted_once_to_history_keys_and_keeps_every_record() {
+    let name = "journal-format1-log-main-0dbcd8e";
+    let (_tmp, dir) = unpack(name);
+    let expected = expected_records(name);
+    assert_eq!(expected.len(), 24, "the kept records of the fixture");
+    let log_before = std::fs::read(dir.join("log").join("00000000000000000018.seg")).unwrap();
+    let slot = SlotName::new("demo").unwrap();
+    for round in 0..2 {
+        let journal = Journal::open(&dir).unwrap();
+        assert_eq!(journal.last_seq(), 30, "round {round}");
+        // Converted at the first open only (sled's files derived again from the log).
+        assert_eq!(journal.rebuilt().is_some(), round == 0, "round {round}");
+        let report = journal.verify().unwrap();
+        assert!(report.is_ok(), "round {round}: {report:?}");
+        let stored: Vec<Record> = journal.events(0).map(|r| r.unwrap()).collect();
+        assert_eq!(stored, expected, "round {round}");
+        let view = journal.slot(&slot).unwrap().unwrap();
+        assert_eq!(view.slot.active_generation(), Some(Generation(5)));
+        assert!(!view.slot.active.as_ref().unwrap().running, "stopped");
+        // The history as main kept it: generation 1 was trimmed by the compaction.
+        let history = journal.history(&slot).unwrap();
+        let generations: Vec<u64> = history.keys().map(|g| g.0).collect();
+        assert_eq!(generations, [2, 3, 4, 5], "round {round}");
+        assert_eq!(journal.history_entry(&slot, Generation(1)).unwrap(), None);
+        assert_eq!(
+            journal.replay(u64::MAX).unwrap().history[&slot],
+            history,
+            "round {round}"
+        );
+        drop(journal);
+        // The log is untouched; sled's old files are kept once.
+        assert_eq!(
+            std::fs::read(dir.join("log").join("00000000000000000018.seg")).unwrap(),
+            log_before
+        );
+        assert!(dir
+            .join(FORMAT_BACKUP_DIR)
+            .join("sled")
+            .join("db")
+            .is_file());
+        assert!(dir.join(FORMAT_BACKUP_DIR).join("witness").is_file());
+    }
+    let notes = std::fs::read_to_string(dir.join(REBUILDS_FILE)).unwrap();
+    assert_eq!(notes.lines().count(), 1, "{notes}");
+    assert!(notes.contains("format 1"), "{notes}");
+    // A rollback to a generation of the converted history is decided from its one key.
+    let journal = Journal::open(&dir).unwrap();
+    let artifact = journal
+        .history_entry(&slot, Generation(3))
+        .unwrap()
+        .unwrap();
+    let stage = Command::Stage {
+        reload: ReloadId::from_u128(0x01a2_0000_0000_7000_8000_0000_0000_0001),
+        slot: slot.clone(),
+        mode: Mode::Rollback { to: Generation(3) },
+        artifact,
+    };
+    journal.execute(&stage, chrono::Utc::now()).unwrap();
+    assert!(journal.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_main_0dbcd8e_journal_read_without_the_lock_first_is_converted_for_inspection() {
+    let (_tmp, dir) = unpack("journal-format1-log-main-0dbcd8e");
+    let store = tryswap_journal::open_for_reading(&dir).unwrap();
+    let slot = SlotName::new("demo").unwrap();
+    let generations: Vec<u64> = store.history(&slot).unwrap().keys().map(|g| g.0).collect();
+    assert_eq!(generations, [2, 3, 4, 5]);
+    assert!(store.verify().unwrap().is_ok());
+    drop(store);
+    assert!(dir
+        .join(FORMAT_BACKUP_DIR)
+        .join("sled")
+        .join("db")
+        .is_file());
+    let journal = Journal::open(&dir).unwrap();
+    assert!(
+        journal.rebuilt().is_none(),
+        "converted once, for inspection"
+    );
+    assert!(journal.verify().unwrap().is_ok());
 }

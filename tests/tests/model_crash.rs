@@ -428,6 +428,10 @@ fn projections(host: &Host) -> World {
         for reload in journal.reloads_of(&view.slot.name).unwrap() {
             world.reloads.insert(reload.reload.id, reload.reload);
         }
+        let history = journal.history(&view.slot.name).unwrap();
+        if !history.is_empty() {
+            world.history.insert(view.slot.name.clone(), history);
+        }
         world.slots.insert(view.slot.name.clone(), view.slot);
     }
     world
@@ -468,7 +472,11 @@ fn check(host: &Host, model: &Model, op: &Op) {
                 "after {op:?}: {:?}",
                 slot.retiring
             );
-            let history: Vec<Generation> = slot.history.keys().copied().collect();
+            let history: Vec<Generation> = stored
+                .history
+                .get(&host.slot)
+                .map(|h| h.keys().copied().collect())
+                .unwrap_or_default();
             let expected: Vec<Generation> = model.history.keys().copied().collect();
             assert_eq!(history, expected, "after {op:?}: history");
         }

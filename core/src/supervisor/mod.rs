@@ -725,25 +725,21 @@ impl Supervisor {
                     .journal
                     .reload(&active.reload)?
                     .ok_or_else(|| SupervisorError::NoPrevious(slot.clone()))?;
-                reload
-                    .reload
-                    .previous
-                    .or_else(|| {
-                        view.slot
-                            .history
-                            .keys()
-                            .rev()
-                            .find(|g| **g < active.generation)
-                            .copied()
-                    })
-                    .ok_or_else(|| SupervisorError::NoPrevious(slot.clone()))?
+                match reload.reload.previous {
+                    Some(previous) => previous,
+                    None => self
+                        .inner
+                        .journal
+                        .history(slot)?
+                        .keys()
+                        .rev()
+                        .find(|g| **g < active.generation)
+                        .copied()
+                        .ok_or_else(|| SupervisorError::NoPrevious(slot.clone()))?,
+                }
             }
         };
-        let known = self
-            .inner
-            .journal
-            .slot(slot)?
-            .is_some_and(|v| v.slot.history.contains_key(&to));
+        let known = self.inner.journal.history_entry(slot, to)?.is_some();
         if !known {
             return Err(SupervisorError::UnknownGeneration {
                 slot: slot.clone(),
@@ -868,17 +864,11 @@ impl Supervisor {
     ) -> Result<ArtifactRef, String> {
         let store = &self.inner.store;
         if let Mode::Rollback { to } = mode {
-            let view = self
+            let artifact = self
                 .inner
                 .journal
-                .slot(slot)
+                .history_entry(slot, to)
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("slot {} has no history", slot))?;
-            let artifact = view
-                .slot
-                .history
-                .get(&to)
-                .cloned()
                 .ok_or_else(|| format!("slot {} never had generation {to} active", slot))?;
             store
                 .verify(&artifact.sha256)
@@ -1288,8 +1278,9 @@ impl Supervisor {
         let mut keep = std::collections::HashSet::new();
         for view in self.inner.journal.slots()? {
             let slot = &view.slot;
+            let history = self.inner.journal.history(&slot.name)?;
             let instances = slot.active.iter().chain(slot.retiring.iter());
-            let artifacts = instances.map(|i| &i.artifact).chain(slot.history.values());
+            let artifacts = instances.map(|i| &i.artifact).chain(history.values());
             for artifact in artifacts {
                 keep.insert(artifact.sha256);
                 keep.extend(artifact.config_sha256);
@@ -1356,20 +1347,32 @@ impl Supervisor {
 
     /// Every reload of the slot the journal still holds, oldest first.
     pub fn history(&self, slot: &SlotName) -> Result<HistoryReport, SupervisorError> {
-        let history = match self.inner.journal.slot(slot)? {
-            Some(view) => std::sync::Arc::unwrap_or_clone(view.slot.history),
-            None if self.runtime(slot).is_ok() => BTreeMap::new(),
-            None => return Err(SupervisorError::UnknownSlot(slot.clone())),
-        };
-        let reloads = self
-            .inner
-            .journal
-            .reloads_of(slot)?
+        if self.inner.journal.slot(slot)?.is_none() && self.runtime(slot).is_err() {
+            return Err(SupervisorError::UnknownSlot(slot.clone()));
+        }
+        let views = self.inner.journal.reloads_of(slot)?;
+        // The previous generations' artifacts: from the reloads listed (their candidates),
+        // and from the slot's history only for those compacted away.
+        let mut artifacts: BTreeMap<Generation, tryswap_fsm::ArtifactRef> = views
+            .iter()
+            .filter_map(|v| v.reload.candidate.as_ref())
+            .map(|c| (c.generation, c.artifact.clone()))
+            .collect();
+        let unknown = views
+            .iter()
+            .filter_map(|v| v.reload.previous)
+            .any(|g| !artifacts.contains_key(&g));
+        if unknown {
+            for (generation, artifact) in self.inner.journal.history(slot)? {
+                artifacts.entry(generation).or_insert(artifact);
+            }
+        }
+        let reloads = views
             .iter()
             .map(|v| {
                 let previous = v.reload.previous.map(|g| PreviousInfo {
                     generation: g.0,
-                    sha256: history
+                    sha256: artifacts
                         .get(&g)
                         .map(|a| a.sha256.to_string())
                         .unwrap_or_default(),

@@ -10,7 +10,7 @@ use tryswap_fsm::{
     ArtifactRef, Command, Endpoint, Generation, Mode, Network, ProcessIdentity, Protocol, Reason,
     ReloadId, ReloadState, Sha256, Slot, SlotName, World,
 };
-use tryswap_journal::{JournalError, JournalStore, Record};
+use tryswap_journal::{History, JournalError, JournalStore, Record};
 
 pub const SLOTS: usize = 3;
 
@@ -150,11 +150,7 @@ pub fn command(world: &World, next_id: &mut u64, intent: &Intent) -> Command {
             *next_id += 1;
             let reload = ReloadId::from_u128(u128::from(*next_id) << 64 | 0x7000);
             let name = slot_name(*slot);
-            let history = world
-                .slots
-                .get(&name)
-                .map(|s| s.history.clone())
-                .unwrap_or_default();
+            let history = world.history.get(&name).cloned().unwrap_or_default();
             let (mode, art) = match mode {
                 0..=2 => (Mode::Activate, artifact(*a)),
                 3 => (Mode::DryRun, artifact(*a)),
@@ -400,7 +396,25 @@ pub fn stored_world(journal: &dyn JournalStore) -> World {
             reloads.insert(view.reload.id, view.reload);
         }
     }
-    World { slots, reloads }
+    let mut history = BTreeMap::new();
+    for name in slots.keys() {
+        let entries = journal.history(name).unwrap();
+        for (generation, artifact) in &entries {
+            assert_eq!(
+                journal.history_entry(name, *generation).unwrap().as_ref(),
+                Some(artifact),
+                "history entry {name} {generation}"
+            );
+        }
+        if !entries.is_empty() {
+            history.insert(name.clone(), entries);
+        }
+    }
+    World {
+        slots,
+        reloads,
+        history,
+    }
 }
 
 /// The fold of every record the journal holds.
@@ -489,16 +503,16 @@ pub fn dry_run(slot: &SlotName, reload: ReloadId, byte: u8) -> Vec<Command> {
 
 /// What a compaction keeping `keep` leaves of a slot's history: the newest `max(keep, 2)`
 /// generations and the active and retiring ones (docs/journal.md, "Compaction").
-pub fn trimmed(slot: &Slot, keep: usize) -> Slot {
+pub fn trimmed(slot: &Slot, history: &History, keep: usize) -> History {
     let keep = keep.max(2);
-    let mut slot = slot.clone();
-    if slot.history.len() > keep {
-        let mut wanted: Vec<Generation> = slot.history.keys().rev().take(keep).copied().collect();
+    let mut history = history.clone();
+    if history.len() > keep {
+        let mut wanted: Vec<Generation> = history.keys().rev().take(keep).copied().collect();
         wanted.extend(slot.active.as_ref().map(|a| a.generation));
         wanted.extend(slot.retiring.iter().map(|i| i.generation));
-        std::sync::Arc::make_mut(&mut slot.history).retain(|g, _| wanted.contains(g));
+        history.retain(|g, _| wanted.contains(g));
     }
-    slot
+    history
 }
 
 /// Copies the directory tree `from` to `to`.
