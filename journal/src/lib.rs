@@ -63,7 +63,7 @@ pub use error::JournalError;
 pub use export::{salvage, salvage_with, ExportReport};
 pub use journal::{Journal, CACHE_CAPACITY};
 pub use layout::JOURNAL_FORMAT;
-pub use lock::OWN_RELEASE_WAIT;
+pub use lock::{DirLock, OWN_RELEASE_WAIT};
 pub use memory::MemoryJournal;
 pub use projection::{ReloadView, ReplayState, SlotView, StageMark};
 pub use rebuild::{RebuildNote, MIGRATION_BACKUP_DIR, REBUILDS_FILE};

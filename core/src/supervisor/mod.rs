@@ -4,6 +4,7 @@
 mod already_active;
 pub mod bake;
 pub mod config_reload;
+pub mod damaged;
 pub mod lease;
 mod pipeline;
 pub mod recovery;
