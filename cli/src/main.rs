@@ -91,8 +91,15 @@ impl From<SupervisorError> for CliError {
                 format!("; `tryswap history {slot}` lists the generations that can be brought back")
             }
             SupervisorError::UnknownProcesses { .. } => {
-                "\nhint: `tryswap recover --stop-unknown` stops them (then the journal's active \
-                 generations start); or restore the journal that knows them"
+                "\nhint: `tryswap recover --adopt` takes them over as their slots' active \
+                 generations (one newer generation per slot); `tryswap recover --stop-unknown` \
+                 stops them (then the journal's active generations start); or restore the \
+                 journal that knows them"
+                    .to_owned()
+            }
+            SupervisorError::AdoptionRefused { .. } => {
+                "\nhint: `tryswap recover --stop-unknown` stops every process the journal does \
+                 not know instead"
                     .to_owned()
             }
             SupervisorError::Journal(e) if e.is_corrupt() => {
@@ -531,14 +538,23 @@ async fn run_here(ctx: &Context, cli: &Cli) -> Result<u8, CliError> {
                 _ => EXIT_OK,
             })
         }
-        Command::Recover { stop_unknown } => {
+        Command::Recover {
+            stop_unknown,
+            adopt,
+        } => {
             let supervisor = ctx.open_supervisor().await?;
+            let adopted = if *adopt {
+                supervisor.adopt_unknown().await?
+            } else {
+                Vec::new()
+            };
             if *stop_unknown {
                 for pid in supervisor.stop_unknown().await? {
                     eprintln!("tryswap: stopped pid {pid}, unknown to the journal");
                 }
             }
-            let report = supervisor.recover().await?;
+            let mut report = supervisor.recover().await?;
+            report.actions.splice(0..0, adopted);
             if ctx.json {
                 render::json(&report)?;
             } else {

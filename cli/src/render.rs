@@ -164,6 +164,18 @@ fn stage_detail(kind: &EventKind) -> String {
             format!("active marker moved provisionally; baking until {until}")
         }
         EventKind::Confirmed => "bake passed; candidate confirmed".to_owned(),
+        EventKind::Adopted {
+            generation,
+            process,
+            reason,
+            ..
+        } => {
+            let pid = process
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" (pid {})", p.pid));
+            let first = reason.message.lines().next().unwrap_or("");
+            format!("generation {generation}{pid} adopted as the active generation: {first}")
+        }
         EventKind::Reverted { reason } => {
             let first = reason.message.lines().next().unwrap_or("");
             format!("reverted to the standby ({}): {first}", reason.kind.name())
