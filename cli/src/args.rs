@@ -180,8 +180,13 @@ pub enum Command {
     /// does not know (a journal restored from an older backup).
     Recover {
         /// First stop the processes of this state directory that the journal does not know.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "adopt")]
         stop_unknown: bool,
+        /// First take over the processes of this state directory that the journal does not
+        /// know as their slots' active generations (one per slot, newer than the journal's;
+        /// refused, with nothing changed, when that is ambiguous).
+        #[arg(long)]
+        adopt: bool,
     },
     /// End the slot's bake now with the candidate active; the standby is stopped.
     Confirm {

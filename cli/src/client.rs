@@ -477,10 +477,16 @@ pub async fn run(client: &Client, ctx: &Context, command: &Command) -> Result<u8
                     .await?,
             )
         }
-        Command::Recover { stop_unknown: true } => Err(CliError::new(
+        Command::Recover {
+            stop_unknown,
+            adopt,
+        } if *stop_unknown || *adopt => Err(CliError::new(
             crate::EXIT_ERROR,
-            "recover --stop-unknown is not supported through the daemon (a daemon never starts \
-             on a journal older than its processes)",
+            format!(
+                "recover --{} is not supported through the daemon (a daemon never starts on a \
+                 journal older than its processes)",
+                if *adopt { "adopt" } else { "stop-unknown" }
+            ),
         )),
         Command::Recover { .. } => {
             let body = reason_body(ctx);

@@ -2,7 +2,8 @@
 //!
 //! Exit codes (a contract, see DESIGN.md): 0 done, 1 error, 2 candidate rejected (rolled
 //! back) or dry run failed, 3 conflict (a reload in progress, or the state directory is held
-//! by another tryswap process), 4 journal corrupt (`journal verify`), 64 usage error.
+//! by another tryswap process), 4 journal corrupt (`journal verify`), 5 `stop` done without
+//! the journal (it is damaged: processes stopped, nothing recorded), 64 usage error.
 //! Writing into a closed pipe ends quietly with exit 0.
 
 mod args;
@@ -36,6 +37,9 @@ pub const EXIT_REJECTED: u8 = 2;
 pub const EXIT_CONFLICT: u8 = 3;
 /// Exit code: `journal verify` found corruption.
 pub const EXIT_CORRUPT: u8 = 4;
+/// Exit code: `stop` stopped the slot's processes without the journal, which is damaged:
+/// nothing was recorded.
+pub const EXIT_UNRECORDED: u8 = 5;
 /// Exit code: the command line is wrong (BSD `EX_USAGE`; never 2, which means rejected).
 pub const EXIT_USAGE: u8 = 64;
 
@@ -87,8 +91,15 @@ impl From<SupervisorError> for CliError {
                 format!("; `tryswap history {slot}` lists the generations that can be brought back")
             }
             SupervisorError::UnknownProcesses { .. } => {
-                "\nhint: `tryswap recover --stop-unknown` stops them (then the journal's active \
-                 generations start); or restore the journal that knows them"
+                "\nhint: `tryswap recover --adopt` takes them over as their slots' active \
+                 generations (one newer generation per slot); `tryswap recover --stop-unknown` \
+                 stops them (then the journal's active generations start); or restore the \
+                 journal that knows them"
+                    .to_owned()
+            }
+            SupervisorError::AdoptionRefused { .. } => {
+                "\nhint: `tryswap recover --stop-unknown` stops every process the journal does \
+                 not know instead"
                     .to_owned()
             }
             SupervisorError::Journal(e) if e.is_corrupt() => {
@@ -493,7 +504,14 @@ async fn run_here(ctx: &Context, cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Stop { slot } => {
             ctx.slot(slot)?;
-            let supervisor = ctx.supervisor().await?;
+            let supervisor = match ctx.supervisor().await {
+                Ok(supervisor) => supervisor,
+                // It only needs the processes' identities, which their tags give.
+                Err(damage) if damage.code == EXIT_CORRUPT => {
+                    return operator::stop_without_journal(ctx, slot, &damage).await
+                }
+                Err(e) => return Err(e),
+            };
             let stopped = supervisor.stop(slot).await?.map(|g| g.0);
             if ctx.json {
                 render::json(&render::stopped_json(slot.as_str(), stopped))?;
@@ -520,14 +538,23 @@ async fn run_here(ctx: &Context, cli: &Cli) -> Result<u8, CliError> {
                 _ => EXIT_OK,
             })
         }
-        Command::Recover { stop_unknown } => {
+        Command::Recover {
+            stop_unknown,
+            adopt,
+        } => {
             let supervisor = ctx.open_supervisor().await?;
+            let adopted = if *adopt {
+                supervisor.adopt_unknown().await?
+            } else {
+                Vec::new()
+            };
             if *stop_unknown {
                 for pid in supervisor.stop_unknown().await? {
                     eprintln!("tryswap: stopped pid {pid}, unknown to the journal");
                 }
             }
-            let report = supervisor.recover().await?;
+            let mut report = supervisor.recover().await?;
+            report.actions.splice(0..0, adopted);
             if ctx.json {
                 render::json(&report)?;
             } else {

@@ -383,3 +383,42 @@ pub fn man() -> Result<u8, CliError> {
     render::out(&String::from_utf8_lossy(&buf))?;
     Ok(EXIT_OK)
 }
+
+/// `tryswap stop SLOT` on a journal that does not open because it is damaged (`damage`,
+/// exit 4 from the open): stops the slot's processes found by their tags, records nothing,
+/// says so and what to do next; exit 5 ([`crate::EXIT_UNRECORDED`]).
+pub async fn stop_without_journal(
+    ctx: &Context,
+    slot: &SlotName,
+    damage: &CliError,
+) -> Result<u8, CliError> {
+    let config = ctx
+        .config
+        .slot(slot)
+        .cloned()
+        .ok_or_else(|| CliError::new(EXIT_ERROR, format!("unknown slot {slot}")))?;
+    let stop = tryswap::stop_without_journal(&ctx.state_dir, &config).await?;
+    let damage = damage.message.split("\nhint:").next().unwrap_or_default();
+    let next = [
+        "tryswap journal export --salvage > salvaged.jsonl".to_owned(),
+        "tryswap journal verify".to_owned(),
+        "tryswap journal rebuild".to_owned(),
+        format!("tryswap stop {slot}"),
+    ];
+    if ctx.json {
+        render::json(&serde_json::json!({
+            "slot": slot.as_str(),
+            "stopped_generation": stop.generation(),
+            "recorded": false,
+            "journal": "damaged",
+            "journal_error": damage,
+            "stopped": stop.stopped,
+            "unattributed_pids": stop.unattributed_pids,
+            "readable_records": stop.readable_records,
+            "next": next,
+        }))?;
+    } else {
+        render::out(&render::unrecorded_stop_text(&stop, damage))?;
+    }
+    Ok(crate::EXIT_UNRECORDED)
+}

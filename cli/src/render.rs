@@ -174,6 +174,18 @@ fn stage_detail(kind: &EventKind) -> String {
             format!("active marker moved provisionally; baking until {until}")
         }
         EventKind::Confirmed => "bake passed; candidate confirmed".to_owned(),
+        EventKind::Adopted {
+            generation,
+            process,
+            reason,
+            ..
+        } => {
+            let pid = process
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" (pid {})", p.pid));
+            let first = reason.message.lines().next().unwrap_or("");
+            format!("generation {generation}{pid} adopted as the active generation: {first}")
+        }
         EventKind::Reverted { reason } => {
             let first = reason.message.lines().next().unwrap_or("");
             format!("reverted to the standby ({}): {first}", reason.kind.name())
@@ -811,6 +823,54 @@ pub fn stopped_text(slot: &str, stopped: Option<u64>) -> String {
         Some(g) => format!("{slot}: generation {g} stopped (still the active marker; `tryswap start {slot}` relaunches it)\n"),
         None => format!("{slot}: nothing to stop\n"),
     }
+}
+
+/// `tryswap stop SLOT` on a damaged journal (`damage`: why it does not open): what was
+/// stopped, that nothing is recorded, and what to do next.
+pub fn unrecorded_stop_text(stop: &tryswap::UnrecordedStop, damage: &str) -> String {
+    let slot = &stop.slot;
+    let mut text = match stop.stopped.len() {
+        0 => format!("{slot}: no process of the slot runs; nothing stopped\n"),
+        n => {
+            let processes: Vec<String> = stop
+                .stopped
+                .iter()
+                .map(|p| {
+                    let generation = p.generation.map_or_else(
+                        || "generation unknown".to_owned(),
+                        |g| format!("generation {g}"),
+                    );
+                    format!(
+                        "pid {} ({generation}, reload {}, found by {})",
+                        p.pid,
+                        p.reload_id,
+                        p.found_by.replace('_', " ")
+                    )
+                })
+                .collect();
+            let s = if n == 1 { "" } else { "es" };
+            format!(
+                "{slot}: stopped {n} process{s} without the journal: {}\n",
+                processes.join(", ")
+            )
+        }
+    };
+    if !stop.unattributed_pids.is_empty() {
+        text.push_str(&format!(
+            "left alone: pids {:?} carry a reload tag but nothing says which slot they serve\n",
+            stop.unattributed_pids
+        ));
+    }
+    text.push_str(&format!(
+        "NOT RECORDED: the journal is damaged, so this stop is in no journal: {damage}\n\
+         next: `tryswap journal export --salvage > salvaged.jsonl` keeps the {} readable \
+         records; `tryswap journal verify` says what is damaged; `tryswap journal rebuild` \
+         when only sled's files are, else restore the journal from a backup. A restored \
+         journal does not know of this stop: run `tryswap stop {slot}` again once it opens \
+         (`tryswap recover --adopt` takes over processes it does not know)\n",
+        stop.readable_records
+    ));
+    text
 }
 
 /// `tryswap stop SLOT --json`: `{"slot":…, "stopped_generation":…}`.

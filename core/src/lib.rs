@@ -35,7 +35,9 @@ pub use config::{
     RestartPolicy, SlotConfig,
 };
 pub use driver::engine::{engine_of, Engine, EngineDriver, EngineFactory};
-pub use driver::{Driver, DriverError, Instance, LaunchRequest, Liveness, StopOutcome};
+pub use driver::{
+    Driver, DriverError, FoundBy, FoundProcess, Instance, LaunchRequest, Liveness, StopOutcome,
+};
 pub use keepalive::{
     KeepAliveState, Monitor, MonitorEvent, MonitorEventKind, MonitorOptions, SlotHealth,
 };
@@ -44,6 +46,7 @@ pub use report::{DrainReport, HistoryReport, Outcome, ReloadReport, SlotStatus, 
 pub use store::{GcReport, Store, StoreError, StoreUsage};
 pub use supervisor::bake::{BakeEnd, BakeWatch};
 pub use supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
+pub use supervisor::damaged::{stop_without_journal, UnrecordedProcess, UnrecordedStop};
 pub use supervisor::lease::Lease;
 pub use supervisor::recovery::{RecoveryAction, RecoveryReport};
 pub use supervisor::{CandidateSpec, Supervisor, SupervisorError};

@@ -340,6 +340,18 @@ impl Store {
         self.objects.join(digest.to_string())
     }
 
+    /// The digest a path of the store names: `path` is `<state_dir>/store/sha256/<hex>` (as
+    /// given, or with symlinks resolved, as `/proc/<pid>/exe` shows it); `None` otherwise.
+    pub fn digest_at(&self, path: &Path) -> Option<Sha256> {
+        let parent = path.parent()?;
+        let inside = parent == self.objects
+            || fs::canonicalize(&self.objects).is_ok_and(|objects| objects == parent);
+        if !inside {
+            return None;
+        }
+        path.file_name()?.to_str()?.parse().ok()
+    }
+
     /// Copies an executable into the store and returns its digest. The source must be a
     /// regular file (symlinks are followed), readable, with at least one execute bit. The
     /// stored copy has mode 0500.

@@ -128,6 +128,27 @@ pub enum EventKind {
         /// Which generation (always the active one).
         generation: Generation,
     },
+    /// A live process of a reload the journal did not know (a journal restored from an
+    /// older backup) was taken over as the slot's active generation: creates the reload,
+    /// already `Active`, and moves the active marker to it; the former active generation
+    /// waits to be retired. Its generation is newer than any the journal had given out.
+    #[serde(alias = "Adopted")]
+    Adopted {
+        /// The adopted generation.
+        generation: Generation,
+        /// Its artifact (identified from the process's executable and config in the store).
+        artifact: ArtifactRef,
+        /// The slot's active generation before the adoption.
+        previous: Option<Generation>,
+        /// The process taken over.
+        process: Option<ProcessIdentity>,
+        /// Its log file.
+        log_path: Option<String>,
+        /// Its handshake, as its log holds it.
+        endpoint: Option<Endpoint>,
+        /// What was found (the evidence).
+        reason: Reason,
+    },
 }
 
 impl EventKind {
@@ -149,6 +170,7 @@ impl EventKind {
             EventKind::Confirmed => "confirmed",
             EventKind::Reverted { .. } => "reverted",
             EventKind::Restarting { .. } => "restarting",
+            EventKind::Adopted { .. } => "adopted",
         }
     }
 

@@ -128,6 +128,27 @@ pub enum Command {
         /// The generation, which must be the active one and recorded stopped.
         generation: Generation,
     },
+    /// Take over a live process of a reload the journal does not know as the slot's active
+    /// generation (`tryswap recover --adopt`). The reload is created committed; the former
+    /// active generation waits to be retired.
+    Adopt {
+        /// The process's reload tag (unknown to the journal).
+        reload: ReloadId,
+        /// The slot.
+        slot: SlotName,
+        /// The process's generation: newer than any the slot gave out.
+        generation: Generation,
+        /// Its artifact in the store.
+        artifact: ArtifactRef,
+        /// Its process.
+        process: Option<ProcessIdentity>,
+        /// Its log file.
+        log_path: Option<String>,
+        /// Its handshake.
+        endpoint: Option<Endpoint>,
+        /// What was found.
+        reason: Reason,
+    },
 }
 
 impl Command {
@@ -149,6 +170,7 @@ impl Command {
             Command::Confirm { .. } => "confirm",
             Command::Revert { .. } => "revert",
             Command::Restart { .. } => "restart",
+            Command::Adopt { .. } => "adopt",
         }
     }
 }
@@ -270,6 +292,19 @@ pub enum Rejected {
         /// The baking reload.
         reload: ReloadId,
     },
+    /// An adoption named a generation number the slot already gave out.
+    #[error(
+        "slot {slot}: generation {generation} is not newer than the journal's generations \
+         (the next is {next}); only a generation the journal never gave out can be adopted"
+    )]
+    NotNewer {
+        /// The slot.
+        slot: SlotName,
+        /// The generation named.
+        generation: Generation,
+        /// The slot's next generation number.
+        next: Generation,
+    },
     /// The event's slot does not match the reload's slot.
     #[error("reload {reload} belongs to slot {expected}, not {found}")]
     WrongSlot {
@@ -355,16 +390,7 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
             mode,
             artifact,
         } => {
-            if view.reload(reload).is_some() {
-                return Err(Rejected::DuplicateReload(*reload));
-            }
-            let state = view.slot(slot).unwrap_or_else(|| Slot::new(slot.clone()));
-            if let Some(in_flight) = state.in_flight {
-                return Err(Rejected::Conflict {
-                    slot: slot.clone(),
-                    in_flight,
-                });
-            }
+            let state = free_slot_for_new(view, *reload, slot)?;
             if let Mode::Rollback { to } = mode {
                 match view.history(slot, *to).as_ref() {
                     None => {
@@ -557,6 +583,38 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
                 },
             }])
         }
+        Command::Adopt {
+            reload,
+            slot,
+            generation,
+            artifact,
+            process,
+            log_path,
+            endpoint,
+            reason,
+        } => {
+            let state = free_slot_for_new(view, *reload, slot)?;
+            if *generation < state.next_generation {
+                return Err(Rejected::NotNewer {
+                    slot: slot.clone(),
+                    generation: *generation,
+                    next: state.next_generation,
+                });
+            }
+            Ok(vec![Event {
+                reload: *reload,
+                slot: slot.clone(),
+                kind: EventKind::Adopted {
+                    generation: *generation,
+                    artifact: artifact.clone(),
+                    previous: state.active_generation(),
+                    process: process.clone(),
+                    log_path: log_path.clone(),
+                    endpoint: endpoint.clone(),
+                    reason: reason.clone(),
+                },
+            }])
+        }
         Command::Stop {
             slot,
             generation,
@@ -579,6 +637,26 @@ pub fn decide(view: &impl View, command: &Command) -> Result<Vec<Event>, Rejecte
             }])
         }
     }
+}
+
+/// The state of `slot` for a reload `reload` that starts now: the id must be new and the
+/// slot must have no reload in flight.
+fn free_slot_for_new(
+    view: &impl View,
+    reload: ReloadId,
+    slot: &SlotName,
+) -> Result<Slot, Rejected> {
+    if view.reload(&reload).is_some() {
+        return Err(Rejected::DuplicateReload(reload));
+    }
+    let state = view.slot(slot).unwrap_or_else(|| Slot::new(slot.clone()));
+    if let Some(in_flight) = state.in_flight {
+        return Err(Rejected::Conflict {
+            slot: slot.clone(),
+            in_flight,
+        });
+    }
+    Ok(state)
 }
 
 /// The reload of `reload` if it is in `Probed`, not a dry run, and the slot's active
@@ -725,6 +803,24 @@ pub fn command_for(event: &Event) -> Command {
         EventKind::Restarting { generation } => Command::Restart {
             slot: event.slot.clone(),
             generation: *generation,
+        },
+        EventKind::Adopted {
+            generation,
+            artifact,
+            process,
+            log_path,
+            endpoint,
+            reason,
+            ..
+        } => Command::Adopt {
+            reload,
+            slot: event.slot.clone(),
+            generation: *generation,
+            artifact: artifact.clone(),
+            process: process.clone(),
+            log_path: log_path.clone(),
+            endpoint: endpoint.clone(),
+            reason: reason.clone(),
         },
     }
 }
@@ -939,13 +1035,55 @@ pub fn evolve(scope: Scope, event: &Event) -> Scope {
                 }
             }
         }
+        EventKind::Adopted {
+            generation,
+            artifact,
+            previous,
+            process,
+            log_path,
+            endpoint,
+            ..
+        } => {
+            if reload.is_none() {
+                reload = Some(Reload {
+                    id: event.reload,
+                    slot: event.slot.clone(),
+                    mode: Mode::Activate,
+                    candidate: Some(Candidate {
+                        generation: *generation,
+                        artifact: artifact.clone(),
+                    }),
+                    previous: *previous,
+                    state: ReloadState::Active,
+                    process: process.clone(),
+                    log_path: log_path.clone(),
+                    endpoint: endpoint.clone(),
+                });
+                if let Some(old) = slot.active.take() {
+                    slot.retiring.push(old);
+                }
+                slot.active = Some(Instance {
+                    generation: *generation,
+                    artifact: artifact.clone(),
+                    reload: event.reload,
+                    process: process.clone(),
+                    log_path: log_path.clone(),
+                    endpoint: endpoint.clone(),
+                    running: true,
+                });
+                slot.next_generation = slot
+                    .next_generation
+                    .max(Generation(generation.0.saturating_add(1)));
+            }
+        }
     }
     Scope { slot, reload }
 }
 
 /// The history entry `event` adds to its slot: the generation and artifact of the candidate
-/// an `Activated` or `ActivatedBaking` event makes active, given the event's reload as it
-/// was before the event (`None` for every other event).
+/// an `Activated` or `ActivatedBaking` event makes active, or of the generation an `Adopted`
+/// event adopts, given the event's reload as it was before the event (`None` for every other
+/// event).
 ///
 /// A slot's history (every generation that was ever active, for `rollback --to`) is not part
 /// of [`Slot`]: it grows with every activation, so the journal keeps it as one entry per
@@ -956,6 +1094,12 @@ pub fn history_entry(reload: Option<&Reload>, event: &Event) -> Option<(Generati
             .filter(|r| r.id == event.reload)
             .and_then(|r| r.candidate.as_ref())
             .map(|c| (c.generation, c.artifact.clone())),
+        // An adoption makes its generation active only when the reload is new.
+        EventKind::Adopted {
+            generation,
+            ref artifact,
+            ..
+        } if reload.is_none() => Some((generation, artifact.clone())),
         _ => None,
     }
 }

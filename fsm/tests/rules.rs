@@ -394,3 +394,89 @@ fn a_restart_intent_needs_a_stopped_active_generation_and_counts_as_running() {
         .unwrap();
     assert!(world.slot(&slot()).unwrap().active.unwrap().running);
 }
+
+#[test]
+fn an_adoption_takes_a_newer_unknown_generation_as_active_and_queues_the_former_one() {
+    let mut world = World::default();
+    activate(&mut world, 1, 1);
+    let adopt = |reload: u128, generation: u64| Command::Adopt {
+        reload: ReloadId::from_u128(reload),
+        slot: slot(),
+        generation: Generation(generation),
+        artifact: art(9),
+        process: None,
+        log_path: None,
+        endpoint: None,
+        reason: Reason::recovered("found running"),
+    };
+    // A generation number the journal already gave out cannot be adopted.
+    assert_eq!(
+        world.execute(&adopt(7, 1)).unwrap_err(),
+        Rejected::NotNewer {
+            slot: slot(),
+            generation: Generation(1),
+            next: Generation(2),
+        }
+    );
+    assert_eq!(
+        world.execute(&adopt(1, 3)).unwrap_err(),
+        Rejected::DuplicateReload(ReloadId::from_u128(1))
+    );
+    // Nor while a reload is in flight.
+    stage(&mut world, 2, Mode::Activate, 2).unwrap();
+    assert!(matches!(
+        world.execute(&adopt(7, 5)).unwrap_err(),
+        Rejected::Conflict { .. }
+    ));
+    world
+        .execute(&Command::Fail {
+            reload: ReloadId::from_u128(2),
+            reason: Reason::error("no"),
+        })
+        .unwrap();
+
+    let events = world.execute(&adopt(7, 5)).unwrap();
+    assert!(matches!(
+        &events[0].kind,
+        EventKind::Adopted {
+            previous: Some(Generation(1)),
+            ..
+        }
+    ));
+    let s = world.slot(&slot()).unwrap();
+    assert_eq!(s.active_generation(), Some(Generation(5)));
+    assert_eq!(
+        s.active.as_ref().map(|a| a.reload),
+        Some(ReloadId::from_u128(7))
+    );
+    assert_eq!(
+        s.retiring.iter().map(|i| i.generation).collect::<Vec<_>>(),
+        vec![Generation(1)]
+    );
+    assert_eq!(s.next_generation, Generation(6));
+    assert_eq!(world.history(&slot(), Generation(5)), Some(art(9)));
+    assert_eq!(
+        world.reload(&ReloadId::from_u128(7)).unwrap().state,
+        ReloadState::Active
+    );
+    world.check_invariants().unwrap();
+    // The stored event is a legal transition from the state before it.
+    let mut before = World::default();
+    activate(&mut before, 1, 1);
+    stage(&mut before, 2, Mode::Activate, 2).unwrap();
+    before
+        .execute(&Command::Fail {
+            reload: ReloadId::from_u128(2),
+            reason: Reason::error("no"),
+        })
+        .unwrap();
+    check(&before, &events[0]).unwrap();
+    // The former generation retires as after a commit.
+    world
+        .execute(&Command::Retire {
+            slot: slot(),
+            generation: Generation(1),
+        })
+        .unwrap();
+    world.check_invariants().unwrap();
+}

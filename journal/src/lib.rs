@@ -65,7 +65,7 @@ pub use error::JournalError;
 pub use export::{salvage, salvage_with, ExportReport};
 pub use journal::{Journal, CACHE_CAPACITY};
 pub use layout::JOURNAL_FORMAT;
-pub use lock::OWN_RELEASE_WAIT;
+pub use lock::{DirLock, OWN_RELEASE_WAIT};
 pub use log_read::{read_records, replay_log, verify_log, LogRead};
 pub use memory::MemoryJournal;
 pub use projection::{History, ReloadView, ReplayState, SlotView, StageMark};

@@ -20,9 +20,11 @@ use crate::layout::LOCK_FILE;
 /// by another thread) before it reports the journal locked.
 pub const OWN_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
-/// Holds the lock until dropped.
+/// Holds the journal directory's lock until dropped (what every open takes; a caller that
+/// must keep other tryswap processes out without opening the journal, such as a stop on a
+/// damaged journal, takes it alone).
 #[derive(Debug)]
-pub(crate) struct DirLock {
+pub struct DirLock {
     _file: Flock<File>,
 }
 
@@ -31,7 +33,7 @@ impl DirLock {
     /// at once when another live process holds it; after at most [`OWN_RELEASE_WAIT`] when
     /// this process still holds it through a journal being dropped, or when the process
     /// that took it is dead (a child forked from it holds the descriptor until its `exec`).
-    pub(crate) fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
+    pub fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
         let path = dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)

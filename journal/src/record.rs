@@ -172,7 +172,8 @@ impl Record {
     /// relaunches a generation an operator or the keep-alive stopped; `ActivatedBaking`: the bake deadline and the standby are on disk
     /// before the caller reports the bake; `Confirmed`: before the standby is stopped;
     /// `Reverted`: before the candidate is stopped; `Restarting`: before the keep-alive spawns
-    /// the restarted generation, so that recovery knows to look for it).
+    /// the restarted generation, so that recovery knows to look for it; `Adopted`: before
+    /// the former active generation is stopped).
     pub fn needs_durable_flush(&self) -> bool {
         matches!(
             self.event,
@@ -183,6 +184,7 @@ impl Record {
                 | EventKind::Reverted { .. }
                 | EventKind::Stopped { .. }
                 | EventKind::Restarting { .. }
+                | EventKind::Adopted { .. }
         )
     }
 }

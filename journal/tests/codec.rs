@@ -450,3 +450,59 @@ fn the_restart_intent_has_a_pinned_encoding() {
     assert_eq!(&decode_record(&unhex(RESTART_GOLDEN)).unwrap(), &record);
     assert!(record.needs_durable_flush(), "the intent precedes a spawn");
 }
+
+/// The adoption of a process a restored journal did not know (`recover --adopt`) came after
+/// the restart intent: it pins its own encoding, as a format 2 record with its actor and
+/// the operator's reason.
+const ADOPTED_GOLDEN: &str = concat!(
+    "023214323032352d30362d30315431323a33303a34355a1001972a3b4c5d7e6f8091a2b3c4d5e6f70464656d",
+    "6f0f02abababababababababababababababababababababababababababababababab01cdcdcdcdcdcdcdcd",
+    "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd010101fb9210fc40e20100046230307401122f73",
+    "2f6c6f67732f64656d6f2f322e6c6f67010101010d2f732f746d702f702e736f636b00000319706964203432",
+    "34322072616e2067656e65726174696f6e2032fc141312110101fbe803014d010f726573746f726564206261",
+    "636b75708a81d783",
+);
+
+#[test]
+fn the_adoption_has_a_pinned_encoding() {
+    let mut record = record(
+        50,
+        EventKind::Adopted {
+            generation: Generation(2),
+            artifact: ArtifactRef {
+                sha256: Sha256([0xab; 32]),
+                config_sha256: Some(Sha256([0xcd; 32])),
+            },
+            previous: Some(Generation(1)),
+            process: Some(ProcessIdentity {
+                pid: 4242,
+                start_time: 123_456,
+                boot_id: "b00t".into(),
+            }),
+            log_path: Some("/s/logs/demo/2.log".into()),
+            endpoint: Some(Endpoint {
+                core_version: 1,
+                app_version: 1,
+                network: Network::Unix,
+                address: "/s/tmp/p.sock".into(),
+                protocol: Protocol::Grpc,
+                server_cert: None,
+            }),
+            reason: Reason::recovered("pid 4242 ran generation 2"),
+        },
+        0x1112_1314,
+    );
+    record.actor = Actor {
+        kind: ActorKind::Cli,
+        uid: Some(1000),
+        pid: Some(77),
+    };
+    record.reason = Some("restored backup".into());
+    let bytes = encode_record(&record).unwrap();
+    assert_eq!(hex(&bytes), ADOPTED_GOLDEN, "the encoding changed");
+    assert_eq!(&decode_record(&unhex(ADOPTED_GOLDEN)).unwrap(), &record);
+    assert!(
+        record.needs_durable_flush(),
+        "the adoption precedes stopping the former generation"
+    );
+}

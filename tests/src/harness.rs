@@ -270,6 +270,26 @@ impl Harness {
     }
 }
 
+/// Processes whose working directory is `state_dir` (the plugins tryswap started there),
+/// sorted by pid.
+pub fn plugins_in(state_dir: &Path) -> Vec<u32> {
+    let Ok(state_dir) = state_dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == state_dir)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Runs a command with a deadline; kills it if it overruns (and then panics).
 pub fn run_bounded(mut command: Command, limit: Duration) -> Output {
     use std::process::Stdio;

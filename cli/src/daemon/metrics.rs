@@ -346,7 +346,8 @@ impl Metrics {
             EventKind::Retired { .. }
             | EventKind::Relaunched { .. }
             | EventKind::Stopped { .. }
-            | EventKind::Restarting { .. } => {}
+            | EventKind::Restarting { .. }
+            | EventKind::Adopted { .. } => {}
         }
     }
 

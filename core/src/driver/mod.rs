@@ -132,6 +132,43 @@ pub enum Liveness {
     Unknown,
 }
 
+/// How the slot and generation of a [`FoundProcess`] were told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FoundBy {
+    /// Its `TRYSWAP_SLOT` / `TRYSWAP_GENERATION` tags.
+    Tags,
+    /// Its `TMPDIR`, `<state-dir>/tmp/<slot>/<generation>` (processes started before the
+    /// tags existed).
+    TmpDir,
+    /// Where its stdout goes, `<state-dir>/logs/<slot>/<generation>.stdout`.
+    LogFile,
+}
+
+/// A live process of a state directory found by its `TRYSWAP_RELOAD_ID` tag, with what its
+/// environment and `/proc` entries say about it: no journal involved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundProcess {
+    /// The reload whose tag it carries.
+    pub reload: ReloadId,
+    /// Its identity, read now.
+    pub identity: ProcessIdentity,
+    /// Whether it leads its own process group (a plugin tryswap spawned does; its children
+    /// do not).
+    pub leader: bool,
+    /// The slot it serves, if something tells.
+    pub slot: Option<SlotName>,
+    /// The generation it runs, if something tells.
+    pub generation: Option<Generation>,
+    /// What told the slot and generation.
+    pub found_by: Option<FoundBy>,
+    /// Its executable (`/proc/<pid>/exe`), if readable.
+    pub executable: Option<PathBuf>,
+    /// Its arguments after the program name.
+    pub args: Vec<String>,
+}
+
 /// Launches, validates, probes and stops instances of one slot.
 ///
 /// The supervisor calls these in order for a reload (launch → validate → probe) and calls
@@ -185,6 +222,22 @@ pub trait Driver: Send + Sync + 'static {
     /// journal must know). Drivers whose instances are not processes report none.
     fn tagged_processes(&self) -> Vec<(ReloadId, u32)> {
         Vec::new()
+    }
+
+    /// Every live process this driver's state directory runs with a reload tag, with what
+    /// its tags and `/proc` say about it (see [`FoundProcess`]). Drivers whose instances are
+    /// not processes report none.
+    fn found_processes(&self) -> Vec<FoundProcess> {
+        Vec::new()
+    }
+
+    /// The instance of `found`, a live process an earlier tryswap launched as generation
+    /// `found.generation` of this slot with `artifact`, for a journal that lost its records:
+    /// its identity, log file, and the endpoint of its last handshake line whose address
+    /// it still holds. Drivers whose instances are not processes cannot adopt.
+    fn adopt(&self, found: &FoundProcess, artifact: &ArtifactRef) -> Result<Instance, DriverError> {
+        let _ = (found, artifact);
+        Err(DriverError::error("this driver cannot adopt processes"))
     }
 
     /// The pids of `facts`' reload that still run: the journaled process if it still runs

@@ -1,9 +1,11 @@
 //! The supervisor: runs reloads through the state machine and the journal, holds the
 //! arc-swapped active pointer of every slot, hands out leases, retires old generations.
 
+pub mod adopt;
 mod already_active;
 pub mod bake;
 pub mod config_reload;
+pub mod damaged;
 pub mod lease;
 mod pipeline;
 pub mod recovery;
@@ -138,6 +140,13 @@ pub enum SupervisorError {
     UnknownProcesses {
         /// Each process's reload tag and pid.
         unknown: Vec<(ReloadId, u32)>,
+    },
+    /// `recover --adopt` found the evidence ambiguous or incomplete for some slot: nothing
+    /// was adopted, written or stopped.
+    #[error("nothing adopted: {}", refusals.join("; "))]
+    AdoptionRefused {
+        /// Per slot (or group of unattributed pids), why not.
+        refusals: Vec<String>,
     },
     /// `confirm` or `revert` of a slot with no bake in progress.
     #[error("slot {0} has no bake in progress")]
@@ -1215,15 +1224,34 @@ impl Supervisor {
     /// The processes of this state directory whose reload the journal does not know (a
     /// journal older than they are), with their reload tags.
     pub fn unknown_processes(&self) -> Result<Vec<(ReloadId, u32)>, SupervisorError> {
-        let mut known = std::collections::HashSet::new();
+        let tagged = self.inner.orphans.tagged_processes();
+        let unknown = self.unknown_among(tagged.iter().map(|(reload, _)| *reload))?;
+        Ok(tagged
+            .into_iter()
+            .filter(|(reload, _)| unknown.contains(reload))
+            .collect())
+    }
+
+    /// Which of `reloads` the journal does not know: neither a reload it holds nor the
+    /// reload of an active or retiring generation.
+    pub(crate) fn unknown_among(
+        &self,
+        reloads: impl IntoIterator<Item = ReloadId>,
+    ) -> Result<std::collections::HashSet<ReloadId>, SupervisorError> {
+        let mut reloads: std::collections::HashSet<ReloadId> = reloads.into_iter().collect();
+        if reloads.is_empty() {
+            return Ok(reloads);
+        }
         for view in self.inner.journal.slots()? {
             let instances = view.slot.active.iter().chain(view.slot.retiring.iter());
-            known.extend(instances.map(|i| i.reload));
+            for instance in instances {
+                reloads.remove(&instance.reload);
+            }
         }
-        let mut unknown = Vec::new();
-        for (reload, pid) in self.inner.orphans.tagged_processes() {
-            if !known.contains(&reload) && self.inner.journal.reload(&reload)?.is_none() {
-                unknown.push((reload, pid));
+        let mut unknown = std::collections::HashSet::new();
+        for reload in reloads {
+            if self.inner.journal.reload(&reload)?.is_none() {
+                unknown.insert(reload);
             }
         }
         Ok(unknown)

@@ -280,6 +280,20 @@ pub enum RecoveryAction {
         /// `confirmed` or `reverted`.
         state: String,
     },
+    /// A live process the journal did not know was adopted as the slot's active generation
+    /// (`tryswap recover --adopt`, before recovery ran).
+    Adopted {
+        /// Slot.
+        slot: String,
+        /// The adopted generation.
+        generation: u64,
+        /// Its reload.
+        reload_id: ReloadId,
+        /// Its pid.
+        pid: u32,
+        /// The slot's active generation before (retired by this recovery).
+        previous: Option<u64>,
+    },
     /// A bake found after a restart goes on: the candidate runs and its deadline has not
     /// passed (or it fails its probe; a daemon watching the bake reverts it).
     BakeContinues {
@@ -377,6 +391,22 @@ impl fmt::Display for RecoveryAction {
                 reload_id,
                 until,
             } => write!(f, "{slot}: reload {reload_id} is baking until {until}"),
+            RecoveryAction::Adopted {
+                slot,
+                generation,
+                reload_id,
+                pid,
+                previous,
+            } => {
+                write!(
+                    f,
+                    "{slot}: adopted pid {pid} as generation {generation} (reload {reload_id}), unknown to the journal"
+                )?;
+                if let Some(previous) = previous {
+                    write!(f, "; generation {previous} retires")?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -37,6 +37,21 @@ use crate::config::HandshakeConfig;
 /// spawned before its launch was journaled.
 pub const RELOAD_ID_ENV: &str = "TRYSWAP_RELOAD_ID";
 
+/// Tag naming the slot a plugin process serves (set by the process driver at every launch):
+/// with [`GENERATION_ENV`], what finds a slot's processes when the journal cannot say
+/// (a damaged journal, or one older than its processes).
+pub const SLOT_ENV: &str = "TRYSWAP_SLOT";
+
+/// Tag naming the generation a plugin process runs (set by the process driver at every
+/// launch).
+pub const GENERATION_ENV: &str = "TRYSWAP_GENERATION";
+
+/// Whether `name` is one of the tags tryswap itself puts in a plugin's environment (they
+/// say which launch a process is, not how the slot is configured).
+pub fn is_own_tag(name: &str) -> bool {
+    matches!(name, RELOAD_ID_ENV | SLOT_ENV | GENERATION_ENV)
+}
+
 /// The go-plugin core protocol version this crate speaks.
 pub const CORE_PROTOCOL_VERSION: u32 = 1;
 

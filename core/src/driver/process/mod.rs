@@ -19,7 +19,9 @@ use tracing::Instrument;
 use tryswap_fsm::{Generation, ProcessIdentity, Protocol, ReloadId, SlotName};
 
 use crate::config::SlotConfig;
-use crate::driver::{Driver, DriverError, Instance, LaunchRequest, Liveness, StopOutcome};
+use crate::driver::{
+    Driver, DriverError, FoundProcess, Instance, LaunchRequest, Liveness, StopOutcome,
+};
 use os::{HandshakeWaitError, SpawnSpec, Spawned};
 use stdio::{DrainEnd, DrainRegistration, StdioSinks};
 
@@ -150,6 +152,52 @@ async fn process_exited(spawned: Option<Spawned>, identity: Option<ProcessIdenti
     while os::liveness(&identity) != Liveness::Dead {
         tokio::time::sleep(STDIO_ALIVE_POLL).await;
     }
+}
+
+/// How much of the end of a generation's stdout file adoption reads for its handshake.
+const ADOPT_STDOUT_TAIL: u64 = 1 << 20;
+
+/// The endpoint a live process announced: the last line of the end of `stdout_path` that
+/// is a handshake the slot accepts and whose address the process's own tree listens on
+/// (a relaunch appends its line after the earlier runs').
+fn announced_endpoint(
+    stdout_path: &Path,
+    rules: &crate::config::HandshakeConfig,
+    identity: &ProcessIdentity,
+    reload: &ReloadId,
+) -> Result<tryswap_fsm::Endpoint, DriverError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(stdout_path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(ADOPT_STDOUT_TAIL)))?;
+        let mut tail = Vec::new();
+        file.take(ADOPT_STDOUT_TAIL).read_to_end(&mut tail)?;
+        Ok(tail)
+    };
+    let tail = read().map_err(|e| {
+        DriverError::error(format!(
+            "reading pid {}'s handshake in {}: {e}",
+            identity.pid,
+            stdout_path.display()
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&tail);
+    let tag = reload.to_string();
+    text.lines()
+        .rev()
+        .filter_map(|line| handshake::parse_line(line, rules).ok())
+        .find(|endpoint| {
+            sockets::check_endpoint_owner(endpoint.network, &endpoint.address, identity, &tag)
+                .is_ok()
+        })
+        .ok_or_else(|| {
+            DriverError::error(format!(
+                "no handshake line in {} announces an address pid {} listens on",
+                stdout_path.display(),
+                identity.pid
+            ))
+        })
 }
 
 /// How long a generation's cgroup may take to empty after `cgroup.kill`.
@@ -283,6 +331,11 @@ impl ProcessDriver {
         }
         env.extend(slot.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(handshake::plugin_env(&slot.handshake, &request.reload));
+        env.push((handshake::SLOT_ENV.to_owned(), request.slot.to_string()));
+        env.push((
+            handshake::GENERATION_ENV.to_owned(),
+            request.generation.to_string(),
+        ));
         let (stdout_path, stderr_path) = log_paths(&self.state_dir, request);
         Ok((
             SpawnSpec {
@@ -334,6 +387,11 @@ impl ProcessDriver {
         }
         let mut env_names: Vec<String> = Vec::new();
         for (key, value) in &wanted_env {
+            // tryswap's own tags are not config (processes started before a tag existed
+            // lack it): never a reason to relaunch.
+            if handshake::is_own_tag(key) {
+                continue;
+            }
             // `pass_env` values come from the host's environment, not the file.
             let passed = self.slot.pass_env.contains(key);
             match running_env.get(key) {
@@ -342,7 +400,10 @@ impl ProcessDriver {
                 Some(_) => {}
             }
         }
-        for key in running_env.keys().filter(|k| !wanted_env.contains_key(*k)) {
+        for key in running_env
+            .keys()
+            .filter(|k| !wanted_env.contains_key(*k) && !handshake::is_own_tag(k))
+        {
             env_names.push(format!("-{key}"));
         }
         if !env_names.is_empty() {
@@ -665,6 +726,41 @@ impl Driver for ProcessDriver {
 
     fn tagged_processes(&self) -> Vec<(ReloadId, u32)> {
         os::tagged_in(&self.state_dir)
+    }
+
+    fn found_processes(&self) -> Vec<FoundProcess> {
+        os::found_in(&self.state_dir)
+    }
+
+    fn adopt(
+        &self,
+        found: &FoundProcess,
+        artifact: &tryswap_fsm::ArtifactRef,
+    ) -> Result<Instance, DriverError> {
+        let (Some(slot), Some(generation)) = (&found.slot, found.generation) else {
+            return Err(DriverError::error(format!(
+                "pid {}: neither its tags, its TMPDIR nor its stdout say which slot and \
+                 generation it runs",
+                found.identity.pid
+            )));
+        };
+        let (stdout_path, stderr_path) = generation_log_paths(&self.state_dir, slot, generation);
+        let endpoint = announced_endpoint(
+            &stdout_path,
+            &self.slot.handshake,
+            &found.identity,
+            &found.reload,
+        )?;
+        Ok(Instance {
+            slot: slot.clone(),
+            generation,
+            reload: found.reload,
+            artifact: artifact.clone(),
+            process: Some(found.identity.clone()),
+            log_path: Some(stderr_path),
+            endpoint: Some(endpoint),
+            handle: None,
+        })
     }
 
     fn survivors(&self, facts: &Instance) -> Vec<u32> {

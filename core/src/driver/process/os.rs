@@ -879,6 +879,89 @@ pub fn tagged_in(dir: &Path) -> Vec<(ReloadId, u32)> {
         .collect()
 }
 
+/// Every live process, other than this one, running in `dir` with a `TRYSWAP_RELOAD_ID`
+/// tag (as [`tagged_in`]), with its slot and generation as its tags say, else as its
+/// `TMPDIR` (`<dir>/tmp/<slot>/<generation>`) or its stdout
+/// (`<dir>/logs/<slot>/<generation>.stdout`) says, and its executable and arguments.
+pub fn found_in(dir: &Path) -> Vec<crate::driver::FoundProcess> {
+    let Ok(boot) = boot_id() else {
+        return Vec::new();
+    };
+    tagged_in(dir)
+        .into_iter()
+        .filter_map(|(reload, pid)| {
+            let stat = read_stat(pid).ok().flatten()?;
+            let environ = read_environ(pid).unwrap_or_default();
+            let var = |name: &str| -> Option<String> {
+                let prefix = format!("{name}=");
+                environ
+                    .split(|&b| b == 0)
+                    .find_map(|e| e.strip_prefix(prefix.as_bytes()))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let tagged = var(super::handshake::SLOT_ENV)
+                .zip(var(super::handshake::GENERATION_ENV))
+                .map(|(slot, generation)| (slot, generation, crate::driver::FoundBy::Tags));
+            let tmpdir = || {
+                let path = PathBuf::from(var("TMPDIR")?);
+                let rest = path.strip_prefix(dir.join("tmp")).ok()?;
+                let (slot, generation) = two_parts(rest, "")?;
+                Some((slot, generation, crate::driver::FoundBy::TmpDir))
+            };
+            let log = || {
+                let path = fs::read_link(format!("/proc/{pid}/fd/1")).ok()?;
+                let rest = path.strip_prefix(dir.join("logs")).ok()?;
+                let (slot, generation) = two_parts(rest, ".stdout")?;
+                Some((slot, generation, crate::driver::FoundBy::LogFile))
+            };
+            let told = tagged.or_else(tmpdir).or_else(log).and_then(|(s, g, by)| {
+                Some((
+                    tryswap_fsm::SlotName::new(s).ok()?,
+                    tryswap_fsm::Generation(g.parse().ok()?),
+                    by,
+                ))
+            });
+            let args = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|bytes| {
+                    bytes
+                        .split(|&b| b == 0)
+                        .skip(1)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            let mut args = args;
+            // cmdline ends with a NUL: the split leaves one empty string after it.
+            if args.last().is_some_and(String::is_empty) {
+                args.pop();
+            }
+            Some(crate::driver::FoundProcess {
+                reload,
+                identity: ProcessIdentity {
+                    pid,
+                    start_time: stat.start_time,
+                    boot_id: boot.clone(),
+                },
+                leader: stat.pgrp == i64::from(pid),
+                slot: told.as_ref().map(|(s, _, _)| s.clone()),
+                generation: told.as_ref().map(|(_, g, _)| *g),
+                found_by: told.as_ref().map(|(_, _, by)| *by),
+                executable: fs::read_link(format!("/proc/{pid}/exe")).ok(),
+                args,
+            })
+        })
+        .collect()
+}
+
+/// `<a>/<b><suffix>` split into `a` and `b` (exactly two components).
+fn two_parts(path: &Path, suffix: &str) -> Option<(String, String)> {
+    let mut parts = path.components().map(|c| c.as_os_str().to_str());
+    let (Some(Some(a)), Some(Some(b)), None) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    Some((a.to_owned(), b.strip_suffix(suffix)?.to_owned()))
+}
+
 /// Reads `/proc/<pid>/environ` (at most 4 MiB); `None` if unreadable.
 fn read_environ(pid: u32) -> Option<Vec<u8>> {
     let file = File::open(format!("/proc/{pid}/environ")).ok()?;
