@@ -129,6 +129,12 @@ fn base_state(base: &LogBase) -> ReplayState {
     for view in &base.reloads {
         state.reloads.insert(view.reload.id, view.clone());
     }
+    state.history = base
+        .history
+        .iter()
+        .filter(|(_, history)| !history.is_empty())
+        .map(|(slot, history)| (slot.clone(), history.clone()))
+        .collect();
     state
 }
 
