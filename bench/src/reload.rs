@@ -131,24 +131,14 @@ struct Cli {
 
 impl Cli {
     async fn run(&self, args: &[&str]) -> Result<(Duration, std::process::Output), String> {
-        let t = Instant::now();
-        let child = tokio::process::Command::new(&self.bin)
+        let mut command = tokio::process::Command::new(&self.bin);
+        command
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .env_remove("TRYSWAP_STATE_DIR")
-            .env_remove("TRYSWAP_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?;
-        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .map_err(|_| "tryswap did not finish within 60 s".to_owned())?
-            .map_err(|e| format!("waiting for tryswap: {e}"))?;
-        Ok((t.elapsed(), output))
+            .env_remove("TRYSWAP_LOG");
+        timed_output(command).await
     }
 
     async fn reload(&self, bins: &Bins, n: usize) -> Result<(Duration, Value), String> {
@@ -177,6 +167,73 @@ impl Cli {
             return Err(format!("tryswap activate: {json}"));
         }
         Ok((wall, json))
+    }
+}
+
+/// Runs `command` (stdin closed, stdout and stderr captured) to its end, at most 60 s;
+/// returns how long it took from spawn to exit, and what it printed.
+async fn timed_output(
+    mut command: tokio::process::Command,
+) -> Result<(Duration, std::process::Output), String> {
+    let program = command.as_std().get_program().to_owned();
+    let t = Instant::now();
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("spawning {}: {e}", program.to_string_lossy()))?;
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| format!("{} did not finish within 60 s", program.to_string_lossy()))?
+        .map_err(|e| format!("waiting for {}: {e}", program.to_string_lossy()))?;
+    Ok((t.elapsed(), output))
+}
+
+/// The one-shot floor: one `tryswap-oneshot-floor` process per reload (spawn, handshake,
+/// one probe, stop the old plugin, exit), the floor of a one-shot `tryswap activate`.
+struct OneShotFloor {
+    bin: PathBuf,
+    pidfile: PathBuf,
+    dir: PathBuf,
+}
+
+impl OneShotFloor {
+    async fn reload(&self, bins: &Bins, n: usize) -> Result<Duration, String> {
+        let launch = Launch::for_slot(
+            bins.fixture.clone(),
+            &setup::slot_config("bench"),
+            &setup::fixture_config(&self.dir, &format!("oneshot{n}")),
+        );
+        let mut command = tokio::process::Command::new(&self.bin);
+        command
+            .arg("bench")
+            .arg(&self.pidfile)
+            .arg(&launch.program)
+            .args(&launch.args);
+        let (wall, output) = timed_output(command).await?;
+        if !output.status.success() {
+            return Err(format!(
+                "tryswap-oneshot-floor: {}; {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(wall)
+    }
+
+    /// Stops the plugin the last reload left running.
+    fn stop(&self) {
+        let pid = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
 }
 
@@ -221,6 +278,27 @@ async fn run_columns(
     let mut floor_steps: Vec<Steps> = Vec::new();
     let (first, _) = floor::reload(&floor_launch(0), None, STEP_TIMEOUT).await?;
     let mut floor_current: Option<Bare> = Some(first);
+
+    // One-shot floor.
+    let oneshot = match &bins.oneshot_floor {
+        Some(bin) => {
+            let dir = temp.join("oneshot");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let oneshot = OneShotFloor {
+                bin: bin.clone(),
+                pidfile: dir.join("plugin.pid"),
+                dir,
+            };
+            let slot = SlotName::new("bench").map_err(|e| e.to_string())?;
+            if slot_cfg.handshake != tryswap::config::HandshakeConfig::for_slot(&slot) {
+                return Err("the one-shot floor assumes the default handshake".to_owned());
+            }
+            oneshot.reload(bins, 0).await?;
+            Some(oneshot)
+        }
+        None => None,
+    };
+    let mut oneshot_col = Column::default();
 
     // Library.
     let lib_dir = temp.join("lib");
@@ -303,6 +381,12 @@ async fn run_columns(
                 floor_current = Some(new);
             }
         }
+        if let Some(oneshot) = &oneshot {
+            match oneshot.reload(bins, n).await {
+                Ok(wall) => oneshot_col.wall.push(wall),
+                Err(e) => oneshot_col.failures.push(e),
+            }
+        }
         match library.reload(bins, n).await {
             Ok((wall, report)) => {
                 lib_col.wall.push(wall);
@@ -380,6 +464,9 @@ async fn run_columns(
     if let Some(old) = floor_current.take() {
         let _ = floor::stop(old, STEP_TIMEOUT).await;
     }
+    if let Some(oneshot) = &oneshot {
+        oneshot.stop();
+    }
     library.sup.shutdown().await;
     if let Some(cli) = &cli {
         let _ = cli.run(&["stop", "bench"]).await;
@@ -416,13 +503,33 @@ async fn run_columns(
         floor_p50,
         "",
     );
+    let oneshot_p50 = oneshot_col.wall.p50();
+    if oneshot.is_some() {
+        wall_row(
+            &mut t,
+            "one-shot floor (`tryswap-oneshot-floor`, one process each)",
+            &oneshot_col,
+            floor_p50,
+            "",
+        );
+    }
+    let cli_goal = if oneshot_col.wall.is_empty() || cli_col.wall.is_empty() {
+        "≤ 3× the one-shot floor".to_owned()
+    } else {
+        let r = cli_col.wall.p50() / oneshot_p50;
+        format!(
+            "≤ 3× the one-shot floor: {}, {}",
+            ratio(r),
+            verdict(r <= 3.0)
+        )
+    };
     match &cli {
         Some(_) => wall_row(
             &mut t,
             "safe reload, CLI (`tryswap activate`, one process each)",
             &cli_col,
             floor_p50,
-            "",
+            &cli_goal,
         ),
         None => t.row([
             "safe reload, CLI".to_owned(),
@@ -463,6 +570,7 @@ async fn run_columns(
     }
     for (name, col) in [
         ("floor", &floor_col),
+        ("one-shot floor", &oneshot_col),
         ("library", &lib_col),
         ("CLI", &cli_col),
         ("daemon", &daemon_col),
@@ -479,7 +587,7 @@ async fn run_columns(
         tables.push(t);
         return Ok(Outcomes { tables });
     }
-    t.note("Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256, fsync), the journal (6 records, 2 durable flushes), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
+    t.note("Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. The one-shot floor does the same as one process per reload (`bench/src/bin/tryswap-oneshot-floor.rs`: the old plugin's pid in a file, its exit awaited on a pidfd), the least a one-shot command must do; the CLI's goal is a ratio to it. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256, fsync), the journal (6 records, 2 durable flushes), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
     tables.push(t);
 
     let mut b = Table::new(

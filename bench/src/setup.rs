@@ -17,6 +17,8 @@ pub struct Bins {
     pub tryswap: Option<PathBuf>,
     /// Whether `tryswap serve --help` works.
     pub daemon: bool,
+    /// `tryswap-oneshot-floor` (built with this bench, next to it), if present.
+    pub oneshot_floor: Option<PathBuf>,
 }
 
 impl Bins {
@@ -66,10 +68,12 @@ impl Bins {
                 .status()
                 .is_ok_and(|s| s.success())
         });
+        let oneshot_floor = Some(dir.join("tryswap-oneshot-floor")).filter(|p| p.exists());
         Ok(Bins {
             fixture,
             tryswap,
             daemon,
+            oneshot_floor,
         })
     }
 }

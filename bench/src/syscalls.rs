@@ -12,20 +12,24 @@ use crate::setup::{self, Bins};
 /// The syscalls that make data durable (or start writeback).
 const SYNCS: &[&str] = &["fsync", "fdatasync", "sync_file_range", "msync", "syncfs"];
 
-/// Runs `tryswap args…` under `strace -f -c`; returns calls per sync syscall.
-fn traced(
-    tryswap: &Path,
-    config: &Path,
-    args: &[&str],
-    out: &Path,
-) -> Result<BTreeMap<String, u64>, String> {
-    let status = Command::new("strace")
-        // Threads are followed; the plugins tryswap starts are let go at their execve (a
-        // plugin outlives the command, and strace would wait for it).
-        .args(["-f", "--detach-on=execve", "-c", "-o"])
-        .arg(out)
-        .arg(format!("-etrace={}", SYNCS.join(",")))
-        .arg(tryswap)
+/// `tryswap --config CONFIG args…` with the bench's environment and no terminal; under
+/// `strace -f -c -o OUT` (sync syscalls only) when `trace` names `OUT`.
+fn tryswap_command(tryswap: &Path, config: &Path, args: &[&str], trace: Option<&Path>) -> Command {
+    let mut command = match trace {
+        Some(out) => {
+            let mut strace = Command::new("strace");
+            // Threads are followed; the plugins tryswap starts are let go at their execve
+            // (a plugin outlives the command, and strace would wait for it).
+            strace
+                .args(["-f", "--detach-on=execve", "-c", "-o"])
+                .arg(out)
+                .arg(format!("-etrace={}", SYNCS.join(",")))
+                .arg(tryswap);
+            strace
+        }
+        None => Command::new(tryswap),
+    };
+    command
         .arg("--config")
         .arg(config)
         .args(args)
@@ -33,7 +37,18 @@ fn traced(
         .env_remove("TRYSWAP_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Runs `tryswap args…` under `strace -f -c`; returns calls per sync syscall.
+fn traced(
+    tryswap: &Path,
+    config: &Path,
+    args: &[&str],
+    out: &Path,
+) -> Result<BTreeMap<String, u64>, String> {
+    let status = tryswap_command(tryswap, config, args, Some(out))
         .status()
         .map_err(|e| format!("strace: {e} (is strace installed?)"))?;
     if !status.success() {
@@ -53,7 +68,7 @@ fn traced(
     Ok(calls)
 }
 
-/// Runs section 3c with `reloads` one-shot activations.
+/// Runs section 3d with `reloads` one-shot activations.
 pub fn run(bins: &Bins, reloads: usize) -> Result<Vec<Table>, String> {
     let tryswap = bins
         .tryswap
@@ -91,15 +106,7 @@ pub fn run(bins: &Bins, reloads: usize) -> Result<Vec<Table>, String> {
         }
     }
     let status = traced(tryswap, &config, &["status"], &out)?;
-    let stopped = Command::new(tryswap)
-        .arg("--config")
-        .arg(&config)
-        .args(["stop", "bench"])
-        .env_remove("TRYSWAP_STATE_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let stopped = tryswap_command(tryswap, &config, &["stop", "bench"], None).status();
     if !stopped.is_ok_and(|s| s.success()) {
         eprintln!("bench: section 3d: `tryswap stop bench` failed; a fixture plugin may be left");
     }

@@ -166,11 +166,12 @@ impl Context {
         })
     }
 
-    /// Opens the state directory with every configured slot registered, reattaches live
-    /// active generations and finishes what a crashed run left behind.
+    /// Opens the state directory with every configured slot registered and finishes what
+    /// a crashed run left behind (`Supervisor::recover_needed`: active generations that
+    /// still run are left as they are, for the command to act on).
     pub async fn supervisor(&self) -> Result<Supervisor, CliError> {
         let supervisor = self.open_supervisor().await?;
-        supervisor.recover().await?;
+        supervisor.recover_needed().await?;
         Ok(supervisor)
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use tryswap_tests::crash::{
     assert_all_recovered, assert_recovered, describe_actions, journal_records, kill_and_wait,
-    last_seq, recover, reload_args, tryswap_killed_at, CrashFacts, Expect,
+    last_seq, recover, reload_args, tryswap_env, tryswap_killed_at, CrashFacts, Expect,
 };
 use tryswap_tests::harness::{Harness, SlotSpec};
 use tryswap_tests::FixtureConfig;
@@ -814,4 +814,52 @@ async fn a_live_active_generation_that_fails_its_probe_is_kept_not_killed() {
         message: "v1".into(),
     };
     assert_recovered(&h, &expect, None, "after SIGCONT").await;
+}
+
+/// A one-shot command recovers only what needs it: another slot's active generation that
+/// still runs with its journaled identity is neither reattached nor probed (that recovery
+/// would write and stop nothing), while one whose process is gone is relaunched by the next
+/// command, as `recover` would.
+#[test]
+fn a_one_shot_command_leaves_running_slots_alone_and_relaunches_dead_ones() {
+    let h = Harness::new(&[SlotSpec::new("a"), SlotSpec::new("b")]);
+    for slot in ["a", "b"] {
+        let run = h.activate(
+            slot,
+            &h.fixture_config(slot, &FixtureConfig::with_message(slot)),
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let (_, a_pid, _) = h.active("a").expect("a active");
+    let log = [("TRYSWAP_LOG", "info")];
+
+    let stopped = tryswap_env(&h, &["stop", "b"], &log);
+    assert_eq!(stopped.status.code(), Some(0), "{stopped:?}");
+    assert!(
+        !stopped.stderr.contains("a: generation"),
+        "slot a runs and was recovered anyway: {}",
+        stopped.stderr
+    );
+    assert_eq!(
+        h.active("a").map(|a| a.1),
+        Some(a_pid),
+        "slot a was touched"
+    );
+
+    // Its process gone, slot a's facts are stale: the next command relaunches it.
+    kill_and_wait(a_pid);
+    let started = tryswap_env(&h, &["start", "b"], &log);
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    assert!(
+        started.stderr.contains("a: generation 1") && started.stderr.contains("relaunched"),
+        "slot a was not relaunched: {}",
+        started.stderr
+    );
+    let (generation, relaunched, _) = h.active("a").expect("a active again");
+    assert_eq!(generation, 1);
+    assert_ne!(relaunched, a_pid);
+    assert!(tryswap_tests::pid_alive(relaunched));
+    for slot in ["a", "b"] {
+        assert_eq!(h.tryswap(&["stop", slot]).code, 0);
+    }
 }

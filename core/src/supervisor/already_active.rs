@@ -1,39 +1,9 @@
 //! Whether a reload would change anything: the candidate's artifact and config against the
 //! slot's active generation.
 
-use std::io::Read;
-use std::path::Path;
-
-use sha2::{Digest, Sha256};
 use tryswap_fsm::{Generation, SlotName};
 
 use super::{CandidateSpec, Supervisor, SupervisorError};
-
-/// The lowercase hex SHA-256 of the file at `path`, or `None` if it cannot be read (the
-/// reload itself then reports why).
-fn file_digest(path: &Path) -> Option<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // O_NONBLOCK: a FIFO must not hang the check; only regular files are hashed.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return None,
-        }
-    }
-    Some(format!("{:x}", hasher.finalize()))
-}
 
 impl Supervisor {
     /// The active generation of `slot` if it runs exactly `spec`: the same executable bytes
@@ -41,7 +11,11 @@ impl Supervisor {
     /// `None` when a reload of `spec` would change something, or when that cannot be told
     /// (no executable given, a file unreadable: the reload reports it).
     ///
-    /// Reads and hashes the files: call it off the async worker threads.
+    /// The files are staged into the store to learn their digests (hashed while copied; a
+    /// source whose stat the store knows unchanged is not read at all), which is the
+    /// reload's own first step: the reload that follows finds them staged and reads
+    /// neither again, and an unchanged executable is never re-hashed. Same bytes as a
+    /// stored copy leave nothing new in the store. Call it off the async worker threads.
     pub fn already_active(
         &self,
         slot: &SlotName,
@@ -61,13 +35,18 @@ impl Supervisor {
         let Some(executable) = spec.executable.as_deref() else {
             return Ok(None);
         };
-        if file_digest(executable).as_deref() != Some(active.sha256.as_str()) {
+        let store = &self.inner.store;
+        // A file that cannot be staged: the reload reports why.
+        let Ok(digest) = store.stage_executable(executable) else {
+            return Ok(None);
+        };
+        if digest.to_string() != active.sha256 {
             return Ok(None);
         }
         let config = match spec.config.as_deref() {
-            Some(path) => match file_digest(path) {
-                Some(digest) => Some(digest),
-                None => return Ok(None),
+            Some(path) => match store.stage_config(path) {
+                Ok(digest) => Some(digest.to_string()),
+                Err(_) => return Ok(None),
             },
             None => None,
         };

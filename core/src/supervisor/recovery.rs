@@ -36,7 +36,7 @@ use serde::Serialize;
 use tryswap_fsm::{Command, Instance as Facts, Plan, Reason, ReloadId, SlotName};
 use tryswap_journal::{ReloadView, SlotView};
 
-use crate::driver::Instance;
+use crate::driver::{Instance, Liveness};
 use crate::origin::Origin;
 use crate::supervisor::lease::Serving;
 use crate::supervisor::pipeline::DownError;
@@ -437,6 +437,15 @@ fn pid_text(pid: Option<u32>) -> String {
     pid.map_or_else(|| "none".to_owned(), |p| p.to_string())
 }
 
+/// Which slots' running active generations recovery reattaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Every one (daemon start, `tryswap recover`): reattached and probed once.
+    Every,
+    /// None of those still running (one-shot commands): see [`Supervisor::recover_needed`].
+    Needed,
+}
+
 /// What a recovery run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryReport {
@@ -459,11 +468,29 @@ impl Supervisor {
     ///
     /// Its records carry actor `recovery`, whatever command or daemon start runs it.
     pub async fn recover(&self) -> Result<RecoveryReport, SupervisorError> {
-        let recovery = Origin::of(tryswap_journal::ActorKind::Recovery);
-        crate::origin::acting(recovery, self.recover_as_recovery()).await
+        self.recover_reaching(Reach::Every).await
     }
 
-    async fn recover_as_recovery(&self) -> Result<RecoveryReport, SupervisorError> {
+    /// The recovery a short-lived command needs before it acts: the same as
+    /// [`Supervisor::recover`] for every unfinished reload, bake and former generation and
+    /// for every active generation that does not run, but an active generation that still
+    /// runs with its journaled identity is left alone: not reattached, probed or drained in
+    /// this process. Whatever then acts on such a slot reads its process facts from the
+    /// journal as usual (a reload retires it by them, `start` reattaches it).
+    ///
+    /// Skipping those slots changes nothing recovery would write or stop: a reattached
+    /// generation's probe only chooses between the `reattached` and `reattached_unhealthy`
+    /// report lines, and recovery never acts on it.
+    pub async fn recover_needed(&self) -> Result<RecoveryReport, SupervisorError> {
+        self.recover_reaching(Reach::Needed).await
+    }
+
+    async fn recover_reaching(&self, reach: Reach) -> Result<RecoveryReport, SupervisorError> {
+        let recovery = Origin::of(tryswap_journal::ActorKind::Recovery);
+        crate::origin::acting(recovery, self.recover_as_recovery(reach)).await
+    }
+
+    async fn recover_as_recovery(&self, reach: Reach) -> Result<RecoveryReport, SupervisorError> {
         // A journal older than the processes it finds must not start a second copy.
         let unknown = self.unknown_processes()?;
         if !unknown.is_empty() {
@@ -473,7 +500,7 @@ impl Supervisor {
         let before = self.journal().last_seq();
         self.roll_back_unfinished(&mut report).await?;
         self.retire_former(&mut report).await?;
-        self.bring_up_active(&mut report).await?;
+        self.bring_up_active(&mut report, reach).await?;
         if self.journal().last_seq() != before {
             self.flush_off_thread().await?;
         }
@@ -748,7 +775,11 @@ impl Supervisor {
 
     /// Brings every slot's active generation up concurrently: recovery costs the slowest
     /// slot, not the sum. Actions are reported in slot order.
-    async fn bring_up_active(&self, report: &mut RecoveryReport) -> Result<(), SupervisorError> {
+    async fn bring_up_active(
+        &self,
+        report: &mut RecoveryReport,
+        reach: Reach,
+    ) -> Result<(), SupervisorError> {
         let tasks: Vec<_> = self
             .runtimes()
             .into_iter()
@@ -757,7 +788,7 @@ impl Supervisor {
                 let name = rt.name.clone();
                 let task = crate::origin::spawn(async move {
                     let mut own = RecoveryReport::default();
-                    let result = sup.bring_up_slot(&rt, &mut own).await;
+                    let result = sup.bring_up_slot(&rt, &mut own, reach).await;
                     (own, result)
                 });
                 (name, task)
@@ -792,6 +823,7 @@ impl Supervisor {
         &self,
         rt: &Arc<SlotRuntime>,
         report: &mut RecoveryReport,
+        reach: Reach,
     ) -> Result<(), SupervisorError> {
         let Ok(_busy) = rt.busy.try_lock() else {
             return Ok(());
@@ -807,9 +839,15 @@ impl Supervisor {
                 return Ok(());
             }
         }
+        let journaled = facts_instance(&rt.name, &facts);
+        // The same test as the driver's `reattach` (anything but provably gone would be
+        // reattached, never relaunched): such a slot needs no recovery.
+        if reach == Reach::Needed && rt.driver.liveness(&journaled) != Liveness::Dead {
+            return Ok(());
+        }
         let slot = rt.name.to_string();
         let generation = facts.generation.0;
-        if let Some(instance) = rt.driver.reattach(&facts_instance(&rt.name, &facts)) {
+        if let Some(instance) = rt.driver.reattach(&journaled) {
             let pid = instance.pid();
             let probe = reattach_probe(rt.as_ref(), &instance).await;
             rt.active.store(Some(Serving::new(instance)));
