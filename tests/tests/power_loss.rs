@@ -30,8 +30,12 @@
 //! Why the copy is mounted read-write: it was taken from a mounted file system, so its ext4
 //! journal needs recovery, and mounting it replays that journal, exactly what the boot after
 //! a power loss does. It is a scratch copy (the next copy is taken from the live image again).
-//! The read commands must change nothing in it: the test compares every file of the copy's
-//! journal directory before and after them.
+//! The test compares every file of the copy's journal directory before and after the read
+//! commands: the log, the witness and the archive (the truth) must be byte for byte as they
+//! were. What else the reads changed is printed per copy: today sled's files (sled writes a
+//! snapshot and its `conf` when it opens, and inspection removes an unfinished
+//! `snap.*.generating`) and `journal.lock` (the reader's pid). They are derived or
+//! bookkeeping, and the next open for writing would rewrite them anyway.
 //!
 //! What the test checks:
 //! - **Acknowledged reloads** (through `tryswap serve`, which keeps running, so nothing is
@@ -65,6 +69,7 @@ use tryswap_tests::harness::{run_bounded, tryswap_path, Harness, Run};
 use tryswap_tests::process::send_signal;
 use tryswap_tests::{fixture_plugin_path, wait_until, FixtureConfig};
 
+/// The test's name in skip messages.
 const TEST: &str = "power_loss";
 /// Size of the ext4 image (sparse: what the copies write is what the file system used).
 const IMAGE_BYTES: u64 = 128 << 20;
@@ -90,6 +95,7 @@ const TOOL_LIMIT: Duration = Duration::from_secs(60);
 /// Files of the journal that hold its truth: never changed by a read.
 const TRUTH: [&str; 3] = ["log/", "witness", "archive/"];
 
+/// A one-shot command run in the background while a copy is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Op {
     Activate,
