@@ -13,8 +13,9 @@ use tryswap_journal::Journal;
 
 use crate::report::{count, ms, ratio, verdict, Samples, Table};
 
-/// Bump when the generated history's shape changes: cached journals are rebuilt.
-const SHAPE: &str = "v2";
+/// Bump when the generated history's shape or the journal format changes: cached journals are
+/// rebuilt (v3: journal format 2).
+const SHAPE: &str = "v3";
 /// Slots the generated history is spread over.
 pub const HISTORY_SLOTS: usize = 10;
 /// Reload cycles per `execute_all` transaction while generating.
