@@ -838,7 +838,9 @@ impl Journal {
         };
         let converting = old_format.map(|format| {
             format!(
-                "converting sled's files from journal format {format} (each slot's history                  inside its projection) to format {JOURNAL_FORMAT} (one history key per                  generation): derived again from the log"
+                "converting sled's files from journal format {format} (each slot's history \
+                 inside its projection) to format {JOURNAL_FORMAT} (one history key per \
+                 generation): derived again from the log"
             )
         });
         if converting.is_some() && !migrated {
