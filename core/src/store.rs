@@ -739,6 +739,22 @@ mod tests {
     }
 
     #[test]
+    fn digest_at_names_only_files_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        let digest = store.stage_executable(&src).unwrap();
+        assert_eq!(store.digest_at(&store.path_of(&digest)), Some(digest));
+        let resolved = fs::canonicalize(store.path_of(&digest)).unwrap();
+        assert_eq!(store.digest_at(&resolved), Some(digest));
+        assert_eq!(store.digest_at(&src), None);
+        let elsewhere = dir.path().join("sha256").join(digest.to_string());
+        assert_eq!(store.digest_at(&elsewhere), None);
+        assert_eq!(store.digest_at(&store.root().join("sha256/not-hex")), None);
+    }
+
+    #[test]
     fn an_unchanged_source_is_not_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir.path().join("state"), Duration::ZERO);

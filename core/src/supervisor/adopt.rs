@@ -68,6 +68,9 @@ impl Supervisor {
         if !commands.is_empty() {
             self.record_off_thread(commands).await?;
         }
+        for adoption in &adoptions {
+            tracing::info!(%adoption, "recover --adopt");
+        }
         Ok(adoptions)
     }
 

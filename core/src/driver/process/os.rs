@@ -1342,6 +1342,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_generations_tmpdir_or_log_file_names_its_slot_and_generation() {
+        let parts = |p: &str, suffix| two_parts(Path::new(p), suffix);
+        assert_eq!(parts("demo/3", ""), Some(("demo".into(), "3".into())));
+        assert_eq!(
+            parts("demo/3.stdout", ".stdout"),
+            Some(("demo".into(), "3".into()))
+        );
+        assert_eq!(parts("demo/3.log", ".stdout"), None);
+        assert_eq!(parts("demo", ""), None);
+        assert_eq!(parts("demo/3/x", ""), None);
+    }
+
+    #[test]
     fn stat_parses_after_last_paren() {
         let mut line = String::from("1234 (we ird) (x) ) S 1 777 777 0 -1 4194560");
         for i in 10..=21 {
