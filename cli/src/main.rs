@@ -23,7 +23,7 @@ use tryswap::config::{Config, ConfigError};
 use tryswap::report::{Outcome, ReloadReport};
 use tryswap::{BakeEnd, CandidateSpec, Origin, Supervisor, SupervisorError};
 use tryswap_fsm::{Generation, Mode, Reason, SlotName};
-use tryswap_journal::{Journal, JournalError};
+use tryswap_journal::{Journal, JournalError, ReadScope};
 
 use crate::args::{Cli, Command, LogFormat, Wait, DEFAULT_WAIT};
 
@@ -176,14 +176,15 @@ impl Context {
     }
 
     /// The state directory for a read command (`status`, `history`): every configured slot
-    /// registered, nothing recovered, relaunched or written. While another process holds
-    /// the journal, its projection snapshot answers at once; without one, waits as
-    /// `--wait` says.
-    pub async fn reader(&self) -> Result<Supervisor, CliError> {
+    /// registered, nothing recovered, relaunched or written. The projection snapshot
+    /// answers at once while another process holds the journal, and for `status`
+    /// ([`ReadScope::Current`]) whenever it holds the journal's last record; without one,
+    /// waits as `--wait` says.
+    pub async fn reader(&self, scope: ReadScope) -> Result<Supervisor, CliError> {
         let dir = self.state_dir.join("journal");
         let journal = self
             .wait_for_lock(
-                || tryswap_journal::open_for_reading(&dir),
+                || tryswap_journal::open_for_reading(&dir, scope),
                 |e| matches!(e, JournalError::Locked { .. }),
             )
             .await?;
@@ -462,7 +463,7 @@ async fn run_here(ctx: &Context, cli: &Cli) -> Result<u8, CliError> {
             reload_command(ctx, slot, ReloadKind::Rollback(to.map(Generation), *bake)).await
         }
         Command::Status { slot } => {
-            let supervisor = ctx.reader().await?;
+            let supervisor = ctx.reader(ReadScope::Current).await?;
             let report = operator::status(&supervisor, slot.as_ref(), None)?;
             if ctx.json {
                 render::json(&report)?;
@@ -477,7 +478,7 @@ async fn run_here(ctx: &Context, cli: &Cli) -> Result<u8, CliError> {
             since,
             timeline,
         } => {
-            let supervisor = ctx.reader().await?;
+            let supervisor = ctx.reader(ReadScope::Full).await?;
             let query = crate::operator::HistoryQuery::new(*limit, *since, *timeline);
             let text = operator::history(&supervisor, slot, &query, ctx.json)?;
             render::out(&text)?;

@@ -73,7 +73,7 @@ pub use rebuild::{RebuildNote, FORMAT_BACKUP_DIR, MIGRATION_BACKUP_DIR, REBUILDS
 pub use record::{with_origin, Actor, ActorKind, Record, LEGACY_RECORD_FORMAT, RECORD_FORMAT};
 pub use report::{CompactReport, Problem, ProblemKind, VerifyReport};
 pub use segment_log::{LogBase, LogDamage, LogItem, LogItems, LogPosition, LogReader};
-pub use snapshot::{open_for_reading, Snapshot, SnapshotStore, SNAPSHOT_FILE};
+pub use snapshot::{open_for_reading, ReadScope, Snapshot, SnapshotStore, SNAPSHOT_FILE};
 pub use store::{JournalStore, Records};
 pub use witness::WitnessMark;
 

@@ -311,13 +311,37 @@ impl JournalStore for SnapshotStore {
     }
 }
 
-/// The journal in `dir` for a read command, without waiting and without writing: opened
-/// for inspection when no other process holds it; when one does, its projection snapshot
-/// (as of its last durable point); an empty journal when `dir` holds none.
-/// [`JournalError::Locked`] when the journal is held and has no snapshot.
-pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn JournalStore>, JournalError> {
+/// How much of the journal a read command needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadScope {
+    /// The state as it is: every slot, the reloads in flight and the newest reloads of each
+    /// slot, the last records (`status`). A snapshot that holds the journal's last record
+    /// answers it, whoever holds the journal or nobody.
+    Current,
+    /// Everything: every reload of a slot and every record (`history`).
+    Full,
+}
+
+/// The journal in `dir` for a read command, without waiting and without writing.
+///
+/// With [`ReadScope::Current`], the projection snapshot when its last record is the log's
+/// last record (nothing was written after its durable point): no lock is taken and no
+/// file is opened for writing, sled's included. Otherwise the journal opened for
+/// inspection when no other process holds it; when one does, its projection snapshot (as
+/// of its last durable point); an empty journal when `dir` holds none.
+/// [`JournalError::Locked`] when the journal is held and has no snapshot. The log is read
+/// strictly either way: a log damaged before its durable point is refused.
+pub fn open_for_reading(
+    dir: &Path,
+    scope: ReadScope,
+) -> Result<Arc<dyn JournalStore>, JournalError> {
     if !dir.exists() {
         return Ok(Arc::new(MemoryJournal::new()));
+    }
+    if scope == ReadScope::Current {
+        if let Some(snapshot) = exact_snapshot(dir)? {
+            return Ok(Arc::new(SnapshotStore::new(dir, snapshot)));
+        }
     }
     // Strict: a damaged witness is refused before sled opens (sled rewrites its own files
     // then), a damaged log or a sled that lost what was durable after one pass over the log.
@@ -330,4 +354,33 @@ pub fn open_for_reading(dir: &Path) -> Result<Arc<dyn JournalStore>, JournalErro
         Err(JournalError::Missing(_)) => Ok(Arc::new(MemoryJournal::new())),
         Err(e) => Err(e),
     }
+}
+
+/// The snapshot of the journal in `dir` if it holds the journal's state exactly: the log's
+/// last record is the snapshot's last record, byte for byte (a journal restored from a
+/// backup, rebuilt or written after the snapshot does not match). Reads the log once,
+/// strictly; `None` when there is no snapshot or no log, or they differ.
+fn exact_snapshot(dir: &Path) -> Result<Option<Snapshot>, JournalError> {
+    let Some(snapshot) = Snapshot::load(dir)? else {
+        return Ok(None);
+    };
+    let Some(last) = snapshot.records.last() else {
+        return Ok(None);
+    };
+    let mut at_seq = None;
+    let read = match crate::log_read::read_records(dir, snapshot.seq, |record| {
+        if record.seq == snapshot.seq {
+            at_seq = Some(record.clone());
+        }
+        Ok(())
+    }) {
+        Ok(read) => read,
+        Err(JournalError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let same = match &at_seq {
+        Some(record) => codec::encode_record(record)? == *last,
+        None => false,
+    };
+    Ok((same && read.last_seq == snapshot.seq).then_some(snapshot))
 }

@@ -146,7 +146,7 @@ fn a_journal_written_by_main_0dbcd8e_is_converted_once_to_history_keys_and_keeps
 #[test]
 fn a_main_0dbcd8e_journal_read_without_the_lock_first_is_converted_for_inspection() {
     let (_tmp, dir) = unpack("journal-format1-log-main-0dbcd8e");
-    let store = tryswap_journal::open_for_reading(&dir).unwrap();
+    let store = tryswap_journal::open_for_reading(&dir, tryswap_journal::ReadScope::Full).unwrap();
     let slot = SlotName::new("demo").unwrap();
     let generations: Vec<u64> = store.history(&slot).unwrap().keys().map(|g| g.0).collect();
     assert_eq!(generations, [2, 3, 4, 5]);
