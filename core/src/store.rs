@@ -574,6 +574,16 @@ impl Store {
         Ok(digest)
     }
 
+    /// The digest of the file at `src` if it was staged before and its stamp (device,
+    /// inode, length, mtime, ctime) is unchanged since: known without reading it. `None`
+    /// when it has to be read to be known.
+    pub fn remembered_digest(&self, src: &Path) -> Option<Sha256> {
+        let meta = fs::metadata(src).ok()?;
+        let known = self.lock_known();
+        let (was, digest) = known.sources.get(src)?;
+        (*was == Stamp::of(&meta)).then_some(*digest)
+    }
+
     fn lock_known(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -737,6 +747,21 @@ mod tests {
         assert_eq!(store.stage_executable(&src).unwrap(), first);
         assert_eq!(store.stage_executable(&src).unwrap(), first);
         assert_eq!(reads(&store), before, "an unchanged source was read again");
+    }
+
+    #[test]
+    fn a_remembered_digest_is_only_given_for_an_unchanged_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho v1\n");
+        assert_eq!(store.remembered_digest(&src), None, "never staged");
+        let v1 = store.stage_executable(&src).unwrap();
+        assert_eq!(store.remembered_digest(&src), Some(v1));
+        executable(&src, b"#!/bin/sh\necho v2, longer\n");
+        assert_eq!(store.remembered_digest(&src), None, "changed since staged");
+        fs::remove_file(&src).unwrap();
+        assert_eq!(store.remembered_digest(&src), None, "gone");
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tryswap_fsm::{Generation, SlotName};
 
+use crate::driver::Liveness;
+
 use super::{CandidateSpec, Supervisor, SupervisorError};
 
 /// The lowercase hex SHA-256 of the file at `path`, or `None` if it cannot be read (the
@@ -47,21 +49,25 @@ impl Supervisor {
         slot: &SlotName,
         spec: &CandidateSpec,
     ) -> Result<Option<Generation>, SupervisorError> {
-        let status = self.status(Some(slot))?;
-        let Some(slot) = status.slots.first() else {
-            return Ok(None);
+        // Only this slot's projection: `status` would read (and decode) every slot's.
+        let view = match self.inner.journal.slot(slot)? {
+            Some(view) => view,
+            None if self.runtime(slot).is_ok() => return Ok(None),
+            None => return Err(SupervisorError::UnknownSlot(slot.clone())),
         };
         // A reload under way may change the active generation: let it conflict as usual.
-        let (Some(active), None) = (slot.active.as_ref(), slot.in_flight.as_ref()) else {
+        let (Some(active), None) = (view.slot.active.as_ref(), view.slot.in_flight) else {
             return Ok(None);
         };
-        if !active.alive {
-            return Ok(None);
-        }
         let Some(executable) = spec.executable.as_deref() else {
             return Ok(None);
         };
-        if file_digest(executable).as_deref() != Some(active.sha256.as_str()) {
+        // An executable staged before and unchanged since (same stamp) is not read again.
+        let same_executable = match self.store().remembered_digest(executable) {
+            Some(digest) => digest == active.artifact.sha256,
+            None => file_digest(executable) == Some(active.artifact.sha256.to_string()),
+        };
+        if !same_executable {
             return Ok(None);
         }
         let config = match spec.config.as_deref() {
@@ -71,6 +77,12 @@ impl Supervisor {
             },
             None => None,
         };
-        Ok((config == active.config_sha256).then_some(Generation(active.generation)))
+        if config != active.artifact.config_sha256.map(|d| d.to_string()) {
+            return Ok(None);
+        }
+        if self.active_alive(slot, active) != Liveness::Alive {
+            return Ok(None);
+        }
+        Ok(Some(active.generation))
     }
 }
