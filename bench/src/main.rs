@@ -12,7 +12,7 @@
 //!    sees per one-shot reload (`strace -f -c`); time and bytes written per reload after
 //!    10,000 reloads of one slot against the first ones (3e);
 //! 4. recovery time at 10^3 … 10^6 events, with and without compaction;
-//! 5. 100 slots reloaded at once vs one, and memory;
+//! 5. 100 slots reloaded at once vs one and vs the floor doing the same, and memory;
 //! 6. memory over time: the journal alone, then a bounded soak of `tryswap serve` (random
 //!    reloads, kills, config reloads and reads; invariants checked every second). Not in
 //!    the default run: ask for it with `--sections 6`;

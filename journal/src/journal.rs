@@ -1089,10 +1089,20 @@ impl Journal {
         }
     }
 
-    /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness
-    /// (`Db::flush` first, which on Linux only issues `sync_file_range`: it keeps sled
-    /// current across a process crash; after a power loss sled is derived from the log). `counted`
-    /// flushes are the write-ahead ones behind [`Journal::flush_count`].
+    /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness.
+    /// `counted` flushes are the write-ahead ones behind [`Journal::flush_count`].
+    ///
+    /// Group commit: the sync covers every record committed when it starts (a record is in
+    /// the log before the tip moves past it), and the witness is moved to that tip, so the
+    /// callers that waited for this one find their records durable and return without a
+    /// sync of their own.
+    ///
+    /// Only the flushes that are not write-ahead points (`Journal::flush`, compaction, open,
+    /// drop) also flush sled (`Db::flush`, on Linux a `sync_file_range` of its files that
+    /// waits for their writeback): sled is an index derived from the log, which `open`
+    /// (and an inspection) catches up with whatever sled lost in a killed process, and
+    /// sled's own flusher writes it every 500 ms. A write-ahead point needs the log on disk,
+    /// not the index.
     pub(crate) fn durable_flush(
         &self,
         tip: WitnessMark,
@@ -1108,17 +1118,24 @@ impl Journal {
             // A flush that started after this record was committed already covered it.
             return Ok(());
         }
-        let synced = self.db.flush().map_err(|e| self.sled_err(e)).and_then(|_| {
+        let latest = *lock(&self.tip);
+        let target = if latest.seq > tip.seq { latest } else { tip };
+        let index = if counted {
+            Ok(())
+        } else {
+            self.db.flush().map(drop).map_err(|e| self.sled_err(e))
+        };
+        let synced = index.and_then(|()| {
             if let Some(log) = lock(&self.log).as_ref() {
                 log.sync()?;
             }
-            if tip.seq > witness.current().seq {
-                witness.write(tip)?;
+            if target.seq > witness.current().seq {
+                witness.write(target)?;
             }
             Ok(())
         });
         if let Err(e) = synced {
-            return Err(self.fail(format!("making seq {} durable: {e}", tip.seq)));
+            return Err(self.fail(format!("making seq {} durable: {e}", target.seq)));
         }
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);

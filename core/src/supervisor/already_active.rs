@@ -3,6 +3,8 @@
 
 use tryswap_fsm::{Generation, SlotName};
 
+use crate::driver::Liveness;
+
 use super::{CandidateSpec, Supervisor, SupervisorError};
 
 impl Supervisor {
@@ -21,17 +23,16 @@ impl Supervisor {
         slot: &SlotName,
         spec: &CandidateSpec,
     ) -> Result<Option<Generation>, SupervisorError> {
-        let status = self.status(Some(slot))?;
-        let Some(slot) = status.slots.first() else {
-            return Ok(None);
+        // Only this slot's projection: `status` would read (and decode) every slot's.
+        let view = match self.inner.journal.slot(slot)? {
+            Some(view) => view,
+            None if self.runtime(slot).is_ok() => return Ok(None),
+            None => return Err(SupervisorError::UnknownSlot(slot.clone())),
         };
         // A reload under way may change the active generation: let it conflict as usual.
-        let (Some(active), None) = (slot.active.as_ref(), slot.in_flight.as_ref()) else {
+        let (Some(active), None) = (view.slot.active.as_ref(), view.slot.in_flight) else {
             return Ok(None);
         };
-        if !active.alive {
-            return Ok(None);
-        }
         let Some(executable) = spec.executable.as_deref() else {
             return Ok(None);
         };
@@ -40,16 +41,22 @@ impl Supervisor {
         let Ok(digest) = store.stage_executable(executable) else {
             return Ok(None);
         };
-        if digest.to_string() != active.sha256 {
+        if digest != active.artifact.sha256 {
             return Ok(None);
         }
         let config = match spec.config.as_deref() {
             Some(path) => match store.stage_config(path) {
-                Ok(digest) => Some(digest.to_string()),
+                Ok(digest) => Some(digest),
                 Err(_) => return Ok(None),
             },
             None => None,
         };
-        Ok((config == active.config_sha256).then_some(Generation(active.generation)))
+        if config != active.artifact.config_sha256 {
+            return Ok(None);
+        }
+        if self.active_alive(slot, active) != Liveness::Alive {
+            return Ok(None);
+        }
+        Ok(Some(active.generation))
     }
 }

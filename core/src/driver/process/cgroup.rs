@@ -133,6 +133,17 @@ pub fn prepare(dir: &Path) -> Option<fs::File> {
     }
 }
 
+/// The cgroup `dir` opened as a directory, for `clone3(CLONE_INTO_CGROUP)`; `None` if it
+/// cannot be opened (the child then joins through `cgroup.procs`).
+pub fn open_dir(dir: &Path) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .ok()
+}
+
 /// Whether `dir` is a generation's cgroup that its processes were placed in: it exists
 /// with `cgroup.kill` ([`prepare`] removes one it could not use). Every process the
 /// generation forked is then in it, unless a privileged process moved itself out.

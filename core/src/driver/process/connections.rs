@@ -3,8 +3,9 @@
 //!
 //! Connections this process holds itself (the stdio stream, probes) are not counted: they
 //! end with the plugin and would keep every drain waiting. TCP: the server ends of
-//! ESTABLISHED sockets in `/proc/net/tcp{,6}` whose local address is the plugin's, minus
-//! those whose peer is one of this process's sockets. Unix: `sock_diag` (`NETLINK_SOCK_DIAG`,
+//! ESTABLISHED sockets whose local address is the plugin's (`inet_diag`, filtered by state
+//! and port in the kernel; `/proc/net/tcp{,6}` where it is missing), minus those whose peer
+//! is one of this process's sockets. Unix: `sock_diag` (`NETLINK_SOCK_DIAG`,
 //! `AF_UNIX`) lists connected sockets with their bound name and peer inode; the server ends
 //! carry the listener's path.
 
@@ -14,36 +15,24 @@ use std::net::SocketAddr;
 
 use tryswap_fsm::{Endpoint, Network};
 
+use super::sock_diag::{self, u16_at, u32_at};
+
 /// Established connections to `endpoint` from outside this process; `None` when they
 /// cannot be counted (no `/proc`, no `sock_diag`, an address that does not parse).
 pub fn outside_connections(endpoint: &Endpoint) -> Option<usize> {
-    let own = own_socket_inodes();
     match endpoint.network {
         Network::Tcp => {
             let wanted: SocketAddr = endpoint.address.parse().ok()?;
-            let mut server_peers = Vec::new();
-            let mut own_locals = HashSet::new();
-            for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-                let Ok(table) = std::fs::read_to_string(path) else {
-                    continue;
-                };
-                for row in tcp_rows(&table) {
-                    if own.contains(&row.inode) {
-                        own_locals.insert(row.local);
-                    }
-                    if row.state == TCP_ESTABLISHED && row.local == wanted {
-                        server_peers.push(row.remote);
-                    }
+            match tcp_by_diag(wanted) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::debug!(error = %e, "inet_diag unavailable: reading /proc/net/tcp");
+                    tcp_by_proc(wanted)
                 }
             }
-            Some(
-                server_peers
-                    .iter()
-                    .filter(|peer| !own_locals.contains(peer))
-                    .count(),
-            )
         }
         Network::Unix => {
+            let own = own_socket_inodes();
             let sockets = unix_diag().ok()?;
             Some(
                 sockets
@@ -54,6 +43,57 @@ pub fn outside_connections(endpoint: &Endpoint) -> Option<usize> {
             )
         }
     }
+}
+
+/// [`outside_connections`] of a TCP address by `inet_diag`: the server ends at `wanted`,
+/// minus those whose peer is a client socket of this process. Costs O(sockets of the port).
+fn tcp_by_diag(wanted: SocketAddr) -> io::Result<usize> {
+    let server_peers: Vec<SocketAddr> =
+        sock_diag::tcp(sock_diag::TCP_ESTABLISHED, wanted.port(), 0)?
+            .into_iter()
+            .filter(|s| s.local == wanted)
+            .map(|s| s.remote)
+            .collect();
+    if server_peers.is_empty() {
+        return Ok(0);
+    }
+    let own = own_socket_inodes();
+    let own_locals: HashSet<SocketAddr> =
+        sock_diag::tcp(sock_diag::TCP_ESTABLISHED, 0, wanted.port())?
+            .into_iter()
+            .filter(|s| s.remote == wanted && own.contains(&s.inode))
+            .map(|s| s.local)
+            .collect();
+    Ok(server_peers
+        .iter()
+        .filter(|peer| !own_locals.contains(peer))
+        .count())
+}
+
+/// [`tcp_by_diag`] from `/proc/net/tcp{,6}`, where `inet_diag` is not available.
+fn tcp_by_proc(wanted: SocketAddr) -> Option<usize> {
+    let own = own_socket_inodes();
+    let mut server_peers = Vec::new();
+    let mut own_locals = HashSet::new();
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for row in tcp_rows(&table) {
+            if own.contains(&row.inode) {
+                own_locals.insert(row.local);
+            }
+            if row.state == TCP_ESTABLISHED && row.local == wanted {
+                server_peers.push(row.remote);
+            }
+        }
+    }
+    Some(
+        server_peers
+            .iter()
+            .filter(|peer| !own_locals.contains(peer))
+            .count(),
+    )
 }
 
 /// `TCP_ESTABLISHED` in `/proc/net/tcp*`'s `st` column.
@@ -105,115 +145,31 @@ struct UnixSocket {
     peer: Option<u32>,
 }
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 0x1;
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_PEER: u16 = 2;
 /// `1 << TCP_ESTABLISHED`: connected stream sockets.
 const STATE_ESTABLISHED: u32 = 1 << 1;
-const NLMSG_HDR: usize = 16;
 const UNIX_DIAG_MSG: usize = 16;
 
 /// Every connected unix stream socket of this network namespace, by `sock_diag`.
 fn unix_diag() -> io::Result<Vec<UnixSocket>> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh fd nobody else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
-
-    let mut request = Vec::with_capacity(NLMSG_HDR + 24);
-    request.extend_from_slice(&((NLMSG_HDR + 24) as u32).to_ne_bytes());
-    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    request.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    request.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    request.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    request.push(libc::AF_UNIX as u8);
-    request.push(0); // protocol
-    request.extend_from_slice(&0u16.to_ne_bytes());
-    request.extend_from_slice(&STATE_ESTABLISHED.to_ne_bytes());
-    request.extend_from_slice(&0u32.to_ne_bytes()); // any inode
-    request.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
-    request.extend_from_slice(&[0xff; 8]); // no cookie
-                                           // SAFETY: `request` is a valid buffer of its length; a zeroed sockaddr_nl is the kernel.
-    let sent = unsafe {
-        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            fd,
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-            std::ptr::addr_of!(kernel).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-
+    let mut body = Vec::with_capacity(24);
+    body.push(libc::AF_UNIX as u8);
+    body.push(0); // protocol
+    body.extend_from_slice(&0u16.to_ne_bytes());
+    body.extend_from_slice(&STATE_ESTABLISHED.to_ne_bytes());
+    body.extend_from_slice(&0u32.to_ne_bytes()); // any inode
+    body.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    body.extend_from_slice(&[0xff; 8]); // no cookie
     let mut sockets = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: `buf` is writable for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+    sock_diag::dump(&body, |msg| {
+        if let Some(s) = parse_unix_msg(msg) {
+            sockets.push(s);
         }
-        let mut rest = buf.get(..n as usize).unwrap_or(&[]);
-        while rest.len() >= NLMSG_HDR {
-            let len = u32_at(rest, 0) as usize;
-            let kind = u16_at(rest, 4);
-            if len < NLMSG_HDR || len > rest.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "sock_diag: truncated message",
-                ));
-            }
-            match kind {
-                k if k == libc::NLMSG_DONE as u16 => return Ok(sockets),
-                k if k == libc::NLMSG_ERROR as u16 => {
-                    let errno = rest
-                        .get(NLMSG_HDR..NLMSG_HDR + 4)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                _ => {
-                    if let Some(body) = rest.get(NLMSG_HDR..len) {
-                        if let Some(s) = parse_unix_msg(body) {
-                            sockets.push(s);
-                        }
-                    }
-                }
-            }
-            let advance = (len + 3) & !3;
-            rest = rest.get(advance..).unwrap_or(&[]);
-        }
-    }
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .map_or(0, |x| u16::from_ne_bytes([x[0], x[1]]))
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map_or(0, |x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+    })?;
+    Ok(sockets)
 }
 
 /// One `unix_diag_msg` and its attributes.

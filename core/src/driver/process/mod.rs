@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod connections;
 pub mod handshake;
 pub mod os;
+pub mod sock_diag;
 pub mod sockets;
 pub mod stdio;
 pub mod vfork;

@@ -318,6 +318,11 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
 
     let cgroup_procs = spec.cgroup.as_deref().and_then(super::cgroup::prepare);
     let cgroup_fd = cgroup_procs.as_ref().map(AsRawFd::as_raw_fd);
+    // The child is created in the cgroup where the kernel can (see `vfork`).
+    let cgroup_dir = match (&cgroup_procs, spec.cgroup.as_deref()) {
+        (Some(_), Some(dir)) => super::cgroup::open_dir(dir),
+        _ => None,
+    };
 
     let stdin = File::open("/dev/null").map_err(|source| ProcessError::Spawn {
         program: spec.program.clone(),
@@ -336,6 +341,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
         umask,
         fsize_limit,
         cgroup_procs: cgroup_fd,
+        cgroup_dir: cgroup_dir.as_ref().map(AsRawFd::as_raw_fd),
     };
     let mut attempt = 0;
     let pid = loop {

@@ -3,7 +3,8 @@
 //! A handshake line is only a claim: a candidate could print the address of the active
 //! generation (or of any other server) and pass its probe on someone else's socket.
 //! [`check_endpoint_owner`] accepts an announced address only if a LISTENING socket at that
-//! address (from `/proc/net/{tcp,tcp6,unix}`) is held by the candidate's own process tree:
+//! address (TCP: from `inet_diag`, or `/proc/net/{tcp,tcp6}` without it; unix:
+//! `/proc/net/unix`) is held by the candidate's own process tree:
 //! the socket's inode is one of the fds (`/proc/<pid>/fd/* -> socket:[inode]`) of the
 //! candidate, of one of its descendants, or of a process carrying the candidate's
 //! `TRYSWAP_RELOAD_ID` (a child that daemonized and left the tree).
@@ -216,6 +217,18 @@ pub fn listening_inodes(
                         address: address.to_owned(),
                         expected: "an ip:port",
                     })?;
+            match super::sock_diag::tcp(super::sock_diag::TCP_LISTEN, wanted.port(), 0) {
+                Ok(listeners) => {
+                    return Ok(listeners
+                        .into_iter()
+                        .filter(|s| accepts(s.local.ip(), s.local.port(), wanted))
+                        .map(|s| s.inode)
+                        .collect())
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "inet_diag unavailable: reading /proc/net/tcp")
+                }
+            }
             let mut inodes = HashSet::new();
             for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
                 let text = match read_proc(path) {

@@ -8,7 +8,11 @@
 //! host's heap. Unlike `posix_spawn`, the child can do everything a plugin needs before
 //! `exec`, so there is no window in which the plugin runs without it:
 //!
-//! - it joins the generation's cgroup (writes `0` to its `cgroup.procs`);
+//! - it starts in the generation's cgroup: created there by `clone3(CLONE_INTO_CGROUP)`
+//!   (Linux 5.7+, x86_64), else it joins by writing `0` to the cgroup's `cgroup.procs`
+//!   first thing. Moving a running process costs the kernel an RCU grace period (the
+//!   write side of the cgroup migration lock: milliseconds, tens of them on a busy host);
+//!   being born there costs nothing;
 //! - it leads a process group of its own;
 //! - it gets the operator's umask, `RLIMIT_FSIZE` and `SIGXFSZ` ignored (log bounds);
 //! - every signal disposition is reset to the default, then the signal mask is emptied.
@@ -45,6 +49,9 @@ pub struct Exec<'a> {
     pub fsize_limit: Option<libc::rlim_t>,
     /// An open `cgroup.procs` to join.
     pub cgroup_procs: Option<RawFd>,
+    /// The same cgroup's directory, open: the child is created in it where the kernel can
+    /// (then `cgroup_procs` is not written).
+    pub cgroup_dir: Option<RawFd>,
 }
 
 /// Everything the child reads, prepared by the parent (the child allocates nothing).
@@ -132,22 +139,39 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<u32> {
     // Signals are blocked around the clone: a handler of the host must never run in the
     // child, which shares the host's memory; the child resets every handler before it
     // unblocks anything.
-    // SAFETY: plain libc calls on stack values we own.
+    // SAFETY: plain libc calls on stack values we own; the child gets its own stack.
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(
-            child_main,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut args as *mut ChildArgs).cast(),
-        );
-        let clone_error = io::Error::last_os_error();
+        let born_in_cgroup = match exec.cgroup_dir {
+            Some(dir) => {
+                // Born in the cgroup: nothing to join. Restored if clone3 cannot do it.
+                let join = args.cgroup_procs.take();
+                let pid = clone3_into_cgroup(dir, top, stack.as_ptr() as usize, &mut args);
+                if pid.is_none() {
+                    args.cgroup_procs = join;
+                }
+                pid
+            }
+            None => None,
+        };
+        let (pid, clone_error) = match born_in_cgroup {
+            Some(pid) => (pid, None),
+            None => {
+                let pid = libc::clone(
+                    child_main,
+                    top as *mut libc::c_void,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    (&mut args as *mut ChildArgs).cast(),
+                );
+                (pid, Some(io::Error::last_os_error()))
+            }
+        };
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
-            return Err(clone_error);
+            return Err(clone_error.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)));
         }
         pid
     };
@@ -160,6 +184,102 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<u32> {
         return Err(io::Error::from_raw_os_error(args.errno));
     }
     u32::try_from(pid).map_err(|_| io::Error::other(format!("clone returned pid {pid}")))
+}
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: the child runs [`child_main`] on
+/// the stack `[stack_low, top)`, created inside the cgroup whose directory is open as
+/// `cgroup_dir`. Returns the child's pid once it has `exec`ed or exited, or `None` when the
+/// kernel cannot do it (before Linux 5.7, or a cgroup it refuses): no child was created,
+/// and the caller clones the classic way.
+///
+/// # Safety
+/// `args` must stay valid and untouched until this returns (the parent is suspended while
+/// the child uses it); signals must be blocked; `[stack_low, top)` must be writable memory
+/// nothing else uses, `top` 16-byte aligned.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+unsafe fn clone3_into_cgroup(
+    cgroup_dir: RawFd,
+    top: usize,
+    stack_low: usize,
+    args: &mut ChildArgs,
+) -> Option<libc::pid_t> {
+    /// `CLONE_INTO_CGROUP` (Linux 5.7).
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    /// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let cgroup = u64::try_from(cgroup_dir).ok()?;
+    let clone_args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack_low as u64,
+        stack_size: (top - stack_low) as u64,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup,
+    };
+    let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main;
+    let arg: *mut ChildArgs = args;
+    let ret: i64;
+    // The kernel starts the child right after `syscall` with rax = 0 and rsp = top; every
+    // other register as the parent had it. The child calls `child_main(arg)`, which
+    // `exec`s or `_exit`s: it never comes back here (ud2 if it did). The parent gets the
+    // child's pid (or -errno) once the child has `exec`ed or exited (CLONE_VFORK).
+    std::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "xor ebp, ebp",
+        "mov rdi, r12",
+        "call r13",
+        "ud2",
+        "2:",
+        inlateout("rax") libc::SYS_clone3 => ret,
+        in("rdi") &clone_args as *const CloneArgs,
+        in("rsi") std::mem::size_of::<CloneArgs>(),
+        in("r12") arg,
+        in("r13") entry,
+        lateout("rcx") _,
+        lateout("r11") _,
+    );
+    if ret < 0 {
+        tracing::debug!(
+            errno = -ret,
+            "clone3 into a cgroup refused: joining after the clone"
+        );
+        return None;
+    }
+    libc::pid_t::try_from(ret).ok()
+}
+
+/// [`clone3_into_cgroup`] where it is not implemented: always the classic clone.
+///
+/// # Safety
+/// None needed: it does nothing.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+unsafe fn clone3_into_cgroup(
+    _cgroup_dir: RawFd,
+    _top: usize,
+    _stack_low: usize,
+    _args: &mut ChildArgs,
+) -> Option<libc::pid_t> {
+    None
 }
 
 /// The child: runs on its own stack in the parent's memory until `exec`. Only

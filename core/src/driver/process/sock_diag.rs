@@ -1,0 +1,260 @@
+//! The kernel's socket tables by `sock_diag` (`NETLINK_SOCK_DIAG`, Linux only): the sockets
+//! of one state and port, filtered by the kernel.
+//!
+//! Reading `/proc/net/tcp{,6}` formats every socket of the network namespace as text and
+//! walks the whole established hash table (262,144 buckets on a host with 24 GiB) once per
+//! `read(2)` of the file: milliseconds of CPU per look, more with many `TIME_WAIT` sockets,
+//! and a reload looked twice (who listens at the candidate's address, who is still
+//! connected to the retiring one). `inet_diag` with a state mask and a port answers with
+//! the matching sockets only; a dump of listeners never touches the established table.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_HDR: usize = 16;
+/// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48), expires, rqueue,
+/// wqueue, uid, inode.
+const INET_DIAG_MSG: usize = 72;
+const INET_DIAG_NOCOOKIE: [u8; 8] = [0xff; 8];
+
+/// `1 << TCP_ESTABLISHED`.
+pub const TCP_ESTABLISHED: u32 = 1 << 1;
+/// `1 << TCP_LISTEN`.
+pub const TCP_LISTEN: u32 = 1 << 10;
+
+/// Reads a native-endian `u16` at `at` (0 past the end).
+pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
+    b.get(at..at + 2)
+        .map_or(0, |x| u16::from_ne_bytes([x[0], x[1]]))
+}
+
+/// Reads a native-endian `u32` at `at` (0 past the end).
+pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .map_or(0, |x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+}
+
+/// Sends one `SOCK_DIAG_BY_FAMILY` dump request whose body (after the netlink header) is
+/// `body`, and calls `each` with the body of every answer until the dump is done.
+pub(super) fn dump(body: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = owned.as_raw_fd();
+
+    let mut request = Vec::with_capacity(NLMSG_HDR + body.len());
+    request.extend_from_slice(&((NLMSG_HDR + body.len()) as u32).to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    request.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    request.extend_from_slice(body);
+    // SAFETY: `request` is a valid buffer of its length; a zeroed sockaddr_nl is the kernel.
+    let sent = unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            fd,
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+            std::ptr::addr_of!(kernel).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "sock_diag: the dump ended without NLMSG_DONE",
+            ));
+        }
+        let mut rest = buf.get(..n as usize).unwrap_or(&[]);
+        while rest.len() >= NLMSG_HDR {
+            let len = u32_at(rest, 0) as usize;
+            let kind = u16_at(rest, 4);
+            if len < NLMSG_HDR || len > rest.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "sock_diag: truncated message",
+                ));
+            }
+            match kind {
+                k if k == libc::NLMSG_DONE as u16 => return Ok(()),
+                k if k == libc::NLMSG_ERROR as u16 => {
+                    let errno = rest
+                        .get(NLMSG_HDR..NLMSG_HDR + 4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ => {
+                    if let Some(body) = rest.get(NLMSG_HDR..len) {
+                        each(body);
+                    }
+                }
+            }
+            let advance = (len + 3) & !3;
+            rest = rest.get(advance..).unwrap_or(&[]);
+        }
+    }
+}
+
+/// One TCP socket as `inet_diag` reports it; v4-mapped IPv6 addresses come back as v4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSocket {
+    /// Its local address.
+    pub local: SocketAddr,
+    /// Its peer's address (unspecified for a listener).
+    pub remote: SocketAddr,
+    /// Its inode (what `/proc/<pid>/fd/*` links name as `socket:[inode]`).
+    pub inode: u64,
+}
+
+/// The TCP sockets (IPv4 and IPv6) in one of `states` (a mask of `1 << TCP_*`) whose
+/// local port is `local_port` and whose peer's port is `remote_port` (0: any). The kernel
+/// filters by state and port; the ports are checked again here.
+pub fn tcp(states: u32, local_port: u16, remote_port: u16) -> io::Result<Vec<TcpSocket>> {
+    let mut sockets = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let mut body = Vec::with_capacity(56);
+        body.push(family as u8);
+        body.push(libc::IPPROTO_TCP as u8);
+        body.push(0); // no extensions
+        body.push(0); // pad
+        body.extend_from_slice(&states.to_ne_bytes());
+        body.extend_from_slice(&local_port.to_be_bytes());
+        body.extend_from_slice(&remote_port.to_be_bytes());
+        body.extend_from_slice(&[0; 32]); // any source, any destination
+        body.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+        body.extend_from_slice(&INET_DIAG_NOCOOKIE);
+        let result = dump(&body, |msg| {
+            if let Some(socket) = parse_inet_msg(msg) {
+                if (local_port == 0 || socket.local.port() == local_port)
+                    && (remote_port == 0 || socket.remote.port() == remote_port)
+                {
+                    sockets.push(socket);
+                }
+            }
+        });
+        match result {
+            Ok(()) => {}
+            // A kernel without IPv6 has no AF_INET6 table.
+            Err(e) if family == libc::AF_INET6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sockets)
+}
+
+/// One `inet_diag_msg`.
+fn parse_inet_msg(msg: &[u8]) -> Option<TcpSocket> {
+    if msg.len() < INET_DIAG_MSG {
+        return None;
+    }
+    let family = i32::from(*msg.first()?);
+    let port = |at: usize| u16::from_be_bytes([msg[at], msg[at + 1]]);
+    let ip = |at: usize| -> Option<IpAddr> {
+        if family == libc::AF_INET {
+            let b: [u8; 4] = msg.get(at..at + 4)?.try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        } else if family == libc::AF_INET6 {
+            let b: [u8; 16] = msg.get(at..at + 16)?.try_into().ok()?;
+            let v6 = Ipv6Addr::from(b);
+            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+        } else {
+            None
+        }
+    };
+    Some(TcpSocket {
+        local: SocketAddr::new(ip(8)?, port(4)),
+        remote: SocketAddr::new(ip(24)?, port(6)),
+        inode: u64::from(u32_at(msg, 68)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inodes_of_this_process() -> std::collections::HashSet<u64> {
+        super::super::sockets::socket_inodes_of(std::process::id()).unwrap_or_default()
+    }
+
+    #[test]
+    fn listeners_and_connections_of_one_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let Ok(listening) = tcp(TCP_LISTEN, addr.port(), 0) else {
+            assert!(
+                std::env::var_os("TRYSWAP_REQUIRE_ALL").is_none(),
+                "inet_diag is not available here"
+            );
+            eprintln!("skipping: inet_diag (tcp_diag) is not available here");
+            return;
+        };
+        assert_eq!(listening.len(), 1, "{listening:?}");
+        assert_eq!(listening[0].local, addr);
+        assert!(inodes_of_this_process().contains(&listening[0].inode));
+        // Nothing established yet, and nothing listens on another port of ours.
+        assert!(tcp(TCP_ESTABLISHED, addr.port(), 0).unwrap().is_empty());
+
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (_served, _) = listener.accept().unwrap();
+        let servers = tcp(TCP_ESTABLISHED, addr.port(), 0).unwrap();
+        assert_eq!(servers.len(), 1, "{servers:?}");
+        assert_eq!(servers[0].remote, client.local_addr().unwrap());
+        let clients = tcp(TCP_ESTABLISHED, 0, addr.port()).unwrap();
+        assert_eq!(clients.len(), 1, "{clients:?}");
+        assert_eq!(clients[0].remote, addr);
+        assert!(inodes_of_this_process().contains(&clients[0].inode));
+    }
+
+    #[test]
+    fn messages_parse_v4_and_mapped_v6() {
+        let mut msg = vec![0u8; INET_DIAG_MSG];
+        msg[0] = libc::AF_INET6 as u8;
+        msg[4..6].copy_from_slice(&8000u16.to_be_bytes());
+        msg[6..8].copy_from_slice(&40000u16.to_be_bytes());
+        let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+        msg[8..24].copy_from_slice(&mapped.octets());
+        msg[24..40].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        msg[68..72].copy_from_slice(&4242u32.to_ne_bytes());
+        let socket = parse_inet_msg(&msg).unwrap();
+        assert_eq!(socket.local, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(socket.remote, "[::1]:40000".parse().unwrap());
+        assert_eq!(socket.inode, 4242);
+        msg[0] = libc::AF_INET as u8;
+        msg[8..12].copy_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(
+            parse_inet_msg(&msg).unwrap().local,
+            "10.0.0.1:8000".parse().unwrap()
+        );
+        assert!(parse_inet_msg(&msg[..40]).is_none());
+    }
+}
