@@ -118,7 +118,7 @@ fn output_error(e: std::io::Error) -> JournalError {
 }
 
 /// The state at a compaction base.
-fn base_state(base: &LogBase) -> ReplayState {
+pub(crate) fn base_state(base: &LogBase) -> ReplayState {
     let mut state = ReplayState {
         seq: base.seq,
         ..ReplayState::default()
@@ -201,6 +201,18 @@ pub fn replay_log(dir: &Path, until_seq: u64) -> Result<ReplayState, JournalErro
         });
     }
     Ok(state)
+}
+
+/// Reads the log of `dir` once, strictly, handing every good item to `each` (`None` before
+/// a pass that starts again because a compaction replaced the segments): what
+/// [`crate::MemoryJournal::from_log`] builds on.
+pub(crate) fn load(dir: &Path, mut each: impl FnMut(Option<&LogItem>)) -> Result<(), JournalError> {
+    let mark = durable_point(dir)?;
+    let found = read(dir, mark, |item| {
+        each(item);
+        Ok(())
+    })?;
+    strict(dir, mark, &found)
 }
 
 /// `verify` of the log alone, for when another process holds the journal (sled's index is

@@ -45,6 +45,9 @@ pub struct MemoryJournal {
     flush_count: AtomicU64,
     /// Set by [`JournalStore::fail`]: every later write and flush is refused.
     failed: HandleFailure,
+    /// Loaded from a journal's log for reading ([`MemoryJournal::from_log`]): writes are
+    /// refused with [`JournalError::ReadOnly`].
+    read_only: bool,
 }
 
 /// Everything a [`MemoryJournal`] holds.
@@ -91,7 +94,43 @@ impl MemoryJournal {
             state: Mutex::new(MemoryState::default()),
             flush_count: AtomicU64::new(0),
             failed: HandleFailure::default(),
+            read_only: false,
         }
+    }
+
+    /// The journal the segment log of `dir` holds, read once into memory, strictly (damage
+    /// before the durable point is refused, naming its seq and byte offset): every record
+    /// with its chain value, the compaction base and the projections folded from them.
+    /// Takes no lock and writes nothing; the value refuses writes
+    /// ([`JournalError::ReadOnly`]). [`JournalError::Missing`] when `dir` has no log.
+    pub fn from_log(dir: &Path) -> Result<MemoryJournal, JournalError> {
+        let mut state = MemoryState::default();
+        crate::log_read::load(dir, |item| match item {
+            None => state = MemoryState::default(),
+            Some(crate::segment_log::LogItem::Base(base)) => {
+                let folded = crate::log_read::base_state(base);
+                state.base = folded.clone();
+                state.current = folded;
+                state.base_chain = base.chain;
+                state.last_chain = base.chain;
+            }
+            Some(crate::segment_log::LogItem::Kept(record)) => {
+                // Kept for audit from before the base: its chain value is not in the log.
+                state.records.insert(record.seq, (record.clone(), 0));
+            }
+            Some(crate::segment_log::LogItem::Record { record, chain, .. }) => {
+                state.current.apply(record);
+                state.records.insert(record.seq, (record.clone(), *chain));
+                state.last_chain = *chain;
+            }
+        })?;
+        Ok(MemoryJournal {
+            label: dir.to_path_buf(),
+            state: Mutex::new(state),
+            flush_count: AtomicU64::new(0),
+            failed: HandleFailure::default(),
+            read_only: true,
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, MemoryState> {
@@ -205,7 +244,7 @@ impl JournalStore for MemoryJournal {
     }
 
     fn is_read_only(&self) -> bool {
-        false
+        self.read_only
     }
 
     fn execute_all(
@@ -213,6 +252,11 @@ impl JournalStore for MemoryJournal {
         commands: &[Command],
         at: DateTime<Utc>,
     ) -> Result<Vec<Record>, JournalError> {
+        if self.read_only {
+            return Err(JournalError::ReadOnly {
+                dir: self.label.clone(),
+            });
+        }
         self.failed.check(&self.label)?;
         if commands.is_empty() {
             return Ok(Vec::new());

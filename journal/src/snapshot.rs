@@ -322,15 +322,16 @@ pub enum ReadScope {
     Full,
 }
 
-/// The journal in `dir` for a read command, without waiting and without writing.
+/// The journal in `dir` for a read command, without waiting, without the lock and without
+/// writing anything.
 ///
 /// With [`ReadScope::Current`], the projection snapshot when its last record is the log's
-/// last record (nothing was written after its durable point): no lock is taken and no
-/// file is opened for writing, sled's included. Otherwise the journal opened for
-/// inspection when no other process holds it; when one does, its projection snapshot (as
-/// of its last durable point); an empty journal when `dir` holds none.
-/// [`JournalError::Locked`] when the journal is held and has no snapshot. The log is read
-/// strictly either way: a log damaged before its durable point is refused.
+/// last record (nothing was written after its durable point). Otherwise the journal as its
+/// segment log holds it, read into memory ([`MemoryJournal::from_log`]): sled's files are
+/// not opened. A journal without a log (written before the log existed) is opened for
+/// inspection when nobody holds it, else answered from its snapshot
+/// ([`JournalError::Locked`] without one); an empty journal when `dir` holds none. The log
+/// is read strictly either way: a log damaged before its durable point is refused.
 pub fn open_for_reading(
     dir: &Path,
     scope: ReadScope,
@@ -343,8 +344,13 @@ pub fn open_for_reading(
             return Ok(Arc::new(SnapshotStore::new(dir, snapshot)));
         }
     }
-    // Strict: a damaged witness is refused before sled opens (sled rewrites its own files
-    // then), a damaged log or a sled that lost what was durable after one pass over the log.
+    match MemoryJournal::from_log(dir) {
+        Ok(journal) => return Ok(Arc::new(journal)),
+        Err(JournalError::Missing(_)) => {}
+        Err(e) => return Err(e),
+    }
+    // No log: a journal of the first format. Strict: a damaged witness is refused before
+    // sled opens, a sled that lost what was durable too.
     match Journal::open_strict(dir) {
         Ok(journal) => Ok(Arc::new(journal)),
         Err(locked @ JournalError::Locked { .. }) => match Snapshot::load(dir)? {

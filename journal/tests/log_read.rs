@@ -9,7 +9,10 @@ use std::path::Path;
 use common::*;
 use proptest::prelude::*;
 use tryswap_fsm::ReloadId;
-use tryswap_journal::{read_records, replay_log, verify_log, Journal, JournalError, Record};
+use tryswap_journal::{
+    read_records, replay_log, verify_log, Journal, JournalError, JournalStore, MemoryJournal,
+    Record,
+};
 
 fn log_records(dir: &Path, from: u64) -> Vec<Record> {
     let mut out = Vec::new();
@@ -56,6 +59,17 @@ proptest! {
             replay_log(dir.path(), u64::MAX).unwrap(),
             journal.replay(u64::MAX).unwrap()
         );
+        // The whole journal read from the log into memory (what `history` reads).
+        let loaded = MemoryJournal::from_log(dir.path()).unwrap();
+        prop_assert_eq!(loaded.events(0).map(|r| r.unwrap()).collect::<Vec<_>>(), stored);
+        prop_assert_eq!(loaded.replay(u64::MAX).unwrap(), journal.replay(u64::MAX).unwrap());
+        prop_assert_eq!(loaded.slots().unwrap(), journal.slots().unwrap());
+        for view in journal.slots().unwrap() {
+            let name = &view.slot.name;
+            prop_assert_eq!(loaded.reloads_of(name).unwrap(), journal.reloads_of(name).unwrap());
+            prop_assert_eq!(loaded.history(name).unwrap(), journal.history(name).unwrap());
+        }
+        prop_assert!(loaded.is_read_only());
         let report = verify_log(dir.path()).unwrap();
         prop_assert!(report.is_ok(), "{:#?}", report.problems);
         prop_assert_eq!(report.last_seq, journal.last_seq());

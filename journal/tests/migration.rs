@@ -144,23 +144,50 @@ fn a_journal_written_by_main_0dbcd8e_is_converted_once_to_history_keys_and_keeps
 }
 
 #[test]
-fn a_main_0dbcd8e_journal_read_without_the_lock_first_is_converted_for_inspection() {
+fn a_main_0dbcd8e_journal_read_without_the_lock_first_changes_nothing_and_converts_at_the_first_open(
+) {
     let (_tmp, dir) = unpack("journal-format1-log-main-0dbcd8e");
+    let before = files_of(&dir);
     let store = tryswap_journal::open_for_reading(&dir, tryswap_journal::ReadScope::Full).unwrap();
     let slot = SlotName::new("demo").unwrap();
     let generations: Vec<u64> = store.history(&slot).unwrap().keys().map(|g| g.0).collect();
     assert_eq!(generations, [2, 3, 4, 5]);
-    assert!(store.verify().unwrap().is_ok());
+    assert!(store.is_read_only());
     drop(store);
-    assert!(dir
-        .join(FORMAT_BACKUP_DIR)
-        .join("sled")
-        .join("db")
-        .is_file());
+    assert_eq!(files_of(&dir), before, "a read changed the journal");
     let journal = Journal::open(&dir).unwrap();
     assert!(
-        journal.rebuilt().is_none(),
-        "converted once, for inspection"
+        dir.join(FORMAT_BACKUP_DIR)
+            .join("sled")
+            .join("db")
+            .is_file(),
+        "the first open converts (after a backup)"
+    );
+    assert_eq!(
+        journal
+            .history(&slot)
+            .unwrap()
+            .keys()
+            .map(|g| g.0)
+            .collect::<Vec<_>>(),
+        [2, 3, 4, 5]
     );
     assert!(journal.verify().unwrap().is_ok());
+}
+
+/// Every file under `dir` with its bytes.
+fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
 }

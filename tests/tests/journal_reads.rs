@@ -303,8 +303,13 @@ fn reads_of_a_journal_nobody_holds_change_no_byte_of_it() {
     let before = dir_bytes(&journal);
     let mut runs = Vec::new();
     // `status` answers from the projection snapshot, which holds the journal's last record
-    // here: no lock taken, sled's files not opened.
-    let status: &[&[&str]] = &[&["--wait=0", "status"], &["--wait=0", "--json", "status"]];
+    // here, `history` from the log read into memory: no lock taken, sled's files not opened.
+    let status: &[&[&str]] = &[
+        &["--wait=0", "status"],
+        &["--wait=0", "--json", "status"],
+        &["--wait=0", "history", "demo"],
+        &["--wait=0", "--json", "history", "demo"],
+    ];
     for args in READS.iter().chain(status) {
         runs.push((args.to_vec(), h.tryswap(args)));
     }
