@@ -12,7 +12,8 @@
 //!    sees per one-shot reload (`strace -f -c`); time and bytes written per reload after
 //!    10,000 reloads of one slot against the first ones (3e);
 //! 4. recovery time at 10^3 … 10^6 events, with and without compaction;
-//! 5. 100 slots reloaded at once vs one and vs the floor doing the same, and memory;
+//! 5. 100 slots reloaded at once vs one and vs the floor doing the same, and memory; the
+//!    daemon's own RSS with 1 and 100 slots and over 10,000 reloads (5c);
 //! 6. memory over time: the journal alone, then a bounded soak of `tryswap serve` (random
 //!    reloads, kills, config reloads and reads; invariants checked every second). Not in
 //!    the default run: ask for it with `--sections 6`;
@@ -29,6 +30,7 @@ mod daemon;
 mod floor;
 mod host_processes;
 mod journal;
+mod memory;
 mod outside;
 mod reload;
 mod report;
@@ -83,6 +85,10 @@ struct Args {
     /// Slots in section 5 (default 100).
     #[arg(long, default_value_t = 100)]
     slots: usize,
+    /// Section 5c: reloads of the one-slot daemon whose RSS is followed (default 10000,
+    /// quick 2000).
+    #[arg(long)]
+    memory_reloads: Option<usize>,
     /// Seconds section 4 may spend generating histories in this run (a rerun resumes).
     #[arg(long, default_value_t = 900)]
     gen_budget: u64,
@@ -301,6 +307,14 @@ async fn main() -> std::process::ExitCode {
     if wanted(5) {
         let rounds = if quick { 1 } else { 3 };
         match concurrency::run(&bins, args.slots.max(2), rounds).await {
+            Ok(tables) => report.add(&tables),
+            Err(e) => report.failed(5, &e),
+        }
+        let reloads = args
+            .memory_reloads
+            .unwrap_or(if quick { 2_000 } else { 10_000 });
+        let budget = Duration::from_secs(if quick { 600 } else { 1_800 });
+        match memory::run(&bins, reloads, args.slots.max(2), budget).await {
             Ok(tables) => report.add(&tables),
             Err(e) => report.failed(5, &e),
         }

@@ -22,6 +22,7 @@ use tryswap_tests::crash::SplitMix64;
 use tryswap_tests::TempState;
 
 use crate::daemon::{request, Daemon};
+use crate::memory::last_seq;
 use crate::report::Table;
 use crate::setup::{self, Bins};
 
@@ -249,17 +250,6 @@ async fn operate(rng: &mut SplitMix64, world: &World) {
             };
         }
     }
-}
-
-/// The journal's last sequence number, from `/metrics`.
-async fn last_seq(socket: &std::path::Path) -> u64 {
-    let Ok((_, text)) = request(socket, "GET", "/metrics", None).await else {
-        return 0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("tryswap_journal_last_seq "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// 6b: the soak. `slots` slots, `workers` workers, at most `max_ops` operations and

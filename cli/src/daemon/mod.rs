@@ -320,7 +320,13 @@ fn spawn_journal_compaction(state: &Arc<AppState>, limit: u64) {
             }
             let compacting = supervisor.clone();
             let keep = tryswap_journal::DEFAULT_KEEP_PER_SLOT;
-            match tokio::task::spawn_blocking(move || compacting.journal().compact(keep)).await {
+            let compacted = tokio::task::spawn_blocking(move || {
+                let report = compacting.journal().compact(keep);
+                allocator::give_back();
+                report
+            })
+            .await;
+            match compacted {
                 // sled's file shrinks only at the next open (journal.md, "Rewriting the
                 // store"): until then a compaction may find nothing more to drop.
                 Ok(Ok(report)) if report.events_dropped == 0 => {}

@@ -813,7 +813,11 @@ async fn journal_compact(State(st): St, headers: HeaderMap, body: Bytes) -> ApiR
     let supervisor = st.supervisor.clone();
     let report = st
         .tasks
-        .spawn_blocking(move || supervisor.journal().compact(keep))
+        .spawn_blocking(move || {
+            let report = supervisor.journal().compact(keep);
+            super::allocator::give_back();
+            report
+        })
         .await
         .map_err(|e| ApiError::internal(format!("the compaction task failed: {e}")))?
         .map_err(SupervisorError::from)?;

@@ -1,0 +1,332 @@
+//! Section 5c: the daemon's own memory (issue 15: at most 32 MiB of RSS with 1 slot, with
+//! 100 slots and after 10,000 reloads, and flat).
+//!
+//! A `tryswap serve` with one slot (its default config: the journal compacts past
+//! 64 MiB) is reloaded through its API, always the same fixture with one of two configs;
+//! its RSS (and the anonymous / file-backed split of `/proc/<pid>/smaps_rollup`) is
+//! sampled every 1,000 journal records. Flat means: after the warm-up (the first
+//! [`WARM_UP`] of the records, while sled's page cache fills), the least-squares slope of
+//! RSS over records is within [`FLAT_KIB_PER_1000`]. Then a daemon with 100 slots, each
+//! activated once. Every loop is bounded in count and time.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tryswap_tests::TempState;
+
+use crate::daemon::{request, Daemon};
+use crate::report::{count, verdict, Table};
+use crate::setup::{self, Bins};
+
+/// The goal for the daemon's RSS, in KiB (32 MiB).
+const GOAL_KIB: u64 = 32 * 1024;
+
+/// Part of the records treated as warm-up before the flatness fit.
+const WARM_UP: f64 = 0.3;
+
+/// Flat: the RSS grows at most this many KiB per 1,000 records after warm-up. The
+/// growth measured before the bounds were added was 660 KiB per 1,000 records.
+const FLAT_KIB_PER_1000: f64 = 16.0;
+
+/// Journal records between two samples.
+const SAMPLE_EVERY: u64 = 1_000;
+
+/// One sample of the daemon: journal records, reloads done, RSS, anonymous and
+/// file-backed resident KiB.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    records: u64,
+    reloads: usize,
+    rss: u64,
+    anon: u64,
+    file: u64,
+}
+
+/// `VmRSS`, and the `Anonymous` and file-backed (`Rss` − `Anonymous`) KiB of
+/// `smaps_rollup`.
+fn resident(pid: u32) -> Option<(u64, u64, u64)> {
+    let rss = setup::memory_of(&pid.to_string()).1?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let anon = field("Anonymous:")?;
+    let total = field("Rss:")?;
+    Some((rss, anon, total.saturating_sub(anon)))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The journal's last sequence number, from `/metrics`.
+pub async fn last_seq(socket: &Path) -> u64 {
+    let Ok((_, text)) = request(socket, "GET", "/metrics", None).await else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("tryswap_journal_last_seq "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Least-squares slope of RSS (KiB) over records, in KiB per 1,000 records.
+fn slope_per_1000(samples: &[Sample]) -> Option<f64> {
+    if samples.len() < 3 {
+        return None;
+    }
+    let n = samples.len() as f64;
+    let mean_x = samples.iter().map(|s| s.records as f64).sum::<f64>() / n;
+    let mean_y = samples.iter().map(|s| s.rss as f64).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for s in samples {
+        let dx = s.records as f64 - mean_x;
+        sxy += dx * (s.rss as f64 - mean_y);
+        sxx += dx * dx;
+    }
+    (sxx > 0.0).then(|| sxy / sxx * 1000.0)
+}
+
+/// One reload through the API to `config`; `Err` unless it answered 200 with an active
+/// outcome.
+async fn reload(socket: &Path, bins: &Bins, slot: &str, config: &Path) -> Result<(), String> {
+    let body = json!({"artifact": bins.fixture, "config_file": config});
+    let path = format!("/v1/slots/{slot}/reloads");
+    let (status, text) = request(socket, "POST", &path, Some(body)).await?;
+    if status == 200 && text.contains("\"outcome\":\"active\"") {
+        Ok(())
+    } else {
+        Err(format!("POST {path}: {status}: {text}"))
+    }
+}
+
+/// What the one-slot run measured.
+struct OneSlot {
+    first: (u64, u64, u64),
+    samples: Vec<Sample>,
+    reloads: usize,
+    elapsed: Duration,
+}
+
+/// The one-slot daemon: RSS after its first activation, then `reloads` reloads (bounded
+/// by `budget`) sampled every [`SAMPLE_EVERY`] records.
+async fn one_slot(bins: &Bins, reloads: usize, budget: Duration) -> Result<OneSlot, String> {
+    let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = temp.join("memory-1");
+    let names = vec!["m00".to_owned()];
+    let daemon = Daemon::start(bins, &dir, &names).await?;
+    let outcome = async {
+        let pid = daemon.pid().ok_or("the daemon has no pid")?;
+        let socket = daemon.socket().to_path_buf();
+        let configs = [
+            setup::fixture_config(&dir, "m00-memory-a"),
+            setup::fixture_config(&dir, "m00-memory-b"),
+        ];
+        reload(&socket, bins, "m00", &configs[0]).await?;
+        let first = resident(pid).ok_or("cannot read the daemon's memory")?;
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        let mut next_sample = SAMPLE_EVERY;
+        let mut done = 1;
+        while done < reloads && started.elapsed() < budget {
+            reload(&socket, bins, "m00", &configs[done % 2]).await?;
+            done += 1;
+            // About 6 records per reload: look at the journal's tip every 25 reloads.
+            if done % 25 == 0 || done == reloads {
+                let records = last_seq(&socket).await;
+                if records >= next_sample || done == reloads {
+                    let (rss, anon, file) =
+                        resident(pid).ok_or("cannot read the daemon's memory")?;
+                    samples.push(Sample {
+                        records,
+                        reloads: done,
+                        rss,
+                        anon,
+                        file,
+                    });
+                    next_sample = (records / SAMPLE_EVERY + 1) * SAMPLE_EVERY;
+                }
+            }
+        }
+        Ok::<_, String>(OneSlot {
+            first,
+            samples,
+            reloads: done,
+            elapsed: started.elapsed(),
+        })
+    }
+    .await;
+    daemon.stop().await;
+    outcome
+}
+
+/// The daemon with `slots` slots, each activated once: its RSS, anonymous and file KiB.
+async fn many_slots(bins: &Bins, slots: usize) -> Result<(u64, u64, u64), String> {
+    let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = temp.join("memory-n");
+    let names: Vec<String> = (0..slots).map(|i| format!("m{i:03}")).collect();
+    let daemon = Daemon::start(bins, &dir, &names).await?;
+    let outcome = async {
+        let pid = daemon.pid().ok_or("the daemon has no pid")?;
+        let socket = daemon.socket().to_path_buf();
+        for name in &names {
+            let config = setup::fixture_config(&dir, &format!("{name}-memory"));
+            reload(&socket, bins, name, &config).await?;
+        }
+        resident(pid).ok_or_else(|| "cannot read the daemon's memory".to_owned())
+    }
+    .await;
+    daemon.stop().await;
+    outcome
+}
+
+/// Section 5c: the daemon's RSS with one slot, with `slots` slots, and after `reloads`
+/// reloads of one slot (bounded by `budget`), with the verdicts.
+pub async fn run(
+    bins: &Bins,
+    reloads: usize,
+    slots: usize,
+    budget: Duration,
+) -> Result<Vec<Table>, String> {
+    if !bins.daemon {
+        return Err("`tryswap serve` is not available".into());
+    }
+    let one = one_slot(bins, reloads.max(2), budget).await?;
+    let many = many_slots(bins, slots).await?;
+    let last = one.samples.last().copied();
+    let warm = one
+        .samples
+        .last()
+        .map_or(0, |s| (s.records as f64 * WARM_UP) as u64);
+    let after_warm_up: Vec<Sample> = one
+        .samples
+        .iter()
+        .copied()
+        .filter(|s| s.records >= warm)
+        .collect();
+    let slope = slope_per_1000(&after_warm_up);
+
+    let mut table = Table::new(
+        "5c. The daemon's own memory (`tryswap serve`)",
+        &["what", "RSS (anonymous + file-backed)", "goal"],
+    );
+    let split = |(rss, anon, file): (u64, u64, u64)| {
+        format!("{} ({} + {})", mib(rss), mib(anon), mib(file))
+    };
+    table.row([
+        "1 slot, after its first activation".to_owned(),
+        split(one.first),
+        format!("≤ 32 MiB: {}", verdict(one.first.0 <= GOAL_KIB)),
+    ]);
+    table.row([
+        format!("{slots} slots, each activated once"),
+        split(many),
+        format!("≤ 32 MiB: {}", verdict(many.0 <= GOAL_KIB)),
+    ]);
+    match last {
+        Some(s) => table.row([
+            format!(
+                "1 slot after {} reloads ({} journal records)",
+                count(s.reloads as f64),
+                count(s.records as f64)
+            ),
+            split((s.rss, s.anon, s.file)),
+            format!(
+                "≤ 32 MiB: {}",
+                verdict(s.rss <= GOAL_KIB && s.reloads >= reloads)
+            ),
+        ]),
+        None => table.row([
+            "1 slot after the reloads".to_owned(),
+            "no sample".to_owned(),
+            "≤ 32 MiB: MISSED".to_owned(),
+        ]),
+    }
+    let peak = after_warm_up.iter().map(|s| s.rss).max();
+    table.row([
+        format!(
+            "growth after warm-up (records {}…{}; highest RSS {})",
+            count(warm as f64),
+            count(last.map_or(0, |s| s.records) as f64),
+            peak.map_or_else(|| "–".to_owned(), mib)
+        ),
+        slope.map_or_else(
+            || "too few samples".to_owned(),
+            |k| format!("{k:+.1} KiB per 1,000 records"),
+        ),
+        format!(
+            "flat (≤ {FLAT_KIB_PER_1000} KiB per 1,000): {}",
+            verdict(slope.is_some_and(|k| k <= FLAT_KIB_PER_1000))
+        ),
+    ]);
+    if one.reloads < reloads {
+        table.note(format!(
+            "Only {} of {} reloads fitted in the {:.0} s budget.",
+            one.reloads,
+            reloads,
+            budget.as_secs_f64()
+        ));
+    }
+    table.note(format!(
+        "{} reloads of one slot in {:.0} s through the API (one fixture, two configs, the \
+         default config: the journal compacts past 64 MiB). Flat: least-squares slope of \
+         RSS over records after the first {:.0} % of the records.",
+        count(one.reloads as f64),
+        one.elapsed.as_secs_f64(),
+        WARM_UP * 100.0
+    ));
+
+    let mut series = Table::new(
+        "5c. The one-slot daemon's RSS as the journal grows",
+        &[
+            "journal records",
+            "reloads",
+            "RSS",
+            "anonymous",
+            "file-backed",
+        ],
+    );
+    let n = one.samples.len();
+    let step = n.div_ceil(12).max(1);
+    for (i, s) in one.samples.iter().enumerate() {
+        if i % step == 0 || i + 1 == n {
+            series.row([
+                count(s.records as f64),
+                count(s.reloads as f64),
+                mib(s.rss),
+                mib(s.anon),
+                mib(s.file),
+            ]);
+        }
+    }
+    Ok(vec![table, series])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(records: u64, rss: u64) -> Sample {
+        Sample {
+            records,
+            reloads: 0,
+            rss,
+            anon: 0,
+            file: 0,
+        }
+    }
+
+    #[test]
+    fn the_slope_is_kib_per_thousand_records() {
+        let rising: Vec<Sample> = (1..=5).map(|i| at(i * 1000, 20_000 + i * 500)).collect();
+        assert!((slope_per_1000(&rising).unwrap() - 500.0).abs() < 1e-6);
+        let flat: Vec<Sample> = (1..=5).map(|i| at(i * 1000, 20_000)).collect();
+        assert_eq!(slope_per_1000(&flat), Some(0.0));
+        assert_eq!(slope_per_1000(&rising[..2]), None);
+    }
+}
