@@ -173,10 +173,13 @@ pub async fn kill_and_remove(dir: &Path, timeout: Duration) -> usize {
         if let Err(e) = killed {
             tracing::warn!(cgroup = %dir.display(), error = %e, "cgroup.kill failed");
         }
-        let deadline = Instant::now() + timeout;
-        while populated(dir) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    }
+    // Also when `cgroup.procs` read empty: an exited process that is not reaped yet (its
+    // new parent, init, reaps it in its own time) keeps the cgroup populated, and `rmdir`
+    // fails with EBUSY until it is gone.
+    let deadline = Instant::now() + timeout;
+    while populated(dir) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if let Err(e) = fs::remove_dir(dir) {
         tracing::warn!(cgroup = %dir.display(), error = %e, "removing the generation's cgroup");
