@@ -32,10 +32,12 @@
 //! a power loss does. It is a scratch copy (the next copy is taken from the live image again).
 //! The test compares every file of the copy's journal directory before and after the read
 //! commands: the log, the witness and the archive (the truth) must be byte for byte as they
-//! were. What else the reads changed is printed per copy: today sled's files (sled writes a
-//! snapshot and its `conf` when it opens, and inspection removes an unfinished
-//! `snap.*.generating`) and `journal.lock` (the reader's pid). They are derived or
-//! bookkeeping, and the next open for writing would rewrite them anyway.
+//! were. What else the reads changed is printed per copy: `journal verify` on a journal
+//! nobody holds also checks sled's index, and opening sled rewrites its own files (a
+//! snapshot, its `conf`; inspection removes an unfinished `snap.*.generating`) and
+//! `journal.lock` (the reader's pid). They are derived or bookkeeping, and the next open for
+//! writing would rewrite them anyway. (`history`, `export` and `replay` read the log alone;
+//! `tests/tests/journal_reads.rs` checks that they change no byte.)
 //!
 //! What the test checks:
 //! - **Acknowledged reloads** (through `tryswap serve`, which keeps running, so nothing is
