@@ -99,6 +99,20 @@ fn read(
     ))
 }
 
+/// Reads the log of `dir` strictly: the durable point from the witness, every good item
+/// handed to `each` ([`read`]: `None` before a pass that starts again), then the log
+/// refused if it lost or damaged what was durable ([`strict`]). Returns the durable point
+/// and what the read found. What every lock-free read of the log goes through.
+pub(crate) fn read_strictly(
+    dir: &Path,
+    each: impl FnMut(Option<&LogItem>) -> Result<(), JournalError>,
+) -> Result<(WitnessMark, LogScan), JournalError> {
+    let mark = durable_point(dir)?;
+    let found = read(dir, mark, each)?;
+    strict(dir, mark, &found)?;
+    Ok((mark, found.0))
+}
+
 /// Refuses a log that lost or damaged what the witness says was durable (see the module's
 /// documentation); damage after it ends the read quietly.
 fn strict(
@@ -149,11 +163,10 @@ pub fn read_records(
     from_seq: u64,
     mut write: impl FnMut(&Record) -> std::io::Result<()>,
 ) -> Result<LogRead, JournalError> {
-    let mark = durable_point(dir)?;
     let mut handed = 0u64;
     // The last seq handed out: a pass after a compaction skips what was handed before.
     let mut done: Option<u64> = None;
-    let found = read(dir, mark, |item| {
+    let (mark, scan) = read_strictly(dir, |item| {
         let record = match item {
             None | Some(LogItem::Base(_)) => return Ok(()),
             Some(LogItem::Kept(record)) | Some(LogItem::Record { record, .. }) => record,
@@ -166,8 +179,6 @@ pub fn read_records(
         done = Some(done.map_or(record.seq, |d| d.max(record.seq)));
         Ok(())
     })?;
-    strict(dir, mark, &found)?;
-    let (scan, _) = &found;
     Ok(LogRead {
         records: handed,
         base_seq: scan.base.seq,
@@ -181,9 +192,8 @@ pub fn read_records(
 /// from sled. Needs no lock and writes nothing; strict (the whole log is read).
 /// [`JournalError::Compacted`] if `until_seq` is before the compaction base.
 pub fn replay_log(dir: &Path, until_seq: u64) -> Result<ReplayState, JournalError> {
-    let mark = durable_point(dir)?;
     let mut state = ReplayState::default();
-    let found = read(dir, mark, |item| {
+    let (_, scan) = read_strictly(dir, |item| {
         match item {
             None => state = ReplayState::default(),
             Some(LogItem::Base(base)) => state = base_state(base),
@@ -192,8 +202,7 @@ pub fn replay_log(dir: &Path, until_seq: u64) -> Result<ReplayState, JournalErro
         }
         Ok(())
     })?;
-    strict(dir, mark, &found)?;
-    let base = found.0.base.seq;
+    let base = scan.base.seq;
     if until_seq < base {
         return Err(JournalError::Compacted {
             requested: until_seq,
@@ -201,18 +210,6 @@ pub fn replay_log(dir: &Path, until_seq: u64) -> Result<ReplayState, JournalErro
         });
     }
     Ok(state)
-}
-
-/// Reads the log of `dir` once, strictly, handing every good item to `each` (`None` before
-/// a pass that starts again because a compaction replaced the segments): what
-/// [`crate::MemoryJournal::from_log`] builds on.
-pub(crate) fn load(dir: &Path, mut each: impl FnMut(Option<&LogItem>)) -> Result<(), JournalError> {
-    let mark = durable_point(dir)?;
-    let found = read(dir, mark, |item| {
-        each(item);
-        Ok(())
-    })?;
-    strict(dir, mark, &found)
 }
 
 /// `verify` of the log alone, for when another process holds the journal (sled's index is

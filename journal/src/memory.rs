@@ -105,24 +105,27 @@ impl MemoryJournal {
     /// ([`JournalError::ReadOnly`]). [`JournalError::Missing`] when `dir` has no log.
     pub fn from_log(dir: &Path) -> Result<MemoryJournal, JournalError> {
         let mut state = MemoryState::default();
-        crate::log_read::load(dir, |item| match item {
-            None => state = MemoryState::default(),
-            Some(crate::segment_log::LogItem::Base(base)) => {
-                let folded = crate::log_read::base_state(base);
-                state.base = folded.clone();
-                state.current = folded;
-                state.base_chain = base.chain;
-                state.last_chain = base.chain;
+        crate::log_read::read_strictly(dir, |item| {
+            match item {
+                None => state = MemoryState::default(),
+                Some(crate::segment_log::LogItem::Base(base)) => {
+                    let folded = crate::log_read::base_state(base);
+                    state.base = folded.clone();
+                    state.current = folded;
+                    state.base_chain = base.chain;
+                    state.last_chain = base.chain;
+                }
+                Some(crate::segment_log::LogItem::Kept(record)) => {
+                    // Kept for audit from before the base: its chain value is not in the log.
+                    state.records.insert(record.seq, (record.clone(), 0));
+                }
+                Some(crate::segment_log::LogItem::Record { record, chain, .. }) => {
+                    state.current.apply(record);
+                    state.records.insert(record.seq, (record.clone(), *chain));
+                    state.last_chain = *chain;
+                }
             }
-            Some(crate::segment_log::LogItem::Kept(record)) => {
-                // Kept for audit from before the base: its chain value is not in the log.
-                state.records.insert(record.seq, (record.clone(), 0));
-            }
-            Some(crate::segment_log::LogItem::Record { record, chain, .. }) => {
-                state.current.apply(record);
-                state.records.insert(record.seq, (record.clone(), *chain));
-                state.last_chain = *chain;
-            }
+            Ok(())
         })?;
         Ok(MemoryJournal {
             label: dir.to_path_buf(),
