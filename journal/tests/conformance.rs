@@ -140,28 +140,11 @@ fn a_bake_is_journaled_durably_and_a_revert_restores_the_standby(journal: &dyn J
     let bake = |id: u128, byte: u8, last: Command| {
         let reload = ReloadId::from_u128(id);
         let before = journal.flush_count();
-        let commands = [
-            Command::Stage {
-                reload,
-                slot: slot.clone(),
-                mode: Mode::Activate,
-                artifact: artifact(byte),
-            },
-            Command::RecordLaunch {
-                reload,
-                process: None,
-                log_path: None,
-            },
-            Command::RecordHandshake {
-                reload,
-                endpoint: None,
-            },
-            Command::RecordProbe { reload },
-            Command::CommitBaking {
-                reload,
-                until_ms: 1_700_000_000_000,
-            },
-        ];
+        let mut commands = through_probe(&slot, reload, Mode::Activate, byte);
+        commands.push(Command::CommitBaking {
+            reload,
+            until_ms: 1_700_000_000_000,
+        });
         for (step, command) in commands.iter().enumerate() {
             journal.execute(command, at(step)).unwrap();
         }

@@ -477,14 +477,14 @@ pub fn full_activate(journal: &dyn JournalStore, slot: &SlotName, id: ReloadId, 
     journal.flush_count() - before
 }
 
-/// The commands of one dry run of `slot` (`try`: staged, launched, validated, probed,
-/// passed): a terminal reload that a compaction may drop.
-pub fn dry_run(slot: &SlotName, reload: ReloadId, byte: u8) -> Vec<Command> {
+/// The commands that take a new reload of `slot` from `Stage` through `RecordProbe` (no
+/// process facts, no endpoint): what a terminal command then ends.
+pub fn through_probe(slot: &SlotName, reload: ReloadId, mode: Mode, byte: u8) -> Vec<Command> {
     vec![
         Command::Stage {
             reload,
             slot: slot.clone(),
-            mode: Mode::DryRun,
+            mode,
             artifact: artifact(byte),
         },
         Command::RecordLaunch {
@@ -497,12 +497,17 @@ pub fn dry_run(slot: &SlotName, reload: ReloadId, byte: u8) -> Vec<Command> {
             endpoint: None,
         },
         Command::RecordProbe { reload },
-        Command::PassDryRun { reload },
     ]
 }
 
-/// What a compaction keeping `keep` leaves of a slot's history: the newest `max(keep, 2)`
-/// generations and the active and retiring ones (docs/journal.md, "Compaction").
+/// The commands of one dry run of `slot` (`try`: staged, launched, validated, probed,
+/// passed): a terminal reload that a compaction may drop.
+pub fn dry_run(slot: &SlotName, reload: ReloadId, byte: u8) -> Vec<Command> {
+    let mut commands = through_probe(slot, reload, Mode::DryRun, byte);
+    commands.push(Command::PassDryRun { reload });
+    commands
+}
+
 pub fn trimmed(slot: &Slot, history: &History, keep: usize) -> History {
     let keep = keep.max(2);
     let mut history = history.clone();
