@@ -543,15 +543,22 @@ fn derive_sled(
     sled_dir: &Path,
     reader: &LogReader,
 ) -> Result<(Trees, u64), JournalError> {
-    rebuild::discard_sled(dir)?;
-    let trees = open_sled(dir, sled_dir)?;
+    // Built beside the store and put in place in one step: `sled/` stays the old store
+    // (damaged or not) until the new one is complete, for a reader opening it meanwhile and
+    // for whatever a crash or power loss leaves (tests/tests/power_loss.rs found a
+    // half-derived store that `journal verify` called a lost tail).
+    let built = dir.join(crate::rewrite::BUILD_DIR);
+    rebuild::discard(&built)?;
     let records = {
+        let trees = open_sled(dir, &built)?;
         let (db, events, slots, reloads, meta, history) = &trees;
         let write = (events, slots, reloads, meta, history);
         let mut apply = |records: &[Record]| apply_records(write, records, dir);
         rebuild::fill(reader, db, write, &mut apply, dir)?
     };
-    Ok((trees, records))
+    crate::rewrite::sync_tree(&built)?;
+    crate::rewrite::install(dir, &built, sled_dir)?;
+    Ok((open_sled(dir, sled_dir)?, records))
 }
 
 impl Journal {

@@ -223,6 +223,7 @@ pub(crate) fn fill(
                 batch.push(record);
                 written += 1;
                 if batch.len() == APPLY_BATCH {
+                    failpoint_before_batch(dir)?;
                     apply(&batch)?;
                     batch.clear();
                 }
@@ -238,23 +239,30 @@ pub(crate) fn fill(
         meta.apply_batch(entries).map_err(sled_err)?;
     }
     if !batch.is_empty() {
+        failpoint_before_batch(dir)?;
         apply(&batch)?;
     }
     db.flush().map_err(sled_err)?;
     Ok(written)
 }
 
-/// Removes sled's directory so it can be derived again from the log.
-pub(crate) fn discard_sled(dir: &Path) -> Result<(), JournalError> {
-    let sled_dir = dir.join(SLED_DIR);
-    match std::fs::remove_dir_all(&sled_dir) {
+/// Failpoint `journal-rebuild-batch` (feature `failpoints`): a rebuild that stops before it
+/// writes a batch of records into the new store, as a crash or a full disk would stop it.
+fn failpoint_before_batch(dir: &Path) -> Result<(), JournalError> {
+    fail::fail_point!("journal-rebuild-batch", |_| Err(JournalError::io(
+        "deriving sled from the log (failpoint journal-rebuild-batch)",
+        dir,
+        std::io::Error::other("failpoint"),
+    )));
+    Ok(())
+}
+
+/// Removes a store directory (sled's files, or a half-built one) if it exists.
+pub(crate) fn discard(store: &Path) -> Result<(), JournalError> {
+    match std::fs::remove_dir_all(store) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(JournalError::io(
-            "removing sled's files to rebuild them",
-            &sled_dir,
-            e,
-        )),
+        Err(e) => Err(JournalError::io("removing a store to build it again", store, e)),
     }
 }
 

@@ -7,15 +7,22 @@
 //! and swaps the directories before it opens the journal:
 //!
 //! 1. `sled.rewrite/` gets a copy of every tree, flushed and synced;
-//! 2. `sled/` is renamed to `sled.old/`, then `sled.rewrite/` to `sled/`, and the journal
-//!    directory is synced;
-//! 3. `sled.old/` and the marker are removed.
+//! 2. [`install`] exchanges `sled.rewrite/` and `sled/` in one `renameat2(RENAME_EXCHANGE)`
+//!    and syncs the journal directory, so `sled/` is at every moment a complete store, the
+//!    old one or the new one (a reader that opens the journal during a rewrite, or a copy
+//!    of the disk taken at any moment, never finds it missing or half written);
+//! 3. `sled.rewrite/`, which now holds the old store, and the marker are removed.
 //!
-//! A crash at any point leaves a state that [`settle`] resolves on the next open: before
-//! step 2 the half-written copy is dropped and the old store stays; between the two renames
-//! the old store is renamed back; after them the old store is removed. The marker stays
-//! until the end, so an interrupted rewrite is simply done again. The copy holds the same
-//! keys and values, so the witness and the record chain still match.
+//! Deriving sled again from the log ([`crate::Journal::rebuild`], a damaged index, a format
+//! conversion) builds into `sled.rewrite/` too and is put in place by the same [`install`].
+//!
+//! A crash at any point leaves a state that [`settle`] resolves on the next open:
+//! `sled.rewrite/` is always garbage then (a half-built store before the exchange, the old
+//! one after it) and is removed. On a file system without `RENAME_EXCHANGE` the exchange is
+//! two renames through `sled.old/`; between them `sled/` is missing and `settle` renames the
+//! old store back. The marker stays until the end, so an interrupted rewrite is simply done
+//! again. The copy holds the same keys and values, so the witness and the record chain
+//! still match.
 
 use std::path::Path;
 
@@ -25,9 +32,10 @@ use crate::witness::sync_dir;
 
 /// Marker file in the journal directory: "the store has garbage, rewrite it on open".
 pub(crate) const REWRITE_MARKER: &str = "rewrite-wanted";
-/// Where the fresh copy is built.
-const REWRITE_DIR: &str = "sled.rewrite";
-/// Where the old store waits between the two renames.
+/// Where a new store is built (a rewrite's copy, or sled derived again from the log) before
+/// [`install`] puts it in place; garbage whenever no open is running.
+pub(crate) const BUILD_DIR: &str = "sled.rewrite";
+/// Where the old store waits between the two renames of the fallback [`install`].
 const OLD_DIR: &str = "sled.old";
 /// Entries per insert batch while copying.
 const BATCH: usize = 4096;
@@ -44,7 +52,7 @@ pub(crate) fn request(dir: &Path) -> Result<(), JournalError> {
 
 /// Resolves what an interrupted rewrite left behind (see the module documentation).
 pub(crate) fn settle(dir: &Path, sled_dir: &Path) -> Result<(), JournalError> {
-    let rewrite = dir.join(REWRITE_DIR);
+    let rewrite = dir.join(BUILD_DIR);
     let old = dir.join(OLD_DIR);
     if old.exists() {
         if sled_dir.exists() {
@@ -72,15 +80,9 @@ pub(crate) fn run_if_wanted(dir: &Path, sled_dir: &Path) -> Result<bool, Journal
         return Ok(false);
     }
     let started = std::time::Instant::now();
-    let rewrite = dir.join(REWRITE_DIR);
+    let rewrite = dir.join(BUILD_DIR);
     let copied = copy_store(dir, sled_dir, &rewrite)?;
-    let old = dir.join(OLD_DIR);
-    std::fs::rename(sled_dir, &old)
-        .map_err(|e| JournalError::io("moving the old store aside", sled_dir, e))?;
-    std::fs::rename(&rewrite, sled_dir)
-        .map_err(|e| JournalError::io("putting the rewritten store in place", &rewrite, e))?;
-    sync_dir(dir)?;
-    remove(&old)?;
+    install(dir, &rewrite, sled_dir)?;
     std::fs::remove_file(&marker)
         .map_err(|e| JournalError::io("removing the rewrite marker", &marker, e))?;
     sync_dir(dir)?;
@@ -91,6 +93,51 @@ pub(crate) fn run_if_wanted(dir: &Path, sled_dir: &Path) -> Result<bool, Journal
         "rewrote the journal store after compaction"
     );
     Ok(true)
+}
+
+/// Puts the complete store in `built` (flushed and synced) in place of `sled_dir`, which
+/// may exist or not, in one atomic step where the file system allows it (see the module
+/// documentation), and removes the store it replaced. The journal directory is synced
+/// before this returns.
+pub(crate) fn install(dir: &Path, built: &Path, sled_dir: &Path) -> Result<(), JournalError> {
+    if sled_dir.exists() {
+        match nix::fcntl::renameat2(
+            None,
+            built,
+            None,
+            sled_dir,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        ) {
+            Ok(()) => {
+                sync_dir(dir)?;
+                // `built` now holds the old store.
+                return remove(built);
+            }
+            Err(
+                nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS | nix::errno::Errno::EOPNOTSUPP,
+            ) => {
+                tracing::debug!(dir = %dir.display(), "no RENAME_EXCHANGE here: installing the store with two renames");
+                let old = dir.join(OLD_DIR);
+                std::fs::rename(sled_dir, &old)
+                    .map_err(|e| JournalError::io("moving the old store aside", sled_dir, e))?;
+                std::fs::rename(built, sled_dir).map_err(|e| {
+                    JournalError::io("putting the new store in place", built, e)
+                })?;
+                sync_dir(dir)?;
+                return remove(&old);
+            }
+            Err(e) => {
+                return Err(JournalError::io(
+                    "exchanging the new store with the old one",
+                    built,
+                    std::io::Error::from(e),
+                ))
+            }
+        }
+    }
+    std::fs::rename(built, sled_dir)
+        .map_err(|e| JournalError::io("putting the new store in place", built, e))?;
+    sync_dir(dir)
 }
 
 /// Copies every tree of the store in `from` into a new store in `to`; returns the number of
@@ -147,7 +194,7 @@ fn copy_store(dir: &Path, from: &Path, to: &Path) -> Result<u64, JournalError> {
 }
 
 /// Syncs every file below `root` and every directory, `root` included.
-fn sync_tree(root: &Path) -> Result<(), JournalError> {
+pub(crate) fn sync_tree(root: &Path) -> Result<(), JournalError> {
     let listing = list_tree(root, "listing the rewritten store")?;
     for (path, _) in &listing.files {
         std::fs::File::open(path)
