@@ -56,6 +56,7 @@ pub mod segment_log;
 mod sled_dir;
 mod snapshot;
 mod store;
+mod timestamp;
 mod verify;
 mod witness;
 

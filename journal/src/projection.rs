@@ -124,6 +124,7 @@ pub struct StageMark {
     /// The record's sequence number.
     pub seq: u64,
     /// The record's time.
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub at: DateTime<Utc>,
 }
 
@@ -135,8 +136,10 @@ pub struct ReloadView {
     /// Every state the reload entered, oldest first (never empty for a stored view).
     pub stages: Vec<StageMark>,
     /// Time of the reload's first event.
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub created: DateTime<Utc>,
     /// Time it reached a terminal state, if it did.
+    #[serde(default, deserialize_with = "crate::timestamp::deserialize_option")]
     pub finished: Option<DateTime<Utc>>,
 }
 

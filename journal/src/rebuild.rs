@@ -262,7 +262,11 @@ pub(crate) fn discard(store: &Path) -> Result<(), JournalError> {
     match std::fs::remove_dir_all(store) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(JournalError::io("removing a store to build it again", store, e)),
+        Err(e) => Err(JournalError::io(
+            "removing a store to build it again",
+            store,
+            e,
+        )),
     }
 }
 

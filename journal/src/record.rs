@@ -95,6 +95,7 @@ pub struct Record {
     /// Gap-free sequence number, starting at 1; also the record's key in tree `events`.
     pub seq: u64,
     /// When the event was recorded (the time given to `Journal::execute`).
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub at: DateTime<Utc>,
     /// The reload the event belongs to (for slot-level events: the reload that made the
     /// generation in question active).
@@ -119,6 +120,7 @@ pub struct Record {
 pub(crate) struct LegacyRecord {
     format: u16,
     seq: u64,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     at: DateTime<Utc>,
     reload: ReloadId,
     slot: SlotName,

@@ -114,15 +114,16 @@ pub(crate) fn install(dir: &Path, built: &Path, sled_dir: &Path) -> Result<(), J
                 return remove(built);
             }
             Err(
-                nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS | nix::errno::Errno::EOPNOTSUPP,
+                nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP,
             ) => {
                 tracing::debug!(dir = %dir.display(), "no RENAME_EXCHANGE here: installing the store with two renames");
                 let old = dir.join(OLD_DIR);
                 std::fs::rename(sled_dir, &old)
                     .map_err(|e| JournalError::io("moving the old store aside", sled_dir, e))?;
-                std::fs::rename(built, sled_dir).map_err(|e| {
-                    JournalError::io("putting the new store in place", built, e)
-                })?;
+                std::fs::rename(built, sled_dir)
+                    .map_err(|e| JournalError::io("putting the new store in place", built, e))?;
                 sync_dir(dir)?;
                 return remove(&old);
             }

@@ -15,7 +15,7 @@ use crate::projection::{BaseSlot, History, ReloadView, ReplayState, SlotView};
 use crate::record::Record;
 use crate::replay::slot_name_of;
 use crate::report::{Problem, ProblemKind, VerifyReport};
-use crate::segment_log::{LogReader, LOG_DIR};
+use crate::segment_log::{LogDamage, LogItem, LogItems, LogReader, LOG_DIR};
 use crate::witness;
 use crate::Journal;
 
@@ -250,7 +250,10 @@ impl Journal {
         };
 
         let mut state = self.verified_base(&meta, &mut found)?;
-        let events_checked = self.verify_events(&meta, &mut state, &mut found)?;
+        // One pass over the log serves both the events check (a record whose bytes in sled
+        // equal the log's is decoded once) and the log check after it.
+        let mut log = LogCursor::open(&self.dir);
+        let events_checked = self.verify_events(&meta, &mut state, &mut log, &mut found)?;
         self.verify_projections(state, &mut found)?;
 
         let witness_path = self.dir.join(WITNESS_FILE);
@@ -286,7 +289,7 @@ impl Journal {
                 e.to_string(),
             ),
         }
-        self.verify_log(&meta, durable, &mut found);
+        self.verify_log(&meta, durable, log, &mut found);
         Ok(VerifyReport {
             events_checked,
             base_seq: meta.base_seq,
@@ -304,27 +307,27 @@ impl Journal {
     /// last segment after `durable` (the witness's seq: an unflushed tail, which that open
     /// cuts), and a sled holding records after both `durable` and the log's end (sled's
     /// own flush got further than the log's unsynced tail; that open derives sled again).
-    fn verify_log(&self, meta: &Meta, durable: Option<u64>, found: &mut Findings) {
-        let reader = match LogReader::open(&self.dir) {
-            Ok(reader) => reader,
+    fn verify_log(&self, meta: &Meta, durable: Option<u64>, log: LogCursor, found: &mut Findings) {
+        let (reader, mut items) = match log.log {
             Err(e) => {
-                found.push(ProblemKind::Log, LOG_DIR, None, None, None, e.to_string());
+                found.push(ProblemKind::Log, LOG_DIR, None, None, None, e);
                 return;
             }
+            Ok(None) => {
+                found.push(
+                    ProblemKind::Log,
+                    LOG_DIR,
+                    None,
+                    None,
+                    None,
+                    "the journal has no log",
+                );
+                return;
+            }
+            Ok(Some(read)) => read,
         };
-        if !reader.exists() {
-            found.push(
-                ProblemKind::Log,
-                LOG_DIR,
-                None,
-                None,
-                None,
-                "the journal has no log",
-            );
-            return;
-        }
-        let mut items = reader.items();
-        if let Some(damage) = items.by_ref().find_map(Result::err) {
+        let damage = log.damage.or_else(|| items.by_ref().find_map(Result::err));
+        if let Some(damage) = damage {
             let unflushed_tail = durable.is_some_and(|d| damage.seq > d)
                 && reader.segments().last() == Some(&damage.at.segment);
             if unflushed_tail {
@@ -433,6 +436,7 @@ impl Journal {
         &self,
         meta: &Meta,
         state: &mut ReplayState,
+        log: &mut LogCursor,
         found: &mut Findings,
     ) -> Result<u64, JournalError> {
         let mut checked = 0u64;
@@ -458,7 +462,10 @@ impl Journal {
                 );
                 continue;
             };
-            let decoded = codec::decode_stored(&bytes);
+            let decoded = match log.same_record(seq, &bytes) {
+                Some(decoded) => Ok(decoded),
+                None => codec::decode_stored(&bytes),
+            };
             if seq > meta.base_seq && seq != expected {
                 found.push(
                     ProblemKind::Gap,
@@ -722,5 +729,79 @@ impl Journal {
         }
         history_differences(&stored, &state.history, found);
         Ok(())
+    }
+}
+
+/// The log read alongside tree `events` during a verify.
+pub(crate) struct LogCursor {
+    /// The log and the read of its items; `Ok(None)` when the journal has no log, `Err`
+    /// when its directory could not be listed.
+    log: Result<Option<(LogReader, LogItems)>, String>,
+    /// A record read ahead of sled's (its seq, the record, its chain value, its bytes).
+    pending: Option<(u64, Record, u32, Vec<u8>)>,
+    /// The damage that ended the read.
+    damage: Option<LogDamage>,
+}
+
+impl LogCursor {
+    fn open(dir: &std::path::Path) -> LogCursor {
+        let log = match LogReader::open(dir) {
+            Err(e) => Err(e.to_string()),
+            Ok(reader) if !reader.exists() => Ok(None),
+            Ok(reader) => {
+                let items = reader.items();
+                Ok(Some((reader, items)))
+            }
+        };
+        LogCursor {
+            log,
+            pending: None,
+            damage: None,
+        }
+    }
+
+    /// The log's record at `seq`, decoded, with its chain value, if the log holds exactly
+    /// `stored` (sled's bytes) there; `None` otherwise (the caller decodes sled's bytes and
+    /// judges them). Called with increasing `seq`; log records before `seq` are skipped.
+    fn same_record(&mut self, seq: u64, stored: &[u8]) -> Option<(Record, u32)> {
+        let Ok(Some((_, items))) = &mut self.log else {
+            return None;
+        };
+        let (pending, damage) = (&mut self.pending, &mut self.damage);
+        if let Some((at, ..)) = pending {
+            if *at > seq {
+                return None;
+            }
+            let (at, record, chain, bytes) = pending.take()?;
+            if at == seq {
+                return (bytes == stored).then_some((record, chain));
+            }
+        }
+        while damage.is_none() {
+            let (record, chain) = match items.next()? {
+                Ok(LogItem::Base(_)) => continue,
+                Ok(LogItem::Kept(record)) => {
+                    let chain = codec::stored_chain(items.last_record_bytes())?;
+                    (record, chain)
+                }
+                Ok(LogItem::Record { record, chain, .. }) => (record, chain),
+                Err(found) => {
+                    *damage = Some(found);
+                    break;
+                }
+            };
+            match record.seq.cmp(&seq) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return (items.last_record_bytes() == stored).then_some((record, chain));
+                }
+                std::cmp::Ordering::Greater => {
+                    let bytes = items.last_record_bytes().to_vec();
+                    *pending = Some((record.seq, record, chain, bytes));
+                    return None;
+                }
+            }
+        }
+        None
     }
 }

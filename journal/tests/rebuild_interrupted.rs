@@ -8,9 +8,9 @@
 mod common;
 
 use common::*;
-use tryswap_fsm::ReloadId;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tryswap_fsm::ReloadId;
 
 use tryswap_journal::{layout, Journal, Record};
 
@@ -21,7 +21,8 @@ fn sled_of(dir: &Path) -> sled::Db {
     loop {
         match sled::open(dir.join(layout::SLED_DIR)) {
             Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(5));
             }
