@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod connections;
 pub mod handshake;
+mod inotify;
 pub mod os;
 pub mod sock_diag;
 pub mod sockets;

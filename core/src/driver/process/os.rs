@@ -29,6 +29,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tryswap_fsm::{ProcessIdentity, ReloadId};
 
+use super::inotify::FileWatch;
+
 pub use crate::driver::Liveness;
 
 /// Name of the environment variable that tags every process of a reload.
@@ -471,8 +473,10 @@ pub async fn read_handshake(
     let mut exit = spawned.exit_watch();
     let mut waiter_gone = false;
     // Event-driven: woken when the plugin writes its stdout file, not by a poll. Set up
-    // before the first read, so no write can fall between the read and the wait.
-    let mut watch = match StdoutWatch::new(stdout_path) {
+    // before the first read, so no write can fall between the read and the wait. The watch
+    // lives on the process's one inotify instance: dropping it closes no descriptor (a
+    // close would wait 7–20 ms for the kernel to free the watch).
+    let mut watch = match FileWatch::new(stdout_path) {
         Ok(watch) => Some(watch),
         Err(e) => {
             tracing::debug!(path = %stdout_path.display(), error = %e, "no inotify watch on the plugin's stdout; polling it");
@@ -528,7 +532,7 @@ pub async fn read_handshake(
                 Err(_) => Woke::WaiterGone,
             },
             written = async {
-                match &watch {
+                match &mut watch {
                     Some(w) => w.written().await,
                     None => std::future::pending().await,
                 }
@@ -563,61 +567,6 @@ enum Woke {
 /// With an inotify watch on the stdout file, the file is still read this often (a safety
 /// net for file systems whose writes raise no inotify event).
 const WATCHED_POLL: Duration = Duration::from_millis(250);
-
-/// An inotify watch on a plugin's stdout file: [`StdoutWatch::written`] completes once
-/// the file was written (or closed after writing) since the last call.
-struct StdoutWatch {
-    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
-}
-
-impl StdoutWatch {
-    /// Watches `path` (which must exist). Fails where inotify is unavailable or its watch
-    /// limit is reached: the caller polls instead.
-    fn new(path: &Path) -> io::Result<StdoutWatch> {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        use std::os::unix::ffi::OsStrExt;
-        let name = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
-        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor we just opened and nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mask = libc::IN_MODIFY | libc::IN_CLOSE_WRITE;
-        // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), name.as_ptr(), mask) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the OwnedFd stays open, and the same descriptor, until the AsyncFd that
-        // owns it is dropped.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }?;
-        Ok(StdoutWatch { fd })
-    }
-
-    /// Completes once the file was written since the last call (events are drained).
-    async fn written(&self) -> io::Result<()> {
-        loop {
-            let mut ready = self.fd.readable().await?;
-            let drained = ready.try_io(|fd| {
-                let mut events = [0u8; 4096];
-                // SAFETY: reads into a buffer we own, at most its length.
-                let n =
-                    unsafe { libc::read(fd.as_raw_fd(), events.as_mut_ptr().cast(), events.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            });
-            match drained {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
 
 /// Reads at most `MAX_HANDSHAKE_LINE + 1` bytes of `path` from `offset`.
 fn read_head(path: &Path, offset: u64) -> Result<Vec<u8>, HandshakeWaitError> {

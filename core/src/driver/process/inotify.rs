@@ -1,0 +1,363 @@
+//! One inotify instance for the whole host process, shared by every wait on a file
+//! (Linux only).
+//!
+//! Closing an inotify descriptor that holds a watch blocks the closing thread until the
+//! kernel has freed the watch's marks (`fsnotify_destroy_group` waits for an SRCU grace
+//! period): 7–20 ms, often, on the bench machine. A handshake wait that opened and closed an
+//! instance of its own paid that on an async worker right after it had read the line,
+//! which was most of the `validated` stage (15 ms of 17), and a host waiting for 100
+//! handshakes at once also ran into `fs.inotify.max_user_instances` (128 by default).
+//!
+//! Here one descriptor, opened on first use and never closed, carries every [`FileWatch`]:
+//! a watch is added with `inotify_add_watch` and removed with `inotify_rm_watch`, which only
+//! queues the release of its marks. One thread blocks reading the descriptor and wakes the
+//! watchers of each event's watch, whatever tokio runtime they wait on.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+/// What a [`FileWatch`] is woken by: the file was written, or closed after writing.
+const WATCH_MASK: u32 = libc::IN_MODIFY | libc::IN_CLOSE_WRITE;
+
+/// `struct inotify_event` without its name: wd, mask, cookie, len.
+const EVENT_HEADER: usize = 16;
+
+/// The shared instance: its descriptor and, per watch descriptor, who waits on it.
+struct Inotify {
+    fd: OwnedFd,
+    watches: Mutex<HashMap<i32, Watched>>,
+}
+
+/// The waiters of one watch descriptor (one inode: two watches of the same file share it).
+struct Watched {
+    /// How many [`FileWatch`]es use the watch; the last one to go removes it.
+    users: usize,
+    /// Bumped at every event; `None` once the kernel dropped the watch (`IN_IGNORED`: the
+    /// file was deleted or its file system unmounted), which fails the waits.
+    events: Option<watch::Sender<u64>>,
+}
+
+/// The process's instance; `None` until first used, or after its reader failed.
+static SHARED: Mutex<Option<Arc<Inotify>>> = Mutex::new(None);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inotify {
+    /// The process's instance, opened (with its reader thread) on first use.
+    fn shared() -> io::Result<Arc<Inotify>> {
+        let mut shared = lock(&SHARED);
+        if let Some(inotify) = shared.as_ref() {
+            return Ok(Arc::clone(inotify));
+        }
+        // Blocking: only the reader thread reads it.
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just opened and nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let inotify = Arc::new(Inotify {
+            fd,
+            watches: Mutex::new(HashMap::new()),
+        });
+        let reader = Arc::clone(&inotify);
+        std::thread::Builder::new()
+            .name("tryswap-inotify".into())
+            .spawn(move || reader.read_events())?;
+        *shared = Some(Arc::clone(&inotify));
+        Ok(inotify)
+    }
+
+    /// The reader thread: wakes the waiters of every event's watch, until a read fails.
+    fn read_events(&self) {
+        // Room for many events, and for one with the longest name (NAME_MAX + 1).
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // SAFETY: reads into a buffer we own, at most its length.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.fail(&e);
+                return;
+            }
+            let events = buf.get(..n as usize).unwrap_or(&[]);
+            let mut watches = lock(&self.watches);
+            for (wd, mask) in parse_events(events) {
+                if mask & libc::IN_Q_OVERFLOW != 0 {
+                    // Events were lost: wake everyone, they look at their files again.
+                    watches.values().for_each(Watched::wake);
+                } else if let Some(watched) = watches.get_mut(&wd) {
+                    watched.wake();
+                    if mask & libc::IN_IGNORED != 0 {
+                        watched.events = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends every wait (the waiters fall back to polling) and lets the next wait open a new
+    /// instance.
+    fn fail(&self, error: &io::Error) {
+        tracing::warn!(error = %error, "reading the shared inotify descriptor failed; handshake waits poll their files");
+        let mut shared = lock(&SHARED);
+        if shared
+            .as_ref()
+            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), self))
+        {
+            *shared = None;
+        }
+        for watched in lock(&self.watches).values_mut() {
+            watched.events = None;
+        }
+    }
+}
+
+impl Watched {
+    fn wake(&self) {
+        if let Some(events) = &self.events {
+            events.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+/// `(wd, mask)` of each `struct inotify_event` in `buf`.
+fn parse_events(buf: &[u8]) -> impl Iterator<Item = (i32, u32)> + '_ {
+    let word = |at: usize| -> Option<[u8; 4]> { buf.get(at..at + 4)?.try_into().ok() };
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let wd = i32::from_ne_bytes(word(at)?);
+        let mask = u32::from_ne_bytes(word(at + 4)?);
+        let name_len = u32::from_ne_bytes(word(at + 12)?) as usize;
+        at += EVENT_HEADER + name_len;
+        Some((wd, mask))
+    })
+}
+
+/// A watch on one file, on the shared instance: [`FileWatch::written`] completes once the
+/// file was written (or closed after writing) since the watch was made or since the last
+/// call. Dropping it removes the watch (when no other [`FileWatch`] uses it) without
+/// closing any descriptor.
+pub(super) struct FileWatch {
+    inotify: Arc<Inotify>,
+    wd: i32,
+    events: watch::Receiver<u64>,
+}
+
+impl FileWatch {
+    /// Watches `path` (which must exist). Fails where inotify is unavailable or its watch
+    /// limit is reached: the caller polls instead.
+    pub(super) fn new(path: &Path) -> io::Result<FileWatch> {
+        let name = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
+        let inotify = Inotify::shared()?;
+        // Held from the watch's creation to the subscription: an event of the new watch
+        // is counted after the subscription, so it wakes this watcher.
+        let mut watches = lock(&inotify.watches);
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
+        let wd =
+            unsafe { libc::inotify_add_watch(inotify.fd.as_raw_fd(), name.as_ptr(), WATCH_MASK) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let watched = watches.entry(wd).or_insert(Watched {
+            users: 0,
+            events: None,
+        });
+        watched.users += 1;
+        let events = watched
+            .events
+            .get_or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        drop(watches);
+        Ok(FileWatch {
+            inotify,
+            wd,
+            events,
+        })
+    }
+
+    /// Completes once the file was written since the last call (or since the watch was
+    /// made). Fails once the watch is gone (the file was deleted, or the reader failed).
+    pub(super) async fn written(&mut self) -> io::Result<()> {
+        self.events
+            .changed()
+            .await
+            .map_err(|_| io::Error::other("the inotify watch on the file is gone"))
+    }
+}
+
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        let mut watches = lock(&self.inotify.watches);
+        let Some(watched) = watches.get_mut(&self.wd) else {
+            return;
+        };
+        watched.users = watched.users.saturating_sub(1);
+        if watched.users == 0 {
+            let live = watched.events.is_some();
+            watches.remove(&self.wd);
+            if live {
+                // Only queues the release of the watch's marks: it does not wait for it.
+                // SAFETY: a valid inotify descriptor; a stale wd only makes it fail.
+                unsafe { libc::inotify_rm_watch(self.inotify.fd.as_raw_fd(), self.wd) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
+
+    const WAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+    /// This process's inotify descriptors.
+    fn inotify_fds() -> Vec<String> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let target = std::fs::read_link(entry.path()).ok()?;
+                (target.to_str()? == "anon_inode:inotify")
+                    .then(|| entry.file_name().to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+
+    /// How many watches this process's inotify descriptors hold on `inode`.
+    fn watches_on(inode: u64) -> usize {
+        let wanted = format!("ino:{inode:x} ");
+        inotify_fds()
+            .iter()
+            .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+            .map(|info| {
+                info.lines()
+                    .filter(|l| l.starts_with("inotify wd:") && l.contains(&wanted))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Waits (bounded) until `watch` is woken; panics naming `what` otherwise.
+    async fn woken(watch: &mut FileWatch, what: &str) {
+        tokio::time::timeout(WAKE_DEADLINE, watch.written())
+            .await
+            .unwrap_or_else(|_| panic!("not woken within {WAKE_DEADLINE:?}: {what}"))
+            .unwrap();
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    /// More waits at once than `fs.inotify.max_user_instances` allows instances (128 by
+    /// default): they share one descriptor, and dropping them removes their watches
+    /// without closing it. With an instance per wait (each close blocking 7–20 ms for an
+    /// SRCU grace period), this process held one inotify descriptor per wait.
+    #[test]
+    fn many_waits_share_one_descriptor_and_release_their_watches() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<_> = (0..150)
+            .map(|i| {
+                let path = dir.path().join(format!("{i}.stdout"));
+                std::fs::write(&path, b"").unwrap();
+                path
+            })
+            .collect();
+        let watches: Vec<_> = files.iter().map(|p| FileWatch::new(p).unwrap()).collect();
+        assert_eq!(inotify_fds().len(), 1, "{:?}", inotify_fds());
+        let inodes: Vec<u64> = files
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect();
+        assert!(inodes.iter().all(|&ino| watches_on(ino) == 1));
+        drop(watches);
+        assert_eq!(inotify_fds().len(), 1, "{:?}", inotify_fds());
+        assert!(inodes.iter().all(|&ino| watches_on(ino) == 0));
+    }
+
+    #[tokio::test]
+    async fn a_write_wakes_the_watchers_of_its_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let (mut a1, mut a2) = (FileWatch::new(&a).unwrap(), FileWatch::new(&a).unwrap());
+        let mut b1 = FileWatch::new(&b).unwrap();
+        let ino_a = std::fs::metadata(&a).unwrap().ino();
+        assert_eq!(
+            watches_on(ino_a),
+            1,
+            "two watchers of a file share its watch"
+        );
+
+        append(&a, b"1|1|tcp|127.0.0.1:1|grpc\n");
+        woken(&mut a1, "a write wakes a watcher of its file").await;
+        woken(&mut a2, "and every other watcher of it").await;
+        // The reader handles an event batch under one lock: a's wake-ups are done.
+        assert!(!b1.events.has_changed().unwrap(), "b was not written");
+
+        // The first watcher to go leaves the watch to the other.
+        drop(a1);
+        assert_eq!(watches_on(ino_a), 1);
+        append(&a, b"more\n");
+        woken(&mut a2, "the remaining watcher is still woken").await;
+        drop(a2);
+        assert_eq!(watches_on(ino_a), 0);
+
+        append(&b, b"x\n");
+        woken(&mut b1, "b's watcher is woken by b's write").await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_file_fails_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone.stdout");
+        std::fs::write(&path, b"").unwrap();
+        let mut watch = FileWatch::new(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // IN_ATTRIB (not watched), then IN_IGNORED once the inode is freed.
+        let result = tokio::time::timeout(WAKE_DEADLINE, async {
+            loop {
+                if watch.written().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(result.is_ok(), "a wait on a deleted file ends");
+    }
+
+    #[test]
+    fn events_parse_with_and_without_names() {
+        let mut buf = Vec::new();
+        for (wd, mask, name) in [(3i32, libc::IN_MODIFY, 0u32), (7, libc::IN_IGNORED, 32)] {
+            buf.extend_from_slice(&wd.to_ne_bytes());
+            buf.extend_from_slice(&mask.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&name.to_ne_bytes());
+            buf.extend(std::iter::repeat_n(0u8, name as usize));
+        }
+        let events: Vec<_> = parse_events(&buf).collect();
+        assert_eq!(events, vec![(3, libc::IN_MODIFY), (7, libc::IN_IGNORED)]);
+        assert_eq!(parse_events(&buf[..10]).count(), 0);
+    }
+}
