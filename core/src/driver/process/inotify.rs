@@ -14,25 +14,20 @@
 //! watchers of each event's watch, whatever tokio runtime they wait on.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify as Instance, WatchDescriptor};
 use tokio::sync::watch;
 
 /// What a [`FileWatch`] is woken by: the file was written, or closed after writing.
-const WATCH_MASK: u32 = libc::IN_MODIFY | libc::IN_CLOSE_WRITE;
-
-/// `struct inotify_event` without its name: wd, mask, cookie, len.
-const EVENT_HEADER: usize = 16;
+const WATCH_MASK: AddWatchFlags = AddWatchFlags::IN_MODIFY.union(AddWatchFlags::IN_CLOSE_WRITE);
 
 /// The shared instance: its descriptor and, per watch descriptor, who waits on it.
 struct Inotify {
-    fd: OwnedFd,
-    watches: Mutex<HashMap<i32, Watched>>,
+    instance: Instance,
+    watches: Mutex<HashMap<WatchDescriptor, Watched>>,
 }
 
 /// The waiters of one watch descriptor (one inode: two watches of the same file share it).
@@ -59,15 +54,9 @@ impl Inotify {
             return Ok(Arc::clone(inotify));
         }
         // Blocking: only the reader thread reads it.
-        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
-        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor we just opened and nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let instance = Instance::init(InitFlags::IN_CLOEXEC)?;
         let inotify = Arc::new(Inotify {
-            fd,
+            instance,
             watches: Mutex::new(HashMap::new()),
         });
         let reader = Arc::clone(&inotify);
@@ -80,28 +69,23 @@ impl Inotify {
 
     /// The reader thread: wakes the waiters of every event's watch, until a read fails.
     fn read_events(&self) {
-        // Room for many events, and for one with the longest name (NAME_MAX + 1).
-        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            // SAFETY: reads into a buffer we own, at most its length.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let events = match self.instance.read_events() {
+                Ok(events) => events,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    self.fail(&io::Error::from(e));
+                    return;
                 }
-                self.fail(&e);
-                return;
-            }
-            let events = buf.get(..n as usize).unwrap_or(&[]);
+            };
             let mut watches = lock(&self.watches);
-            for (wd, mask) in parse_events(events) {
-                if mask & libc::IN_Q_OVERFLOW != 0 {
+            for event in events {
+                if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     // Events were lost: wake everyone, they look at their files again.
                     watches.values().for_each(Watched::wake);
-                } else if let Some(watched) = watches.get_mut(&wd) {
+                } else if let Some(watched) = watches.get_mut(&event.wd) {
                     watched.wake();
-                    if mask & libc::IN_IGNORED != 0 {
+                    if event.mask.contains(AddWatchFlags::IN_IGNORED) {
                         watched.events = None;
                     }
                 }
@@ -134,26 +118,13 @@ impl Watched {
     }
 }
 
-/// `(wd, mask)` of each `struct inotify_event` in `buf`.
-fn parse_events(buf: &[u8]) -> impl Iterator<Item = (i32, u32)> + '_ {
-    let word = |at: usize| -> Option<[u8; 4]> { buf.get(at..at + 4)?.try_into().ok() };
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let wd = i32::from_ne_bytes(word(at)?);
-        let mask = u32::from_ne_bytes(word(at + 4)?);
-        let name_len = u32::from_ne_bytes(word(at + 12)?) as usize;
-        at += EVENT_HEADER + name_len;
-        Some((wd, mask))
-    })
-}
-
 /// A watch on one file, on the shared instance: [`FileWatch::written`] completes once the
 /// file was written (or closed after writing) since the watch was made or since the last
 /// call. Dropping it removes the watch (when no other [`FileWatch`] uses it) without
 /// closing any descriptor.
 pub(super) struct FileWatch {
     inotify: Arc<Inotify>,
-    wd: i32,
+    wd: WatchDescriptor,
     events: watch::Receiver<u64>,
 }
 
@@ -161,18 +132,11 @@ impl FileWatch {
     /// Watches `path` (which must exist). Fails where inotify is unavailable or its watch
     /// limit is reached: the caller polls instead.
     pub(super) fn new(path: &Path) -> io::Result<FileWatch> {
-        let name = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
         let inotify = Inotify::shared()?;
         // Held from the watch's creation to the subscription: an event of the new watch
         // is counted after the subscription, so it wakes this watcher.
         let mut watches = lock(&inotify.watches);
-        // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
-        let wd =
-            unsafe { libc::inotify_add_watch(inotify.fd.as_raw_fd(), name.as_ptr(), WATCH_MASK) };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let wd = inotify.instance.add_watch(path, WATCH_MASK)?;
         let watched = watches.entry(wd).or_insert(Watched {
             users: 0,
             events: None,
@@ -211,9 +175,9 @@ impl Drop for FileWatch {
             let live = watched.events.is_some();
             watches.remove(&self.wd);
             if live {
-                // Only queues the release of the watch's marks: it does not wait for it.
-                // SAFETY: a valid inotify descriptor; a stale wd only makes it fail.
-                unsafe { libc::inotify_rm_watch(self.inotify.fd.as_raw_fd(), self.wd) };
+                // Only queues the release of the watch's marks: it does not wait for it. A
+                // stale descriptor only makes it fail, which changes nothing here.
+                let _ = self.inotify.instance.rm_watch(self.wd);
             }
         }
     }
@@ -344,20 +308,5 @@ mod tests {
         })
         .await;
         assert!(result.is_ok(), "a wait on a deleted file ends");
-    }
-
-    #[test]
-    fn events_parse_with_and_without_names() {
-        let mut buf = Vec::new();
-        for (wd, mask, name) in [(3i32, libc::IN_MODIFY, 0u32), (7, libc::IN_IGNORED, 32)] {
-            buf.extend_from_slice(&wd.to_ne_bytes());
-            buf.extend_from_slice(&mask.to_ne_bytes());
-            buf.extend_from_slice(&0u32.to_ne_bytes());
-            buf.extend_from_slice(&name.to_ne_bytes());
-            buf.extend(std::iter::repeat_n(0u8, name as usize));
-        }
-        let events: Vec<_> = parse_events(&buf).collect();
-        assert_eq!(events, vec![(3, libc::IN_MODIFY), (7, libc::IN_IGNORED)]);
-        assert_eq!(parse_events(&buf[..10]).count(), 0);
     }
 }
