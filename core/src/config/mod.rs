@@ -374,10 +374,10 @@ pub const DEFAULT_GRPC_SERVICE: &str = "plugin";
 pub const DEFAULT_HTTP_PATH: &str = "/healthz";
 /// Default `journal_compact_bytes`: 64 MiB.
 pub const DEFAULT_JOURNAL_COMPACT_BYTES: u64 = 64 << 20;
-/// Default `journal_compact_records`: 2,000 records (about 330 reloads). sled holds about
+/// Default `journal_compact_records`: 1,000 records (about 170 reloads). sled holds about
 /// 50 bytes of memory per record it indexes, and a compaction's one transaction needs
 /// about 3.5 KiB per record it drops while it runs (docs/performance.md, section 5c).
-pub const DEFAULT_JOURNAL_COMPACT_RECORDS: u64 = 2_000;
+pub const DEFAULT_JOURNAL_COMPACT_RECORDS: u64 = 1_000;
 
 /// Default `log_max_bytes`: 64 MiB.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
