@@ -1,8 +1,8 @@
 //! Section 5c: the daemon's own memory (issue 15: at most 32 MiB of RSS with 1 slot, with
 //! 100 slots and after 10,000 reloads, and flat).
 //!
-//! A `tryswap serve` with one slot (its default config: the journal compacts past
-//! 64 MiB) is reloaded through its API, always the same fixture with one of two configs;
+//! A `tryswap serve` with one slot (its default config: the journal compacts every
+//! 1,000 records and past 64 MiB) is reloaded through its API, always the same fixture with one of two configs;
 //! its RSS (and the anonymous / file-backed split of `/proc/<pid>/smaps_rollup`) is
 //! sampled every 1,000 journal records. Flat means: after the warm-up (the first
 //! [`WARM_UP`] of the records, while sled's page cache fills), the least-squares slope of
@@ -274,8 +274,8 @@ pub async fn run(
     }
     table.note(format!(
         "{} reloads of one slot in {:.0} s through the API (one fixture, two configs, the \
-         default config: the journal compacts past 64 MiB). Flat: least-squares slope of \
-         RSS over records after the first {:.0} % of the records.",
+         default config: the journal compacts every 1,000 records and past 64 MiB). Flat: \
+         least-squares slope of RSS over records after the first {:.0} % of the records.",
         count(one.reloads as f64),
         one.elapsed.as_secs_f64(),
         WARM_UP * 100.0

@@ -318,3 +318,61 @@ fn plugins_left_running_with_an_old_config_are_relaunched_under_the_file() {
     let run = h.tryswap(&["--json", "reload-config"]);
     assert_eq!(run.json()["outcome"], "unchanged", "{run:?}");
 }
+
+/// The daemon compacts once `journal_compact_records` records were appended, not only past
+/// `journal_compact_bytes`: sled's memory grows with every record it indexes, and at the
+/// default size limit a one-slot journal compacted only after ~120,000 records
+/// (docs/performance.md, section 5c). 110 reloads of a file that is not executable (one
+/// terminal reload and one record each) with a limit of 50: the daemon compacts on its own, keeping
+/// 100 reloads, archives the rest, and the journal still verifies.
+#[test]
+fn the_daemon_compacts_once_enough_records_were_appended() {
+    let h = Harness::new(&[SlotSpec::new("a")]);
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        format!("journal_compact_records = 50\n{text}"),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&h);
+    // A file that is not executable: staging refuses it, one `staging_failed` record each.
+    let not_a_plugin = h.state.join("not-a-plugin");
+    std::fs::write(&not_a_plugin, "not a plugin\n").unwrap();
+    let config = h.fixture_config("a", &FixtureConfig::with_message("a"));
+    let body = serde_json::json!({ "artifact": not_a_plugin, "config_file": config }).to_string();
+    let mut replies = Vec::new();
+    for _ in 0..110 {
+        let reply = daemon.post("/v1/slots/a/reloads", &body).unwrap();
+        assert_ne!(reply.status, 200, "{reply:?}");
+        replies.push(reply.status);
+    }
+    let archive = h.state_dir.join("journal").join("archive");
+    let archived = poll(Duration::from_secs(30), || {
+        std::fs::read_dir(&archive)
+            .ok()?
+            .flatten()
+            .next()
+            .map(|e| e.path())
+    });
+    let Some(archived) = archived else {
+        let log = std::fs::read_to_string(h.state.join("daemon-0.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!("the daemon did not compact within 30 s; replies {replies:?}; log ends {tail:#?}");
+    };
+    let lines = std::fs::read_to_string(&archived).unwrap().lines().count();
+    assert!(
+        lines >= 10,
+        "{lines} records archived in {}",
+        archived.display()
+    );
+    let verify = daemon.get("/v1/journal/verify").unwrap();
+    assert_eq!(verify.status, 200, "{verify:?}");
+    assert!(
+        verify
+            .headers
+            .iter()
+            .any(|(name, value)| name == "x-tryswap-exit-code" && value == "0"),
+        "{verify:?}"
+    );
+    drop(daemon);
+}

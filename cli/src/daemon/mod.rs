@@ -301,23 +301,64 @@ fn spawn_store_gc(state: &Arc<AppState>) {
     });
 }
 
-/// How often the daemon checks the journal's size against `journal_compact_bytes`.
-const JOURNAL_SIZE_PERIOD: Duration = Duration::from_secs(60);
+/// How often the daemon checks the journal against `journal_compact_bytes` and
+/// `journal_compact_records`.
+const JOURNAL_SIZE_PERIOD: Duration = Duration::from_secs(5);
 
-/// Compacts the journal (archiving what it trims) whenever it grew past `limit` bytes,
-/// checked every [`JOURNAL_SIZE_PERIOD`] until shutdown; `limit` 0 never compacts.
-fn spawn_journal_compaction(state: &Arc<AppState>, limit: u64) {
-    if limit == 0 {
+/// When the daemon compacts the journal on its own: past `bytes` of log and sled files, or
+/// once `records` records were appended since its last compaction (0: that limit is off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CompactTrigger {
+    /// `journal_compact_bytes` (0: off).
+    pub bytes: u64,
+    /// `journal_compact_records` (0: off).
+    pub records: u64,
+}
+
+impl CompactTrigger {
+    /// Why to compact now, if at all: `last_seq` is the journal's tip, `attempted` its tip
+    /// at the last compaction (0 before the first), `size` reads its bytes. Nothing is due
+    /// while no record was appended since the last compaction: it found all it could drop
+    /// then (sled's files shrink only at the next open, so the size alone would compact
+    /// again every period).
+    pub fn due(&self, last_seq: u64, attempted: u64, size: impl FnOnce() -> u64) -> Option<String> {
+        let appended = last_seq.saturating_sub(attempted);
+        if appended == 0 {
+            return None;
+        }
+        if self.records > 0 && appended >= self.records {
+            return Some(format!("{appended} records since the last compaction"));
+        }
+        if self.bytes > 0 {
+            let size = size();
+            if size > self.bytes {
+                return Some(format!("{size} bytes, more than {}", self.bytes));
+            }
+        }
+        None
+    }
+}
+
+/// Compacts the journal (archiving what it trims) whenever `trigger` says so, checked every
+/// [`JOURNAL_SIZE_PERIOD`] until shutdown.
+fn spawn_journal_compaction(state: &Arc<AppState>, trigger: CompactTrigger) {
+    if trigger.bytes == 0 && trigger.records == 0 {
         return;
     }
     let supervisor = state.supervisor.clone();
+    let attempted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     spawn_every(state, JOURNAL_SIZE_PERIOD, move || {
         let supervisor = supervisor.clone();
+        let attempted = attempted.clone();
         async move {
-            let size = supervisor.journal().size_bytes();
-            if size <= limit {
+            let journal = supervisor.journal();
+            let last_seq = journal.last_seq();
+            let Some(why) = trigger.due(last_seq, attempted.load(Ordering::SeqCst), || {
+                journal.size_bytes()
+            }) else {
                 return;
-            }
+            };
+            attempted.store(last_seq, Ordering::SeqCst);
             let compacting = supervisor.clone();
             let keep = tryswap_journal::DEFAULT_KEEP_PER_SLOT;
             let compacted = tokio::task::spawn_blocking(move || {
@@ -327,15 +368,12 @@ fn spawn_journal_compaction(state: &Arc<AppState>, limit: u64) {
             })
             .await;
             match compacted {
-                // sled's file shrinks only at the next open (journal.md, "Rewriting the
-                // store"): until then a compaction may find nothing more to drop.
                 Ok(Ok(report)) if report.events_dropped == 0 => {}
                 Ok(Ok(report)) => tracing::info!(
-                    bytes = size,
-                    limit,
+                    why = %why,
                     reloads_dropped = report.reloads_dropped,
                     events_dropped = report.events_dropped,
-                    "journal compacted past its size limit"
+                    "journal compacted"
                 ),
                 Ok(Err(e)) => tracing::warn!(error = %e, "compacting the journal"),
                 Err(e) => tracing::warn!(error = %e, "the compaction task failed"),
@@ -492,9 +530,16 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         }
         spawn_journal_compaction(
             &state,
-            ctx.config
-                .journal_compact_bytes
-                .unwrap_or(tryswap::config::DEFAULT_JOURNAL_COMPACT_BYTES),
+            CompactTrigger {
+                bytes: ctx
+                    .config
+                    .journal_compact_bytes
+                    .unwrap_or(tryswap::config::DEFAULT_JOURNAL_COMPACT_BYTES),
+                records: ctx
+                    .config
+                    .journal_compact_records
+                    .unwrap_or(tryswap::config::DEFAULT_JOURNAL_COMPACT_RECORDS),
+            },
         );
         state.ready.store(true, Ordering::SeqCst);
         let slots = ctx.config.slots.len();
@@ -567,4 +612,29 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         supervisor.shutdown().await;
     }
     outcome.map(|()| EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CompactTrigger;
+
+    #[test]
+    fn a_compaction_is_due_by_records_appended_or_by_size() {
+        let trigger = CompactTrigger {
+            bytes: 1000,
+            records: 100,
+        };
+        assert_eq!(trigger.due(99, 0, || 10), None);
+        assert!(trigger.due(100, 0, || 10).is_some());
+        assert!(trigger.due(250, 150, || 10).is_some());
+        assert_eq!(trigger.due(249, 150, || 10), None);
+        assert!(trigger.due(151, 150, || 1001).is_some());
+        // Nothing appended since the last compaction: not due, whatever the size.
+        assert_eq!(trigger.due(150, 150, || 1001), None);
+        let records_off = CompactTrigger {
+            bytes: 1000,
+            records: 0,
+        };
+        assert_eq!(records_off.due(1_000_000, 0, || 10), None);
+    }
 }

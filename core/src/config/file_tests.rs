@@ -79,6 +79,7 @@ fn design_example_parses_to_expected_values() {
     let demo = name("demo");
     let expected = Config {
         journal_compact_bytes: None,
+        journal_compact_records: None,
         state_dir: Some(PathBuf::from(".tryswap")),
         admin: AdminConfig {
             socket: PathBuf::from("tryswap.sock"),
@@ -777,4 +778,11 @@ fn journal_compact_bytes_is_read_and_defaults_to_none() {
             .journal_compact_bytes,
         Some(0)
     );
+}
+
+#[test]
+fn journal_compact_records_is_read_and_defaults_to_none() {
+    assert_eq!(parse("").unwrap().journal_compact_records, None);
+    let config = parse("journal_compact_records = 500\n").unwrap();
+    assert_eq!(config.journal_compact_records, Some(500));
 }

@@ -54,6 +54,10 @@ pub struct Config {
     /// `tryswap_journal::DEFAULT_KEEP_PER_SLOT` finished reloads per slot) once its log and
     /// sled's files take more than this; `None`: [`DEFAULT_JOURNAL_COMPACT_BYTES`]; 0: never.
     pub journal_compact_bytes: Option<u64>,
+    /// `journal_compact_records`: the daemon also compacts once this many records were
+    /// appended since its last compaction (what bounds sled's memory, which grows with the
+    /// records it indexes); `None`: [`DEFAULT_JOURNAL_COMPACT_RECORDS`]; 0: never.
+    pub journal_compact_records: Option<u64>,
     /// The file this config was read from (the `origin` given to [`Config::parse`]), or
     /// `None` for a config built in code.
     pub source: Option<PathBuf>,
@@ -370,6 +374,10 @@ pub const DEFAULT_GRPC_SERVICE: &str = "plugin";
 pub const DEFAULT_HTTP_PATH: &str = "/healthz";
 /// Default `journal_compact_bytes`: 64 MiB.
 pub const DEFAULT_JOURNAL_COMPACT_BYTES: u64 = 64 << 20;
+/// Default `journal_compact_records`: 1,000 records (about 170 reloads). sled holds about
+/// 50 bytes of memory per record it indexes, and a compaction's one transaction needs
+/// about 3.5 KiB per record it drops while it runs (docs/performance.md, section 5c).
+pub const DEFAULT_JOURNAL_COMPACT_RECORDS: u64 = 1_000;
 
 /// Default `log_max_bytes`: 64 MiB.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -432,8 +440,15 @@ struct RawConfig {
     #[serde(default)]
     slot: Vec<RawSlot>,
     journal_compact_bytes: Option<u64>,
+    journal_compact_records: Option<u64>,
 }
-const TOP_KEYS: &[&str] = &["state_dir", "admin", "slot", "journal_compact_bytes"];
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "admin",
+    "slot",
+    "journal_compact_bytes",
+    "journal_compact_records",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -639,6 +654,7 @@ impl<'a> Ctx<'a> {
             admin,
             slots,
             journal_compact_bytes: raw.journal_compact_bytes,
+            journal_compact_records: raw.journal_compact_records,
             source: Some(self.path.to_path_buf()),
         })
     }
