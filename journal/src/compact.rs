@@ -141,11 +141,13 @@ impl Journal {
                     reloads_dropped: 0,
                     events_dropped: 0,
                     reloads_kept: reloads.len() as u64,
+                    events_kept: self.events.len() as u64,
                 });
             }
             let mut event_keys = Vec::new();
             let mut archived = Vec::new();
             let mut kept_frames = Vec::new();
+            let mut events_kept = 0u64;
             for item in self.events.iter() {
                 let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
                 let record =
@@ -160,6 +162,7 @@ impl Journal {
                         archived.push(record);
                     } else {
                         kept_frames.extend(frame(KIND_RECORD, &bytes));
+                        events_kept += 1;
                     }
                 }
             }
@@ -278,6 +281,7 @@ impl Journal {
                     reloads_dropped: dropped.len() as u64,
                     events_dropped: event_keys.len() as u64,
                     reloads_kept: kept.len() as u64,
+                    events_kept,
                 },
                 tip,
             )

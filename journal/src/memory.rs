@@ -422,6 +422,7 @@ impl JournalStore for MemoryJournal {
                 reloads_dropped: 0,
                 events_dropped: 0,
                 reloads_kept: reloads.len() as u64,
+                events_kept: state.records.len() as u64,
             });
         }
         let before = state.records.len();
@@ -452,6 +453,7 @@ impl JournalStore for MemoryJournal {
             reloads_dropped: dropped.len() as u64,
             events_dropped,
             reloads_kept: state.current.reloads.len() as u64,
+            events_kept: state.records.len() as u64,
         })
     }
 }

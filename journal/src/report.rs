@@ -17,6 +17,9 @@ pub struct CompactReport {
     pub events_dropped: u64,
     /// Reload projections kept.
     pub reloads_kept: u64,
+    /// Records the journal holds after the call (the kept ones up to the base, and any
+    /// after it): what the next compaction rewrites, whatever it drops.
+    pub events_kept: u64,
 }
 
 /// What kind of problem `verify` found.

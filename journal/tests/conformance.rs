@@ -275,6 +275,11 @@ fn compaction_keeps_projections(
     }
     assert_eq!(dropped, report.reloads_dropped);
     assert_eq!(
+        report.events_kept,
+        journal.events(0).count() as u64,
+        "{report:?}"
+    );
+    assert_eq!(
         report.reloads_kept,
         (reloads_before.len() as u64) - dropped,
         "{report:?}"

@@ -756,6 +756,8 @@ fn compaction_can_drop_the_last_record_and_the_journal_reopens_and_goes_on() {
         let report = journal.compact(1).unwrap();
         assert_eq!(report.reloads_dropped, 3);
         assert_eq!(report.events_dropped, 15);
+        assert_eq!(report.events_kept, 10);
+        assert_eq!(journal.events(0).count(), 10);
         assert_eq!(report.base_seq, 25);
         assert_eq!(journal.slot(&slot).unwrap(), slot_before);
         // The newest dry run and the active generation's reload stay.

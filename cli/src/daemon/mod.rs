@@ -306,7 +306,14 @@ fn spawn_store_gc(state: &Arc<AppState>) {
 const JOURNAL_SIZE_PERIOD: Duration = Duration::from_secs(5);
 
 /// When the daemon compacts the journal on its own: past `bytes` of log and sled files, or
-/// once `records` records were appended since its last compaction (0: that limit is off).
+/// once `records` records were appended since its last compaction (0: that limit is off) —
+/// and never before as many records were appended as the last compaction kept.
+///
+/// A compaction rewrites every record it keeps (the log's new segment, sled's base) whatever
+/// it drops, about 600 records per slot at the default `--keep`. Waiting for at least that
+/// many new records keeps the rewriting to at most one record written per record appended,
+/// with 1 slot or 1,000: a fixed count alone made a 100-slot daemon rewrite ~60,000 records
+/// every 1,000 appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CompactTrigger {
     /// `journal_compact_bytes` (0: off).
@@ -315,15 +322,29 @@ pub(crate) struct CompactTrigger {
     pub records: u64,
 }
 
+/// Where the journal stood at the daemon's last compaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LastCompaction {
+    /// The journal's tip then (0 before the first).
+    pub seq: u64,
+    /// The records it kept (0 before the first).
+    pub kept: u64,
+}
+
 impl CompactTrigger {
-    /// Why to compact now, if at all: `last_seq` is the journal's tip, `attempted` its tip
-    /// at the last compaction (0 before the first), `size` reads its bytes. Nothing is due
-    /// while no record was appended since the last compaction: it found all it could drop
-    /// then (sled's files shrink only at the next open, so the size alone would compact
-    /// again every period).
-    pub fn due(&self, last_seq: u64, attempted: u64, size: impl FnOnce() -> u64) -> Option<String> {
-        let appended = last_seq.saturating_sub(attempted);
-        if appended == 0 {
+    /// Why to compact now, if at all: `last_seq` is the journal's tip, `last` the last
+    /// compaction, `size` reads the journal's bytes. Nothing is due while fewer records were
+    /// appended since the last compaction than it kept (see above), and in particular while
+    /// none were: it found all it could drop then (sled's files shrink only at the next open,
+    /// so the size alone would compact again every period).
+    pub fn due(
+        &self,
+        last_seq: u64,
+        last: LastCompaction,
+        size: impl FnOnce() -> u64,
+    ) -> Option<String> {
+        let appended = last_seq.saturating_sub(last.seq);
+        if appended == 0 || appended < last.kept {
             return None;
         }
         if self.records > 0 && appended >= self.records {
@@ -346,19 +367,22 @@ fn spawn_journal_compaction(state: &Arc<AppState>, trigger: CompactTrigger) {
         return;
     }
     let supervisor = state.supervisor.clone();
-    let attempted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let last = Arc::new(std::sync::Mutex::new(LastCompaction::default()));
     spawn_every(state, JOURNAL_SIZE_PERIOD, move || {
         let supervisor = supervisor.clone();
-        let attempted = attempted.clone();
+        let last = last.clone();
         async move {
             let journal = supervisor.journal();
             let last_seq = journal.last_seq();
-            let Some(why) = trigger.due(last_seq, attempted.load(Ordering::SeqCst), || {
-                journal.size_bytes()
-            }) else {
+            let before = *last.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(why) = trigger.due(last_seq, before, || journal.size_bytes()) else {
                 return;
             };
-            attempted.store(last_seq, Ordering::SeqCst);
+            // A failed compaction is not tried again before more records were appended.
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = LastCompaction {
+                seq: last_seq,
+                kept: before.kept,
+            };
             let compacting = supervisor.clone();
             let keep = tryswap_journal::DEFAULT_KEEP_PER_SLOT;
             let compacted = tokio::task::spawn_blocking(move || {
@@ -367,6 +391,9 @@ fn spawn_journal_compaction(state: &Arc<AppState>, trigger: CompactTrigger) {
                 report
             })
             .await;
+            if let Ok(Ok(report)) = &compacted {
+                last.lock().unwrap_or_else(|e| e.into_inner()).kept = report.events_kept;
+            }
             match compacted {
                 Ok(Ok(report)) if report.events_dropped == 0 => {}
                 Ok(Ok(report)) => tracing::info!(
@@ -616,7 +643,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::CompactTrigger;
+    use super::{CompactTrigger, LastCompaction};
 
     #[test]
     fn a_compaction_is_due_by_records_appended_or_by_size() {
@@ -624,17 +651,43 @@ mod tests {
             bytes: 1000,
             records: 100,
         };
-        assert_eq!(trigger.due(99, 0, || 10), None);
-        assert!(trigger.due(100, 0, || 10).is_some());
-        assert!(trigger.due(250, 150, || 10).is_some());
-        assert_eq!(trigger.due(249, 150, || 10), None);
-        assert!(trigger.due(151, 150, || 1001).is_some());
+        let at = |seq, kept| LastCompaction { seq, kept };
+        assert_eq!(trigger.due(99, at(0, 0), || 10), None);
+        assert!(trigger.due(100, at(0, 0), || 10).is_some());
+        assert!(trigger.due(250, at(150, 0), || 10).is_some());
+        assert_eq!(trigger.due(249, at(150, 0), || 10), None);
+        assert!(trigger.due(151, at(150, 0), || 1001).is_some());
         // Nothing appended since the last compaction: not due, whatever the size.
-        assert_eq!(trigger.due(150, 150, || 1001), None);
+        assert_eq!(trigger.due(150, at(150, 0), || 1001), None);
         let records_off = CompactTrigger {
             bytes: 1000,
             records: 0,
         };
-        assert_eq!(records_off.due(1_000_000, 0, || 10), None);
+        assert_eq!(records_off.due(1_000_000, at(0, 0), || 10), None);
+    }
+
+    /// A compaction rewrites what it keeps: with many slots (kept records far above the
+    /// record limit) the next one waits for as many new records, by count or by size, so
+    /// the rewriting stays at most one record per record appended.
+    #[test]
+    fn a_compaction_waits_for_as_many_new_records_as_the_last_one_kept() {
+        let trigger = CompactTrigger {
+            bytes: 1000,
+            records: 1_000,
+        };
+        let kept_60k = LastCompaction {
+            seq: 100_000,
+            kept: 60_000,
+        };
+        assert_eq!(trigger.due(101_000, kept_60k, || 10), None);
+        assert_eq!(trigger.due(159_999, kept_60k, || 1_000_000), None);
+        assert!(trigger.due(160_000, kept_60k, || 10).is_some());
+        // Fewer kept than the limit (one slot): the limit decides.
+        let kept_600 = LastCompaction {
+            seq: 100_000,
+            kept: 600,
+        };
+        assert_eq!(trigger.due(100_999, kept_600, || 10), None);
+        assert!(trigger.due(101_000, kept_600, || 10).is_some());
     }
 }
