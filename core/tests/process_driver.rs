@@ -416,6 +416,15 @@ async fn tagged_processes_are_found_and_killed() {
         .await
         .unwrap();
     let gc_pid: u32 = wait_file(&fx.path("gc.pid")).await.trim().parse().unwrap();
+    // The handshake comes before the shell's `exec sleep`: a process in the middle of an
+    // exec shows an empty /proc/<pid>/environ, so the scan below would miss it (the
+    // handshake wait became fast enough to get here first). `kill_tagged` scans again while
+    // it waits; this one-shot scan waits for the exec to be done.
+    let cmdline = format!("/proc/{}/cmdline", p.identity.pid);
+    wait_for("the plugin's exec of sleep", || {
+        std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sleep\0"))
+    })
+    .await;
     let tagged = tagged_processes(&fx.id);
     assert!(tagged.contains(&p.identity), "{tagged:?}");
     assert!(tagged.iter().any(|t| t.pid == gc_pid), "{tagged:?}");
