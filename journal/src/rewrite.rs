@@ -144,9 +144,7 @@ pub(crate) fn install(dir: &Path, built: &Path, sled_dir: &Path) -> Result<(), J
 /// Copies every tree of the store in `from` into a new store in `to`; returns the number of
 /// entries copied. The copy is flushed and its files synced.
 fn copy_store(dir: &Path, from: &Path, to: &Path) -> Result<u64, JournalError> {
-    if to.exists() {
-        remove(to)?;
-    }
+    crate::rebuild::discard(to)?;
     let sled_err = |source| JournalError::Sled {
         dir: dir.to_path_buf(),
         source,

@@ -737,8 +737,8 @@ pub(crate) struct LogCursor {
     /// The log and the read of its items; `Ok(None)` when the journal has no log, `Err`
     /// when its directory could not be listed.
     log: Result<Option<(LogReader, LogItems)>, String>,
-    /// A record read ahead of sled's (its seq, the record, its chain value, its bytes).
-    pending: Option<(u64, Record, u32, Vec<u8>)>,
+    /// A record read ahead of sled's, with its chain value and its bytes.
+    pending: Option<(Record, u32, Vec<u8>)>,
     /// The damage that ended the read.
     damage: Option<LogDamage>,
 }
@@ -768,12 +768,12 @@ impl LogCursor {
             return None;
         };
         let (pending, damage) = (&mut self.pending, &mut self.damage);
-        if let Some((at, ..)) = pending {
-            if *at > seq {
+        if let Some((record, ..)) = pending {
+            if record.seq > seq {
                 return None;
             }
-            let (at, record, chain, bytes) = pending.take()?;
-            if at == seq {
+            let (record, chain, bytes) = pending.take()?;
+            if record.seq == seq {
                 return (bytes == stored).then_some((record, chain));
             }
         }
@@ -797,7 +797,7 @@ impl LogCursor {
                 }
                 std::cmp::Ordering::Greater => {
                     let bytes = items.last_record_bytes().to_vec();
-                    *pending = Some((record.seq, record, chain, bytes));
+                    *pending = Some((record, chain, bytes));
                     return None;
                 }
             }

@@ -18,23 +18,6 @@ use tryswap_fsm::{Command, Mode, Reason, ReloadId};
 use tryswap_journal::layout::{self, seq_key};
 use tryswap_journal::{Journal, JournalError, ProblemKind, OWN_RELEASE_WAIT};
 
-/// Opens the journal's sled store directly, waiting (bounded) while a handle this process
-/// just dropped still holds sled's file lock.
-fn sled_of(dir: &Path) -> sled::Db {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match sled::open(dir.join(layout::SLED_DIR)) {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 

@@ -8,28 +8,8 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-use std::time::{Duration, Instant};
 use tryswap_fsm::ReloadId;
-
 use tryswap_journal::{layout, Journal, Record};
-
-/// sled's store of the journal in `dir`, opened directly (waiting for a dropped journal's
-/// background threads to release its lock).
-fn sled_of(dir: &Path) -> sled::Db {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match sled::open(dir.join(layout::SLED_DIR)) {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
 
 fn records(journal: &Journal) -> Vec<Record> {
     journal.events(0).map(|r| r.unwrap()).collect()
