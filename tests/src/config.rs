@@ -123,6 +123,9 @@ pub struct FixtureConfig {
     /// Unset (default): `plugin.GRPCStdio` is not served (calls answer `Unimplemented`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdio_stream_kib: Option<u64>,
+    /// Append one line, the plugin's pid, to this file for every connection it accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_file: Option<PathBuf>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -273,11 +273,22 @@ pub async fn probe(
     cfg: &ProbeConfig,
     endpoint: Option<&Endpoint>,
 ) -> Result<ProbeSummary, ProbeFailure> {
+    probe_over(cfg, endpoint, None).await
+}
+
+/// [`probe`], with a gRPC health check sent over `channel` (a connection to `endpoint`
+/// already open, see [`grpc_channel_lazy`]) instead of a connection of its own. Other kinds
+/// ignore `channel`.
+pub async fn probe_over(
+    cfg: &ProbeConfig,
+    endpoint: Option<&Endpoint>,
+    channel: Option<&Channel>,
+) -> Result<ProbeSummary, ProbeFailure> {
     // check_once bounds itself by `timeout` with a descriptive error (and kills an exec
     // probe's command); the outer bound is only a safety net.
     let bound = cfg.timeout.saturating_add(Duration::from_millis(250));
     run_thresholds(cfg, bound, || async {
-        check_once(&cfg.kind, endpoint, cfg.timeout)
+        check_once_over(&cfg.kind, endpoint, cfg.timeout, channel)
             .await
             .map_err(|e| e.to_string())
     })
@@ -302,6 +313,16 @@ pub async fn check_once(
     endpoint: Option<&Endpoint>,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
+    check_once_over(kind, endpoint, timeout, None).await
+}
+
+/// [`check_once`], a gRPC health check going over `channel` when one is given.
+async fn check_once_over(
+    kind: &ProbeKind,
+    endpoint: Option<&Endpoint>,
+    timeout: Duration,
+    channel: Option<&Channel>,
+) -> Result<(), ProbeError> {
     let no_endpoint = || ProbeError::NoEndpoint { kind: kind.name() };
     match kind {
         ProbeKind::None => Ok(()),
@@ -312,7 +333,14 @@ pub async fn check_once(
                 "grpc health of service {service:?} at {}",
                 target_of(endpoint)
             );
-            bounded(what, timeout, grpc_health(service, endpoint, timeout)).await
+            let check = async {
+                let channel = match channel {
+                    Some(channel) => channel.clone(),
+                    None => grpc_channel(endpoint, timeout).await?,
+                };
+                grpc_health(service, endpoint, channel).await
+            };
+            bounded(what, timeout, check).await
         }
         ProbeKind::Http { path } => {
             let endpoint = endpoint.ok_or_else(no_endpoint)?;
@@ -395,6 +423,39 @@ pub async fn grpc_channel(endpoint: &Endpoint, timeout: Duration) -> Result<Chan
     }
 }
 
+/// A gRPC channel to `endpoint` that connects on its first request (within
+/// `connect_timeout`) and again after its connection broke; its requests carry no deadline
+/// of their own, so one channel serves a long-lived stream beside bounded calls. Clones
+/// share the one HTTP/2 connection, as go-plugin's host shares one per plugin client.
+/// Fails only on an address that does not parse.
+pub fn grpc_channel_lazy(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<Channel, ProbeError> {
+    match endpoint.network {
+        Network::Tcp => Ok(
+            TonicEndpoint::from_shared(format!("http://{}", endpoint.address))
+                .map_err(|e| ProbeError::Connect {
+                    what: "grpc".into(),
+                    target: target_of(endpoint),
+                    detail: format!("bad address: {e}"),
+                })?
+                .connect_timeout(connect_timeout)
+                .connect_lazy(),
+        ),
+        Network::Unix => {
+            let path = std::path::PathBuf::from(&endpoint.address);
+            // The URI is required by the API but unused: the connector ignores it.
+            Ok(TonicEndpoint::from_static("http://[::]:50051")
+                .connect_timeout(connect_timeout)
+                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { UnixStream::connect(path).await.map(TokioIo::new) }
+                })))
+        }
+    }
+}
+
 /// An error and its sources, joined with `: ` (tonic's transport errors hide the cause).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -413,9 +474,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 async fn grpc_health(
     service: &str,
     endpoint: &Endpoint,
-    timeout: Duration,
+    channel: Channel,
 ) -> Result<(), ProbeError> {
-    let channel = grpc_channel(endpoint, timeout).await?;
     let mut client = HealthClient::new(channel);
     let response = client
         .check(HealthCheckRequest {
@@ -666,9 +726,22 @@ pub async fn grpc_controller_shutdown(
     endpoint: &Endpoint,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
+    grpc_controller_shutdown_over(endpoint, None, timeout).await
+}
+
+/// [`grpc_controller_shutdown`] over `channel` (a connection to `endpoint` already open,
+/// see [`grpc_channel_lazy`]) when one is given.
+pub async fn grpc_controller_shutdown_over(
+    endpoint: &Endpoint,
+    channel: Option<&Channel>,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let what = format!("grpc controller shutdown at {}", target_of(endpoint));
     let call = async {
-        let channel = grpc_channel(endpoint, timeout).await?;
+        let channel = match channel {
+            Some(channel) => channel.clone(),
+            None => grpc_channel(endpoint, timeout).await?,
+        };
         let mut grpc = tonic::client::Grpc::new(channel);
         let rpc_err = |status: tonic::Status| ProbeError::Rpc {
             what: "grpc controller shutdown".into(),

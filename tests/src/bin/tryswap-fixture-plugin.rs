@@ -668,6 +668,7 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
         Bound::Tcp(_, addr) => ("tcp", addr.clone(), None),
         Bound::Unix(_, path) => ("unix", path.display().to_string(), Some(path.clone())),
     };
+    let connections_file = config.connections_file.clone();
     let mut server = match bound {
         // TCP_NODELAY on every connection, as Go (and so go-plugin) sets by default:
         // `serve_with_incoming` ignores the builder's `tcp_nodelay`, and with Nagle on,
@@ -675,9 +676,10 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
         Bound::Tcp(l, _) => tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::TcpListenerStream::new(l),
-                |conn| {
+                move |conn| {
                     if let Ok(stream) = &conn {
                         let _ = stream.set_nodelay(true);
+                        count_connection(connections_file.as_deref());
                     }
                     conn
                 },
@@ -685,7 +687,15 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
             stop,
         )),
         Bound::Unix(l, _) => tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(l),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(l),
+                move |conn| {
+                    if conn.is_ok() {
+                        count_connection(connections_file.as_deref());
+                    }
+                    conn
+                },
+            ),
             stop,
         )),
     };
@@ -801,6 +811,20 @@ async fn run(config: FixtureConfig, args: Args, version: u32) -> i32 {
     }
     log("info", "plugin exiting", json!({ "code": code }));
     code
+}
+
+/// Appends this process's pid to `file` (config `connections_file`): one line per
+/// accepted connection.
+fn count_connection(file: Option<&Path>) {
+    let Some(file) = file else {
+        return;
+    };
+    let line = format!("{}\n", std::process::id());
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
 }
 
 #[cfg(test)]

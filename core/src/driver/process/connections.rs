@@ -46,24 +46,24 @@ pub fn outside_connections(endpoint: &Endpoint) -> Option<usize> {
 }
 
 /// [`outside_connections`] of a TCP address by `inet_diag`: the server ends at `wanted`,
-/// minus those whose peer is a client socket of this process. Costs O(sockets of the port).
+/// minus those whose peer is a client socket of this process. Costs one walk of the
+/// kernel's established table per address family and O(sockets of the port).
 fn tcp_by_diag(wanted: SocketAddr) -> io::Result<usize> {
-    let server_peers: Vec<SocketAddr> =
-        sock_diag::tcp(sock_diag::TCP_ESTABLISHED, wanted.port(), 0)?
-            .into_iter()
-            .filter(|s| s.local == wanted)
-            .map(|s| s.remote)
-            .collect();
+    let sockets = sock_diag::tcp_on_port(sock_diag::TCP_ESTABLISHED, wanted.port())?;
+    let server_peers: Vec<SocketAddr> = sockets
+        .iter()
+        .filter(|s| s.local == wanted)
+        .map(|s| s.remote)
+        .collect();
     if server_peers.is_empty() {
         return Ok(0);
     }
     let own = own_socket_inodes();
-    let own_locals: HashSet<SocketAddr> =
-        sock_diag::tcp(sock_diag::TCP_ESTABLISHED, 0, wanted.port())?
-            .into_iter()
-            .filter(|s| s.remote == wanted && own.contains(&s.inode))
-            .map(|s| s.local)
-            .collect();
+    let own_locals: HashSet<SocketAddr> = sockets
+        .iter()
+        .filter(|s| s.remote == wanted && own.contains(&s.inode))
+        .map(|s| s.local)
+        .collect();
     Ok(server_peers
         .iter()
         .filter(|peer| !own_locals.contains(peer))

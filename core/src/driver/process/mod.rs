@@ -12,11 +12,12 @@ pub mod vfork;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 use tracing::Instrument;
 use tryswap_fsm::{Generation, ProcessIdentity, Protocol, ReloadId, SlotName};
 
@@ -89,6 +90,11 @@ struct ProcessHandle {
     spawned: Spawned,
     stdout_path: PathBuf,
     stdio: StdioDrainTask,
+    /// The generation's gRPC connection, set once its handshake is validated: the stdio
+    /// stream, the reload's probe and the controller's `Shutdown` share it, as go-plugin's
+    /// host shares one connection per plugin client. (The checks of a bake and of liveness
+    /// dial their own, so they also prove the plugin still accepts connections.)
+    control: OnceLock<Channel>,
 }
 
 /// The handle of a plugin reattached by identity (launched by an earlier tryswap process).
@@ -450,6 +456,7 @@ impl ProcessDriver {
         &self,
         instance: &Instance,
         spawned: Option<Spawned>,
+        channel: Option<Channel>,
     ) -> Option<JoinHandle<()>> {
         let endpoint = instance.endpoint.clone()?;
         if endpoint.protocol != Protocol::Grpc {
@@ -474,7 +481,9 @@ impl ProcessDriver {
         );
         let task = async move {
             let _registration = registration;
-            match stdio::drain_stdio(&endpoint, &sinks, STDIO_CONNECT_TIMEOUT, exited).await {
+            match stdio::drain_stdio(&endpoint, channel, &sinks, STDIO_CONNECT_TIMEOUT, exited)
+                .await
+            {
                 Ok(summary) if matches!(summary.end, DrainEnd::NotServed { .. }) => {}
                 Ok(summary) => tracing::debug!(
                     stdout_bytes = summary.stdout_bytes,
@@ -556,6 +565,7 @@ impl Driver for ProcessDriver {
                 spawned,
                 stdout_path,
                 stdio: StdioDrainTask::default(),
+                control: OnceLock::new(),
             })),
         })
     }
@@ -598,11 +608,20 @@ impl Driver for ProcessDriver {
                 .await
                 .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
         }
+        // One connection for the stdio stream, the probe and the controller (gRPC only).
+        let channel = (endpoint.protocol == Protocol::Grpc)
+            .then(|| crate::probe::grpc_channel_lazy(&endpoint, STDIO_CONNECT_TIMEOUT).ok())
+            .flatten();
         instance.endpoint = Some(endpoint);
         // Drain go-plugin's stdio stream from now on (probing included): a plugin that
         // writes to stdout/stderr after its handshake blocks once nobody reads it.
         if let Some(handle) = Self::handle(instance) {
-            if let Some(task) = self.start_stdio_drain(instance, Some(handle.spawned.clone())) {
+            if let Some(channel) = &channel {
+                let _ = handle.control.set(channel.clone());
+            }
+            if let Some(task) =
+                self.start_stdio_drain(instance, Some(handle.spawned.clone()), channel)
+            {
                 handle.stdio.set(task);
             }
         }
@@ -610,8 +629,10 @@ impl Driver for ProcessDriver {
     }
 
     async fn probe(&self, instance: &Instance) -> Result<(), DriverError> {
-        let probe = crate::probe::probe(&self.slot.probe, instance.endpoint.as_ref());
-        let result = match Self::handle(instance) {
+        let handle = Self::handle(instance);
+        let channel = handle.and_then(|h| h.control.get());
+        let probe = crate::probe::probe_over(&self.slot.probe, instance.endpoint.as_ref(), channel);
+        let result = match handle {
             Some(handle) => {
                 tokio::select! {
                     r = probe => r,
@@ -646,7 +667,8 @@ impl Driver for ProcessDriver {
                 if let Some(endpoint) = &instance.endpoint {
                     if endpoint.protocol == Protocol::Grpc {
                         let ask = stop_timeout.min(Duration::from_secs(2));
-                        if crate::probe::grpc_controller_shutdown(endpoint, ask)
+                        let channel = Self::handle(instance).and_then(|h| h.control.get());
+                        if crate::probe::grpc_controller_shutdown_over(endpoint, channel, ask)
                             .await
                             .is_ok()
                             && Self::wait_gone(instance, stop_timeout).await
@@ -806,7 +828,7 @@ impl Driver for ProcessDriver {
             ..facts.clone()
         };
         // Not our child, but its stdio stream still needs a reader.
-        if let Some(task) = self.start_stdio_drain(&instance, None) {
+        if let Some(task) = self.start_stdio_drain(&instance, None, None) {
             let stdio = StdioDrainTask::default();
             stdio.set(task);
             instance.handle = Some(Arc::new(ReattachedHandle { stdio }));

@@ -20,6 +20,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tonic::transport::Channel;
 use tryswap_fsm::{Endpoint, ReloadId};
 
 use crate::probe::{grpc_channel, ProbeError};
@@ -151,6 +152,7 @@ pub enum StdioError {
 /// written with blocking `write` calls, one per chunk (go-plugin's chunks are ≤ 1 KiB).
 pub async fn drain_stdio<F>(
     endpoint: &Endpoint,
+    channel: Option<Channel>,
     sinks: &StdioSinks,
     connect_timeout: Duration,
     exited: F,
@@ -160,7 +162,7 @@ where
 {
     let target = format!("{}:{}", endpoint.network, endpoint.address);
     tokio::pin!(exited);
-    let open = open_stream(endpoint, &target, connect_timeout);
+    let open = open_stream(endpoint, channel, &target, connect_timeout);
     let opened = tokio::select! {
         opened = open => opened,
         () = &mut exited => return Ok(DrainSummary::new(DrainEnd::ProcessExited)),
@@ -212,17 +214,23 @@ where
 /// Opens the stream: `Ok(Ok(stream))`, `Ok(Err(code))` when the plugin does not serve it.
 async fn open_stream(
     endpoint: &Endpoint,
+    channel: Option<Channel>,
     target: &str,
     connect_timeout: Duration,
 ) -> Result<Result<tonic::Streaming<StdioData>, tonic::Code>, StdioError> {
-    let connect = grpc_channel(endpoint, STREAM_REQUEST_TIMEOUT);
-    let channel = match tokio::time::timeout(connect_timeout, connect).await {
-        Ok(channel) => channel?,
-        Err(_) => {
-            return Err(StdioError::Connect(ProbeError::Timeout {
-                what: format!("grpc connect to {target}"),
-                timeout: connect_timeout,
-            }))
+    let channel = match channel {
+        Some(channel) => channel,
+        None => {
+            let connect = grpc_channel(endpoint, STREAM_REQUEST_TIMEOUT);
+            match tokio::time::timeout(connect_timeout, connect).await {
+                Ok(channel) => channel?,
+                Err(_) => {
+                    return Err(StdioError::Connect(ProbeError::Timeout {
+                        what: format!("grpc connect to {target}"),
+                        timeout: connect_timeout,
+                    }))
+                }
+            }
         }
     };
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -516,6 +524,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let result = drain_stdio(
             &endpoint,
+            None,
             &sinks(dir.path(), 0),
             Duration::from_secs(2),
             std::future::pending(),
