@@ -46,10 +46,16 @@ pub fn outside_connections(endpoint: &Endpoint) -> Option<usize> {
 }
 
 /// [`outside_connections`] of a TCP address by `inet_diag`: the server ends at `wanted`,
-/// minus those whose peer is a client socket of this process. Costs one walk of the
-/// kernel's established table per address family and O(sockets of the port).
+/// minus those whose peer is a client socket of this process. Costs a look at the port's
+/// listeners (the kernel's listening table only), one walk of the established table per
+/// address family that can hold the connections (one, unless an IPv6 listener takes IPv4
+/// callers) and O(sockets of the port).
 fn tcp_by_diag(wanted: SocketAddr) -> io::Result<usize> {
-    let sockets = sock_diag::tcp_on_port(sock_diag::TCP_ESTABLISHED, wanted.port())?;
+    let sockets = sock_diag::tcp_on_port(
+        connection_families(wanted)?,
+        sock_diag::TCP_ESTABLISHED,
+        wanted.port(),
+    )?;
     let server_peers: Vec<SocketAddr> = sockets
         .iter()
         .filter(|s| s.local == wanted)
@@ -68,6 +74,24 @@ fn tcp_by_diag(wanted: SocketAddr) -> io::Result<usize> {
         .iter()
         .filter(|peer| !own_locals.contains(peer))
         .count())
+}
+
+/// The tables the connections to `wanted` are in: the family of the sockets that listen
+/// for it (their connections' server ends have it: an IPv6 `[::]` listener accepts IPv4
+/// callers as IPv6 sockets) and that of `wanted` itself (this process's clients dial it as
+/// it is). Both when nothing listens any more: its connections may be in either.
+fn connection_families(wanted: SocketAddr) -> io::Result<sock_diag::Families> {
+    let listeners: Vec<_> = sock_diag::tcp(sock_diag::TCP_LISTEN, wanted.port(), 0)?
+        .into_iter()
+        .filter(|l| super::sockets::accepts(l.local.ip(), l.local.port(), wanted))
+        .collect();
+    if listeners.is_empty() {
+        return Ok(sock_diag::Families::BOTH);
+    }
+    Ok(sock_diag::Families {
+        v4: wanted.is_ipv4() || listeners.iter().any(|l| !l.v6),
+        v6: wanted.is_ipv6() || listeners.iter().any(|l| l.v6),
+    })
 }
 
 /// [`tcp_by_diag`] from `/proc/net/tcp{,6}`, where `inet_diag` is not available.
@@ -233,6 +257,66 @@ mod tests {
         let _ours = std::os::unix::net::UnixStream::connect(&path).unwrap();
         let (_served, _) = listener.accept().unwrap();
         assert_eq!(outside_connections(&ep), Some(0));
+    }
+
+    /// A caller in another process (bash's `/dev/tcp`) connected to `addr`, and its
+    /// server end accepted; killed when dropped.
+    fn outside_caller(
+        listener: &std::net::TcpListener,
+        addr: SocketAddr,
+    ) -> (std::process::Child, std::net::TcpStream) {
+        let script = format!(
+            "exec 3<>/dev/tcp/{}/{} && echo connected && exec sleep 30",
+            addr.ip(),
+            addr.port()
+        );
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "connected");
+        let (served, _) = listener.accept().unwrap();
+        (child, served)
+    }
+
+    #[test]
+    fn an_ipv4_caller_of_a_dual_stack_listener_is_counted() {
+        // `[::]` takes IPv4 callers too, as IPv6 sockets: the IPv6 table must be walked
+        // although the plugin announced an IPv4 address.
+        let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+            eprintln!("skipping: no IPv6 here");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        let announced: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let ep = endpoint(Network::Tcp, announced.to_string());
+        assert_eq!(outside_connections(&ep), Some(0));
+        let (mut caller, _served) = outside_caller(&listener, announced);
+        let counted = outside_connections(&ep);
+        let _ = caller.kill();
+        let _ = caller.wait();
+        assert_eq!(counted, Some(1));
+    }
+
+    #[test]
+    fn an_ipv4_caller_of_an_ipv4_listener_is_counted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ep = endpoint(Network::Tcp, addr.to_string());
+        let (mut caller, _served) = outside_caller(&listener, addr);
+        let _ours = std::net::TcpStream::connect(addr).unwrap();
+        let (_ours_served, _) = listener.accept().unwrap();
+        let counted = outside_connections(&ep);
+        let _ = caller.kill();
+        let _ = caller.wait();
+        assert_eq!(counted, Some(1));
     }
 
     #[test]

@@ -134,25 +134,56 @@ pub struct TcpSocket {
     pub remote: SocketAddr,
     /// Its inode (what `/proc/<pid>/fd/*` links name as `socket:[inode]`).
     pub inode: u64,
+    /// Whether it is an IPv6 socket (`AF_INET6`; a dual-stack listener's connections from
+    /// IPv4 peers are too, though their addresses read as IPv4).
+    pub v6: bool,
+}
+
+/// Which address families' tables a dump walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Families {
+    /// `AF_INET`.
+    pub v4: bool,
+    /// `AF_INET6`.
+    pub v6: bool,
+}
+
+impl Families {
+    /// Both tables.
+    pub const BOTH: Families = Families { v4: true, v6: true };
+
+    fn list(self) -> impl Iterator<Item = libc::c_int> {
+        [(self.v4, libc::AF_INET), (self.v6, libc::AF_INET6)]
+            .into_iter()
+            .filter_map(|(wanted, family)| wanted.then_some(family))
+    }
 }
 
 /// The TCP sockets (IPv4 and IPv6) in one of `states` (a mask of `1 << TCP_*`) whose
 /// local port is `local_port` and whose peer's port is `remote_port` (0: any). The kernel
 /// filters by state and port; the ports are checked again here.
 pub fn tcp(states: u32, local_port: u16, remote_port: u16) -> io::Result<Vec<TcpSocket>> {
-    tcp_dump(states, local_port, remote_port, &[], |socket| {
-        (local_port == 0 || socket.local.port() == local_port)
-            && (remote_port == 0 || socket.remote.port() == remote_port)
-    })
+    tcp_dump(
+        Families::BOTH,
+        states,
+        local_port,
+        remote_port,
+        &[],
+        |socket| {
+            (local_port == 0 || socket.local.port() == local_port)
+                && (remote_port == 0 || socket.remote.port() == remote_port)
+        },
+    )
 }
 
-/// The TCP sockets (IPv4 and IPv6) in one of `states` with `port` at either end: both
+/// The TCP sockets of `families` in one of `states` with `port` at either end: both
 /// sides of the connections to a local server at `port`, in one walk of the kernel's
 /// established table per address family instead of two (a filter in `inet_diag`'s
 /// bytecode, `sport == port || dport == port`). Kernels without that bytecode (before
-/// Linux 4.16) get the two walks.
-pub fn tcp_on_port(states: u32, port: u16) -> io::Result<Vec<TcpSocket>> {
-    match tcp_dump(states, 0, 0, &either_port_filter(port), |socket| {
+/// Linux 4.16) get the two walks, in both families.
+pub fn tcp_on_port(families: Families, states: u32, port: u16) -> io::Result<Vec<TcpSocket>> {
+    let filter = either_port_filter(port);
+    match tcp_dump(families, states, 0, 0, &filter, |socket| {
         socket.local.port() == port || socket.remote.port() == port
     }) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -192,9 +223,10 @@ fn either_port_filter(port: u16) -> Vec<u8> {
     attr
 }
 
-/// One dump per address family of the TCP sockets in `states` (and at the ports, 0:
-/// any), with `attributes` after the request; keeps the sockets `keep` accepts.
+/// One dump per address family of `families` of the TCP sockets in `states` (and at the
+/// ports, 0: any), with `attributes` after the request; keeps the sockets `keep` accepts.
 fn tcp_dump(
+    families: Families,
     states: u32,
     local_port: u16,
     remote_port: u16,
@@ -202,7 +234,7 @@ fn tcp_dump(
     keep: impl Fn(&TcpSocket) -> bool,
 ) -> io::Result<Vec<TcpSocket>> {
     let mut sockets = Vec::new();
-    for family in [libc::AF_INET, libc::AF_INET6] {
+    for family in families.list() {
         let mut body = Vec::with_capacity(56 + attributes.len());
         body.push(family as u8);
         body.push(libc::IPPROTO_TCP as u8);
@@ -253,6 +285,7 @@ fn parse_inet_msg(msg: &[u8]) -> Option<TcpSocket> {
         local: SocketAddr::new(ip(8)?, port(4)),
         remote: SocketAddr::new(ip(24)?, port(6)),
         inode: u64::from(u32_at(msg, 68)),
+        v6: family == libc::AF_INET6,
     })
 }
 
@@ -296,11 +329,27 @@ mod tests {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _other_client = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
         let (_other_served, _) = other.accept().unwrap();
-        let mut both = tcp_on_port(TCP_ESTABLISHED, addr.port()).unwrap();
+        let mut both = tcp_on_port(Families::BOTH, TCP_ESTABLISHED, addr.port()).unwrap();
         both.sort_by_key(|s| s.inode);
         let mut expected = [servers[0], clients[0]];
         expected.sort_by_key(|s| s.inode);
         assert_eq!(both, expected);
+        assert!(both.iter().all(|s| !s.v6));
+        // An IPv4 listener's connections are all in the IPv4 table.
+        let v4 = Families {
+            v4: true,
+            v6: false,
+        };
+        let mut in_v4 = tcp_on_port(v4, TCP_ESTABLISHED, addr.port()).unwrap();
+        in_v4.sort_by_key(|s| s.inode);
+        assert_eq!(in_v4, both);
+        let v6 = Families {
+            v4: false,
+            v6: true,
+        };
+        assert!(tcp_on_port(v6, TCP_ESTABLISHED, addr.port())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

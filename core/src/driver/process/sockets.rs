@@ -292,7 +292,7 @@ pub(super) fn parse_proc_ip(hex: &str, v6: bool) -> Option<IpAddr> {
 }
 
 /// Whether a listener bound to `ip:port` accepts connections made to `wanted`.
-fn accepts(ip: IpAddr, port: u16, wanted: SocketAddr) -> bool {
+pub(super) fn accepts(ip: IpAddr, port: u16, wanted: SocketAddr) -> bool {
     if port != wanted.port() {
         return false;
     }
