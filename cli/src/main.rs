@@ -192,9 +192,11 @@ impl Context {
     /// a crashed run left behind (`Supervisor::recover_needed`: active generations that
     /// still run are left as they are, for the command to act on).
     pub async fn supervisor(&self) -> Result<Supervisor, CliError> {
-        let supervisor = self.open_supervisor().await?;
+        let supervisor = self.open_registering(false).await?;
+        // A recovery that fails drops (closes) the journal here: `stop` may then go on
+        // without it, taking the lock itself.
         supervisor.recover_needed().await?;
-        Ok(supervisor)
+        Ok(self.register(supervisor))
     }
 
     /// The state directory for a read command (`status`, `history`): every configured slot
@@ -220,6 +222,12 @@ impl Context {
     /// Opens the state directory with every configured slot registered. When another
     /// process holds it, waits as `--wait` says (telling so once on stderr).
     pub async fn open_supervisor(&self) -> Result<Supervisor, CliError> {
+        self.open_registering(true).await
+    }
+
+    /// [`Context::open_supervisor`], registered for [`Context::close_for_exit`] when
+    /// `register`.
+    async fn open_registering(&self, register: bool) -> Result<Supervisor, CliError> {
         let supervisor = self
             .wait_for_lock(
                 || Supervisor::open(&self.state_dir),
@@ -229,11 +237,20 @@ impl Context {
         for slot in &self.config.slots {
             supervisor.add_process_slot(slot.clone());
         }
+        Ok(if register {
+            self.register(supervisor)
+        } else {
+            supervisor
+        })
+    }
+
+    /// Keeps `supervisor`'s journal for [`Context::close_for_exit`].
+    fn register(&self, supervisor: Supervisor) -> Supervisor {
         self.opened
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(supervisor.clone());
-        Ok(supervisor)
+        supervisor
     }
 
     /// Opens the journal in `dir` (for inspection, or for writing), waiting as `--wait`
