@@ -134,6 +134,9 @@ pub struct Context {
     pub wait: Wait,
     /// `--reason`: why (mutating commands only).
     pub reason: Option<String>,
+    /// The state directories this command opened for writing, closed by
+    /// [`Context::close_for_exit`].
+    opened: std::sync::Mutex<Vec<Supervisor>>,
 }
 
 impl Context {
@@ -163,16 +166,37 @@ impl Context {
             config_path: absolute(&path),
             wait: cli.wait.unwrap_or(DEFAULT_WAIT),
             reason: cli.reason.clone(),
+            opened: std::sync::Mutex::default(),
         })
+    }
+
+    /// The command is done and the process exits next: every journal it opened is made
+    /// durable and left open until the exit ([`Supervisor::close_for_exit`]: sled's close
+    /// is an `fsync` and a thread join that protect nothing the log does not). A failed
+    /// flush is logged, as when dropping the journal.
+    fn close_for_exit(&self) {
+        let opened = std::mem::take(
+            &mut *self
+                .opened
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for supervisor in opened {
+            if let Err(e) = supervisor.close_for_exit() {
+                tracing::warn!(error = %e, "flushing the journal before exiting");
+            }
+        }
     }
 
     /// Opens the state directory with every configured slot registered and finishes what
     /// a crashed run left behind (`Supervisor::recover_needed`: active generations that
     /// still run are left as they are, for the command to act on).
     pub async fn supervisor(&self) -> Result<Supervisor, CliError> {
-        let supervisor = self.open_supervisor().await?;
+        let supervisor = self.open_registering(false).await?;
+        // A recovery that fails drops (closes) the journal here: `stop` may then go on
+        // without it, taking the lock itself.
         supervisor.recover_needed().await?;
-        Ok(supervisor)
+        Ok(self.register(supervisor))
     }
 
     /// The state directory for a read command (`status`, `history`): every configured slot
@@ -198,6 +222,12 @@ impl Context {
     /// Opens the state directory with every configured slot registered. When another
     /// process holds it, waits as `--wait` says (telling so once on stderr).
     pub async fn open_supervisor(&self) -> Result<Supervisor, CliError> {
+        self.open_registering(true).await
+    }
+
+    /// [`Context::open_supervisor`], registered for [`Context::close_for_exit`] when
+    /// `register`.
+    async fn open_registering(&self, register: bool) -> Result<Supervisor, CliError> {
         let supervisor = self
             .wait_for_lock(
                 || Supervisor::open(&self.state_dir),
@@ -207,7 +237,20 @@ impl Context {
         for slot in &self.config.slots {
             supervisor.add_process_slot(slot.clone());
         }
-        Ok(supervisor)
+        Ok(if register {
+            self.register(supervisor)
+        } else {
+            supervisor
+        })
+    }
+
+    /// Keeps `supervisor`'s journal for [`Context::close_for_exit`].
+    fn register(&self, supervisor: Supervisor) -> Supervisor {
+        self.opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(supervisor.clone());
+        supervisor
     }
 
     /// Opens the journal in `dir` (for inspection, or for writing), waiting as `--wait`
@@ -435,7 +478,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
     }
     // Every record this command writes says who (this process) and why.
-    tryswap::acting(Origin::cli(cli.reason.clone()), run_here(&ctx, &cli)).await
+    let result = tryswap::acting(Origin::cli(cli.reason.clone()), run_here(&ctx, &cli)).await;
+    ctx.close_for_exit();
+    result
 }
 
 /// Runs the command in this process (no daemon serves the state directory).
@@ -671,11 +716,20 @@ fn main() -> ExitCode {
         eprintln!("tryswap: {e}");
         return ExitCode::from(EXIT_ERROR);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The daemon serves many callers at once on two workers. A one-shot command does one
+    // thing: one thread runs it (its blocking calls run inline, `blocking::off_worker`),
+    // without starting, waking and joining workers it would not use.
+    let runtime = if matches!(cli.command, Command::Serve { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tryswap: cannot start the async runtime: {e}");

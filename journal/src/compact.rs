@@ -286,7 +286,7 @@ impl Journal {
                 tip,
             )
         };
-        self.durable_flush(tip, false)?;
+        self.durable_flush(tip, crate::journal::Flush::Full)?;
         if report.events_dropped > 0 {
             // sled keeps the dropped records' bytes in its log: the next open for writing
             // copies the store into a fresh one (see `rewrite`).

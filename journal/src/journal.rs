@@ -136,6 +136,17 @@ enum Inspection {
     Strict,
 }
 
+/// What a durable flush covers besides the log and the witness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// A write-ahead point: the log alone, counted by [`Journal::flush_count`].
+    WriteAhead,
+    /// Also sled's files (shutdown, compaction, open, drop).
+    Full,
+    /// The log alone, not counted: the process exits without closing sled.
+    LogOnly,
+}
+
 /// Removes `snap.<lsn>.generating` files from `sled_dir`.
 ///
 /// sled 0.34.7 writes a snapshot to `snap.<lsn>.generating`, syncs it and renames it to
@@ -966,7 +977,7 @@ impl Journal {
         journal.rebuilt = rebuilt;
         let tip = journal.tip();
         if tip.seq > mark.seq || journal.rebuilt.is_some() {
-            journal.durable_flush(tip, false)?;
+            journal.durable_flush(tip, Flush::Full)?;
         }
         Ok(journal)
     }
@@ -1065,7 +1076,7 @@ impl Journal {
             (records, tip)
         };
         if records.iter().any(Record::needs_durable_flush) {
-            self.durable_flush(tip, true)?;
+            self.durable_flush(tip, Flush::WriteAhead)?;
         }
         Ok(records)
     }
@@ -1101,24 +1112,21 @@ impl Journal {
     }
 
     /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness.
-    /// `counted` flushes are the write-ahead ones behind [`Journal::flush_count`].
+    /// [`Flush::WriteAhead`] flushes are the ones behind [`Journal::flush_count`].
     ///
     /// Group commit: the sync covers every record committed when it starts (a record is in
     /// the log before the tip moves past it), and the witness is moved to that tip, so the
     /// callers that waited for this one find their records durable and return without a
     /// sync of their own.
     ///
-    /// Only the flushes that are not write-ahead points (`Journal::flush`, compaction, open,
-    /// drop) also flush sled (`Db::flush`, on Linux a `sync_file_range` of its files that
-    /// waits for their writeback): sled is an index derived from the log, which `open`
-    /// (and an inspection) catches up with whatever sled lost in a killed process, and
-    /// sled's own flusher writes it every 500 ms. A write-ahead point needs the log on disk,
-    /// not the index.
-    pub(crate) fn durable_flush(
-        &self,
-        tip: WitnessMark,
-        counted: bool,
-    ) -> Result<(), JournalError> {
+    /// Only [`Flush::Full`] (`Journal::flush`, compaction, open, drop) also flushes sled
+    /// (`Db::flush`, on Linux a `sync_file_range` of its files that waits for their
+    /// writeback): sled is an index derived from the log, which `open` (and an inspection)
+    /// catches up with whatever sled lost in a killed process, and sled's own flusher
+    /// writes it every 500 ms. A write-ahead point needs the log on disk, not the index;
+    /// nor does a process that exits without closing sled ([`Flush::LogOnly`]).
+    pub(crate) fn durable_flush(&self, tip: WitnessMark, how: Flush) -> Result<(), JournalError> {
+        let counted = how == Flush::WriteAhead;
         let mut durable = lock(&self.durable);
         let Some(witness) = durable.as_mut() else {
             return Ok(());
@@ -1131,10 +1139,10 @@ impl Journal {
         }
         let latest = *lock(&self.tip);
         let target = if latest.seq > tip.seq { latest } else { tip };
-        let index = if counted {
-            Ok(())
-        } else {
+        let index = if how == Flush::Full {
             self.db.flush().map(drop).map_err(|e| self.sled_err(e))
+        } else {
+            Ok(())
         };
         let synced = index.and_then(|()| {
             if let Some(log) = lock(&self.log).as_ref() {
@@ -1166,7 +1174,16 @@ impl Journal {
     /// dropping the journal does it too. A no-op on a read-only handle.
     pub fn flush(&self) -> Result<(), JournalError> {
         let tip = *lock(&self.tip);
-        self.durable_flush(tip, false)
+        self.durable_flush(tip, Flush::Full)
+    }
+
+    /// [`Journal::flush`] for a process that exits next without closing the journal: the
+    /// log and the witness are made durable and the projection snapshot written, sled (the
+    /// index, which the next open catches up from the log) is left to what its own writes
+    /// already did. Not counted by [`Journal::flush_count`].
+    pub fn flush_for_exit(&self) -> Result<(), JournalError> {
+        let tip = *lock(&self.tip);
+        self.durable_flush(tip, Flush::LogOnly)
     }
 
     /// Bytes of the log and of sled's files (the archive and backups not counted): what
@@ -1338,6 +1355,10 @@ impl JournalStore for Journal {
 
     fn flush(&self) -> Result<(), JournalError> {
         Journal::flush(self)
+    }
+
+    fn flush_for_exit(&self) -> Result<(), JournalError> {
+        Journal::flush_for_exit(self)
     }
 
     fn flush_count(&self) -> u64 {

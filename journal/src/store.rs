@@ -67,6 +67,13 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
     /// [`JournalStore::flush_count`]; a no-op on a read-only handle.
     fn flush(&self) -> Result<(), JournalError>;
 
+    /// [`JournalStore::flush`] for a process that exits next and leaves the handle open:
+    /// what the next open does not rebuild by itself (derived indexes) may stay unsynced.
+    /// The same as `flush` unless the store says otherwise.
+    fn flush_for_exit(&self) -> Result<(), JournalError> {
+        self.flush()
+    }
+
     /// How many write-ahead flushes (after `Staged` and `Activated` records) this handle
     /// made: one per write that holds such a record.
     fn flush_count(&self) -> u64;

@@ -1025,3 +1025,53 @@ fn a_reader_of_the_snapshot_reads_the_history_from_the_log_up_to_the_snapshot() 
     assert_eq!(store.history(&slot).unwrap(), history);
     assert!(store.history(&slot_name(7)).unwrap().is_empty());
 }
+
+/// The highest seq the witness file records (either of its two slots).
+fn witness_seq(dir: &Path) -> u64 {
+    let bytes = fs::read(dir.join(layout::WITNESS_FILE)).unwrap();
+    bytes
+        .chunks(32)
+        .filter(|slot| slot.len() == 32 && slot.starts_with(b"TSWJWIT1"))
+        .map(|slot| u64::from_be_bytes(slot[8..16].try_into().unwrap()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// A one-shot command's last flush (`flush_for_exit`, then the process exits without closing
+/// the journal): the records after the last write-ahead point become durable (the witness
+/// reaches the tip) without counting as a write-ahead flush, and a journal left open that way
+/// opens complete and verifies.
+#[test]
+fn a_journal_left_open_after_its_exit_flush_opens_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let slot = slot_name(0);
+    assert_eq!(full_activate(&journal, &slot, ReloadId::from_u128(1), 1), 2);
+    assert_eq!(full_activate(&journal, &slot, ReloadId::from_u128(2), 2), 2);
+    let retire = Command::Retire {
+        slot: slot.clone(),
+        generation: tryswap_fsm::Generation(1),
+    };
+    journal.execute(&retire, at(9)).unwrap();
+    let tip = journal.last_seq();
+    assert!(
+        witness_seq(dir.path()) < tip,
+        "the retire is after the last durable point"
+    );
+    journal.flush_for_exit().unwrap();
+    assert_eq!(witness_seq(dir.path()), tip);
+    assert_eq!(
+        journal.flush_count(),
+        4,
+        "the exit flush is not a write-ahead point"
+    );
+    // What another process finds once this one has exited with the journal still open.
+    let after_exit = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), after_exit.path());
+    std::mem::forget(journal);
+    let reopened = Journal::open(after_exit.path()).unwrap();
+    assert_eq!(reopened.last_seq(), tip);
+    assert!(reopened.verify().unwrap().is_ok());
+    let slot_view = reopened.slot(&slot).unwrap().unwrap();
+    assert!(slot_view.slot.retiring.is_empty(), "{:?}", slot_view.slot);
+}

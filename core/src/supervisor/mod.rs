@@ -492,6 +492,21 @@ impl Supervisor {
         &*self.inner.journal
     }
 
+    /// For a process that exits next (a one-shot command): makes every committed record
+    /// durable, as dropping the journal would (log and witness synced, projection snapshot
+    /// written), then keeps the journal open until the process ends instead of closing it.
+    ///
+    /// What the close would add is sled's (an index derived from the log): a final write
+    /// of its buffers, an `fsync` of its file and the join of its flusher thread. The
+    /// next open catches sled up from the log whatever of it did not reach the disk, as
+    /// after a process killed right after its last durable point. This process must not
+    /// open the state directory again: the journal's lock stays held until it exits.
+    pub fn close_for_exit(&self) -> Result<(), SupervisorError> {
+        let flushed = self.inner.journal.flush_for_exit();
+        std::mem::forget(Arc::clone(&self.inner.journal));
+        Ok(flushed?)
+    }
+
     /// The artifact store.
     pub fn store(&self) -> &Store {
         &self.inner.store
