@@ -131,13 +131,33 @@ impl Journal {
             let seq = self.last_seq();
             let slots = self.slots()?;
             let mut per_slot: BTreeMap<SlotName, Vec<ReloadView>> = BTreeMap::new();
+            // Slots whose newest reloads are all kept: the scan ends once every slot is.
+            let names: std::collections::BTreeSet<&SlotName> =
+                slots.iter().map(|s| &s.slot.name).collect();
+            let mut full = 0;
             // Reload ids are UUIDv7 (time-ordered): the tree's end holds the newest.
             for item in self.reloads.iter().rev().take(RELOADS_SCANNED) {
+                if !names.is_empty() && full >= names.len() {
+                    break;
+                }
                 let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
-                let view: ReloadView = crate::layout::decode_value(RELOADS, &key, &bytes)?;
-                let kept = per_slot.entry(view.reload.slot.clone()).or_default();
+                // The view starts with the reload's id and slot: a reload of a slot that
+                // has its newest already is skipped without decoding the rest.
+                let (_, slot): (ReloadId, SlotName) = codec::decode_prefix("reload view", &bytes)
+                    .map_err(|source| {
+                    JournalError::CorruptValue {
+                        tree: RELOADS,
+                        key: crate::layout::describe_key(RELOADS, &key),
+                        source,
+                    }
+                })?;
+                let known = names.contains(&slot);
+                let kept = per_slot.entry(slot).or_default();
                 if kept.len() < RELOADS_PER_SLOT {
-                    kept.push(view);
+                    kept.push(crate::layout::decode_value(RELOADS, &key, &bytes)?);
+                    if known && kept.len() == RELOADS_PER_SLOT {
+                        full += 1;
+                    }
                 }
             }
             for slot in &slots {

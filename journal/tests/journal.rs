@@ -1075,3 +1075,34 @@ fn a_journal_left_open_after_its_exit_flush_opens_complete() {
     let slot_view = reopened.slot(&slot).unwrap().unwrap();
     assert!(slot_view.slot.retiring.is_empty(), "{:?}", slot_view.slot);
 }
+
+/// The snapshot keeps the 100 newest reloads of every slot: a slot with a long history does
+/// not crowd out the older reloads of another (the scan goes on until every slot has its
+/// newest, reading only the slot name of the reloads it skips).
+#[test]
+fn the_snapshot_keeps_the_newest_reloads_of_every_slot() {
+    use tryswap_fsm::SlotName;
+    use tryswap_journal::Snapshot;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (quiet, busy) = (slot_name(1), slot_name(2));
+    for n in 1..=3u8 {
+        full_activate(&journal, &quiet, ReloadId::from_u128(u128::from(n)), n);
+    }
+    for n in 1..=150u32 {
+        let id = ReloadId::from_u128(1000 + u128::from(n));
+        full_activate(&journal, &busy, id, n as u8);
+    }
+    journal.flush().unwrap();
+    let snapshot = Snapshot::load(dir.path()).unwrap().unwrap();
+    let ids = |slot: &SlotName| -> Vec<u128> {
+        snapshot
+            .reloads
+            .iter()
+            .filter(|r| &r.reload.slot == slot)
+            .map(|r| r.reload.id.as_u128())
+            .collect()
+    };
+    assert_eq!(ids(&quiet), [1, 2, 3]);
+    assert_eq!(ids(&busy), (1051..=1150).collect::<Vec<u128>>());
+}
