@@ -9,7 +9,7 @@
 /// Arenas the daemon's allocator may create (glibc's default is 8 per core). One: with two,
 /// what one thread freed (a compaction's transaction, on a blocking thread) was reused only
 /// by the threads of its arena, and the RSS swung by 3–4 MiB with the compactions (section
-/// 5c: 22.5–27.9 MiB with two, 22.0–24.6 MiB with one). The daemon's threads mostly wait,
+/// 5c: 22.4–27.9 MiB with two, 22.0–24.8 MiB with one). The daemon's threads mostly wait,
 /// so one arena's lock costs nothing measurable.
 const ARENA_MAX: libc::c_int = 1;
 /// Allocations of at least this many bytes are mmapped, and unmapped when freed.
