@@ -4,7 +4,7 @@
 //! A `tryswap serve` with one slot (its default config: the journal compacts every
 //! 1,000 records and past 64 MiB) is reloaded through its API, always the same fixture with one of two configs;
 //! its RSS (and the anonymous / file-backed split of `/proc/<pid>/smaps_rollup`) is
-//! sampled every 1,000 journal records. Flat means: after the warm-up (the first
+//! sampled every [`SAMPLE_EVERY`] journal records. Flat means: after the warm-up (the first
 //! [`WARM_UP`] of the records, while sled's page cache fills), the least-squares slope of
 //! RSS over records is within [`FLAT_KIB_PER_1000`]. Then a daemon with 100 slots, each
 //! activated once. Every loop is bounded in count and time.
@@ -29,8 +29,14 @@ const WARM_UP: f64 = 0.3;
 /// growth measured before the bounds were added was 660 KiB per 1,000 records.
 const FLAT_KIB_PER_1000: f64 = 16.0;
 
-/// Journal records between two samples.
-const SAMPLE_EVERY: u64 = 1_000;
+/// Journal records between two samples. The RSS moves in a sawtooth whose period is the
+/// daemon's compaction (every 1,000–1,300 records with one slot) and its allocator trim
+/// (every 5 s): one sample per 1,000 records aliases that period into slow waves that the
+/// fit reads as slopes (docs/performance.md, section 5c), so the samples are denser.
+const SAMPLE_EVERY: u64 = 250;
+
+/// Reloads between two looks at the journal's tip (about 6 records each).
+const TIP_EVERY: usize = 10;
 
 /// One sample of the daemon: journal records, reloads done, RSS, anonymous and
 /// file-backed resident KiB.
@@ -136,8 +142,7 @@ async fn one_slot(bins: &Bins, reloads: usize, budget: Duration) -> Result<OneSl
         while done < reloads && started.elapsed() < budget {
             reload(&socket, bins, "m00", &configs[done % 2]).await?;
             done += 1;
-            // About 6 records per reload: look at the journal's tip every 25 reloads.
-            if done % 25 == 0 || done == reloads {
+            if done % TIP_EVERY == 0 || done == reloads {
                 let records = last_seq(&socket).await;
                 if records >= next_sample || done == reloads {
                     let (rss, anon, file) =

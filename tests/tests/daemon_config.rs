@@ -319,6 +319,96 @@ fn plugins_left_running_with_an_old_config_are_relaunched_under_the_file() {
     assert_eq!(run.json()["outcome"], "unchanged", "{run:?}");
 }
 
+/// glibc's non-main arenas in `/proc/<pid>/maps`: each is a mapping of 64 MiB aligned to
+/// 64 MiB, its used part read-write and the rest `---p`.
+fn malloc_arenas(pid: u32) -> Vec<String> {
+    const HEAP_MAX: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let regions: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?.to_owned();
+            let anonymous = fields.nth(3).is_none();
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+                perms,
+                anonymous,
+            ))
+        })
+        .collect();
+    regions
+        .iter()
+        .enumerate()
+        .filter(|(i, (start, end, perms, anonymous))| {
+            let rest = regions
+                .get(i + 1)
+                .filter(|next| next.0 == *end && next.2 == "---p" && next.3)
+                .map_or(*end, |next| next.1);
+            *anonymous && perms == "rw-p" && start % HEAP_MAX == 0 && rest - start == HEAP_MAX
+        })
+        .map(|(_, (start, end, _, _))| format!("{start:x}-{end:x}"))
+        .collect()
+}
+
+/// The malloc arenas besides the main one of a daemon started with `env`, after an
+/// activation and reloads from four clients at once.
+fn arenas_after_concurrent_reloads(env: &[(&str, &str)]) -> Vec<String> {
+    let h = Harness::new(&[SlotSpec::new("a")]);
+    let daemon = Daemon::start_with(&h, &[], env);
+    let config = h.fixture_config("a", &FixtureConfig::with_message("a"));
+    let body = serde_json::json!({ "artifact": fixture_plugin_path(), "config_file": config });
+    let reply = daemon
+        .post("/v1/slots/a/reloads", &body.to_string())
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let not_a_plugin = h.state.join("not-a-plugin");
+    std::fs::write(&not_a_plugin, "not a plugin\n").unwrap();
+    let body = serde_json::json!({ "artifact": not_a_plugin, "config_file": config }).to_string();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..20 {
+                    let reply = daemon.post("/v1/slots/a/reloads", &body).unwrap();
+                    assert_ne!(reply.status, 200, "{reply:?}");
+                    let status = daemon.get("/v1/slots/a").unwrap();
+                    assert_eq!(status.status, 200, "{status:?}");
+                }
+            });
+        }
+    });
+    malloc_arenas(daemon.pid())
+}
+
+/// Issue 18 item 14: the daemon allocates from one malloc arena whatever its threads do
+/// (`mallopt(M_ARENA_MAX, 1)` before its runtime starts): with one arena per thread that
+/// allocated, memory a compaction freed on one thread was reused only by the threads of
+/// its arena, and the RSS swung with the compactions (docs/performance.md, section 5c).
+/// An operator's `MALLOC_ARENA_MAX` still wins (and shows that more arenas are seen).
+#[test]
+fn the_daemon_allocates_from_one_malloc_arena() {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        tryswap_tests::skip(
+            "the_daemon_allocates_from_one_malloc_arena",
+            "glibc's arenas exist only with glibc",
+        );
+        return;
+    }
+    let arenas = arenas_after_concurrent_reloads(&[]);
+    assert!(
+        arenas.is_empty(),
+        "the daemon has {} malloc arenas besides the main one: {arenas:?}",
+        arenas.len()
+    );
+    let operators = arenas_after_concurrent_reloads(&[("MALLOC_ARENA_MAX", "4")]);
+    assert!(
+        !operators.is_empty(),
+        "with MALLOC_ARENA_MAX=4 the daemon's threads should get arenas of their own"
+    );
+}
+
 /// The daemon compacts once `journal_compact_records` records were appended, not only past
 /// `journal_compact_bytes`: sled's memory grows with every record it indexes, and at the
 /// default size limit a one-slot journal compacted only after ~120,000 records

@@ -360,6 +360,23 @@ impl CompactTrigger {
     }
 }
 
+/// Every [`JOURNAL_SIZE_PERIOD`] in which the journal grew, gives the memory the allocator
+/// holds free back to the system (see [`allocator::Trim`]); until shutdown.
+fn spawn_allocator_trim(state: &Arc<AppState>) {
+    let supervisor = state.supervisor.clone();
+    let mut trim = allocator::Trim::default();
+    spawn_every(state, JOURNAL_SIZE_PERIOD, move || {
+        let due = trim.due(supervisor.journal().last_seq());
+        async move {
+            if due {
+                if let Err(e) = tokio::task::spawn_blocking(allocator::give_back).await {
+                    tracing::debug!(error = %e, "the allocator trim task failed");
+                }
+            }
+        }
+    });
+}
+
 /// Compacts the journal (archiving what it trims) whenever `trigger` says so, checked every
 /// [`JOURNAL_SIZE_PERIOD`] until shutdown.
 fn spawn_journal_compaction(state: &Arc<AppState>, trigger: CompactTrigger) {
@@ -545,6 +562,7 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
             }
         });
         spawn_store_gc(&state);
+        spawn_allocator_trim(&state);
         for (slot, listener) in endpoints.drain(..) {
             tracing::info!(slot = %slot, address = ?listener.local_addr().ok(), "tcp endpoint forwarding");
             let cancel = state.shutdown.clone().cancelled_owned();
