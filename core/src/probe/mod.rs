@@ -334,10 +334,7 @@ async fn check_once_over(
                 target_of(endpoint)
             );
             let check = async {
-                let channel = match channel {
-                    Some(channel) => channel.clone(),
-                    None => grpc_channel(endpoint, timeout).await?,
-                };
+                let channel = channel_or_connect(channel, endpoint, timeout).await?;
                 grpc_health(service, endpoint, channel).await
             };
             bounded(what, timeout, check).await
@@ -382,37 +379,21 @@ where
 /// used.
 pub async fn grpc_channel(endpoint: &Endpoint, timeout: Duration) -> Result<Channel, ProbeError> {
     let target = target_of(endpoint);
-    let connect_err = |detail: String| ProbeError::Connect {
-        what: "grpc".into(),
-        target: target.clone(),
-        detail,
-    };
+    let builder = tonic_endpoint(endpoint, timeout)?.timeout(timeout);
     let connect = async {
         match endpoint.network {
-            Network::Tcp => {
-                let builder = TonicEndpoint::from_shared(format!("http://{}", endpoint.address))
-                    .map_err(|e| connect_err(format!("bad address: {e}")))?
-                    .connect_timeout(timeout)
-                    .timeout(timeout);
-                builder
-                    .connect()
-                    .await
-                    .map_err(|e| connect_err(error_chain(&e)))
-            }
+            Network::Tcp => builder.connect().await,
             Network::Unix => {
-                let path = std::path::PathBuf::from(&endpoint.address);
-                // The URI is required by the API but unused: the connector ignores it.
-                TonicEndpoint::from_static("http://[::]:50051")
-                    .connect_timeout(timeout)
-                    .timeout(timeout)
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move { UnixStream::connect(path).await.map(TokioIo::new) }
-                    }))
+                builder
+                    .connect_with_connector(unix_connector(&endpoint.address))
                     .await
-                    .map_err(|e| connect_err(error_chain(&e)))
             }
         }
+        .map_err(|e| ProbeError::Connect {
+            what: "grpc".into(),
+            target: target.clone(),
+            detail: error_chain(&e),
+        })
     };
     match tokio::time::timeout(timeout, connect).await {
         Ok(result) => result,
@@ -432,27 +413,56 @@ pub fn grpc_channel_lazy(
     endpoint: &Endpoint,
     connect_timeout: Duration,
 ) -> Result<Channel, ProbeError> {
-    match endpoint.network {
-        Network::Tcp => Ok(
-            TonicEndpoint::from_shared(format!("http://{}", endpoint.address))
-                .map_err(|e| ProbeError::Connect {
-                    what: "grpc".into(),
-                    target: target_of(endpoint),
-                    detail: format!("bad address: {e}"),
-                })?
-                .connect_timeout(connect_timeout)
-                .connect_lazy(),
-        ),
-        Network::Unix => {
-            let path = std::path::PathBuf::from(&endpoint.address);
-            // The URI is required by the API but unused: the connector ignores it.
-            Ok(TonicEndpoint::from_static("http://[::]:50051")
-                .connect_timeout(connect_timeout)
-                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move { UnixStream::connect(path).await.map(TokioIo::new) }
-                })))
-        }
+    let builder = tonic_endpoint(endpoint, connect_timeout)?;
+    Ok(match endpoint.network {
+        Network::Tcp => builder.connect_lazy(),
+        Network::Unix => builder.connect_with_connector_lazy(unix_connector(&endpoint.address)),
+    })
+}
+
+/// The tonic endpoint for `endpoint`, connecting within `connect_timeout`. A Unix socket's
+/// URI is required by the API but unused: [`unix_connector`] dials the path.
+fn tonic_endpoint(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<TonicEndpoint, ProbeError> {
+    let uri = match endpoint.network {
+        Network::Tcp => format!("http://{}", endpoint.address),
+        Network::Unix => "http://[::]:50051".to_owned(),
+    };
+    Ok(TonicEndpoint::from_shared(uri)
+        .map_err(|e| ProbeError::Connect {
+            what: "grpc".into(),
+            target: target_of(endpoint),
+            detail: format!("bad address: {e}"),
+        })?
+        .connect_timeout(connect_timeout))
+}
+
+/// A connection being made to a Unix socket, as [`unix_connector`] returns it.
+type UnixDial =
+    std::pin::Pin<Box<dyn Future<Output = std::io::Result<TokioIo<UnixStream>>> + Send>>;
+
+/// A connector that dials the Unix socket at `path`, whatever URI it is given.
+fn unix_connector(
+    path: &str,
+) -> tower::util::ServiceFn<impl Clone + Send + FnMut(Uri) -> UnixDial> {
+    let path = std::path::PathBuf::from(path);
+    tower::service_fn(move |_: Uri| -> UnixDial {
+        let path = path.clone();
+        Box::pin(async move { UnixStream::connect(path).await.map(TokioIo::new) })
+    })
+}
+
+/// `channel` when given, else a connection of its own to `endpoint` ([`grpc_channel`]).
+async fn channel_or_connect(
+    channel: Option<&Channel>,
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<Channel, ProbeError> {
+    match channel {
+        Some(channel) => Ok(channel.clone()),
+        None => grpc_channel(endpoint, timeout).await,
     }
 }
 
@@ -738,10 +748,7 @@ pub async fn grpc_controller_shutdown_over(
 ) -> Result<(), ProbeError> {
     let what = format!("grpc controller shutdown at {}", target_of(endpoint));
     let call = async {
-        let channel = match channel {
-            Some(channel) => channel.clone(),
-            None => grpc_channel(endpoint, timeout).await?,
-        };
+        let channel = channel_or_connect(channel, endpoint, timeout).await?;
         let mut grpc = tonic::client::Grpc::new(channel);
         let rpc_err = |status: tonic::Status| ProbeError::Rpc {
             what: "grpc controller shutdown".into(),
