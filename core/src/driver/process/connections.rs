@@ -259,31 +259,45 @@ mod tests {
         assert_eq!(outside_connections(&ep), Some(0));
     }
 
-    /// A caller in another process (bash's `/dev/tcp`) connected to `addr`, and its
-    /// server end accepted; killed when dropped.
-    fn outside_caller(
-        listener: &std::net::TcpListener,
-        addr: SocketAddr,
-    ) -> (std::process::Child, std::net::TcpStream) {
-        let script = format!(
-            "exec 3<>/dev/tcp/{}/{} && echo connected && exec sleep 30",
-            addr.ip(),
-            addr.port()
-        );
-        let mut child = std::process::Command::new("bash")
-            .args(["-c", &script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
+    /// A caller in another process (bash's `/dev/tcp`) connected to a listener, with the
+    /// server end accepted; killed and reaped when dropped.
+    struct OutsideCaller {
+        child: std::process::Child,
+        _served: std::net::TcpStream,
+    }
+
+    impl OutsideCaller {
+        fn connect(listener: &std::net::TcpListener, addr: SocketAddr) -> Self {
+            let script = format!(
+                "exec 3<>/dev/tcp/{}/{} && echo connected && exec sleep 30",
+                addr.ip(),
+                addr.port()
+            );
+            let mut child = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut line,
+            )
             .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "connected");
-        let (served, _) = listener.accept().unwrap();
-        (child, served)
+            assert_eq!(line.trim(), "connected");
+            let (served, _) = listener.accept().unwrap();
+            OutsideCaller {
+                child,
+                _served: served,
+            }
+        }
+    }
+
+    impl Drop for OutsideCaller {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 
     #[test]
@@ -298,11 +312,8 @@ mod tests {
         let announced: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
         let ep = endpoint(Network::Tcp, announced.to_string());
         assert_eq!(outside_connections(&ep), Some(0));
-        let (mut caller, _served) = outside_caller(&listener, announced);
-        let counted = outside_connections(&ep);
-        let _ = caller.kill();
-        let _ = caller.wait();
-        assert_eq!(counted, Some(1));
+        let _caller = OutsideCaller::connect(&listener, announced);
+        assert_eq!(outside_connections(&ep), Some(1));
     }
 
     #[test]
@@ -310,13 +321,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let ep = endpoint(Network::Tcp, addr.to_string());
-        let (mut caller, _served) = outside_caller(&listener, addr);
+        let _caller = OutsideCaller::connect(&listener, addr);
         let _ours = std::net::TcpStream::connect(addr).unwrap();
         let (_ours_served, _) = listener.accept().unwrap();
-        let counted = outside_connections(&ep);
-        let _ = caller.kill();
-        let _ = caller.wait();
-        assert_eq!(counted, Some(1));
+        assert_eq!(outside_connections(&ep), Some(1));
     }
 
     #[test]
