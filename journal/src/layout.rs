@@ -138,11 +138,26 @@ pub(crate) fn decode_value<T: DeserializeOwned>(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, JournalError> {
-    codec::decode(tree_value_name(tree, key), bytes).map_err(|source| JournalError::CorruptValue {
+    codec::decode(tree_value_name(tree, key), bytes).map_err(|source| corrupt(tree, key, source))
+}
+
+/// The first fields of a stored value (a prefix of its type, e.g. `(ReloadId, SlotName)`
+/// of a reload view), the rest left unread; errors as [`decode_value`]'s.
+pub(crate) fn decode_value_prefix<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, JournalError> {
+    codec::decode_prefix(tree_value_name(tree, key), bytes)
+        .map_err(|source| corrupt(tree, key, source))
+}
+
+fn corrupt(tree: &'static str, key: &[u8], source: codec::CodecError) -> JournalError {
+    JournalError::CorruptValue {
         tree,
         key: describe_key(tree, key),
         source,
-    })
+    }
 }
 
 fn tree_value_name(tree: &str, key: &[u8]) -> &'static str {

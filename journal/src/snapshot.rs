@@ -143,14 +143,8 @@ impl Journal {
                 let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
                 // The view starts with the reload's id and slot: a reload of a slot that
                 // has its newest already is skipped without decoding the rest.
-                let (_, slot): (ReloadId, SlotName) = codec::decode_prefix("reload view", &bytes)
-                    .map_err(|source| {
-                    JournalError::CorruptValue {
-                        tree: RELOADS,
-                        key: crate::layout::describe_key(RELOADS, &key),
-                        source,
-                    }
-                })?;
+                let (_, slot): (ReloadId, SlotName) =
+                    crate::layout::decode_value_prefix(RELOADS, &key, &bytes)?;
                 let known = names.contains(&slot);
                 let kept = per_slot.entry(slot).or_default();
                 if kept.len() < RELOADS_PER_SLOT {
