@@ -192,7 +192,7 @@ impl Context {
     /// a crashed run left behind (`Supervisor::recover_needed`: active generations that
     /// still run are left as they are, for the command to act on).
     pub async fn supervisor(&self) -> Result<Supervisor, CliError> {
-        let supervisor = self.open_registering(false).await?;
+        let supervisor = self.open_unregistered().await?;
         // A recovery that fails drops (closes) the journal here: `stop` may then go on
         // without it, taking the lock itself.
         supervisor.recover_needed().await?;
@@ -222,12 +222,11 @@ impl Context {
     /// Opens the state directory with every configured slot registered. When another
     /// process holds it, waits as `--wait` says (telling so once on stderr).
     pub async fn open_supervisor(&self) -> Result<Supervisor, CliError> {
-        self.open_registering(true).await
+        Ok(self.register(self.open_unregistered().await?))
     }
 
-    /// [`Context::open_supervisor`], registered for [`Context::close_for_exit`] when
-    /// `register`.
-    async fn open_registering(&self, register: bool) -> Result<Supervisor, CliError> {
+    /// [`Context::open_supervisor`], not yet kept for [`Context::close_for_exit`].
+    async fn open_unregistered(&self) -> Result<Supervisor, CliError> {
         let supervisor = self
             .wait_for_lock(
                 || Supervisor::open(&self.state_dir),
@@ -237,11 +236,7 @@ impl Context {
         for slot in &self.config.slots {
             supervisor.add_process_slot(slot.clone());
         }
-        Ok(if register {
-            self.register(supervisor)
-        } else {
-            supervisor
-        })
+        Ok(supervisor)
     }
 
     /// Keeps `supervisor`'s journal for [`Context::close_for_exit`].
