@@ -192,7 +192,9 @@ impl Context {
     /// a crashed run left behind (`Supervisor::recover_needed`: active generations that
     /// still run are left as they are, for the command to act on).
     pub async fn supervisor(&self) -> Result<Supervisor, CliError> {
-        let supervisor = self.open_unregistered().await?;
+        let supervisor = self
+            .open_unregistered(|dir| Supervisor::open_for_command(dir))
+            .await?;
         // A recovery that fails drops (closes) the journal here: `stop` may then go on
         // without it, taking the lock itself.
         supervisor.recover_needed().await?;
@@ -219,17 +221,25 @@ impl Context {
         Ok(supervisor)
     }
 
-    /// Opens the state directory with every configured slot registered. When another
-    /// process holds it, waits as `--wait` says (telling so once on stderr).
+    /// Opens the state directory with every configured slot registered, and the journal
+    /// with its index (sled), which the open heals from the log if it is damaged or
+    /// behind: what `recover` wants. When another process holds it, waits as `--wait`
+    /// says (telling so once on stderr).
     pub async fn open_supervisor(&self) -> Result<Supervisor, CliError> {
-        Ok(self.register(self.open_unregistered().await?))
+        let supervisor = self.open_unregistered(|dir| Supervisor::open(dir)).await?;
+        Ok(self.register(supervisor))
     }
 
-    /// [`Context::open_supervisor`], not yet kept for [`Context::close_for_exit`].
-    async fn open_unregistered(&self) -> Result<Supervisor, CliError> {
+    /// Opens the state directory with `open` ([`Supervisor::open_for_command`] or
+    /// [`Supervisor::open`]) and registers every configured slot; not yet kept for
+    /// [`Context::close_for_exit`].
+    async fn open_unregistered(
+        &self,
+        open: fn(&Path) -> Result<Supervisor, SupervisorError>,
+    ) -> Result<Supervisor, CliError> {
         let supervisor = self
             .wait_for_lock(
-                || Supervisor::open(&self.state_dir),
+                || open(&self.state_dir),
                 |e| matches!(e, SupervisorError::Journal(JournalError::Locked { .. })),
             )
             .await?;

@@ -70,6 +70,16 @@ pub enum JournalError {
         /// The journal directory.
         dir: PathBuf,
     },
+    /// The operation needs sled's index, which this handle did not open (a
+    /// [`crate::LogJournal`], opened from the log alone for a one-shot command).
+    #[error("journal {}: {what} needs the journal's index, which this handle (opened from the log alone) did not open", dir.display())]
+    NeedsIndex {
+        /// The journal directory.
+        dir: PathBuf,
+        /// What was asked for.
+        what: String,
+    },
+
     /// Something the caller expected to exist is not in the journal.
     #[error("not in the journal: {0}")]
     Missing(String),

@@ -75,6 +75,8 @@ pub struct Journal {
     read_only: bool,
     /// Why sled was derived again from the log at open, if it was.
     rebuilt: Option<RebuildNote>,
+    /// The index mark (see [`crate::index_mark`]) as this handle last read or wrote it.
+    index_mark: Mutex<Option<u64>>,
     _lock: DirLock,
 }
 
@@ -227,6 +229,26 @@ fn guard_sled<T>(
             ),
         }),
     }
+}
+
+/// The log frames of `records`, in order.
+pub(crate) fn log_frames(records: &[Record]) -> Result<Vec<u8>, JournalError> {
+    let mut frames = Vec::new();
+    for record in records {
+        frames.extend(frame(KIND_RECORD, &codec::encode_record(record)?));
+    }
+    Ok(frames)
+}
+
+/// Bytes of the log and of sled's files in the journal directory `dir` (the archive and
+/// backups not counted): what compaction bounds. Unreadable entries count as 0.
+pub(crate) fn size_on_disk(dir: &Path) -> u64 {
+    [crate::segment_log::LOG_DIR, SLED_DIR]
+        .iter()
+        .filter_map(|sub| crate::sled_dir::list_tree(&dir.join(sub), "sizing").ok())
+        .flat_map(|listing| listing.files)
+        .map(|(_, len)| len)
+        .sum()
 }
 
 /// Reads and decodes the record with sequence number `seq`, if it exists.
@@ -782,6 +804,7 @@ impl Journal {
             flush_count: AtomicU64::new(0),
             failed: HandleFailure::default(),
             rebuilt: None,
+            index_mark: Mutex::new(crate::index_mark::read(dir)),
             _lock: dir_lock,
         }
     }
@@ -843,16 +866,7 @@ impl Journal {
             _ => None,
         };
         let scan = rebuild::scan(&reader, mark.seq, sled_tip)?;
-        check_log(dir, &reader, &scan, mark)?;
-        if let Some(damage) = &scan.damage {
-            tracing::warn!(
-                dir = %dir.display(),
-                %damage,
-                "the log ends with an unflushed tail after its last durable point (seq {}): cutting it",
-                mark.seq
-            );
-        }
-        let writer = LogWriter::append_to(dir, scan.end.segment, scan.end.offset)?;
+        let writer = rebuild::writer_after(dir, &reader, &scan, mark)?;
         let log_empty = scan.records == 0 && scan.base.seq == 0;
         let old_format = match &sled_meta {
             Some(Ok(Some(meta))) if meta.format < JOURNAL_FORMAT => Some(meta.format),
@@ -1084,10 +1098,7 @@ impl Journal {
     /// Appends the frames of `records` (just committed to sled) to the log; a failure fails
     /// the handle (sled is then ahead of the log, and the next open derives it again).
     pub(crate) fn append_to_log(&self, records: &[Record]) -> Result<(), JournalError> {
-        let mut frames = Vec::new();
-        for record in records {
-            frames.extend(frame(KIND_RECORD, &codec::encode_record(record)?));
-        }
+        let frames = log_frames(records)?;
         let mut log = lock(&self.log);
         let Some(writer) = log.as_mut() else {
             return Ok(());
@@ -1156,6 +1167,10 @@ impl Journal {
         if let Err(e) = synced {
             return Err(self.fail(format!("making seq {} durable: {e}", target.seq)));
         }
+        if how == Flush::Full {
+            crate::index_mark::write(&self.dir, target.seq);
+            *lock(&self.index_mark) = Some(target.seq);
+        }
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);
         }
@@ -1180,21 +1195,24 @@ impl Journal {
     /// [`Journal::flush`] for a process that exits next without closing the journal: the
     /// log and the witness are made durable and the projection snapshot written, sled (the
     /// index, which the next open catches up from the log) is left to what its own writes
-    /// already did. Not counted by [`Journal::flush_count`].
+    /// already did, unless it lags the log by more than half of what
+    /// [`crate::open_for_command`] lets a one-shot command leave it behind: then sled is
+    /// flushed too and the index mark moved. Not counted by [`Journal::flush_count`].
     pub fn flush_for_exit(&self) -> Result<(), JournalError> {
         let tip = *lock(&self.tip);
-        self.durable_flush(tip, Flush::LogOnly)
+        let mark = *lock(&self.index_mark);
+        let how = if crate::index_mark::lags(mark, tip.seq, crate::index_mark::INDEX_LAG_MAX / 2) {
+            Flush::Full
+        } else {
+            Flush::LogOnly
+        };
+        self.durable_flush(tip, how)
     }
 
     /// Bytes of the log and of sled's files (the archive and backups not counted): what
     /// compaction bounds. Unreadable entries count as 0.
     pub fn size_bytes(&self) -> u64 {
-        [crate::segment_log::LOG_DIR, SLED_DIR]
-            .iter()
-            .filter_map(|sub| crate::sled_dir::list_tree(&self.dir.join(sub), "sizing").ok())
-            .flat_map(|listing| listing.files)
-            .map(|(_, len)| len)
-            .sum()
+        size_on_disk(&self.dir)
     }
 
     /// The last sequence number committed (0 for an empty journal).

@@ -41,9 +41,11 @@ mod error;
 mod export;
 mod failure;
 mod history;
+pub mod index_mark;
 mod journal;
 pub mod layout;
 mod lock;
+mod log_journal;
 mod log_read;
 mod memory;
 mod projection;
@@ -67,6 +69,7 @@ pub use export::{salvage, salvage_with, ExportReport};
 pub use journal::{Journal, CACHE_CAPACITY};
 pub use layout::JOURNAL_FORMAT;
 pub use lock::{DirLock, OWN_RELEASE_WAIT};
+pub use log_journal::{open_for_command, LogJournal};
 pub use log_read::{read_records, replay_log, verify_log, LogRead};
 pub use memory::MemoryJournal;
 pub use projection::{History, ReloadView, ReplayState, SlotView, StageMark};
@@ -85,6 +88,7 @@ mod tests {
         fn shared<T: Send + Sync>() {}
         shared::<crate::Journal>();
         shared::<crate::MemoryJournal>();
+        shared::<crate::LogJournal>();
         shared::<std::sync::Arc<dyn crate::JournalStore>>();
         shared::<crate::Record>();
         shared::<crate::JournalError>();

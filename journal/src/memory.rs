@@ -66,6 +66,29 @@ struct MemoryState {
 }
 
 impl MemoryState {
+    /// Folds one item of the log in (a compaction base replaces everything before it).
+    fn fold(&mut self, item: &crate::segment_log::LogItem) {
+        use crate::segment_log::LogItem;
+        match item {
+            LogItem::Base(base) => {
+                let folded = crate::log_read::base_state(base);
+                self.base = folded.clone();
+                self.current = folded;
+                self.base_chain = base.chain;
+                self.last_chain = base.chain;
+            }
+            LogItem::Kept(record) => {
+                // Kept for audit from before the base: its chain value is not in the log.
+                self.records.insert(record.seq, (record.clone(), 0));
+            }
+            LogItem::Record { record, chain, .. } => {
+                self.current.apply(record);
+                self.records.insert(record.seq, (record.clone(), *chain));
+                self.last_chain = *chain;
+            }
+        }
+    }
+
     fn tip(&self) -> WitnessMark {
         WitnessMark {
             seq: self.current.seq,
@@ -108,32 +131,82 @@ impl MemoryJournal {
         crate::log_read::read_strictly(dir, |item| {
             match item {
                 None => state = MemoryState::default(),
-                Some(crate::segment_log::LogItem::Base(base)) => {
-                    let folded = crate::log_read::base_state(base);
-                    state.base = folded.clone();
-                    state.current = folded;
-                    state.base_chain = base.chain;
-                    state.last_chain = base.chain;
-                }
-                Some(crate::segment_log::LogItem::Kept(record)) => {
-                    // Kept for audit from before the base: its chain value is not in the log.
-                    state.records.insert(record.seq, (record.clone(), 0));
-                }
-                Some(crate::segment_log::LogItem::Record { record, chain, .. }) => {
-                    state.current.apply(record);
-                    state.records.insert(record.seq, (record.clone(), *chain));
-                    state.last_chain = *chain;
-                }
+                Some(item) => state.fold(item),
             }
             Ok(())
         })?;
-        Ok(MemoryJournal {
-            label: dir.to_path_buf(),
+        Ok(MemoryJournal::loaded(dir, state, true))
+    }
+
+    /// The journal the log `reader` holds, folded in one pass that also checks it as
+    /// [`crate::rebuild::scan`] does (`witness`: the durable point whose chain is wanted).
+    /// Writable: for [`crate::LogJournal`], which holds the lock and appends to the log.
+    pub(crate) fn from_scan(
+        dir: &Path,
+        reader: &crate::segment_log::LogReader,
+        witness: u64,
+    ) -> Result<(MemoryJournal, crate::rebuild::LogScan), JournalError> {
+        let mut state = MemoryState::default();
+        let scan = crate::rebuild::scan_with(reader, witness, None, |item| {
+            state.fold(item);
+            Ok(())
+        })?;
+        Ok((MemoryJournal::loaded(dir, state, false), scan))
+    }
+
+    fn loaded(label: &Path, state: MemoryState, read_only: bool) -> MemoryJournal {
+        MemoryJournal {
+            label: label.to_path_buf(),
             state: Mutex::new(state),
             flush_count: AtomicU64::new(0),
             failed: HandleFailure::default(),
-            read_only: true,
-        })
+            read_only,
+        }
+    }
+
+    /// The last record's sequence number and chain value.
+    pub(crate) fn tip(&self) -> WitnessMark {
+        self.state().tip()
+    }
+
+    /// What a projection snapshot holds, read under one lock so the parts agree: the last
+    /// sequence number, every slot, the newest `per_slot` reloads of every slot plus every
+    /// reload in flight (oldest first), and the records from `records_from` on.
+    pub(crate) fn snapshot_parts(
+        &self,
+        per_slot: usize,
+        records_kept: u64,
+    ) -> (u64, Vec<SlotView>, Vec<ReloadView>, Vec<Record>) {
+        let state = self.state();
+        let seq = state.current.seq;
+        let slots: Vec<SlotView> = state.current.slots.values().cloned().collect();
+        let in_flight: std::collections::HashSet<ReloadId> =
+            slots.iter().filter_map(|s| s.slot.in_flight).collect();
+        let mut by_slot: BTreeMap<&SlotName, Vec<&ReloadView>> = BTreeMap::new();
+        for view in state.current.reloads.values() {
+            by_slot.entry(&view.reload.slot).or_default().push(view);
+        }
+        let mut reloads = Vec::new();
+        for mut views in by_slot.into_values() {
+            views.sort_by_key(|v| std::cmp::Reverse(v.created_seq()));
+            let newest = views.len().min(per_slot);
+            let (kept, older) = views.split_at(newest);
+            reloads.extend(kept.iter().map(|v| (*v).clone()));
+            reloads.extend(
+                older
+                    .iter()
+                    .filter(|v| in_flight.contains(&v.reload.id))
+                    .map(|v| (*v).clone()),
+            );
+        }
+        reloads.sort_by_key(ReloadView::created_seq);
+        let from = seq.saturating_sub(records_kept.saturating_sub(1)).max(1);
+        let records = state
+            .records
+            .range(from..)
+            .map(|(_, (record, _))| record.clone())
+            .collect();
+        (seq, slots, reloads, records)
     }
 
     fn state(&self) -> MutexGuard<'_, MemoryState> {

@@ -401,6 +401,27 @@ pub(crate) fn note(dir: &Path, reason: String, records: u64) -> Result<RebuildNo
     Ok(note)
 }
 
+/// Checks the log as [`check_log`] does and opens its last segment for appending after
+/// the last good frame: an unflushed tail after the durable point `mark` is cut, with a
+/// warning (a crash leaves one).
+pub(crate) fn writer_after(
+    dir: &Path,
+    reader: &LogReader,
+    scan: &LogScan,
+    mark: WitnessMark,
+) -> Result<crate::segment_log::LogWriter, JournalError> {
+    check_log(dir, reader, scan, mark)?;
+    if let Some(damage) = &scan.damage {
+        tracing::warn!(
+            dir = %dir.display(),
+            %damage,
+            "the log ends with an unflushed tail after its last durable point (seq {}): cutting it",
+            mark.seq
+        );
+    }
+    crate::segment_log::LogWriter::append_to(dir, scan.end.segment, scan.end.offset)
+}
+
 /// Refuses a log that lost or damaged what the witness says was durable: damage at or before
 /// the witness's seq, a log that ends before it, or a different record there. Damage after
 /// it is an unflushed tail (cut by a writer; a reader stops before it), which the caller

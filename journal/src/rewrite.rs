@@ -40,6 +40,14 @@ const OLD_DIR: &str = "sled.old";
 /// Entries per insert batch while copying.
 const BATCH: usize = 4096;
 
+/// Whether sled's files wait for work only an open with sled can do: a rewrite asked for,
+/// or one (or a derivation from the log) interrupted.
+pub(crate) fn pending(dir: &Path) -> bool {
+    [REWRITE_MARKER, BUILD_DIR, OLD_DIR]
+        .iter()
+        .any(|name| dir.join(name).exists())
+}
+
 /// Asks for a rewrite at the next open (durably: the marker file and its directory entry are
 /// synced).
 pub(crate) fn request(dir: &Path) -> Result<(), JournalError> {

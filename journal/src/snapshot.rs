@@ -118,11 +118,7 @@ impl Journal {
     /// reloads and records agree) into the snapshot file. Called at every durable point; a
     /// failure is logged, never the caller's: the snapshot only serves readers.
     pub(crate) fn refresh_snapshot(&self) {
-        if let Err(e) = self.write_snapshot() {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "writing the projection snapshot");
-            // Never leave an older snapshot behind for readers to trust.
-            let _ = std::fs::remove_file(Snapshot::path(&self.dir));
-        }
+        Snapshot::written_or_removed(&self.dir, self.write_snapshot());
     }
 
     fn write_snapshot(&self) -> Result<(), JournalError> {
@@ -165,35 +161,69 @@ impl Journal {
             let mut reloads: Vec<ReloadView> = per_slot.into_values().flatten().collect();
             reloads.sort_by_key(ReloadView::created_seq);
             let from = seq.saturating_sub(RECORDS_KEPT - 1).max(1);
-            let records = self
-                .events(from)
-                .filter_map(Result::ok)
-                .map(|r| codec::encode_record(&r))
-                .collect::<Result<Vec<_>, _>>()?;
-            Snapshot {
-                format: SNAPSHOT_FORMAT,
-                seq,
-                written_at: Utc::now(),
-                writer_pid: std::process::id(),
-                slots,
-                reloads,
-                records,
-            }
+            let records: Vec<Record> = self.events(from).filter_map(Result::ok).collect();
+            Snapshot::written_now(seq, slots, reloads, &records)?
         };
-        // Too large for the codec's limit: keep the newest half of what is optional until
-        // it fits.
+        snapshot.store_fitting(&self.dir)
+    }
+}
+
+impl Snapshot {
+    /// The snapshot at `seq` of these projections and last records, written now by this
+    /// process.
+    fn written_now(
+        seq: u64,
+        slots: Vec<SlotView>,
+        reloads: Vec<ReloadView>,
+        records: &[Record],
+    ) -> Result<Snapshot, JournalError> {
+        Ok(Snapshot {
+            format: SNAPSHOT_FORMAT,
+            seq,
+            written_at: Utc::now(),
+            writer_pid: std::process::id(),
+            slots,
+            reloads,
+            records: records
+                .iter()
+                .map(codec::encode_record)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// [`Snapshot::store`]; when the snapshot is too large for the codec's limit, the
+    /// older half of what is optional (records, reloads) is left out until it fits.
+    fn store_fitting(&mut self, dir: &Path) -> Result<(), JournalError> {
         loop {
-            match snapshot.store(&self.dir) {
+            match self.store(dir) {
                 Err(JournalError::Codec(codec::CodecError::TooLarge { .. }))
-                    if !snapshot.records.is_empty() || snapshot.reloads.len() > 1 =>
+                    if !self.records.is_empty() || self.reloads.len() > 1 =>
                 {
-                    let records = snapshot.records.len() / 2;
-                    snapshot.records.drain(..records);
-                    let reloads = snapshot.reloads.len() / 2;
-                    snapshot.reloads.drain(..reloads);
+                    let records = self.records.len() / 2;
+                    self.records.drain(..records);
+                    let reloads = self.reloads.len() / 2;
+                    self.reloads.drain(..reloads);
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Writes the snapshot of `journal` (the projections a [`crate::LogJournal`] holds in
+    /// memory) into `dir`, as [`Journal`] does at its durable points.
+    pub(crate) fn refresh_from_memory(dir: &Path, journal: &MemoryJournal) {
+        let (seq, slots, reloads, records) = journal.snapshot_parts(RELOADS_PER_SLOT, RECORDS_KEPT);
+        let written = Snapshot::written_now(seq, slots, reloads, &records)
+            .and_then(|mut snapshot| snapshot.store_fitting(dir));
+        Snapshot::written_or_removed(dir, written);
+    }
+
+    /// After a snapshot write: a failure is logged and the old snapshot removed, never left
+    /// behind for readers to trust.
+    fn written_or_removed(dir: &Path, written: Result<(), JournalError>) {
+        if let Err(e) = written {
+            tracing::warn!(dir = %dir.display(), error = %e, "writing the projection snapshot");
+            let _ = std::fs::remove_file(Snapshot::path(dir));
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use common::*;
 use proptest::prelude::*;
 use tryswap_fsm::{Command, Generation, Mode, Reason, Rejected, ReloadId, SlotName, World};
-use tryswap_journal::{Journal, JournalError, JournalStore, MemoryJournal, ReloadView};
+use tryswap_journal::{Journal, JournalError, JournalStore, LogJournal, MemoryJournal, ReloadView};
 
 /// A store under test, with what keeps it alive.
 struct Subject {
@@ -26,6 +26,18 @@ fn sled() -> Subject {
     }
 }
 
+/// The journal served from its log alone (what one-shot commands use): a journal created
+/// with sled, then reopened as a [`LogJournal`].
+fn log() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Journal::open(dir.path()).unwrap());
+    let journal = LogJournal::open(dir.path()).unwrap();
+    Subject {
+        journal: Box::new(journal),
+        _dir: Some(dir),
+    }
+}
+
 fn memory() -> Subject {
     Subject {
         journal: Box::new(MemoryJournal::new()),
@@ -33,9 +45,10 @@ fn memory() -> Subject {
     }
 }
 
-/// Runs every named test against the store `$open` makes, in module `$store`.
+/// Runs every named test against the store `$open` makes, in module `$store`; with
+/// `compacts`, also the compaction tests.
 macro_rules! conformance {
-    ($store:ident: $($test:ident),* $(,)?) => {
+    ($store:ident $(, $compacts:ident)?: $($test:ident),* $(,)?) => {
         mod $store {
             use super::*;
 
@@ -53,39 +66,63 @@ macro_rules! conformance {
                 fn projections_equal_the_fold(intents in intents(120)) {
                     super::projections_equal_the_fold(&*super::$store().journal, &intents);
                 }
+            }
 
-                #[test]
-                fn compaction_keeps_projections(
-                    intents in intents(120),
-                    more in intents(30),
-                    keep in 0usize..3,
-                ) {
-                    super::compaction_keeps_projections(&*super::$store().journal, &intents, &more, keep);
-                }
+            $(conformance!(@$compacts $store);)?
+        }
+    };
+    (@compacts $store:ident) => {
+        #[test]
+        fn compaction_trims_history_and_refuses_a_rollback_to_a_trimmed_generation() {
+            super::compaction_trims_history_and_refuses_a_rollback_to_a_trimmed_generation(
+                &*super::$store().journal,
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+            #[test]
+            fn compaction_keeps_projections(
+                intents in intents(120),
+                more in intents(30),
+                keep in 0usize..3,
+            ) {
+                super::compaction_keeps_projections(&*super::$store().journal, &intents, &more, keep);
             }
         }
     };
 }
 
-/// The conformance suite for one store.
+/// The conformance suite for one store (`compacts`: the store compacts).
 macro_rules! suite {
-    ($store:ident) => {
-        conformance!($store:
+    ($store:ident $(, $compacts:ident)?) => {
+        conformance!($store $(, $compacts)?:
             a_successful_activate_makes_exactly_two_durable_flushes,
             a_rolled_back_reload_makes_one_durable_flush,
             stage_marks_and_timestamps_follow_the_events,
             execute_all_is_all_or_nothing,
             an_illegal_command_is_rejected_and_writes_nothing,
             events_and_replay_follow_the_sequence,
-            compaction_trims_history_and_refuses_a_rollback_to_a_trimmed_generation,
             a_failed_handle_refuses_every_write_and_keeps_the_first_cause,
             a_bake_is_journaled_durably_and_a_revert_restores_the_standby,
         );
     };
 }
 
-suite!(sled);
-suite!(memory);
+suite!(sled, compacts);
+suite!(memory, compacts);
+suite!(log);
+
+/// A store served from the log alone leaves compaction to the sled journal, with an error
+/// that says so.
+#[test]
+fn the_log_store_refuses_compaction_and_names_the_index() {
+    let subject = log();
+    let err = subject.journal.compact(1).unwrap_err();
+    assert!(matches!(err, JournalError::NeedsIndex { .. }), "{err}");
+    assert!(err.to_string().contains("compaction"), "{err}");
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]

@@ -91,6 +91,15 @@ fn two_thousand_idle_connections_leave_the_cli_answering_and_no_false_crash() {
     );
     assert_eq!(status.json()["slots"][0]["active"]["pid"], pid);
 
+    // The monitor lists a slot once its first check ran (the daemon may answer before).
+    let listed = Instant::now() + Duration::from_secs(10);
+    while daemon.get("/v1/monitor").expect("monitor answers").json()["slots"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(Instant::now() < listed, "the monitor never listed the slot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // While the connections stay open, the keep-alive keeps seeing the plugin alive.
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {

@@ -67,14 +67,19 @@ fn fixture() -> Fixture {
     let journal = h.state_dir.join("journal");
     let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
     let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
-    assert_eq!(h.activate("demo", &v1).code, 0);
-    let stop = h.tryswap(&["stop", "demo"]);
-    assert_eq!(stop.code, 0, "{stop:?}");
+    // One-shot commands leave sled closed (they write the log alone): `recover` opens
+    // sled, which catches up with the log, so sled's files hold each step's records.
+    let step = |config: &Path| {
+        assert_eq!(h.activate("demo", config).code, 0);
+        for args in [&["stop", "demo"][..], &["recover"]] {
+            let run = h.tryswap(args);
+            assert_eq!(run.code, 0, "{run:?}");
+        }
+    };
+    step(&v1);
     let older = h.state.join("journal-older");
     copy_dir(&journal, &older);
-    assert_eq!(h.activate("demo", &v2).code, 0);
-    let stop = h.tryswap(&["stop", "demo"]);
-    assert_eq!(stop.code, 0, "{stop:?}");
+    step(&v2);
     assert!(h.state.processes().is_empty(), "a plugin still runs");
     let pristine = h.state.join("journal-pristine");
     copy_dir(&journal, &pristine);

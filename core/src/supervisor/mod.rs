@@ -315,15 +315,33 @@ impl Supervisor {
     /// Opens (or creates) the state directory: its journal and store. Fails at once if
     /// another process holds the journal. Register slots next, then call [`Supervisor::attach`].
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, SupervisorError> {
-        let state_dir = absolute(state_dir.as_ref())?;
+        Self::open_journal(state_dir.as_ref(), |dir| {
+            Ok(Arc::new(Journal::open(dir)?) as Arc<dyn JournalStore>)
+        })
+    }
+
+    /// [`Supervisor::open`] for a process that runs one command and exits: the journal is
+    /// opened with [`tryswap_journal::open_for_command`], which serves it from its log
+    /// alone (sled, the index, stays closed and is caught up by the next long-lived open)
+    /// as long as sled lags the log by a bounded number of records. The durable points
+    /// are the same; end with [`Supervisor::close_for_exit`].
+    pub fn open_for_command(state_dir: impl AsRef<Path>) -> Result<Self, SupervisorError> {
+        Self::open_journal(state_dir.as_ref(), tryswap_journal::open_for_command)
+    }
+
+    fn open_journal(
+        state_dir: &Path,
+        open: impl FnOnce(&Path) -> Result<Arc<dyn JournalStore>, JournalError>,
+    ) -> Result<Self, SupervisorError> {
+        let state_dir = absolute(state_dir)?;
         private_state_dir(&state_dir)?;
-        let journal = Journal::open(&state_dir.join("journal"))?;
+        let journal = open(&state_dir.join("journal"))?;
         for private in ["journal", "store"] {
             if let Err(e) = crate::file_modes::private_tree(&state_dir.join(private)) {
                 tracing::warn!(error = %e, "taking group and other bits off {private}/");
             }
         }
-        Self::with_journal(state_dir, Arc::new(journal))
+        Self::with_journal(state_dir, journal)
     }
 
     /// Like [`Supervisor::open`], but keeps the journal in `journal` instead of the sled

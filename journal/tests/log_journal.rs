@@ -1,0 +1,147 @@
+//! The journal served from its log alone (`LogJournal`, what one-shot commands open) on
+//! disk: sled catches up with what it wrote without a rebuild, `open_for_command` bounds
+//! how far sled may lag, and a damaged log is refused as `Journal::open` refuses it.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use tryswap_fsm::ReloadId;
+use tryswap_journal::index_mark::{INDEX_LAG_MAX, INDEX_MARK_FILE};
+use tryswap_journal::segment_log::segment_path;
+use tryswap_journal::{open_for_command, Journal, JournalError, JournalStore, LogJournal};
+
+/// Whether `open_for_command` gave the store served from the log alone.
+fn is_log_only(journal: &dyn JournalStore) -> bool {
+    format!("{journal:?}").starts_with("LogJournal")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Writes through sled, then the log alone, then sled again give the records and
+    /// projections of writes through sled only; sled catches up with the log's records
+    /// without being derived again, and verifies clean.
+    #[test]
+    fn sled_catches_up_with_what_the_log_store_wrote(
+        first in intents(40),
+        middle in intents(40),
+        last in intents(20),
+    ) {
+        let reference = tempfile::tempdir().unwrap();
+        let mut expected = Driver::default();
+        {
+            let journal = Journal::open(reference.path()).unwrap();
+            for part in [&first, &middle, &last] {
+                expected.run(&journal, part);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut driver = Driver::default();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            driver.run(&journal, &first);
+        }
+        {
+            let journal = LogJournal::open(dir.path()).unwrap();
+            driver.run(&journal, &middle);
+            prop_assert!(journal.verify().unwrap().is_ok());
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        prop_assert!(journal.rebuilt().is_none(), "{:?}", journal.rebuilt());
+        driver.run(&journal, &last);
+        prop_assert_eq!(&driver.records, &expected.records);
+        let reference = Journal::open_for_inspection(reference.path());
+        drop(journal);
+        let journal = Journal::open_for_inspection(dir.path()).unwrap();
+        let reference = reference.unwrap();
+        prop_assert_eq!(journal.slots().unwrap(), reference.slots().unwrap());
+        prop_assert_eq!(
+            journal.replay(u64::MAX).unwrap(),
+            reference.replay(u64::MAX).unwrap()
+        );
+        let report = journal.verify().unwrap();
+        prop_assert!(report.is_ok(), "{report:?}");
+    }
+}
+
+#[test]
+fn a_command_leaves_sled_closed_only_while_it_lags_the_log_by_a_bounded_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let slot = slot_name(0);
+    // A new journal needs sled (it creates it); its close marks sled's end.
+    let journal = open_for_command(dir.path()).unwrap();
+    assert!(!is_log_only(&*journal), "{journal:?}");
+    full_activate(&*journal, &slot, ReloadId::from_u128(1), 1);
+    drop(journal);
+    let marked = std::fs::read_to_string(dir.path().join(INDEX_MARK_FILE)).unwrap();
+    assert_eq!(marked.trim(), "5");
+
+    // Then commands leave sled closed until it lags by more than INDEX_LAG_MAX records.
+    let mut id = 2u128;
+    // 250 records per command: sled must be opened by the tenth.
+    for command in 0.. {
+        assert!(command < 10, "sled was never opened again");
+        let journal = open_for_command(dir.path()).unwrap();
+        let lag = journal.last_seq() - 5;
+        if !is_log_only(&*journal) {
+            assert!(lag > INDEX_LAG_MAX, "sled opened at a lag of {lag}");
+            // This command brings sled up to date when it exits.
+            full_activate(&*journal, &slot, ReloadId::from_u128(id), id as u8);
+            let end = journal.last_seq();
+            journal.flush_for_exit().unwrap();
+            drop(journal);
+            let marked = std::fs::read_to_string(dir.path().join(INDEX_MARK_FILE)).unwrap();
+            assert_eq!(marked.trim(), end.to_string());
+            break;
+        }
+        assert!(lag <= INDEX_LAG_MAX, "sled left closed at a lag of {lag}");
+        for _ in 0..50 {
+            full_activate(&*journal, &slot, ReloadId::from_u128(id), id as u8);
+            id += 1;
+        }
+        drop(journal);
+    }
+    let journal = open_for_command(dir.path()).unwrap();
+    assert!(is_log_only(&*journal), "{journal:?}");
+    drop(journal);
+    // sled holds everything: nothing to derive again.
+    let journal = Journal::open(dir.path()).unwrap();
+    assert!(journal.rebuilt().is_none(), "{:?}", journal.rebuilt());
+    assert!(journal.verify().unwrap().is_ok());
+}
+
+#[test]
+fn damage_before_the_durable_point_is_refused_with_its_seq_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        full_activate(&journal, &slot_name(0), ReloadId::from_u128(1), 1);
+    }
+    let segment = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    let err = LogJournal::open(dir.path()).unwrap_err();
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("seq"), "{err}");
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "the log was written"
+    );
+    let err = open_for_command(dir.path()).unwrap_err();
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn another_holder_of_the_journal_keeps_the_log_store_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = Journal::open(dir.path()).unwrap();
+    let err = LogJournal::open(dir.path()).unwrap_err();
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    let err = open_for_command(dir.path()).unwrap_err();
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    drop(held);
+}
