@@ -622,20 +622,27 @@ impl Store {
             return;
         };
         let stored = Stamp::of(&stored);
-        {
+        let changed = {
             let mut known = self.lock_known();
+            let mut changed = false;
             if stamp.settled(hashed_at, self.racy_window) {
                 if known.sources.len() >= KNOWN_SOURCES_CAP && !known.sources.contains_key(src) {
                     // A cache: forgetting costs one hash the next time a source is staged.
                     known.sources.clear();
                 }
-                known.sources.insert(src.to_path_buf(), (stamp, *digest));
+                let entry = (stamp, *digest);
+                changed |= known.sources.insert(src.to_path_buf(), entry) != Some(entry);
             }
             // The stored copy was verified or written just now, and nobody but the store
             // writes it (0500/0400 in a 0700 directory): its stamp needs no waiting period.
-            known.stored.insert(*digest, stored);
+            changed |= known.stored.insert(*digest, stored) != Some(stored);
+            changed
+        };
+        // Nothing new (a source hashed again inside its racy window, its copy already
+        // known): the file on disk already says all of it.
+        if changed {
+            self.save_known();
         }
-        self.save_known();
     }
 
     /// Replaces `known.json` with what is known now (write a temporary file, rename). Not
@@ -861,6 +868,29 @@ mod tests {
             after.verify(&digest),
             Err(StoreError::DigestMismatch { .. })
         ));
+    }
+
+    /// `known.json` is rewritten only when what it says changes: a source staged again
+    /// inside its racy window (hashed, its copy already known) leaves the file as it is.
+    #[test]
+    fn staging_what_is_already_known_does_not_rewrite_the_known_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        // A racy window longer than the test: every staging hashes the source again.
+        let store = store(&state, Duration::from_secs(3600));
+        let src = dir.path().join("plugin");
+        executable(&src, b"#!/bin/sh\necho hi\n");
+        let digest = store.stage_executable(&src).unwrap();
+        let known = state.join("store").join(KNOWN_FILE);
+        let inode = fs::metadata(&known).unwrap().ino();
+        assert_eq!(store.stage_executable(&src).unwrap(), digest);
+        assert_eq!(reads(&store), 2, "the racy source was not hashed again");
+        assert_eq!(
+            fs::metadata(&known).unwrap().ino(),
+            inode,
+            "known.json was rewritten with nothing new"
+        );
     }
 
     #[test]
