@@ -1173,9 +1173,12 @@ impl Journal {
         }
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);
+        } else {
+            // The holder is done writing for now (closing, exiting, compacted): readers
+            // without the lock answer from the projections as of this point. Between
+            // these, they read the log (see `crate::snapshot`).
+            self.refresh_snapshot();
         }
-        // Readers without the lock answer from the projections as of this durable point.
-        self.refresh_snapshot();
         Ok(())
     }
 

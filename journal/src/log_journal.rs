@@ -52,8 +52,8 @@ pub fn open_for_command(dir: &Path) -> Result<Arc<dyn JournalStore>, JournalErro
 /// A writable journal over the segment log alone: every write is decided and folded in
 /// memory exactly as by the other stores, appended to the log, and made durable at the
 /// same write-ahead points (log `fdatasync`, then the witness). sled's files are not
-/// opened; the projection snapshot for lock-free readers is written at every durable
-/// point, as by [`Journal`].
+/// opened; the projection snapshot for lock-free readers is written when the handle is
+/// flushed outside a write-ahead point (at exit, on drop), as by [`Journal`].
 ///
 /// What needs sled is refused: [`JournalStore::compact`] returns
 /// [`JournalError::NeedsIndex`] (open the journal with [`Journal::open`] for that).
@@ -137,9 +137,9 @@ impl LogJournal {
         Ok(journal)
     }
 
-    /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness,
-    /// then the projection snapshot for readers. `counted`: a write-ahead point (see
-    /// [`JournalStore::flush_count`]). Group commit as in [`Journal`]: a flush that started
+    /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness.
+    /// `counted`: a write-ahead point (see [`JournalStore::flush_count`]); any other flush
+    /// (the exit's, the drop's) also writes the projection snapshot for readers. Group commit as in [`Journal`]: a flush that started
     /// after `tip` was appended already covered it.
     fn durable_flush(&self, tip: WitnessMark, counted: bool) -> Result<(), JournalError> {
         let mut witness = lock(&self.durable);
@@ -161,8 +161,10 @@ impl LogJournal {
         }
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);
+        } else {
+            // As the sled journal: the snapshot when the holder is done writing.
+            Snapshot::refresh_from_memory(&self.dir, &self.memory);
         }
-        Snapshot::refresh_from_memory(&self.dir, &self.memory);
         Ok(())
     }
 }

@@ -1,15 +1,18 @@
-//! The projection snapshot: what read commands answer from while another process holds the
-//! journal (DESIGN.md "Journal, second form": reads need no exclusive lock).
+//! The projection snapshot: what `status` answers from without folding the log, while
+//! another process holds the journal or after it let go (DESIGN.md "Journal, second form":
+//! reads need no exclusive lock).
 //!
-//! At every durable point the writer captures the slot projections, the newest reloads of
-//! every slot and the last records into `<journal dir>/projection.snapshot`, written to a
-//! temporary file and renamed over the old one, so a reader sees the old snapshot or the
-//! new one, never a mix. The snapshot is a cache: it is never synced (a lost one is
-//! rewritten at the next durable point), never read by a writer, and a reader that can
-//! take the lock reads the journal itself.
+//! When a writer is done writing for now (its exit or close flush, a compaction, an open
+//! that made records durable; not at the write-ahead points, which stay two syncs and
+//! nothing more) it captures the slot projections, the newest reloads of every slot and
+//! the last records into `<journal dir>/projection.snapshot`, written to a temporary file
+//! and renamed over the old one, so a reader sees the old snapshot or the new one, never a
+//! mix. The snapshot is a cache: it is never synced (a lost one is rewritten at the next
+//! such flush), never read by a writer, and used only when its last record is the log's
+//! last record, byte for byte: otherwise (a writer between its durable points, a killed
+//! one) the reader folds the log itself, lock-free and strict.
 //!
-//! [`open_for_reading`] is the read commands' way in: the journal opened for inspection
-//! when nobody holds it, else the snapshot as a read-only [`JournalStore`].
+//! [`open_for_reading`] is the read commands' way in.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -115,8 +118,9 @@ impl Snapshot {
 
 impl Journal {
     /// Captures the projections as they are now (writers held off meanwhile, so slots,
-    /// reloads and records agree) into the snapshot file. Called at every durable point; a
-    /// failure is logged, never the caller's: the snapshot only serves readers.
+    /// reloads and records agree) into the snapshot file. Called by the flushes that are not
+    /// write-ahead points; a failure is logged, never the caller's: the snapshot only
+    /// serves readers.
     pub(crate) fn refresh_snapshot(&self) {
         Snapshot::written_or_removed(&self.dir, self.write_snapshot());
     }
@@ -210,7 +214,7 @@ impl Snapshot {
     }
 
     /// Writes the snapshot of `journal` (the projections a [`crate::LogJournal`] holds in
-    /// memory) into `dir`, as [`Journal`] does at its durable points.
+    /// memory) into `dir`, as [`Journal`] does.
     pub(crate) fn refresh_from_memory(dir: &Path, journal: &MemoryJournal) {
         let (seq, slots, reloads, records) = journal.snapshot_parts(RELOADS_PER_SLOT, RECORDS_KEPT);
         let written = Snapshot::written_now(seq, slots, reloads, &records)

@@ -1,7 +1,7 @@
 //! A slot's history is one key per generation (DESIGN.md "Journal, second form"): the bytes
 //! a reload writes do not grow with the number of reloads before it. Alone in its test
 //! binary, because it counts every byte this process writes (`wchar` of `/proc/self/io`:
-//! sled's pages, the log, the witness and the projection snapshot).
+//! sled's pages, the log, the witness and the projection snapshot at each flush).
 
 use std::path::PathBuf;
 
@@ -12,16 +12,18 @@ use tryswap_fsm::{
 };
 use tryswap_journal::Journal;
 
-/// Reloads before the first measured window: until then the projection snapshot still grows
-/// (it keeps the newest 100 reloads of a slot and the last 128 records), and generation
-/// numbers below 251 are one byte shorter (varints).
-const WARM_UP: u64 = 300;
+/// Reloads before the first measured window. Until then sled's trees are still growing
+/// their index levels, which adds bytes per flushed page: 7.2 KB per reload at reloads
+/// 301–600, 8.4 KB at 1,801–2,100, 8.6 KB at 7,801–8,100 (stop 14, /dev/shm; flat once the
+/// trees settle, and what a re-encoded history would add grows without end). Also:
+/// generation numbers below 251 are one byte shorter (varints).
+const WARM_UP: u64 = 2_000;
 /// Reloads per measured window.
 const WINDOW: u64 = 100;
-/// Reloads in all (at least 2,000).
-const RELOADS: u64 = 2_100;
+/// Reloads in all (at least 2,000 after the warm-up).
+const RELOADS: u64 = 4_100;
 /// Reloads per journal write (`execute_all`), as a daemon's config reload batches commands:
-/// it keeps the test fast (one durable point, one snapshot per write) without hiding a
+/// it keeps the test fast (one durable point per write) without hiding a
 /// growth, since a write that touches the slot would write whatever the slot holds.
 const PER_WRITE: u64 = 4;
 
@@ -147,8 +149,11 @@ fn bytes_written_per_reload_stay_flat_over_two_thousand_reloads_of_one_slot() {
         RELOADS - 3 * WINDOW + 1,
         RELOADS
     );
+    // Growth is what the test is for; fewer bytes later is sled settling (its pages and
+    // segments, no longer masked by a projection snapshot at every durable point). The
+    // lower bound only catches a measurement that lost its writes.
     assert!(
-        (0.9..=1.1).contains(&ratio),
+        (0.5..=1.1).contains(&ratio),
         "bytes written per reload grew with the history: {first:.0} → {last:.0} ({ratio:.3}x)"
     );
     assert!(journal.verify().unwrap().is_ok());

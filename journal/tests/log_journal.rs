@@ -145,3 +145,29 @@ fn another_holder_of_the_journal_keeps_the_log_store_out() {
     assert!(matches!(err, JournalError::Locked { .. }), "{err}");
     drop(held);
 }
+
+/// The write-ahead points sync the log and the witness and write nothing more; the
+/// projection snapshot is written when the holder is done (its exit flush), holding the
+/// journal's last record. For both stores a command may open.
+#[test]
+fn the_snapshot_is_written_by_the_exit_flush_not_at_the_write_ahead_points() {
+    use tryswap_journal::Snapshot;
+    let dir = tempfile::tempdir().unwrap();
+    let slot = slot_name(0);
+    let journal = Journal::open(dir.path()).unwrap();
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    assert_eq!(Snapshot::load(dir.path()).unwrap(), None);
+    journal.flush_for_exit().unwrap();
+    let written = Snapshot::load(dir.path()).unwrap().expect("a snapshot");
+    assert_eq!(written.seq, journal.last_seq());
+    drop(journal);
+
+    let journal = LogJournal::open(dir.path()).unwrap();
+    let before = Snapshot::load(dir.path()).unwrap().expect("a snapshot");
+    full_activate(&journal, &slot, ReloadId::from_u128(2), 2);
+    assert_eq!(Snapshot::load(dir.path()).unwrap().unwrap().seq, before.seq);
+    journal.flush_for_exit().unwrap();
+    let written = Snapshot::load(dir.path()).unwrap().expect("a snapshot");
+    assert_eq!(written.seq, journal.last_seq());
+    assert!(written.seq > before.seq);
+}

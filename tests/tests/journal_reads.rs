@@ -1,6 +1,6 @@
 //! Reads change nothing and need no lock (DESIGN.md "Journal, second form"): `status` and
 //! `history` never recover or relaunch, report a dead active generation as `exited`, and
-//! answer from the projection snapshot while a one-shot `activate` holds the journal;
+//! answer from the log while a one-shot `activate` holds the journal;
 //! `events`, `journal show`, `journal export` and `journal replay` read the segment log
 //! with no lock and change no byte of the journal, and `journal verify` verifies the log
 //! while another process holds the journal.
@@ -97,7 +97,7 @@ fn lock_holder(state_dir: &Path) -> Option<u32> {
 
 /// A state dir whose slot `demo` runs generation 1, and a one-shot `activate` of a
 /// candidate that takes 20 s to start: it holds the journal, its reload staged (a durable
-/// point: the snapshot has it).
+/// point: the log has it).
 fn held_by_a_slow_activate() -> (Harness, Child) {
     let mut spec = SlotSpec::new("demo");
     spec.start_timeout = "30s";
@@ -118,7 +118,7 @@ fn held_by_a_slow_activate() -> (Harness, Child) {
     let holder = child.id();
     let staged = wait_until(Duration::from_secs(20), || {
         lock_holder(&h.state_dir) == Some(holder)
-            && snapshot_mentions_in_flight(&h.state_dir.join("journal"))
+            && in_flight_in_log(&h.state_dir.join("journal")).is_some()
     });
     assert!(
         staged,
@@ -247,8 +247,8 @@ fn events_journal_show_export_replay_and_verify_read_the_log_while_an_activate_h
     let (h, mut child) = held_by_a_slow_activate();
     let holder = child.id();
     let journal = h.state_dir.join("journal");
-    let snapshot = tryswap_journal::Snapshot::load(&journal).unwrap().unwrap();
-    let in_flight = snapshot.slots[0].slot.in_flight.unwrap().to_string();
+    let (in_flight, staged_seq) = in_flight_in_log(&journal).unwrap();
+    let in_flight = in_flight.to_string();
 
     // Stopped, the holder writes nothing: every byte the reads could change stays put.
     assert!(send_signal(holder, Signal::SIGSTOP));
@@ -261,7 +261,7 @@ fn events_journal_show_export_replay_and_verify_read_the_log_while_an_activate_h
     let after = dir_bytes(&journal);
     assert!(send_signal(holder, Signal::SIGCONT));
 
-    assert_reads_agree(&runs, snapshot.seq, &in_flight);
+    assert_reads_agree(&runs, staged_seq, &in_flight);
     assert_eq!(verify.code, 0, "{verify:?}");
     let report = verify.json();
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
@@ -335,11 +335,14 @@ fn reads_of_a_journal_nobody_holds_change_no_byte_of_it() {
     assert!(last.contains("\"stopped\""), "{export:?}");
 }
 
-fn snapshot_mentions_in_flight(dir: &Path) -> bool {
-    tryswap_journal::Snapshot::load(dir)
-        .ok()
-        .flatten()
-        .is_some_and(|s| s.slots.iter().any(|v| v.slot.in_flight.is_some()))
+/// The reload in flight in the journal in `dir` and the log's last seq, read from its log
+/// (no lock: what a read command sees while a writer holds the journal).
+fn in_flight_in_log(dir: &Path) -> Option<(tryswap_fsm::ReloadId, u64)> {
+    use tryswap_journal::JournalStore;
+    let journal = tryswap_journal::MemoryJournal::from_log(dir).ok()?;
+    let slots = journal.slots().ok()?;
+    let in_flight = slots.iter().find_map(|v| v.slot.in_flight)?;
+    Some((in_flight, journal.last_seq()))
 }
 
 #[test]
