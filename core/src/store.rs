@@ -56,6 +56,9 @@ const CONFIG_MODE: u32 = 0o400;
 const STAGING_PREFIX: &str = ".staging-";
 /// Copy buffer size.
 const CHUNK: usize = 64 * 1024;
+/// Sources up to this size (configs) are read and hashed before any staging file is
+/// created: when the store already holds their bytes, nothing is written at all.
+const SMALL: usize = CHUNK;
 /// A file's stat is trusted to stand for its bytes only if its ctime is at least this much
 /// older than the moment it was hashed (see [`Stamp`]).
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
@@ -523,6 +526,28 @@ impl Store {
         }
         let hashed_at = std::time::SystemTime::now();
         self.lock_known().reads += 1;
+        let unreadable = |source| StoreError::Unreadable {
+            path: src.to_path_buf(),
+            source,
+        };
+
+        // A small source is read whole first: the same bytes already stored (a config
+        // staged again, a retry) then cost no staging file, no write and no unlink.
+        let mut head = Vec::new();
+        if meta.len() <= SMALL as u64 {
+            (&mut source)
+                .take(SMALL as u64 + 1)
+                .read_to_end(&mut head)
+                .map_err(unreadable)?;
+            if head.len() <= SMALL {
+                let digest = Sha256(sha2::Sha256::digest(&head).into());
+                if self.existing_copy_is_good(&self.path_of(&digest), &digest, kind)? {
+                    tracing::debug!(src = %src.display(), "artifact already in the store");
+                    self.remember(src, stamp, hashed_at, &digest);
+                    return Ok(digest);
+                }
+            }
+        }
 
         // The temporary file is removed when `staging` drops, on every error path.
         let mut staging = tempfile::Builder::new()
@@ -532,18 +557,18 @@ impl Store {
             .map_err(|e| StoreError::io(&self.root, "create a staging file in", e))?;
         let staging_path = staging.path().to_path_buf();
         let mut hasher = sha2::Sha256::new();
+        hasher.update(&head);
+        staging
+            .as_file_mut()
+            .write_all(&head)
+            .map_err(|e| StoreError::io(&staging_path, "write", e))?;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match source.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(StoreError::Unreadable {
-                        path: src.to_path_buf(),
-                        source: e,
-                    })
-                }
+                Err(e) => return Err(unreadable(e)),
             };
             hasher.update(&buf[..n]);
             staging
@@ -622,20 +647,28 @@ impl Store {
             return;
         };
         let stored = Stamp::of(&stored);
-        {
+        let changed = {
             let mut known = self.lock_known();
-            if stamp.settled(hashed_at, self.racy_window) {
+            let mut changed = false;
+            if stamp.settled(hashed_at, self.racy_window)
+                && known.sources.get(src) != Some(&(stamp, *digest))
+            {
                 if known.sources.len() >= KNOWN_SOURCES_CAP && !known.sources.contains_key(src) {
                     // A cache: forgetting costs one hash the next time a source is staged.
                     known.sources.clear();
                 }
                 known.sources.insert(src.to_path_buf(), (stamp, *digest));
+                changed = true;
             }
             // The stored copy was verified or written just now, and nobody but the store
             // writes it (0500/0400 in a 0700 directory): its stamp needs no waiting period.
-            known.stored.insert(*digest, stored);
+            changed |= known.stored.insert(*digest, stored) != Some(stored);
+            changed
+        };
+        // `known.json` already says all of it (a source staged again): not rewritten.
+        if changed {
+            self.save_known();
         }
-        self.save_known();
     }
 
     /// Replaces `known.json` with what is known now (write a temporary file, rename). Not
@@ -813,6 +846,33 @@ mod tests {
             fs::read(store.path_of(&v2)).unwrap(),
             b"#!/bin/sh\necho v2\n"
         );
+    }
+
+    #[test]
+    fn staging_bytes_the_store_holds_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // The real window: a config written just now is hashed again each time (racy).
+        let store = store(&dir.path().join("state"), RACY_WINDOW);
+        let src = dir.path().join("plugin.toml");
+        fs::write(&src, b"message = \"v1\"\n").unwrap();
+        let digest = store.stage_config(&src).unwrap();
+        let known = store.root().join(KNOWN_FILE);
+        let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+        let before = inode(&known);
+        let reads_before = reads(&store);
+        assert_eq!(store.stage_config(&src).unwrap(), digest);
+        assert_eq!(
+            reads(&store),
+            reads_before + 1,
+            "the racy source was not hashed"
+        );
+        // known.json says all of it already: not replaced.
+        assert_eq!(inode(&known), before, "known.json was rewritten");
+        // Another path with the same bytes: remembered nowhere new (racy), still nothing.
+        let other = dir.path().join("copy.toml");
+        fs::write(&other, b"message = \"v1\"\n").unwrap();
+        assert_eq!(store.stage_config(&other).unwrap(), digest);
+        assert_eq!(inode(&known), before, "known.json was rewritten");
     }
 
     #[test]
