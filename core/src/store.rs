@@ -14,7 +14,8 @@
 //!
 //! A `Store` also remembers the digests of the sources it staged and of the stored copies
 //! it wrote or verified, each with the file's stat (device, inode, length, mtime, ctime),
-//! in memory and in `<state-dir>/store/known.json` for the next process. Staging a source
+//! in memory and, for executables, in `<state-dir>/store/known.json` for the next process
+//! (a config is cheaper to hash again than the file is to rewrite). Staging a source
 //! whose stat is unchanged, while its stored copy's stat is unchanged too, returns the
 //! digest without reading either file, and verifying a stored copy whose stat is unchanged
 //! reads nothing: a config-only reload, a relaunch or a one-shot command does not re-hash
@@ -543,7 +544,7 @@ impl Store {
                 let digest = Sha256(sha2::Sha256::digest(&head).into());
                 if self.existing_copy_is_good(&self.path_of(&digest), &digest, kind)? {
                     tracing::debug!(src = %src.display(), "artifact already in the store");
-                    self.remember(src, stamp, hashed_at, &digest);
+                    self.remember(src, stamp, hashed_at, &digest, kind);
                     return Ok(digest);
                 }
             }
@@ -591,7 +592,7 @@ impl Store {
         if self.existing_copy_is_good(&target, &digest, kind)? {
             drop(staging);
             tracing::debug!(path = %target.display(), "artifact already in the store");
-            self.remember(src, stamp, hashed_at, &digest);
+            self.remember(src, stamp, hashed_at, &digest, kind);
             return Ok(digest);
         }
         let file = staging.as_file();
@@ -607,7 +608,7 @@ impl Store {
         })?;
         sync_dir(&self.objects)?;
         tracing::debug!(src = %src.display(), path = %target.display(), "artifact staged");
-        self.remember(src, stamp, hashed_at, &digest);
+        self.remember(src, stamp, hashed_at, &digest, kind);
         Ok(digest)
     }
 
@@ -635,13 +636,15 @@ impl Store {
 
     /// Remembers that `src` (stamped `stamp`, read from `hashed_at`) and the stored copy
     /// (verified or written just now) hold `digest` — the source only if it had not changed
-    /// for [`RACY_WINDOW`] when it was read.
+    /// for [`RACY_WINDOW`] when it was read. `known.json` is rewritten for executables
+    /// only: a config costs the next process less to hash than the rewrite costs now.
     fn remember(
         &self,
         src: &Path,
         stamp: Stamp,
         hashed_at: std::time::SystemTime,
         digest: &Sha256,
+        kind: Kind,
     ) {
         let Ok(stored) = fs::metadata(self.path_of(digest)) else {
             return;
@@ -665,8 +668,9 @@ impl Store {
             changed |= known.stored.insert(*digest, stored) != Some(stored);
             changed
         };
-        // `known.json` already says all of it (a source staged again): not rewritten.
-        if changed {
+        // `known.json` already says all of it (a source staged again), or only a config
+        // changed: not rewritten.
+        if changed && kind == Kind::Executable {
             self.save_known();
         }
     }
@@ -771,6 +775,10 @@ mod tests {
         store.lock_known().reads
     }
 
+    fn inode(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap())
+    }
+
     #[test]
     fn digest_at_names_only_files_of_the_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -853,11 +861,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The real window: a config written just now is hashed again each time (racy).
         let store = store(&dir.path().join("state"), RACY_WINDOW);
+        let plugin = dir.path().join("plugin");
+        executable(&plugin, b"#!/bin/sh\necho v1\n");
+        store.stage_executable(&plugin).unwrap();
         let src = dir.path().join("plugin.toml");
         fs::write(&src, b"message = \"v1\"\n").unwrap();
         let digest = store.stage_config(&src).unwrap();
         let known = store.root().join(KNOWN_FILE);
-        let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
         let before = inode(&known);
         let reads_before = reads(&store);
         assert_eq!(store.stage_config(&src).unwrap(), digest);
@@ -873,6 +883,33 @@ mod tests {
         fs::write(&other, b"message = \"v1\"\n").unwrap();
         assert_eq!(store.stage_config(&other).unwrap(), digest);
         assert_eq!(inode(&known), before, "known.json was rewritten");
+    }
+
+    #[test]
+    fn a_new_config_is_remembered_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let plugin = dir.path().join("plugin");
+        executable(&plugin, b"#!/bin/sh\necho v1\n");
+        store.stage_executable(&plugin).unwrap();
+        let known = store.root().join(KNOWN_FILE);
+        let before = inode(&known);
+        let config = dir.path().join("v2.toml");
+        fs::write(&config, b"message = \"v2\"\n").unwrap();
+        let digest = store.stage_config(&config).unwrap();
+        assert_eq!(
+            inode(&known),
+            before,
+            "known.json was rewritten for a config"
+        );
+        // This process still knows it: verifying the copy reads nothing.
+        let reads_before = reads(&store);
+        store.verify(&digest).unwrap();
+        assert_eq!(reads(&store), reads_before);
+        // The next process hashes the small copy once, and learns it.
+        let next = self::store(&dir.path().join("state"), Duration::ZERO);
+        next.verify(&digest).unwrap();
+        assert_eq!(reads(&next), 1);
     }
 
     #[test]
