@@ -627,13 +627,13 @@ async fn run_columns(
         ]);
     }
     b.row([
-        "after active (retire the old; CLI: also process start, journal open, recovery)".to_owned(),
+        "after active (commit flush, retire the old; CLI: also process start, journal open, recovery; daemon: also the request and its already-active check)".to_owned(),
         ms(lib_col.breakdown.rest.p50()),
         ms(cli_col.breakdown.rest.p50()),
         ms(daemon_col.breakdown.rest.p50()),
         ms(floor_step(|s| s.stop_old)),
     ]);
-    b.note("Stage times are `ReloadReport.stages[].elapsed_ms` (time since the previous stage): `staged` = store + Staged record + flush; `launched` = spawn + record; `validated` = handshake line + record; `probed` = health probe + record; `active` = commit record + flush.");
+    b.note("Stage times are `ReloadReport.stages[].elapsed_ms`: the time between two records' timestamps, each taken before its record is written, so a record's write (and its flush) counts in the stage after it. `staged` = store (copy, hash, fsync of new files); `launched` = Staged record and its durable flush + TMPDIR, log files, cgroup + spawn; `validated` = Launched record + handshake line + listener owner check; `probed` = Validated record + health probe; `active` = Probed record; after active = commit record and its durable flush + retiring the old generation + the report. The daemon and the CLI stage the candidate in their already-active check before the reload starts, so their store work is in the last row, not in `staged`.");
     tables.push(b);
 
     let per = |flushes: u64, reloads: usize| flushes as f64 / reloads.max(1) as f64;

@@ -14,7 +14,8 @@
 //!
 //! A `Store` also remembers the digests of the sources it staged and of the stored copies
 //! it wrote or verified, each with the file's stat (device, inode, length, mtime, ctime),
-//! in memory and in `<state-dir>/store/known.json` for the next process. Staging a source
+//! in memory and, for executables, in `<state-dir>/store/known.json` for the next process
+//! (a config is cheaper to hash again than the file is to rewrite). Staging a source
 //! whose stat is unchanged, while its stored copy's stat is unchanged too, returns the
 //! digest without reading either file, and verifying a stored copy whose stat is unchanged
 //! reads nothing: a config-only reload, a relaunch or a one-shot command does not re-hash
@@ -56,6 +57,9 @@ const CONFIG_MODE: u32 = 0o400;
 const STAGING_PREFIX: &str = ".staging-";
 /// Copy buffer size.
 const CHUNK: usize = 64 * 1024;
+/// Sources up to this size (configs) are read and hashed before any staging file is
+/// created: when the store already holds their bytes, nothing is written at all.
+const SMALL: usize = CHUNK;
 /// A file's stat is trusted to stand for its bytes only if its ctime is at least this much
 /// older than the moment it was hashed (see [`Stamp`]).
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
@@ -523,6 +527,28 @@ impl Store {
         }
         let hashed_at = std::time::SystemTime::now();
         self.lock_known().reads += 1;
+        let unreadable = |source| StoreError::Unreadable {
+            path: src.to_path_buf(),
+            source,
+        };
+
+        // A small source is read whole first: the same bytes already stored (a config
+        // staged again, a retry) then cost no staging file, no write and no unlink.
+        let mut head = Vec::new();
+        if meta.len() <= SMALL as u64 {
+            (&mut source)
+                .take(SMALL as u64 + 1)
+                .read_to_end(&mut head)
+                .map_err(unreadable)?;
+            if head.len() <= SMALL {
+                let digest = Sha256(sha2::Sha256::digest(&head).into());
+                if self.existing_copy_is_good(&self.path_of(&digest), &digest, kind)? {
+                    tracing::debug!(src = %src.display(), "artifact already in the store");
+                    self.remember(src, stamp, hashed_at, &digest, kind);
+                    return Ok(digest);
+                }
+            }
+        }
 
         // The temporary file is removed when `staging` drops, on every error path.
         let mut staging = tempfile::Builder::new()
@@ -532,18 +558,18 @@ impl Store {
             .map_err(|e| StoreError::io(&self.root, "create a staging file in", e))?;
         let staging_path = staging.path().to_path_buf();
         let mut hasher = sha2::Sha256::new();
+        hasher.update(&head);
+        staging
+            .as_file_mut()
+            .write_all(&head)
+            .map_err(|e| StoreError::io(&staging_path, "write", e))?;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match source.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(StoreError::Unreadable {
-                        path: src.to_path_buf(),
-                        source: e,
-                    })
-                }
+                Err(e) => return Err(unreadable(e)),
             };
             hasher.update(&buf[..n]);
             staging
@@ -566,7 +592,7 @@ impl Store {
         if self.existing_copy_is_good(&target, &digest, kind)? {
             drop(staging);
             tracing::debug!(path = %target.display(), "artifact already in the store");
-            self.remember(src, stamp, hashed_at, &digest);
+            self.remember(src, stamp, hashed_at, &digest, kind);
             return Ok(digest);
         }
         let file = staging.as_file();
@@ -582,7 +608,7 @@ impl Store {
         })?;
         sync_dir(&self.objects)?;
         tracing::debug!(src = %src.display(), path = %target.display(), "artifact staged");
-        self.remember(src, stamp, hashed_at, &digest);
+        self.remember(src, stamp, hashed_at, &digest, kind);
         Ok(digest)
     }
 
@@ -610,13 +636,15 @@ impl Store {
 
     /// Remembers that `src` (stamped `stamp`, read from `hashed_at`) and the stored copy
     /// (verified or written just now) hold `digest` — the source only if it had not changed
-    /// for [`RACY_WINDOW`] when it was read.
+    /// for [`RACY_WINDOW`] when it was read. `known.json` is rewritten for executables
+    /// only: a config costs the next process less to hash than the rewrite costs now.
     fn remember(
         &self,
         src: &Path,
         stamp: Stamp,
         hashed_at: std::time::SystemTime,
         digest: &Sha256,
+        kind: Kind,
     ) {
         let Ok(stored) = fs::metadata(self.path_of(digest)) else {
             return;
@@ -625,22 +653,24 @@ impl Store {
         let changed = {
             let mut known = self.lock_known();
             let mut changed = false;
-            if stamp.settled(hashed_at, self.racy_window) {
+            if stamp.settled(hashed_at, self.racy_window)
+                && known.sources.get(src) != Some(&(stamp, *digest))
+            {
                 if known.sources.len() >= KNOWN_SOURCES_CAP && !known.sources.contains_key(src) {
                     // A cache: forgetting costs one hash the next time a source is staged.
                     known.sources.clear();
                 }
-                let entry = (stamp, *digest);
-                changed |= known.sources.insert(src.to_path_buf(), entry) != Some(entry);
+                known.sources.insert(src.to_path_buf(), (stamp, *digest));
+                changed = true;
             }
             // The stored copy was verified or written just now, and nobody but the store
             // writes it (0500/0400 in a 0700 directory): its stamp needs no waiting period.
             changed |= known.stored.insert(*digest, stored) != Some(stored);
             changed
         };
-        // Nothing new (a source hashed again inside its racy window, its copy already
-        // known): the file on disk already says all of it.
-        if changed {
+        // `known.json` already says all of it (a source staged again), or only a config
+        // changed: not rewritten.
+        if changed && kind == Kind::Executable {
             self.save_known();
         }
     }
@@ -745,6 +775,10 @@ mod tests {
         store.lock_known().reads
     }
 
+    fn inode(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap())
+    }
+
     #[test]
     fn digest_at_names_only_files_of_the_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -820,6 +854,62 @@ mod tests {
             fs::read(store.path_of(&v2)).unwrap(),
             b"#!/bin/sh\necho v2\n"
         );
+    }
+
+    #[test]
+    fn staging_bytes_the_store_holds_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // The real window: a config written just now is hashed again each time (racy).
+        let store = store(&dir.path().join("state"), RACY_WINDOW);
+        let plugin = dir.path().join("plugin");
+        executable(&plugin, b"#!/bin/sh\necho v1\n");
+        store.stage_executable(&plugin).unwrap();
+        let src = dir.path().join("plugin.toml");
+        fs::write(&src, b"message = \"v1\"\n").unwrap();
+        let digest = store.stage_config(&src).unwrap();
+        let known = store.root().join(KNOWN_FILE);
+        let before = inode(&known);
+        let reads_before = reads(&store);
+        assert_eq!(store.stage_config(&src).unwrap(), digest);
+        assert_eq!(
+            reads(&store),
+            reads_before + 1,
+            "the racy source was not hashed"
+        );
+        // known.json says all of it already: not replaced.
+        assert_eq!(inode(&known), before, "known.json was rewritten");
+        // Another path with the same bytes: remembered nowhere new (racy), still nothing.
+        let other = dir.path().join("copy.toml");
+        fs::write(&other, b"message = \"v1\"\n").unwrap();
+        assert_eq!(store.stage_config(&other).unwrap(), digest);
+        assert_eq!(inode(&known), before, "known.json was rewritten");
+    }
+
+    #[test]
+    fn a_new_config_is_remembered_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let plugin = dir.path().join("plugin");
+        executable(&plugin, b"#!/bin/sh\necho v1\n");
+        store.stage_executable(&plugin).unwrap();
+        let known = store.root().join(KNOWN_FILE);
+        let before = inode(&known);
+        let config = dir.path().join("v2.toml");
+        fs::write(&config, b"message = \"v2\"\n").unwrap();
+        let digest = store.stage_config(&config).unwrap();
+        assert_eq!(
+            inode(&known),
+            before,
+            "known.json was rewritten for a config"
+        );
+        // This process still knows it: verifying the copy reads nothing.
+        let reads_before = reads(&store);
+        store.verify(&digest).unwrap();
+        assert_eq!(reads(&store), reads_before);
+        // The next process hashes the small copy once, and learns it.
+        let next = self::store(&dir.path().join("state"), Duration::ZERO);
+        next.verify(&digest).unwrap();
+        assert_eq!(reads(&next), 1);
     }
 
     #[test]

@@ -282,8 +282,11 @@ async fn full_disk_inside_a_namespace() {
     //    command fails as sled opens the journal (exit 1), or the store copy fails (exit 2,
     //    rolled back at `staged`): refused either way, with the error. The active generation
     //    keeps running and answering meanwhile, and `status` either works or says why not.
+    //    The config is one the store does not hold yet (v2's bytes were stored by the first
+    //    attempt, and staging bytes the store holds writes nothing).
+    let v3 = h.fixture_config("v3", &FixtureConfig::with_message("v3"));
     let filler = fill(&h.state_dir, 0);
-    let run = activate(&h, &small, &v2, &[]);
+    let run = activate(&h, &small, &v3, &[]);
     assert!(
         matches!(run.code(), Some(1) | Some(2)),
         "activate on a full disk: {run:?}"
