@@ -61,13 +61,18 @@ fn tcp_by_diag(wanted: SocketAddr) -> io::Result<usize> {
         .filter(|s| s.local == wanted)
         .map(|s| s.remote)
         .collect();
-    if server_peers.is_empty() {
-        return Ok(0);
+    // The client ends on this host: the callers that may be this process.
+    let local_clients: Vec<_> = sockets
+        .iter()
+        .filter(|s| s.remote == wanted && server_peers.contains(&s.local))
+        .collect();
+    if local_clients.is_empty() {
+        return Ok(server_peers.len());
     }
     let own = own_socket_inodes();
-    let own_locals: HashSet<SocketAddr> = sockets
+    let own_locals: HashSet<SocketAddr> = local_clients
         .iter()
-        .filter(|s| s.remote == wanted && own.contains(&s.inode))
+        .filter(|s| own.contains(&s.inode))
         .map(|s| s.local)
         .collect();
     Ok(server_peers
@@ -123,9 +128,9 @@ fn tcp_by_proc(wanted: SocketAddr) -> Option<usize> {
 /// `TCP_ESTABLISHED` in `/proc/net/tcp*`'s `st` column.
 const TCP_ESTABLISHED: &str = "01";
 
-/// This process's socket inodes (none if `/proc/self/fd` cannot be read).
+/// This process's socket inodes.
 fn own_socket_inodes() -> HashSet<u64> {
-    super::sockets::socket_inodes_of(std::process::id()).unwrap_or_default()
+    super::sockets::own_socket_inodes()
 }
 
 struct TcpRow<'a> {
