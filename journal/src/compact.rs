@@ -295,3 +295,31 @@ impl Journal {
         Ok(report)
     }
 }
+
+impl Journal {
+    /// What sled holds in memory for the `events` tree of this open journal: its nodes (a
+    /// page each) and the highest page id of the store (the size of sled's page table).
+    /// Read from sled's `Debug` of the tree, which walks every node: for tests and
+    /// diagnostics of the daemon's memory (docs/performance.md, section 5c), not for a
+    /// hot path.
+    #[doc(hidden)]
+    pub fn events_tree_pages(&self) -> (usize, u64) {
+        let text = format!("{:?}", self.events);
+        let nodes = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("\t\t"))
+            .filter(|l| {
+                l.split(':')
+                    .next()
+                    .is_some_and(|p| p.parse::<u64>().is_ok())
+            })
+            .count();
+        let max = text
+            .split("PageCache { max: ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (nodes, max)
+    }
+}

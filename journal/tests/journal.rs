@@ -1106,3 +1106,39 @@ fn the_snapshot_keeps_the_newest_reloads_of_every_slot() {
     assert_eq!(ids(&quiet), [1, 2, 3]);
     assert_eq!(ids(&busy), (1051..=1150).collect::<Vec<u128>>());
 }
+
+/// Issue 18 item 14: compaction bounds what sled keeps in memory, not only its keys. Its
+/// transaction removes the dropped records from the left of the `events` tree; sled merges
+/// the emptied leaves and reuses their page ids, so the tree's nodes and the page table stay
+/// the same size however many records the open journal compacted away (a daemon never
+/// reopens it). Suspected of the daemon's slow RSS rise (docs/performance.md, section 5c):
+/// sled would then keep a page per ~9 records. Fails if compaction leaves the dropped keys.
+#[test]
+fn sled_keeps_a_bounded_tree_across_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let slot = slot_name(1);
+    let mut next = 0u128;
+    let mut settled = None;
+    for cycle in 0..12 {
+        for _ in 0..60 {
+            next += 1;
+            let commands = dry_run(&slot, ReloadId::from_u128(next), (next % 200) as u8);
+            journal.execute_all(&commands, at(0)).unwrap();
+        }
+        journal.compact(20).unwrap();
+        let (nodes, max_pid) = journal.events_tree_pages();
+        assert!(
+            nodes > 0 && max_pid > 0,
+            "sled's Debug changed: {nodes}, {max_pid}"
+        );
+        let &mut (first_nodes, first_max) = settled.get_or_insert((nodes, max_pid));
+        // Unbounded, each cycle would add ~30 nodes (300 records) and their page ids.
+        assert!(
+            nodes <= first_nodes + 4 && max_pid <= first_max + first_max / 2,
+            "cycle {cycle}, {} records: {nodes} nodes and page ids up to {max_pid}, against \
+             {first_nodes} and {first_max} after the first compaction",
+            journal.last_seq()
+        );
+    }
+}
