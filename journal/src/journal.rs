@@ -788,6 +788,11 @@ impl Journal {
             seq: meta_values.last_seq(),
             chain: meta_values.last_chain,
         };
+        // Only a writable handle flushes sled and moves the mark.
+        let index_mark = log
+            .is_some()
+            .then(|| crate::index_mark::read(dir))
+            .flatten();
         Journal {
             dir: dir.to_path_buf(),
             db,
@@ -804,7 +809,7 @@ impl Journal {
             flush_count: AtomicU64::new(0),
             failed: HandleFailure::default(),
             rebuilt: None,
-            index_mark: Mutex::new(crate::index_mark::read(dir)),
+            index_mark: Mutex::new(index_mark),
             _lock: dir_lock,
         }
     }
@@ -1144,29 +1149,21 @@ impl Journal {
         };
         // After a failed sync a retry could "succeed" over pages the kernel dropped.
         self.healthy()?;
-        if counted && witness.current().seq >= tip.seq {
-            // A flush that started after this record was committed already covered it.
-            return Ok(());
-        }
         let latest = *lock(&self.tip);
-        let target = if latest.seq > tip.seq { latest } else { tip };
-        let index = if how == Flush::Full {
-            self.db.flush().map(drop).map_err(|e| self.sled_err(e))
-        } else {
-            Ok(())
-        };
-        let synced = index.and_then(|()| {
+        let committed = witness.group_commit(tip, latest, counted, || {
+            if how == Flush::Full {
+                self.db.flush().map_err(|e| self.sled_err(e))?;
+            }
             if let Some(log) = lock(&self.log).as_ref() {
                 log.sync()?;
             }
-            if target.seq > witness.current().seq {
-                witness.write(target)?;
-            }
             Ok(())
         });
-        if let Err(e) = synced {
-            return Err(self.fail(format!("making seq {} durable: {e}", target.seq)));
-        }
+        let target = match committed {
+            Ok(Some(target)) => target,
+            Ok(None) => return Ok(()),
+            Err(cause) => return Err(self.fail(cause)),
+        };
         if how == Flush::Full {
             crate::index_mark::write(&self.dir, target.seq);
             *lock(&self.index_mark) = Some(target.seq);

@@ -81,7 +81,14 @@ impl LogJournal {
     pub fn open(dir: &Path) -> Result<LogJournal, JournalError> {
         let lock = DirLock::acquire(dir)?;
         let found = witness::read(&dir.join(WITNESS_FILE), dir)?;
-        Self::open_locked(dir, lock, found)
+        let reader = LogReader::open(dir)?;
+        if !reader.exists() {
+            return Err(JournalError::Missing(format!(
+                "no segment log in {} (open the journal with sled once to create it)",
+                dir.display()
+            )));
+        }
+        Self::open_locked(dir, lock, found, &reader)
     }
 
     /// [`LogJournal::open`] if sled's files are in place, nothing waits for an open of
@@ -95,29 +102,23 @@ impl LogJournal {
         let lock = DirLock::acquire(dir)?;
         let found = witness::read(&dir.join(WITNESS_FILE), dir)?;
         let durable = found.map_or(0, |(mark, _)| mark.seq);
-        if !LogReader::open(dir)?.exists()
-            || index_mark::lags(index_mark::read(dir), durable, INDEX_LAG_MAX)
-        {
+        let reader = LogReader::open(dir)?;
+        if !reader.exists() || index_mark::lags(index_mark::read(dir), durable, INDEX_LAG_MAX) {
             return Ok(None);
         }
-        Self::open_locked(dir, lock, found).map(Some)
+        Self::open_locked(dir, lock, found, &reader).map(Some)
     }
 
+    /// Opens the journal whose lock is `lock`, witness `found` and (existing) log `reader`.
     fn open_locked(
         dir: &Path,
         lock: DirLock,
         found: Option<(WitnessMark, usize)>,
+        reader: &LogReader,
     ) -> Result<LogJournal, JournalError> {
         let mark = found.map(|(m, _)| m).unwrap_or_default();
-        let reader = LogReader::open(dir)?;
-        if !reader.exists() {
-            return Err(JournalError::Missing(format!(
-                "no segment log in {} (open the journal with sled once to create it)",
-                dir.display()
-            )));
-        }
-        let (memory, scan) = MemoryJournal::from_scan(dir, &reader, mark.seq)?;
-        let writer = crate::rebuild::writer_after(dir, &reader, &scan, mark)?;
+        let (memory, scan) = MemoryJournal::from_scan(dir, reader, mark.seq)?;
+        let writer = crate::rebuild::writer_after(dir, reader, &scan, mark)?;
         let witness = Witness::open(&dir.join(WITNESS_FILE), found, WitnessMark::default())?;
         let tip = memory.tip();
         let journal = LogJournal {
@@ -137,27 +138,19 @@ impl LogJournal {
         Ok(journal)
     }
 
-    /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness.
-    /// `counted`: a write-ahead point (see [`JournalStore::flush_count`]); any other flush
-    /// (the exit's, the drop's) also writes the projection snapshot for readers. Group commit as in [`Journal`]: a flush that started
-    /// after `tip` was appended already covered it.
+    /// Makes everything up to `tip` power-safe: `fdatasync` of the log, then the witness,
+    /// group-committed as in [`Journal`] ([`Witness::group_commit`]). `counted`: a
+    /// write-ahead point (see [`JournalStore::flush_count`]); any other flush (the exit's,
+    /// the drop's) also writes the projection snapshot for readers.
     fn durable_flush(&self, tip: WitnessMark, counted: bool) -> Result<(), JournalError> {
         let mut witness = lock(&self.durable);
         // After a failed sync a retry could "succeed" over pages the kernel dropped.
         self.memory.flush()?;
-        if counted && witness.current().seq >= tip.seq {
-            return Ok(());
-        }
         let latest = *lock(&self.tip);
-        let target = if latest.seq > tip.seq { latest } else { tip };
-        let synced = lock(&self.log).sync().and_then(|()| {
-            if target.seq > witness.current().seq {
-                witness.write(target)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = synced {
-            return Err(self.fail(&format!("making seq {} durable: {e}", target.seq)));
+        match witness.group_commit(tip, latest, counted, || lock(&self.log).sync()) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(cause) => return Err(self.fail(&cause)),
         }
         if counted {
             self.flush_count.fetch_add(1, Ordering::SeqCst);

@@ -171,7 +171,7 @@ impl MemoryJournal {
 
     /// What a projection snapshot holds, read under one lock so the parts agree: the last
     /// sequence number, every slot, the newest `per_slot` reloads of every slot plus every
-    /// reload in flight (oldest first), and the records from `records_from` on.
+    /// reload in flight (oldest first), and the last `records_kept` records.
     pub(crate) fn snapshot_parts(
         &self,
         per_slot: usize,

@@ -147,9 +147,34 @@ impl Witness {
         Ok(witness)
     }
 
-    /// The mark last written (or read at open).
-    pub(crate) fn current(&self) -> WitnessMark {
-        self.current
+    /// One durable point, group-committed. With `skip_covered`, nothing is done when a
+    /// flush that started after `tip` was appended already covered it (`Ok(None)`).
+    /// Otherwise `sync` makes every appended record durable, then the witness moves to the
+    /// later of `tip` and `latest` (the last record appended), which is returned: the
+    /// callers that waited for this flush find their records durable without a sync of
+    /// their own. An error names the seq that was being made durable; the caller fails its
+    /// handle with it (a retried sync proves nothing).
+    pub(crate) fn group_commit(
+        &mut self,
+        tip: WitnessMark,
+        latest: WitnessMark,
+        skip_covered: bool,
+        sync: impl FnOnce() -> Result<(), JournalError>,
+    ) -> Result<Option<WitnessMark>, String> {
+        if skip_covered && self.current.seq >= tip.seq {
+            return Ok(None);
+        }
+        let target = if latest.seq > tip.seq { latest } else { tip };
+        let synced = sync().and_then(|()| {
+            if target.seq > self.current.seq {
+                self.write(target)?;
+            }
+            Ok(())
+        });
+        match synced {
+            Ok(()) => Ok(Some(target)),
+            Err(e) => Err(format!("making seq {} durable: {e}", target.seq)),
+        }
     }
 
     /// Durably records `mark` (call only after the records up to `mark.seq` are synced).
