@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use tryswap_fsm::{Endpoint, Network};
 
 use super::sock_diag::{self, u16_at, u32_at};
+use super::sockets::own_socket_inodes;
 
 /// Established connections to `endpoint` from outside this process; `None` when they
 /// cannot be counted (no `/proc`, no `sock_diag`, an address that does not parse).
@@ -127,11 +128,6 @@ fn tcp_by_proc(wanted: SocketAddr) -> Option<usize> {
 
 /// `TCP_ESTABLISHED` in `/proc/net/tcp*`'s `st` column.
 const TCP_ESTABLISHED: &str = "01";
-
-/// This process's socket inodes.
-fn own_socket_inodes() -> HashSet<u64> {
-    super::sockets::own_socket_inodes()
-}
 
 struct TcpRow<'a> {
     local: SocketAddr,
