@@ -535,13 +535,15 @@ impl Store {
         // A small source is read whole first: the same bytes already stored (a config
         // staged again, a retry) then cost no staging file, no write and no unlink.
         let mut head = Vec::new();
+        let mut hasher = sha2::Sha256::new();
         if meta.len() <= SMALL as u64 {
             (&mut source)
                 .take(SMALL as u64 + 1)
                 .read_to_end(&mut head)
                 .map_err(unreadable)?;
+            hasher.update(&head);
             if head.len() <= SMALL {
-                let digest = Sha256(sha2::Sha256::digest(&head).into());
+                let digest = Sha256(hasher.clone().finalize().into());
                 if self.existing_copy_is_good(&self.path_of(&digest), &digest, kind)? {
                     tracing::debug!(src = %src.display(), "artifact already in the store");
                     self.remember(src, stamp, hashed_at, &digest, kind);
@@ -557,8 +559,7 @@ impl Store {
             .tempfile_in(&self.root)
             .map_err(|e| StoreError::io(&self.root, "create a staging file in", e))?;
         let staging_path = staging.path().to_path_buf();
-        let mut hasher = sha2::Sha256::new();
-        hasher.update(&head);
+        // `hasher` has the head's bytes already.
         staging
             .as_file_mut()
             .write_all(&head)
