@@ -13,7 +13,7 @@ use crate::journal::lock;
 use crate::layout::{
     base_reload_key, base_slot_key, decode_value, describe_key, encode_value, history_key,
     reload_key, seq_of_key, tx_meta, EVENTS, KEY_BASE_CHAIN, KEY_BASE_SEQ, KEY_NEXT_SEQ,
-    PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT, RELOADS,
+    KEY_PURGING, PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT, RELOADS,
 };
 use crate::projection::{BaseSlot, History, ReloadView, SlotView};
 use crate::report::CompactReport;
@@ -77,6 +77,15 @@ pub(crate) fn trimmed_generations(slot: &Slot, history: &History, keep: usize) -
         .collect()
 }
 
+/// Records removed from `events` per sled batch after a compaction's transaction.
+///
+/// Each removal replaces its leaf by a modified clone of a few KiB, freed only once sled's
+/// epoch moves on; inside the transaction that was ~3.5 KiB per dropped record at once
+/// (35 MiB for 10,000), and glibc's heap kept that peak as its extent, so the daemon's RSS
+/// stepped up with the compactions (docs/performance.md, section 5c). A batch of this many
+/// bounds the garbage to about 1 MiB.
+const PURGE_BATCH: usize = 256;
+
 /// Lets sled's epoch-based reclamation free what a transaction of `writes` writes replaced.
 ///
 /// A transaction holds one epoch guard over all its writes, and each write replaces its
@@ -101,7 +110,9 @@ impl Journal {
     /// Slot projections and kept reload projections are unchanged. The current state
     /// becomes the compaction base snapshot (in `meta`), so `verify` and `replay` fold from
     /// it; records up to the base that belong to kept reloads stay for audit. One sled
-    /// transaction, then a flush and sync. Blocks writers while it runs. Refuses (with the
+    /// transaction moves the base; the dropped records leave after it in bounded batches
+    /// (an interrupted removal is finished by the next open or compaction), then a flush
+    /// and sync. Blocks writers while it runs. Refuses (with the
     /// error) if a record up to the base does not decode: run `verify` first.
     ///
     /// The dropped records are written to `archive/<base-seq>.jsonl` (one JSON object a
@@ -144,6 +155,7 @@ impl Journal {
                     events_kept: self.events.len() as u64,
                 });
             }
+            let known: BTreeSet<ReloadId> = reloads.iter().map(|v| v.reload.id).collect();
             let mut event_keys = Vec::new();
             let mut archived = Vec::new();
             let mut kept_frames = Vec::new();
@@ -160,6 +172,10 @@ impl Journal {
                     if dropped.contains(&record.reload) {
                         event_keys.push(key);
                         archived.push(record);
+                    } else if !known.contains(&record.reload) {
+                        // Left by an earlier compaction whose removal failed part-way (see
+                        // `purge_events`): archived then, removed now.
+                        event_keys.push(key);
                     } else {
                         kept_frames.extend(frame(KIND_RECORD, &bytes));
                         events_kept += 1;
@@ -226,8 +242,8 @@ impl Journal {
             let base_seq = encode_value("meta base_seq", &tip.seq)?;
             let base_chain = encode_value("meta base_chain", &tip.chain)?;
             let dir = self.dir.clone();
-            let outcome = (&self.events, &self.reloads, &self.meta, &self.history).transaction(
-                |(events, reloads, meta, history)| {
+            let outcome = (&self.reloads, &self.meta, &self.history).transaction(
+                |(reloads, meta, history)| {
                     let next: u64 = tx_meta(meta, KEY_NEXT_SEQ, &dir)?;
                     if next != tip.seq + 1 {
                         return Err(ConflictableTransactionError::Abort(JournalError::Corrupt {
@@ -238,8 +254,8 @@ impl Journal {
                             ),
                         }));
                     }
-                    for key in &event_keys {
-                        events.remove(key)?;
+                    if !event_keys.is_empty() {
+                        meta.insert(KEY_PURGING, base_seq.as_slice())?;
                     }
                     for id in &dropped {
                         reloads.remove(&reload_key(id))?;
@@ -261,8 +277,9 @@ impl Journal {
             self.finish_tx(outcome)?;
             reclaim_garbage(
                 &self.meta,
-                event_keys.len() + dropped.len() + trimmed_keys.len() + base.len() + old_base.len(),
+                dropped.len() + trimmed_keys.len() + base.len() + old_base.len(),
             );
+            self.purge_events(&event_keys)?;
             for first in old_segments {
                 let path = segment_path(&self.dir, first);
                 std::fs::remove_file(&path)
@@ -297,6 +314,40 @@ impl Journal {
 }
 
 impl Journal {
+    /// Removes the records a compaction dropped from `events`, [`PURGE_BATCH`] at a time,
+    /// then the [`KEY_PURGING`] mark its transaction left.
+    ///
+    /// The records are below the new base and belong to reloads that have no projection any
+    /// more, so no fold reads them, and `verify` accepts records kept below the base. A crash
+    /// before the mark is removed leaves some of them: the next open for writing finds the
+    /// mark and derives sled again from the log, which holds none of them.
+    fn purge_events(&self, event_keys: &[sled::IVec]) -> Result<(), JournalError> {
+        if event_keys.is_empty() {
+            return Ok(());
+        }
+        for (n, chunk) in event_keys.chunks(PURGE_BATCH).enumerate() {
+            if n > 0 {
+                fail::fail_point!("journal-compact-purge", |_| Err(JournalError::io(
+                    "removing the records a compaction dropped",
+                    &self.dir,
+                    std::io::Error::other("failpoint journal-compact-purge"),
+                )));
+            }
+            let mut batch = sled::Batch::default();
+            for key in chunk {
+                batch.remove(key.clone());
+            }
+            self.events
+                .apply_batch(batch)
+                .map_err(|e| self.sled_err(e))?;
+            reclaim_garbage(&self.meta, chunk.len());
+        }
+        self.meta
+            .remove(KEY_PURGING)
+            .map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
     /// What sled holds in memory for the `events` tree of this open journal: its nodes (a
     /// page each) and the highest page id of the store (the size of sled's page table).
     /// Read from sled's `Debug` of the tree, which walks every node: for tests and

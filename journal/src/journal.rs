@@ -21,8 +21,8 @@ use crate::failure::HandleFailure;
 use crate::layout::{
     decode_value, describe_key, encode_history, encode_value, generation_of_key, history_key,
     history_prefix, reload_key, seq_key, seq_of_key, slot_key, tx_history, tx_meta, tx_reload,
-    tx_slot, Meta, EVENTS, HISTORY, JOURNAL_FORMAT, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ, META,
-    RELOADS, SLED_DIR, SLOTS, WITNESS_FILE,
+    tx_slot, Meta, EVENTS, HISTORY, JOURNAL_FORMAT, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ,
+    KEY_PURGING, META, RELOADS, SLED_DIR, SLOTS, WITNESS_FILE,
 };
 use crate::lock::DirLock;
 use crate::projection::{History, ReloadView, ReplayState, SlotView};
@@ -904,7 +904,13 @@ impl Journal {
             }
             (Some(Ok(trees)), Some(Ok(Some(meta)))) => {
                 let findings = tail_findings(&trees.1, meta);
-                if !findings.is_empty() {
+                if !matches!(trees.4.get(KEY_PURGING), Ok(None)) {
+                    Some(format!(
+                        "a compaction to base seq {} was interrupted while it removed the \
+                         records it dropped from sled",
+                        meta.base_seq
+                    ))
+                } else if !findings.is_empty() {
                     Some(findings.join("; "))
                 } else if meta.base_seq != scan.base.seq {
                     Some(format!(

@@ -41,6 +41,10 @@ pub(crate) const KEY_NEXT_SEQ: &[u8] = b"next_seq";
 pub(crate) const KEY_LAST_CHAIN: &[u8] = b"last_chain";
 pub(crate) const KEY_BASE_SEQ: &[u8] = b"base_seq";
 pub(crate) const KEY_BASE_CHAIN: &[u8] = b"base_chain";
+/// Present while a compaction removes the records it dropped from `events`, after its
+/// transaction moved the base (value: the new base seq). An open for writing that finds it
+/// derives sled again from the log (a crash interrupted the removal).
+pub(crate) const KEY_PURGING: &[u8] = b"purging";
 pub(crate) const PREFIX_BASE_SLOT: &[u8] = b"base/slot/";
 pub(crate) const PREFIX_BASE_RELOAD: &[u8] = b"base/reload/";
 

@@ -1107,8 +1107,8 @@ fn the_snapshot_keeps_the_newest_reloads_of_every_slot() {
     assert_eq!(ids(&busy), (1051..=1150).collect::<Vec<u128>>());
 }
 
-/// Issue 18 item 14: compaction bounds what sled keeps in memory, not only its keys. Its
-/// transaction removes the dropped records from the left of the `events` tree; sled merges
+/// Issue 18 item 14: compaction bounds what sled keeps in memory, not only its keys. It
+/// removes the dropped records from the left of the `events` tree; sled merges
 /// the emptied leaves and reuses their page ids, so the tree's nodes and the page table stay
 /// the same size however many records the open journal compacted away (a daemon never
 /// reopens it). Suspected of the daemon's slow RSS rise (docs/performance.md, section 5c):
