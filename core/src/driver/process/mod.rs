@@ -518,6 +518,10 @@ impl ProcessDriver {
         }
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
+        // Not our child (an earlier process started it): its exit wakes a pidfd at once.
+        if os::exited_on_pidfd(identity, deadline).await {
+            return true;
+        }
         loop {
             if !os::is_alive(identity) {
                 return true;
