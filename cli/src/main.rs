@@ -342,14 +342,9 @@ async fn reload_command(ctx: &Context, slot: &SlotName, what: ReloadKind) -> Res
     ctx.slot(slot)?;
     let supervisor = ctx.supervisor().await?;
     if let ReloadKind::Activate(spec, false, _) = &what {
-        let (check, spec) = (supervisor.clone(), spec.clone());
-        let name = slot.clone();
-        let same = tokio::task::spawn_blocking(move || check.already_active(&name, &spec))
-            .await
-            .map_err(|e| {
-                CliError::new(EXIT_ERROR, format!("checking the active generation: {e}"))
-            })??;
-        if let Some(generation) = same {
+        // Inline: a one-shot command's runtime has one thread (see `main`), which would only
+        // wait for a blocking-pool thread, and then join it at exit.
+        if let Some(generation) = supervisor.already_active(slot, spec)? {
             return operator::print_already_active(ctx, &supervisor, slot, generation.0);
         }
     }

@@ -17,3 +17,19 @@ pub(crate) fn off_worker<T>(work: impl FnOnce() -> T) -> T {
         _ => work(),
     }
 }
+
+/// Runs `work` on tokio's blocking pool and awaits it on a multi-thread runtime (the
+/// daemon: its workers keep serving meanwhile); inline on a current-thread runtime (a
+/// one-shot command), whose one thread would only wait for the pool's thread, and whose
+/// exit would then wait again to join it. Err only when the pool's task panicked or was
+/// cancelled.
+pub(crate) async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::spawn_blocking(work).await
+        }
+        _ => Ok(work()),
+    }
+}

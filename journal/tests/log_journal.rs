@@ -171,3 +171,57 @@ fn the_snapshot_is_written_by_the_exit_flush_not_at_the_write_ahead_points() {
     assert_eq!(written.seq, journal.last_seq());
     assert!(written.seq > before.seq);
 }
+
+/// The snapshot is rewritten in place: a reader that meets it half-rewritten (the new
+/// snapshot's head over the old one's tail or the reverse, or a writer killed mid-write)
+/// finds its CRC broken, does not use it, and reads answer from the log with the journal's
+/// state. A snapshot shorter than the file it overwrites cuts the file.
+#[test]
+fn a_torn_snapshot_is_not_used_and_reads_fold_the_log() {
+    use tryswap_journal::{open_for_reading, ReadScope, Snapshot, SNAPSHOT_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(SNAPSHOT_FILE);
+    let slot = slot_name(0);
+    let journal = Journal::open(dir.path()).unwrap();
+    full_activate(&journal, &slot, ReloadId::from_u128(1), 1);
+    journal.flush_for_exit().unwrap();
+    let old = std::fs::read(&path).unwrap();
+    // Junk after the snapshot, as a longer snapshot's tail: the next write cuts it.
+    std::fs::write(&path, [old.as_slice(), &[7u8; 4096]].concat()).unwrap();
+    full_activate(&journal, &slot, ReloadId::from_u128(2), 2);
+    journal.flush_for_exit().unwrap();
+    let new = std::fs::read(&path).unwrap();
+    let written = Snapshot::load(dir.path())
+        .unwrap()
+        .expect("the new snapshot");
+    assert_eq!(written.seq, journal.last_seq());
+    let (slots, last_seq) = (journal.slots().unwrap(), journal.last_seq());
+    drop(journal);
+
+    let half = new.len() / 2;
+    let tail = |bytes: &[u8]| bytes.get(half..).unwrap_or_default().to_vec();
+    let torn = [
+        [&new[..half], tail(&old).as_slice()].concat(),
+        [old.get(..half).unwrap_or(&old), tail(&new).as_slice()].concat(),
+        new[..new.len() - 1].to_vec(),
+        new[..half].to_vec(),
+        Vec::new(),
+    ];
+    for bytes in torn {
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            Snapshot::load(dir.path()).unwrap(),
+            None,
+            "{} bytes",
+            bytes.len()
+        );
+        let reader = open_for_reading(dir.path(), ReadScope::Current).unwrap();
+        assert!(!format!("{reader:?}").starts_with("SnapshotStore"));
+        assert_eq!(reader.slots().unwrap(), slots);
+        assert_eq!(reader.last_seq(), last_seq);
+    }
+    std::fs::write(&path, &new).unwrap();
+    let reader = open_for_reading(dir.path(), ReadScope::Current).unwrap();
+    assert!(format!("{reader:?}").starts_with("SnapshotStore"));
+    assert_eq!(reader.slots().unwrap(), slots);
+}

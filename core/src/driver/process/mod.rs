@@ -217,7 +217,7 @@ const LISTENER_GRACE: Duration = Duration::from_secs(1);
 
 /// Accepts the announced address only if the candidate's own process tree listens there
 /// (see [`sockets::check_endpoint_owner`]), waiting up to `wait` for a listener to appear.
-/// Runs off the reactor: it reads `/proc`.
+/// It reads `/proc`: on a multi-thread runtime, on the blocking pool.
 async fn check_endpoint_owner(
     endpoint: &tryswap_fsm::Endpoint,
     identity: &ProcessIdentity,
@@ -228,7 +228,7 @@ async fn check_endpoint_owner(
     loop {
         let (network, address) = (endpoint.network, endpoint.address.clone());
         let (candidate, tag) = (identity.clone(), reload_tag.to_owned());
-        let result = tokio::task::spawn_blocking(move || {
+        let result = crate::blocking::on_blocking_pool(move || {
             sockets::check_endpoint_owner(network, &address, &candidate, &tag)
         })
         .await
@@ -518,6 +518,10 @@ impl ProcessDriver {
         }
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
+        // Not our child (an earlier process started it): its exit wakes a pidfd at once.
+        if os::exited_on_pidfd(identity, deadline).await {
+            return true;
+        }
         loop {
             if !os::is_alive(identity) {
                 return true;

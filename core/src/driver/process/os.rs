@@ -708,6 +708,43 @@ pub fn is_alive(identity: &ProcessIdentity) -> bool {
     stat_if_ours(identity).is_some()
 }
 
+/// Waits on a pidfd until `identity`'s process exits or `deadline` passes, whoever its
+/// parent is (a one-shot command stops plugins an earlier process started): the pidfd
+/// turns readable at the exit, so no polling of `/proc` and no timer rounds. `true` only
+/// when the process is known gone ([`is_alive`] says so after the wake); `false` when that
+/// is not known (no pidfd on this kernel, the deadline passed, or it still looks alive):
+/// the caller then checks `/proc` as before.
+pub async fn exited_on_pidfd(identity: &ProcessIdentity, deadline: Instant) -> bool {
+    let Ok(raw) = libc::pid_t::try_from(identity.pid) else {
+        return false;
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+    let Ok(fd) = std::os::fd::RawFd::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        // ESRCH: no process has that pid any more.
+        return !is_alive(identity);
+    }
+    // SAFETY: a descriptor we just opened and nobody else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // The pidfd names whichever process had the pid at `pidfd_open`: it is the plugin's only
+    // if the identity (pid, start time, boot id) still matches now. If not, it is gone.
+    if !is_alive(identity) {
+        return true;
+    }
+    // SAFETY: the OwnedFd stays open, and the same descriptor, until the AsyncFd that owns
+    // it is dropped.
+    let Ok(ready) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else {
+        return false;
+    };
+    match tokio::time::timeout_at(deadline, ready.readable()).await {
+        Ok(Ok(_)) => !is_alive(identity),
+        _ => false,
+    }
+}
+
 /// Whether `identity`'s process runs, telling "dead" (it is gone, a zombie, or its pid now
 /// names another process) from "unknown" (`/proc` could not be read, e.g. `EMFILE`): only
 /// [`Liveness::Dead`] licenses treating a plugin as crashed.
@@ -1350,6 +1387,41 @@ mod tests {
             ..me
         };
         assert!(!is_alive(&other_boot));
+    }
+
+    /// A process that is not this one's child (a shell's background job, left behind when
+    /// the shell exits), as a one-shot command meets the plugin an earlier command started.
+    fn not_our_child() -> ProcessIdentity {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        identity_of(pid).unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pidfd_tells_the_exit_of_a_process_that_is_not_our_child() {
+        let plugin = not_our_child();
+        let soon = || Instant::now() + Duration::from_millis(50);
+        assert!(!exited_on_pidfd(&plugin, soon()).await, "it still runs");
+        let waiting = Instant::now();
+        let waiter = tokio::spawn({
+            let plugin = plugin.clone();
+            async move { exited_on_pidfd(&plugin, Instant::now() + Duration::from_secs(30)).await }
+        });
+        kill(Pid::from_raw(plugin.pid as i32), Signal::SIGTERM).unwrap();
+        assert!(waiter.await.unwrap(), "its exit is seen");
+        assert!(waiting.elapsed() < Duration::from_secs(10));
+        assert!(!is_alive(&plugin));
+        assert!(exited_on_pidfd(&plugin, soon()).await);
+        // Another identity behind a live pid (this process, another start time) is gone.
+        let me = identity_of(std::process::id()).unwrap().unwrap();
+        let reused = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(exited_on_pidfd(&reused, soon()).await);
     }
 
     #[test]
