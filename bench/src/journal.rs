@@ -216,6 +216,69 @@ struct Recovery {
     events_checked: u64,
 }
 
+/// One recovery of `state` in a new process of this binary (`--recover-once`), as a
+/// restart does: in this process the rows before (10^6 records verified, a rebuild) left
+/// a heap and caches that made the same 5,545 records verify 1.5× slower after a larger
+/// history than after a smaller one.
+impl Recovery {
+    fn new() -> Recovery {
+        Recovery {
+            open: Samples::new(),
+            recover: Samples::new(),
+            verify: Samples::new(),
+            total: Samples::new(),
+            events_checked: 0,
+        }
+    }
+}
+
+async fn recover_in_child(state: &Path, rec: &mut Recovery) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+    let out = tokio::process::Command::new(exe)
+        .arg("--recover-once")
+        .arg(state)
+        .output()
+        .await
+        .map_err(|e| format!("starting a recovery process: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "the recovery process of {} failed ({}): {}",
+            state.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the recovery process printed {text:?}: {e}"))?;
+    let [open, recover, verify, events] = fields[..] else {
+        return Err(format!("the recovery process printed {text:?}"));
+    };
+    rec.open.push_ms(open);
+    rec.recover.push_ms(recover);
+    rec.verify.push_ms(verify);
+    rec.total.push_ms(open + recover + verify);
+    rec.events_checked = events as u64;
+    Ok(())
+}
+
+/// `tryswap-bench --recover-once STATE`: one recovery of `STATE` in this process; prints
+/// the milliseconds of open, recover and verify, and the records verified.
+pub async fn recover_once_here(state: &Path) -> Result<String, String> {
+    let mut rec = Recovery::new();
+    recover_once(state, &mut rec).await?;
+    Ok(format!(
+        "{} {} {} {}",
+        rec.open.p50(),
+        rec.recover.p50(),
+        rec.verify.p50(),
+        rec.events_checked
+    ))
+}
+
 async fn recover_once(state: &Path, rec: &mut Recovery) -> Result<(), String> {
     let t = Instant::now();
     let sup = Supervisor::open(state).map_err(|e| format!("open {}: {e}", state.display()))?;
@@ -280,13 +343,7 @@ pub async fn recovery(cache: &Path, sizes: &[u64], budget: Duration) -> Result<V
             if took > Duration::ZERO {
                 generated.push((events, took));
             }
-            let mut rec = Recovery {
-                open: Samples::new(),
-                recover: Samples::new(),
-                verify: Samples::new(),
-                total: Samples::new(),
-                events_checked: 0,
-            };
+            let mut rec = Recovery::new();
             // The rows before this one (generating a history, the 4b rebuild of 10^6
             // records) leave hundreds of MB of dirty pages; a journal's fsync would wait for
             // their writeback, which is not recovery's cost (it doubled the compacted rows'
@@ -294,7 +351,7 @@ pub async fn recovery(cache: &Path, sizes: &[u64], budget: Duration) -> Result<V
             // starts from a settled disk.
             nix::unistd::sync();
             for _ in 0..3 {
-                recover_once(&state, &mut rec).await?;
+                recover_in_child(&state, &mut rec).await?;
             }
             if !compacted && events >= 100_000 {
                 let dir = state.join("journal");
@@ -335,7 +392,7 @@ pub async fn recovery(cache: &Path, sizes: &[u64], budget: Duration) -> Result<V
         }
     }
     t.note(format!(
-        "History: reload cycles round-robin over {HISTORY_SLOTS} slots (7 in 10 activate and retire the former generation, 2 in 10 fail at the probe, 1 in 10 dry runs), appended with `Journal::execute_all` ({CYCLES_PER_BATCH} cycles per transaction) and cached under the cache directory. `recover` is `Supervisor::recover` with no slot registered (nothing to relaunch): it reads the projections only. `verify` re-folds every record still in the journal."
+        "History: reload cycles round-robin over {HISTORY_SLOTS} slots (7 in 10 activate and retire the former generation, 2 in 10 fail at the probe, 1 in 10 dry runs), appended with `Journal::execute_all` ({CYCLES_PER_BATCH} cycles per transaction) and cached under the cache directory. Each recovery runs in a new process, as after a restart. `recover` is `Supervisor::recover` with no slot registered (nothing to relaunch): it reads the projections only. `verify` re-folds every record still in the journal."
     ));
     for (events, took) in generated {
         t.note(format!(

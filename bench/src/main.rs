@@ -113,6 +113,9 @@ struct Args {
     /// Do not build the fixture plugin and the tryswap binary first.
     #[arg(long)]
     no_build: bool,
+    /// Section 4's child process: one recovery of this state dir, its times on stdout.
+    #[arg(long, hide = true)]
+    recover_once: Option<PathBuf>,
 }
 
 fn default_cache() -> PathBuf {
@@ -168,6 +171,18 @@ impl Report {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(state) = &args.recover_once {
+        return match journal::recover_once_here(state).await {
+            Ok(line) => {
+                println!("{line}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let wanted = |n: u8| args.sections.is_empty() || args.sections.contains(&n);
     let asked = |n: u8| args.sections.contains(&n);
     let bins = match setup::Bins::find(args.no_build) {
