@@ -220,18 +220,6 @@ struct Recovery {
 /// restart does: in this process the rows before (10^6 records verified, a rebuild) left
 /// a heap and caches that made the same 5,545 records verify 1.5× slower after a larger
 /// history than after a smaller one.
-impl Recovery {
-    fn new() -> Recovery {
-        Recovery {
-            open: Samples::new(),
-            recover: Samples::new(),
-            verify: Samples::new(),
-            total: Samples::new(),
-            events_checked: 0,
-        }
-    }
-}
-
 async fn recover_in_child(state: &Path, rec: &mut Recovery) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
     let out = tokio::process::Command::new(exe)
@@ -268,18 +256,7 @@ async fn recover_in_child(state: &Path, rec: &mut Recovery) -> Result<(), String
 /// `tryswap-bench --recover-once STATE`: one recovery of `STATE` in this process; prints
 /// the milliseconds of open, recover and verify, and the records verified.
 pub async fn recover_once_here(state: &Path) -> Result<String, String> {
-    let mut rec = Recovery::new();
-    recover_once(state, &mut rec).await?;
-    Ok(format!(
-        "{} {} {} {}",
-        rec.open.p50(),
-        rec.recover.p50(),
-        rec.verify.p50(),
-        rec.events_checked
-    ))
-}
-
-async fn recover_once(state: &Path, rec: &mut Recovery) -> Result<(), String> {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let t = Instant::now();
     let sup = Supervisor::open(state).map_err(|e| format!("open {}: {e}", state.display()))?;
     let opened = t.elapsed();
@@ -295,12 +272,13 @@ async fn recover_once(state: &Path, rec: &mut Recovery) -> Result<(), String> {
     if !verified.is_ok() {
         return Err(format!("verify: {:?}", verified.problems));
     }
-    rec.open.push(opened);
-    rec.recover.push(recovered - opened);
-    rec.verify.push(total - recovered);
-    rec.total.push(total);
-    rec.events_checked = verified.events_checked;
-    Ok(())
+    Ok(format!(
+        "{} {} {} {}",
+        ms(opened),
+        ms(recovered - opened),
+        ms(total - recovered),
+        verified.events_checked
+    ))
 }
 
 /// Section 4: recovery time at each history size, plain and compacted.
@@ -343,7 +321,13 @@ pub async fn recovery(cache: &Path, sizes: &[u64], budget: Duration) -> Result<V
             if took > Duration::ZERO {
                 generated.push((events, took));
             }
-            let mut rec = Recovery::new();
+            let mut rec = Recovery {
+                open: Samples::new(),
+                recover: Samples::new(),
+                verify: Samples::new(),
+                total: Samples::new(),
+                events_checked: 0,
+            };
             // The rows before this one (generating a history, the 4b rebuild of 10^6
             // records) leave hundreds of MB of dirty pages; a journal's fsync would wait for
             // their writeback, which is not recovery's cost (it doubled the compacted rows'
