@@ -33,3 +33,27 @@ pub(crate) async fn on_blocking_pool<T: Send + 'static>(
         _ => Ok(work()),
     }
 }
+
+/// Runs `main` on this thread and `side` on a thread of its own at the same time; returns
+/// `main`'s result once both are done. For blocking work that may overlap, such as a
+/// journal flush and the files a launch will need. `side` is best effort: if no thread can
+/// be started it does not run, so it must only do what its user would otherwise do itself.
+/// A panic of `side` is logged, not propagated. Call it off the async workers
+/// ([`off_worker`]).
+pub(crate) fn beside<T>(main: impl FnOnce() -> T, side: impl FnOnce() + Send) -> T {
+    std::thread::scope(|scope| {
+        let side = std::thread::Builder::new()
+            .name("tryswap-beside".to_owned())
+            .spawn_scoped(scope, side);
+        let out = main();
+        match side {
+            Ok(handle) => {
+                if handle.join().is_err() {
+                    tracing::error!("a side task of blocking work panicked");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no thread for a side task; it did not run"),
+        }
+        out
+    })
+}

@@ -490,9 +490,11 @@ impl Store {
         Ok(out)
     }
 
-    fn stage(&self, src: &Path, kind: Kind) -> Result<Sha256, StoreError> {
+    /// Opens the source `src` of a staging: a regular file (symlinks followed), readable,
+    /// and for an executable with an execute bit.
+    fn open_source(src: &Path, kind: Kind) -> Result<(File, fs::Metadata), StoreError> {
         // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a file.
-        let mut source = OpenOptions::new()
+        let source = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(src)
@@ -519,6 +521,26 @@ impl Store {
                 path: src.to_path_buf(),
             });
         }
+        Ok((source, meta))
+    }
+
+    /// The digest [`Store::stage_config`] would return for `src`, without writing anything:
+    /// from its stamp if the store knows the file unchanged since it staged it, else by
+    /// hashing its bytes. For a check that decides whether a reload is needed at all; the
+    /// reload then stages the file itself.
+    pub fn config_digest(&self, src: &Path) -> Result<Sha256, StoreError> {
+        let (mut source, meta) = Self::open_source(src, Kind::Config)?;
+        if let Some(digest) = self.known_unchanged(src, &Stamp::of(&meta), Kind::Config) {
+            return Ok(digest);
+        }
+        hash_all(&mut source).map_err(|source| StoreError::Unreadable {
+            path: src.to_path_buf(),
+            source,
+        })
+    }
+
+    fn stage(&self, src: &Path, kind: Kind) -> Result<Sha256, StoreError> {
+        let (mut source, meta) = Self::open_source(src, kind)?;
 
         let stamp = Stamp::of(&meta);
         if let Some(digest) = self.known_unchanged(src, &stamp, kind) {

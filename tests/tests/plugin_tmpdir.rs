@@ -1,6 +1,8 @@
 //! Each generation gets its own TMPDIR under the state dir (mode 0700), where go-plugin
 //! creates its unix socket; it goes when the generation stops, so reloads leave no socket
-//! files behind, even of plugins that are killed and never remove their socket.
+//! files behind, even of plugins that are killed and never remove their socket. A reload
+//! makes the TMPDIR and log files of its generation while its `Staged` record is flushed;
+//! a reload that fails before its launch removes them again.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -55,4 +57,39 @@ fn twenty_reloads_of_a_unix_socket_plugin_leave_no_socket_behind() {
     }
     let dirs: Vec<_> = std::fs::read_dir(&tmp_root).unwrap().flatten().collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
+}
+
+#[test]
+fn a_reload_that_fails_before_its_launch_leaves_no_files_of_its_generation() {
+    let h = Harness::demo();
+    let v1 = h.fixture_config("v1", &FixtureConfig::with_message("v1"));
+    let run = h.activate("demo", &v1);
+    assert_eq!(run.code, 0, "{run:?}");
+    let (generation, _, _) = h.active("demo").expect("active");
+    let next = generation + 1;
+    let tmp = h.state_dir.join("tmp").join("demo").join(next.to_string());
+    let logs = h.state_dir.join("logs").join("demo");
+    let leftovers = || {
+        [
+            tmp.clone(),
+            logs.join(format!("{next}.stdout")),
+            logs.join(format!("{next}.log")),
+        ]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect::<Vec<_>>()
+    };
+
+    // Staging fails (the config file is missing) after the launch's files were made.
+    let run = h.activate("demo", &h.state_dir.join("no-such-config.toml"));
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stdout.contains("staged"), "{run:?}");
+    assert_eq!(leftovers(), Vec::<PathBuf>::new());
+
+    // The next reload gets that generation and makes its files itself.
+    let v2 = h.fixture_config("v2", &FixtureConfig::with_message("v2"));
+    let run = h.activate("demo", &v2);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(h.active("demo").expect("active").0, next);
+    assert_eq!(leftovers().len(), 3, "the active generation's files");
 }

@@ -67,6 +67,15 @@ async fn checking_and_reloading_an_unchanged_executable_does_not_read_it_again()
         .unwrap()
         .unwrap();
     assert_eq!(same, None, "a new config is a change");
+    // The check only hashed the new config: the reload stages it, beside its launch's files.
+    let v2_digest = sup
+        .store()
+        .config_digest(v2.config.as_deref().expect("v2's config"))
+        .unwrap();
+    assert!(
+        !sup.store().path_of(&v2_digest).exists(),
+        "the check wrote the new config into the store"
+    );
     let report = sup.activate(&slot, v2.clone()).await.unwrap();
     assert_eq!(report.outcome, Outcome::Active, "{report:?}");
     let check = sup.clone();

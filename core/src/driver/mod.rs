@@ -177,6 +177,20 @@ pub struct FoundProcess {
 /// of a stopped instance behind.
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
+    /// Makes on disk what a launch of generation `generation` of `slot` will need (for
+    /// processes: its `TMPDIR`, log files and cgroup) and keeps it for that launch. Nothing
+    /// runs. A reload calls it on another thread while its `Staged` record is made durable,
+    /// so the two overlap; the write-ahead rule holds because nothing is spawned before
+    /// [`Driver::launch`]. Blocking. A failure is not reported here: the launch makes the
+    /// same things again and reports it. The default has nothing to make.
+    fn prepare(&self, slot: &SlotName, generation: Generation) {
+        let _ = (slot, generation);
+    }
+
+    /// Removes what [`Driver::prepare`] made when no launch will use it (the reload failed
+    /// before its launch). Blocking. The default has nothing to remove.
+    fn discard_prepared(&self) {}
+
     /// Starts an instance. Returns once it exists (spawned, built); not yet validated.
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError>;
 

@@ -13,11 +13,14 @@ impl Supervisor {
     /// `None` when a reload of `spec` would change something, or when that cannot be told
     /// (no executable given, a file unreadable: the reload reports it).
     ///
-    /// The files are staged into the store to learn their digests (hashed while copied; a
+    /// The executable is staged into the store to learn its digest (hashed while copied; a
     /// source whose stat the store knows unchanged is not read at all), which is the
-    /// reload's own first step: the reload that follows finds them staged and reads
-    /// neither again, and an unchanged executable is never re-hashed. Same bytes as a
-    /// stored copy leave nothing new in the store. Call it off the async worker threads.
+    /// reload's own first step: the reload that follows finds it staged and reads it not
+    /// again, and an unchanged executable is never re-hashed. The config is only hashed,
+    /// and only when the executable is the active one: a new config is staged by the
+    /// reload, beside the files of its launch (see `Supervisor::run_reload`). Same bytes
+    /// as a stored copy leave nothing new in the store. Call it off the async worker
+    /// threads.
     pub fn already_active(
         &self,
         slot: &SlotName,
@@ -45,7 +48,7 @@ impl Supervisor {
             return Ok(None);
         }
         let config = match spec.config.as_deref() {
-            Some(path) => match store.stage_config(path) {
+            Some(path) => match store.config_digest(path) {
                 Ok(digest) => Some(digest),
                 Err(_) => return Ok(None),
             },

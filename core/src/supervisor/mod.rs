@@ -978,23 +978,49 @@ impl Supervisor {
         let previous = self.previous_info(slot)?;
         // Refuse early (no staging, nothing journaled) if the journal knows a reload in
         // flight, e.g. one a crashed process left behind.
-        if let Some(view) = self.inner.journal.slot(slot)? {
-            if let Some(in_flight) = view.slot.in_flight {
-                return Err(SupervisorError::Conflict {
-                    slot: slot.clone(),
-                    in_flight: Some(in_flight),
-                });
-            }
+        let view = self.inner.journal.slot(slot)?;
+        if let Some(in_flight) = view.as_ref().and_then(|v| v.slot.in_flight) {
+            return Err(SupervisorError::Conflict {
+                slot: slot.clone(),
+                in_flight: Some(in_flight),
+            });
         }
+        // The generation the `Staged` record will give out: this reload holds the slot, so
+        // no other reload of it can take that number first.
+        let next = view.map(|v| v.slot.next_generation);
 
         // Staged: the artifact is in the store and the reload is durable before any spawn.
-        // Copying and hashing block: without stalling the async worker.
-        let staging = crate::blocking::off_worker(|| {
-            self.stage_artifact(slot, rt.needs_executable, mode, candidate.as_ref())
+        // Copying, hashing and the record's flush block: without stalling the async worker.
+        // Meanwhile another thread makes the files the launch will need (nothing runs
+        // before the launch, so the write-ahead rule holds).
+        let span = tracing::Span::current();
+        let prepare = || {
+            if let Some(generation) = next {
+                let _entered = span.enter();
+                rt.driver.prepare(slot, generation);
+            }
+        };
+        let staging: Result<_, String> = crate::blocking::off_worker(|| {
+            crate::blocking::beside(
+                || {
+                    let artifact =
+                        self.stage_artifact(slot, rt.needs_executable, mode, candidate.as_ref())?;
+                    failpoint!("reload-before-staged");
+                    let staged = self.record(&Command::Stage {
+                        reload,
+                        slot: slot.clone(),
+                        mode,
+                        artifact: artifact.clone(),
+                    });
+                    Ok((artifact, staged))
+                },
+                prepare,
+            )
         });
-        let artifact = match staging {
-            Ok(artifact) => artifact,
+        let (artifact, staged) = match staging {
+            Ok(staged) => staged,
             Err(message) => {
+                rt.driver.discard_prepared();
                 tracing::warn!(%message, "staging failed");
                 self.record(&Command::FailStaging {
                     reload,
@@ -1005,16 +1031,9 @@ impl Supervisor {
                 return self.report(reload, started, previous);
             }
         };
-        failpoint!("reload-before-staged");
-        let staged = self
-            .record_off_thread(vec![Command::Stage {
-                reload,
-                slot: slot.clone(),
-                mode,
-                artifact: artifact.clone(),
-            }])
-            .await
-            .map_err(|e| match e {
+        let staged = staged.map_err(|e| {
+            rt.driver.discard_prepared();
+            match e {
                 JournalError::Rejected(Rejected::Conflict { in_flight, .. }) => {
                     SupervisorError::Conflict {
                         slot: slot.clone(),
@@ -1026,7 +1045,8 @@ impl Supervisor {
                     rejected,
                 },
                 other => SupervisorError::Journal(other),
-            })?;
+            }
+        })?;
         let generation = staged
             .iter()
             .find_map(|r| match r.event {

@@ -74,6 +74,11 @@ pub fn tmp_dir(state_dir: &Path, slot: &SlotName, generation: Generation) -> Pat
         .join(generation.to_string())
 }
 
+/// `mutex`'s guard, whether or not a holder panicked (what it guards stays consistent).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Removes a stopped generation's temporary directory (and whatever it left there).
 fn remove_tmp_dir(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
@@ -270,6 +275,17 @@ async fn check_endpoint_owner(
 pub struct ProcessDriver {
     slot: Arc<SlotConfig>,
     state_dir: PathBuf,
+    /// What [`Driver::prepare`] made for the next launch.
+    prepared: Mutex<Option<PreparedLaunch>>,
+}
+
+/// A launch's files made ahead by [`Driver::prepare`]: the generation's `TMPDIR` (when it
+/// has its own) and what the spawn needs.
+struct PreparedLaunch {
+    slot: SlotName,
+    generation: Generation,
+    tmp: Option<PathBuf>,
+    spawn: os::Prepared,
 }
 
 impl ProcessDriver {
@@ -278,6 +294,7 @@ impl ProcessDriver {
         ProcessDriver {
             slot: Arc::new(slot),
             state_dir: state_dir.into(),
+            prepared: Mutex::new(None),
         }
     }
 
@@ -320,21 +337,8 @@ impl ProcessDriver {
                 env.push((name.clone(), value));
             }
         }
-        let own_tmpdir =
-            !slot.env.contains_key("TMPDIR") && !slot.pass_env.iter().any(|n| n == "TMPDIR");
-        if own_tmpdir {
+        if self.own_tmpdir() {
             let tmp = tmp_dir(&self.state_dir, &request.slot, request.generation);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&tmp)
-                .map_err(|e| {
-                    DriverError::error(format!(
-                        "slot {}: cannot create the generation's TMPDIR {}: {e}",
-                        slot.name,
-                        tmp.display()
-                    ))
-                })?;
             env.push(("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned()));
         }
         env.extend(slot.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -358,6 +362,58 @@ impl ProcessDriver {
             },
             stdout_path,
         ))
+    }
+
+    /// Whether the plugins get a `TMPDIR` of their own per generation (the slot neither sets
+    /// nor passes one).
+    fn own_tmpdir(&self) -> bool {
+        !self.slot.env.contains_key("TMPDIR") && !self.slot.pass_env.iter().any(|n| n == "TMPDIR")
+    }
+
+    /// Creates generation `generation`'s own `TMPDIR` (mode 0700) if it gets one; returns
+    /// its path then.
+    fn make_tmp_dir(
+        &self,
+        slot: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<PathBuf>, DriverError> {
+        if !self.own_tmpdir() {
+            return Ok(None);
+        }
+        let tmp = tmp_dir(&self.state_dir, slot, generation);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| {
+                DriverError::error(format!(
+                    "slot {slot}: cannot create the TMPDIR {} of generation {generation}: {e}",
+                    tmp.display()
+                ))
+            })?;
+        Ok(Some(tmp))
+    }
+
+    /// The files and cgroup of a run of generation `generation`.
+    fn run_files(&self, slot: &SlotName, generation: Generation) -> os::RunFiles {
+        let (stdout_path, stderr_path) = generation_log_paths(&self.state_dir, slot, generation);
+        os::RunFiles {
+            stdout_path,
+            stderr_path,
+            cgroup: cgroup::path_for(&self.state_dir, slot, generation),
+        }
+    }
+
+    /// Takes what [`Driver::prepare`] made if it was made for this launch.
+    fn take_prepared(&self, slot: &SlotName, generation: Generation) -> Option<os::Prepared> {
+        let mut prepared = lock(&self.prepared);
+        if prepared
+            .as_ref()
+            .is_some_and(|p| &p.slot == slot && p.generation == generation)
+        {
+            return prepared.take().map(|p| p.spawn);
+        }
+        None
     }
 
     /// How the running process `pid` differs from what this driver would launch for
@@ -547,15 +603,71 @@ impl Driver for ProcessDriver {
         connections::outside_connections(instance.endpoint.as_ref()?)
     }
 
+    fn prepare(&self, slot: &SlotName, generation: Generation) {
+        let made = self.make_tmp_dir(slot, generation).and_then(|tmp| {
+            let spawn = os::prepare(&self.run_files(slot, generation)).map_err(|e| {
+                DriverError::error(format!(
+                    "slot {slot}: preparing generation {generation}'s launch: {e}"
+                ))
+            })?;
+            Ok(PreparedLaunch {
+                slot: slot.clone(),
+                generation,
+                tmp,
+                spawn,
+            })
+        });
+        match made {
+            Ok(made) => {
+                if let Some(unused) = lock(&self.prepared).replace(made) {
+                    tracing::debug!(
+                        generation = unused.generation.0,
+                        "an earlier prepared launch was never used; its files stay"
+                    );
+                }
+            }
+            // The launch makes the same again and reports the error.
+            Err(e) => tracing::debug!(error = %e, "preparing the launch ahead failed"),
+        }
+    }
+
+    fn discard_prepared(&self) {
+        let Some(PreparedLaunch { tmp, spawn, .. }) = lock(&self.prepared).take() else {
+            return;
+        };
+        let files = spawn.files().clone();
+        drop(spawn);
+        // No process of the generation ever ran: the journal never gave the generation
+        // out, so its files hold nothing. A log file that is not empty is left as it is.
+        if let Some(tmp) = tmp {
+            remove_tmp_dir(&tmp);
+        }
+        for path in [&files.stdout_path, &files.stderr_path] {
+            if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        if let Some(dir) = &files.cgroup {
+            // Fails (EBUSY) if anything joined it, which nothing did.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError> {
         let (spec, stdout_path) = self.spec(request)?;
+        let prepared = self.take_prepared(&request.slot, request.generation);
         // Opening the logs, fork/exec and the ETXTBSY retries block: off the async workers.
-        let spawned = crate::blocking::off_worker(|| os::spawn(&spec)).map_err(|e| {
-            DriverError::error(format!(
-                "slot {}: could not start {}: {e}",
-                request.slot,
-                spec.program.display()
-            ))
+        let spawned = crate::blocking::off_worker(|| {
+            if prepared.is_none() {
+                self.make_tmp_dir(&request.slot, request.generation)?;
+            }
+            os::spawn_prepared(&spec, prepared).map_err(|e| {
+                DriverError::error(format!(
+                    "slot {}: could not start {}: {e}",
+                    request.slot,
+                    spec.program.display()
+                ))
+            })
         })?;
         Ok(Instance {
             slot: request.slot.clone(),

@@ -91,6 +91,12 @@ pub enum ProcessError {
         /// Why.
         source: io::Error,
     },
+    /// `/dev/null` could not be opened for the plugin's stdin.
+    #[error("cannot open /dev/null for the plugin's stdin: {source}")]
+    Stdin {
+        /// Why.
+        source: io::Error,
+    },
     /// [`spawn`] was called outside a tokio runtime.
     #[error("cannot spawn {program}: not inside a tokio runtime")]
     NoRuntime {
@@ -293,22 +299,116 @@ pub fn restrict_umask() -> u32 {
 /// stays a zombie while we are its parent) and publishes its exit status to
 /// [`Spawned::exit_status`] / [`Spawned::wait_exit`].
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
+    spawn_prepared(spec, None)
+}
+
+/// Where one run of a plugin writes and which cgroup it joins: what [`prepare`] makes on
+/// disk before the spawn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFiles {
+    /// File that receives stdout (see [`SpawnSpec::stdout_path`]).
+    pub stdout_path: PathBuf,
+    /// File that receives stderr (see [`SpawnSpec::stderr_path`]).
+    pub stderr_path: PathBuf,
+    /// The cgroup the plugin joins, if one can be made (see [`SpawnSpec::cgroup`]).
+    pub cgroup: Option<PathBuf>,
+}
+
+impl SpawnSpec {
+    /// The files and cgroup of this spawn.
+    pub fn run_files(&self) -> RunFiles {
+        RunFiles {
+            stdout_path: self.stdout_path.clone(),
+            stderr_path: self.stderr_path.clone(),
+            cgroup: self.cgroup.clone(),
+        }
+    }
+}
+
+/// What one spawn needs before the child exists, made by [`prepare`]: the log files open
+/// (with their lengths before this run), `/dev/null` for stdin, the cgroup created and
+/// opened. Nothing runs yet. Dropping it closes the files and leaves them, and the cgroup,
+/// in place (a later spawn of the same files opens them again).
+#[derive(Debug)]
+pub struct Prepared {
+    files: RunFiles,
+    stdin: File,
+    stdout: File,
+    stderr: File,
+    stdout_start: u64,
+    stderr_start: u64,
+    cgroup_procs: Option<File>,
+    cgroup_dir: Option<File>,
+}
+
+impl Prepared {
+    /// What it was made for.
+    pub fn files(&self) -> &RunFiles {
+        &self.files
+    }
+}
+
+/// Makes what a spawn writing to `files` needs, without starting anything: the log files
+/// (created 0640 with their parent directories 0750, as [`spawn`] says) and the cgroup.
+/// Blocking (new inodes); a caller may run it on another thread while it does other work
+/// that must come before the spawn, then hand it to [`spawn_prepared`].
+pub fn prepare(files: &RunFiles) -> Result<Prepared, ProcessError> {
+    let stdout = open_log(&files.stdout_path)?;
+    let stderr = if same_file(&files.stdout_path, &files.stderr_path) {
+        stdout.try_clone().map_err(|source| ProcessError::LogFile {
+            path: files.stderr_path.clone(),
+            source,
+        })?
+    } else {
+        open_log(&files.stderr_path)?
+    };
+    let stdout_start = file_len(&stdout, &files.stdout_path)?;
+    let stderr_start = file_len(&stderr, &files.stderr_path)?;
+    let cgroup_procs = files.cgroup.as_deref().and_then(super::cgroup::prepare);
+    // The child is created in the cgroup where the kernel can (see `vfork`).
+    let cgroup_dir = match (&cgroup_procs, files.cgroup.as_deref()) {
+        (Some(_), Some(dir)) => super::cgroup::open_dir(dir),
+        _ => None,
+    };
+    let stdin = File::open("/dev/null").map_err(|source| ProcessError::Stdin { source })?;
+    Ok(Prepared {
+        files: files.clone(),
+        stdin,
+        stdout,
+        stderr,
+        stdout_start,
+        stderr_start,
+        cgroup_procs,
+        cgroup_dir,
+    })
+}
+
+/// [`spawn`] with what [`prepare`] made for it (`None`, or one made for other files: made
+/// here).
+pub fn spawn_prepared(
+    spec: &SpawnSpec,
+    prepared: Option<Prepared>,
+) -> Result<Spawned, ProcessError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(ProcessError::NoRuntime {
             program: spec.program.clone(),
         });
     }
-    let stdout = open_log(&spec.stdout_path)?;
-    let stderr = if same_file(&spec.stdout_path, &spec.stderr_path) {
-        stdout.try_clone().map_err(|source| ProcessError::LogFile {
-            path: spec.stderr_path.clone(),
-            source,
-        })?
-    } else {
-        open_log(&spec.stderr_path)?
+    let files = spec.run_files();
+    let prepared = match prepared {
+        Some(prepared) if prepared.files == files => prepared,
+        _ => prepare(&files)?,
     };
-    let stdout_start = file_len(&stdout, &spec.stdout_path)?;
-    let stderr_start = file_len(&stderr, &spec.stderr_path)?;
+    let Prepared {
+        stdin,
+        stdout,
+        stderr,
+        stdout_start,
+        stderr_start,
+        cgroup_procs,
+        cgroup_dir,
+        ..
+    } = prepared;
     let fsize_limit: Option<libc::rlim_t> = if spec.log_max_bytes > 0 {
         Some(
             spec.log_max_bytes
@@ -317,19 +417,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, ProcessError> {
     } else {
         None
     };
-
-    let cgroup_procs = spec.cgroup.as_deref().and_then(super::cgroup::prepare);
     let cgroup_fd = cgroup_procs.as_ref().map(AsRawFd::as_raw_fd);
-    // The child is created in the cgroup where the kernel can (see `vfork`).
-    let cgroup_dir = match (&cgroup_procs, spec.cgroup.as_deref()) {
-        (Some(_), Some(dir)) => super::cgroup::open_dir(dir),
-        _ => None,
-    };
 
-    let stdin = File::open("/dev/null").map_err(|source| ProcessError::Spawn {
-        program: spec.program.clone(),
-        source,
-    })?;
     let umask = match PLUGIN_UMASK.load(Ordering::SeqCst) {
         u32::MAX => None,
         mask => Some(mask as libc::mode_t),
