@@ -19,28 +19,129 @@ pub fn archive_path(journal_dir: &Path, base_seq: u64) -> PathBuf {
         .join(format!("{base_seq:020}.jsonl"))
 }
 
-/// Writes `records` to the archive file of `base_seq` (replacing one an interrupted
-/// compaction left), synced with its directory.
-pub(crate) fn write(
-    journal_dir: &Path,
-    base_seq: u64,
-    records: &[Record],
-) -> Result<(), JournalError> {
-    if records.is_empty() {
-        return Ok(());
+/// The archive file of one compaction being written, one record at a time: the dropped
+/// records go to disk as the compaction finds them instead of being held in memory. Dropped
+/// before [`ArchiveWriter::finish`] (the compaction failed), it removes its file.
+pub(crate) struct ArchiveWriter {
+    path: PathBuf,
+    dir: PathBuf,
+    /// `None` once finished.
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    records: u64,
+}
+
+impl ArchiveWriter {
+    /// Starts the archive file of `base_seq` (replacing one an interrupted compaction
+    /// left).
+    pub(crate) fn create(journal_dir: &Path, base_seq: u64) -> Result<Self, JournalError> {
+        let dir = journal_dir.join(ARCHIVE_DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| JournalError::io("creating the archive directory", &dir, e))?;
+        let path = archive_path(journal_dir, base_seq);
+        let file = std::fs::File::create(&path)
+            .map_err(|e| JournalError::io("creating the archive", &path, e))?;
+        Ok(ArchiveWriter {
+            path,
+            dir,
+            file: Some(std::io::BufWriter::new(file)),
+            records: 0,
+        })
     }
-    let dir = journal_dir.join(ARCHIVE_DIR);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| JournalError::io("creating the archive directory", &dir, e))?;
-    let path = archive_path(journal_dir, base_seq);
-    let mut text = Vec::new();
-    for record in records {
-        serde_json::to_writer(&mut text, record)
-            .map_err(|e| JournalError::io("encoding archived records", &path, e.into()))?;
-        text.push(b'\n');
+
+    /// Appends `record` as one line.
+    pub(crate) fn push(&mut self, record: &Record) -> Result<(), JournalError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        serde_json::to_writer(&mut *file, record)
+            .map_err(std::io::Error::from)
+            .and_then(|()| file.write_all(b"\n"))
+            .map_err(|e| JournalError::io("writing the archive", &self.path, e))?;
+        self.records += 1;
+        Ok(())
     }
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_data()))
-        .map_err(|e| JournalError::io("writing the archive", &path, e))?;
-    sync_dir(&dir)
+
+    /// Makes the file durable with its directory entry, or removes it if it holds no
+    /// record. Returns how many records it holds.
+    pub(crate) fn finish(mut self) -> Result<u64, JournalError> {
+        let Some(file) = self.file.take() else {
+            return Ok(self.records);
+        };
+        let file = file
+            .into_inner()
+            .map_err(|e| JournalError::io("writing the archive", &self.path, e.into_error()))?;
+        if self.records == 0 {
+            drop(file);
+            return std::fs::remove_file(&self.path)
+                .map(|()| 0)
+                .map_err(|e| JournalError::io("removing an empty archive", &self.path, e));
+        }
+        file.sync_data()
+            .map_err(|e| JournalError::io("syncing the archive", &self.path, e))?;
+        sync_dir(&self.dir)?;
+        Ok(self.records)
+    }
+}
+
+impl Drop for ArchiveWriter {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            drop(file);
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use tryswap_fsm::{EventKind, ReloadId, SlotName};
+
+    use super::*;
+    use crate::record::{Actor, RECORD_FORMAT};
+
+    fn record(seq: u64) -> Record {
+        Record {
+            format: RECORD_FORMAT,
+            seq,
+            at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            reload: ReloadId::from_u128(7),
+            slot: SlotName::new("demo").unwrap(),
+            event: EventKind::Activated,
+            prev_chain: 0,
+            actor: Actor::default(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_finished_archive_holds_one_line_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut archive = ArchiveWriter::create(dir.path(), 9).unwrap();
+        for seq in 1..=3 {
+            archive.push(&record(seq)).unwrap();
+        }
+        assert_eq!(archive.finish().unwrap(), 3);
+        let text = std::fs::read_to_string(archive_path(dir.path(), 9)).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn an_unfinished_or_empty_archive_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut failed = ArchiveWriter::create(dir.path(), 9).unwrap();
+        failed.push(&record(1)).unwrap();
+        drop(failed);
+        assert!(
+            !archive_path(dir.path(), 9).exists(),
+            "a failed compaction's archive"
+        );
+        let empty = ArchiveWriter::create(dir.path(), 10).unwrap();
+        assert_eq!(empty.finish().unwrap(), 0);
+        assert!(!archive_path(dir.path(), 10).exists(), "an empty archive");
+    }
 }

@@ -157,7 +157,16 @@ impl Journal {
             }
             let known: BTreeSet<ReloadId> = reloads.iter().map(|v| v.reload.id).collect();
             let mut event_keys = Vec::new();
-            let mut archived = Vec::new();
+            // The archive first: the dropped records leave the log (the new segment below
+            // supersedes the old ones, which no read shows) only once they are durable in
+            // the archive. A crash (or a failed write) before the new segment leaves them in
+            // both: the next compaction archives them again, never none. Written as they
+            // are found, so the compaction never holds them all in memory.
+            let mut archived = if archive {
+                Some(crate::archive::ArchiveWriter::create(&self.dir, tip.seq)?)
+            } else {
+                None
+            };
             let mut kept_frames = Vec::new();
             let mut events_kept = 0u64;
             for item in self.events.iter() {
@@ -171,7 +180,9 @@ impl Journal {
                 if seq_of_key(&key).is_some_and(|seq| seq <= tip.seq) {
                     if dropped.contains(&record.reload) {
                         event_keys.push(key);
-                        archived.push(record);
+                        if let Some(archive) = archived.as_mut() {
+                            archive.push(&record)?;
+                        }
                     } else if !known.contains(&record.reload) {
                         // Left by an earlier compaction whose removal failed part-way (see
                         // `purge_events`): archived then, removed now.
@@ -218,12 +229,8 @@ impl Journal {
                     encode_value("base reload view", *view)?,
                 ));
             }
-            // The archive first: the dropped records leave the log (the new segment below
-            // supersedes the old ones, which no read shows) only once they are durable in
-            // the archive. A crash (or a failed write) before the new segment leaves them in
-            // both: the next compaction archives them again, never none.
-            if archive {
-                crate::archive::write(&self.dir, tip.seq, &archived)?;
+            if let Some(archive) = archived {
+                archive.finish()?;
             }
             // Then the log: a segment starting with the new base and the kept records
             // supersedes the old ones (a crash before sled's transaction below leaves sled
