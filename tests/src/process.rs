@@ -576,11 +576,48 @@ impl TempState {
     }
 }
 
+impl TempState {
+    /// Removes the cgroups tryswap made for the state directories under the directory
+    /// (one per state dir, holding one per generation; see
+    /// `tryswap::internals::cgroup`). A test's plugins are killed here, not stopped
+    /// by tryswap, and the state dir goes with the directory, so nothing else would ever
+    /// remove them: thousands of empty cgroups left by test runs slowed every cgroup
+    /// operation of the host. Waits (≤ 2 s) for the killed processes to leave them.
+    pub fn remove_cgroups(&self) {
+        use tryswap::internals::cgroup;
+        for state_dir in state_dirs_under(self.dir.path(), 3) {
+            wait_until(Duration::from_secs(2), || {
+                cgroup::sweep_empty(&state_dir);
+                !cgroup::state_dir_has_cgroup(&state_dir)
+            });
+        }
+    }
+}
+
+/// The tryswap state directories (those holding a `journal` directory) at most `depth`
+/// levels below `dir`.
+fn state_dirs_under(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if dir.join("journal").is_dir() {
+        found.push(dir.to_path_buf());
+    }
+    if depth == 0 {
+        return found;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(state_dirs_under(&entry.path(), depth - 1));
+        }
+    }
+    found
+}
+
 impl Drop for TempState {
     fn drop(&mut self) {
         let killed = self.kill_processes();
         if !killed.is_empty() {
             tracing::warn!(dir = %self.dir.path().display(), ?killed, "killed leftover processes");
         }
+        self.remove_cgroups();
     }
 }

@@ -45,6 +45,12 @@ fn state_dir_cgroup(state_dir: &Path) -> Option<PathBuf> {
     Some(mount.join("tryswap").join(id))
 }
 
+/// Whether the state dir `state_dir` has a cgroup of its own (`false` without a cgroup2
+/// hierarchy): [`sweep_empty`] removes it once none of its generations' cgroups is left.
+pub fn state_dir_has_cgroup(state_dir: &Path) -> bool {
+    state_dir_cgroup(state_dir).is_some_and(|dir| dir.exists())
+}
+
 /// The cgroup of generation `generation` of `slot` in the state dir `state_dir` (whether it
 /// exists or not); `None` without a cgroup2 hierarchy.
 pub fn path_for(state_dir: &Path, slot: &SlotName, generation: Generation) -> Option<PathBuf> {
