@@ -43,7 +43,7 @@ pub use keepalive::{
 };
 pub use origin::{acting, Origin};
 pub use report::{DrainReport, HistoryReport, Outcome, ReloadReport, SlotStatus, StatusReport};
-pub use store::{GcReport, Store, StoreError, StoreUsage};
+pub use store::{DurableLater, GcReport, PendingDurable, Store, StoreError, StoreUsage};
 pub use supervisor::bake::{BakeEnd, BakeWatch};
 pub use supervisor::config_reload::{ConfigOutcome, ConfigReloadReport};
 pub use supervisor::damaged::{stop_without_journal, UnrecordedProcess, UnrecordedStop};

@@ -300,6 +300,56 @@ pub struct Store {
     objects: PathBuf,
     known: std::sync::Arc<std::sync::Mutex<Known>>,
     racy_window: std::time::Duration,
+    /// Objects a deferred staging wrote and nobody made durable yet (see
+    /// [`Store::stage_config_deferred`]).
+    unsynced: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Sha256>>>,
+}
+
+/// Stored objects a deferred staging wrote, or found written by another deferred staging
+/// and not yet durable: what [`Store::make_durable`] syncs. Until then a power loss may
+/// take them (a process that is killed loses nothing: they are in the page cache).
+#[derive(Debug, Default)]
+#[must_use = "the staged files are not durable until made so"]
+pub struct PendingDurable {
+    digests: Vec<Sha256>,
+}
+
+impl PendingDurable {
+    /// Whether nothing is left to sync.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
+/// [`Store::make_durable`] running on a thread of its own; [`DurableLater::wait`] returns
+/// its outcome.
+#[derive(Debug)]
+#[must_use = "wait for the sync before depending on the files"]
+pub struct DurableLater {
+    state: DurableState,
+}
+
+#[derive(Debug)]
+enum DurableState {
+    Done(Result<(), StoreError>),
+    Running(std::thread::JoinHandle<Result<(), StoreError>>, PathBuf),
+}
+
+impl DurableLater {
+    /// Waits until the files are durable (blocking). An error names the file or directory
+    /// that could not be synced.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.state {
+            DurableState::Done(result) => result,
+            DurableState::Running(handle, objects) => handle.join().unwrap_or_else(|_| {
+                Err(StoreError::io(
+                    &objects,
+                    "fsync",
+                    io::Error::other("the thread syncing the staged files panicked"),
+                ))
+            }),
+        }
+    }
 }
 
 impl Store {
@@ -319,6 +369,7 @@ impl Store {
             objects,
             known: std::sync::Arc::new(std::sync::Mutex::new(known)),
             racy_window: RACY_WINDOW,
+            unsynced: Default::default(),
         })
     }
 
@@ -331,6 +382,7 @@ impl Store {
             root,
             known: Default::default(),
             racy_window: RACY_WINDOW,
+            unsynced: Default::default(),
         }
     }
 
@@ -360,14 +412,116 @@ impl Store {
     /// regular file (symlinks are followed), readable, with at least one execute bit. The
     /// stored copy has mode 0500.
     pub fn stage_executable(&self, src: &Path) -> Result<Sha256, StoreError> {
-        self.stage(src, Kind::Executable)
+        self.stage(src, Kind::Executable, None)
     }
 
     /// Copies a config file into the store and returns its digest. The source must be a
     /// readable regular file (symlinks are followed). The stored copy has mode 0400 (or
     /// 0500 if the same bytes were also staged as an executable).
     pub fn stage_config(&self, src: &Path) -> Result<Sha256, StoreError> {
-        self.stage(src, Kind::Config)
+        self.stage(src, Kind::Config, None)
+    }
+
+    /// [`Store::stage_config`] without waiting for the disk: the copy is written and
+    /// renamed into place, and its `fsync` and the directory's are left to
+    /// [`Store::make_durable`] of `pending`. For a reload, which needs the copy durable only
+    /// at its commit point, and until then only reads it.
+    pub fn stage_config_deferred(
+        &self,
+        src: &Path,
+        pending: &mut PendingDurable,
+    ) -> Result<Sha256, StoreError> {
+        self.stage(src, Kind::Config, Some(pending))
+    }
+
+    /// [`Store::stage_executable`] without waiting for the disk (see
+    /// [`Store::stage_config_deferred`]).
+    pub fn stage_executable_deferred(
+        &self,
+        src: &Path,
+        pending: &mut PendingDurable,
+    ) -> Result<Sha256, StoreError> {
+        self.stage(src, Kind::Executable, Some(pending))
+    }
+
+    /// Makes the objects of `pending` durable: each file `fsync`ed, then the store's
+    /// directory. Blocking.
+    pub fn make_durable(&self, pending: PendingDurable) -> Result<(), StoreError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Crash tests: `store-sync=return` fails the sync with EIO.
+        fail::fail_point!("store-sync", |_| Err(StoreError::io(
+            &self.objects,
+            "fsync (EIO injected by TRYSWAP_FAILPOINTS)",
+            io::Error::from_raw_os_error(libc::EIO),
+        )));
+        for digest in &pending.digests {
+            let path = self.path_of(digest);
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::io(&path, "fsync", e))?;
+        }
+        sync_dir(&self.objects)?;
+        let mut unsynced = self.lock_unsynced();
+        for digest in &pending.digests {
+            unsynced.remove(digest);
+        }
+        Ok(())
+    }
+
+    /// [`Store::make_durable`] on a thread of its own (here if no thread can be started).
+    pub fn make_durable_later(&self, pending: PendingDurable) -> DurableLater {
+        if pending.is_empty() {
+            return DurableLater {
+                state: DurableState::Done(Ok(())),
+            };
+        }
+        let store = self.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("tryswap-store-sync".to_owned())
+            .spawn(move || {
+                let pending = rx.recv().unwrap_or_default();
+                store.make_durable(pending)
+            });
+        match spawned {
+            Ok(handle) => {
+                // The receiver lives until it got this.
+                let _ = tx.send(pending);
+                DurableLater {
+                    state: DurableState::Running(handle, self.objects.clone()),
+                }
+            }
+            Err(_) => DurableLater {
+                state: DurableState::Done(self.make_durable(pending)),
+            },
+        }
+    }
+
+    fn lock_unsynced(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Sha256>> {
+        self.unsynced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An object that a staging found already stored: if a deferred staging wrote it and
+    /// it is not durable yet, it joins `pending`, or (an immediate staging) is synced now.
+    fn settle_existing(
+        &self,
+        digest: &Sha256,
+        pending: Option<&mut PendingDurable>,
+    ) -> Result<(), StoreError> {
+        if !self.lock_unsynced().contains(digest) {
+            return Ok(());
+        }
+        match pending {
+            Some(pending) => {
+                pending.digests.push(*digest);
+                Ok(())
+            }
+            None => self.make_durable(PendingDurable {
+                digests: vec![*digest],
+            }),
+        }
     }
 
     /// Checks that the file for `digest` is present, is a regular file, and that its bytes
@@ -539,12 +693,18 @@ impl Store {
         })
     }
 
-    fn stage(&self, src: &Path, kind: Kind) -> Result<Sha256, StoreError> {
+    fn stage(
+        &self,
+        src: &Path,
+        kind: Kind,
+        pending: Option<&mut PendingDurable>,
+    ) -> Result<Sha256, StoreError> {
         let (mut source, meta) = Self::open_source(src, kind)?;
 
         let stamp = Stamp::of(&meta);
         if let Some(digest) = self.known_unchanged(src, &stamp, kind) {
             tracing::debug!(src = %src.display(), "unchanged since it was last staged");
+            self.settle_existing(&digest, pending)?;
             return Ok(digest);
         }
         let hashed_at = std::time::SystemTime::now();
@@ -569,6 +729,7 @@ impl Store {
                 if self.existing_copy_is_good(&self.path_of(&digest), &digest, kind)? {
                     tracing::debug!(src = %src.display(), "artifact already in the store");
                     self.remember(src, stamp, hashed_at, &digest, kind);
+                    self.settle_existing(&digest, pending)?;
                     return Ok(digest);
                 }
             }
@@ -616,20 +777,32 @@ impl Store {
             drop(staging);
             tracing::debug!(path = %target.display(), "artifact already in the store");
             self.remember(src, stamp, hashed_at, &digest, kind);
+            self.settle_existing(&digest, pending)?;
             return Ok(digest);
         }
         let file = staging.as_file();
         file.set_permissions(Permissions::from_mode(mode))
             .map_err(|e| StoreError::io(&staging_path, "chmod", e))?;
-        file.sync_all()
-            .map_err(|e| StoreError::io(&staging_path, "fsync", e))?;
+        if pending.is_none() {
+            file.sync_all()
+                .map_err(|e| StoreError::io(&staging_path, "fsync", e))?;
+        }
+        // Marked unsynced before its name appears, so that a staging of the same bytes on
+        // another thread never takes it for durable.
+        let newly_unsynced = pending.is_some() && self.lock_unsynced().insert(digest);
         // Closes the file; the path is still removed on drop until persisted.
         let staging = staging.into_temp_path();
         staging.persist(&target).map_err(|e| {
+            if newly_unsynced {
+                self.lock_unsynced().remove(&digest);
+            }
             // `e.path` (the temporary file) is dropped, and so removed, with `e`.
             StoreError::io(&target, "rename into place", e.error)
         })?;
-        sync_dir(&self.objects)?;
+        match pending {
+            Some(pending) => pending.digests.push(digest),
+            None => sync_dir(&self.objects)?,
+        }
         tracing::debug!(src = %src.display(), path = %target.display(), "artifact staged");
         self.remember(src, stamp, hashed_at, &digest, kind);
         Ok(digest)

@@ -82,6 +82,38 @@ async fn a_failed_sync_after_the_commit_record_is_never_reported_as_a_rollback()
     );
 }
 
+/// A reload writes its copies into the store without waiting for the disk and makes them
+/// durable while the candidate starts; the commit waits for that. A sync that fails there
+/// rolls the reload back at `active`: v1 stays active and serving, the candidate is stopped.
+#[test]
+fn a_store_copy_that_cannot_be_made_durable_is_never_committed() {
+    let (h, v2, pid1, since) = v1_active();
+
+    let args = reload_args("activate", "demo", &v2);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exit = tryswap_env(&h, &args, &[(FAILPOINTS_ENV, "store-sync=return")]);
+    assert_eq!(exit.code(), Some(2), "rejected: {exit:?}");
+    assert!(
+        exit.stdout.contains("could not be made durable") && exit.stdout.contains("EIO"),
+        "the report must say why: {exit:?}"
+    );
+
+    let facts = CrashFacts::read(&h, since);
+    assert!(
+        !facts.committed,
+        "committed without durable files: {facts:?}"
+    );
+    assert_eq!(
+        facts.events.last().map(String::as_str),
+        Some("rolled_back"),
+        "{facts:?}"
+    );
+    let pid2 = facts.candidate_pid.expect("the candidate was launched");
+    assert!(!pid_alive(pid2), "the candidate (pid {pid2}) still runs");
+    assert!(pid_alive(pid1), "v1 (pid {pid1}) was stopped");
+    assert_eq!(h.active("demo").map(|(_, pid, _)| pid), Some(pid1));
+}
+
 #[tokio::test]
 async fn the_daemon_exits_without_stopping_plugins_when_its_journal_fails_and_a_restart_settles_it()
 {

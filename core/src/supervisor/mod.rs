@@ -896,13 +896,15 @@ impl Supervisor {
         }
     }
 
-    /// Copies the candidate into the store, or finds a rollback target there.
+    /// Copies the candidate into the store, or finds a rollback target there. What it
+    /// writes joins `pending`: durable only once the reload makes it so, before its commit.
     fn stage_artifact(
         &self,
         slot: &SlotName,
         needs_executable: bool,
         mode: Mode,
         candidate: Option<&CandidateSpec>,
+        pending: &mut crate::store::PendingDurable,
     ) -> Result<ArtifactRef, String> {
         let store = &self.inner.store;
         if let Mode::Rollback { to } = mode {
@@ -924,14 +926,20 @@ impl Supervisor {
         }
         let spec = candidate.ok_or_else(|| "no candidate given".to_owned())?;
         let config = match &spec.config {
-            Some(path) => Some(store.stage_config(path).map_err(|e| e.to_string())?),
+            Some(path) => Some(
+                store
+                    .stage_config_deferred(path, pending)
+                    .map_err(|e| e.to_string())?,
+            ),
             None => None,
         };
         if needs_executable {
             let exe = spec.executable.as_ref().ok_or_else(|| {
                 format!("slot {} runs plugin processes: give an executable", slot)
             })?;
-            let sha256 = store.stage_executable(exe).map_err(|e| e.to_string())?;
+            let sha256 = store
+                .stage_executable_deferred(exe, pending)
+                .map_err(|e| e.to_string())?;
             Ok(ArtifactRef {
                 sha256,
                 config_sha256: config,
@@ -1003,8 +1011,14 @@ impl Supervisor {
         let staging: Result<_, String> = crate::blocking::off_worker(|| {
             crate::blocking::beside(
                 || {
-                    let artifact =
-                        self.stage_artifact(slot, rt.needs_executable, mode, candidate.as_ref())?;
+                    let mut pending = crate::store::PendingDurable::default();
+                    let artifact = self.stage_artifact(
+                        slot,
+                        rt.needs_executable,
+                        mode,
+                        candidate.as_ref(),
+                        &mut pending,
+                    )?;
                     failpoint!("reload-before-staged");
                     let staged = self.record(&Command::Stage {
                         reload,
@@ -1012,12 +1026,12 @@ impl Supervisor {
                         mode,
                         artifact: artifact.clone(),
                     });
-                    Ok((artifact, staged))
+                    Ok((artifact, staged, pending))
                 },
                 prepare,
             )
         });
-        let (artifact, staged) = match staging {
+        let (artifact, staged, pending) = match staging {
             Ok(staged) => staged,
             Err(message) => {
                 rt.driver.discard_prepared();
@@ -1057,6 +1071,9 @@ impl Supervisor {
         tracing::Span::current().record("generation", generation.0);
         tracing::info!("staged");
         failpoint!("reload-after-staged");
+        // The copies the staging wrote become durable while the candidate starts; the
+        // commit waits for them below.
+        let durable = self.inner.store.make_durable_later(pending);
 
         // Launched, validated, probed: each journaled as it passes.
         let request = self.launch_request(rt, reload, generation, &artifact);
@@ -1084,6 +1101,24 @@ impl Supervisor {
             self.record(&Command::PassDryRun { reload })?;
             tracing::info!("dry run passed");
             return self.report(reload, started, previous);
+        }
+
+        // The active generation must be relaunchable from the store after a power loss:
+        // its files are durable before the commit (plain or baking) names it.
+        if let Err(e) = crate::blocking::off_worker(|| durable.wait()) {
+            if let Err(stop) = rt.driver.stop(&instance).await {
+                tracing::error!(error = %stop, "stopping the candidate");
+            }
+            return self
+                .fail(
+                    reload,
+                    DriverError::error(format!(
+                        "store: the staged files could not be made durable: {e}"
+                    )),
+                    started,
+                    previous,
+                )
+                .await;
         }
 
         if let Some(bake) = bake {
