@@ -305,9 +305,12 @@ pub struct Store {
     unsynced: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Sha256>>>,
 }
 
-/// Stored objects a deferred staging wrote, or found written by another deferred staging
-/// and not yet durable: what [`Store::make_durable`] syncs. Until then a power loss may
-/// take them (a process that is killed loses nothing: they are in the page cache).
+/// Every stored object a deferred staging wrote or found: what [`Store::make_durable`]
+/// syncs. Until then a power loss may take the ones written (a process that is killed
+/// loses nothing: they are in the page cache). A copy found already stored is synced
+/// again too: another process may have written it without syncing and been killed before
+/// it did, which no process can tell afterwards; syncing a clean file costs little, and
+/// the reload does it beside the candidate's start.
 #[derive(Debug, Default)]
 #[must_use = "the staged files are not durable until made so"]
 pub struct PendingDurable {
@@ -503,24 +506,23 @@ impl Store {
         self.unsynced.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An object that a staging found already stored: if a deferred staging wrote it and
-    /// it is not durable yet, it joins `pending`, or (an immediate staging) is synced now.
+    /// An object that a staging found already stored. A deferred staging adds it to
+    /// `pending` (see [`PendingDurable`]); an immediate one syncs it now if a deferred
+    /// staging of this process wrote it and nobody synced it yet.
     fn settle_existing(
         &self,
         digest: &Sha256,
         pending: Option<&mut PendingDurable>,
     ) -> Result<(), StoreError> {
-        if !self.lock_unsynced().contains(digest) {
-            return Ok(());
-        }
         match pending {
             Some(pending) => {
                 pending.digests.push(*digest);
                 Ok(())
             }
-            None => self.make_durable(PendingDurable {
+            None if self.lock_unsynced().contains(digest) => self.make_durable(PendingDurable {
                 digests: vec![*digest],
             }),
+            None => Ok(()),
         }
     }
 
@@ -1079,6 +1081,47 @@ mod tests {
         fs::write(&other, b"message = \"v1\"\n").unwrap();
         assert_eq!(store.stage_config(&other).unwrap(), digest);
         assert_eq!(inode(&known), before, "known.json was rewritten");
+    }
+
+    #[test]
+    fn a_deferred_staging_lists_every_copy_it_uses_and_stays_unsynced_until_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let config = dir.path().join("v1.toml");
+        fs::write(&config, b"message = \"v1\"\n").unwrap();
+        let mut first = PendingDurable::default();
+        let digest = store.stage_config_deferred(&config, &mut first).unwrap();
+        assert_eq!(first.digests, [digest]);
+        assert!(store.path_of(&digest).is_file(), "the copy is in place");
+        assert!(store.lock_unsynced().contains(&digest));
+        store.make_durable(first).unwrap();
+        assert!(!store.lock_unsynced().contains(&digest));
+        // A later deferred staging of the same bytes depends on the copy too, and syncs it
+        // again: it cannot tell whether another process wrote it without syncing.
+        let mut second = PendingDurable::default();
+        assert_eq!(
+            store.stage_config_deferred(&config, &mut second).unwrap(),
+            digest
+        );
+        assert_eq!(second.digests, [digest]);
+        store.make_durable_later(second).wait().unwrap();
+    }
+
+    #[test]
+    fn an_immediate_staging_syncs_a_copy_a_deferred_one_left_unsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir.path().join("state"), Duration::ZERO);
+        let config = dir.path().join("v1.toml");
+        fs::write(&config, b"message = \"v1\"\n").unwrap();
+        let mut pending = PendingDurable::default();
+        let digest = store.stage_config_deferred(&config, &mut pending).unwrap();
+        drop(pending);
+        assert!(store.lock_unsynced().contains(&digest));
+        assert_eq!(store.stage_config(&config).unwrap(), digest);
+        assert!(
+            !store.lock_unsynced().contains(&digest),
+            "an immediate staging took an unsynced copy for durable"
+        );
     }
 
     #[test]
