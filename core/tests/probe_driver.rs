@@ -126,6 +126,21 @@ async fn passes_after_success_threshold_and_honours_initial_delay_and_period() {
     assert!(summary.elapsed >= Duration::from_millis(150) + 2 * PERIOD);
 }
 
+/// Without an initial delay the first check starts at once. tokio rounds every timer up to
+/// the end of its millisecond, so a `sleep(ZERO)` before it waited for the next timer tick:
+/// up to a millisecond added to every reload's probe stage. On paused time, half a
+/// millisecond into a tick, that wait is exactly the rest of the tick.
+#[tokio::test(start_paused = true)]
+async fn without_an_initial_delay_the_first_check_waits_for_no_timer_tick() {
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let fake = Fake::new(&[true]);
+    let c = fast(1, 1);
+    assert_eq!(c.initial_delay, Duration::ZERO);
+    let start = Instant::now();
+    run_probe(&c, fake.check()).await.unwrap();
+    assert_eq!(fake.offsets(start), [Duration::ZERO]);
+}
+
 #[tokio::test]
 async fn fails_after_failure_threshold_with_the_last_error() {
     let fake = Fake::new(&[false, false, false]);

@@ -210,7 +210,11 @@ where
         .saturating_add(failure_threshold)
         .saturating_mul(MAX_ATTEMPTS_FACTOR)
         .max(MIN_MAX_ATTEMPTS);
-    tokio::time::sleep(cfg.initial_delay).await;
+    // Not `sleep(ZERO)`: tokio rounds a timer up to the end of its millisecond, so that
+    // would wait for the next tick before the first check.
+    if !cfg.initial_delay.is_zero() {
+        tokio::time::sleep(cfg.initial_delay).await;
+    }
     let mut attempts: u32 = 0;
     let mut successes: u32 = 0;
     let mut failures: u32 = 0;
