@@ -195,7 +195,9 @@ fn run_outer(mut cmd: Command) -> Outer {
     }
 }
 
-/// Unmounts the tmpfs (after killing what runs from the test dir) before the test dir goes.
+/// Unmounts the tmpfs (after killing what runs from the test dir and removing its state
+/// dir's cgroups, which `TempState` would no longer find under the unmounted state dir)
+/// before the test dir goes.
 struct Mounted<'a> {
     h: &'a Harness,
 }
@@ -203,6 +205,7 @@ struct Mounted<'a> {
 impl Drop for Mounted<'_> {
     fn drop(&mut self) {
         self.h.state.kill_processes();
+        self.h.state.remove_cgroups();
         let _ = Command::new("umount")
             .arg("-l")
             .arg(&self.h.state_dir)

@@ -254,6 +254,8 @@ impl Drop for Rig {
                 self.h.state.processes()
             );
         }
+        // While the state dir is still mounted: TempState would not find it afterwards.
+        self.h.state.remove_cgroups();
         drop(self.disk.take());
     }
 }
