@@ -19,10 +19,17 @@ pub fn archive_path(journal_dir: &Path, base_seq: u64) -> PathBuf {
         .join(format!("{base_seq:020}.jsonl"))
 }
 
+/// Where a compaction writes its archive before it is complete: `<journal>/archive.partial`
+/// (outside `archive/`, so nothing that lists the archives ever sees a partial one).
+pub const PARTIAL_FILE: &str = "archive.partial";
+
 /// The archive file of one compaction being written, one record at a time: the dropped
-/// records go to disk as the compaction finds them instead of being held in memory. Dropped
-/// before [`ArchiveWriter::finish`] (the compaction failed), it removes its file.
+/// records go to disk as the compaction finds them instead of being held in memory. They
+/// are written to [`PARTIAL_FILE`], which [`ArchiveWriter::finish`] syncs and renames to
+/// [`archive_path`], so an archive file is always complete. Dropped before `finish` (the
+/// compaction failed), it removes the partial file.
 pub(crate) struct ArchiveWriter {
+    partial: PathBuf,
     path: PathBuf,
     dir: PathBuf,
     /// `None` once finished.
@@ -31,17 +38,18 @@ pub(crate) struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    /// Starts the archive file of `base_seq` (replacing one an interrupted compaction
-    /// left).
+    /// Starts the archive of `base_seq` (which replaces, once finished, one an interrupted
+    /// compaction left).
     pub(crate) fn create(journal_dir: &Path, base_seq: u64) -> Result<Self, JournalError> {
         let dir = journal_dir.join(ARCHIVE_DIR);
         std::fs::create_dir_all(&dir)
             .map_err(|e| JournalError::io("creating the archive directory", &dir, e))?;
-        let path = archive_path(journal_dir, base_seq);
-        let file = std::fs::File::create(&path)
-            .map_err(|e| JournalError::io("creating the archive", &path, e))?;
+        let partial = journal_dir.join(PARTIAL_FILE);
+        let file = std::fs::File::create(&partial)
+            .map_err(|e| JournalError::io("creating the archive", &partial, e))?;
         Ok(ArchiveWriter {
-            path,
+            partial,
+            path: archive_path(journal_dir, base_seq),
             dir,
             file: Some(std::io::BufWriter::new(file)),
             records: 0,
@@ -56,28 +64,32 @@ impl ArchiveWriter {
         serde_json::to_writer(&mut *file, record)
             .map_err(std::io::Error::from)
             .and_then(|()| file.write_all(b"\n"))
-            .map_err(|e| JournalError::io("writing the archive", &self.path, e))?;
+            .map_err(|e| JournalError::io("writing the archive", &self.partial, e))?;
         self.records += 1;
         Ok(())
     }
 
-    /// Makes the file durable with its directory entry, or removes it if it holds no
-    /// record. Returns how many records it holds.
+    /// Makes the archive durable under its name (file synced, renamed into `archive/`,
+    /// directory synced), or removes it if it holds no record. Returns how many records it
+    /// holds.
     pub(crate) fn finish(mut self) -> Result<u64, JournalError> {
         let Some(file) = self.file.take() else {
             return Ok(self.records);
         };
         let file = file
             .into_inner()
-            .map_err(|e| JournalError::io("writing the archive", &self.path, e.into_error()))?;
+            .map_err(|e| JournalError::io("writing the archive", &self.partial, e.into_error()))?;
         if self.records == 0 {
             drop(file);
-            return std::fs::remove_file(&self.path)
+            return std::fs::remove_file(&self.partial)
                 .map(|()| 0)
-                .map_err(|e| JournalError::io("removing an empty archive", &self.path, e));
+                .map_err(|e| JournalError::io("removing an empty archive", &self.partial, e));
         }
         file.sync_data()
-            .map_err(|e| JournalError::io("syncing the archive", &self.path, e))?;
+            .map_err(|e| JournalError::io("syncing the archive", &self.partial, e))?;
+        drop(file);
+        std::fs::rename(&self.partial, &self.path)
+            .map_err(|e| JournalError::io("renaming the archive into place", &self.path, e))?;
         sync_dir(&self.dir)?;
         Ok(self.records)
     }
@@ -87,7 +99,7 @@ impl Drop for ArchiveWriter {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
             drop(file);
-            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(&self.partial);
         }
     }
 }
@@ -121,7 +133,12 @@ mod tests {
         for seq in 1..=3 {
             archive.push(&record(seq)).unwrap();
         }
+        assert!(
+            !archive_path(dir.path(), 9).exists(),
+            "a partial archive is visible under its name"
+        );
         assert_eq!(archive.finish().unwrap(), 3);
+        assert!(!dir.path().join(PARTIAL_FILE).exists());
         let text = std::fs::read_to_string(archive_path(dir.path(), 9)).unwrap();
         let seqs: Vec<u64> = text
             .lines()
@@ -143,5 +160,6 @@ mod tests {
         let empty = ArchiveWriter::create(dir.path(), 10).unwrap();
         assert_eq!(empty.finish().unwrap(), 0);
         assert!(!archive_path(dir.path(), 10).exists(), "an empty archive");
+        assert!(!dir.path().join(PARTIAL_FILE).exists(), "its partial file");
     }
 }
