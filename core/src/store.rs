@@ -481,25 +481,16 @@ impl Store {
             };
         }
         let store = self.clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        // Kept for the fallback: a failed spawn drops the closure and `pending` with it.
+        let digests = pending.digests.clone();
         let spawned = std::thread::Builder::new()
             .name("tryswap-store-sync".to_owned())
-            .spawn(move || {
-                let pending = rx.recv().unwrap_or_default();
-                store.make_durable(pending)
-            });
-        match spawned {
-            Ok(handle) => {
-                // The receiver lives until it got this.
-                let _ = tx.send(pending);
-                DurableLater {
-                    state: DurableState::Running(handle, self.objects.clone()),
-                }
-            }
-            Err(_) => DurableLater {
-                state: DurableState::Done(self.make_durable(pending)),
-            },
-        }
+            .spawn(move || store.make_durable(pending));
+        let state = match spawned {
+            Ok(handle) => DurableState::Running(handle, self.objects.clone()),
+            Err(_) => DurableState::Done(self.make_durable(PendingDurable { digests })),
+        };
+        DurableLater { state }
     }
 
     fn lock_unsynced(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Sha256>> {

@@ -574,9 +574,7 @@ impl TempState {
         }
         pids
     }
-}
 
-impl TempState {
     /// Removes the cgroups tryswap made for the state directories under the directory
     /// (one per state dir, holding one per generation; see
     /// `tryswap::internals::cgroup`). A test's plugins are killed here, not stopped

@@ -861,14 +861,6 @@ impl Supervisor {
         report
     }
 
-    fn previous_info(&self, slot: &SlotName) -> Result<Option<PreviousInfo>, SupervisorError> {
-        Ok(self
-            .inner
-            .journal
-            .slot(slot)?
-            .and_then(|v| v.slot.active.as_ref().map(PreviousInfo::from_facts)))
-    }
-
     fn report(
         &self,
         reload: ReloadId,
@@ -983,10 +975,14 @@ impl Supervisor {
         bake: Option<Duration>,
     ) -> Result<ReloadReport, SupervisorError> {
         let slot = &rt.name;
-        let previous = self.previous_info(slot)?;
+        // One read of the slot's projection: what is active now (the report's "previous"),
+        // a reload in flight, the next generation.
+        let view = self.inner.journal.slot(slot)?;
+        let previous = view
+            .as_ref()
+            .and_then(|v| v.slot.active.as_ref().map(PreviousInfo::from_facts));
         // Refuse early (no staging, nothing journaled) if the journal knows a reload in
         // flight, e.g. one a crashed process left behind.
-        let view = self.inner.journal.slot(slot)?;
         if let Some(in_flight) = view.as_ref().and_then(|v| v.slot.in_flight) {
             return Err(SupervisorError::Conflict {
                 slot: slot.clone(),

@@ -16,10 +16,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify as Instance, WatchDescriptor};
 use tokio::sync::watch;
+
+use super::lock;
 
 /// What a [`FileWatch`] is woken by: the file was written, or closed after writing.
 const WATCH_MASK: AddWatchFlags = AddWatchFlags::IN_MODIFY.union(AddWatchFlags::IN_CLOSE_WRITE);
@@ -41,10 +43,6 @@ struct Watched {
 
 /// The process's instance; `None` until first used, or after its reader failed.
 static SHARED: Mutex<Option<Arc<Inotify>>> = Mutex::new(None);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Inotify {
     /// The process's instance, opened (with its reader thread) on first use.

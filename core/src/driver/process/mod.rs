@@ -75,6 +75,7 @@ pub fn tmp_dir(state_dir: &Path, slot: &SlotName, generation: Generation) -> Pat
 }
 
 /// `mutex`'s guard, whether or not a holder panicked (what it guards stays consistent).
+/// The one lock helper of the process driver's modules.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -116,7 +117,7 @@ struct StdioDrainTask {
 
 impl StdioDrainTask {
     fn set(&self, task: JoinHandle<()>) {
-        let mut slot = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.task);
         if let Some(old) = slot.replace(task) {
             old.abort();
         }
@@ -125,7 +126,7 @@ impl StdioDrainTask {
     /// Lets the drain read what a stopped plugin wrote last (within `grace`), then aborts
     /// it; returns once the task has ended.
     async fn finish(&self, grace: Duration) {
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let task = lock(&self.task).take();
         let Some(mut task) = task else {
             return;
         };
@@ -282,7 +283,6 @@ pub struct ProcessDriver {
 /// A launch's files made ahead by [`Driver::prepare`]: the generation's `TMPDIR` (when it
 /// has its own) and what the spawn needs.
 struct PreparedLaunch {
-    slot: SlotName,
     generation: Generation,
     tmp: Option<PathBuf>,
     spawn: os::Prepared,
@@ -404,12 +404,13 @@ impl ProcessDriver {
         }
     }
 
-    /// Takes what [`Driver::prepare`] made if it was made for this launch.
-    fn take_prepared(&self, slot: &SlotName, generation: Generation) -> Option<os::Prepared> {
+    /// Takes what [`Driver::prepare`] made if it was made for this launch (its files are
+    /// this launch's).
+    fn take_prepared(&self, spec: &SpawnSpec) -> Option<os::Prepared> {
         let mut prepared = lock(&self.prepared);
         if prepared
             .as_ref()
-            .is_some_and(|p| &p.slot == slot && p.generation == generation)
+            .is_some_and(|p| *p.spawn.files() == spec.run_files())
         {
             return prepared.take().map(|p| p.spawn);
         }
@@ -611,7 +612,6 @@ impl Driver for ProcessDriver {
                 ))
             })?;
             Ok(PreparedLaunch {
-                slot: slot.clone(),
                 generation,
                 tmp,
                 spawn,
@@ -655,7 +655,7 @@ impl Driver for ProcessDriver {
 
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError> {
         let (spec, stdout_path) = self.spec(request)?;
-        let prepared = self.take_prepared(&request.slot, request.generation);
+        let prepared = self.take_prepared(&spec);
         // Opening the logs, fork/exec and the ETXTBSY retries block: off the async workers.
         let spawned = crate::blocking::off_worker(|| {
             if prepared.is_none() {

@@ -395,7 +395,7 @@ fn registry() -> &'static Mutex<HashMap<ReloadId, usize>> {
 /// How many stdio drains of instances launched by `reload` run in this process (started by
 /// the process driver and not yet ended). A stopped generation has none.
 pub fn running_drains(reload: &ReloadId) -> usize {
-    let map = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let map = super::lock(registry());
     map.get(reload).copied().unwrap_or(0)
 }
 
@@ -407,7 +407,7 @@ pub(crate) struct DrainRegistration {
 
 impl DrainRegistration {
     pub(crate) fn new(reload: ReloadId) -> Self {
-        let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = super::lock(registry());
         *map.entry(reload).or_insert(0) += 1;
         DrainRegistration { reload }
     }
@@ -415,7 +415,7 @@ impl DrainRegistration {
 
 impl Drop for DrainRegistration {
     fn drop(&mut self) {
-        let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = super::lock(registry());
         if let Some(n) = map.get_mut(&self.reload) {
             *n = n.saturating_sub(1);
             if *n == 0 {
