@@ -479,14 +479,14 @@ pub fn append_rate(dir: &Path, budget: Duration) -> Result<Vec<Table>, String> {
         },
     )?;
 
-    // Whole reloads: one transaction per event, two durable flushes per reload.
+    // Whole reloads: one transaction per event, one durable flush per reload (the commit).
     measure_row(
         &mut t,
         &journal,
         budget,
         100_000,
         |reloads| {
-            format!("`execute`, whole reload cycles ({reloads} reloads, flush after Staged and Activated)")
+            format!("`execute`, whole reload cycles ({reloads} reloads, flush after Activated)")
         },
         |_| {
             for command in cycle(&slot, n, &mut active, &mut next) {
@@ -568,7 +568,7 @@ fn activation(slot: &SlotName, n: u64) -> Vec<Command> {
 }
 
 /// Section 3e: `reloads` activations of one slot through the journal, one `execute` per
-/// event (two durable flushes per reload, as a reload makes them); the time and the bytes
+/// event (one durable flush per reload, the commit's, as a reload makes it); the time and the bytes
 /// written per reload of the last 200 against those of reloads 301–500 (before 300
 /// generation numbers are shorter varints), and against reloads 2,001–2,200, once sled's
 /// trees have grown their index levels.

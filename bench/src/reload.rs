@@ -592,7 +592,7 @@ async fn run_columns(
         tables.push(t);
         return Ok(Outcomes { tables });
     }
-    t.note("Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. The one-shot floor does the same as one process per reload (`bench/src/bin/tryswap-oneshot-floor.rs`: the old plugin's pid in a file, its exit awaited on a pidfd), the least a one-shot command must do; the CLI's goal is a ratio to it. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256; their fsync runs beside the candidate's start and the commit waits for it), the generation's TMPDIR, log files and cgroup (made beside the staging), the journal (6 records, 2 durable flushes: log and witness fdatasync), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
+    t.note("Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. The one-shot floor does the same as one process per reload (`bench/src/bin/tryswap-oneshot-floor.rs`: the old plugin's pid in a file, its exit awaited on a pidfd), the least a one-shot command must do; the CLI's goal is a ratio to it. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256; their fsync runs beside the candidate's start and the commit waits for it), the generation's TMPDIR, log files and cgroup (made beside the staging), the journal (6 records, 1 durable flush at the commit: log and witness fdatasync; the `Staged` record is written to the log before the spawn and rides on it), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
     tables.push(t);
 
     let mut b = Table::new(
@@ -633,7 +633,7 @@ async fn run_columns(
         ms(daemon_col.breakdown.rest.p50()),
         ms(floor_step(|s| s.stop_old)),
     ]);
-    b.note("Stage times are `ReloadReport.stages[].elapsed_ms`: the time between two records' timestamps, each taken before its record is written, so a record's write (and its flush) counts in the stage after it. `staged` = store (copy, hash; the fsync of new files runs later, beside the candidate's start), beside it on another thread the generation's TMPDIR, log files and cgroup; `launched` = Staged record and its durable flush + spawn; `validated` = Launched record + handshake line + listener owner check; `probed` = Validated record + health probe; `active` = Probed record; after active = the wait for the store's fsync (done by then) + commit record and its durable flush + retiring the old generation + the report. The daemon's and the CLI's already-active check before the reload finds an unchanged executable by its stamp and only hashes the config (in the last row); the reload stages the config (in `staged`).");
+    b.note("Stage times are `ReloadReport.stages[].elapsed_ms`: the time between two records' timestamps, each taken before its record is written, so a record's write (and its flush) counts in the stage after it. `staged` = store (copy, hash; the fsync of new files runs later, beside the candidate's start), beside it on another thread the generation's TMPDIR, log files and cgroup; `launched` = Staged record (written, not synced) + spawn; `validated` = Launched record + handshake line + listener owner check; `probed` = Validated record + health probe; `active` = Probed record; after active = the wait for the store's fsync (done by then) + commit record and its durable flush + retiring the old generation + the report. The daemon's and the CLI's already-active check before the reload finds an unchanged executable by its stamp and only hashes the config (in the last row); the reload stages the config (in `staged`).");
     tables.push(b);
 
     let per = |flushes: u64, reloads: usize| flushes as f64 / reloads.max(1) as f64;
@@ -661,7 +661,11 @@ async fn run_columns(
         format!("≤ 2: {}", verdict(bad_flushes <= 2)),
     ]);
     f.note(format!(
-        "Counted with `Journal::flush_count` around {} library reloads.",
+        "Counted with `Journal::flush_count` around {} library reloads. The commit \
+         (`Activated`) is a reload's one write-ahead point; `Staged` is written to the log \
+         before the spawn and rides on it, as a dry run's and a rejected candidate's records \
+         ride on the next durable flush (docs/journal.md, \"Write-ahead rules and flush \
+         points\").",
         count(lib_col.wall.len() as f64)
     ));
     tables.push(f);

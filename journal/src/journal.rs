@@ -1061,9 +1061,10 @@ impl Journal {
     /// and updates the projections and meta in one sled transaction. Returns the appended
     /// records.
     ///
-    /// [`JournalError::Rejected`] when the state machine refuses (nothing written). After a
-    /// `Staged` or `Activated` record the call returns only once the record is durable
-    /// (flushed and synced, witness updated). An error from that flush means the record
+    /// [`JournalError::Rejected`] when the state machine refuses (nothing written). Every
+    /// record is in the log when the call returns; after an `Activated` record (or another
+    /// write-ahead point, [`Record::needs_durable_flush`]) the call returns only once the
+    /// record is durable (flushed and synced, witness updated). An error from that flush means the record
     /// is committed but not known to be durable.
     pub fn execute(
         &self,
@@ -1185,8 +1186,8 @@ impl Journal {
         Ok(())
     }
 
-    /// How many write-ahead flushes (after `Staged`, `Activated` and `Stopped` records) this handle
-    /// made durable. Flushes by [`Journal::flush`], `compact` and drop are not counted.
+    /// How many write-ahead flushes (after `Activated`, `Stopped` and the other write-ahead
+    /// records) this handle made durable. Flushes by [`Journal::flush`], `compact` and drop are not counted.
     pub fn flush_count(&self) -> u64 {
         self.flush_count.load(Ordering::SeqCst)
     }

@@ -4,8 +4,8 @@
 //! Every [`Record`] holds one `tryswap_fsm` event with a gap-free sequence number, a time
 //! and a CRC chain link. [`JournalStore::execute`] decides a command against the stored
 //! projections and appends the resulting events and the updated projections in one write;
-//! after `Staged`, `Activated` and `Stopped` it makes them durable before returning (the write-ahead
-//! points of DESIGN.md).
+//! after `Activated`, `Stopped` and the other write-ahead points
+//! ([`Record::needs_durable_flush`]) it makes them durable before returning.
 //!
 //! Two stores keep the same contract: [`Journal`], crash-safe on disk in sled (one sled
 //! transaction per write, flushed and synced at the write-ahead points; this crate is the
@@ -27,7 +27,8 @@
 //!     let records = journal.execute(&stage, Utc::now()).unwrap();
 //!     assert_eq!(records[0].seq, 1);
 //!     assert_eq!(journal.slot(&slot).unwrap().unwrap().slot.in_flight, Some(id));
-//!     assert_eq!(journal.flush_count(), 1);
+//!     // Staged is written, not synced: the commit's flush makes it durable.
+//!     assert_eq!(journal.flush_count(), 0);
 //!     assert!(journal.verify().unwrap().is_ok());
 //! }
 //! ```

@@ -168,19 +168,24 @@ impl Record {
         }
     }
 
-    /// Whether appending this record is a write-ahead point that must be durable before
-    /// the caller acts on it (`Staged`: before spawning; `Activated`: before stopping the
-    /// old generation; `Stopped`: before a stop is acknowledged, so that recovery never
+    /// Whether appending this record is a write-ahead point that must be durable (survive a
+    /// power loss) before the caller acts on it (`Activated`: before stopping the old
+    /// generation and reporting the swap; `Stopped`: before a stop is acknowledged, so that recovery never
     /// relaunches a generation an operator or the keep-alive stopped; `ActivatedBaking`: the bake deadline and the standby are on disk
     /// before the caller reports the bake; `Confirmed`: before the standby is stopped;
     /// `Reverted`: before the candidate is stopped; `Restarting`: before the keep-alive spawns
     /// the restarted generation, so that recovery knows to look for it; `Adopted`: before
     /// the former active generation is stopped).
+    ///
+    /// `Staged` is not one: every record is in the log (the kernel's page cache) when the
+    /// write returns, so a process that dies after the spawn leaves the record to
+    /// recovery, which stops the tagged candidate; and a power loss that loses the record
+    /// also ends the candidate it licensed. Its sync rides on the commit's
+    /// (docs/journal.md, "Write-ahead rules and flush points").
     pub fn needs_durable_flush(&self) -> bool {
         matches!(
             self.event,
-            EventKind::Staged { .. }
-                | EventKind::Activated
+            EventKind::Activated
                 | EventKind::ActivatedBaking { .. }
                 | EventKind::Confirmed
                 | EventKind::Reverted { .. }

@@ -21,8 +21,10 @@ pub type Records = Box<dyn Iterator<Item = Result<Record, JournalError>> + Send 
 ///   the projections, appends the resulting records with gap-free sequence numbers and
 ///   chain values, and folds them into the projections, all or nothing;
 /// - the projections always equal the fold of the records (from the compaction base);
-/// - a write holding a `Staged` or `Activated` record returns only once it is as durable as
-///   the store can make it (a write-ahead point, counted by [`JournalStore::flush_count`]);
+/// - every write is in the store when it returns (on disk: in the log, which a killed
+///   process does not lose); a write holding an `Activated` record or another write-ahead
+///   point ([`crate::Record::needs_durable_flush`]) returns only once it is as durable as
+///   the store can make it (counted by [`JournalStore::flush_count`]);
 /// - the records, their encoding and their chain are the same whatever the store.
 ///
 /// Implementations: [`crate::Journal`] (sled on disk, crash-safe) and
@@ -38,9 +40,10 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
     /// Decides `command` against the projections and, if accepted, appends its records and
     /// updates the projections in one write. Returns the appended records.
     ///
-    /// [`JournalError::Rejected`] when the state machine refuses (nothing written). After a
-    /// `Staged` or `Activated` record the call returns only once the record is durable; an
-    /// error from that flush means the record is committed but not known to be durable.
+    /// [`JournalError::Rejected`] when the state machine refuses (nothing written). After an
+    /// `Activated` record (or another write-ahead point) the call returns only once the
+    /// record is durable; an error from that flush means the record is committed but not
+    /// known to be durable.
     fn execute(&self, command: &Command, at: DateTime<Utc>) -> Result<Vec<Record>, JournalError> {
         self.execute_all(std::slice::from_ref(command), at)
     }
@@ -74,7 +77,8 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
         self.flush()
     }
 
-    /// How many write-ahead flushes (after `Staged` and `Activated` records) this handle
+    /// How many write-ahead flushes (after `Activated` records and the other write-ahead
+    /// points) this handle
     /// made: one per write that holds such a record.
     fn flush_count(&self) -> u64;
 

@@ -98,8 +98,8 @@ macro_rules! conformance {
 macro_rules! suite {
     ($store:ident $(, $compacts:ident)?) => {
         conformance!($store $(, $compacts)?:
-            a_successful_activate_makes_exactly_two_durable_flushes,
-            a_rolled_back_reload_makes_one_durable_flush,
+            a_successful_activate_makes_exactly_one_durable_flush,
+            a_rolled_back_reload_makes_no_durable_flush,
             stage_marks_and_timestamps_follow_the_events,
             execute_all_is_all_or_nothing,
             an_illegal_command_is_rejected_and_writes_nothing,
@@ -202,8 +202,8 @@ fn a_bake_is_journaled_durably_and_a_revert_restores_the_standby(journal: &dyn J
             Err(JournalError::Rejected(Rejected::Conflict { .. }))
         ));
         journal.execute(&last, at(7)).unwrap();
-        // Staged, ActivatedBaking and the end of the bake are durable.
-        assert_eq!(journal.flush_count() - before, 3);
+        // ActivatedBaking and the end of the bake are durable (Staged rides on the first).
+        assert_eq!(journal.flush_count() - before, 2);
         journal.reload(&reload).unwrap().unwrap()
     };
     let reverted = bake(
@@ -384,20 +384,38 @@ fn compaction_trims_history_and_refuses_a_rollback_to_a_trimmed_generation(
     assert!(journal.verify().unwrap().is_ok());
 }
 
-fn a_successful_activate_makes_exactly_two_durable_flushes(journal: &dyn JournalStore) {
+/// The commit is the one write-ahead point of a plain activation: `Staged` and the records
+/// before the commit ride on its flush (docs/journal.md, "Write-ahead rules and flush
+/// points").
+fn a_successful_activate_makes_exactly_one_durable_flush(journal: &dyn JournalStore) {
     let slot = slot_name(0);
-    assert_eq!(full_activate(journal, &slot, ReloadId::from_u128(1), 1), 2);
+    let id = ReloadId::from_u128(1);
+    let commands = through_probe(&slot, id, Mode::Activate, 1);
+    journal.execute(&commands[0], at(0)).unwrap();
+    assert_eq!(
+        journal.flush_count(),
+        0,
+        "Staged is not a write-ahead point"
+    );
+    for command in &commands[1..] {
+        journal.execute(command, at(1)).unwrap();
+    }
+    assert_eq!(journal.flush_count(), 0);
+    journal
+        .execute(&Command::Commit { reload: id }, at(2))
+        .unwrap();
+    assert_eq!(journal.flush_count(), 1, "the commit is");
     // The second activation too, and retiring the old generation adds none.
-    assert_eq!(full_activate(journal, &slot, ReloadId::from_u128(2), 2), 2);
+    assert_eq!(full_activate(journal, &slot, ReloadId::from_u128(2), 2), 1);
     let retire = Command::Retire {
         slot: slot.clone(),
         generation: Generation(1),
     };
     journal.execute(&retire, at(9)).unwrap();
-    assert_eq!(journal.flush_count(), 4);
+    assert_eq!(journal.flush_count(), 2);
     // Public flush is not counted.
     journal.flush().unwrap();
-    assert_eq!(journal.flush_count(), 4);
+    assert_eq!(journal.flush_count(), 2);
 }
 
 /// After a failed sync (here: `fail`) the handle refuses writes and flushes until the
@@ -419,7 +437,7 @@ fn a_failed_handle_refuses_every_write_and_keeps_the_first_cause(journal: &dyn J
     assert!(journal.slot(&slot_name(0)).unwrap().is_some());
 }
 
-fn a_rolled_back_reload_makes_one_durable_flush(journal: &dyn JournalStore) {
+fn a_rolled_back_reload_makes_no_durable_flush(journal: &dyn JournalStore) {
     let id = ReloadId::from_u128(7);
     let commands = [
         Command::Stage {
@@ -441,7 +459,8 @@ fn a_rolled_back_reload_makes_one_durable_flush(journal: &dyn JournalStore) {
     for (step, command) in commands.iter().enumerate() {
         journal.execute(command, at(step)).unwrap();
     }
-    assert_eq!(journal.flush_count(), 1);
+    // A rejected candidate's records ride on the next durable flush.
+    assert_eq!(journal.flush_count(), 0);
     let view = journal.reload(&id).unwrap().unwrap();
     let states: Vec<&str> = view.stages.iter().map(|m| m.state.as_str()).collect();
     assert_eq!(states, ["staged", "launched", "rolled_back"]);
@@ -521,9 +540,43 @@ fn execute_all_is_all_or_nothing(journal: &dyn JournalStore) {
         .unwrap();
     let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(
+        journal.flush_count(),
+        0,
+        "no write-ahead point in the batch"
+    );
+    // Both slots' reloads through the probe, then both commits in one batch.
+    let rest = |n: u128| {
+        let reload = ReloadId::from_u128(n);
+        let mut commands = vec![
+            Command::RecordHandshake {
+                reload,
+                endpoint: None,
+            },
+            Command::RecordProbe { reload },
+        ];
+        if n == 2 {
+            commands.insert(
+                0,
+                Command::RecordLaunch {
+                    reload,
+                    process: None,
+                    log_path: None,
+                },
+            );
+        }
+        commands
+    };
+    journal
+        .execute_all(&[rest(1), rest(2)].concat(), at(2))
+        .unwrap();
+    let commits = [1, 2].map(|n| Command::Commit {
+        reload: ReloadId::from_u128(n),
+    });
+    journal.execute_all(&commits, at(3)).unwrap();
     assert_eq!(journal.flush_count(), 1, "one durable flush per batch");
-    assert!(journal.execute_all(&[], at(2)).unwrap().is_empty());
-    assert_eq!(journal.last_seq(), 3);
+    assert!(journal.execute_all(&[], at(4)).unwrap().is_empty());
+    assert_eq!(journal.last_seq(), 10);
     assert!(journal.verify().unwrap().is_ok());
 }
 

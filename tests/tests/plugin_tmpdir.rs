@@ -1,12 +1,15 @@
 //! Each generation gets its own TMPDIR under the state dir (mode 0700), where go-plugin
 //! creates its unix socket; it goes when the generation stops, so reloads leave no socket
 //! files behind, even of plugins that are killed and never remove their socket. A reload
-//! makes the TMPDIR and log files of its generation while its `Staged` record is flushed;
-//! a reload that fails before its launch removes them again.
+//! makes the TMPDIR and log files of its generation while it stages the candidate (the
+//! daemon makes them ahead, after the previous commit); a reload that fails before its
+//! launch removes them again.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use tryswap_tests::daemon::{poll, Daemon};
 use tryswap_tests::harness::Harness;
 use tryswap_tests::{FixtureConfig, FixtureNetwork};
 
@@ -92,4 +95,60 @@ fn a_reload_that_fails_before_its_launch_leaves_no_files_of_its_generation() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(h.active("demo").expect("active").0, next);
     assert_eq!(leftovers().len(), 3, "the active generation's files");
+}
+
+/// `tryswap serve` makes the next generation's TMPDIR and log files once a reload has
+/// committed (while the old generation stops), so the next reload's launch only opens
+/// them; that reload's plugin then runs in them.
+#[test]
+fn the_daemon_makes_the_next_generations_files_ahead_and_the_next_reload_uses_them() {
+    let h = Harness::demo();
+    let _daemon = Daemon::start(&h);
+    let tmp_root = h.state_dir.join("tmp").join("demo");
+    let logs = h.state_dir.join("logs").join("demo");
+    let files_of = |generation: u64| {
+        (
+            tmp_root.join(generation.to_string()),
+            logs.join(format!("{generation}.stdout")),
+            logs.join(format!("{generation}.log")),
+        )
+    };
+    for round in 1..=2u64 {
+        let config = FixtureConfig {
+            network: Some(FixtureNetwork::Unix),
+            ..FixtureConfig::with_message(format!("v{round}"))
+        };
+        let run = h.activate("demo", &h.fixture_config(&format!("v{round}"), &config));
+        assert_eq!(run.code, 0, "round {round}: {run:?}");
+        let (generation, _, address) = h.active("demo").expect("active");
+        // The plugin runs in its generation's TMPDIR: the one made ahead from round 2 on.
+        assert!(
+            Path::new(&address).starts_with(tmp_root.join(generation.to_string())),
+            "round {round}: {address}"
+        );
+        let (tmp, stdout, stderr) = files_of(generation + 1);
+        let made = poll(Duration::from_secs(10), || {
+            (tmp.is_dir() && stdout.is_file() && stderr.is_file()).then_some(())
+        });
+        assert!(
+            made.is_some(),
+            "round {round}: generation {}'s files were not made ahead",
+            generation + 1
+        );
+        let mode = std::fs::metadata(&tmp).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", tmp.display());
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "nothing ran yet"
+        );
+        for log in [&stdout, &stderr] {
+            assert_eq!(
+                std::fs::metadata(log).unwrap().len(),
+                0,
+                "{}",
+                log.display()
+            );
+        }
+    }
 }

@@ -456,6 +456,8 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
         }
         Err(e) => return Err(e.into()),
     };
+    // The daemon lives on: each reload makes the next one's files ahead.
+    supervisor.prepare_launches_ahead();
     for slot in &ctx.config.slots {
         supervisor.add_process_slot(slot.clone());
     }

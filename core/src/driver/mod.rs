@@ -179,9 +179,9 @@ pub struct FoundProcess {
 pub trait Driver: Send + Sync + 'static {
     /// Makes on disk what a launch of generation `generation` of `slot` will need (for
     /// processes: its `TMPDIR`, log files and cgroup) and keeps it for that launch. Nothing
-    /// runs. A reload calls it on another thread while its `Staged` record is made durable,
-    /// so the two overlap; the write-ahead rule holds because nothing is spawned before
-    /// [`Driver::launch`]. Blocking. A failure is not reported here: the launch makes the
+    /// runs. A reload calls it on another thread while it stages the candidate and writes its
+    /// `Staged` record, so the two overlap; the write-ahead rule holds because nothing is
+    /// spawned before [`Driver::launch`]. Blocking. A failure is not reported here: the launch makes the
     /// same things again and reports it. The default has nothing to make.
     fn prepare(&self, slot: &SlotName, generation: Generation) {
         let _ = (slot, generation);
@@ -190,6 +190,17 @@ pub trait Driver: Send + Sync + 'static {
     /// Removes what [`Driver::prepare`] made when no launch will use it (the reload failed
     /// before its launch). Blocking. The default has nothing to remove.
     fn discard_prepared(&self) {}
+
+    /// Makes on disk, and lets go of, what a later launch of generation `generation` of
+    /// `slot` will need, so that its [`Driver::prepare`] only opens what exists (for
+    /// processes: creating the `TMPDIR`, the log files and the cgroup costs a file system
+    /// its inode allocations; opening them costs little). A long-lived host calls it after a
+    /// reload, for the slot's next generation. Nothing runs and nothing is held; what it
+    /// made and no launch used is empty (docs/architecture.md, "Write-ahead rules").
+    /// Blocking. The default has nothing to make.
+    fn prepare_ahead(&self, slot: &SlotName, generation: Generation) {
+        let _ = (slot, generation);
+    }
 
     /// Starts an instance. Returns once it exists (spawned, built); not yet validated.
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError>;

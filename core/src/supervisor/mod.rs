@@ -227,6 +227,9 @@ struct Inner {
     /// Slots a `stop` is stopping right now: the keep-alive, which journals crashes even
     /// while a slot is locked, never calls that process's end a crash.
     stopping: std::sync::Mutex<std::collections::BTreeSet<SlotName>>,
+    /// Whether a committed reload has the slot's next launch prepared ahead
+    /// ([`Supervisor::prepare_launches_ahead`]).
+    prepare_ahead: std::sync::atomic::AtomicBool,
 }
 
 /// A slot's name in one of the supervisor's marker sets, removed when dropped.
@@ -312,6 +315,17 @@ fn private_state_dir(state_dir: &Path) -> Result<(), SupervisorError> {
 }
 
 impl Supervisor {
+    /// For a long-lived host (the daemon): from now on, once a reload has committed, the
+    /// slot's next generation's files (for processes: its `TMPDIR`, log files and cgroup)
+    /// are made in the background ([`Driver::prepare_ahead`]), so the next reload's launch
+    /// does not wait for their creation. They stay, empty, if no reload comes; a process
+    /// that runs one command leaves this off.
+    pub fn prepare_launches_ahead(&self) {
+        self.inner
+            .prepare_ahead
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens (or creates) the state directory: its journal and store. Fails at once if
     /// another process holds the journal. Register slots next, then call [`Supervisor::attach`].
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, SupervisorError> {
@@ -409,6 +423,7 @@ impl Supervisor {
                 stops_changed: tokio::sync::watch::channel(0).0,
                 restarting: std::sync::Mutex::new(std::collections::BTreeSet::new()),
                 stopping: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                prepare_ahead: std::sync::atomic::AtomicBool::new(false),
                 bakes: bake::BakeWatchers::default(),
             }),
         }
@@ -993,8 +1008,11 @@ impl Supervisor {
         // no other reload of it can take that number first.
         let next = view.map(|v| v.slot.next_generation);
 
-        // Staged: the artifact is in the store and the reload is durable before any spawn.
-        // Copying, hashing and the record's flush block: without stalling the async worker.
+        // Staged: the artifact is in the store and the reload in the journal's log before any
+        // spawn. Not synced: a process that dies after the spawn leaves the record (the
+        // kernel has it) for recovery to stop the tagged candidate, and a power loss that
+        // loses it ends the candidate too; the commit's flush makes it durable.
+        // Copying, hashing and the record's write block: without stalling the async worker.
         // Meanwhile another thread makes the files the launch will need (nothing runs
         // before the launch, so the write-ahead rule holds).
         let span = tracing::Span::current();
@@ -1152,12 +1170,39 @@ impl Supervisor {
         tracing::info!("active");
         failpoint!("reload-after-swap");
 
+        // The next reload's files are made while the old generation drains and stops
+        // (mostly waiting).
+        self.prepare_next_launch(rt);
         // Drain and stop every former generation still waiting to retire.
         let drain = self.retire_old_drained(rt, old).await;
         let mut report = self.report(reload, started, previous)?;
         report.retired = drain.iter().map(|d| d.generation).collect();
         report.drain = drain;
         Ok(report)
+    }
+
+    /// With [`Supervisor::prepare_launches_ahead`]: makes the slot's next generation's
+    /// files on a blocking thread, not waited for. A reload that starts meanwhile makes the
+    /// same files itself; making them twice is harmless.
+    fn prepare_next_launch(&self, rt: &SlotRuntime) {
+        if !self
+            .inner
+            .prepare_ahead
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let next = match self.inner.journal.slot(&rt.name) {
+            Ok(Some(view)) => view.slot.next_generation,
+            _ => return,
+        };
+        let driver = Arc::clone(&rt.driver);
+        let slot = rt.name.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            driver.prepare_ahead(&slot, next);
+        });
     }
 
     /// Drains and stops former generations of the slot, journaling `Retired` for each.

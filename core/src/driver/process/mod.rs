@@ -631,6 +631,18 @@ impl Driver for ProcessDriver {
         }
     }
 
+    fn prepare_ahead(&self, slot: &SlotName, generation: Generation) {
+        // The same files as `prepare`, closed again at once.
+        let made = self.make_tmp_dir(slot, generation).and_then(|_| {
+            os::prepare(&self.run_files(slot, generation))
+                .map(drop)
+                .map_err(|e| DriverError::error(e.to_string()))
+        });
+        if let Err(e) = made {
+            tracing::debug!(generation = generation.0, error = %e, "preparing the next launch ahead failed");
+        }
+    }
+
     fn discard_prepared(&self) {
         let Some(PreparedLaunch { tmp, spawn, .. }) = lock(&self.prepared).take() else {
             return;
