@@ -13,7 +13,7 @@
 //!    10,000 reloads of one slot against the first ones (3e);
 //! 4. recovery time at 10^3 … 10^6 events, with and without compaction;
 //! 5. 100 slots reloaded at once vs one and vs the floor doing the same, and memory; the
-//!    daemon's own RSS with 1 and 100 slots and over 10,000 reloads (5c);
+//!    daemon's own RSS with 1 and 100 slots, after 10,000 reloads and over 20,000 (5c);
 //! 6. memory over time: the journal alone, then a bounded soak of `tryswap serve` (random
 //!    reloads, kills, config reloads and reads; invariants checked every second). Not in
 //!    the default run: ask for it with `--sections 6`;
@@ -85,7 +85,7 @@ struct Args {
     /// Slots in section 5 (default 100).
     #[arg(long, default_value_t = 100)]
     slots: usize,
-    /// Section 5c: reloads of the one-slot daemon whose RSS is followed (default 10000,
+    /// Section 5c: reloads of the one-slot daemon whose RSS is followed (default 20000,
     /// quick 2000).
     #[arg(long)]
     memory_reloads: Option<usize>,
@@ -327,7 +327,7 @@ async fn main() -> std::process::ExitCode {
         }
         let reloads = args
             .memory_reloads
-            .unwrap_or(if quick { 2_000 } else { 10_000 });
+            .unwrap_or(if quick { 2_000 } else { 20_000 });
         let budget = Duration::from_secs(if quick { 600 } else { 1_800 });
         match memory::run(&bins, reloads, args.slots.max(2), budget).await {
             Ok(tables) => report.add(&tables),

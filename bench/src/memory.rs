@@ -4,11 +4,12 @@
 //! A `tryswap serve` with one slot (its default config: the journal compacts every
 //! 1,000 records and past 64 MiB) is reloaded through its API, always the same fixture with one of two configs;
 //! its RSS (and the anonymous / file-backed split of `/proc/<pid>/smaps_rollup`) is
-//! sampled every [`SAMPLE_EVERY`] journal records. Flat means: after the warm-up (the first
-//! [`WARM_UP`] of the records, while sled's page cache fills), the Theil–Sen slope of RSS
-//! over records is within [`FLAT_KIB_PER_1000`] (the least-squares slope is shown beside
-//! it). Then a daemon with 100 slots, each
-//! activated once. Every loop is bounded in count and time.
+//! sampled every [`SAMPLE_EVERY`] journal records, with its live heap (what its allocator
+//! counts in use, from `/metrics`). Flat means: after the warm-up (the first [`WARM_UP`] of
+//! the records, while sled's page cache fills), the Theil–Sen slope of the live heap over
+//! records is within [`FLAT_KIB_PER_1000`] (the least-squares slope is shown beside it),
+//! and the RSS stays within the goal (its slopes are shown too). Then a daemon with 100
+//! slots, each activated once. Every loop is bounded in count and time.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +23,13 @@ use crate::setup::{self, Bins};
 
 /// The goal for the daemon's RSS, in KiB (32 MiB).
 const GOAL_KIB: u64 = 32 * 1024;
+
+/// The goal's "after 10,000 reloads" (issue 15): reported on its own when the run is
+/// longer. The default run is twice as long: the live heap and the RSS swing by about
+/// 1 MiB with the compactions (one per 1,000–1,300 records), and over 42,000 records after
+/// the warm-up that swing alone moved the fitted slope by ±15 KiB per 1,000 records
+/// (docs/performance.md, "Memory over time").
+const GOAL_RELOADS: usize = 10_000;
 
 /// Part of the records treated as warm-up before the flatness fit.
 const WARM_UP: f64 = 0.3;
@@ -40,7 +48,8 @@ const SAMPLE_EVERY: u64 = 250;
 const TIP_EVERY: usize = 10;
 
 /// One sample of the daemon: journal records, reloads done, RSS, anonymous and
-/// file-backed resident KiB.
+/// file-backed resident KiB, and the KiB its allocator counts in use (the live heap, from
+/// `/metrics`; `None` where the daemon's allocator does not report it).
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     records: u64,
@@ -48,6 +57,7 @@ struct Sample {
     rss: u64,
     anon: u64,
     file: u64,
+    heap: Option<u64>,
 }
 
 /// `VmRSS`, and the `Anonymous` and file-backed (`Rss` − `Anonymous`) KiB of
@@ -82,38 +92,57 @@ pub async fn last_seq(socket: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Least-squares slope of RSS (KiB) over records, in KiB per 1,000 records.
-fn slope_per_1000(samples: &[Sample]) -> Option<f64> {
-    if samples.len() < 3 {
+/// The daemon's live heap in KiB: the sum of `tryswap_heap_in_use_bytes` in `/metrics`.
+async fn heap_kib(socket: &Path) -> Option<u64> {
+    let (_, text) = request(socket, "GET", "/metrics", None).await.ok()?;
+    let bytes: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("tryswap_heap_in_use_bytes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse().ok())
+        .collect();
+    (!bytes.is_empty()).then(|| bytes.iter().sum::<u64>() / 1024)
+}
+
+/// (records, KiB) points of one measure of the samples.
+fn points(samples: &[Sample], kib: impl Fn(&Sample) -> Option<u64>) -> Vec<(u64, u64)> {
+    samples
+        .iter()
+        .filter_map(|s| Some((s.records, kib(s)?)))
+        .collect()
+}
+
+/// Least-squares slope of KiB over records, in KiB per 1,000 records.
+fn slope_per_1000(points: &[(u64, u64)]) -> Option<f64> {
+    if points.len() < 3 {
         return None;
     }
-    let n = samples.len() as f64;
-    let mean_x = samples.iter().map(|s| s.records as f64).sum::<f64>() / n;
-    let mean_y = samples.iter().map(|s| s.rss as f64).sum::<f64>() / n;
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0 as f64).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1 as f64).sum::<f64>() / n;
     let (mut sxy, mut sxx) = (0.0, 0.0);
-    for s in samples {
-        let dx = s.records as f64 - mean_x;
-        sxy += dx * (s.rss as f64 - mean_y);
+    for &(x, y) in points {
+        let dx = x as f64 - mean_x;
+        sxy += dx * (y as f64 - mean_y);
         sxx += dx * dx;
     }
     (sxx > 0.0).then(|| sxy / sxx * 1000.0)
 }
 
-/// Theil–Sen slope of RSS (KiB) over records, in KiB per 1,000 records: the median of the
+/// Theil–Sen slope of KiB over records, in KiB per 1,000 records: the median of the
 /// slopes between every two samples. A trend estimator that one sample does not move: the
 /// daemon's RSS spikes for a sample or two after a compaction, until the next
 /// `malloc_trim` gives the pages back (docs/performance.md, section 5c), and a
 /// least-squares line through a spike near either end tilts by tens of KiB.
-fn robust_slope_per_1000(samples: &[Sample]) -> Option<f64> {
-    if samples.len() < 3 {
+fn robust_slope_per_1000(points: &[(u64, u64)]) -> Option<f64> {
+    if points.len() < 3 {
         return None;
     }
-    let mut slopes = Vec::with_capacity(samples.len() * (samples.len() - 1) / 2);
-    for (i, a) in samples.iter().enumerate() {
-        for b in &samples[i + 1..] {
-            if b.records != a.records {
-                let dy = b.rss as f64 - a.rss as f64;
-                slopes.push(dy / (b.records as f64 - a.records as f64) * 1000.0);
+    let mut slopes = Vec::with_capacity(points.len() * (points.len() - 1) / 2);
+    for (i, a) in points.iter().enumerate() {
+        for b in &points[i + 1..] {
+            if b.0 != a.0 {
+                let dy = b.1 as f64 - a.1 as f64;
+                slopes.push(dy / (b.0 as f64 - a.0 as f64) * 1000.0);
             }
         }
     }
@@ -184,6 +213,7 @@ async fn one_slot(bins: &Bins, reloads: usize, budget: Duration) -> Result<OneSl
                         rss,
                         anon,
                         file,
+                        heap: heap_kib(&socket).await,
                     });
                     next_sample = (records / SAMPLE_EVERY + 1) * SAMPLE_EVERY;
                 }
@@ -245,8 +275,12 @@ pub async fn run(
         .copied()
         .filter(|s| s.records >= warm)
         .collect();
-    let least_squares = slope_per_1000(&after_warm_up);
-    let slope = robust_slope_per_1000(&after_warm_up);
+    let rss = points(&after_warm_up, |s| Some(s.rss));
+    let heap = points(&after_warm_up, |s| s.heap);
+    // Flat is judged on the live heap where the daemon reports it: a leak grows it; the
+    // RSS also moves with how the allocator's free pages lie (see the note).
+    let judged = if heap.len() >= 3 { &heap } else { &rss };
+    let slope = robust_slope_per_1000(judged);
 
     let mut table = Table::new(
         "5c. The daemon's own memory (`tryswap serve`)",
@@ -265,6 +299,19 @@ pub async fn run(
         split(many),
         format!("≤ 32 MiB: {}", verdict(many.0 <= GOAL_KIB)),
     ]);
+    if one.reloads > GOAL_RELOADS {
+        if let Some(s) = one.samples.iter().find(|s| s.reloads >= GOAL_RELOADS) {
+            table.row([
+                format!(
+                    "1 slot after {} reloads ({} journal records)",
+                    count(s.reloads as f64),
+                    count(s.records as f64)
+                ),
+                split((s.rss, s.anon, s.file)),
+                format!("≤ 32 MiB: {}", verdict(s.rss <= GOAL_KIB)),
+            ]);
+        }
+    }
     match last {
         Some(s) => table.row([
             format!(
@@ -284,25 +331,53 @@ pub async fn run(
             "≤ 32 MiB: MISSED".to_owned(),
         ]),
     }
-    let peak = after_warm_up.iter().map(|s| s.rss).max();
-    table.row([
-        format!(
-            "growth after warm-up (records {}…{}; highest RSS {})",
-            count(warm as f64),
-            count(last.map_or(0, |s| s.records) as f64),
-            peak.map_or_else(|| "–".to_owned(), mib)
-        ),
-        match (slope, least_squares) {
-            (Some(k), Some(l)) => {
-                format!("{k:+.1} KiB per 1,000 records (Theil–Sen; least squares {l:+.1})")
-            }
-            _ => "too few samples".to_owned(),
-        },
-        format!(
-            "flat (≤ {FLAT_KIB_PER_1000} KiB per 1,000): {}",
-            verdict(slope.is_some_and(|k| k <= FLAT_KIB_PER_1000))
-        ),
-    ]);
+    let fit = |points: &[(u64, u64)]| match (robust_slope_per_1000(points), slope_per_1000(points))
+    {
+        (Some(k), Some(l)) => {
+            format!("{k:+.1} KiB per 1,000 records (Theil–Sen; least squares {l:+.1})")
+        }
+        _ => "too few samples".to_owned(),
+    };
+    let band = |points: &[(u64, u64)]| {
+        let low = points.iter().map(|p| p.1).min();
+        let high = points.iter().map(|p| p.1).max();
+        match (low, high) {
+            (Some(low), Some(high)) => format!("{}–{}", mib(low), mib(high)),
+            _ => "–".to_owned(),
+        }
+    };
+    let window = format!(
+        "records {}…{}",
+        count(warm as f64),
+        count(last.map_or(0, |s| s.records) as f64)
+    );
+    let flat = format!(
+        "flat (≤ {FLAT_KIB_PER_1000} KiB per 1,000): {}",
+        verdict(slope.is_some_and(|k| k <= FLAT_KIB_PER_1000))
+    );
+    let highest_rss = rss.iter().map(|p| p.1).max();
+    let bounded = verdict(highest_rss.is_some_and(|k| k <= GOAL_KIB));
+    if heap.len() >= 3 {
+        table.row([
+            format!(
+                "live heap after warm-up ({window}; {} as glibc counts it)",
+                band(&heap)
+            ),
+            fit(&heap),
+            flat,
+        ]);
+        table.row([
+            format!("RSS after warm-up ({window}; {})", band(&rss)),
+            fit(&rss),
+            format!("bounded (≤ 32 MiB at every sample): {bounded}"),
+        ]);
+    } else {
+        table.row([
+            format!("RSS after warm-up ({window}; {})", band(&rss)),
+            fit(&rss),
+            format!("{flat}; bounded (≤ 32 MiB): {bounded}"),
+        ]);
+    }
     if one.reloads < reloads {
         table.note(format!(
             "Only {} of {} reloads fitted in the {:.0} s budget.",
@@ -313,10 +388,16 @@ pub async fn run(
     }
     table.note(format!(
         "{} reloads of one slot in {:.0} s through the API (one fixture, two configs, the \
-         default config: the journal compacts every 1,000 records and past 64 MiB). Flat: \
-         the Theil–Sen slope (median of the slopes between every two samples, which a \
-         sample caught between a compaction and the next trim does not tilt) of RSS over \
-         records after the first {:.0} % of the records; the least-squares slope beside it.",
+         default config: the journal compacts every 1,000 records and past 64 MiB). After \
+         the first {:.0} % of the records, the Theil–Sen slope (median of the slopes \
+         between every two samples, which a sample caught between a compaction and the \
+         next trim does not tilt) and the least-squares slope. Flat is judged on the live \
+         heap (`tryswap_heap_in_use_bytes` in `/metrics`: what the daemon holds allocated, \
+         glibc's `mallinfo2`), which a leak or a growing cache would raise; the RSS must \
+         stay within 32 MiB. Both swing by about 1 MiB with the compactions, and rise by \
+         about as much over the first 25,000–60,000 records while sled's cache and the \
+         allocator's pages settle; hence the long run (docs/performance.md, \"Memory over \
+         time\").",
         count(one.reloads as f64),
         one.elapsed.as_secs_f64(),
         WARM_UP * 100.0
@@ -330,6 +411,7 @@ pub async fn run(
             "RSS",
             "anonymous",
             "file-backed",
+            "live heap",
         ],
     );
     let n = one.samples.len();
@@ -342,6 +424,7 @@ pub async fn run(
                 mib(s.rss),
                 mib(s.anon),
                 mib(s.file),
+                s.heap.map_or_else(|| "–".to_owned(), mib),
             ]);
         }
     }
@@ -352,35 +435,29 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn at(records: u64, rss: u64) -> Sample {
-        Sample {
-            records,
-            reloads: 0,
-            rss,
-            anon: 0,
-            file: 0,
-        }
+    fn at(records: u64, rss: u64) -> (u64, u64) {
+        (records, rss)
     }
 
     #[test]
     fn one_spike_does_not_tilt_the_robust_slope_but_a_rise_does() {
-        let mut flat: Vec<Sample> = (1..=20).map(|i| at(i * 1000, 20_000)).collect();
-        flat[18].rss += 3_000;
+        let mut flat: Vec<(u64, u64)> = (1..=20).map(|i| at(i * 1000, 20_000)).collect();
+        flat[18].1 += 3_000;
         assert_eq!(robust_slope_per_1000(&flat), Some(0.0));
         assert!(
             slope_per_1000(&flat).unwrap() > 16.0,
             "the spike tilts least squares"
         );
-        let rising: Vec<Sample> = (1..=20).map(|i| at(i * 1000, 20_000 + i * 20)).collect();
+        let rising: Vec<(u64, u64)> = (1..=20).map(|i| at(i * 1000, 20_000 + i * 20)).collect();
         assert!((robust_slope_per_1000(&rising).unwrap() - 20.0).abs() < 1e-6);
         assert_eq!(robust_slope_per_1000(&rising[..2]), None);
     }
 
     #[test]
     fn the_slope_is_kib_per_thousand_records() {
-        let rising: Vec<Sample> = (1..=5).map(|i| at(i * 1000, 20_000 + i * 500)).collect();
+        let rising: Vec<(u64, u64)> = (1..=5).map(|i| at(i * 1000, 20_000 + i * 500)).collect();
         assert!((slope_per_1000(&rising).unwrap() - 500.0).abs() < 1e-6);
-        let flat: Vec<Sample> = (1..=5).map(|i| at(i * 1000, 20_000)).collect();
+        let flat: Vec<(u64, u64)> = (1..=5).map(|i| at(i * 1000, 20_000)).collect();
         assert_eq!(slope_per_1000(&flat), Some(0.0));
         assert_eq!(slope_per_1000(&rising[..2]), None);
     }

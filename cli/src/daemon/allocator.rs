@@ -49,6 +49,36 @@ pub fn give_back() {
     }
 }
 
+/// The bytes the program holds allocated from glibc's allocator, as glibc counts them
+/// (`mallinfo2`): in its arenas and in chunks it mapped on their own (allocations of
+/// [`MMAP_THRESHOLD`] and more, counted at their mapped size, touched or not). The live
+/// heap, without the free memory the allocator keeps and without how its pages lie in the
+/// RSS: a leak grows it, fragmentation does not. `None` where the allocator is not glibc's.
+pub fn heap_in_use() -> Option<HeapInUse> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics under its arena locks.
+        let info = unsafe { libc::mallinfo2() };
+        Some(HeapInUse {
+            arenas: info.uordblks as u64,
+            mapped: info.hblkhd as u64,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// What [`heap_in_use`] found, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapInUse {
+    /// Allocated from the allocator's arenas.
+    pub arenas: u64,
+    /// Allocated as chunks mapped on their own.
+    pub mapped: u64,
+}
+
 /// When the daemon gives free memory back besides after a compaction: once per period, if
 /// the journal grew since the last time (an idle daemon allocates nothing, so there is
 /// nothing to return and the trim is skipped).
@@ -81,5 +111,29 @@ mod tests {
         assert!(!trim.due(6), "idle since the last trim");
         assert!(trim.due(12));
         assert!(!trim.due(12));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_heap_in_use_counts_an_allocation_until_it_is_freed() {
+        // Other tests of this binary allocate and free meanwhile: 16 MiB of slack for them,
+        // against a 64 MiB allocation (touched, so it cannot be optimised away).
+        const BIG: u64 = 64 << 20;
+        const SLACK: u64 = 16 << 20;
+        let total = || {
+            let heap = super::heap_in_use().expect("glibc reports its heap");
+            heap.arenas + heap.mapped
+        };
+        let before = total();
+        let big = vec![1u8; BIG as usize];
+        let during = total();
+        assert!(during + SLACK >= before + BIG, "{before} -> {during}");
+        assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), BIG);
+        drop(big);
+        let after = total();
+        assert!(
+            after + BIG <= during + SLACK,
+            "{during} -> {after} after the free"
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! | `tryswap_slot_healthy` | gauge | `slot` (1 healthy, 0 unhealthy, absent while unknown) |
 //! | `tryswap_journal_flushes_total` | counter | — (write-ahead flushes) |
 //! | `tryswap_journal_last_seq` | gauge | — |
+//! | `tryswap_heap_in_use_bytes` | gauge | `kind` (`arenas`, `mapped`: what the daemon holds allocated from glibc's allocator, [`super::allocator::heap_in_use`]; absent with another allocator) |
 //!
 //! Reload counts and stage durations are folded from the journal records as they are
 //! appended (every reload of the daemon, API, CLI through the socket or config reload);
@@ -47,6 +48,11 @@ struct ReloadLabels {
 struct StageLabels {
     slot: String,
     stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeapLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +176,7 @@ pub struct Metrics {
     flushes: Counter,
     last_seq: Gauge,
     store_bytes: Gauge,
+    heap: Family<HeapLabels, Gauge>,
     /// Reloads in progress: mode and time of their last record.
     open: std::sync::Mutex<HashMap<ReloadId, (&'static str, DateTime<Utc>)>>,
 }
@@ -192,6 +199,12 @@ impl Metrics {
         let flushes = Counter::default();
         let last_seq = Gauge::default();
         let store_bytes = Gauge::default();
+        let heap = Family::<HeapLabels, Gauge>::default();
+        registry.register(
+            "tryswap_heap_in_use_bytes",
+            "Bytes the daemon holds allocated from its allocator (arenas, or mapped on their own)",
+            heap.clone(),
+        );
         registry.register(
             "tryswap_store_bytes",
             "Total size of the artifact store's objects",
@@ -256,7 +269,7 @@ impl Metrics {
         );
         registry.register(
             "tryswap_journal_flushes",
-            "Write-ahead journal flushes (after Staged, Activated and Stopped records)",
+            "Write-ahead journal flushes (after Activated, Stopped and the other write-ahead records)",
             flushes.clone(),
         );
         registry.register(
@@ -278,6 +291,7 @@ impl Metrics {
             healthy,
             flushes,
             store_bytes,
+            heap,
             last_seq,
             open: std::sync::Mutex::new(HashMap::new()),
         }
@@ -380,6 +394,13 @@ impl Metrics {
         }
         self.last_seq
             .set(i64::try_from(journal.last_seq()).unwrap_or(i64::MAX));
+        if let Some(heap) = super::allocator::heap_in_use() {
+            for (kind, bytes) in [("arenas", heap.arenas), ("mapped", heap.mapped)] {
+                self.heap
+                    .get_or_create(&HeapLabels { kind })
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
         self.active_generation.clear();
         self.plugin_up.clear();
         self.recovery_failed.clear();
