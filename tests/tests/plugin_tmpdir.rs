@@ -99,11 +99,11 @@ fn a_reload_that_fails_before_its_launch_leaves_no_files_of_its_generation() {
 
 /// `tryswap serve` makes the next generation's TMPDIR and log files once a reload has
 /// committed (while the old generation stops), so the next reload's launch only opens
-/// them; that reload's plugin then runs in them.
+/// them; that reload's plugin then runs in them. When the daemon stops, the unused ones go.
 #[test]
 fn the_daemon_makes_the_next_generations_files_ahead_and_the_next_reload_uses_them() {
     let h = Harness::demo();
-    let _daemon = Daemon::start(&h);
+    let mut daemon = Daemon::start(&h);
     let tmp_root = h.state_dir.join("tmp").join("demo");
     let logs = h.state_dir.join("logs").join("demo");
     let files_of = |generation: u64| {
@@ -151,4 +151,19 @@ fn the_daemon_makes_the_next_generations_files_ahead_and_the_next_reload_uses_th
             );
         }
     }
+    // A daemon that stops removes what it made ahead and no reload used; the logs of the
+    // generations that ran stay.
+    let (generation, _, _) = h.active("demo").expect("active");
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        daemon.log()
+    );
+    let (tmp, stdout, stderr) = files_of(generation + 1);
+    for leftover in [&tmp, &stdout, &stderr] {
+        assert!(!leftover.exists(), "{} stayed", leftover.display());
+    }
+    let (_, stdout, stderr) = files_of(generation);
+    assert!(stdout.is_file() && stderr.is_file());
 }

@@ -638,6 +638,8 @@ pub async fn serve(ctx: &Context, keep_plugins: bool) -> Result<u8, CliError> {
     if let Some(monitor) = state.monitor.get() {
         monitor.shutdown().await;
     }
+    // No reload starts any more: the next generations' files made ahead go.
+    supervisor.discard_launches_ahead();
     if let Some(cause) = journal_failed {
         // Stopping plugins now would act on a journal whose disk state is unknown; the
         // restart's recovery reattaches them or settles their slots from the disk.

@@ -202,6 +202,14 @@ pub trait Driver: Send + Sync + 'static {
         let _ = (slot, generation);
     }
 
+    /// Removes what [`Driver::prepare_ahead`] made for generation `generation` of `slot`
+    /// if nothing used it (everything it made is still empty). The host calls it when it
+    /// stops, with no launch of that generation under way. Blocking. The default has
+    /// nothing to remove.
+    fn discard_ahead(&self, slot: &SlotName, generation: Generation) {
+        let _ = (slot, generation);
+    }
+
     /// Starts an instance. Returns once it exists (spawned, built); not yet validated.
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError>;
 

@@ -318,12 +318,35 @@ impl Supervisor {
     /// For a long-lived host (the daemon): from now on, once a reload has committed, the
     /// slot's next generation's files (for processes: its `TMPDIR`, log files and cgroup)
     /// are made in the background ([`Driver::prepare_ahead`]), so the next reload's launch
-    /// does not wait for their creation. They stay, empty, if no reload comes; a process
-    /// that runs one command leaves this off.
+    /// does not wait for their creation. [`Supervisor::discard_launches_ahead`] removes
+    /// them when the host stops; a process that runs one command leaves this off.
     pub fn prepare_launches_ahead(&self) {
         self.inner
             .prepare_ahead
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// With [`Supervisor::prepare_launches_ahead`]: removes the files made ahead for each
+    /// slot's next generation that nothing used ([`Driver::discard_ahead`]), for a host
+    /// that stops. Slots with a reload in flight are left alone. Call it once this process
+    /// starts no more reloads.
+    pub fn discard_launches_ahead(&self) {
+        if !self
+            .inner
+            .prepare_ahead
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        crate::blocking::off_worker(|| {
+            for rt in self.runtimes() {
+                if let Ok(Some(view)) = self.inner.journal.slot(&rt.name) {
+                    if view.slot.in_flight.is_none() {
+                        rt.driver.discard_ahead(&rt.name, view.slot.next_generation);
+                    }
+                }
+            }
+        });
     }
 
     /// Opens (or creates) the state directory: its journal and store. Fails at once if

@@ -598,6 +598,24 @@ impl ProcessDriver {
     }
 }
 
+/// Removes a generation's files that nothing used: its `TMPDIR` if it is empty, its log
+/// files if they are empty, its cgroup if nothing is in it. What holds anything stays.
+fn remove_unused(tmp: Option<&Path>, files: &os::RunFiles) {
+    if let Some(tmp) = tmp {
+        // `remove_dir` removes an empty directory only.
+        let _ = std::fs::remove_dir(tmp);
+    }
+    for path in [&files.stdout_path, &files.stderr_path] {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    if let Some(dir) = &files.cgroup {
+        // Fails (EBUSY) if anything joined it.
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 #[async_trait]
 impl Driver for ProcessDriver {
     fn outside_connections(&self, instance: &Instance) -> Option<usize> {
@@ -643,6 +661,13 @@ impl Driver for ProcessDriver {
         }
     }
 
+    fn discard_ahead(&self, slot: &SlotName, generation: Generation) {
+        let tmp = self
+            .own_tmpdir()
+            .then(|| tmp_dir(&self.state_dir, slot, generation));
+        remove_unused(tmp.as_deref(), &self.run_files(slot, generation));
+    }
+
     fn discard_prepared(&self) {
         let Some(PreparedLaunch { tmp, spawn, .. }) = lock(&self.prepared).take() else {
             return;
@@ -650,19 +675,8 @@ impl Driver for ProcessDriver {
         let files = spawn.files().clone();
         drop(spawn);
         // No process of the generation ever ran: the journal never gave the generation
-        // out, so its files hold nothing. A log file that is not empty is left as it is.
-        if let Some(tmp) = tmp {
-            remove_tmp_dir(&tmp);
-        }
-        for path in [&files.stdout_path, &files.stderr_path] {
-            if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        if let Some(dir) = &files.cgroup {
-            // Fails (EBUSY) if anything joined it, which nothing did.
-            let _ = std::fs::remove_dir(dir);
-        }
+        // out, so its files hold nothing.
+        remove_unused(tmp.as_deref(), &files);
     }
 
     async fn launch(&self, request: &LaunchRequest) -> Result<Instance, DriverError> {
