@@ -81,21 +81,32 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// The journal's last sequence number, from `/metrics`.
-pub async fn last_seq(socket: &Path) -> u64 {
-    let Ok((_, text)) = request(socket, "GET", "/metrics", None).await else {
-        return 0;
-    };
-    text.lines()
+/// The daemon's `/metrics` text (empty if it did not answer).
+async fn scrape(socket: &Path) -> String {
+    request(socket, "GET", "/metrics", None)
+        .await
+        .map(|(_, text)| text)
+        .unwrap_or_default()
+}
+
+/// The journal's last sequence number in a `/metrics` text (0 if absent).
+fn last_seq_in(metrics: &str) -> u64 {
+    metrics
+        .lines()
         .find_map(|l| l.strip_prefix("tryswap_journal_last_seq "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
 
-/// The daemon's live heap in KiB: the sum of `tryswap_heap_in_use_bytes` in `/metrics`.
-async fn heap_kib(socket: &Path) -> Option<u64> {
-    let (_, text) = request(socket, "GET", "/metrics", None).await.ok()?;
-    let bytes: Vec<u64> = text
+/// The journal's last sequence number, from `/metrics`.
+pub async fn last_seq(socket: &Path) -> u64 {
+    last_seq_in(&scrape(socket).await)
+}
+
+/// The daemon's live heap in KiB in a `/metrics` text: the sum of
+/// `tryswap_heap_in_use_bytes` (`None` if absent).
+fn heap_kib_in(metrics: &str) -> Option<u64> {
+    let bytes: Vec<u64> = metrics
         .lines()
         .filter(|l| l.starts_with("tryswap_heap_in_use_bytes{"))
         .filter_map(|l| l.rsplit(' ').next()?.trim().parse().ok())
@@ -203,7 +214,9 @@ async fn one_slot(bins: &Bins, reloads: usize, budget: Duration) -> Result<OneSl
             reload(&socket, bins, "m00", &configs[done % 2]).await?;
             done += 1;
             if done % TIP_EVERY == 0 || done == reloads {
-                let records = last_seq(&socket).await;
+                // One scrape: the journal's tip, and the heap if this is a sample.
+                let metrics = scrape(&socket).await;
+                let records = last_seq_in(&metrics);
                 if records >= next_sample || done == reloads {
                     let (rss, anon, file) =
                         resident(pid).ok_or("cannot read the daemon's memory")?;
@@ -213,7 +226,7 @@ async fn one_slot(bins: &Bins, reloads: usize, budget: Duration) -> Result<OneSl
                         rss,
                         anon,
                         file,
-                        heap: heap_kib(&socket).await,
+                        heap: heap_kib_in(&metrics),
                     });
                     next_sample = (records / SAMPLE_EVERY + 1) * SAMPLE_EVERY;
                 }
@@ -279,7 +292,8 @@ pub async fn run(
     let heap = points(&after_warm_up, |s| s.heap);
     // Flat is judged on the live heap where the daemon reports it: a leak grows it; the
     // RSS also moves with how the allocator's free pages lie (see the note).
-    let judged = if heap.len() >= 3 { &heap } else { &rss };
+    let heap_reported = heap.len() >= 3;
+    let judged = if heap_reported { &heap } else { &rss };
     let slope = robust_slope_per_1000(judged);
 
     let mut table = Table::new(
@@ -299,32 +313,25 @@ pub async fn run(
         split(many),
         format!("≤ 32 MiB: {}", verdict(many.0 <= GOAL_KIB)),
     ]);
-    if one.reloads > GOAL_RELOADS {
-        if let Some(s) = one.samples.iter().find(|s| s.reloads >= GOAL_RELOADS) {
-            table.row([
-                format!(
-                    "1 slot after {} reloads ({} journal records)",
-                    count(s.reloads as f64),
-                    count(s.records as f64)
-                ),
-                split((s.rss, s.anon, s.file)),
-                format!("≤ 32 MiB: {}", verdict(s.rss <= GOAL_KIB)),
-            ]);
-        }
-    }
-    match last {
-        Some(s) => table.row([
+    // The one-slot daemon after some reloads: met if within the goal and `done` holds.
+    let after = |s: &Sample, done: bool| {
+        [
             format!(
                 "1 slot after {} reloads ({} journal records)",
                 count(s.reloads as f64),
                 count(s.records as f64)
             ),
             split((s.rss, s.anon, s.file)),
-            format!(
-                "≤ 32 MiB: {}",
-                verdict(s.rss <= GOAL_KIB && s.reloads >= reloads)
-            ),
-        ]),
+            format!("≤ 32 MiB: {}", verdict(s.rss <= GOAL_KIB && done)),
+        ]
+    };
+    if one.reloads > GOAL_RELOADS {
+        if let Some(s) = one.samples.iter().find(|s| s.reloads >= GOAL_RELOADS) {
+            table.row(after(s, true));
+        }
+    }
+    match last {
+        Some(s) => table.row(after(&s, s.reloads >= reloads)),
         None => table.row([
             "1 slot after the reloads".to_owned(),
             "no sample".to_owned(),
@@ -357,7 +364,7 @@ pub async fn run(
     );
     let highest_rss = rss.iter().map(|p| p.1).max();
     let bounded = verdict(highest_rss.is_some_and(|k| k <= GOAL_KIB));
-    if heap.len() >= 3 {
+    let rss_goal = if heap_reported {
         table.row([
             format!(
                 "live heap after warm-up ({window}; {} as glibc counts it)",
@@ -366,18 +373,15 @@ pub async fn run(
             fit(&heap),
             flat,
         ]);
-        table.row([
-            format!("RSS after warm-up ({window}; {})", band(&rss)),
-            fit(&rss),
-            format!("bounded (≤ 32 MiB at every sample): {bounded}"),
-        ]);
+        format!("bounded (≤ 32 MiB at every sample): {bounded}")
     } else {
-        table.row([
-            format!("RSS after warm-up ({window}; {})", band(&rss)),
-            fit(&rss),
-            format!("{flat}; bounded (≤ 32 MiB): {bounded}"),
-        ]);
-    }
+        format!("{flat}; bounded (≤ 32 MiB): {bounded}")
+    };
+    table.row([
+        format!("RSS after warm-up ({window}; {})", band(&rss)),
+        fit(&rss),
+        rss_goal,
+    ]);
     if one.reloads < reloads {
         table.note(format!(
             "Only {} of {} reloads fitted in the {:.0} s budget.",

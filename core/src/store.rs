@@ -1074,14 +1074,21 @@ mod tests {
         assert_eq!(inode(&known), before, "known.json was rewritten");
     }
 
+    /// A store in `dir` and a config file `dir/v1.toml` staged once, deferred: the store,
+    /// the config, its digest and what the staging left to make durable.
+    fn config_staged_deferred(dir: &Path) -> (Store, PathBuf, Sha256, PendingDurable) {
+        let store = store(&dir.join("state"), Duration::ZERO);
+        let config = dir.join("v1.toml");
+        fs::write(&config, b"message = \"v1\"\n").unwrap();
+        let mut pending = PendingDurable::default();
+        let digest = store.stage_config_deferred(&config, &mut pending).unwrap();
+        (store, config, digest, pending)
+    }
+
     #[test]
     fn a_deferred_staging_lists_every_copy_it_uses_and_stays_unsynced_until_made_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir.path().join("state"), Duration::ZERO);
-        let config = dir.path().join("v1.toml");
-        fs::write(&config, b"message = \"v1\"\n").unwrap();
-        let mut first = PendingDurable::default();
-        let digest = store.stage_config_deferred(&config, &mut first).unwrap();
+        let (store, config, digest, first) = config_staged_deferred(dir.path());
         assert_eq!(first.digests, [digest]);
         assert!(store.path_of(&digest).is_file(), "the copy is in place");
         assert!(store.lock_unsynced().contains(&digest));
@@ -1101,11 +1108,7 @@ mod tests {
     #[test]
     fn an_immediate_staging_syncs_a_copy_a_deferred_one_left_unsynced() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir.path().join("state"), Duration::ZERO);
-        let config = dir.path().join("v1.toml");
-        fs::write(&config, b"message = \"v1\"\n").unwrap();
-        let mut pending = PendingDurable::default();
-        let digest = store.stage_config_deferred(&config, &mut pending).unwrap();
+        let (store, config, digest, pending) = config_staged_deferred(dir.path());
         drop(pending);
         assert!(store.lock_unsynced().contains(&digest));
         assert_eq!(store.stage_config(&config).unwrap(), digest);

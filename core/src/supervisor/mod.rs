@@ -326,16 +326,19 @@ impl Supervisor {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether [`Supervisor::prepare_launches_ahead`] was called.
+    fn prepares_ahead(&self) -> bool {
+        self.inner
+            .prepare_ahead
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// With [`Supervisor::prepare_launches_ahead`]: removes the files made ahead for each
     /// slot's next generation that nothing used ([`Driver::discard_ahead`]), for a host
     /// that stops. Slots with a reload in flight are left alone. Call it once this process
     /// starts no more reloads.
     pub fn discard_launches_ahead(&self) {
-        if !self
-            .inner
-            .prepare_ahead
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.prepares_ahead() {
             return;
         }
         crate::blocking::off_worker(|| {
@@ -1208,11 +1211,7 @@ impl Supervisor {
     /// files on a blocking thread, not waited for. A reload that starts meanwhile makes the
     /// same files itself; making them twice is harmless.
     fn prepare_next_launch(&self, rt: &SlotRuntime) {
-        if !self
-            .inner
-            .prepare_ahead
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.prepares_ahead() {
             return;
         }
         let next = match self.inner.journal.slot(&rt.name) {

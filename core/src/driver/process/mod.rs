@@ -394,6 +394,26 @@ impl ProcessDriver {
         Ok(Some(tmp))
     }
 
+    /// Makes generation `generation`'s `TMPDIR`, log files and cgroup and opens what the
+    /// spawn needs: what [`Driver::prepare`] keeps and [`Driver::prepare_ahead`] lets go of.
+    fn make_launch_files(
+        &self,
+        slot: &SlotName,
+        generation: Generation,
+    ) -> Result<PreparedLaunch, DriverError> {
+        let tmp = self.make_tmp_dir(slot, generation)?;
+        let spawn = os::prepare(&self.run_files(slot, generation)).map_err(|e| {
+            DriverError::error(format!(
+                "slot {slot}: preparing generation {generation}'s launch: {e}"
+            ))
+        })?;
+        Ok(PreparedLaunch {
+            generation,
+            tmp,
+            spawn,
+        })
+    }
+
     /// The files and cgroup of a run of generation `generation`.
     fn run_files(&self, slot: &SlotName, generation: Generation) -> os::RunFiles {
         let (stdout_path, stderr_path) = generation_log_paths(&self.state_dir, slot, generation);
@@ -623,19 +643,7 @@ impl Driver for ProcessDriver {
     }
 
     fn prepare(&self, slot: &SlotName, generation: Generation) {
-        let made = self.make_tmp_dir(slot, generation).and_then(|tmp| {
-            let spawn = os::prepare(&self.run_files(slot, generation)).map_err(|e| {
-                DriverError::error(format!(
-                    "slot {slot}: preparing generation {generation}'s launch: {e}"
-                ))
-            })?;
-            Ok(PreparedLaunch {
-                generation,
-                tmp,
-                spawn,
-            })
-        });
-        match made {
+        match self.make_launch_files(slot, generation) {
             Ok(made) => {
                 if let Some(unused) = lock(&self.prepared).replace(made) {
                     tracing::debug!(
@@ -650,13 +658,8 @@ impl Driver for ProcessDriver {
     }
 
     fn prepare_ahead(&self, slot: &SlotName, generation: Generation) {
-        // The same files as `prepare`, closed again at once.
-        let made = self.make_tmp_dir(slot, generation).and_then(|_| {
-            os::prepare(&self.run_files(slot, generation))
-                .map(drop)
-                .map_err(|e| DriverError::error(e.to_string()))
-        });
-        if let Err(e) = made {
+        // The same files as `prepare`, closed again at once (the launch is dropped).
+        if let Err(e) = self.make_launch_files(slot, generation) {
             tracing::debug!(generation = generation.0, error = %e, "preparing the next launch ahead failed");
         }
     }
