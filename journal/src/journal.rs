@@ -1,12 +1,12 @@
-//! The journal: open (lock, sled, checks), execute (one transaction per call), reads and
-//! durable flushes.
+//! The journal: open (lock, sled, checks), execute (decided, appended to the log, folded
+//! into sled behind by the indexer: `crate::backlog`), reads and durable flushes.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -15,14 +15,15 @@ use sled::Transactional;
 use tryswap_fsm::{ArtifactRef, Command, Generation, ReloadId, Slot, SlotName};
 
 use crate::append::{append, stage_record, Staging};
+use crate::backlog::{Backlog, IndexTrees, Staged, Unindexed};
 use crate::codec;
 use crate::error::JournalError;
 use crate::failure::HandleFailure;
 use crate::layout::{
     decode_value, describe_key, encode_history, encode_value, generation_of_key, history_key,
-    history_prefix, reload_key, seq_key, seq_of_key, slot_key, tx_history, tx_meta, tx_reload,
-    tx_slot, Meta, EVENTS, HISTORY, JOURNAL_FORMAT, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ,
-    KEY_PURGING, META, RELOADS, SLED_DIR, SLOTS, WITNESS_FILE,
+    history_prefix, reload_key, seq_key, seq_of_key, slot_key, tx_history, tx_reload, tx_slot,
+    Meta, EVENTS, HISTORY, JOURNAL_FORMAT, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ, KEY_PURGING,
+    META, RELOADS, SLED_DIR, SLOTS, WITNESS_FILE,
 };
 use crate::lock::DirLock;
 use crate::projection::{History, ReloadView, ReplayState, SlotView};
@@ -71,7 +72,11 @@ pub struct Journal {
     flush_count: AtomicU64,
     /// Why a sync failed, once one did: the handle is failed from then on (see
     /// [`JournalError::Failed`]).
-    failed: HandleFailure,
+    failed: Arc<HandleFailure>,
+    /// Records in the log that sled's trees do not hold yet (see [`crate::backlog`]).
+    pub(crate) backlog: Arc<Backlog>,
+    /// The thread that folds the backlog into sled (a writable handle's).
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
     read_only: bool,
     /// Why sled was derived again from the log at open, if it was.
     rebuilt: Option<RebuildNote>,
@@ -475,43 +480,105 @@ impl Staging for SledWrite<'_> {
     }
 }
 
-/// The body of the write transaction: [`append`] over the trees, then the changed slot
-/// projections and the new tip into `meta`.
-fn write_tx(
-    trees: &(
-        TransactionalTree,
-        TransactionalTree,
-        TransactionalTree,
-        TransactionalTree,
-        TransactionalTree,
-    ),
-    commands: &[Command],
-    at: DateTime<Utc>,
-    dir: &Path,
-) -> TxResult<(Vec<Record>, WitnessMark)> {
-    let (events, slots, reloads, meta, history) = trees;
-    let next_seq: u64 = tx_meta(meta, KEY_NEXT_SEQ, dir)?;
-    let tip = WitnessMark {
-        seq: next_seq.saturating_sub(1),
-        chain: tx_meta(meta, KEY_LAST_CHAIN, dir)?,
-    };
-    let write = SledWrite {
-        events,
-        reloads,
-        history,
-        slots: SlotCache::new(slots),
-    };
-    let (records, tip) = append(&write, commands, at, tip, dir)?;
-    write.slots.write_back()?;
-    meta.insert(
-        KEY_NEXT_SEQ,
-        encode_value("meta next_seq", &(tip.seq + 1)).map_err(abort)?,
-    )?;
-    meta.insert(
-        KEY_LAST_CHAIN,
-        encode_value("meta last_chain", &tip.chain).map_err(abort)?,
-    )?;
-    Ok((records, tip))
+/// One write over sled's projections overlaid with the backlog's, as the [`Staging`] of
+/// [`append`]: reads see what the write staged, then the backlog, then sled; what it
+/// stages joins the backlog only if the whole write is accepted and in the log.
+struct BacklogWrite<'a> {
+    journal: &'a Journal,
+    base: &'a Unindexed,
+    staged: RefCell<Staged>,
+}
+
+impl Staging for BacklogWrite<'_> {
+    type Error = JournalError;
+
+    fn abort(error: JournalError) -> JournalError {
+        error
+    }
+
+    fn slot(&self, name: &SlotName) -> Result<Option<Slot>, JournalError> {
+        if let Some(view) = self.staged.borrow().slots.get(name) {
+            return Ok(Some(view.slot.clone()));
+        }
+        if let Some((_, view)) = self.base.slots.get(name) {
+            return Ok(Some(view.slot.clone()));
+        }
+        Ok(self.journal.sled_slot(name)?.map(|v| v.slot))
+    }
+
+    fn take_slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
+        if let Some(view) = self.staged.borrow_mut().slots.remove(name) {
+            return Ok(Some(view));
+        }
+        if let Some((_, view)) = self.base.slots.get(name) {
+            return Ok(Some(view.clone()));
+        }
+        self.journal.sled_slot(name)
+    }
+
+    fn put_slot(&self, view: SlotView) -> Result<(), JournalError> {
+        self.staged
+            .borrow_mut()
+            .slots
+            .insert(view.slot.name.clone(), view);
+        Ok(())
+    }
+
+    fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
+        if let Some(view) = self.staged.borrow().reloads.get(id) {
+            return Ok(Some(view.clone()));
+        }
+        if let Some((_, view)) = self.base.reloads.get(id) {
+            return Ok(Some(view.clone()));
+        }
+        self.journal.sled_reload(id)
+    }
+
+    fn put_reload(&self, view: ReloadView) -> Result<(), JournalError> {
+        self.staged
+            .borrow_mut()
+            .reloads
+            .insert(view.reload.id, view);
+        Ok(())
+    }
+
+    fn history(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, JournalError> {
+        let key = (name.clone(), generation);
+        if let Some(artifact) = self.staged.borrow().history.get(&key) {
+            return Ok(Some(artifact.clone()));
+        }
+        if let Some((_, artifact)) = self.base.history.get(&key) {
+            return Ok(Some(artifact.clone()));
+        }
+        self.journal.sled_history_entry(name, generation)
+    }
+
+    fn put_history(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+        artifact: &ArtifactRef,
+    ) -> Result<(), JournalError> {
+        self.staged
+            .borrow_mut()
+            .history
+            .insert((name.clone(), generation), artifact.clone());
+        Ok(())
+    }
+
+    fn put_record(
+        &self,
+        record: &Record,
+        _stored: Vec<u8>,
+        _chain: u32,
+    ) -> Result<(), JournalError> {
+        self.staged.borrow_mut().records.push(record.clone());
+        Ok(())
+    }
 }
 
 /// Folds the records the log holds after sled's end into sled, in batches.
@@ -529,7 +596,7 @@ fn catch_up(trees: WriteTrees<'_>, after: &[Record], dir: &Path) -> Result<(), J
 
 /// Folds `records` (read from the log, decided before) into sled in one transaction:
 /// records, projections and the new tip in `meta`.
-fn apply_records(
+pub(crate) fn apply_records(
     trees: WriteTrees<'_>,
     records: &[Record],
     dir: &Path,
@@ -715,6 +782,22 @@ impl Journal {
             trees = derived;
         }
         let (db, events, slots, reloads, meta, history) = trees;
+        // sled files that never took a record in (all trees empty, not even `meta`) are a
+        // journal at seq 0: they catch up from the log like any sled behind it.
+        let untouched = [&events, &slots, &reloads, &meta, &history]
+            .iter()
+            .all(|tree| tree.is_empty());
+        if untouched {
+            let mut batch = sled::Batch::default();
+            for (key, value) in Meta::fresh().entries()? {
+                batch.insert(key, value);
+            }
+            meta.apply_batch(batch)
+                .map_err(|source| JournalError::Sled {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+        }
         let stored = Meta::read(&meta, dir)?;
         // One pass over the log: what sled lacks of it, and (strict) whether it holds
         // everything the witness says was durable.
@@ -793,6 +876,23 @@ impl Journal {
             .is_some()
             .then(|| crate::index_mark::read(dir))
             .flatten();
+        let failed = Arc::new(HandleFailure::default());
+        let backlog = Arc::new(Backlog::default());
+        let indexer = if log.is_some() {
+            backlog.start_indexer(
+                IndexTrees {
+                    events: events.clone(),
+                    slots: slots.clone(),
+                    reloads: reloads.clone(),
+                    meta: meta.clone(),
+                    history: history.clone(),
+                },
+                dir.to_path_buf(),
+                Arc::clone(&failed),
+            )
+        } else {
+            None
+        };
         Journal {
             dir: dir.to_path_buf(),
             db,
@@ -807,7 +907,9 @@ impl Journal {
             writer: Mutex::new(()),
             durable: Mutex::new(witness),
             flush_count: AtomicU64::new(0),
-            failed: HandleFailure::default(),
+            failed,
+            backlog,
+            indexer: Mutex::new(indexer),
             rebuilt: None,
             index_mark: Mutex::new(index_mark),
             _lock: dir_lock,
@@ -982,6 +1084,15 @@ impl Journal {
                         dir: dir.to_path_buf(),
                         source,
                     })?;
+                // On disk at once: sled takes records in only behind the log (the
+                // backlog), so a copy of the disk or a process killed before sled's first
+                // flush must find a journal at seq 0 to catch up from the log, not sled
+                // files that hold no journal (which a writable open would derive again,
+                // loudly, and an inspection could not read).
+                trees.0.flush().map_err(|source| JournalError::Sled {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
                 trees
             }
         };
@@ -1058,8 +1169,9 @@ impl Journal {
     }
 
     /// Decides `command` against the projections and, if accepted, appends its event(s)
-    /// and updates the projections and meta in one sled transaction. Returns the appended
-    /// records.
+    /// to the log and updates the projections (every read sees them from then on; sled's
+    /// trees take them in shortly after, see `docs/journal.md` "Writing"). Returns the
+    /// appended records.
     ///
     /// [`JournalError::Rejected`] when the state machine refuses (nothing written). Every
     /// record is in the log when the call returns; after an `Activated` record (or another
@@ -1088,19 +1200,26 @@ impl Journal {
         }
         let (records, tip) = {
             let _writer = lock(&self.writer);
-            let outcome = (
-                &self.events,
-                &self.slots,
-                &self.reloads,
-                &self.meta,
-                &self.history,
-            )
-                .transaction(|trees| write_tx(trees, commands, at, &self.dir));
-            let (records, tip) = self.finish_tx(outcome)?;
+            let tip = *lock(&self.tip);
+            let mut backlog = self.backlog.lock();
+            let write = BacklogWrite {
+                journal: self,
+                base: &backlog,
+                staged: RefCell::new(Staged::default()),
+            };
+            let (records, tip) = append(&write, commands, at, tip, &self.dir)?;
+            let staged = write.staged.into_inner();
             self.append_to_log(&records)?;
+            backlog.merge(staged, tip.seq);
+            let waiting = backlog.records.len();
+            drop(backlog);
             *lock(&self.tip) = tip;
+            if waiting >= crate::backlog::BACKLOG_MAX {
+                self.settle()?;
+            }
             (records, tip)
         };
+        self.backlog.notify();
         if records.iter().any(Record::needs_durable_flush) {
             self.durable_flush(tip, Flush::WriteAhead)?;
         }
@@ -1150,6 +1269,10 @@ impl Journal {
     /// nor does a process that exits without closing sled ([`Flush::LogOnly`]).
     pub(crate) fn durable_flush(&self, tip: WitnessMark, how: Flush) -> Result<(), JournalError> {
         let counted = how == Flush::WriteAhead;
+        if how == Flush::Full {
+            // sled is flushed whole, and the index mark moved: with the backlog in it.
+            self.settle()?;
+        }
         let mut durable = lock(&self.durable);
         let Some(witness) = durable.as_mut() else {
             return Ok(());
@@ -1256,24 +1379,91 @@ impl Journal {
             .collect()
     }
 
+    /// The projection of slot `name` in sled's tree (the backlog aside).
+    pub(crate) fn sled_slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
+        self.get(&self.slots, SLOTS, slot_key(name))
+    }
+
+    /// The projection of reload `id` in sled's tree (the backlog aside).
+    pub(crate) fn sled_reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
+        self.get(&self.reloads, RELOADS, &reload_key(id))
+    }
+
+    /// One history entry in sled's tree (the backlog aside).
+    pub(crate) fn sled_history_entry(
+        &self,
+        name: &SlotName,
+        generation: Generation,
+    ) -> Result<Option<ArtifactRef>, JournalError> {
+        self.get(&self.history, HISTORY, &history_key(name, generation))
+    }
+
+    /// Folds the backlog into sled now, for what reads sled's trees whole (compaction,
+    /// verify, replay, the snapshot, a full flush). No-op on a read-only handle.
+    pub(crate) fn settle(&self) -> Result<(), JournalError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.backlog.settle(
+            &IndexTrees {
+                events: self.events.clone(),
+                slots: self.slots.clone(),
+                reloads: self.reloads.clone(),
+                meta: self.meta.clone(),
+                history: self.history.clone(),
+            },
+            &self.dir,
+            &self.failed,
+        )
+    }
+
     /// The projection of slot `name`, if any event touched it.
     pub fn slot(&self, name: &SlotName) -> Result<Option<SlotView>, JournalError> {
-        self.get(&self.slots, SLOTS, slot_key(name))
+        // The backlog is consulted first, and an entry leaves it only once sled holds it
+        // (see `crate::backlog`): a miss there finds it in sled.
+        if let Some((_, view)) = self.backlog.lock().slots.get(name) {
+            return Ok(Some(view.clone()));
+        }
+        self.sled_slot(name)
     }
 
     /// Every slot projection, by name.
     pub fn slots(&self) -> Result<Vec<SlotView>, JournalError> {
-        self.all(&self.slots, SLOTS)
+        let newer: Vec<SlotView> = self
+            .backlog
+            .lock()
+            .slots
+            .values()
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut all: std::collections::BTreeMap<SlotName, SlotView> = self
+            .all::<SlotView>(&self.slots, SLOTS)?
+            .into_iter()
+            .map(|v| (v.slot.name.clone(), v))
+            .collect();
+        all.extend(newer.into_iter().map(|v| (v.slot.name.clone(), v)));
+        Ok(all.into_values().collect())
     }
 
     /// The projection of reload `id`, if it exists (and was not compacted away).
     pub fn reload(&self, id: &ReloadId) -> Result<Option<ReloadView>, JournalError> {
-        self.get(&self.reloads, RELOADS, &reload_key(id))
+        if let Some((_, view)) = self.backlog.lock().reloads.get(id) {
+            return Ok(Some(view.clone()));
+        }
+        self.sled_reload(id)
     }
 
     /// Slot `name`'s history: every generation that was ever active there (and not
     /// trimmed by a compaction) with its artifact. One range scan of the `history` tree.
     pub fn history(&self, name: &SlotName) -> Result<History, JournalError> {
+        let newer: Vec<(Generation, ArtifactRef)> = self
+            .backlog
+            .lock()
+            .history
+            .iter()
+            .filter(|((slot, _), _)| slot == name)
+            .map(|((_, generation), (_, artifact))| (*generation, artifact.clone()))
+            .collect();
         let mut out = History::new();
         for item in self.history.scan_prefix(history_prefix(name)) {
             let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
@@ -1283,6 +1473,7 @@ impl Journal {
             })?;
             out.insert(generation, decode_value(HISTORY, &key, &bytes)?);
         }
+        out.extend(newer);
         Ok(out)
     }
 
@@ -1293,18 +1484,33 @@ impl Journal {
         name: &SlotName,
         generation: Generation,
     ) -> Result<Option<ArtifactRef>, JournalError> {
-        self.get(&self.history, HISTORY, &history_key(name, generation))
+        let key = (name.clone(), generation);
+        if let Some((_, artifact)) = self.backlog.lock().history.get(&key) {
+            return Ok(Some(artifact.clone()));
+        }
+        self.sled_history_entry(name, generation)
     }
 
     /// Every reload of `slot` the journal holds, oldest first (by first record).
     ///
     /// Scans the reload projections, which compaction keeps bounded.
     pub fn reloads_of(&self, slot: &SlotName) -> Result<Vec<ReloadView>, JournalError> {
-        let mut views: Vec<ReloadView> = self
+        let newer: Vec<ReloadView> = self
+            .backlog
+            .lock()
+            .reloads
+            .values()
+            .filter(|(_, v)| &v.reload.slot == slot)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut views: HashMap<ReloadId, ReloadView> = self
             .all::<ReloadView>(&self.reloads, RELOADS)?
             .into_iter()
             .filter(|v| &v.reload.slot == slot)
+            .map(|v| (v.reload.id, v))
             .collect();
+        views.extend(newer.into_iter().map(|v| (v.reload.id, v)));
+        let mut views: Vec<ReloadView> = views.into_values().collect();
         views.sort_by_key(ReloadView::created_seq);
         Ok(views)
     }
@@ -1321,33 +1527,57 @@ impl Journal {
         from_seq: u64,
     ) -> impl Iterator<Item = Result<Record, JournalError>> + Send + 'static {
         let dir = self.dir.clone();
-        self.events.range(seq_key(from_seq)..).map(move |item| {
-            let (key, bytes) = item.map_err(|source| JournalError::Sled {
-                dir: dir.clone(),
-                source,
-            })?;
-            let record =
-                codec::decode_record(&bytes).map_err(|source| JournalError::CorruptValue {
-                    tree: EVENTS,
-                    key: describe_key(EVENTS, &key),
+        // The backlog is a suffix of the journal; sled holds everything before its first
+        // record (and may take in more meanwhile: the range stops where the copy starts).
+        let (newer, first_newer): (Vec<Record>, Option<u64>) = {
+            let backlog = self.backlog.lock();
+            (
+                backlog
+                    .records
+                    .iter()
+                    .filter(|r| r.seq >= from_seq)
+                    .cloned()
+                    .collect(),
+                backlog.first_seq(),
+            )
+        };
+        let range = match first_newer {
+            Some(first) => self
+                .events
+                .range(seq_key(from_seq)..seq_key(first.max(from_seq))),
+            None => self.events.range(seq_key(from_seq)..),
+        };
+        range
+            .map(move |item| {
+                let (key, bytes) = item.map_err(|source| JournalError::Sled {
+                    dir: dir.clone(),
                     source,
                 })?;
-            if seq_of_key(&key) != Some(record.seq) {
-                return Err(JournalError::Corrupt {
-                    dir: dir.clone(),
-                    what: format!(
-                        "tree `events` key {} holds the record of seq {}",
-                        describe_key(EVENTS, &key),
-                        record.seq
-                    ),
-                });
-            }
-            Ok(record)
-        })
+                let record =
+                    codec::decode_record(&bytes).map_err(|source| JournalError::CorruptValue {
+                        tree: EVENTS,
+                        key: describe_key(EVENTS, &key),
+                        source,
+                    })?;
+                if seq_of_key(&key) != Some(record.seq) {
+                    return Err(JournalError::Corrupt {
+                        dir: dir.clone(),
+                        what: format!(
+                            "tree `events` key {} holds the record of seq {}",
+                            describe_key(EVENTS, &key),
+                            record.seq
+                        ),
+                    });
+                }
+                Ok(record)
+            })
+            .chain(newer.into_iter().map(Ok))
     }
 
     /// The current meta values.
     pub(crate) fn meta_values(&self) -> Result<Meta, JournalError> {
+        // The tip in `meta` is sled's: with the backlog folded in, the journal's.
+        self.settle()?;
         Ok(Meta::read(&self.meta, &self.dir)?.unwrap_or_else(Meta::fresh))
     }
 }
@@ -1443,8 +1673,22 @@ impl JournalStore for Journal {
     }
 }
 
+impl Journal {
+    /// Stops the indexer thread and waits for it (it holds sled's trees: sled must be
+    /// closed, and the directory's lock released, only after it).
+    fn stop_indexer(&self) {
+        self.backlog.close();
+        if let Some(thread) = lock(&self.indexer).take() {
+            if thread.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "the journal's indexer panicked");
+            }
+        }
+    }
+}
+
 impl Drop for Journal {
     fn drop(&mut self) {
+        self.stop_indexer();
         if self.failure().is_some() {
             // sled syncs its log when its last handle drops and panics if that fails. What
             // is on disk is for the next open to judge: keep sled's state alive (a leak,

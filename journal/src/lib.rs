@@ -7,9 +7,9 @@
 //! after `Activated`, `Stopped` and the other write-ahead points
 //! ([`Record::needs_durable_flush`]) it makes them durable before returning.
 //!
-//! Two stores keep the same contract: [`Journal`], crash-safe on disk in sled (one sled
-//! transaction per write, flushed and synced at the write-ahead points; this crate is the
-//! only one that touches sled), and [`MemoryJournal`], in memory, for property tests and
+//! Two stores keep the same contract: [`Journal`], crash-safe on disk (every write appended
+//! to the segment log, synced at the write-ahead points, and folded into sled's index by a
+//! thread of the handle shortly after; this crate is the only one that touches sled), and [`MemoryJournal`], in memory, for property tests and
 //! embedders that need no durability. The on-disk format is described in `docs/journal.md`.
 //!
 //! ```
@@ -36,6 +36,7 @@
 
 mod append;
 pub mod archive;
+mod backlog;
 pub mod codec;
 mod compact;
 mod error;

@@ -167,6 +167,7 @@ impl Journal {
     fn write_snapshot(&self) -> Result<(), JournalError> {
         let mut snapshot = {
             let _writer = lock(&self.writer);
+            self.settle()?;
             let seq = self.last_seq();
             let slots = self.slots()?;
             let mut per_slot: BTreeMap<SlotName, Vec<ReloadView>> = BTreeMap::new();

@@ -226,6 +226,7 @@ impl Journal {
     /// Blocks writers while it runs.
     pub fn verify(&self) -> Result<VerifyReport, JournalError> {
         let _writer = lock(&self.writer);
+        self.settle()?;
         let mut found = Findings(Vec::new());
 
         let meta = match Meta::read(&self.meta, &self.dir) {
