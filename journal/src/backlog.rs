@@ -35,6 +35,9 @@ pub(crate) const INDEX_DELAY: Duration = Duration::from_millis(50);
 /// The indexer folds the backlog in at once when it holds this many records.
 pub(crate) const INDEX_BATCH: usize = 512;
 
+/// The most records one sled transaction of the indexer takes in.
+pub(crate) const INDEX_CHUNK: usize = 64;
+
 /// A write that finds this many records waiting folds them in itself (an indexer that
 /// could not start, or falls behind): the backlog's memory stays bounded.
 pub(crate) const BACKLOG_MAX: usize = 8192;
@@ -142,30 +145,35 @@ impl Backlog {
     ) -> Result<(), JournalError> {
         let _folding = lock(&self.folding);
         let batch: Vec<Record> = lock(&self.state).unindexed.records.clone();
-        let Some(last) = batch.last() else {
-            return Ok(());
-        };
-        let upto = last.seq;
-        if let Err(e) = crate::journal::apply_records(
-            (
-                &trees.events,
-                &trees.slots,
-                &trees.reloads,
-                &trees.meta,
-                &trees.history,
-            ),
-            &batch,
-            dir,
-        ) {
-            return Err(failed.fail(
-                dir,
-                &format!(
-                    "folding seq {}..={upto} from the log into sled: {e}",
-                    batch[0].seq
+        // sled's transactions exclude its plain reads (a global lock): short ones keep the
+        // writers' and readers' misses from waiting long. A chunk may end inside a write:
+        // that write's projections stay in the backlog (tagged with its last record) until
+        // the chunk that holds its last record is in.
+        for chunk in batch.chunks(INDEX_CHUNK) {
+            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                continue;
+            };
+            if let Err(e) = crate::journal::apply_records(
+                (
+                    &trees.events,
+                    &trees.slots,
+                    &trees.reloads,
+                    &trees.meta,
+                    &trees.history,
                 ),
-            ));
+                chunk,
+                dir,
+            ) {
+                return Err(failed.fail(
+                    dir,
+                    &format!(
+                        "folding seq {}..={} from the log into sled: {e}",
+                        first.seq, last.seq
+                    ),
+                ));
+            }
+            lock(&self.state).unindexed.indexed(chunk.len(), last.seq);
         }
-        lock(&self.state).unindexed.indexed(batch.len(), upto);
         Ok(())
     }
 
