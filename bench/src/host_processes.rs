@@ -40,7 +40,39 @@ impl Idle {
                 .map_err(|e| format!("spawning idle process {}: {e}", idle.0.len() + 1))?;
             idle.0.push(child);
         }
+        idle.settle(deadline)?;
         Ok(idle)
+    }
+
+    /// Waits until every process has exec'd `sleep` and sleeps (state `S` in
+    /// `/proc/<pid>/stat`): the reloads measured next must share the host with idle
+    /// processes, not with 2,000 of them still starting (exec, dynamic loading), which
+    /// two full runs measured as a 1.25× and 1.28× slowdown of the first reloads after the
+    /// spawn.
+    fn settle(&self, deadline: Instant) -> Result<(), String> {
+        let asleep = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (head, rest) = stat.rsplit_once(") ")?;
+                    Some(head.ends_with("(sleep") && rest.starts_with('S'))
+                })
+                .unwrap_or(false)
+        };
+        let mut waiting: Vec<u32> = self.0.iter().map(Child::id).collect();
+        loop {
+            waiting.retain(|&pid| !asleep(pid));
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} of the idle processes were still starting at the deadline",
+                    waiting.len()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
