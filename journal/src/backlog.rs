@@ -26,6 +26,7 @@ use tryswap_fsm::{ArtifactRef, Generation, ReloadId, SlotName};
 
 use crate::error::JournalError;
 use crate::failure::HandleFailure;
+use crate::journal::lock;
 use crate::projection::{ReloadView, SlotView};
 use crate::record::Record;
 
@@ -101,6 +102,19 @@ pub(crate) struct IndexTrees {
     pub(crate) history: sled::Tree,
 }
 
+impl IndexTrees {
+    /// The trees in the order of [`crate::journal::WriteTrees`].
+    fn write_trees(&self) -> crate::journal::WriteTrees<'_> {
+        (
+            &self.events,
+            &self.slots,
+            &self.reloads,
+            &self.meta,
+            &self.history,
+        )
+    }
+}
+
 /// The backlog shared by a journal handle and its indexer.
 #[derive(Debug, Default)]
 pub(crate) struct Backlog {
@@ -115,12 +129,6 @@ pub(crate) struct Backlog {
 struct State {
     unindexed: Unindexed,
     closing: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Backlog {
@@ -153,17 +161,7 @@ impl Backlog {
             let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
                 continue;
             };
-            if let Err(e) = crate::journal::apply_records(
-                (
-                    &trees.events,
-                    &trees.slots,
-                    &trees.reloads,
-                    &trees.meta,
-                    &trees.history,
-                ),
-                chunk,
-                dir,
-            ) {
+            if let Err(e) = crate::journal::apply_records(trees.write_trees(), chunk, dir) {
                 return Err(failed.fail(
                     dir,
                     &format!(

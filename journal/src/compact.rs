@@ -7,13 +7,12 @@ use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 use tryswap_fsm::{Generation, ReloadId, Slot, SlotName};
 
-use crate::codec;
 use crate::error::JournalError;
 use crate::journal::lock;
 use crate::layout::{
-    base_reload_key, base_slot_key, decode_value, describe_key, encode_value, history_key,
-    reload_key, seq_of_key, tx_meta, EVENTS, KEY_BASE_CHAIN, KEY_BASE_SEQ, KEY_NEXT_SEQ,
-    KEY_PURGING, PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT, RELOADS,
+    base_reload_key, base_slot_key, decode_event, decode_value, encode_value, history_key,
+    reload_key, seq_of_key, tx_meta, KEY_BASE_CHAIN, KEY_BASE_SEQ, KEY_NEXT_SEQ, KEY_PURGING,
+    PREFIX_BASE_RELOAD, PREFIX_BASE_SLOT, RELOADS,
 };
 use crate::projection::{BaseSlot, History, ReloadView, SlotView};
 use crate::report::CompactReport;
@@ -171,12 +170,7 @@ impl Journal {
             let mut events_kept = 0u64;
             for item in self.events.iter() {
                 let (key, bytes) = item.map_err(|e| self.sled_err(e))?;
-                let record =
-                    codec::decode_record(&bytes).map_err(|source| JournalError::CorruptValue {
-                        tree: EVENTS,
-                        key: describe_key(EVENTS, &key),
-                        source,
-                    })?;
+                let record = decode_event(&key, &bytes)?;
                 if seq_of_key(&key).is_some_and(|seq| seq <= tip.seq) {
                     if dropped.contains(&record.reload) {
                         event_keys.push(key);

@@ -2,7 +2,7 @@
 //! into sled behind by the indexer: `crate::backlog`), reads and durable flushes.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,10 +20,10 @@ use crate::codec;
 use crate::error::JournalError;
 use crate::failure::HandleFailure;
 use crate::layout::{
-    decode_value, describe_key, encode_history, encode_value, generation_of_key, history_key,
-    history_prefix, reload_key, seq_key, seq_of_key, slot_key, tx_history, tx_reload, tx_slot,
-    Meta, EVENTS, HISTORY, JOURNAL_FORMAT, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ, KEY_PURGING,
-    META, RELOADS, SLED_DIR, SLOTS, WITNESS_FILE,
+    decode_event, decode_value, describe_key, encode_history, encode_value, generation_of_key,
+    history_key, history_prefix, reload_key, seq_key, seq_of_key, slot_key, tx_history, tx_reload,
+    tx_slot, Meta, EVENTS, HISTORY, JOURNAL_FORMAT, KEY_FORMAT, KEY_LAST_CHAIN, KEY_NEXT_SEQ,
+    KEY_PURGING, META, RELOADS, SLED_DIR, SLOTS, WITNESS_FILE,
 };
 use crate::lock::DirLock;
 use crate::projection::{History, ReloadView, ReplayState, SlotView};
@@ -581,6 +581,19 @@ impl Staging for BacklogWrite<'_> {
     }
 }
 
+/// Writes the meta values of a journal at seq 0 into `meta` (one batch).
+fn write_fresh_meta(meta: &sled::Tree, dir: &Path) -> Result<(), JournalError> {
+    let mut batch = sled::Batch::default();
+    for (key, value) in Meta::fresh().entries()? {
+        batch.insert(key, value);
+    }
+    meta.apply_batch(batch)
+        .map_err(|source| JournalError::Sled {
+            dir: dir.to_path_buf(),
+            source,
+        })
+}
+
 /// Folds the records the log holds after sled's end into sled, in batches.
 fn catch_up(trees: WriteTrees<'_>, after: &[Record], dir: &Path) -> Result<(), JournalError> {
     tracing::info!(
@@ -788,15 +801,7 @@ impl Journal {
             .iter()
             .all(|tree| tree.is_empty());
         if untouched {
-            let mut batch = sled::Batch::default();
-            for (key, value) in Meta::fresh().entries()? {
-                batch.insert(key, value);
-            }
-            meta.apply_batch(batch)
-                .map_err(|source| JournalError::Sled {
-                    dir: dir.to_path_buf(),
-                    source,
-                })?;
+            write_fresh_meta(&meta, dir)?;
         }
         let stored = Meta::read(&meta, dir)?;
         // One pass over the log: what sled lacks of it, and (strict) whether it holds
@@ -876,24 +881,8 @@ impl Journal {
             .is_some()
             .then(|| crate::index_mark::read(dir))
             .flatten();
-        let failed = Arc::new(HandleFailure::default());
-        let backlog = Arc::new(Backlog::default());
-        let indexer = if log.is_some() {
-            backlog.start_indexer(
-                IndexTrees {
-                    events: events.clone(),
-                    slots: slots.clone(),
-                    reloads: reloads.clone(),
-                    meta: meta.clone(),
-                    history: history.clone(),
-                },
-                dir.to_path_buf(),
-                Arc::clone(&failed),
-            )
-        } else {
-            None
-        };
-        Journal {
+        let writable = log.is_some();
+        let journal = Journal {
             dir: dir.to_path_buf(),
             db,
             events,
@@ -907,13 +896,21 @@ impl Journal {
             writer: Mutex::new(()),
             durable: Mutex::new(witness),
             flush_count: AtomicU64::new(0),
-            failed,
-            backlog,
-            indexer: Mutex::new(indexer),
+            failed: Arc::default(),
+            backlog: Arc::default(),
+            indexer: Mutex::new(None),
             rebuilt: None,
             index_mark: Mutex::new(index_mark),
             _lock: dir_lock,
+        };
+        if writable {
+            *lock(&journal.indexer) = journal.backlog.start_indexer(
+                journal.index_trees(),
+                journal.dir.clone(),
+                Arc::clone(&journal.failed),
+            );
         }
+        journal
     }
 
     fn open_writable(
@@ -1073,17 +1070,7 @@ impl Journal {
             }
             (None, _) => {
                 let trees = open_sled(dir, &sled_dir)?;
-                let mut batch = sled::Batch::default();
-                for (key, value) in Meta::fresh().entries()? {
-                    batch.insert(key, value);
-                }
-                trees
-                    .4
-                    .apply_batch(batch)
-                    .map_err(|source| JournalError::Sled {
-                        dir: dir.to_path_buf(),
-                        source,
-                    })?;
+                write_fresh_meta(&trees.4, dir)?;
                 // On disk at once: sled takes records in only behind the log (the
                 // backlog), so a copy of the disk or a process killed before sled's first
                 // flush must find a journal at seq 0 to catch up from the log, not sled
@@ -1176,8 +1163,8 @@ impl Journal {
     /// [`JournalError::Rejected`] when the state machine refuses (nothing written). Every
     /// record is in the log when the call returns; after an `Activated` record (or another
     /// write-ahead point, [`Record::needs_durable_flush`]) the call returns only once the
-    /// record is durable (flushed and synced, witness updated). An error from that flush means the record
-    /// is committed but not known to be durable.
+    /// record is durable (flushed and synced, witness updated). An error from that flush
+    /// means the record is committed but not known to be durable.
     pub fn execute(
         &self,
         command: &Command,
@@ -1270,6 +1257,8 @@ impl Journal {
     pub(crate) fn durable_flush(&self, tip: WitnessMark, how: Flush) -> Result<(), JournalError> {
         let counted = how == Flush::WriteAhead;
         if how == Flush::Full {
+            // A failed handle refuses every flush, before it touches sled.
+            self.healthy()?;
             // sled is flushed whole, and the index mark moved: with the backlog in it.
             self.settle()?;
         }
@@ -1404,17 +1393,19 @@ impl Journal {
         if self.read_only {
             return Ok(());
         }
-        self.backlog.settle(
-            &IndexTrees {
-                events: self.events.clone(),
-                slots: self.slots.clone(),
-                reloads: self.reloads.clone(),
-                meta: self.meta.clone(),
-                history: self.history.clone(),
-            },
-            &self.dir,
-            &self.failed,
-        )
+        self.backlog
+            .settle(&self.index_trees(), &self.dir, &self.failed)
+    }
+
+    /// sled's trees, as the indexer writes them.
+    fn index_trees(&self) -> IndexTrees {
+        IndexTrees {
+            events: self.events.clone(),
+            slots: self.slots.clone(),
+            reloads: self.reloads.clone(),
+            meta: self.meta.clone(),
+            history: self.history.clone(),
+        }
     }
 
     /// The projection of slot `name`, if any event touched it.
@@ -1436,7 +1427,7 @@ impl Journal {
             .values()
             .map(|(_, v)| v.clone())
             .collect();
-        let mut all: std::collections::BTreeMap<SlotName, SlotView> = self
+        let mut all: BTreeMap<SlotName, SlotView> = self
             .all::<SlotView>(&self.slots, SLOTS)?
             .into_iter()
             .map(|v| (v.slot.name.clone(), v))
@@ -1553,12 +1544,7 @@ impl Journal {
                     dir: dir.clone(),
                     source,
                 })?;
-                let record =
-                    codec::decode_record(&bytes).map_err(|source| JournalError::CorruptValue {
-                        tree: EVENTS,
-                        key: describe_key(EVENTS, &key),
-                        source,
-                    })?;
+                let record = decode_event(&key, &bytes)?;
                 if seq_of_key(&key) != Some(record.seq) {
                     return Err(JournalError::Corrupt {
                         dir: dir.clone(),

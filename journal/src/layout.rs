@@ -104,6 +104,16 @@ pub(crate) fn base_reload_key(id: &ReloadId) -> Vec<u8> {
     [PREFIX_BASE_RELOAD, &reload_key(id)[..]].concat()
 }
 
+/// Decodes the record stored in tree `events` under `key`; a record that does not decode
+/// is [`JournalError::CorruptValue`] naming its key.
+pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<crate::Record, JournalError> {
+    codec::decode_record(bytes).map_err(|source| JournalError::CorruptValue {
+        tree: EVENTS,
+        key: describe_key(EVENTS, key),
+        source,
+    })
+}
+
 /// Renders a key of `tree` for error messages.
 pub(crate) fn describe_key(tree: &str, key: &[u8]) -> String {
     match tree {

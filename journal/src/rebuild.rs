@@ -311,11 +311,7 @@ pub(crate) fn migrate(dir: &Path, db: &sled::Db) -> Result<u64, JournalError> {
         if seq_of_key(&key).is_some_and(|seq| seq > meta.last_seq()) {
             break;
         }
-        codec::decode_record(&bytes).map_err(|source| JournalError::CorruptValue {
-            tree: EVENTS,
-            key: crate::layout::describe_key(EVENTS, &key),
-            source,
-        })?;
+        crate::layout::decode_event(&key, &bytes)?;
         initial.extend(frame(KIND_RECORD, &bytes));
         count += 1;
     }
