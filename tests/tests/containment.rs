@@ -151,3 +151,69 @@ fn empty_cgroups_of_generations_that_are_gone_are_removed_at_open() {
         "the state dir's cgroup outlived its last generation"
     );
 }
+
+/// A caller in another process connected straight to `address` (bash's `/dev/tcp`, then
+/// asleep holding the connection); killed and reaped when dropped.
+struct DirectCaller(std::process::Child);
+
+impl DirectCaller {
+    fn connect(address: &str) -> DirectCaller {
+        let (host, port) = address.rsplit_once(':').expect("an ip:port");
+        let script = format!("exec 3<>/dev/tcp/{host}/{port} && echo connected && exec sleep 60");
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read");
+        assert_eq!(line.trim(), "connected", "bash could not connect to {address}");
+        DirectCaller(child)
+    }
+}
+
+impl Drop for DirectCaller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_caller_connected_straight_to_a_contained_generation_holds_its_drain() {
+    // The generation's connections are counted from the fd tables of its cgroup's
+    // processes: the caller's connection is in the plugin's table, the one-shot command's
+    // own connection (its probe, its controller) is not counted.
+    let Some((h, pid1)) = v1_active_with_cgroups() else {
+        return;
+    };
+    let (_, _, address) = h.active("demo").expect("active");
+    let caller = DirectCaller::connect(&address);
+    let run = h.activate(
+        "demo",
+        &h.fixture_config("v2", &FixtureConfig::with_message("v2")),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    let drain = &report["drain"][0];
+    assert_eq!(drain["generation"], 1, "{report}");
+    assert_eq!(drain["ended"], "timed_out", "{report}");
+    assert_eq!(drain["connections_left"], 1, "{report}");
+    assert!(wait_gone(pid1, Duration::from_secs(10)));
+    drop(caller);
+
+    // Nobody connected from outside: the next retirement does not wait.
+    let run = h.activate(
+        "demo",
+        &h.fixture_config("v3", &FixtureConfig::with_message("v3")),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    assert_eq!(report["drain"][0]["generation"], 2, "{report}");
+    assert_eq!(report["drain"][0]["ended"], "drained", "{report}");
+    assert_eq!(report["drain"][0]["connections_left"], 0, "{report}");
+}

@@ -46,6 +46,28 @@ pub fn outside_connections(endpoint: &Endpoint) -> Option<usize> {
     }
 }
 
+/// [`outside_connections`] when `holders` are all the processes that can hold the server
+/// ends (the generation's cgroup lists them): for TCP, read from their fd tables
+/// ([`super::served`]), O(their descriptors) instead of a walk of the kernel's established
+/// table. Counts from the kernel's tables where their descriptors cannot be read.
+pub fn outside_connections_held_by(endpoint: &Endpoint, holders: &[u32]) -> Option<usize> {
+    if endpoint.network == Network::Tcp {
+        if let Ok(wanted) = endpoint.address.parse::<SocketAddr>() {
+            match super::served::served_peers(holders, wanted) {
+                Ok(peers) if peers.is_empty() => return Some(0),
+                Ok(peers) => {
+                    let own = super::served::own_clients_of(wanted);
+                    return Some(peers.iter().filter(|p| !own.contains(p)).count());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the generation's sockets cannot be read: asking inet_diag");
+                }
+            }
+        }
+    }
+    outside_connections(endpoint)
+}
+
 /// [`outside_connections`] of a TCP address by `inet_diag`: the server ends at `wanted`,
 /// minus those whose peer is a client socket of this process. Costs a look at the port's
 /// listeners (the kernel's listening table only), one walk of the established table per
@@ -315,6 +337,11 @@ mod tests {
         assert_eq!(outside_connections(&ep), Some(0));
         let _caller = OutsideCaller::connect(&listener, announced);
         assert_eq!(outside_connections(&ep), Some(1));
+        // Read from the server's fd table: the server end's v4-mapped address is the same.
+        assert_eq!(
+            outside_connections_held_by(&ep, &[std::process::id()]),
+            Some(1)
+        );
     }
 
     #[test]
@@ -325,6 +352,23 @@ mod tests {
         let _caller = OutsideCaller::connect(&listener, addr);
         let _ours = std::net::TcpStream::connect(addr).unwrap();
         let (_ours_served, _) = listener.accept().unwrap();
+        assert_eq!(outside_connections(&ep), Some(1));
+    }
+
+    #[test]
+    fn outside_callers_are_counted_from_the_holders_fd_tables() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ep = endpoint(Network::Tcp, addr.to_string());
+        // This process holds the server ends, as a plugin in its cgroup would.
+        let holders = [std::process::id()];
+        assert_eq!(outside_connections_held_by(&ep, &holders), Some(0));
+        let _ours = std::net::TcpStream::connect(addr).unwrap();
+        let (_ours_served, _) = listener.accept().unwrap();
+        assert_eq!(outside_connections_held_by(&ep, &holders), Some(0));
+        let _caller = OutsideCaller::connect(&listener, addr);
+        assert_eq!(outside_connections_held_by(&ep, &holders), Some(1));
+        // The kernel's tables agree.
         assert_eq!(outside_connections(&ep), Some(1));
     }
 

@@ -5,6 +5,7 @@ pub mod connections;
 pub mod handshake;
 mod inotify;
 pub mod os;
+mod served;
 pub mod sock_diag;
 pub mod sockets;
 pub mod stdio;
@@ -639,7 +640,17 @@ fn remove_unused(tmp: Option<&Path>, files: &os::RunFiles) {
 #[async_trait]
 impl Driver for ProcessDriver {
     fn outside_connections(&self, instance: &Instance) -> Option<usize> {
-        connections::outside_connections(instance.endpoint.as_ref()?)
+        let endpoint = instance.endpoint.as_ref()?;
+        // A generation in a cgroup of its own: the cgroup lists every process that can
+        // hold its connections, whose fd tables are cheaper to read than the kernel's
+        // established table.
+        let holders = cgroup::path_for(&self.state_dir, &instance.slot, instance.generation)
+            .filter(|dir| cgroup::holds_generation(dir))
+            .and_then(|dir| cgroup::procs(&dir));
+        match holders {
+            Some(pids) => connections::outside_connections_held_by(endpoint, &pids),
+            None => connections::outside_connections(endpoint),
+        }
     }
 
     fn prepare(&self, slot: &SlotName, generation: Generation) {

@@ -223,7 +223,7 @@ pub(super) fn own_socket_inodes() -> HashSet<u64> {
 }
 
 /// The size of this process's fd table (every open fd is below it).
-fn own_fd_table_size() -> Option<i32> {
+pub(super) fn own_fd_table_size() -> Option<i32> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()

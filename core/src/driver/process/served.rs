@@ -1,0 +1,246 @@
+//! The TCP connections a generation's processes serve, read from their own fd tables
+//! (Linux 5.6+, `pidfd_getfd`): what a drain counts when the generation has a cgroup of
+//! its own, so that every process that can hold its connections is listed.
+//!
+//! The kernel's tables answer the same question ([`super::connections`]) but a dump of
+//! established sockets walks the whole established hash (262,144 buckets on a host with
+//! 24 GiB: half a millisecond of CPU per look, once per retirement, and once per slot when
+//! many slots are reloaded at once). A generation's fd tables hold a dozen entries: each of
+//! its sockets is borrowed for a moment (`pidfd_getfd` makes a second descriptor of the same
+//! socket in this process), asked for its addresses and TCP state, and closed again. Only
+//! sockets are borrowed (`/proc/<pid>/fd` names them `socket:[inode]`): closing a borrowed
+//! descriptor of a regular file would release this process's POSIX locks on that file.
+//!
+//! Where a process's descriptors cannot be borrowed (no `pidfd_getfd`, ptrace access denied
+//! by Yama or an LSM, a plugin that made itself non-dumpable), [`served_peers`] says so and
+//! the caller counts from the kernel's tables instead.
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// `TCP_ESTABLISHED` as `tcp_info.tcpi_state` reports it.
+const STATE_ESTABLISHED: u8 = 1;
+
+/// The peers of the ESTABLISHED TCP connections whose server end is at `wanted` and is held
+/// by one of `pids` (a connection held by two of them counts once per holder, as the
+/// kernel's socket is one per connection: a fork shares it, so it is counted once per
+/// distinct socket). Processes that exited meanwhile hold nothing. `Err` when a process's
+/// descriptors cannot be read or borrowed: the answer would be incomplete.
+pub fn served_peers(pids: &[u32], wanted: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+    let wanted = canonical(wanted);
+    let mut seen_inodes = std::collections::HashSet::new();
+    let mut peers = Vec::new();
+    for &pid in pids {
+        let Some(pidfd) = pidfd_open(pid)? else {
+            continue;
+        };
+        let dir = format!("/proc/{pid}/fd");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Gone since its pidfd was opened.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<RawFd>().ok())
+            else {
+                continue;
+            };
+            // Closed meanwhile, or not a socket: nothing to borrow.
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let Some(inode) = socket_inode(&target) else {
+                continue;
+            };
+            if !seen_inodes.insert(inode) {
+                continue;
+            }
+            let Some(socket) = borrow_fd(&pidfd, fd)? else {
+                continue;
+            };
+            if let Some(peer) = served_peer(&socket, wanted) {
+                peers.push(peer);
+            }
+        }
+    }
+    Ok(peers)
+}
+
+/// The inode of a `socket:[inode]` link target.
+fn socket_inode(target: &std::path::Path) -> Option<u64> {
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// A pidfd of `pid`; `None` when no process has that pid any more.
+fn pidfd_open(pid: u32) -> io::Result<Option<OwnedFd>> {
+    let raw = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: a descriptor just opened that nobody else owns.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// A descriptor of this process for the file behind `fd` in the process of `pidfd`;
+/// `None` when that fd was closed meanwhile or the process exited.
+fn borrow_fd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<Option<TcpStream>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes a pidfd, a target fd number and flags, and returns a new
+    // descriptor (close-on-exec) or -1.
+    let ours = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if ours < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EBADF) | Some(libc::ESRCH) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let ours = RawFd::try_from(ours).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: a descriptor just made that nobody else owns; a `TcpStream` closes it when
+    // dropped, and its address calls fail harmlessly on a socket that is not TCP.
+    Ok(Some(unsafe { TcpStream::from_raw_fd(ours) }))
+}
+
+/// The peer of `socket` if it is the server end of an ESTABLISHED connection at `wanted`.
+fn served_peer(socket: &TcpStream, wanted: SocketAddr) -> Option<SocketAddr> {
+    let local = canonical(socket.local_addr().ok()?);
+    if local != wanted || tcp_state(socket)? != STATE_ESTABLISHED {
+        return None;
+    }
+    socket.peer_addr().ok().map(canonical)
+}
+
+/// `tcp_info.tcpi_state` of a socket; `None` for a socket that is not TCP.
+fn tcp_state(socket: &TcpStream) -> Option<u8> {
+    use std::os::fd::AsRawFd;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, a zeroed tcp_info.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || len < 1 {
+        return None;
+    }
+    // SAFETY: zero-initialised, then partly written by the kernel: every byte is valid.
+    Some(unsafe { info.assume_init() }.tcpi_state)
+}
+
+/// The local addresses of this process's TCP sockets connected to `wanted`: the client ends
+/// of its own connections (the stdio stream, probes, forwarders), by one look at every slot
+/// of its fd table.
+pub fn own_clients_of(wanted: SocketAddr) -> std::collections::HashSet<SocketAddr> {
+    let wanted = canonical(wanted);
+    let mut locals = std::collections::HashSet::new();
+    let table = super::sockets::own_fd_table_size().unwrap_or(1024);
+    for fd in 0..table {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `fstat` only writes into `stat`, read only when it succeeded.
+        if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+            continue;
+        }
+        // SAFETY: initialised by the successful `fstat` above.
+        if unsafe { stat.assume_init() }.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        // SAFETY: the stream is never dropped (ManuallyDrop), so the descriptor, which this
+        // process owns elsewhere, is only read from; calls on a non-TCP socket fail.
+        let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+        if socket.peer_addr().ok().map(canonical) == Some(wanted) {
+            if let Ok(local) = socket.local_addr() {
+                locals.insert(canonical(local));
+            }
+        }
+    }
+    locals
+}
+
+/// `addr` with a v4-mapped IPv6 address written as IPv4, as the kernel's tables report it.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn the_server_ends_of_this_process_are_read_from_its_fd_table() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = [std::process::id()];
+        let before = match served_peers(&me, addr) {
+            Ok(peers) => peers,
+            Err(e) => {
+                eprintln!("skipping: pidfd_getfd is not available here: {e}");
+                return;
+            }
+        };
+        assert!(before.is_empty(), "a listener serves nobody: {before:?}");
+        let client = TcpStream::connect(addr).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        let peers = served_peers(&me, addr).unwrap();
+        assert_eq!(peers, vec![client.local_addr().unwrap()]);
+        // The client end is ours, and it is the only one connected to `addr`.
+        let own = own_clients_of(addr);
+        assert_eq!(own.len(), 1);
+        assert!(own.contains(&client.local_addr().unwrap()));
+        // A connection its caller closed is no longer counted (CLOSE_WAIT).
+        drop(client);
+        let mut waited = 0;
+        while !served_peers(&me, addr).unwrap().is_empty() {
+            waited += 1;
+            assert!(waited < 1000, "the closed connection stays ESTABLISHED");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(served);
+    }
+
+    #[test]
+    fn a_pid_without_a_process_holds_nothing() {
+        // pid_max is at most 2^22: this pid names no process.
+        match served_peers(&[u32::MAX / 2], "127.0.0.1:1".parse().unwrap()) {
+            Ok(peers) => assert!(peers.is_empty()),
+            Err(e) => eprintln!("skipping: no pidfd here: {e}"),
+        }
+    }
+
+    #[test]
+    fn socket_link_targets_name_their_inode() {
+        assert_eq!(socket_inode("socket:[1234]".as_ref()), Some(1234));
+        assert_eq!(socket_inode("pipe:[1234]".as_ref()), None);
+        assert_eq!(socket_inode("/tmp/x".as_ref()), None);
+    }
+}
