@@ -171,7 +171,11 @@ impl DirectCaller {
             &mut line,
         )
         .expect("read");
-        assert_eq!(line.trim(), "connected", "bash could not connect to {address}");
+        assert_eq!(
+            line.trim(),
+            "connected",
+            "bash could not connect to {address}"
+        );
         DirectCaller(child)
     }
 }

@@ -38,7 +38,26 @@ pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Sends one `SOCK_DIAG_BY_FAMILY` dump request whose body (after the netlink header) is
 /// `body`, and calls `each` with the body of every answer until the dump is done.
-pub(super) fn dump(body: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+pub(super) fn dump(body: &[u8], each: impl FnMut(&[u8])) -> io::Result<()> {
+    let fd = send_request(body, libc::NLM_F_REQUEST | libc::NLM_F_DUMP)?;
+    read_answers(&fd, true, each)
+}
+
+/// Sends one `SOCK_DIAG_BY_FAMILY` request for a single socket (no dump: the kernel looks
+/// it up in its hash tables, walking none) and returns the body of its answer; `None` when
+/// no socket matches (`ENOENT`).
+fn lookup_one(body: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let fd = send_request(body, libc::NLM_F_REQUEST)?;
+    let mut answer = None;
+    match read_answers(&fd, false, |msg| answer = Some(msg.to_vec())) {
+        Ok(()) => Ok(answer),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A `NETLINK_SOCK_DIAG` socket that has sent `body` with `flags`.
+fn send_request(body: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let raw = unsafe {
         libc::socket(
@@ -57,7 +76,7 @@ pub(super) fn dump(body: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
     let mut request = Vec::with_capacity(NLMSG_HDR + body.len());
     request.extend_from_slice(&((NLMSG_HDR + body.len()) as u32).to_ne_bytes());
     request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    request.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    request.extend_from_slice(&(flags as u16).to_ne_bytes());
     request.extend_from_slice(&1u32.to_ne_bytes()); // seq
     request.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
     request.extend_from_slice(body);
@@ -77,7 +96,13 @@ pub(super) fn dump(body: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(owned)
+}
 
+/// Reads the answers to the request sent on `fd` and calls `each` with each body: until
+/// `NLMSG_DONE` for a dump, after the first datagram otherwise (a lookup's one answer).
+fn read_answers(fd: &OwnedFd, dump: bool, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         // SAFETY: `buf` is writable for its length.
@@ -121,6 +146,9 @@ pub(super) fn dump(body: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
             }
             let advance = (len + 3) & !3;
             rest = rest.get(advance..).unwrap_or(&[]);
+        }
+        if !dump {
+            return Ok(());
         }
     }
 }
@@ -262,6 +290,35 @@ fn tcp_dump(
     Ok(sockets)
 }
 
+/// The listening TCP socket that takes connections made to `wanted` (as the kernel picks
+/// it for a new connection: the most specific bound address, one member of a `SO_REUSEPORT`
+/// group), by one lookup in the kernel's listening hash: no table is walked. `None` when
+/// nothing listens there.
+pub fn tcp_listener_for(wanted: SocketAddr) -> io::Result<Option<TcpSocket>> {
+    let (family, ip) = match wanted.ip() {
+        IpAddr::V4(v4) => {
+            let mut ip = [0u8; 16];
+            ip[..4].copy_from_slice(&v4.octets());
+            (libc::AF_INET, ip)
+        }
+        IpAddr::V6(v6) => (libc::AF_INET6, v6.octets()),
+    };
+    let mut body = Vec::with_capacity(56);
+    body.push(family as u8);
+    body.push(libc::IPPROTO_TCP as u8);
+    body.push(0); // no extensions
+    body.push(0); // pad
+    body.extend_from_slice(&TCP_LISTEN.to_ne_bytes());
+    // The socket id as a packet to `wanted` from nobody finds it: local = `wanted`.
+    body.extend_from_slice(&wanted.port().to_be_bytes());
+    body.extend_from_slice(&0u16.to_be_bytes());
+    body.extend_from_slice(&ip);
+    body.extend_from_slice(&[0; 16]);
+    body.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    body.extend_from_slice(&INET_DIAG_NOCOOKIE);
+    Ok(lookup_one(&body)?.and_then(|msg| parse_inet_msg(&msg)))
+}
+
 /// One `inet_diag_msg`.
 fn parse_inet_msg(msg: &[u8]) -> Option<TcpSocket> {
     if msg.len() < INET_DIAG_MSG {
@@ -350,6 +407,48 @@ mod tests {
         assert!(tcp_on_port(v6, TCP_ESTABLISHED, addr.port())
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn the_listener_of_an_address_is_looked_up_without_a_dump() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let found = match tcp_listener_for(addr) {
+            Ok(found) => found,
+            Err(e) => {
+                eprintln!("skipping: inet_diag is not available here: {e}");
+                return;
+            }
+        };
+        let found = found.expect("the listener");
+        assert_eq!(found.local, addr);
+        assert!(inodes_of_this_process().contains(&found.inode));
+        // Connections at the port do not hide it.
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (_served, _) = listener.accept().unwrap();
+        assert_eq!(
+            tcp_listener_for(addr).unwrap().map(|l| l.inode),
+            Some(found.inode)
+        );
+        // Nothing listens once it is closed.
+        drop(listener);
+        assert_eq!(tcp_listener_for(addr).unwrap(), None);
+    }
+
+    #[test]
+    fn an_ipv4_address_finds_a_dual_stack_listener() {
+        let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+            eprintln!("skipping: no IPv6 here");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        let Ok(found) = tcp_listener_for(SocketAddr::from(([127, 0, 0, 1], port))) else {
+            eprintln!("skipping: inet_diag is not available here");
+            return;
+        };
+        let found = found.expect("the dual-stack listener");
+        assert!(found.v6);
+        assert!(inodes_of_this_process().contains(&found.inode));
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub fn check_endpoint_owner(
     identity: &ProcessIdentity,
     reload_tag: &str,
 ) -> Result<(), EndpointOwnerError> {
+    if network == Network::Tcp && kernel_picks_the_candidates_listener(address, identity.pid) {
+        return Ok(());
+    }
     let inodes = listening_inodes(network, address)?;
     if inodes.is_empty() {
         return Err(EndpointOwnerError::NotListening {
@@ -154,6 +157,21 @@ pub fn check_endpoint_owner(
         pid: identity.pid,
         holders: others,
     })
+}
+
+/// Whether the listener the kernel gives a connection to the TCP `address` is a socket
+/// `pid` holds: one lookup in the kernel's listening hash and a look at `pid`'s fds, the
+/// common case of [`check_endpoint_owner`] without a dump of the listening table. `false`
+/// says only that this quick look did not decide (the full check follows).
+fn kernel_picks_the_candidates_listener(address: &str, pid: u32) -> bool {
+    let Ok(wanted) = address.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(Some(listener)) = super::sock_diag::tcp_listener_for(wanted) else {
+        return false;
+    };
+    accepts(listener.local.ip(), listener.local.port(), wanted)
+        && socket_inodes_of(pid).is_some_and(|held| held.contains(&listener.inode))
 }
 
 /// True if `root` is an ancestor of `pid` (following parent pids).
@@ -370,6 +388,33 @@ fn unix_listeners(table: &str, path: &str) -> HashSet<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_owner_check_accepts_only_the_holder_of_the_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        if super::super::sock_diag::tcp_listener_for(listener.local_addr().unwrap()).is_err() {
+            eprintln!("skipping: inet_diag is not available here");
+            return;
+        }
+        assert!(kernel_picks_the_candidates_listener(
+            &addr,
+            std::process::id()
+        ));
+        // Another process (a child that holds no socket) does not hold it.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(!kernel_picks_the_candidates_listener(&addr, child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(listener);
+        assert!(!kernel_picks_the_candidates_listener(
+            &addr,
+            std::process::id()
+        ));
+    }
 
     /// The `fstat` walk of the fd table finds this process's sockets (as `/proc/self/fd`
     /// names them), not its files, and not a socket closed before it ran. (Other tests
