@@ -238,7 +238,8 @@ impl OneShotFloor {
 }
 
 /// Runs section 1 (and the flush counts of section 3) for `iterations` reloads per column,
-/// the columns interleaved so that noise from other load hits all of them alike.
+/// the columns interleaved so that noise from other load hits all of them alike, in an
+/// order that rotates by one path each iteration.
 ///
 /// With `startup_delay_ms > 0` every fixture (the floor's too) initialises that long before
 /// its handshake, and only the wall-time table is returned, as section 1c.
@@ -368,48 +369,70 @@ async fn run_columns(
         if Instant::now() >= deadline {
             break;
         }
-        let t = Instant::now();
-        match floor::reload(&floor_launch(n), floor_current.take(), STEP_TIMEOUT).await {
-            Ok((new, steps)) => {
-                floor_col.wall.push(t.elapsed());
-                floor_steps.push(steps);
-                floor_current = Some(new);
-            }
-            Err(e) => {
-                floor_col.failures.push(e);
-                let (new, _) = floor::reload(&floor_launch(n), None, STEP_TIMEOUT).await?;
-                floor_current = Some(new);
-            }
-        }
-        if let Some(oneshot) = &oneshot {
-            match oneshot.reload(bins, n).await {
-                Ok(wall) => oneshot_col.wall.push(wall),
-                Err(e) => oneshot_col.failures.push(e),
-            }
-        }
-        match library.reload(bins, n).await {
-            Ok((wall, report)) => {
-                lib_col.wall.push(wall);
-                lib_col.breakdown.add(&stages_of_report(&report), wall);
-            }
-            Err(e) => lib_col.failures.push(e),
-        }
-        if let Some(cli) = &cli {
-            match cli.reload(bins, n).await {
-                Ok((wall, json)) => {
-                    cli_col.wall.push(wall);
-                    cli_col.breakdown.add(&stages_of_json(&json), wall);
+        // Each path runs in every position equally often: the work a reload leaves behind
+        // (the journal's indexer, sled's flusher, an exiting CLI or plugin) lands on the
+        // next path in line, whichever it is.
+        for path in ReloadPath::ALL
+            .iter()
+            .cycle()
+            .skip(n % ReloadPath::ALL.len())
+            .take(ReloadPath::ALL.len())
+        {
+            match path {
+                ReloadPath::Floor => {
+                    let t = Instant::now();
+                    match floor::reload(&floor_launch(n), floor_current.take(), STEP_TIMEOUT).await
+                    {
+                        Ok((new, steps)) => {
+                            floor_col.wall.push(t.elapsed());
+                            floor_steps.push(steps);
+                            floor_current = Some(new);
+                        }
+                        Err(e) => {
+                            floor_col.failures.push(e);
+                            let (new, _) =
+                                floor::reload(&floor_launch(n), None, STEP_TIMEOUT).await?;
+                            floor_current = Some(new);
+                        }
+                    }
                 }
-                Err(e) => cli_col.failures.push(e),
-            }
-        }
-        if let Some(d) = &daemon {
-            match d.reload(bins, "bench", n).await {
-                Ok((wall, json)) => {
-                    daemon_col.wall.push(wall);
-                    daemon_col.breakdown.add(&stages_of_json(&json), wall);
+                ReloadPath::OneShot => {
+                    if let Some(oneshot) = &oneshot {
+                        match oneshot.reload(bins, n).await {
+                            Ok(wall) => oneshot_col.wall.push(wall),
+                            Err(e) => oneshot_col.failures.push(e),
+                        }
+                    }
                 }
-                Err(e) => daemon_col.failures.push(e),
+                ReloadPath::Library => match library.reload(bins, n).await {
+                    Ok((wall, report)) => {
+                        lib_col.wall.push(wall);
+                        lib_col.breakdown.add(&stages_of_report(&report), wall);
+                    }
+                    Err(e) => lib_col.failures.push(e),
+                },
+                ReloadPath::Cli => {
+                    if let Some(cli) = &cli {
+                        match cli.reload(bins, n).await {
+                            Ok((wall, json)) => {
+                                cli_col.wall.push(wall);
+                                cli_col.breakdown.add(&stages_of_json(&json), wall);
+                            }
+                            Err(e) => cli_col.failures.push(e),
+                        }
+                    }
+                }
+                ReloadPath::Daemon => {
+                    if let Some(d) = &daemon {
+                        match d.reload(bins, "bench", n).await {
+                            Ok((wall, json)) => {
+                                daemon_col.wall.push(wall);
+                                daemon_col.breakdown.add(&stages_of_json(&json), wall);
+                            }
+                            Err(e) => daemon_col.failures.push(e),
+                        }
+                    }
+                }
             }
         }
         done = n;
@@ -592,7 +615,7 @@ async fn run_columns(
         tables.push(t);
         return Ok(Outcomes { tables });
     }
-    t.note("Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. The one-shot floor does the same as one process per reload (`bench/src/bin/tryswap-oneshot-floor.rs`: the old plugin's pid in a file, its exit awaited on a pidfd), the least a one-shot command must do; the CLI's goal is a ratio to it. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256; their fsync runs beside the candidate's start and the commit waits for it), the generation's TMPDIR, log files and cgroup (made beside the staging), the journal (6 records, 1 durable flush at the commit: log and witness fdatasync; the `Staged` record is written to the log before the spawn and rides on it), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
+    t.note("Each iteration runs every path once, in an order that rotates by one path per iteration: each path follows each other path equally often, so what a reload leaves running behind it (the journal's indexer 50 ms later, sled's flusher, an exiting process) slows every column alike. Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. The one-shot floor does the same as one process per reload (`bench/src/bin/tryswap-oneshot-floor.rs`: the old plugin's pid in a file, its exit awaited on a pidfd), the least a one-shot command must do; the CLI's goal is a ratio to it. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256; their fsync runs beside the candidate's start and the commit waits for it), the generation's TMPDIR, log files and cgroup (made beside the staging), the journal (6 records, 1 durable flush at the commit: log and witness fdatasync; the `Staged` record is written to the log before the spawn and rides on it), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
     tables.push(t);
 
     let mut b = Table::new(
@@ -672,4 +695,24 @@ async fn run_columns(
     tables.extend(bake_cost);
 
     Ok(Outcomes { tables })
+}
+
+/// The paths section 1 measures, in the order of the first iteration.
+#[derive(Clone, Copy)]
+enum ReloadPath {
+    Floor,
+    OneShot,
+    Library,
+    Cli,
+    Daemon,
+}
+
+impl ReloadPath {
+    const ALL: [ReloadPath; 5] = [
+        ReloadPath::Floor,
+        ReloadPath::OneShot,
+        ReloadPath::Library,
+        ReloadPath::Cli,
+        ReloadPath::Daemon,
+    ];
 }
