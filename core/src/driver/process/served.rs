@@ -23,15 +23,39 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 /// `TCP_ESTABLISHED` as `tcp_info.tcpi_state` reports it.
 const STATE_ESTABLISHED: u8 = 1;
 
+/// The most fd-table entries [`served_peers`] looks at, over all processes: a generation
+/// that forked hundreds of processes or opened thousands of descriptors is counted from
+/// the kernel's tables instead, whose cost does not grow with what a plugin opens.
+const MAX_ENTRIES: usize = 4096;
+
 /// The peers of the ESTABLISHED TCP connections whose server end is at `wanted` and is held
 /// by one of `pids` (a connection held by two of them counts once per holder, as the
 /// kernel's socket is one per connection: a fork shares it, so it is counted once per
 /// distinct socket). Processes that exited meanwhile hold nothing. `Err` when a process's
-/// descriptors cannot be read or borrowed: the answer would be incomplete.
+/// descriptors cannot be read or borrowed (the answer would be incomplete), or when the
+/// processes hold more than [`MAX_ENTRIES`] descriptors in all.
 pub fn served_peers(pids: &[u32], wanted: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+    served_peers_within(pids, wanted, MAX_ENTRIES)
+}
+
+/// [`served_peers`] looking at no more than `max_entries` fd-table entries.
+fn served_peers_within(
+    pids: &[u32],
+    wanted: SocketAddr,
+    max_entries: usize,
+) -> io::Result<Vec<SocketAddr>> {
     let wanted = canonical(wanted);
     let mut seen_inodes = std::collections::HashSet::new();
     let mut peers = Vec::new();
+    let mut entries_seen = 0usize;
+    let too_many = || {
+        io::Error::other(format!(
+            "the generation's processes hold more than {max_entries} descriptors"
+        ))
+    };
+    if pids.len() > max_entries {
+        return Err(too_many());
+    }
     for &pid in pids {
         let Some(pidfd) = pidfd_open(pid)? else {
             continue;
@@ -45,6 +69,10 @@ pub fn served_peers(pids: &[u32], wanted: SocketAddr) -> io::Result<Vec<SocketAd
         };
         for entry in entries {
             let entry = entry?;
+            entries_seen += 1;
+            if entries_seen > max_entries {
+                return Err(too_many());
+            }
             let Some(fd) = entry
                 .file_name()
                 .to_str()
@@ -226,6 +254,23 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         drop(served);
+    }
+
+    #[test]
+    fn a_generation_with_too_many_descriptors_is_left_to_the_kernels_tables() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let me = [std::process::id()];
+        if served_peers(&me, addr).is_err() {
+            eprintln!("skipping: pidfd_getfd is not available here");
+            return;
+        }
+        // This process holds more than three descriptors (stdio and the listener).
+        let err = served_peers_within(&me, addr, 3).unwrap_err();
+        assert!(err.to_string().contains("more than 3 descriptors"), "{err}");
+        // So many processes are not looked at one by one either.
+        let many = vec![std::process::id(); MAX_ENTRIES + 1];
+        assert!(served_peers(&many, addr).is_err());
     }
 
     #[test]
