@@ -273,3 +273,35 @@ fn stop_during_a_keep_alive_restart_cancels_it_and_the_slot_stays_stopped() {
     assert_eq!(status["slots"][0]["active"]["alive"], false, "{status}");
     assert_eq!(h.tryswap(&["journal", "verify"]).code, 0);
 }
+
+/// A plugin that is still a zombie when the keep-alive finds it dead (its reaping is late,
+/// as on a busy host) is reported with its real end, not "exit status unknown". Crash-test
+/// build only (the delay is a failpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_found_before_its_reaping_is_reported_with_its_signal() {
+    let h = Harness::demo();
+    restart_policy(&h, "100ms", "1s");
+    // Reaping waits 1 s, ten keep-alive polls: the poll sees the zombie first.
+    let daemon = Daemon::start_with(
+        &h,
+        &[],
+        &[(
+            tryswap_tests::crash::FAILPOINTS_ENV,
+            "plugin-reap-delay=return(1000)",
+        )],
+    );
+    let pid = activate(&h, "v1", FixtureConfig::with_message("v1"));
+    let seq = last_seq(&records(daemon.socket(), 1));
+    assert!(send_signal(pid, Signal::SIGKILL));
+    let stopped = poll(Duration::from_secs(15), || {
+        records(daemon.socket(), 1)
+            .into_iter()
+            .find(|r| r["seq"].as_u64().is_some_and(|s| s > seq) && event_name(r) == "stopped")
+    })
+    .unwrap_or_else(|| panic!("no crash journaled; log:\n{}", daemon.log()));
+    let reason = &stopped["event"]["stopped"]["reason"];
+    assert!(
+        reason["message"].as_str().unwrap_or("").contains("SIGKILL"),
+        "{reason}"
+    );
+}

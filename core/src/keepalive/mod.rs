@@ -550,6 +550,10 @@ async fn run(
 
 /// Whether the generation the journal calls active runs; [`Liveness::Unknown`] (e.g.
 /// `/proc` unreadable for lack of file descriptors) is never acted upon.
+/// How long a crash's report waits for the exit status of a plugin that died as its
+/// liveness was read: its waiter reaps it as soon as it runs.
+const EXIT_STATUS_GRACE: Duration = Duration::from_secs(2);
+
 fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> Liveness {
     match rt.active.load_full() {
         Some(serving) if serving.instance.generation == facts.generation => {
@@ -704,9 +708,12 @@ impl KeepAlive<'_> {
             .active
             .load_full()
             .filter(|s| s.instance.generation == generation);
-        let exit = serving
-            .as_ref()
-            .and_then(|s| ProcessDriver::exit_status(&s.instance));
+        // Dead by `/proc` may mean a zombie its waiter has not reaped yet: the status (a
+        // signal, an exit code) comes a moment later.
+        let exit = match serving.as_ref() {
+            Some(s) => ProcessDriver::exit_status_within(&s.instance, EXIT_STATUS_GRACE).await,
+            None => None,
+        };
         let actions = self.handle(Event::Crashed {
             generation,
             pid: facts.process.as_ref().map(|p| p.pid),

@@ -576,10 +576,22 @@ impl ProcessDriver {
         Some(runtime.spawn(task.instrument(span)))
     }
 
-    /// How a plugin this process launched exited, once it has (`None` while it runs, and
-    /// for instances reattached by identity: only the parent learns the status).
-    pub(crate) fn exit_status(instance: &Instance) -> Option<std::process::ExitStatus> {
-        Self::handle(instance).and_then(|h| h.spawned.exit_status())
+    /// How a plugin this process launched exited, when it is known to have exited (its
+    /// liveness read dead: it may still be a zombie its waiter has not reaped yet), waiting
+    /// up to `grace` for the waiter. `None` for instances reattached by identity (only the
+    /// parent learns the status) or when the status cannot be learnt in time.
+    pub(crate) async fn exit_status_within(
+        instance: &Instance,
+        grace: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let handle = Self::handle(instance)?;
+        if let Some(status) = handle.spawned.exit_status() {
+            return Some(status);
+        }
+        tokio::time::timeout(grace, handle.spawned.wait_exit())
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn wait_gone(instance: &Instance, timeout: Duration) -> bool {

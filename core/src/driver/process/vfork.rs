@@ -378,6 +378,14 @@ pub async fn wait(pid: u32) -> Option<ExitStatus> {
             if let Ok(ready) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
                 // The pidfd turns readable once the process has exited.
                 if ready.readable().await.is_ok() {
+                    // Tests: the process stays a zombie this many milliseconds before it
+                    // is reaped (what a busy host does to the reaping task).
+                    #[cfg(feature = "failpoints")]
+                    if let Some(Some(ms)) = fail::eval("plugin-reap-delay", |v| {
+                        v.and_then(|ms| ms.parse::<u64>().ok())
+                    }) {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
                     return reap(raw, 0);
                 }
             }
