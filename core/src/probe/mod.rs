@@ -424,6 +424,83 @@ pub fn grpc_channel_lazy(
     })
 }
 
+/// The TCP connections a channel dialed, each by its local address and its socket's
+/// inode (the newest few): what tells this process's own connections to a plugin from an
+/// outside caller's without a look at every descriptor this process holds. Clones share
+/// the list.
+#[derive(Clone, Debug, Default)]
+pub struct DialedSockets(std::sync::Arc<std::sync::Mutex<Vec<(std::net::SocketAddr, u64)>>>);
+
+impl DialedSockets {
+    /// How many connections are remembered: a channel dials again only after its
+    /// connection broke, so the newest one is the live one.
+    const KEPT: usize = 4;
+
+    fn record(&self, local: std::net::SocketAddr, inode: u64) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.push((local, inode));
+        if list.len() > Self::KEPT {
+            list.remove(0);
+        }
+    }
+
+    /// The connections dialed so far (local address, socket inode), oldest first.
+    pub fn list(&self) -> Vec<(std::net::SocketAddr, u64)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// [`grpc_channel_lazy`] whose TCP connections are recorded in `dialed` as they are made.
+pub fn grpc_channel_lazy_dialed(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+    dialed: &DialedSockets,
+) -> Result<Channel, ProbeError> {
+    let address = match endpoint.network {
+        Network::Tcp => endpoint.address.parse::<std::net::SocketAddr>().ok(),
+        Network::Unix => None,
+    };
+    let Some(address) = address else {
+        return grpc_channel_lazy(endpoint, connect_timeout);
+    };
+    let builder = tonic_endpoint(endpoint, connect_timeout)?;
+    Ok(builder.connect_with_connector_lazy(tcp_connector(address, dialed.clone())))
+}
+
+/// A connection being made over TCP, as [`tcp_connector`] returns it.
+type TcpDial = std::pin::Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+
+/// A connector that dials `address` (with `TCP_NODELAY`, as tonic's own does), whatever
+/// URI it is given, and records each connection in `dialed`.
+fn tcp_connector(
+    address: std::net::SocketAddr,
+    dialed: DialedSockets,
+) -> tower::util::ServiceFn<impl Clone + Send + FnMut(Uri) -> TcpDial> {
+    tower::service_fn(move |_: Uri| -> TcpDial {
+        let dialed = dialed.clone();
+        Box::pin(async move {
+            let stream = TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            if let (Ok(local), Some(inode)) = (stream.local_addr(), socket_inode(&stream)) {
+                dialed.record(local, inode);
+            }
+            Ok(TokioIo::new(stream))
+        })
+    })
+}
+
+/// The inode of a socket (what the kernel's socket tables report for it).
+fn socket_inode(stream: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes into `stat`, which is read only when it succeeded.
+    if unsafe { libc::fstat(stream.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful fstat above.
+    Some(unsafe { stat.assume_init() }.st_ino)
+}
+
 /// The tonic endpoint for `endpoint`, connecting within `connect_timeout`. A Unix socket's
 /// URI is required by the API but unused: [`unix_connector`] dials the path.
 fn tonic_endpoint(

@@ -49,15 +49,29 @@ pub fn outside_connections(endpoint: &Endpoint) -> Option<usize> {
 /// [`outside_connections`] when `holders` are all the processes that can hold the server
 /// ends (the generation's cgroup lists them): for TCP, read from their fd tables
 /// ([`super::served`]), O(their descriptors) instead of a walk of the kernel's established
-/// table. Counts from the kernel's tables where their descriptors cannot be read.
-pub fn outside_connections_held_by(endpoint: &Endpoint, holders: &[u32]) -> Option<usize> {
+/// table. A caller at a local address in `dialed` (connections this process dialed:
+/// local address, socket inode) is this process when the kernel still has that very
+/// socket there (one lookup, no walk); any other caller is looked for among this
+/// process's sockets. Counts from the kernel's tables where the generation's descriptors
+/// cannot be read.
+pub fn outside_connections_held_by(
+    endpoint: &Endpoint,
+    holders: &[u32],
+    dialed: &[(SocketAddr, u64)],
+) -> Option<usize> {
     if endpoint.network == Network::Tcp {
         if let Ok(wanted) = endpoint.address.parse::<SocketAddr>() {
             match super::served::served_peers(holders, wanted) {
-                Ok(peers) if peers.is_empty() => return Some(0),
                 Ok(peers) => {
+                    let unexplained: Vec<SocketAddr> = peers
+                        .into_iter()
+                        .filter(|peer| !dialed_from(*peer, wanted, dialed))
+                        .collect();
+                    if unexplained.is_empty() {
+                        return Some(0);
+                    }
                     let own = super::served::own_clients_of(wanted);
-                    return Some(peers.iter().filter(|p| !own.contains(p)).count());
+                    return Some(unexplained.iter().filter(|p| !own.contains(p)).count());
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "the generation's sockets cannot be read: asking inet_diag");
@@ -66,6 +80,20 @@ pub fn outside_connections_held_by(endpoint: &Endpoint, holders: &[u32]) -> Opti
         }
     }
     outside_connections(endpoint)
+}
+
+/// Whether the connection from `peer` to `wanted` is one this process dialed (per
+/// `dialed`) and still holds: the kernel's socket at `peer` → `wanted` has the inode
+/// recorded when it was dialed. A port reused since by another process's connection has
+/// another inode.
+fn dialed_from(peer: SocketAddr, wanted: SocketAddr, dialed: &[(SocketAddr, u64)]) -> bool {
+    dialed.iter().any(|(local, inode)| {
+        *local == peer
+            && sock_diag::tcp_connection(peer, wanted)
+                .ok()
+                .flatten()
+                .is_some_and(|socket| socket.inode == *inode)
+    })
 }
 
 /// [`outside_connections`] of a TCP address by `inet_diag`: the server ends at `wanted`,
@@ -339,7 +367,7 @@ mod tests {
         assert_eq!(outside_connections(&ep), Some(1));
         // Read from the server's fd table: the server end's v4-mapped address is the same.
         assert_eq!(
-            outside_connections_held_by(&ep, &[std::process::id()]),
+            outside_connections_held_by(&ep, &[std::process::id()], &[]),
             Some(1)
         );
     }
@@ -362,14 +390,39 @@ mod tests {
         let ep = endpoint(Network::Tcp, addr.to_string());
         // This process holds the server ends, as a plugin in its cgroup would.
         let holders = [std::process::id()];
-        assert_eq!(outside_connections_held_by(&ep, &holders), Some(0));
+        assert_eq!(outside_connections_held_by(&ep, &holders, &[]), Some(0));
         let _ours = std::net::TcpStream::connect(addr).unwrap();
         let (_ours_served, _) = listener.accept().unwrap();
-        assert_eq!(outside_connections_held_by(&ep, &holders), Some(0));
+        assert_eq!(outside_connections_held_by(&ep, &holders, &[]), Some(0));
         let _caller = OutsideCaller::connect(&listener, addr);
-        assert_eq!(outside_connections_held_by(&ep, &holders), Some(1));
+        assert_eq!(outside_connections_held_by(&ep, &holders, &[]), Some(1));
         // The kernel's tables agree.
         assert_eq!(outside_connections(&ep), Some(1));
+    }
+
+    #[test]
+    fn a_recorded_dial_is_recognised_only_while_its_socket_is_there() {
+        use std::os::unix::fs::MetadataExt;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (_served, _) = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        if sock_diag::tcp_connection(local, addr).is_err() {
+            eprintln!("skipping: inet_diag is not available here");
+            return;
+        }
+        let inode = {
+            use std::os::fd::AsFd;
+            let file = std::fs::File::from(client.as_fd().try_clone_to_owned().unwrap());
+            file.metadata().unwrap().ino()
+        };
+        assert!(dialed_from(local, addr, &[(local, inode)]));
+        // Another socket's inode at the same address (a port reused since): not ours.
+        assert!(!dialed_from(local, addr, &[(local, inode + 1)]));
+        assert!(!dialed_from(local, addr, &[]));
+        drop(client);
+        assert!(!dialed_from(local, addr, &[(local, inode)]));
     }
 
     #[test]

@@ -102,6 +102,8 @@ struct ProcessHandle {
     /// host shares one connection per plugin client. (The checks of a bake and of liveness
     /// dial their own, so they also prove the plugin still accepts connections.)
     control: OnceLock<Channel>,
+    /// The TCP connections `control` dialed: this process's own, not outside callers.
+    dialed: crate::probe::DialedSockets,
 }
 
 /// The handle of a plugin reattached by identity (launched by an earlier tryswap process).
@@ -659,8 +661,11 @@ impl Driver for ProcessDriver {
         let holders = cgroup::path_for(&self.state_dir, &instance.slot, instance.generation)
             .filter(|dir| cgroup::holds_generation(dir))
             .and_then(|dir| cgroup::procs(&dir));
+        let dialed = Self::handle(instance)
+            .map(|h| h.dialed.list())
+            .unwrap_or_default();
         match holders {
-            Some(pids) => connections::outside_connections_held_by(endpoint, &pids),
+            Some(pids) => connections::outside_connections_held_by(endpoint, &pids, &dialed),
             None => connections::outside_connections(endpoint),
         }
     }
@@ -734,6 +739,7 @@ impl Driver for ProcessDriver {
                 stdout_path,
                 stdio: StdioDrainTask::default(),
                 control: OnceLock::new(),
+                dialed: crate::probe::DialedSockets::default(),
             })),
         })
     }
@@ -777,8 +783,14 @@ impl Driver for ProcessDriver {
                 .map_err(|e| DriverError::error(format!("{e}; {}", Self::excerpt(instance))))?;
         }
         // One connection for the stdio stream, the probe and the controller (gRPC only).
+        let dialed = Self::handle(instance)
+            .map(|h| h.dialed.clone())
+            .unwrap_or_default();
         let channel = (endpoint.protocol == Protocol::Grpc)
-            .then(|| crate::probe::grpc_channel_lazy(&endpoint, STDIO_CONNECT_TIMEOUT).ok())
+            .then(|| {
+                crate::probe::grpc_channel_lazy_dialed(&endpoint, STDIO_CONNECT_TIMEOUT, &dialed)
+                    .ok()
+            })
             .flatten();
         instance.endpoint = Some(endpoint);
         // Drain go-plugin's stdio stream from now on (probing included): a plugin that

@@ -295,25 +295,48 @@ fn tcp_dump(
 /// group), by one lookup in the kernel's listening hash: no table is walked. `None` when
 /// nothing listens there.
 pub fn tcp_listener_for(wanted: SocketAddr) -> io::Result<Option<TcpSocket>> {
-    let (family, ip) = match wanted.ip() {
-        IpAddr::V4(v4) => {
-            let mut ip = [0u8; 16];
-            ip[..4].copy_from_slice(&v4.octets());
-            (libc::AF_INET, ip)
+    // The socket id of a packet to `wanted` from nobody finds it: local = `wanted`.
+    let nobody = match wanted {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    tcp_lookup(TCP_LISTEN, wanted, nobody)
+}
+
+/// The TCP socket of this network namespace whose local address is `local` and whose peer
+/// is `remote` (one end of an established connection), by one lookup in the kernel's
+/// established hash; `None` when there is none. Both addresses of one family.
+pub fn tcp_connection(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<TcpSocket>> {
+    tcp_lookup(TCP_ESTABLISHED, local, remote)
+}
+
+/// One `inet_diag` lookup (no dump) of the TCP socket with this local and remote address.
+fn tcp_lookup(states: u32, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<TcpSocket>> {
+    let family = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let octets = |addr: SocketAddr| -> [u8; 16] {
+        match addr.ip() {
+            IpAddr::V4(v4) => {
+                let mut ip = [0u8; 16];
+                ip[..4].copy_from_slice(&v4.octets());
+                ip
+            }
+            IpAddr::V6(v6) => v6.octets(),
         }
-        IpAddr::V6(v6) => (libc::AF_INET6, v6.octets()),
     };
     let mut body = Vec::with_capacity(56);
     body.push(family as u8);
     body.push(libc::IPPROTO_TCP as u8);
     body.push(0); // no extensions
     body.push(0); // pad
-    body.extend_from_slice(&TCP_LISTEN.to_ne_bytes());
-    // The socket id as a packet to `wanted` from nobody finds it: local = `wanted`.
-    body.extend_from_slice(&wanted.port().to_be_bytes());
-    body.extend_from_slice(&0u16.to_be_bytes());
-    body.extend_from_slice(&ip);
-    body.extend_from_slice(&[0; 16]);
+    body.extend_from_slice(&states.to_ne_bytes());
+    body.extend_from_slice(&local.port().to_be_bytes());
+    body.extend_from_slice(&remote.port().to_be_bytes());
+    body.extend_from_slice(&octets(local));
+    body.extend_from_slice(&octets(remote));
     body.extend_from_slice(&0u32.to_ne_bytes()); // any interface
     body.extend_from_slice(&INET_DIAG_NOCOOKIE);
     Ok(lookup_one(&body)?.and_then(|msg| parse_inet_msg(&msg)))
@@ -433,6 +456,42 @@ mod tests {
         // Nothing listens once it is closed.
         drop(listener);
         assert_eq!(tcp_listener_for(addr).unwrap(), None);
+    }
+
+    #[test]
+    fn one_end_of_a_connection_is_looked_up_by_its_addresses() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        let found = match tcp_connection(local, addr) {
+            Ok(found) => found.expect("the client end"),
+            Err(e) => {
+                eprintln!("skipping: inet_diag is not available here: {e}");
+                return;
+            }
+        };
+        assert_eq!((found.local, found.remote), (local, addr));
+        let fstat_inode = |s: &std::net::TcpStream| {
+            use std::os::fd::AsFd;
+            let file = std::fs::File::from(s.as_fd().try_clone_to_owned().unwrap());
+            std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap())
+        };
+        assert_eq!(found.inode, fstat_inode(&client));
+        // The other direction is the server end.
+        let server_end = tcp_connection(addr, local)
+            .unwrap()
+            .expect("the server end");
+        assert_eq!(server_end.inode, fstat_inode(&served));
+        // Closed, the end is gone or an orphan (FIN_WAIT, TIME_WAIT) without an inode: a
+        // recorded inode never matches it again.
+        let client_inode = found.inode;
+        drop(client);
+        let after = tcp_connection(local, addr).unwrap().map_or(0, |s| s.inode);
+        assert_ne!(after, client_inode);
+        assert_eq!(after, 0);
+        drop(served);
     }
 
     #[test]
