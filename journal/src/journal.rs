@@ -815,9 +815,11 @@ impl Journal {
             if let Some(values) = &stored {
                 // Records a killed process appended to the log after sled's last flush:
                 // sled (derived data) catches up, so that inspection shows what the log
-                // holds.
-                let follows = scan.damage.is_none()
-                    && scan.base.seq == values.base_seq
+                // holds. Up to the first damage, if any: the records before it are intact
+                // (a power loss leaves a torn write after the durable point, which the next
+                // open for writing cuts; damage before that point was refused above in the
+                // strict mode and is reported in the lenient one).
+                let follows = scan.base.seq == values.base_seq
                     && scan.chain_at_sled == Some(values.last_chain)
                     && tail_findings(&events, values).is_empty();
                 if let Some(after) = scan
