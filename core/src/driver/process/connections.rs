@@ -204,13 +204,7 @@ fn proc_addr(text: &str) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = super::sockets::parse_proc_ip(ip, ip.len() == 32)?;
-    let ip = match ip {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        v4 => v4,
-    };
-    Some(SocketAddr::new(ip, port))
+    Some(SocketAddr::new(super::sockets::canonical_ip(ip), port))
 }
 
 /// One connected unix socket as `sock_diag` reports it.

@@ -661,11 +661,13 @@ impl Driver for ProcessDriver {
         let holders = cgroup::path_for(&self.state_dir, &instance.slot, instance.generation)
             .filter(|dir| cgroup::holds_generation(dir))
             .and_then(|dir| cgroup::procs(&dir));
-        let dialed = Self::handle(instance)
-            .map(|h| h.dialed.list())
-            .unwrap_or_default();
         match holders {
-            Some(pids) => connections::outside_connections_held_by(endpoint, &pids, &dialed),
+            Some(pids) => {
+                let dialed = Self::handle(instance)
+                    .map(|h| h.dialed.list())
+                    .unwrap_or_default();
+                connections::outside_connections_held_by(endpoint, &pids, &dialed)
+            }
             None => connections::outside_connections(endpoint),
         }
     }

@@ -797,6 +797,20 @@ pub fn is_alive(identity: &ProcessIdentity) -> bool {
     stat_if_ours(identity).is_some()
 }
 
+/// A pidfd of the process `pid` (`pidfd_open(2)`, Linux 5.3+): readable once it has
+/// exited; `ESRCH` when no process has that pid.
+pub(super) fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd =
+        std::os::fd::RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: a descriptor just opened that nobody else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// Waits on a pidfd until `identity`'s process exits or `deadline` passes, whoever its
 /// parent is (a one-shot command stops plugins an earlier process started): the pidfd
 /// turns readable at the exit, so no polling of `/proc` and no timer rounds. `true` only
@@ -807,17 +821,10 @@ pub async fn exited_on_pidfd(identity: &ProcessIdentity, deadline: Instant) -> b
     let Ok(raw) = libc::pid_t::try_from(identity.pid) else {
         return false;
     };
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-    let Ok(fd) = std::os::fd::RawFd::try_from(fd) else {
-        return false;
-    };
-    if fd < 0 {
+    let Ok(fd) = pidfd_open(raw) else {
         // ESRCH: no process has that pid any more.
         return !is_alive(identity);
-    }
-    // SAFETY: a descriptor we just opened and nobody else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    };
     // The pidfd names whichever process had the pid at `pidfd_open`: it is the plugin's only
     // if the identity (pid, start time, boot id) still matches now. If not, it is gone.
     if !is_alive(identity) {

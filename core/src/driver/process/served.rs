@@ -17,7 +17,7 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// `TCP_ESTABLISHED` as `tcp_info.tcpi_state` reports it.
@@ -57,7 +57,7 @@ fn served_peers_within(
         return Err(too_many());
     }
     for &pid in pids {
-        let Some(pidfd) = pidfd_open(pid)? else {
+        let Some(pidfd) = pidfd_of(pid)? else {
             continue;
         };
         let dir = format!("/proc/{pid}/fd");
@@ -84,7 +84,7 @@ fn served_peers_within(
             let Ok(target) = std::fs::read_link(entry.path()) else {
                 continue;
             };
-            let Some(inode) = socket_inode(&target) else {
+            let Some(inode) = super::sockets::socket_link_inode(&target) else {
                 continue;
             };
             if !seen_inodes.insert(inode) {
@@ -101,31 +101,14 @@ fn served_peers_within(
     Ok(peers)
 }
 
-/// The inode of a `socket:[inode]` link target.
-fn socket_inode(target: &std::path::Path) -> Option<u64> {
-    target
-        .to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 /// A pidfd of `pid`; `None` when no process has that pid any more.
-fn pidfd_open(pid: u32) -> io::Result<Option<OwnedFd>> {
+fn pidfd_of(pid: u32) -> io::Result<Option<OwnedFd>> {
     let raw = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ESRCH) => Ok(None),
-            _ => Err(e),
-        };
+    match super::os::pidfd_open(raw) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e),
     }
-    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: a descriptor just opened that nobody else owns.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// A descriptor of this process for the file behind `fd` in the process of `pidfd`;
@@ -186,16 +169,7 @@ pub fn own_clients_of(wanted: SocketAddr) -> std::collections::HashSet<SocketAdd
     let wanted = canonical(wanted);
     let mut locals = std::collections::HashSet::new();
     let table = super::sockets::own_fd_table_size().unwrap_or(1024);
-    for fd in 0..table {
-        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: `fstat` only writes into `stat`, read only when it succeeded.
-        if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
-            continue;
-        }
-        // SAFETY: initialised by the successful `fstat` above.
-        if unsafe { stat.assume_init() }.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            continue;
-        }
+    for (fd, _) in super::sockets::own_socket_fds(table) {
         // SAFETY: the stream is never dropped (ManuallyDrop), so the descriptor, which this
         // process owns elsewhere, is only read from; calls on a non-TCP socket fail.
         let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
@@ -210,13 +184,7 @@ pub fn own_clients_of(wanted: SocketAddr) -> std::collections::HashSet<SocketAdd
 
 /// `addr` with a v4-mapped IPv6 address written as IPv4, as the kernel's tables report it.
 fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
-    }
+    SocketAddr::new(super::sockets::canonical_ip(addr.ip()), addr.port())
 }
 
 #[cfg(test)]
@@ -284,8 +252,9 @@ mod tests {
 
     #[test]
     fn socket_link_targets_name_their_inode() {
-        assert_eq!(socket_inode("socket:[1234]".as_ref()), Some(1234));
-        assert_eq!(socket_inode("pipe:[1234]".as_ref()), None);
-        assert_eq!(socket_inode("/tmp/x".as_ref()), None);
+        use super::super::sockets::socket_link_inode;
+        assert_eq!(socket_link_inode("socket:[1234]".as_ref()), Some(1234));
+        assert_eq!(socket_link_inode("pipe:[1234]".as_ref()), None);
+        assert_eq!(socket_link_inode("/tmp/x".as_ref()), None);
     }
 }

@@ -263,18 +263,14 @@ fn tcp_dump(
 ) -> io::Result<Vec<TcpSocket>> {
     let mut sockets = Vec::new();
     for family in families.list() {
-        let mut body = Vec::with_capacity(56 + attributes.len());
-        body.push(family as u8);
-        body.push(libc::IPPROTO_TCP as u8);
-        body.push(0); // no extensions
-        body.push(0); // pad
-        body.extend_from_slice(&states.to_ne_bytes());
-        body.extend_from_slice(&local_port.to_be_bytes());
-        body.extend_from_slice(&remote_port.to_be_bytes());
-        body.extend_from_slice(&[0; 32]); // any source, any destination
-        body.extend_from_slice(&0u32.to_ne_bytes()); // any interface
-        body.extend_from_slice(&INET_DIAG_NOCOOKIE);
-        body.extend_from_slice(attributes);
+        // Any source, any destination.
+        let body = tcp_request(
+            family,
+            states,
+            (local_port, [0; 16]),
+            (remote_port, [0; 16]),
+            attributes,
+        );
         let result = dump(&body, |msg| {
             if let Some(socket) = parse_inet_msg(msg).filter(&keep) {
                 sockets.push(socket);
@@ -327,19 +323,40 @@ fn tcp_lookup(states: u32, local: SocketAddr, remote: SocketAddr) -> io::Result<
             IpAddr::V6(v6) => v6.octets(),
         }
     };
-    let mut body = Vec::with_capacity(56);
+    let body = tcp_request(
+        family,
+        states,
+        (local.port(), octets(local)),
+        (remote.port(), octets(remote)),
+        &[],
+    );
+    Ok(lookup_one(&body)?.and_then(|msg| parse_inet_msg(&msg)))
+}
+
+/// The body of an `inet_diag_req_v2` for TCP sockets of `family` in `states`, with the
+/// socket id's local and remote (port, address: IPv4 in the first 4 bytes), any interface,
+/// no cookie, then `attributes`.
+fn tcp_request(
+    family: libc::c_int,
+    states: u32,
+    local: (u16, [u8; 16]),
+    remote: (u16, [u8; 16]),
+    attributes: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(56 + attributes.len());
     body.push(family as u8);
     body.push(libc::IPPROTO_TCP as u8);
     body.push(0); // no extensions
     body.push(0); // pad
     body.extend_from_slice(&states.to_ne_bytes());
-    body.extend_from_slice(&local.port().to_be_bytes());
-    body.extend_from_slice(&remote.port().to_be_bytes());
-    body.extend_from_slice(&octets(local));
-    body.extend_from_slice(&octets(remote));
+    body.extend_from_slice(&local.0.to_be_bytes());
+    body.extend_from_slice(&remote.0.to_be_bytes());
+    body.extend_from_slice(&local.1);
+    body.extend_from_slice(&remote.1);
     body.extend_from_slice(&0u32.to_ne_bytes()); // any interface
     body.extend_from_slice(&INET_DIAG_NOCOOKIE);
-    Ok(lookup_one(&body)?.and_then(|msg| parse_inet_msg(&msg)))
+    body.extend_from_slice(attributes);
+    body
 }
 
 /// One `inet_diag_msg`.
@@ -355,8 +372,7 @@ fn parse_inet_msg(msg: &[u8]) -> Option<TcpSocket> {
             Some(IpAddr::V4(Ipv4Addr::from(b)))
         } else if family == libc::AF_INET6 {
             let b: [u8; 16] = msg.get(at..at + 16)?.try_into().ok()?;
-            let v6 = Ipv6Addr::from(b);
-            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+            Some(super::sockets::canonical_ip(IpAddr::V6(Ipv6Addr::from(b))))
         } else {
             None
         }

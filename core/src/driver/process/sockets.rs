@@ -201,16 +201,19 @@ pub(super) fn socket_inodes_of(pid: u32) -> Option<HashSet<u64>> {
     let inodes = dir
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| fs::read_link(entry.path()).ok())
-        .filter_map(|target| {
-            target
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse::<u64>()
-                .ok()
-        })
+        .filter_map(|target| socket_link_inode(&target))
         .collect();
     Some(inodes)
+}
+
+/// The inode a `/proc/<pid>/fd/*` link names when it is a socket (`socket:[inode]`).
+pub(super) fn socket_link_inode(target: &std::path::Path) -> Option<u64> {
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The socket inodes among this process's open fds, by `fstat` of every slot of its fd
@@ -223,21 +226,23 @@ pub(super) fn own_socket_inodes() -> HashSet<u64> {
     let Some(table) = own_fd_table_size() else {
         return socket_inodes_of(std::process::id()).unwrap_or_default();
     };
-    let mut inodes = HashSet::new();
-    for fd in 0..table {
+    own_socket_fds(table).map(|(_, inode)| inode).collect()
+}
+
+/// This process's socket fds below `table` (its fd table's size) with their inodes, by
+/// `fstat` of every slot.
+pub(super) fn own_socket_fds(table: i32) -> impl Iterator<Item = (std::os::fd::RawFd, u64)> {
+    (0..table).filter_map(|fd| {
         let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: `fstat` only writes into `stat`, which is read only when it succeeded; an
         // fd that is not open (or closed meanwhile by another thread) fails with EBADF.
-        let ok = unsafe { libc::fstat(fd, stat.as_mut_ptr()) } == 0;
-        if ok {
-            // SAFETY: initialised by the successful `fstat` above.
-            let stat = unsafe { stat.assume_init() };
-            if stat.st_mode & libc::S_IFMT == libc::S_IFSOCK {
-                inodes.insert(stat.st_ino);
-            }
+        if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+            return None;
         }
-    }
-    inodes
+        // SAFETY: initialised by the successful `fstat` above.
+        let stat = unsafe { stat.assume_init() };
+        (stat.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some((fd, stat.st_ino))
+    })
 }
 
 /// The size of this process's fd table (every open fd is below it).
@@ -345,16 +350,20 @@ pub(super) fn parse_proc_ip(hex: &str, v6: bool) -> Option<IpAddr> {
     }
 }
 
+/// `ip` with a v4-mapped IPv6 address written as IPv4, as the kernel's tables report it.
+pub(super) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Whether a listener bound to `ip:port` accepts connections made to `wanted`.
 pub(super) fn accepts(ip: IpAddr, port: u16, wanted: SocketAddr) -> bool {
     if port != wanted.port() {
         return false;
     }
-    let canonical = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    let (ip, want) = (canonical(ip), canonical(wanted.ip()));
+    let (ip, want) = (canonical_ip(ip), canonical_ip(wanted.ip()));
     ip == want
         || match ip {
             IpAddr::V4(v4) => v4.is_unspecified() && want.is_ipv4(),

@@ -22,7 +22,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -367,27 +367,21 @@ unsafe fn child_setup(args: &ChildArgs) -> i32 {
 /// with a blocking `waitpid` off the async workers. `None` if `waitpid` fails.
 pub async fn wait(pid: u32) -> Option<ExitStatus> {
     let raw = libc::pid_t::try_from(pid).ok()?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-    if let Ok(fd) = RawFd::try_from(fd) {
-        if fd >= 0 {
-            // SAFETY: a descriptor we just opened and nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: the OwnedFd stays open, and the same descriptor, until the AsyncFd
-            // that owns it is dropped.
-            if let Ok(ready) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
-                // The pidfd turns readable once the process has exited.
-                if ready.readable().await.is_ok() {
-                    // Tests: the process stays a zombie this many milliseconds before it
-                    // is reaped (what a busy host does to the reaping task).
-                    #[cfg(feature = "failpoints")]
-                    if let Some(Some(ms)) = fail::eval("plugin-reap-delay", |v| {
-                        v.and_then(|ms| ms.parse::<u64>().ok())
-                    }) {
-                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                    }
-                    return reap(raw, 0);
+    if let Ok(fd) = super::os::pidfd_open(raw) {
+        // SAFETY: the OwnedFd stays open, and the same descriptor, until the AsyncFd
+        // that owns it is dropped.
+        if let Ok(ready) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+            // The pidfd turns readable once the process has exited.
+            if ready.readable().await.is_ok() {
+                // Tests: the process stays a zombie this many milliseconds before it
+                // is reaped (what a busy host does to the reaping task).
+                #[cfg(feature = "failpoints")]
+                if let Some(Some(ms)) = fail::eval("plugin-reap-delay", |v| {
+                    v.and_then(|ms| ms.parse::<u64>().ok())
+                }) {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 }
+                return reap(raw, 0);
             }
         }
     }
