@@ -548,12 +548,12 @@ async fn run(
     }
 }
 
-/// Whether the generation the journal calls active runs; [`Liveness::Unknown`] (e.g.
-/// `/proc` unreadable for lack of file descriptors) is never acted upon.
 /// How long a crash's report waits for the exit status of a plugin that died as its
 /// liveness was read: its waiter reaps it as soon as it runs.
 const EXIT_STATUS_GRACE: Duration = Duration::from_secs(2);
 
+/// Whether the generation the journal calls active runs; [`Liveness::Unknown`] (e.g.
+/// `/proc` unreadable for lack of file descriptors) is never acted upon.
 fn active_alive(rt: &SlotRuntime, facts: &tryswap_fsm::Instance) -> Liveness {
     match rt.active.load_full() {
         Some(serving) if serving.instance.generation == facts.generation => {
