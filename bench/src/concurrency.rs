@@ -7,6 +7,7 @@ use tryswap::Supervisor;
 use tryswap_fsm::SlotName;
 use tryswap_tests::TempState;
 
+use crate::contract_floor::{CommitLog, ContractFloor};
 use crate::floor::{self, Bare, Launch};
 use crate::report::{count, ms, ratio, verdict, Samples, Table};
 use crate::setup::{self, Bins};
@@ -89,6 +90,58 @@ async fn floor_all(
     }
 }
 
+/// The contract floor of every slot, by slot name.
+type ContractFloors = Vec<(String, ContractFloor)>;
+
+/// The contract floor for the same load: every slot's contract-floor reload at once (one
+/// store, one log with group commits).
+async fn contract_all(
+    bins: &Bins,
+    dir: &std::path::Path,
+    floors: ContractFloors,
+    round: usize,
+) -> Result<(Duration, ContractFloors), String> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, mut floor) in floors {
+        let config = setup::fixture_config(dir, &format!("{slot}-contract{round}"));
+        let (program, slot_cfg) = (bins.fixture.clone(), setup::slot_config(&slot));
+        tasks.spawn(async move {
+            let result = floor
+                .reload(&program, &slot_cfg, &config, None, FLOOR_TIMEOUT)
+                .await;
+            (slot, floor, result)
+        });
+    }
+    let mut floors = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((slot, floor, result)) => {
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+                floors.push((slot, floor));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let took = started.elapsed();
+    match first_error {
+        Some(e) => Err(format!("contract floor round {round}: {e}")),
+        None => Ok((took, floors)),
+    }
+}
+
+/// Stops every contract floor's plugin.
+async fn contract_stop(floors: ContractFloors) {
+    for (_, mut floor) in floors {
+        let _ = floor.stop_current(FLOOR_TIMEOUT).await;
+    }
+}
+
 /// Bare plugins of the floor, by slot.
 type FloorPlugins = Vec<(String, Option<Bare>)>;
 
@@ -138,6 +191,15 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
     let floor_dir = temp.join("floor");
     std::fs::create_dir_all(&floor_dir).map_err(|e| e.to_string())?;
     let (floor_one, mut floor_plugins) = floor_start(bins, &floor_dir, slot_count).await?;
+    let contract_dir = temp.join("contract-floor");
+    let commit_log = CommitLog::open(&contract_dir)?;
+    let mut contract_floors = Vec::new();
+    for i in 0..slot_count {
+        let floor = ContractFloor::sharing(&contract_dir, std::sync::Arc::clone(&commit_log))?;
+        contract_floors.push((format!("s{i:03}"), floor));
+    }
+    // Every contract floor's first plugin (concurrently; not measured).
+    let (_, mut contract_floors) = contract_all(bins, &contract_dir, contract_floors, 0).await?;
     let sup = Supervisor::open(dir.join("state")).map_err(|e| e.to_string())?;
     let slots: Vec<SlotName> = (0..slot_count)
         .map(|i| SlotName::new(format!("s{i:03}")).expect("valid slot name"))
@@ -186,6 +248,7 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
     // machine hits both alike.
     let mut all = Samples::new();
     let mut floor_all_at_once = Samples::new();
+    let mut contract_all_at_once = Samples::new();
     let mut failures = 0;
     let mut first_error = None;
     for round in 1..=rounds {
@@ -193,6 +256,16 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
             Ok((took, news)) => {
                 floor_all_at_once.push(took);
                 floor_plugins = news;
+            }
+            Err(e) => {
+                sup.shutdown().await;
+                return Err(e);
+            }
+        }
+        match contract_all(bins, &contract_dir, contract_floors, round).await {
+            Ok((took, floors)) => {
+                contract_all_at_once.push(took);
+                contract_floors = floors;
             }
             Err(e) => {
                 sup.shutdown().await;
@@ -207,6 +280,7 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
         }
     }
     floor_stop(floor_plugins).await;
+    contract_stop(contract_floors).await;
 
     // Memory while every plugin runs.
     let status = sup.status(None).map_err(|e| e.to_string())?;
@@ -274,6 +348,21 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
         String::new(),
         "0".into(),
     ]);
+    t.row([
+        format!("contract floor: {slot_count} at once (median of {rounds} rounds, interleaved)"),
+        ms(contract_all_at_once.p50()),
+        ratio(contract_all_at_once.p50() / floor_one.p50()),
+        ratio(contract_all_at_once.p50() / floor_all_at_once.p50()),
+        String::new(),
+        "0".into(),
+    ]);
+    t.note(format!(
+        "The contract floor (section 1a, `bench/src/contract_floor.rs`) does what the bare floor does plus only what the safe-reload contract asks (each config staged into one content-addressed store, its fsync beside the start; a durable commit to one log and witness shared by all, concurrent commits sharing one flush; go-plugin's graceful stop), with no tryswap code on the path. It takes {} the bare floor's time for the same {slot_count} at once; the goal, 1.5× the bare floor's ({}), leaves {} beyond it for everything else. tryswap's {slot_count} at once is {} the contract floor's.",
+        ratio(contract_all_at_once.p50() / floor_all_at_once.p50()),
+        ms(1.5 * floor_all_at_once.p50()),
+        ms(1.5 * floor_all_at_once.p50() - contract_all_at_once.p50()),
+        ratio(all.p50() / contract_all_at_once.p50()),
+    ));
     t.note(format!(
         "The floor's {slot_count} at once: every slot's bare plugin replaced concurrently (spawn, handshake from a pipe, one health check, SIGTERM the old one and wait), one task per slot; tryswap's: `Supervisor::activate` of every slot concurrently. Rounds alternate between the two."
     ));

@@ -123,18 +123,27 @@ pub async fn probe_once(endpoint: &Endpoint, timeout: Duration) -> Result<(), St
 }
 
 /// SIGTERM, then waits for the exit (SIGKILL after `timeout`).
-pub async fn stop(mut bare: Bare, timeout: Duration) -> Result<(), String> {
+pub async fn stop(bare: Bare, timeout: Duration) -> Result<(), String> {
     let pid = i32::try_from(bare.pid).map_err(|_| format!("bad pid {}", bare.pid))?;
     match kill(Pid::from_raw(pid), Signal::SIGTERM) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => return Err(format!("SIGTERM to {pid}: {e}")),
     }
+    wait_exit(bare, timeout).await
+}
+
+/// Waits for the plugin, already asked to stop, to exit; SIGKILL (and an error) after
+/// `timeout`.
+pub async fn wait_exit(mut bare: Bare, timeout: Duration) -> Result<(), String> {
+    let pid = bare.pid;
     match tokio::time::timeout(timeout, bare.child.wait()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("waiting for {pid}: {e}")),
         Err(_) => {
             let _ = bare.child.kill().await;
-            Err(format!("plugin {pid} ignored SIGTERM for {timeout:?}"))
+            Err(format!(
+                "plugin {pid} did not exit within {timeout:?} of its stop"
+            ))
         }
     }
 }

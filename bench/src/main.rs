@@ -26,6 +26,7 @@
 
 mod bake;
 mod concurrency;
+mod contract_floor;
 mod daemon;
 mod floor;
 mod host_processes;

@@ -11,6 +11,7 @@ use tryswap::Supervisor;
 use tryswap_fsm::SlotName;
 use tryswap_tests::{FixtureConfig, TempState};
 
+use crate::contract_floor::{self, ContractFloor};
 use crate::daemon::Daemon;
 use crate::floor::{self, Bare, Launch, Steps};
 use crate::report::{count, ms, ratio, verdict, Samples, Table};
@@ -280,6 +281,13 @@ async fn run_columns(
     let (first, _) = floor::reload(&floor_launch(0), None, STEP_TIMEOUT).await?;
     let mut floor_current: Option<Bare> = Some(first);
 
+    // The contract's floor.
+    let contract_dir = temp.join("contract-floor");
+    let mut contract = ContractFloor::new(&contract_dir)?;
+    contract_reload(&mut contract, bins, &contract_dir, &slot_cfg, 0, None).await?;
+    let mut contract_col = Column::default();
+    let mut contract_steps: Vec<contract_floor::Steps> = Vec::new();
+
     // One-shot floor.
     let oneshot = match &bins.oneshot_floor {
         Some(bin) => {
@@ -396,6 +404,19 @@ async fn run_columns(
                         }
                     }
                 }
+                ReloadPath::ContractFloor => {
+                    let admin = daemon.as_ref().map(|d| d.socket());
+                    let t = Instant::now();
+                    match contract_reload(&mut contract, bins, &contract_dir, &slot_cfg, n, admin)
+                        .await
+                    {
+                        Ok(steps) => {
+                            contract_col.wall.push(t.elapsed());
+                            contract_steps.push(steps);
+                        }
+                        Err(e) => contract_col.failures.push(e),
+                    }
+                }
                 ReloadPath::OneShot => {
                     if let Some(oneshot) = &oneshot {
                         match oneshot.reload(bins, n).await {
@@ -487,6 +508,7 @@ async fn run_columns(
     if let Some(old) = floor_current.take() {
         let _ = floor::stop(old, STEP_TIMEOUT).await;
     }
+    let _ = contract.stop_current(STEP_TIMEOUT).await;
     if let Some(oneshot) = &oneshot {
         oneshot.stop();
     }
@@ -519,6 +541,13 @@ async fn run_columns(
         ],
     );
     wall_row(&mut t, "bare floor (by hand)", &floor_col, floor_p50, "");
+    wall_row(
+        &mut t,
+        "contract floor (by hand: the floor + the request, staged config, durable commit, go-plugin's graceful stop)",
+        &contract_col,
+        floor_p50,
+        "",
+    );
     wall_row(
         &mut t,
         "safe reload, library (Supervisor::activate)",
@@ -598,6 +627,7 @@ async fn run_columns(
     }
     for (name, col) in [
         ("floor", &floor_col),
+        ("contract floor", &contract_col),
         ("one-shot floor", &oneshot_col),
         ("library", &lib_col),
         ("CLI", &cli_col),
@@ -617,6 +647,13 @@ async fn run_columns(
     }
     t.note("Each iteration runs every path once, in an order that rotates by one path per iteration: each path follows each other path equally often, so what a reload leaves running behind it (the journal's indexer 50 ms later, sled's flusher, an exiting process) slows every column alike. Floor: spawn with go-plugin's environment, read the handshake line from a stdout pipe, one gRPC health check, SIGTERM the old plugin and wait for its exit. The one-shot floor does the same as one process per reload (`bench/src/bin/tryswap-oneshot-floor.rs`: the old plugin's pid in a file, its exit awaited on a pidfd), the least a one-shot command must do; the CLI's goal is a ratio to it. Safe reload adds: staging the executable and config into the content-addressed store (copy, SHA-256; their fsync runs beside the candidate's start and the commit waits for it), the generation's TMPDIR, log files and cgroup (made beside the staging), the journal (6 records, 1 durable flush at the commit: log and witness fdatasync; the `Staged` record is written to the log before the spawn and rides on it), handshake via the log file, process identity checks, the gRPC controller shutdown and process-group checks when retiring the old generation.");
     tables.push(t);
+    tables.push(contract_table(
+        &floor_steps,
+        &contract_steps,
+        floor_p50,
+        &contract_col,
+        &daemon_col,
+    ));
 
     let mut b = Table::new(
         "1b. Where the time goes (medians per stage)",
@@ -697,10 +734,123 @@ async fn run_columns(
     Ok(Outcomes { tables })
 }
 
+/// One contract-floor reload to a new fixture config in `dir`.
+async fn contract_reload(
+    contract: &mut ContractFloor,
+    bins: &Bins,
+    dir: &std::path::Path,
+    slot: &tryswap::config::SlotConfig,
+    n: usize,
+    admin: Option<&std::path::Path>,
+) -> Result<contract_floor::Steps, String> {
+    let config = setup::fixture_config(dir, &format!("contract{n}"));
+    contract
+        .reload(&bins.fixture, slot, &config, admin, STEP_TIMEOUT)
+        .await
+}
+
+/// Section 1a: the steps of the bare floor and of the contract floor side by side, and how
+/// the daemon's goal compares with what the contract alone costs.
+fn contract_table(
+    floor_steps: &[Steps],
+    contract_steps: &[contract_floor::Steps],
+    floor_p50: f64,
+    contract_col: &Column,
+    daemon_col: &Column,
+) -> Table {
+    let p50 = |samples: Vec<Duration>| {
+        let mut s = Samples::new();
+        for d in samples {
+            s.push(d);
+        }
+        s.p50()
+    };
+    let bare = |f: fn(&Steps) -> Duration| p50(floor_steps.iter().map(f).collect());
+    let contract =
+        |f: fn(&contract_floor::Steps) -> Duration| p50(contract_steps.iter().map(f).collect());
+    let mut t = Table::new(
+        "1a. What the contract itself costs (medians of the two floors' steps)",
+        &[
+            "step",
+            "bare floor",
+            "contract floor",
+            "what the contract asks",
+        ],
+    );
+    let none = || "(none)".to_owned();
+    t.row([
+        "the request".to_owned(),
+        none(),
+        ms(contract(|s| s.request)),
+        "one HTTP/1.1 round trip on the daemon's admin socket (`GET /healthz`)".to_owned(),
+    ]);
+    t.row([
+        "staging".to_owned(),
+        none(),
+        ms(contract(|s| s.stage)),
+        "the config copied into a content-addressed store: read, SHA-256, a new file (its fsync runs beside the start)".to_owned(),
+    ]);
+    t.row([
+        "spawn".to_owned(),
+        ms(bare(|s| s.spawn)),
+        ms(contract(|s| s.spawn)),
+        "the same spawn".to_owned(),
+    ]);
+    t.row([
+        "handshake".to_owned(),
+        ms(bare(|s| s.handshake)),
+        ms(contract(|s| s.handshake)),
+        "the same pipe".to_owned(),
+    ]);
+    t.row([
+        "probe".to_owned(),
+        ms(bare(|s| s.probe)),
+        ms(contract(|s| s.probe)),
+        "one health check; the contract floor keeps the connection for the controller".to_owned(),
+    ]);
+    t.row([
+        "commit".to_owned(),
+        none(),
+        ms(contract(|s| s.commit)),
+        "the staged file durable, then a log record and its witness, each fdatasynced, in that order".to_owned(),
+    ]);
+    t.row([
+        "stop the old plugin".to_owned(),
+        ms(bare(|s| s.stop_old)),
+        ms(contract(|s| s.stop_old)),
+        "the floor: SIGTERM and the exit; the contract floor: go-plugin's `Client.Kill` (`GRPCController/Shutdown`, then the exit)".to_owned(),
+    ]);
+    let contract_p50 = contract_col.wall.p50();
+    t.row([
+        "whole reload (wall)".to_owned(),
+        ms(floor_p50),
+        ms(contract_p50),
+        format!(
+            "the contract floor is {} the bare floor",
+            ratio(contract_p50 / floor_p50)
+        ),
+    ]);
+    if !daemon_col.wall.is_empty() && !contract_col.wall.is_empty() {
+        let daemon = daemon_col.wall.p50();
+        let allowed = 1.5 * floor_p50;
+        t.note(format!(
+            "The daemon's goal, 1.5× the bare floor, is {} here. The contract floor alone takes {}: that leaves {} for everything an implementation does beyond the least the contract asks (journal records, identity and owner checks, process groups and cgroups, drain checks, log files, reports). The daemon reload ({}) is {} the contract floor.",
+            ms(allowed),
+            ms(contract_p50),
+            ms(allowed - contract_p50),
+            ms(daemon),
+            ratio(daemon / contract_p50),
+        ));
+    }
+    t.note("The contract floor (`bench/src/contract_floor.rs`) is the bare floor plus only what the safe-reload contract asks of any implementation, with no tryswap code on the path: the staged copy that a relaunch after a crash runs from, the commit that survives a power loss, the graceful stop go-plugin's own host does (a Go plugin dies at SIGTERM without running its deferred calls). The bare floor's and the contract floor's rows are measured in the same iterations as the others.");
+    t
+}
+
 /// The paths section 1 measures, in the order of the first iteration.
 #[derive(Clone, Copy)]
 enum ReloadPath {
     Floor,
+    ContractFloor,
     OneShot,
     Library,
     Cli,
@@ -708,8 +858,9 @@ enum ReloadPath {
 }
 
 impl ReloadPath {
-    const ALL: [ReloadPath; 5] = [
+    const ALL: [ReloadPath; 6] = [
         ReloadPath::Floor,
+        ReloadPath::ContractFloor,
         ReloadPath::OneShot,
         ReloadPath::Library,
         ReloadPath::Cli,
