@@ -87,8 +87,9 @@ impl Drop for Idle {
     }
 }
 
-/// `reloads` library reloads with the host as it is, then `reloads` more with
-/// [`EXTRA_PROCESSES`] idle processes added, alternating in rounds so drift hits both.
+/// About `reloads` library reloads with the host as it is and as many with
+/// [`EXTRA_PROCESSES`] idle processes added, in blocks placed symmetrically in time so
+/// that drift hits both.
 pub async fn run(bins: &Bins, reloads: usize, budget: Duration) -> Result<Table, String> {
     let temp = TempState::new().map_err(|e| format!("temp dir: {e}"))?;
     let dir = temp.join("host-processes");
@@ -117,29 +118,43 @@ pub async fn run(bins: &Bins, reloads: usize, budget: Duration) -> Result<Table,
     reload(&sup).await?;
     let deadline = Instant::now() + budget;
     let (mut quiet, mut busy) = (Samples::new(), Samples::new());
-    let rounds = 2;
-    let per_round = reloads.div_ceil(rounds).max(1);
     let mut host_processes = 0;
-    for _ in 0..rounds {
-        for _ in 0..per_round {
+    // Quiet, busy, quiet, busy, quiet, the outer quiet blocks half as long: both hosts get
+    // the same number of reloads, and their mean position in time is the same, so a drift
+    // of the machine over the run (a background job, the journal growing) weighs on both
+    // alike instead of on whichever comes last.
+    let quarter = reloads.div_ceil(4).max(1);
+    let blocks = [
+        (false, quarter),
+        (true, 2 * quarter),
+        (false, 2 * quarter),
+        (true, 2 * quarter),
+        (false, quarter),
+    ];
+    for (with_idle, count) in blocks {
+        let idle = match with_idle {
+            true => {
+                let idle = Idle::spawn(EXTRA_PROCESSES, Duration::from_secs(60))?;
+                host_processes = std::fs::read_dir("/proc")
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                            .count()
+                    })
+                    .unwrap_or(0);
+                Some(idle)
+            }
+            false => None,
+        };
+        for _ in 0..count {
             if Instant::now() >= deadline {
                 break;
             }
-            quiet.push(reload(&sup).await?);
-        }
-        let idle = Idle::spawn(EXTRA_PROCESSES, Duration::from_secs(60))?;
-        host_processes = std::fs::read_dir("/proc")
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-                    .count()
-            })
-            .unwrap_or(0);
-        for _ in 0..per_round {
-            if Instant::now() >= deadline {
-                break;
+            let took = reload(&sup).await?;
+            match with_idle {
+                true => busy.push(took),
+                false => quiet.push(took),
             }
-            busy.push(reload(&sup).await?);
         }
         drop(idle);
     }
@@ -148,7 +163,7 @@ pub async fn run(bins: &Bins, reloads: usize, budget: Duration) -> Result<Table,
 
     let mut t = Table::new(
         format!(
-            "1d. One reload with {EXTRA_PROCESSES} extra idle processes on the host ({} + {} library reloads, alternating)",
+            "1d. One reload with {EXTRA_PROCESSES} extra idle processes on the host ({} + {} library reloads, in blocks quiet, busy, quiet, busy, quiet)",
             quiet.len(),
             busy.len()
         ),

@@ -252,7 +252,7 @@ async fn main() -> std::process::ExitCode {
         }
     }
     if wanted(1) {
-        let reloads = args.reloads.unwrap_or(if quick { 15 } else { 50 }).min(40);
+        let reloads = args.reloads.unwrap_or(if quick { 15 } else { 50 }).min(60);
         match host_processes::run(&bins, reloads, Duration::from_secs(180)).await {
             Ok(table) => report.add(&[table]),
             Err(e) => report.failed(1, &e),
