@@ -357,7 +357,7 @@ pub async fn run(bins: &Bins, slot_count: usize, rounds: usize) -> Result<Vec<Ta
         "0".into(),
     ]);
     t.note(format!(
-        "The contract floor (section 1a, `bench/src/contract_floor.rs`) does what the bare floor does plus only what the safe-reload contract asks (each config staged into one content-addressed store, its fsync beside the start; a durable commit to one log and witness shared by all, concurrent commits sharing one flush; go-plugin's graceful stop), with no tryswap code on the path. It takes {} the bare floor's time for the same {slot_count} at once; the goal, 1.5× the bare floor's ({}), leaves {} beyond it for everything else. tryswap's {slot_count} at once is {} the contract floor's.",
+        "The contract floor (section 1a, `bench/src/contract_floor.rs`) does what the bare floor does plus only what the safe-reload contract asks (each config staged into one content-addressed store, its fsync beside the start; a durable commit to one log and witness shared by all, concurrent commits sharing one flush; go-plugin's graceful stop), with none of tryswap's reload machinery on the path. It takes {} the bare floor's time for the same {slot_count} at once; the goal, 1.5× the bare floor's ({}), leaves {} beyond it for everything else. tryswap's {slot_count} at once is {} the contract floor's.",
         ratio(contract_all_at_once.p50() / floor_all_at_once.p50()),
         ms(1.5 * floor_all_at_once.p50()),
         ms(1.5 * floor_all_at_once.p50() - contract_all_at_once.p50()),

@@ -1,5 +1,7 @@
 //! The contract's floor, done by hand: the bare floor plus only what the safe-reload
-//! contract itself asks of any implementation, with none of tryswap's code on the path.
+//! contract itself asks of any implementation, with none of tryswap's reload machinery on
+//! the path: like the bare floor, it borrows only tryswap's handshake parser and its gRPC
+//! health and controller calls.
 //!
 //! - the daemon's request: one HTTP/1.1 round trip on the admin socket (`GET /healthz`);
 //! - staging: the config file copied into a content-addressed store (read, SHA-256, a new

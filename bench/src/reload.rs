@@ -842,7 +842,7 @@ fn contract_table(
             ratio(daemon / contract_p50),
         ));
     }
-    t.note("The contract floor (`bench/src/contract_floor.rs`) is the bare floor plus only what the safe-reload contract asks of any implementation, with no tryswap code on the path: the staged copy that a relaunch after a crash runs from, the commit that survives a power loss, the graceful stop go-plugin's own host does (a Go plugin dies at SIGTERM without running its deferred calls). The bare floor's and the contract floor's rows are measured in the same iterations as the others.");
+    t.note("The contract floor (`bench/src/contract_floor.rs`) is the bare floor plus only what the safe-reload contract asks of any implementation, with none of tryswap's reload machinery on the path (like the bare floor, it borrows only the handshake parser and the gRPC health and controller calls): the staged copy that a relaunch after a crash runs from, the commit that survives a power loss, the graceful stop go-plugin's own host does (a Go plugin dies at SIGTERM without running its deferred calls). The bare floor's and the contract floor's rows are measured in the same iterations as the others.");
     t
 }
 
