@@ -420,11 +420,18 @@ async fn tagged_processes_are_found_and_killed() {
     // exec shows an empty /proc/<pid>/environ, so the scan below would miss it (the
     // handshake wait became fast enough to get here first). `kill_tagged` scans again while
     // it waits; this one-shot scan waits for the exec to be done.
-    let cmdline = format!("/proc/{}/cmdline", p.identity.pid);
-    wait_for("the plugin's exec of sleep", || {
-        std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sleep\0"))
-    })
-    .await;
+    // The same holds for the backgrounded grandchild: `$!` is known as soon as the shell
+    // forks it, possibly before its own exec of sleep is done.
+    for (what, pid) in [
+        ("the plugin's exec of sleep", p.identity.pid),
+        ("the grandchild's exec of sleep", gc_pid),
+    ] {
+        let cmdline = format!("/proc/{pid}/cmdline");
+        wait_for(what, || {
+            std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sleep\0"))
+        })
+        .await;
+    }
     let tagged = tagged_processes(&fx.id);
     assert!(tagged.contains(&p.identity), "{tagged:?}");
     assert!(tagged.iter().any(|t| t.pid == gc_pid), "{tagged:?}");
