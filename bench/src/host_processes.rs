@@ -132,29 +132,25 @@ pub async fn run(bins: &Bins, reloads: usize, budget: Duration) -> Result<Table,
         (false, quarter),
     ];
     for (with_idle, count) in blocks {
-        let idle = match with_idle {
-            true => {
-                let idle = Idle::spawn(EXTRA_PROCESSES, Duration::from_secs(60))?;
-                host_processes = std::fs::read_dir("/proc")
-                    .map(|d| {
-                        d.flatten()
-                            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-                            .count()
-                    })
-                    .unwrap_or(0);
-                Some(idle)
-            }
-            false => None,
+        let idle = if with_idle {
+            let idle = Idle::spawn(EXTRA_PROCESSES, Duration::from_secs(60))?;
+            host_processes = std::fs::read_dir("/proc")
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                        .count()
+                })
+                .unwrap_or(0);
+            Some(idle)
+        } else {
+            None
         };
+        let samples = if with_idle { &mut busy } else { &mut quiet };
         for _ in 0..count {
             if Instant::now() >= deadline {
                 break;
             }
-            let took = reload(&sup).await?;
-            match with_idle {
-                true => busy.push(took),
-                false => quiet.push(took),
-            }
+            samples.push(reload(&sup).await?);
         }
         drop(idle);
     }

@@ -659,13 +659,7 @@ async fn run_columns(
         "1b. Where the time goes (medians per stage)",
         &["stage", "library", "CLI", "daemon", "floor equivalent"],
     );
-    let floor_step = |f: fn(&Steps) -> Duration| {
-        let mut s = Samples::new();
-        for steps in &floor_steps {
-            s.push(f(steps));
-        }
-        s.p50()
-    };
+    let floor_step = |f: fn(&Steps) -> Duration| median_of(&floor_steps, f);
     let equivalents: [(&str, f64); 5] = [
         ("staged", 0.0),
         ("launched", floor_step(|s| s.spawn)),
@@ -749,6 +743,11 @@ async fn contract_reload(
         .await
 }
 
+/// The median, in milliseconds, of one step's duration over many reloads.
+fn median_of<T>(steps: &[T], step: fn(&T) -> Duration) -> f64 {
+    steps.iter().map(step).collect::<Samples>().p50()
+}
+
 /// Section 1a: the steps of the bare floor and of the contract floor side by side, and how
 /// the daemon's goal compares with what the contract alone costs.
 fn contract_table(
@@ -758,16 +757,8 @@ fn contract_table(
     contract_col: &Column,
     daemon_col: &Column,
 ) -> Table {
-    let p50 = |samples: Vec<Duration>| {
-        let mut s = Samples::new();
-        for d in samples {
-            s.push(d);
-        }
-        s.p50()
-    };
-    let bare = |f: fn(&Steps) -> Duration| p50(floor_steps.iter().map(f).collect());
-    let contract =
-        |f: fn(&contract_floor::Steps) -> Duration| p50(contract_steps.iter().map(f).collect());
+    let bare = |f: fn(&Steps) -> Duration| median_of(floor_steps, f);
+    let contract = |f: fn(&contract_floor::Steps) -> Duration| median_of(contract_steps, f);
     let mut t = Table::new(
         "1a. What the contract itself costs (medians of the two floors' steps)",
         &[

@@ -60,6 +60,17 @@ impl Samples {
     }
 }
 
+impl FromIterator<Duration> for Samples {
+    /// The durations as samples.
+    fn from_iter<I: IntoIterator<Item = Duration>>(durations: I) -> Self {
+        let mut samples = Samples::new();
+        for d in durations {
+            samples.push(d);
+        }
+        samples
+    }
+}
+
 /// Milliseconds with a precision that suits their size.
 pub fn ms(value: f64) -> String {
     if value.is_nan() {
